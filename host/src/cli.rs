@@ -1,0 +1,289 @@
+//! The `wmtp` command line: `info` (architecture, parameter counts, memory estimate), `generate` (greedy
+//! continuation with head 0) and `perplexity` (next-token perplexity of a text).
+
+use crate::model::load::{load_model, ExtraHeadsInit, LoadOptions, LoadedModel};
+use crate::model::memory::{human_bytes, MemoryEstimate};
+use crate::model::{eval, LoraConfig, ParamGroup, VisitParams};
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+
+/// wmtp — multi-token-prediction fine-tuning with LoRA and Wasm pipeline plugins.
+#[derive(Debug, Parser)]
+#[command(name = "wmtp", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a model's architecture, parameter counts and training-memory estimate.
+    Info(InfoArgs),
+    /// Continue a prompt greedily with head 0.
+    Generate(GenerateArgs),
+    /// Next-token perplexity (head 0) of a text.
+    Perplexity(PerplexityArgs),
+}
+
+/// Where the model comes from.
+#[derive(Debug, Args)]
+pub struct ModelArgsCli {
+    /// A preset (tiny, 7b_1t_4, 1b_mtp, smollm2-135m), a .gguf file, or a Meta / HF checkpoint directory.
+    #[arg(long)]
+    pub model: String,
+    /// Number of prediction heads; widens a next-token checkpoint (extra heads copied from head 0).
+    #[arg(long)]
+    pub n_future_tokens: Option<usize>,
+    /// How extra heads are initialised when widening: copy | random.
+    #[arg(long, default_value = "copy", value_parser = parse_heads_init)]
+    pub extra_heads_init: ExtraHeadsInit,
+    /// Weight dtype: f32 | bf16 | f16.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: DType,
+}
+
+/// `wmtp info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelArgsCli,
+    /// Count LoRA-trainable parameters instead of full fine-tuning.
+    #[arg(long)]
+    pub lora: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA α.
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// LoRA targets, comma-separated (wq,wk,wv,wo,w1,w2,w3 or all-linear).
+    #[arg(long, default_value = "wq,wk,wv,wo")]
+    pub targets: String,
+    /// Ranks the training state is sharded over (FSDP), for the per-rank estimate.
+    #[arg(long, default_value_t = 1)]
+    pub world_size: usize,
+}
+
+/// `wmtp generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelArgsCli,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Most tokens to add.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+}
+
+/// `wmtp perplexity`.
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelArgsCli,
+    /// The text to score (or use --file).
+    #[arg(long, conflicts_with = "file")]
+    pub text: Option<String>,
+    /// A UTF-8 file to score.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        _ => Err(format!("unknown dtype `{s}` (f32, bf16, f16)")),
+    }
+}
+
+fn parse_heads_init(s: &str) -> Result<ExtraHeadsInit, String> {
+    match s {
+        "copy" => Ok(ExtraHeadsInit::Copy),
+        "random" => Ok(ExtraHeadsInit::Random),
+        _ => Err(format!("unknown extra-heads init `{s}` (copy, random)")),
+    }
+}
+
+fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
+    let opts = LoadOptions {
+        dtype: m.dtype,
+        n_future_tokens: m.n_future_tokens,
+        extra_heads: m.extra_heads_init,
+        ..Default::default()
+    };
+    load_model(&m.model, &opts)
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info(a) => info(&a),
+        Command::Generate(a) => generate(&a),
+        Command::Perplexity(a) => perplexity(&a),
+    }
+}
+
+fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn info(a: &InfoArgs) -> Result<()> {
+    let lora = LoraConfig {
+        rank: a.rank,
+        alpha: a.alpha,
+        target_modules: a.targets.split(',').map(|s| s.trim().to_string()).collect(),
+        ..Default::default()
+    };
+    lora.validate()?;
+    // presets are described from their shape alone (a 7B model is never allocated for `info`)
+    let (args, counted) = match crate::model::ModelArgs::preset(&a.model.model)
+        .filter(|_| !std::path::Path::new(&a.model.model).exists())
+    {
+        Some(mut args) => {
+            if let Some(h) = a.model.n_future_tokens {
+                args.n_layers = args.n_layers - args.n_future_tokens + h;
+                args.n_future_tokens = h;
+            }
+            args.validate()?;
+            (args, None)
+        }
+        None => {
+            let mut m = load(&a.model)?.model;
+            if a.lora {
+                m.add_lora(&lora, 0)?;
+            } else {
+                m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
+            }
+            let mut by_group: BTreeMap<ParamGroup, u64> = BTreeMap::new();
+            m.visit("", &mut |_, p| {
+                *by_group.entry(p.group()).or_default() += p.numel() as u64
+            });
+            (m.args.clone(), Some((m.param_counts(), by_group)))
+        }
+    };
+    let c = args.param_counts();
+    println!("model       {}", a.model.model);
+    println!("shape       dim {}  blocks {} ({} trunk + {} heads)  attention heads {} (kv {})  head_dim {}",
+        args.dim, args.n_layers, args.n_trunk(), args.n_future_tokens, args.n_heads, args.kv_heads(), args.head_dim());
+    println!(
+        "            ffn hidden {}  vocab {}  rope θ {}  norm ε {}  max_seq_len {}",
+        args.hidden_dim(),
+        args.vocab_size,
+        args.rope_theta,
+        args.norm_eps,
+        args.max_seq_len
+    );
+    println!(
+        "parameters  total {}  (embedding {}, trunk {}, heads {}, norm+output {})",
+        count(c.total()),
+        count(c.embedding),
+        count(c.trunk),
+        count(c.heads),
+        count(c.norm_and_output)
+    );
+    let trainable = if a.lora {
+        lora.trainable_count(&args)?
+    } else {
+        c.trunk + c.heads + c.embedding + c.norm_and_output
+    };
+    let total = c.total() + if a.lora { trainable } else { 0 };
+    let mode = if a.lora {
+        format!(
+            "LoRA r={} α={} on {:?}",
+            lora.rank,
+            lora.alpha,
+            lora.targets()?
+        )
+    } else {
+        "full fine-tuning".into()
+    };
+    println!(
+        "trainable   {}  of {}  ({:.4}%)  — {mode}",
+        count(trainable),
+        count(total),
+        100.0 * trainable as f64 / total as f64
+    );
+    if let Some(((alloc_total, alloc_trainable), groups)) = counted {
+        anyhow::ensure!(alloc_total == total && alloc_trainable == trainable,
+            "internal check failed: allocated counts {alloc_total}/{alloc_trainable} differ from the formula {total}/{trainable}");
+        let g: Vec<String> = groups
+            .iter()
+            .map(|(k, v)| format!("{} {}", k.name(), count(*v)))
+            .collect();
+        println!(
+            "allocated   {} (by group: {})",
+            count(alloc_total),
+            g.join(", ")
+        );
+    }
+    let bytes = a.model.dtype.size_in_bytes();
+    println!("\nestimated training memory per rank (world size {}, weights in {:?}; activations not included):", a.world_size, a.model.dtype);
+    println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
+    let full = MemoryEstimate::new(c.total(), c.total(), bytes, a.world_size);
+    let lt = lora.trainable_count(&args)?;
+    let lo = MemoryEstimate::new(c.total() + lt, lt, bytes, a.world_size);
+    for (name, f, l) in [
+        ("weights", full.weights, lo.weights),
+        ("gradients (f32)", full.grads, lo.grads),
+        ("AdamW state (2×f32)", full.adam_state, lo.adam_state),
+        ("f32 master weights", full.master_weights, lo.master_weights),
+        ("total", full.total(), lo.total()),
+    ] {
+        println!("  {name:<22}{:>14}{:>14}", human_bytes(f), human_bytes(l));
+    }
+    Ok(())
+}
+
+fn generate(a: &GenerateArgs) -> Result<()> {
+    let lm = load(&a.model)?;
+    let Some(tok) = &lm.tokenizer else {
+        bail!(
+            "model `{}` has no tokenizer (tokenizer.json, tokenizer.model or GGUF metadata)",
+            a.model.model
+        )
+    };
+    let prompt = tok.encode(&a.prompt, true)?;
+    let out = eval::greedy_continue(&lm.model, &prompt, a.max_new_tokens, tok.eos_id)?;
+    println!("{}{}", a.prompt, tok.decode(&out[prompt.len()..])?);
+    Ok(())
+}
+
+fn perplexity(a: &PerplexityArgs) -> Result<()> {
+    let text = match (&a.text, &a.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => bail!("give --text or --file"),
+    };
+    let lm = load(&a.model)?;
+    let Some(tok) = &lm.tokenizer else {
+        bail!("model `{}` has no tokenizer", a.model.model)
+    };
+    let ids = tok.encode(&text, true)?;
+    let ce = eval::next_token_ce(&lm.model, &ids)?;
+    println!(
+        "tokens {}  cross-entropy {ce:.4} nats  perplexity {:.2}",
+        ids.len(),
+        ce.exp()
+    );
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Tokenizers: from a HF `tokenizer.json` (the tokenizers crate), from GGUF metadata (byte-level BPE
+//! `gpt2` vocabularies, and SentencePiece `llama` vocabularies), and from Meta's SentencePiece
+//! `tokenizer.model` (its protobuf read here, see `sentencepiece.rs`).
+//!
+//! SentencePiece vocabularies (GGUF `llama` and `tokenizer.model`) are run as a Unigram model over the
+//! pieces' scores with byte fallback and `▁` for spaces. Llama-2's model is SentencePiece-BPE; Viterbi over
+//! the same scores gives the same pieces on ordinary text but is not guaranteed identical on every input.
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use std::path::Path;
+use tokenizers::decoders::{
+    byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence, strip::Strip,
+};
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::{Prepend, Replace};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
+
+/// A tokenizer with the model's BOS/EOS ids.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Beginning-of-sequence id, added in front of every sample.
+    pub bos_id: Option<u32>,
+    /// End-of-sequence id, appended to every trained sample.
+    pub eos_id: Option<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tokenizer(vocab {}, bos {:?}, eos {:?})",
+            self.vocab_size(),
+            self.bos_id,
+            self.eos_id
+        )
+    }
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json`; BOS/EOS come from the arguments, else from the usual special-token
+    /// spellings (`<s>`/`</s>`, `<|endoftext|>`, `<|begin_of_text|>`/`<|end_of_text|>`).
+    pub fn from_file(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("reading tokenizer {}: {e}", path.display()))?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let bos_id = bos_id.or_else(|| find(&["<s>", "<|begin_of_text|>", "<|endoftext|>"]));
+        let eos_id = eos_id.or_else(|| find(&["</s>", "<|end_of_text|>", "<|endoftext|>"]));
+        Ok(Tokenizer {
+            inner,
+            bos_id,
+            eos_id,
+        })
+    }
+
+    /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).
+    pub fn from_gguf(content: &gguf_file::Content, source: &str) -> Result<Self> {
+        let md = &content.metadata;
+        let get = |k: &str| {
+            md.get(k)
+                .ok_or_else(|| anyhow!("{source}: GGUF metadata lacks `{k}`"))
+        };
+        let model = get("tokenizer.ggml.model")?.to_string()?.clone();
+        let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+            .to_vec()?
+            .iter()
+            .map(|v| v.to_string().cloned())
+            .collect::<candle_core::Result<_>>()
+            .with_context(|| format!("{source}: tokenizer.ggml.tokens"))?;
+        let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()?
+                .iter()
+                .map(|t| t.to_i32())
+                .collect::<candle_core::Result<_>>()?,
+            None => vec![1; tokens.len()],
+        };
+        let id = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+        let (bos_id, eos_id) = (
+            id("tokenizer.ggml.bos_token_id"),
+            id("tokenizer.ggml.eos_token_id"),
+        );
+        let mut inner = match model.as_str() {
+            "gpt2" => {
+                let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+                    .to_vec()?
+                    .iter()
+                    .map(|m| {
+                        let s = m.to_string()?;
+                        s.split_once(' ')
+                            .map(|(a, b)| (a.to_string(), b.to_string()))
+                            .ok_or_else(|| candle_core::Error::Msg(format!("bad merge `{s}`")))
+                    })
+                    .collect::<candle_core::Result<_>>()
+                    .with_context(|| format!("{source}: tokenizer.ggml.merges"))?;
+                let vocab = tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (t.clone(), i as u32))
+                    .collect();
+                let bpe = BPE::new(vocab, merges);
+                let mut tk = tokenizers::Tokenizer::new(bpe);
+                tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+                tk.with_decoder(Some(ByteLevel::default()));
+                tk
+            }
+            "llama" => {
+                let scores: Vec<f64> = match md.get("tokenizer.ggml.scores") {
+                    Some(v) => v
+                        .to_vec()?
+                        .iter()
+                        .map(|s| s.to_f32().map(f64::from))
+                        .collect::<candle_core::Result<_>>()?,
+                    None => vec![0.0; tokens.len()],
+                };
+                let unk = id("tokenizer.ggml.unknown_token_id").map(|u| u as usize);
+                sentencepiece_tokenizer(tokens.iter().cloned().zip(scores).collect(), unk)?
+            }
+            other => bail!(
+                "{source}: unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama)"
+            ),
+        };
+        // control / user-defined tokens (type 3 / 4) are matched whole, never split
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 3 || t == 4)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        Ok(Tokenizer {
+            inner,
+            bos_id,
+            eos_id,
+        })
+    }
+
+    /// Loads Meta's SentencePiece `tokenizer.model` (BOS 1 / EOS 2 unless the model says otherwise).
+    pub fn from_sentencepiece_model(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let pieces = super::sentencepiece::parse_model_proto(&bytes)
+            .with_context(|| format!("parsing SentencePiece model {}", path.display()))?;
+        let find = |kind: i32| pieces.iter().position(|p| p.kind == kind).map(|i| i as u32);
+        let unk = find(2).map(|u| u as usize);
+        let by_piece = |s: &str| pieces.iter().position(|p| p.piece == s).map(|i| i as u32);
+        let vocab = pieces
+            .iter()
+            .map(|p| (p.piece.clone(), p.score as f64))
+            .collect();
+        let mut inner = sentencepiece_tokenizer(vocab, unk)?;
+        let specials: Vec<AddedToken> = pieces
+            .iter()
+            .filter(|p| p.kind == 3)
+            .map(|p| AddedToken::from(p.piece.clone(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        Ok(Tokenizer {
+            inner,
+            bos_id: by_piece("<s>"),
+            eos_id: by_piece("</s>"),
+        })
+    }
+
+    /// Vocabulary size, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`, with BOS in front when `add_bos`.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos {
+            if let Some(b) = self.bos_id {
+                ids.push(b);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids` (special tokens dropped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| anyhow!("detokenizing: {e}"))
+    }
+}
+
+/// A SentencePiece-style tokenizer: Unigram over (piece, score) with byte fallback, spaces as `▁`
+/// and a `▁` prepended to the text.
+fn sentencepiece_tokenizer(
+    vocab: Vec<(String, f64)>,
+    unk: Option<usize>,
+) -> Result<tokenizers::Tokenizer> {
+    let byte_fallback = vocab.iter().any(|(p, _)| p == "<0x00>");
+    let model = Unigram::from(vocab, unk, byte_fallback)
+        .map_err(|e| anyhow!("building SentencePiece vocabulary: {e}"))?;
+    let mut tk = tokenizers::Tokenizer::new(model);
+    let replace = Replace::new(" ", "▁").map_err(|e| anyhow!("{e}"))?;
+    tk.with_normalizer(Some(NormalizerWrapper::Sequence(
+        tokenizers::normalizers::Sequence::new(vec![
+            NormalizerWrapper::Prepend(Prepend::new("▁".into())),
+            NormalizerWrapper::Replace(replace),
+        ]),
+    )));
+    let space = tokenizers::decoders::DecoderWrapper::Replace(
+        Replace::new("▁", " ").map_err(|e| anyhow!("{e}"))?,
+    );
+    tk.with_decoder(Some(DecoderWrapper::Sequence(Sequence::new(vec![
+        space,
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+        DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
+    ]))));
+    Ok(tk)
+}

@@ -1,0 +1,237 @@
+//! Saving and loading: LoRA adapters in PEFT's layout (`adapter_model.safetensors` with keys
+//! `base_model.model.<layer>.lora_A.weight`, and `adapter_config.json` with the FULL target list, the
+//! rsLoRA flag, the base model id and our format version), the value head alongside
+//! (`value_head.safetensors`), and full checkpoints (`params.json` + `model.safetensors`, Meta key names,
+//! LoRA merged in) that the Meta loader reads back. Files are written to a temporary name, then renamed.
+
+use super::param::{ParamGroup, VisitParams};
+use super::{LoraConfig, Transformer, ValueHead, ValueHeadConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// Version of wmtp's adapter layout; bumped on incompatible changes.
+pub const ADAPTER_FORMAT_VERSION: u32 = 1;
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// `adapter_config.json`: PEFT's LoRA fields plus wmtp's own (prefixed `wmtp_`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterConfig {
+    /// Always "LORA".
+    pub peft_type: String,
+    /// Always "CAUSAL_LM".
+    pub task_type: String,
+    /// Rank r.
+    pub r: usize,
+    /// α.
+    pub lora_alpha: f64,
+    /// Adapter input dropout.
+    pub lora_dropout: f32,
+    /// Every targeted layer name, expanded (never `all-linear`).
+    pub target_modules: Vec<String>,
+    /// α/√r scaling.
+    pub use_rslora: bool,
+    /// The model the adapter was trained on (preset name or path).
+    pub base_model_name_or_path: String,
+    /// Always "none" (no bias adapters).
+    pub bias: String,
+    /// wmtp adapter layout version.
+    pub wmtp_format_version: u32,
+    /// Heads of the model the adapter belongs to.
+    pub wmtp_n_future_tokens: usize,
+    /// The value head saved alongside, if any.
+    #[serde(default)]
+    pub wmtp_value_head: Option<ValueHeadConfig>,
+}
+
+impl AdapterConfig {
+    /// The LoRA settings it describes.
+    pub fn lora_config(&self) -> LoraConfig {
+        LoraConfig {
+            rank: self.r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            target_modules: self.target_modules.clone(),
+            rslora: self.use_rslora,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    write(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+fn save_tensors(path: &Path, tensors: HashMap<String, Tensor>) -> Result<()> {
+    write_atomic(path, |tmp| {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })
+}
+
+fn save_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    write_atomic(path, |tmp| Ok(std::fs::write(tmp, text)?))
+}
+
+/// Saves the LoRA adapter (and the value head, when given) into `dir`.
+pub fn save_adapter(
+    dir: &Path,
+    model: &Transformer,
+    value_head: Option<&ValueHead>,
+    base_model: &str,
+) -> Result<()> {
+    let Some(cfg) = &model.lora else {
+        bail!("the model has no LoRA adapters to save")
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tensors = HashMap::new();
+    model.visit("", &mut |name, p| {
+        if p.group() == ParamGroup::Lora {
+            tensors.insert(format!("{KEY_PREFIX}{name}"), p.tensor().clone());
+        }
+    });
+    save_tensors(&dir.join("adapter_model.safetensors"), tensors)?;
+    if let Some(vh) = value_head {
+        let t = vh
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (format!("value_head.{n}"), p.tensor().clone()))
+            .collect();
+        save_tensors(&dir.join("value_head.safetensors"), t)?;
+    }
+    let config = AdapterConfig {
+        peft_type: "LORA".into(),
+        task_type: "CAUSAL_LM".into(),
+        r: cfg.rank,
+        lora_alpha: cfg.alpha,
+        lora_dropout: cfg.dropout,
+        target_modules: cfg.targets()?.iter().map(|s| s.to_string()).collect(),
+        use_rslora: cfg.rslora,
+        base_model_name_or_path: base_model.to_string(),
+        bias: "none".into(),
+        wmtp_format_version: ADAPTER_FORMAT_VERSION,
+        wmtp_n_future_tokens: model.args.n_future_tokens,
+        wmtp_value_head: value_head.map(|v| v.config.clone()),
+    };
+    save_json(&dir.join("adapter_config.json"), &config)
+}
+
+/// Reads `adapter_config.json` of `dir`, checking the format version.
+pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
+    let path = dir.join("adapter_config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: AdapterConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if cfg.peft_type != "LORA" {
+        bail!(
+            "{}: peft_type `{}` is not LORA",
+            path.display(),
+            cfg.peft_type
+        );
+    }
+    if cfg.wmtp_format_version > ADAPTER_FORMAT_VERSION {
+        bail!(
+            "{}: adapter format {} is newer than this wmtp reads ({ADAPTER_FORMAT_VERSION})",
+            path.display(),
+            cfg.wmtp_format_version
+        );
+    }
+    Ok(cfg)
+}
+
+/// Adds the adapter saved in `dir` to `model` (which must not have LoRA yet) and returns the value head
+/// saved with it. Every adapter tensor must be present with the right shape, and nothing else.
+pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueHead>> {
+    let cfg = read_adapter_config(dir)?;
+    if cfg.wmtp_n_future_tokens != model.args.n_future_tokens {
+        bail!(
+            "{}: adapter is for a model with {} heads, this one has {}",
+            dir.display(),
+            cfg.wmtp_n_future_tokens,
+            model.args.n_future_tokens
+        );
+    }
+    let file = dir.join("adapter_model.safetensors");
+    let mut tensors = super::load::meta::read_safetensors(&file)?;
+    model
+        .add_lora(&cfg.lora_config(), 0)
+        .with_context(|| format!("{}: bad LoRA settings", dir.display()))?;
+    let (dtype, dev) = (candle_core::DType::F32, model.device().clone());
+    let mut err: Option<anyhow::Error> = None;
+    model.visit_mut("", &mut |name, p| {
+        if p.group() != ParamGroup::Lora || err.is_some() {
+            return;
+        }
+        let key = format!("{KEY_PREFIX}{name}");
+        let r = match tensors.remove(&key) {
+            None => Err(anyhow::anyhow!("missing tensor `{key}`")),
+            Some(t) => t
+                .to_device(&dev)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(Into::into)
+                .and_then(|t| p.set_value(t))
+                .with_context(|| format!("tensor `{key}`")),
+        };
+        if let Err(e) = r {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.context(format!("loading adapter {}", file.display())));
+    }
+    if !tensors.is_empty() {
+        let extra: BTreeSet<_> = tensors.keys().collect();
+        bail!(
+            "{}: tensors not in the model (wrong targets or model?): {extra:?}",
+            file.display()
+        );
+    }
+    let Some(vcfg) = &cfg.wmtp_value_head else {
+        return Ok(None);
+    };
+    let vfile = dir.join("value_head.safetensors");
+    let mut vt = super::load::meta::read_safetensors(&vfile)?;
+    let mut vh = ValueHead::new(vcfg, model.args.dim, 0, &dev)?;
+    vh.set_weights(&mut |n| vt.remove(n))
+        .with_context(|| format!("loading {}", vfile.display()))?;
+    Ok(Some(vh))
+}
+
+/// Saves a full checkpoint (`params.json` + `model.safetensors`, LoRA merged into the base weights;
+/// `value_head.safetensors` when given) that `load_model` reads back as a Meta directory.
+pub fn save_full(dir: &Path, model: &Transformer, value_head: Option<&ValueHead>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut merged = model.clone();
+    merged.set_lora_merged(true)?;
+    let mut tensors = HashMap::new();
+    merged.visit("", &mut |name, p| {
+        if p.group() != ParamGroup::Lora {
+            tensors.insert(
+                name.to_string(),
+                p.tensor()
+                    .to_device(&Device::Cpu)
+                    .unwrap_or_else(|_| p.tensor().clone()),
+            );
+        }
+    });
+    save_tensors(&dir.join("model.safetensors"), tensors)?;
+    save_json(&dir.join("params.json"), &model.args)?;
+    if let Some(vh) = value_head {
+        let t = vh
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (format!("value_head.{n}"), p.tensor().clone()))
+            .collect();
+        save_tensors(&dir.join("value_head.safetensors"), t)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `ForwardCtx`: what a forward pass needs besides inputs — training or evaluation, and the seeded
+//! randomness for dropout (so a run, and a resumed run, draw the same masks).
+
+use candle_core::{Result, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Forward-pass settings: `train` turns dropout on; masks come from `seed` and a per-call counter.
+#[derive(Debug)]
+pub struct ForwardCtx {
+    /// Training mode (dropout active).
+    pub train: bool,
+    seed: u64,
+    calls: AtomicU64,
+}
+
+impl ForwardCtx {
+    /// Evaluation: no dropout.
+    pub fn eval() -> Self {
+        ForwardCtx {
+            train: false,
+            seed: 0,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Training with dropout masks drawn deterministically from `seed`.
+    pub fn train(seed: u64) -> Self {
+        ForwardCtx {
+            train: true,
+            seed,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Inverted dropout: zeroes each element with probability `p`, scales the rest by 1/(1−p).
+    /// Identity in evaluation or when p = 0.
+    pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        if p >= 1.0 {
+            return x.zeros_like();
+        }
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x.mul(&mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn dropout_is_seeded_and_unbiased() -> Result<()> {
+        let x = Tensor::ones((64, 64), candle_core::DType::F32, &Device::Cpu)?;
+        let a = ForwardCtx::train(7).dropout(&x, 0.25)?;
+        let b = ForwardCtx::train(7).dropout(&x, 0.25)?;
+        assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
+        let mean = a.mean_all()?.to_scalar::<f32>()?;
+        assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
+        let e = ForwardCtx::eval().dropout(&x, 0.25)?;
+        assert_eq!(e.to_vec2::<f32>()?, x.to_vec2::<f32>()?);
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! GGUF llama models (e.g. SmolLM2-135M-Instruct Q4_1): shape from the `llama.*` metadata, tensors
+//! dequantised to f32 and renamed to Meta keys (GGUF already stores q/k in the interleaved layout), the
+//! tokenizer from `tokenizer.ggml.*`.
+
+use crate::data::Tokenizer;
+use crate::model::ModelArgs;
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Meta name for a GGUF tensor name.
+fn meta_name(g: &str) -> Option<String> {
+    match g {
+        "token_embd.weight" => return Some("tok_embeddings.weight".into()),
+        "output_norm.weight" => return Some("norm.weight".into()),
+        "output.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = g.strip_prefix("blk.")?;
+    let (i, sub) = rest.split_once('.')?;
+    let ours = match sub {
+        "attn_q.weight" => "attention.wq.weight",
+        "attn_k.weight" => "attention.wk.weight",
+        "attn_v.weight" => "attention.wv.weight",
+        "attn_output.weight" => "attention.wo.weight",
+        "ffn_gate.weight" => "feed_forward.w1.weight",
+        "ffn_down.weight" => "feed_forward.w2.weight",
+        "ffn_up.weight" => "feed_forward.w3.weight",
+        "attn_norm.weight" => "attention_norm.weight",
+        "ffn_norm.weight" => "ffn_norm.weight",
+        other => return Some(format!("layers.{i}.{other}")),
+    };
+    Some(format!("layers.{i}.{ours}"))
+}
+
+/// Reads a GGUF llama model: (shape, f32 tensors in Meta names, tokenizer).
+pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tokenizer)> {
+    let src = path.display().to_string();
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening GGUF file {src}"))?;
+    let content =
+        gguf_file::Content::read(&mut file).with_context(|| format!("reading GGUF file {src}"))?;
+    let md = &content.metadata;
+    let arch = md
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .with_context(|| format!("{src}: GGUF metadata lacks `general.architecture`"))?;
+    if arch != "llama" {
+        bail!("{src}: GGUF architecture is `{arch}`, only `llama` models are supported");
+    }
+    let num = |k: &str| -> Result<u64> {
+        let v = md
+            .get(k)
+            .with_context(|| format!("{src}: GGUF metadata lacks `{k}`"))?;
+        v.to_u64()
+            .or_else(|_| v.to_u32().map(u64::from))
+            .with_context(|| format!("{src}: `{k}` is not an integer"))
+    };
+    let float = |k: &str, default: f64| {
+        md.get(k)
+            .and_then(|v| v.to_f32().ok())
+            .map_or(default, f64::from)
+    };
+    let tokenizer = Tokenizer::from_gguf(&content, &src)?;
+    let vocab_size = match md.get("llama.vocab_size") {
+        Some(_) => num("llama.vocab_size")? as usize,
+        None => tokenizer.vocab_size(),
+    };
+    let n_heads = num("llama.attention.head_count")? as usize;
+    let args = ModelArgs {
+        dim: num("llama.embedding_length")? as usize,
+        n_layers: num("llama.block_count")? as usize,
+        n_heads,
+        n_kv_heads: Some(num("llama.attention.head_count_kv").unwrap_or(n_heads as u64) as usize),
+        vocab_size,
+        multiple_of: 256,
+        ffn_dim_multiplier: None,
+        ffn_hidden_dim: Some(num("llama.feed_forward_length")? as usize),
+        norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta: float("llama.rope.freq_base", 1e4),
+        max_seq_len: num("llama.context_length").unwrap_or(2048) as usize,
+        n_future_tokens: 1,
+    };
+    args.validate()
+        .with_context(|| format!("unsupported model shape in {src}"))?;
+    let mut tensors = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let Some(meta) = meta_name(name) else {
+            continue;
+        };
+        let q = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .with_context(|| format!("{src}: reading tensor `{name}`"))?;
+        let t = q
+            .dequantize(&Device::Cpu)
+            .with_context(|| format!("{src}: dequantising `{name}`"))?;
+        tensors.insert(meta, t);
+    }
+    if !tensors.contains_key("output.weight") {
+        // tied embeddings: the output projection starts as a copy (wmtp never ties them)
+        if let Some(e) = tensors.get("tok_embeddings.weight") {
+            tensors.insert("output.weight".into(), e.copy()?);
+        }
+    }
+    Ok((args, tensors, tokenizer))
+}

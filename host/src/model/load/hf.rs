@@ -1,0 +1,140 @@
+//! HF-LLaMA checkpoints (`config.json` + safetensors with `model.layers.{i}.self_attn.q_proj.weight` …):
+//! keys renamed to Meta's, and q/k rows converted from the rotate-half RoPE layout to the interleaved one
+//! on load (never at run time).
+
+use super::meta::{files_matching, read_safetensors};
+use crate::model::ModelArgs;
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The `config.json` keys wmtp reads (others are ignored: HF configs carry many unrelated fields).
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    vocab_size: usize,
+    #[serde(default = "eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "theta")]
+    rope_theta: f64,
+    #[serde(default = "max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    model_type: Option<String>,
+}
+fn eps() -> f64 {
+    1e-6
+}
+fn theta() -> f64 {
+    1e4
+}
+fn max_pos() -> usize {
+    2048
+}
+
+/// Inverse of HF's `permute`: rows grouped [heads, 2, hd/2] (rotate-half) → [heads, hd/2, 2] (interleaved).
+pub fn unpermute_rotate_half(w: &Tensor, n_heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let hd = rows / n_heads;
+    Ok(w.reshape((n_heads, 2, hd / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+/// Meta name for an HF key, or None for keys wmtp does not use (e.g. rotary inv_freq buffers).
+fn meta_name(hf: &str) -> Option<String> {
+    if hf == "model.embed_tokens.weight" {
+        return Some("tok_embeddings.weight".into());
+    }
+    if hf == "model.norm.weight" {
+        return Some("norm.weight".into());
+    }
+    if hf == "lm_head.weight" {
+        return Some("output.weight".into());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (i, sub) = rest.split_once('.')?;
+    let ours = match sub {
+        "self_attn.q_proj.weight" => "attention.wq.weight",
+        "self_attn.k_proj.weight" => "attention.wk.weight",
+        "self_attn.v_proj.weight" => "attention.wv.weight",
+        "self_attn.o_proj.weight" => "attention.wo.weight",
+        "mlp.gate_proj.weight" => "feed_forward.w1.weight",
+        "mlp.down_proj.weight" => "feed_forward.w2.weight",
+        "mlp.up_proj.weight" => "feed_forward.w3.weight",
+        "input_layernorm.weight" => "attention_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.rotary_emb.inv_freq" => return None,
+        other => return Some(format!("layers.{i}.{other}")), // kept, so an unknown key is reported
+    };
+    Some(format!("layers.{i}.{ours}"))
+}
+
+/// Reads an HF-LLaMA directory into Meta names and layout (an H = 1 model).
+pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    let cfg: HfConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    if let Some(t) = &cfg.model_type {
+        if t != "llama" && t != "mistral" {
+            bail!(
+                "{}: model_type `{t}` is not a LLaMA-architecture model",
+                cfg_path.display()
+            );
+        }
+    }
+    let args = ModelArgs {
+        dim: cfg.hidden_size,
+        n_layers: cfg.num_hidden_layers,
+        n_heads: cfg.num_attention_heads,
+        n_kv_heads: cfg.num_key_value_heads,
+        vocab_size: cfg.vocab_size,
+        multiple_of: 256,
+        ffn_dim_multiplier: None,
+        ffn_hidden_dim: Some(cfg.intermediate_size),
+        norm_eps: cfg.rms_norm_eps,
+        rope_theta: cfg.rope_theta,
+        max_seq_len: cfg.max_position_embeddings,
+        n_future_tokens: 1,
+    };
+    args.validate()
+        .with_context(|| format!("unsupported shape in {}", cfg_path.display()))?;
+    let files = files_matching(dir, |n| n.ends_with(".safetensors"))?;
+    if files.is_empty() {
+        bail!(
+            "{}: no *.safetensors weights next to config.json",
+            dir.display()
+        );
+    }
+    let mut out = HashMap::new();
+    for f in &files {
+        for (k, t) in read_safetensors(f)? {
+            if let Some(name) = meta_name(&k) {
+                let t = if name.ends_with("attention.wq.weight") {
+                    unpermute_rotate_half(&t, args.n_heads)?
+                } else if name.ends_with("attention.wk.weight") {
+                    unpermute_rotate_half(&t, args.kv_heads())?
+                } else {
+                    t
+                };
+                out.insert(name, t);
+            }
+        }
+    }
+    if cfg.tie_word_embeddings && !out.contains_key("output.weight") {
+        if let Some(e) = out.get("tok_embeddings.weight") {
+            out.insert("output.weight".into(), e.copy()?);
+        }
+    }
+    Ok((args, out))
+}

@@ -1,0 +1,101 @@
+//! Meta checkpoints: `params.json` plus `consolidated.*.pth` (PyTorch zip pickles, model-parallel shards
+//! concatenated) or `*.safetensors` with the same key names.
+
+use crate::model::ModelArgs;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Files of `dir` whose names satisfy `pred`, sorted.
+pub fn files_matching(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        if p.file_name().and_then(|n| n.to_str()).is_some_and(&pred) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The dimension along which Meta's model-parallel shards split a tensor (None: replicated).
+fn shard_dim(name: &str) -> Option<usize> {
+    if name.ends_with("norm.weight") {
+        None
+    } else if name.starts_with("tok_embeddings")
+        || name.ends_with("wo.weight")
+        || name.ends_with("w2.weight")
+    {
+        Some(1)
+    } else {
+        Some(0)
+    }
+}
+
+/// Reads a PyTorch `.pth` state dict.
+pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors = candle_core::pickle::read_all(path).with_context(|| {
+        format!(
+            "reading PyTorch checkpoint {} (expected torch.save zip format)",
+            path.display()
+        )
+    })?;
+    if tensors.is_empty() {
+        bail!("{}: no tensors found in the checkpoint", path.display());
+    }
+    Ok(tensors.into_iter().collect())
+}
+
+/// Reads a safetensors file, naming the file on any error (e.g. truncation).
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading safetensors file {}", path.display()))
+}
+
+/// Reads a Meta-format directory: `params.json` and its weights (shards merged).
+pub fn read_meta_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
+    let args = ModelArgs::from_params_json(&dir.join("params.json"))?;
+    let pth = files_matching(dir, |n| {
+        n.starts_with("consolidated") && n.ends_with(".pth")
+    })?;
+    let st = files_matching(dir, |n| n.ends_with(".safetensors"))?;
+    let shards: Vec<HashMap<String, Tensor>> = if !pth.is_empty() {
+        pth.iter().map(|p| read_pth(p)).collect::<Result<_>>()?
+    } else if !st.is_empty() {
+        // safetensors shards partition the keys (HF-style); merge them.
+        let mut all = HashMap::new();
+        for p in &st {
+            all.extend(read_safetensors(p)?);
+        }
+        return Ok((args, all));
+    } else {
+        bail!(
+            "{}: no consolidated*.pth or *.safetensors weights next to params.json",
+            dir.display()
+        );
+    };
+    if shards.len() == 1 {
+        return Ok((args, shards.into_iter().next().unwrap_or_default()));
+    }
+    let mut merged = HashMap::new();
+    for name in shards[0].keys() {
+        let parts = shards
+            .iter()
+            .zip(&pth)
+            .map(|(s, p)| {
+                s.get(name)
+                    .cloned()
+                    .with_context(|| format!("{}: shard lacks `{name}`", p.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let t = match shard_dim(name) {
+            None => parts[0].clone(),
+            Some(d) => Tensor::cat(&parts, d)
+                .with_context(|| format!("concatenating shards of `{name}`"))?,
+        };
+        merged.insert(name.clone(), t);
+    }
+    Ok((args, merged))
+}

@@ -1,0 +1,177 @@
+//! Loading models: a preset name, a Meta directory (`params.json` + `consolidated*.pth` or safetensors),
+//! an HF-LLaMA directory (`config.json` + safetensors), or a `.gguf` file. Next-token sources (H = 1) can
+//! be widened to H heads, the extra heads initialised as copies of head 0 (or randomly).
+
+pub mod gguf;
+pub mod hf;
+pub mod meta;
+pub mod weight_map;
+
+use crate::data::Tokenizer;
+use crate::model::init::random_block;
+use crate::model::{ModelArgs, Transformer};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use weight_map::WeightMap;
+
+/// How heads that the checkpoint does not have are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtraHeadsInit {
+    /// Copies of the head-0 block (the model starts predicting token t+1 with every head).
+    #[default]
+    Copy,
+    /// Fresh random blocks (N(0, 0.02²) weights, unit norms), seeded.
+    Random,
+}
+
+/// Options for [`load_model`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Run dtype of the weights.
+    pub dtype: DType,
+    /// Device to load onto.
+    pub device: Device,
+    /// Number of heads wanted; None keeps the checkpoint's.
+    pub n_future_tokens: Option<usize>,
+    /// Initialisation of heads the checkpoint lacks.
+    pub extra_heads: ExtraHeadsInit,
+    /// Seed for random initialisation (presets, random heads).
+    pub seed: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            n_future_tokens: None,
+            extra_heads: ExtraHeadsInit::Copy,
+            seed: 0,
+        }
+    }
+}
+
+/// A loaded model with its tokenizer (when the source has one) and the id it was loaded from.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The model, all weights frozen.
+    pub model: Transformer,
+    /// Tokenizer found with the model.
+    pub tokenizer: Option<Tokenizer>,
+    /// The preset name or path it came from (the adapter's `base_model_name_or_path`).
+    pub source: String,
+}
+
+/// Loads a model from a preset name or a path (see the module doc).
+pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let path = Path::new(spec);
+    let (args, tensors, tokenizer) = if let Some(args) =
+        ModelArgs::preset(spec).filter(|_| !path.exists())
+    {
+        let mut args = args;
+        if let Some(h) = opts.n_future_tokens {
+            args.n_layers = args.n_layers - args.n_future_tokens + h;
+            args.n_future_tokens = h;
+        }
+        let model = Transformer::random(args, opts.seed, opts.dtype, &opts.device)?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer: None,
+            source: spec.to_string(),
+        });
+    } else if !path.exists() {
+        bail!(
+            "model `{spec}`: no such file or directory, and not a preset ({:?})",
+            ModelArgs::PRESETS
+        );
+    } else if path.is_file() && spec.ends_with(".gguf") {
+        let (a, t, tok) = gguf::read_gguf(path)?;
+        (a, t, Some(tok))
+    } else if path.is_dir() && path.join("params.json").exists() {
+        let (a, t) = meta::read_meta_dir(path)?;
+        (a, t, dir_tokenizer(path)?)
+    } else if path.is_dir() && path.join("config.json").exists() {
+        let (a, t) = hf::read_hf_dir(path)?;
+        (a, t, dir_tokenizer(path)?)
+    } else {
+        bail!("model `{spec}`: expected a .gguf file, or a directory with params.json (Meta) or config.json (HF)");
+    };
+    let (args, tensors) =
+        widen_heads(args, tensors, opts).with_context(|| format!("model `{spec}`"))?;
+    let wm = WeightMap::new(tensors, spec.to_string(), opts.dtype, &opts.device);
+    let model = Transformer::load(args, wm)?;
+    if let Some(tok) = &tokenizer {
+        if tok.vocab_size() > model.args.vocab_size {
+            bail!(
+                "model `{spec}`: tokenizer has {} tokens, the model only {}",
+                tok.vocab_size(),
+                model.args.vocab_size
+            );
+        }
+    }
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        source: spec.to_string(),
+    })
+}
+
+/// The tokenizer stored beside a checkpoint: `tokenizer.json`, else SentencePiece `tokenizer.model`.
+fn dir_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
+    let json = dir.join("tokenizer.json");
+    let spm = dir.join("tokenizer.model");
+    Ok(if json.exists() {
+        Some(Tokenizer::from_file(&json, None, None)?)
+    } else if spm.exists() {
+        Some(Tokenizer::from_sentencepiece_model(&spm)?)
+    } else {
+        None
+    })
+}
+
+/// Turns an H = 1 checkpoint into an H-head one: head 0 stays the last block of `layers`, heads 1..H−1
+/// become `extra_heads.{j}` (copies of head 0, or random).
+fn widen_heads(
+    mut args: ModelArgs,
+    mut t: HashMap<String, Tensor>,
+    opts: &LoadOptions,
+) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
+    let Some(h) = opts.n_future_tokens.filter(|&h| h != args.n_future_tokens) else {
+        return Ok((args, t));
+    };
+    if args.n_future_tokens != 1 {
+        bail!(
+            "the checkpoint has {} heads; only a next-token (H = 1) model can be widened to {h}",
+            args.n_future_tokens
+        );
+    }
+    if h == 0 {
+        bail!("n_future_tokens must be at least 1");
+    }
+    let head0 = format!("layers.{}.", args.n_trunk());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    for j in 0..h - 1 {
+        let prefix = format!("extra_heads.{j}.");
+        match opts.extra_heads {
+            ExtraHeadsInit::Copy => {
+                let copies: Vec<_> = t
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix(&head0)
+                            .map(|s| (format!("{prefix}{s}"), v.clone()))
+                    })
+                    .collect();
+                t.extend(copies);
+            }
+            ExtraHeadsInit::Random => t.extend(random_block(&args, &prefix, &mut rng)?),
+        }
+    }
+    args.n_layers += h - 1;
+    args.n_future_tokens = h;
+    Ok((args, t))
+}

@@ -1,0 +1,367 @@
+//! LoRA (SPEC §3): `LoraLinear` — the linear layer of every Transformer block — is a base weight W
+//! (frozen under LoRA) plus an optional low-rank adapter:  y = W·x + s · B·(A·dropout(x)),
+//! s = α/r (or α/√r with rsLoRA); A ∈ R^{r×in} Kaiming-uniform (bound 1/√in), B ∈ R^{out×r} zeros.
+
+use super::forward_ctx::ForwardCtx;
+use super::frozen_linear::{frozen_linear, trainable_linear};
+use super::param::{Param, ParamGroup, VisitParams};
+use super::ModelArgs;
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// Every linear layer LoRA can target, in block order.
+pub const ALL_TARGETS: [&str; 7] = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"];
+/// The default targets (attention projections).
+pub const DEFAULT_TARGETS: [&str; 4] = ["wq", "wk", "wv", "wo"];
+
+/// LoRA hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank r.
+    pub rank: usize,
+    /// α; the adapter is scaled by α/r (or α/√r with `rslora`).
+    pub alpha: f64,
+    /// Dropout probability on the adapter's input.
+    #[serde(default)]
+    pub dropout: f32,
+    /// Target layer names (wq wk wv wo w1 w2 w3, or `all-linear`), applied in every block.
+    #[serde(default = "default_targets")]
+    pub target_modules: Vec<String>,
+    /// Rank-stabilised scaling α/√r.
+    #[serde(default)]
+    pub rslora: bool,
+}
+
+fn default_targets() -> Vec<String> {
+    DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            target_modules: default_targets(),
+            rslora: false,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// The adapter scale s: α/r, or α/√r with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    /// The expanded, validated target list (`all-linear` → all seven), in block order.
+    pub fn targets(&self) -> Result<Vec<&'static str>> {
+        let mut on = [false; 7];
+        for t in &self.target_modules {
+            if t == "all-linear" {
+                on = [true; 7];
+            } else if let Some(i) = ALL_TARGETS.iter().position(|a| a == t) {
+                on[i] = true;
+            } else {
+                bail!("unknown LoRA target module `{t}` (expected one of {ALL_TARGETS:?} or `all-linear`)");
+            }
+        }
+        if !on.iter().any(|&b| b) {
+            bail!("LoRA `target_modules` is empty");
+        }
+        Ok(ALL_TARGETS
+            .iter()
+            .zip(on)
+            .filter(|(_, b)| *b)
+            .map(|(t, _)| *t)
+            .collect())
+    }
+
+    /// Checks rank, α, dropout and targets.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            bail!("LoRA `rank` must be positive");
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            bail!("LoRA `alpha` must be positive");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("LoRA `dropout` must be in [0, 1)");
+        }
+        self.targets().map(|_| ())
+    }
+
+    /// Trainable LoRA scalars for a model shape, computed not allocated:
+    /// n_layers · Σ_targets r·(in + out)  (8,388,608 for Meta 7B, r = 8, wq wk wv wo).
+    pub fn trainable_count(&self, args: &ModelArgs) -> Result<u64> {
+        let per_block: u64 = self
+            .targets()?
+            .iter()
+            .map(|t| {
+                let (i, o) = args.linear_shape(t).expect("targets are validated");
+                (self.rank * (i + o)) as u64
+            })
+            .sum();
+        Ok(args.n_layers as u64 * per_block)
+    }
+}
+
+/// A low-rank adapter: A [r, in], B [out, r], scale s, input dropout p.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// A ∈ R^{r×in} (`lora_A.weight`).
+    pub a: Param,
+    /// B ∈ R^{out×r} (`lora_B.weight`).
+    pub b: Param,
+    /// s = α/r or α/√r.
+    pub scale: f64,
+    /// Dropout on the adapter input.
+    pub dropout: f32,
+}
+
+/// A linear layer y = W·x (no bias) with an optional LoRA adapter; W is frozen or trainable.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    /// Base weight W [out, in].
+    pub weight: Param,
+    /// The adapter, when LoRA targets this layer.
+    pub lora: Option<LoraAdapter>,
+    merged: bool,
+}
+
+/// y = x·Wᵀ, taking the frozen path (no weight gradient) unless W is trainable.
+pub fn apply_weight(x: &Tensor, w: &Param) -> candle_core::Result<Tensor> {
+    if w.is_trainable() {
+        trainable_linear(x, w.tensor())
+    } else {
+        frozen_linear(x, w.tensor())
+    }
+}
+
+impl LoraLinear {
+    /// A plain linear layer with weight `w`.
+    pub fn new(weight: Param) -> Self {
+        LoraLinear {
+            weight,
+            lora: None,
+            merged: false,
+        }
+    }
+
+    /// Adds an adapter (A Kaiming-uniform from `seed`, B zero) and freezes W.
+    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        if self.lora.is_some() {
+            bail!("layer already has a LoRA adapter");
+        }
+        let (out_f, in_f) = self.weight.tensor().dims2()?;
+        let dev = self.weight.tensor().device().clone();
+        let bound = 1.0 / (in_f as f64).sqrt();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let a: Vec<f32> = (0..cfg.rank * in_f)
+            .map(|_| rng.random_range(-bound..bound) as f32)
+            .collect();
+        let a = Tensor::from_vec(a, (cfg.rank, in_f), &dev)?;
+        let b = Tensor::zeros((out_f, cfg.rank), DType::F32, &dev)?;
+        self.weight.set_trainable(false)?;
+        self.lora = Some(LoraAdapter {
+            a: Param::trainable(a, ParamGroup::Lora)?,
+            b: Param::trainable(b, ParamGroup::Lora)?,
+            scale: cfg.scale(),
+            dropout: cfg.dropout,
+        });
+        Ok(())
+    }
+
+    /// Whether the adapter is folded into W.
+    pub fn is_merged(&self) -> bool {
+        self.merged
+    }
+
+    /// s·B·A in W's dtype.
+    fn delta(&self, l: &LoraAdapter) -> Result<Tensor> {
+        let ba =
+            l.b.tensor()
+                .to_dtype(DType::F32)?
+                .matmul(&l.a.tensor().to_dtype(DType::F32)?)?;
+        Ok((ba * l.scale)?)
+    }
+
+    /// W ← W + s·B·A; the forward then skips the adapter (same output to rounding).
+    pub fn merge(&mut self) -> Result<()> {
+        if let (Some(l), false) = (&self.lora, self.merged) {
+            let w = self.weight.tensor();
+            let merged = (w.to_dtype(DType::F32)? + self.delta(l)?)?.to_dtype(w.dtype())?;
+            self.weight.set_value(merged)?;
+            self.merged = true;
+        }
+        Ok(())
+    }
+
+    /// W ← W − s·B·A, undoing [`LoraLinear::merge`].
+    pub fn unmerge(&mut self) -> Result<()> {
+        if let (Some(l), true) = (&self.lora, self.merged) {
+            let w = self.weight.tensor();
+            let base = (w.to_dtype(DType::F32)? - self.delta(l)?)?.to_dtype(w.dtype())?;
+            self.weight.set_value(base)?;
+            self.merged = false;
+        }
+        Ok(())
+    }
+
+    /// y = x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ (the adapter term is skipped when merged).
+    pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let y = apply_weight(x, &self.weight)?;
+        match (&self.lora, self.merged) {
+            (Some(l), false) => {
+                let h = ctx.dropout(x, l.dropout)?.to_dtype(l.a.tensor().dtype())?;
+                let low = apply_weight(&apply_weight(&h, &l.a)?, &l.b)?;
+                Ok((y + (low * l.scale)?.to_dtype(x.dtype())?)?)
+            }
+            _ => Ok(y),
+        }
+    }
+}
+
+impl VisitParams for LoraLinear {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        f(&format!("{prefix}weight"), &self.weight);
+        if let Some(l) = &self.lora {
+            f(&format!("{prefix}lora_A.weight"), &l.a);
+            f(&format!("{prefix}lora_B.weight"), &l.b);
+        }
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
+        f(&format!("{prefix}weight"), &mut self.weight);
+        if let Some(l) = &mut self.lora {
+            f(&format!("{prefix}lora_A.weight"), &mut l.a);
+            f(&format!("{prefix}lora_B.weight"), &mut l.b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn layer(cfg: &LoraConfig) -> Result<(LoraLinear, Tensor, Tensor)> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (6, 10), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 4, 10), &dev)?;
+        let mut l = LoraLinear::new(Param::frozen(w.clone(), ParamGroup::Trunk));
+        l.add_lora(cfg, 42)?;
+        Ok((l, w, x))
+    }
+
+    #[test]
+    fn at_init_equals_base_exactly() -> Result<()> {
+        let (l, w, x) = layer(&LoraConfig::default())?;
+        let y = l.forward(&x, &ForwardCtx::eval())?;
+        let base = frozen_linear(&x, &w)?;
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?,
+            base.flatten_all()?.to_vec1::<f32>()?
+        );
+        let a = l
+            .lora
+            .as_ref()
+            .unwrap()
+            .a
+            .tensor()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bound = 1.0 / 10f32.sqrt();
+        assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound / 2.0));
+        Ok(())
+    }
+
+    #[test]
+    fn scaling_is_alpha_over_rank_or_sqrt_rank() -> Result<()> {
+        for rslora in [false, true] {
+            let cfg = LoraConfig {
+                rank: 4,
+                alpha: 8.0,
+                rslora,
+                ..Default::default()
+            };
+            let (mut l, w, x) = layer(&cfg)?;
+            let ad = l.lora.as_mut().unwrap();
+            let b = Tensor::randn(0f32, 1.0, (6, 4), &Device::Cpu)?;
+            ad.b.set_value(b.clone())?;
+            let a = ad.a.tensor().clone();
+            let s = if rslora { 8.0 / 2.0 } else { 8.0 / 4.0 };
+            let expect = (frozen_linear(&x, &w)?
+                + (x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * s)?)?;
+            let y = l.forward(&x, &ForwardCtx::eval())?;
+            assert!(max_diff(&y, &expect) < 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn merge_matches_unmerged_and_unmerge_restores() -> Result<()> {
+        let (mut l, w, x) = layer(&LoraConfig::default())?;
+        let b = Tensor::randn(0f32, 1.0, (6, 8), &Device::Cpu)?;
+        l.lora.as_mut().unwrap().b.set_value(b)?;
+        let ctx = ForwardCtx::eval();
+        let unmerged = l.forward(&x, &ctx)?;
+        l.merge()?;
+        assert!(l.is_merged());
+        let merged = l.forward(&x, &ctx)?;
+        assert!(
+            max_diff(&merged, &unmerged) < 1e-5,
+            "{}",
+            max_diff(&merged, &unmerged)
+        );
+        assert!(
+            max_diff(l.weight.tensor(), &w) > 1e-3,
+            "merge must change W"
+        );
+        l.unmerge()?;
+        assert!(max_diff(l.weight.tensor(), &w) < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn targets_expand_and_reject_unknown() {
+        let c = LoraConfig {
+            target_modules: vec!["all-linear".into()],
+            ..Default::default()
+        };
+        assert_eq!(c.targets().unwrap().len(), 7);
+        let c = LoraConfig {
+            target_modules: vec!["wq".into(), "q_proj".into()],
+            ..Default::default()
+        };
+        assert!(c.targets().unwrap_err().to_string().contains("q_proj"));
+    }
+
+    #[test]
+    fn seven_b_trainable_count_matches_spec() {
+        let args = ModelArgs::preset("7b_1t_4").unwrap();
+        assert_eq!(
+            LoraConfig::default().trainable_count(&args).unwrap(),
+            8_388_608
+        );
+    }
+}

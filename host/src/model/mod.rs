@@ -1,0 +1,24 @@
+//! The model half of the host: the MTP Transformer, its value head, LoRA, loading and saving.
+
+pub mod adapter;
+pub mod args;
+pub mod block;
+pub mod eval;
+pub mod forward_ctx;
+pub mod frozen_linear;
+pub mod init;
+pub mod load;
+pub mod lora;
+pub mod memory;
+pub mod norm;
+pub mod param;
+pub mod rope;
+pub mod transformer;
+pub mod value_head;
+
+pub use args::ModelArgs;
+pub use forward_ctx::ForwardCtx;
+pub use lora::{LoraConfig, LoraLinear};
+pub use param::{Param, ParamGroup, VisitParams};
+pub use transformer::Transformer;
+pub use value_head::{ValueHead, ValueHeadConfig, ValueHeadKind};

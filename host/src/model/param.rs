@@ -1,0 +1,127 @@
+//! `Param`: one named weight of the model, frozen (a plain tensor, no gradient) or trainable (a `Var`),
+//! and the parameter groups the trainer and the plugins speak of.
+
+use anyhow::Result;
+use candle_core::{Tensor, Var};
+
+/// The part of the model a parameter belongs to; pipelines train groups, not single tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParamGroup {
+    /// LoRA adapter matrices (`lora_A`, `lora_B`).
+    Lora,
+    /// The value head.
+    ValueHead,
+    /// Head blocks (head 0 and the extra heads), the shared final norm and the output projection.
+    Heads,
+    /// Token embedding and trunk blocks.
+    Trunk,
+}
+
+impl ParamGroup {
+    /// The group's name in configs and manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamGroup::Lora => "lora",
+            ParamGroup::ValueHead => "value_head",
+            ParamGroup::Heads => "heads",
+            ParamGroup::Trunk => "trunk",
+        }
+    }
+}
+
+/// A model weight. Frozen weights are detached tensors (candle records no gradient path into them);
+/// trainable ones are `Var`s.
+#[derive(Debug, Clone)]
+pub struct Param {
+    tensor: Tensor,
+    var: Option<Var>,
+    group: ParamGroup,
+}
+
+impl Param {
+    /// A frozen parameter.
+    pub fn frozen(tensor: Tensor, group: ParamGroup) -> Self {
+        Param {
+            tensor: tensor.detach(),
+            var: None,
+            group,
+        }
+    }
+
+    /// A trainable parameter (the tensor becomes a `Var`).
+    pub fn trainable(tensor: Tensor, group: ParamGroup) -> Result<Self> {
+        let mut p = Param::frozen(tensor, group);
+        p.set_trainable(true)?;
+        Ok(p)
+    }
+
+    /// The tensor to compute with: the `Var` when trainable, a detached tensor when frozen.
+    pub fn tensor(&self) -> &Tensor {
+        match &self.var {
+            Some(v) => v.as_tensor(),
+            None => &self.tensor,
+        }
+    }
+
+    /// The `Var` of a trainable parameter, to read its gradient and update it.
+    pub fn var(&self) -> Option<&Var> {
+        self.var.as_ref()
+    }
+
+    /// Whether the optimiser updates this parameter.
+    pub fn is_trainable(&self) -> bool {
+        self.var.is_some()
+    }
+
+    /// The parameter's group.
+    pub fn group(&self) -> ParamGroup {
+        self.group
+    }
+
+    /// Number of scalars.
+    pub fn numel(&self) -> usize {
+        self.tensor().elem_count()
+    }
+
+    /// Makes the parameter trainable (a `Var`) or frozen (a detached tensor), keeping its value.
+    pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
+        match (trainable, self.var.take()) {
+            (true, Some(v)) => self.var = Some(v),
+            (true, None) => self.var = Some(Var::from_tensor(&self.tensor)?),
+            (false, Some(v)) => self.tensor = v.as_tensor().detach(),
+            (false, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Replaces the value (same shape), keeping trainability.
+    pub fn set_value(&mut self, value: Tensor) -> Result<()> {
+        anyhow::ensure!(
+            value.dims() == self.tensor().dims(),
+            "shape {:?} does not match the parameter's {:?}",
+            value.dims(),
+            self.tensor().dims()
+        );
+        match &self.var {
+            Some(v) => v.set(&value)?,
+            None => self.tensor = value.detach(),
+        }
+        Ok(())
+    }
+}
+
+/// Walks a module's parameters with their checkpoint names (Meta key names, e.g.
+/// `layers.3.attention.wq.weight`, `layers.3.attention.wq.lora_A.weight`, `value_head.out.weight`).
+pub trait VisitParams {
+    /// Calls `f(name, param)` for every parameter, names prefixed by `prefix`.
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param));
+    /// Mutable variant of [`VisitParams::visit`].
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param));
+
+    /// All parameters as (name, param) pairs, in a stable order.
+    fn named_params(&self) -> Vec<(String, Param)> {
+        let mut out = Vec::new();
+        self.visit("", &mut |n, p| out.push((n.to_string(), p.clone())));
+        out
+    }
+}

@@ -1,0 +1,73 @@
+//! Rotary position embedding in Meta's interleaved-pair convention: the pairs (2i, 2i+1) of each head
+//! are rotated by the angle t·θ^(−2i/head_dim) at position t.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// cos/sin tables for positions 0..T, shaped [T, head_dim/2].
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    /// Tables for `seq_len` positions starting at `start`.
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        start: usize,
+        seq_len: usize,
+        dev: &Device,
+    ) -> Result<Self> {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(seq_len * half);
+        let mut sin = Vec::with_capacity(seq_len * half);
+        for t in start..start + seq_len {
+            for i in 0..half {
+                // Meta computes the frequencies in f32; the angle is rounded to f32 likewise.
+                let freq = (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32;
+                let ang = (t as f32 * freq) as f64;
+                cos.push(ang.cos() as f32);
+                sin.push(ang.sin() as f32);
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (seq_len, half), dev)?,
+            sin: Tensor::from_vec(sin, (seq_len, half), dev)?,
+        })
+    }
+
+    /// Rotates x [B, T, n_heads, head_dim] (computed in f32, returned in x's dtype).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, h, d) = x.dims4()?;
+        let xf = x.to_dtype(DType::F32)?.reshape((b, t, h, d / 2, 2))?;
+        let x0 = xf.narrow(D::Minus1, 0, 1)?;
+        let x1 = xf.narrow(D::Minus1, 1, 1)?;
+        let cos = self.cos.reshape((1, t, 1, d / 2, 1))?;
+        let sin = self.sin.reshape((1, t, 1, d / 2, 1))?;
+        let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+        let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+        Tensor::cat(&[r0, r1], D::Minus1)?
+            .reshape((b, t, h, d))?
+            .to_dtype(x.dtype())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_interleaved_pairs() -> Result<()> {
+        let dev = Device::Cpu;
+        // one head of dim 4 at position 1: pair 0 rotates by 1 rad, pair 1 by θ^(-1/2) = 0.01 rad
+        let rope = Rope::new(4, 1e4, 0, 2, &dev)?;
+        let x = Tensor::from_vec(vec![0f32, 0., 0., 0., 1., 0., 1., 0.], (1, 2, 1, 4), &dev)?;
+        let y = rope.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let want = [1f32.cos(), 1f32.sin(), 0.01f32.cos(), 0.01f32.sin()];
+        for (a, b) in y[4..].iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+        Ok(())
+    }
+}

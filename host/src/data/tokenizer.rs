@@ -163,6 +163,13 @@ impl Tokenizer {
         })
     }
 
+    /// Writes the tokenizer as a HF `tokenizer.json` (e.g. to ship one built from GGUF metadata).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| anyhow!("writing tokenizer {}: {e}", path.display()))
+    }
+
     /// Vocabulary size, special tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -219,4 +226,51 @@ fn sentencepiece_tokenizer(
         DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
     ]))));
     Ok(tk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::sentencepiece::tests::encode;
+
+    #[test]
+    fn sentencepiece_model_file_tokenizes_and_round_trips() -> Result<()> {
+        let mut pieces = vec![("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)];
+        let bytes: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        pieces.extend(bytes.iter().map(|b| (b.as_str(), 0.0, 6)));
+        pieces.extend([
+            ("▁hello", -1.0, 1),
+            ("▁world", -1.5, 1),
+            ("▁", -3.0, 1),
+            ("h", -5.0, 1),
+            ("▁hel", -4.0, 1),
+            ("lo", -4.0, 1),
+        ]);
+        let dir = std::env::temp_dir().join(format!("wmtp-spm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("tokenizer.model");
+        std::fs::write(&path, encode(&pieces))?;
+        let tok = Tokenizer::from_sentencepiece_model(&path)?;
+        assert_eq!((tok.bos_id, tok.eos_id), (Some(1), Some(2)));
+        let hello = 3 + 256;
+        assert_eq!(tok.encode("hello world", true)?, vec![1, hello, hello + 1]);
+        // an unseen character falls back to its UTF-8 bytes, and decodes back
+        let ids = tok.encode("hello é", false)?;
+        assert_eq!(&ids[..2], &[hello, hello + 2]);
+        assert_eq!(&ids[2..], &[3 + 0xC3, 3 + 0xA9]);
+        assert_eq!(tok.decode(&ids)?, "hello é");
+        // and it survives a tokenizer.json round trip
+        let json = dir.join("tokenizer.json");
+        tok.save(&json)?;
+        let again = Tokenizer::from_file(&json, None, None)?;
+        assert_eq!(
+            again.encode("hello world é", true)?,
+            tok.encode("hello world é", true)?
+        );
+        assert!(Tokenizer::from_file(&dir.join("absent.json"), None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("absent.json"));
+        Ok(())
+    }
 }

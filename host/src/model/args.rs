@@ -160,21 +160,21 @@ impl ModelArgs {
         if self.dim == 0 || self.n_heads == 0 || self.vocab_size == 0 {
             bail!("`dim`, `n_heads` and `vocab_size` must be positive");
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             bail!(
                 "`dim` ({}) must be divisible by `n_heads` ({})",
                 self.dim,
                 self.n_heads
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!(
                 "head_dim = dim / n_heads = {} must be even for RoPE",
                 self.head_dim()
             );
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.n_heads % kv != 0 {
+        if kv == 0 || !self.n_heads.is_multiple_of(kv) {
             bail!(
                 "`n_kv_heads` ({kv}) must divide `n_heads` ({})",
                 self.n_heads

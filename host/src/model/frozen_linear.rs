@@ -11,7 +11,11 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 /// y = x · Wᵀ for a 2-D contiguous x [m, k] and W [n, k]; gradient flows to x only.
 struct FrozenMatmul;
 
-fn bmnk(l1: &Layout, l2: &Layout) -> Result<((usize, usize, usize, usize), Layout, Shape)> {
+/// Matmul sizes (batch, m, n, k) for candle's backend.
+type Bmnk = (usize, usize, usize, usize);
+
+/// Sizes, Wᵀ's layout and the output shape of x [m, k] · W [n, k]ᵀ.
+fn bmnk(l1: &Layout, l2: &Layout) -> Result<(Bmnk, Layout, Shape)> {
     let (m, k) = l1.shape().dims2()?;
     let (n, k2) = l2.shape().dims2()?;
     if k != k2 {

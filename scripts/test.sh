@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fixtures.sh
+scripts/build-plugins.sh
 cargo test --workspace "$@"

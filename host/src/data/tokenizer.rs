@@ -129,7 +129,9 @@ impl Tokenizer {
             .filter(|(_, &t)| t == 3 || t == 4)
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
-        inner.add_special_tokens(&specials);
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| anyhow!("{source}: adding special tokens: {e}"))?;
         Ok(Tokenizer {
             inner,
             bos_id,
@@ -155,7 +157,9 @@ impl Tokenizer {
             .filter(|p| p.kind == 3)
             .map(|p| AddedToken::from(p.piece.clone(), true))
             .collect();
-        inner.add_special_tokens(&specials);
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| anyhow!("{}: adding special tokens: {e}", path.display()))?;
         Ok(Tokenizer {
             inner,
             bos_id: by_piece("<s>"),
@@ -215,7 +219,8 @@ fn sentencepiece_tokenizer(
             NormalizerWrapper::Prepend(Prepend::new("▁".into())),
             NormalizerWrapper::Replace(replace),
         ]),
-    )));
+    )))
+    .map_err(|e| anyhow!("building SentencePiece normalizer: {e}"))?;
     let space = tokenizers::decoders::DecoderWrapper::Replace(
         Replace::new("▁", " ").map_err(|e| anyhow!("{e}"))?,
     );

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds every Wasm plugin (the shipped pipelines, the SDK example, the hostile test plugins) as
+# components for wasm32-unknown-unknown, linked by rustup's wasm-component-ld (no WASI imports), and
+# copies them to plugins/<name>.wasm, examples/<name>.wasm and .cache/test-plugins/<name>.wasm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+BIN="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin"
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$BIN/wasm-component-ld"
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Clink-arg=--wasm-ld-path=$BIN/gcc-ld/wasm-ld -Clink-arg=--wasi-adapter=none"
+out=target/wasm32-unknown-unknown/release
+shipped=(baseline)
+args=()
+for p in "${shipped[@]}"; do args+=(-p "wmtp-plugin-$p"); done
+cargo build --release --target wasm32-unknown-unknown "${args[@]}"
+for p in "${shipped[@]}"; do cp "$out/wmtp_plugin_$p.wasm" "plugins/$p.wasm"; done
+echo "plugins: built ${shipped[*]}"

@@ -1,0 +1,109 @@
+//! Typed, checked views over a batch's flat arrays: `[b,t,k]` and `[b,t]` indexing (SPEC §4 layout).
+
+use crate::Batch;
+
+/// A batch with its lengths checked, indexed by (sequence, position, head).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchView<'a> {
+    /// The batch.
+    pub batch: &'a Batch,
+    /// B.
+    pub b: usize,
+    /// T.
+    pub t: usize,
+    /// H.
+    pub h: usize,
+}
+
+fn check<T>(name: &str, v: &[T], n: usize) -> Result<(), String> {
+    if v.len() != n {
+        return Err(format!(
+            "batch field `{name}` has {} entries, expected {n}",
+            v.len()
+        ));
+    }
+    Ok(())
+}
+
+impl<'a> BatchView<'a> {
+    /// Checks every present array's length against B, T, H.
+    pub fn new(batch: &'a Batch) -> Result<Self, String> {
+        let (b, t, h) = (
+            batch.sequences as usize,
+            batch.positions as usize,
+            batch.heads as usize,
+        );
+        check("ce", &batch.ce, b * t * h)?;
+        check("ce-mask", &batch.ce_mask, b * t * h)?;
+        check("target-mask", &batch.target_mask, b * t)?;
+        if let Some(v) = &batch.values {
+            check("values", v, b * t)?;
+        }
+        if let Some(v) = &batch.ref_ce {
+            check("ref-ce", v, b * t)?;
+        }
+        if let Some(v) = &batch.rewards {
+            check("rewards", v, b)?;
+        }
+        if let Some(v) = &batch.pair_ids {
+            check("pair-ids", v, b)?;
+        }
+        Ok(BatchView { batch, b, t, h })
+    }
+
+    /// Flat index of (b, t, k) in [B,T,H] arrays.
+    pub fn idx3(&self, b: usize, t: usize, k: usize) -> usize {
+        (b * self.t + t) * self.h + k
+    }
+
+    /// Flat index of (b, t) in [B,T] arrays.
+    pub fn idx2(&self, b: usize, t: usize) -> usize {
+        b * self.t + t
+    }
+
+    /// CE[b,t,k].
+    pub fn ce(&self, b: usize, t: usize, k: usize) -> f32 {
+        self.batch.ce[self.idx3(b, t, k)]
+    }
+
+    /// M[b,t,k] as a bool.
+    pub fn valid(&self, b: usize, t: usize, k: usize) -> bool {
+        self.batch.ce_mask[self.idx3(b, t, k)] != 0
+    }
+
+    /// m[b,t] as a bool.
+    pub fn target(&self, b: usize, t: usize) -> bool {
+        self.batch.target_mask[self.idx2(b, t)] != 0
+    }
+
+    /// The values, or an error saying the plugin needs them.
+    pub fn values(&self) -> Result<&'a [f32], String> {
+        self.batch
+            .values
+            .as_deref()
+            .ok_or_else(|| "batch has no values (manifest must need `values`)".into())
+    }
+
+    /// The reference CE, or an error.
+    pub fn ref_ce(&self) -> Result<&'a [f32], String> {
+        self.batch
+            .ref_ce
+            .as_deref()
+            .ok_or_else(|| "batch has no ref-ce (manifest must need `reference`)".into())
+    }
+
+    /// The rewards, or an error.
+    pub fn rewards(&self) -> Result<&'a [f32], String> {
+        self.batch
+            .rewards
+            .as_deref()
+            .ok_or_else(|| "batch has no rewards (manifest must need `rewards`)".into())
+    }
+
+    /// Number of valid tokens of head k: Σ_{b,t} M[b,t,k].
+    pub fn valid_count(&self, k: usize) -> usize {
+        (0..self.b)
+            .map(|b| (0..self.t).filter(|&t| self.valid(b, t, k)).count())
+            .sum()
+    }
+}

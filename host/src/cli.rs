@@ -27,6 +27,31 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Next-token perplexity (head 0) of a text.
     Perplexity(PerplexityArgs),
+    /// Inspect and check pipeline plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `wmtp plugin …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Print a plugin's manifest and config keys.
+    Describe {
+        /// The plugin (.wasm component).
+        plugin: std::path::PathBuf,
+    },
+    /// Run the conformance checks on plugins; exits non-zero if any fails.
+    Check {
+        /// The plugins (.wasm components).
+        #[arg(required = true)]
+        plugins: Vec<std::path::PathBuf>,
+        /// A run config whose `[plugin]` table (or, without one, the whole file) configures the plugin.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Time budget for one call on a 64k-token × 4-head batch, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        budget_ms: u64,
+    },
 }
 
 /// Where the model comes from.
@@ -130,6 +155,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info(&a),
         Command::Generate(a) => generate(&a),
         Command::Perplexity(a) => perplexity(&a),
+        Command::Plugin(c) => crate::plugin::cli::run(c),
     }
 }
 

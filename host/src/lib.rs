@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod data;
 pub mod model;
+pub mod plugin;

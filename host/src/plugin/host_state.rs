@@ -1,0 +1,126 @@
+//! What a plugin's store holds: limits, an empty deterministic WASI context (for WASI-p2 components), the
+//! host imports' state (log counters, the last error message), and the cross-rank reducer.
+
+use super::bindings::{wmtp, PipelineImports};
+use super::limits::PluginLimits;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Element-wise sum over ranks (identity on one rank).
+pub type AllReduce = Arc<dyn Fn(&[f64]) -> Vec<f64> + Send + Sync>;
+
+/// A clock frozen at zero: plugins see no time.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Store data of one plugin instance.
+pub struct HostState {
+    /// Memory cap.
+    pub limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// The plugin's name, for its log lines.
+    pub plugin: String,
+    /// Messages logged during the current call, and their bytes.
+    pub log_count: usize,
+    log_bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+    /// Set when the current call exceeded the log limits.
+    pub log_flood: bool,
+    /// The last error-level message (the SDK's panic hook sends the panic text here).
+    pub last_error: Option<String>,
+    reducer: AllReduce,
+}
+
+impl HostState {
+    /// State for a plugin named `plugin` under `limits`.
+    pub fn new(plugin: &str, limits: &PluginLimits, reducer: AllReduce) -> Self {
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![42, 7, 99, 3]))
+            .insecure_random(wasmtime_wasi::Deterministic::new(vec![17, 5, 64, 1]))
+            .insecure_random_seed(0)
+            .build();
+        HostState {
+            limits: StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build(),
+            wasi,
+            table: ResourceTable::new(),
+            plugin: plugin.to_string(),
+            log_count: 0,
+            log_bytes: 0,
+            max_messages: limits.log_messages_per_call,
+            max_bytes: limits.log_bytes_per_call,
+            log_flood: false,
+            last_error: None,
+            reducer,
+        }
+    }
+
+    /// Resets the per-call counters before a call.
+    pub fn begin_call(&mut self) {
+        self.log_count = 0;
+        self.log_bytes = 0;
+        self.log_flood = false;
+        self.last_error = None;
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wmtp::pipeline::types::Host for HostState {}
+
+impl PipelineImports for HostState {
+    fn log(&mut self, level: u8, msg: String) -> wasmtime::Result<()> {
+        self.log_count += 1;
+        self.log_bytes += msg.len();
+        if self.log_count > self.max_messages || self.log_bytes > self.max_bytes {
+            self.log_flood = true;
+            wasmtime::bail!(
+                "log flood: more than {} messages or {} bytes in one call",
+                self.max_messages,
+                self.max_bytes
+            );
+        }
+        let p = &self.plugin;
+        match level {
+            0 => {
+                tracing::error!(plugin = %p, "{msg}");
+                self.last_error = Some(msg);
+            }
+            1 => tracing::warn!(plugin = %p, "{msg}"),
+            2 => tracing::info!(plugin = %p, "{msg}"),
+            _ => tracing::debug!(plugin = %p, "{msg}"),
+        }
+        Ok(())
+    }
+
+    fn all_reduce_sum(&mut self, xs: Vec<f64>) -> wasmtime::Result<Vec<f64>> {
+        Ok((self.reducer)(&xs))
+    }
+}

@@ -1,0 +1,30 @@
+//! The sandbox's limits for one plugin instance.
+
+use std::time::Duration;
+
+/// Resource caps applied to every plugin call.
+#[derive(Debug, Clone)]
+pub struct PluginLimits {
+    /// Most linear memory a plugin may hold (a larger `memory.grow` traps).
+    pub memory_bytes: usize,
+    /// Wall-clock cap per call (epoch interruption).
+    pub call_timeout: Duration,
+    /// Deterministic instruction budget per call (wasmtime fuel); None disables fuel metering.
+    pub fuel_per_call: Option<u64>,
+    /// Most `log` messages per call before the call is stopped as a log flood.
+    pub log_messages_per_call: usize,
+    /// Most `log` bytes per call.
+    pub log_bytes_per_call: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_bytes: 512 << 20,
+            call_timeout: Duration::from_secs(10),
+            fuel_per_call: None,
+            log_messages_per_call: 1000,
+            log_bytes_per_call: 256 << 10,
+        }
+    }
+}

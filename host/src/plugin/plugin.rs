@@ -1,0 +1,194 @@
+//! `Plugin`: one loaded pipeline plugin. Every call runs under the runtime's limits (memory cap,
+//! wall-clock cap, optional fuel, log-flood cap); every failure is an error naming the plugin and the
+//! export; every answer is validated before use. After a trap the instance is discarded and the next
+//! call gets a fresh one with the last configuration re-applied (state since the last `load_state` is
+//! lost, which the error says).
+
+use super::bindings::{Batch, Coefficients, Manifest, Pipeline};
+use super::host_state::HostState;
+use super::runtime::{PluginRuntime, EPOCH_TICK};
+use super::validate::{check_coefficients, check_manifest};
+use anyhow::{anyhow, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+
+/// A loaded, sandboxed pipeline plugin.
+pub struct Plugin {
+    runtime: Arc<PluginRuntime>,
+    path: PathBuf,
+    label: String,
+    component: Component,
+    live: Option<(Store<HostState>, Pipeline)>,
+    manifest: Manifest,
+    config: Option<String>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plugin({})", self.label)
+    }
+}
+
+impl Plugin {
+    /// Compiles and instantiates the plugin at `path`, reads and validates its manifest.
+    pub fn load(runtime: &Arc<PluginRuntime>, path: &Path) -> Result<Self> {
+        let component = runtime.compile(path)?;
+        let label = format!("plugin {}", path.display());
+        let mut p = Plugin {
+            runtime: runtime.clone(),
+            path: path.to_path_buf(),
+            label,
+            component,
+            live: None,
+            manifest: Manifest {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+                needs: vec![],
+                trains: vec![],
+                uses_ce: true,
+                uses_values_grad: false,
+                config_keys: vec![],
+            },
+            config: None,
+        };
+        let m = p.call("describe", |pl, st| pl.call_describe(st))?;
+        check_manifest(&m).map_err(|e| anyhow!("{}: invalid manifest: {e}", p.label))?;
+        p.label = format!("plugin `{}` ({})", m.name, path.display());
+        if let Some((st, _)) = &mut p.live {
+            st.data_mut().plugin = m.name.clone();
+        }
+        p.manifest = m;
+        Ok(p)
+    }
+
+    /// The plugin's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// `plugin \`name\` (path)`, as used in errors.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn instantiate(&self) -> Result<(Store<HostState>, Pipeline)> {
+        let rt = &self.runtime;
+        let name = if self.manifest.name.is_empty() { self.path.display().to_string() } else { self.manifest.name.clone() };
+        let mut store = Store::new(&rt.engine, HostState::new(&name, &rt.limits, rt.reducer.clone()));
+        store.limiter(|s| &mut s.limits);
+        if rt.limits.fuel_per_call.is_some() {
+            store.set_fuel(u64::MAX).map_err(|e| anyhow!("{e}"))?;
+        }
+        store.set_epoch_deadline(u64::MAX / 2);
+        let pl = Pipeline::instantiate(&mut store, &self.component, &rt.linker).map_err(|e| {
+            anyhow!("{}: does not implement the wmtp:pipeline@{} world: {e:?}", self.label, super::bindings::CONTRACT_VERSION)
+        })?;
+        Ok((store, pl))
+    }
+
+    /// Runs one export under the limits, turning traps into errors that say what happened.
+    fn call<R>(&mut self, export: &str, f: impl FnOnce(&Pipeline, &mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R> {
+        if self.live.is_none() {
+            let mut fresh = self.instantiate()?;
+            if let Some(cfg) = self.config.clone() {
+                let (st, pl) = &mut fresh;
+                arm(st, &self.runtime)?;
+                match pl.call_configure(&mut *st, &cfg) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(anyhow!("{}: configure (re-applied after a restart): {e}", self.label)),
+                    Err(e) => return Err(anyhow!("{}: configure trapped after a restart: {e:?}", self.label)),
+                }
+            }
+            self.live = Some(fresh);
+        }
+        let Some((store, pl)) = &mut self.live else { unreachable!("instantiated above") };
+        arm(store, &self.runtime)?;
+        match f(pl, store) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let msg = describe_trap(&e, store.data(), &self.runtime);
+                self.live = None; // the instance may be corrupt: the next call starts a fresh one
+                Err(anyhow!("{}: {export} failed: {msg} (the plugin was restarted; its in-memory state is lost)", self.label))
+            }
+        }
+    }
+
+    /// Applies the `[plugin]` TOML table; rejected settings leave the plugin as it was.
+    pub fn configure(&mut self, toml: &str) -> Result<()> {
+        let r = self.call("configure", |pl, st| pl.call_configure(st, toml))?;
+        r.map_err(|e| anyhow!("{}: configure rejected the settings: {e}", self.label))?;
+        self.config = Some(toml.to_string());
+        Ok(())
+    }
+
+    /// Coefficients for one micro-batch, validated against it.
+    pub fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients> {
+        let r = self.call("weigh", |pl, st| pl.call_weigh(st, batch, train))?;
+        let c = r.map_err(|e| anyhow!("{}: weigh returned an error: {e}", self.label))?;
+        check_coefficients(&c, batch, &self.manifest).map_err(|e| anyhow!("{}: weigh: {e}", self.label))?;
+        Ok(c)
+    }
+
+    /// Notifies the plugin that optimizer step `step` finished.
+    pub fn after_step(&mut self, step: u64) -> Result<()> {
+        let r = self.call("after-step", |pl, st| pl.call_after_step(st, step))?;
+        r.map_err(|e| anyhow!("{}: after-step returned an error: {e}", self.label))
+    }
+
+    /// The plugin's state bytes, for a checkpoint.
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        self.call("save-state", |pl, st| pl.call_save_state(st))
+    }
+
+    /// Restores state bytes from [`Plugin::save_state`].
+    pub fn load_state(&mut self, state: &[u8]) -> Result<()> {
+        let r = self.call("load-state", |pl, st| pl.call_load_state(st, state))?;
+        r.map_err(|e| anyhow!("{}: load-state rejected the state: {e}", self.label))
+    }
+}
+
+/// Sets the per-call wall-clock deadline and fuel, and clears the per-call log counters.
+fn arm(store: &mut Store<HostState>, rt: &PluginRuntime) -> Result<()> {
+    let ticks = (rt.limits.call_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
+    store.set_epoch_deadline(ticks);
+    if let Some(f) = rt.limits.fuel_per_call {
+        store.set_fuel(f).map_err(|e| anyhow!("{e}"))?;
+    }
+    store.data_mut().begin_call();
+    Ok(())
+}
+
+fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> String {
+    if st.log_flood {
+        return format!("{e}");
+    }
+    let panic = st.last_error.as_ref().map(|m| format!(" — last error it logged: {m}")).unwrap_or_default();
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("exceeded the wall-clock limit of {:?} per call", rt.limits.call_timeout),
+        Some(Trap::OutOfFuel) => format!("ran out of fuel ({} units per call)", rt.limits.fuel_per_call.unwrap_or(0)),
+        Some(t) => {
+            let text = format!("{e:?}");
+            if text.contains("memory") && (text.contains("grow") || text.contains("limit")) || *t == Trap::HeapMisaligned {
+                format!("exceeded the memory limit of {} MiB ({t})", rt.limits.memory_bytes >> 20)
+            } else {
+                format!("trapped: {t}{panic}")
+            }
+        }
+        None => {
+            let text = format!("{e:?}");
+            if text.contains("grow") && text.contains("memory") {
+                format!("exceeded the memory limit of {} MiB", rt.limits.memory_bytes >> 20)
+            } else {
+                format!("{e}{panic}")
+            }
+        }
+    }
+}

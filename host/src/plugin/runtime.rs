@@ -1,0 +1,157 @@
+//! `PluginRuntime`: the wasmtime engine and linker shared by all plugins, an epoch ticker for wall-clock
+//! caps, the import check (what a plugin may ask for), and a cache of compiled artifacts keyed by the
+//! plugin's bytes and the engine's compatibility hash (wasmtime version + settings).
+
+use super::bindings::{Pipeline, CONTRACT_PACKAGE, CONTRACT_VERSION};
+use super::host_state::{AllReduce, HostState};
+use super::limits::PluginLimits;
+use anyhow::{anyhow, bail, Context, Result};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+/// Epoch tick: the granularity of the wall-clock cap.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// WASI interfaces a plugin may import (a WASI-p2 component's standard library imports these even when
+/// unused). They are served by an empty context: no preopened directories, no environment, no arguments,
+/// a frozen clock and fixed random bytes. Sockets, HTTP and anything else are refused at load.
+const ALLOWED_WASI: [&str; 5] = ["wasi:cli/", "wasi:clocks/", "wasi:io/", "wasi:random/", "wasi:filesystem/"];
+
+/// Shared engine state for loading and running plugins.
+pub struct PluginRuntime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<HostState>,
+    pub(crate) limits: PluginLimits,
+    pub(crate) reducer: AllReduce,
+    cache_dir: Option<PathBuf>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The default artifact cache: `$WMTP_CACHE_DIR`, else `$XDG_CACHE_HOME/wmtp/plugins`, else
+/// `~/.cache/wmtp/plugins`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("WMTP_CACHE_DIR") {
+        return Some(PathBuf::from(d).join("plugins"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("wmtp").join("plugins"))
+}
+
+impl PluginRuntime {
+    /// A runtime with `limits`, single-rank reduction and the default artifact cache.
+    pub fn new(limits: PluginLimits) -> Result<Self> {
+        Self::with_options(limits, Arc::new(|xs: &[f64]| xs.to_vec()), default_cache_dir())
+    }
+
+    /// A runtime with a cross-rank reducer for `all-reduce-sum` and an optional artifact cache folder.
+    pub fn with_options(limits: PluginLimits, reducer: AllReduce, cache_dir: Option<PathBuf>) -> Result<Self> {
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true).epoch_interruption(true).consume_fuel(limits.fuel_per_call.is_some());
+        let engine = Engine::new(&cfg).map_err(|e| anyhow!("creating the Wasm engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        Pipeline::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("linking host imports: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (weak, stop) = (engine.weak(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("wmtp-plugin-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("starting the plugin epoch thread")?;
+        Ok(PluginRuntime { engine, linker, limits, reducer, cache_dir, stop_ticker })
+    }
+
+    /// The limits every plugin call runs under.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Compiles (or loads from the cache) the component in `path` and checks its imports.
+    pub fn compile(&self, path: &Path) -> Result<Component> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let component = self.compile_cached(&bytes).with_context(|| {
+            format!("plugin {}: not a valid Wasm component (build it with the wmtp SDK as a component)", path.display())
+        })?;
+        self.check_imports(&component).with_context(|| format!("plugin {}", path.display()))?;
+        Ok(component)
+    }
+
+    fn cache_key(&self, bytes: &[u8]) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let engine = h.finish();
+        let mut fnv: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in bytes {
+            fnv = (fnv ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        let mut s = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut s);
+        format!("{engine:016x}-{fnv:016x}-{:016x}-{}", s.finish(), bytes.len())
+    }
+
+    fn compile_cached(&self, bytes: &[u8]) -> Result<Component> {
+        let Some(dir) = &self.cache_dir else {
+            return Component::new(&self.engine, bytes).map_err(|e| anyhow!("{e:?}"));
+        };
+        let file = dir.join(format!("{}.cwasm", self.cache_key(bytes)));
+        if file.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an engine with the same
+            // compatibility hash (part of the file name); wasmtime checks the header again on load.
+            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &file) } {
+                return Ok(c);
+            }
+        }
+        let c = Component::new(&self.engine, bytes).map_err(|e| anyhow!("{e:?}"))?;
+        if let Ok(art) = c.serialize() {
+            let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, art).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Refuses imports outside the contract and the allowed WASI interfaces, and contracts of another
+    /// version, with a message naming the import.
+    fn check_imports(&self, component: &Component) -> Result<()> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if name == "log" || name == "all-reduce-sum" {
+                continue;
+            }
+            if let Some(rest) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/")) {
+                let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
+                if version != CONTRACT_VERSION {
+                    bail!("built against contract {CONTRACT_PACKAGE}@{version}, but this host speaks @{CONTRACT_VERSION}: rebuild it with a matching wmtp-sdk");
+                }
+                continue;
+            }
+            if ALLOWED_WASI.iter().any(|p| name.starts_with(p)) {
+                continue;
+            }
+            bail!("imports `{name}`, which the sandbox does not provide (plugins get no network, files, environment or clock)");
+        }
+        Ok(())
+    }
+}

@@ -9,7 +9,7 @@ BIN="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/b
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$BIN/wasm-component-ld"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Clink-arg=--wasm-ld-path=$BIN/gcc-ld/wasm-ld -Clink-arg=--wasi-adapter=none"
 out=target/wasm32-unknown-unknown/release
-shipped=(baseline)
+shipped=(baseline critic rho1 verifiable)
 args=()
 for p in "${shipped[@]}"; do args+=(-p "wmtp-plugin-$p"); done
 cargo build --release --target wasm32-unknown-unknown "${args[@]}"

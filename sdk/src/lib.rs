@@ -55,8 +55,9 @@ pub use wit_bindgen;
 /// The version of the contract this SDK speaks (the WIT package version).
 pub const CONTRACT_VERSION: &str = "0.1.0";
 
-/// What a pipeline plugin implements. One instance lives in the plugin for its whole life; the host
-/// calls `configure` once, then `weigh` per micro-batch and `after_step` per optimizer step.
+/// What a pipeline plugin implements. The host calls `configure` once (a call that comes first gets an
+/// instance configured with the manifest's defaults), then `weigh` per micro-batch and `after_step` per
+/// optimizer step. `Default` only needs to build an instance that `configure` then fills in.
 pub trait Pipeline: Default + 'static {
     /// Name, version, needed inputs, trained groups and every config key with its default.
     fn manifest() -> Manifest;

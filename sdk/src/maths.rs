@@ -53,15 +53,20 @@ pub fn masked_mean(x: &[f32], m: &[u8]) -> f64 {
 
 /// The q-quantile with linear interpolation between order statistics (numpy's default `linear`):
 /// position p = q·(n−1), value x₍⌊p⌋₎ + (p − ⌊p⌋)·(x₍⌈p⌉₎ − x₍⌊p⌋₎). None for no data.
-pub fn quantile_linear(values: &[f64], q: f64) -> Option<f64> {
+/// Runs in O(n) (selection, not a full sort); reorders `values`.
+pub fn quantile_linear(values: &mut [f64], q: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
-    let mut s = values.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let p = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let (lo, hi) = (p.floor() as usize, p.ceil() as usize);
-    Some(s[lo] + (p - lo as f64) * (s[hi] - s[lo]))
+    let p = q.clamp(0.0, 1.0) * (values.len() - 1) as f64;
+    let lo = p.floor() as usize;
+    let (_, &mut x_lo, upper) = values.select_nth_unstable_by(lo, |a, b| a.total_cmp(b));
+    let x_hi = if p > lo as f64 {
+        upper.iter().copied().fold(f64::INFINITY, f64::min)
+    } else {
+        x_lo
+    };
+    Some(x_lo + (p - lo as f64) * (x_hi - x_lo))
 }
 
 /// Last position t with m[b,t] = 1 (the sequence's terminal response token), if any.
@@ -304,10 +309,12 @@ mod tests {
     #[test]
     fn quantile_matches_numpy_linear() {
         // numpy.quantile([1, 2, 3, 4, 10], 0.3) == 2.2 ; 0.9 → 7.6
-        let x = [4.0, 1.0, 10.0, 3.0, 2.0];
-        assert!((quantile_linear(&x, 0.3).unwrap() - 2.2).abs() < 1e-12);
-        assert!((quantile_linear(&x, 0.9).unwrap() - 7.6).abs() < 1e-12);
-        assert_eq!(quantile_linear(&[], 0.5), None);
+        let mut x = [4.0, 1.0, 10.0, 3.0, 2.0];
+        assert!((quantile_linear(&mut x, 0.3).unwrap() - 2.2).abs() < 1e-12);
+        assert!((quantile_linear(&mut x, 0.9).unwrap() - 7.6).abs() < 1e-12);
+        assert_eq!(quantile_linear(&mut x, 1.0), Some(10.0));
+        assert_eq!(quantile_linear(&mut x, 0.0), Some(1.0));
+        assert_eq!(quantile_linear(&mut [], 0.5), None);
     }
 
     #[test]

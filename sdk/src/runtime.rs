@@ -18,11 +18,21 @@ fn install_panic_hook() {
     });
 }
 
+/// A pipeline configured with its declared defaults (used when a call comes before `configure`).
+fn with_defaults<T: Pipeline>() -> T {
+    let mut p = T::default();
+    let cfg = Config::parse("", &T::manifest().config_keys)
+        .unwrap_or_else(|e| panic!("the manifest's defaults: {e}"));
+    p.configure(&cfg)
+        .unwrap_or_else(|e| panic!("configure with the manifest's defaults failed: {e}"));
+    p
+}
+
 fn with<T: Pipeline, R>(f: impl FnOnce(&mut T) -> R) -> R {
     install_panic_hook();
     INSTANCE.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let inst = slot.get_or_insert_with(|| Box::new(T::default()));
+        let inst = slot.get_or_insert_with(|| Box::new(with_defaults::<T>()));
         f(inst
             .downcast_mut::<T>()
             .expect("one pipeline type per plugin"))

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 /// The plugin table of a run config: its `[plugin]` table, or the whole file when it has none.
 pub fn plugin_table_of(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
     Ok(match table.get("plugin") {
         Some(toml::Value::Table(t)) => toml::to_string(t)?,
         Some(_) => bail!("{}: `plugin` must be a table", path.display()),
@@ -23,7 +25,11 @@ pub fn plugin_table_of(path: &Path) -> Result<String> {
 pub fn run(cmd: PluginCommand) -> Result<()> {
     match cmd {
         PluginCommand::Describe { plugin } => describe(&plugin),
-        PluginCommand::Check { plugins, config, budget_ms } => {
+        PluginCommand::Check {
+            plugins,
+            config,
+            budget_ms,
+        } => {
             let cfg = match &config {
                 Some(p) => plugin_table_of(p)?,
                 None => String::new(),
@@ -33,7 +39,10 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
                 let report = check_plugin(p, &cfg, Duration::from_millis(budget_ms))?;
                 println!("{report}");
                 if let Some(t) = report.big_batch_time {
-                    println!("  (64k tokens × 4 heads: {:.2} ms per weigh)", t.as_secs_f64() * 1e3);
+                    println!(
+                        "  (64k tokens × 4 heads: {:.2} ms per weigh)",
+                        t.as_secs_f64() * 1e3
+                    );
                 }
                 failed += !report.passed() as usize;
             }
@@ -50,19 +59,46 @@ fn describe(path: &Path) -> Result<()> {
     let p = Plugin::load(&rt, path)?;
     let m = p.manifest();
     println!("{} {} — {}", m.name, m.version, m.description);
-    println!("contract  wmtp:pipeline@{}", super::bindings::CONTRACT_VERSION);
+    println!(
+        "contract  wmtp:pipeline@{}",
+        super::bindings::CONTRACT_VERSION
+    );
     let needs: Vec<&str> = m.needs.iter().map(|n| input_name(*n)).collect();
-    let trains: Vec<&str> = m.trains.iter().map(|g| crate::model::ParamGroup::from(*g).name()).collect();
-    println!("needs     {}", if needs.is_empty() { "-".into() } else { needs.join(", ") });
+    let trains: Vec<&str> = m
+        .trains
+        .iter()
+        .map(|g| crate::model::ParamGroup::from(*g).name())
+        .collect();
+    println!(
+        "needs     {}",
+        if needs.is_empty() {
+            "-".into()
+        } else {
+            needs.join(", ")
+        }
+    );
     println!("trains    {}", trains.join(", "));
-    println!("gradients {}{}", if m.uses_ce { "CE" } else { "" }, if m.uses_values_grad { " + values" } else { "" });
+    println!(
+        "gradients {}{}",
+        if m.uses_ce { "CE" } else { "" },
+        if m.uses_values_grad { " + values" } else { "" }
+    );
     if m.config_keys.is_empty() {
         println!("config    (no keys)");
     } else {
         println!("config keys ([plugin] table):");
-        let w = m.config_keys.iter().map(|k| k.name.len() + k.default_value.len() + 3).max().unwrap_or(0);
+        let w = m
+            .config_keys
+            .iter()
+            .map(|k| k.name.len() + k.default_value.len() + 3)
+            .max()
+            .unwrap_or(0);
         for k in &m.config_keys {
-            println!("  {:<w$}  {}", format!("{} = {}", k.name, k.default_value), k.doc);
+            println!(
+                "  {:<w$}  {}",
+                format!("{} = {}", k.name, k.default_value),
+                k.doc
+            );
         }
     }
     Ok(())

@@ -81,21 +81,36 @@ impl Plugin {
 
     fn instantiate(&self) -> Result<(Store<HostState>, Pipeline)> {
         let rt = &self.runtime;
-        let name = if self.manifest.name.is_empty() { self.path.display().to_string() } else { self.manifest.name.clone() };
-        let mut store = Store::new(&rt.engine, HostState::new(&name, &rt.limits, rt.reducer.clone()));
+        let name = if self.manifest.name.is_empty() {
+            self.path.display().to_string()
+        } else {
+            self.manifest.name.clone()
+        };
+        let mut store = Store::new(
+            &rt.engine,
+            HostState::new(&name, &rt.limits, rt.reducer.clone()),
+        );
         store.limiter(|s| &mut s.limits);
         if rt.limits.fuel_per_call.is_some() {
             store.set_fuel(u64::MAX).map_err(|e| anyhow!("{e}"))?;
         }
         store.set_epoch_deadline(u64::MAX / 2);
         let pl = Pipeline::instantiate(&mut store, &self.component, &rt.linker).map_err(|e| {
-            anyhow!("{}: does not implement the wmtp:pipeline@{} world: {e:?}", self.label, super::bindings::CONTRACT_VERSION)
+            anyhow!(
+                "{}: does not implement the wmtp:pipeline@{} world: {e:?}",
+                self.label,
+                super::bindings::CONTRACT_VERSION
+            )
         })?;
         Ok((store, pl))
     }
 
     /// Runs one export under the limits, turning traps into errors that say what happened.
-    fn call<R>(&mut self, export: &str, f: impl FnOnce(&Pipeline, &mut Store<HostState>) -> wasmtime::Result<R>) -> Result<R> {
+    fn call<R>(
+        &mut self,
+        export: &str,
+        f: impl FnOnce(&Pipeline, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R> {
         if self.live.is_none() {
             let mut fresh = self.instantiate()?;
             if let Some(cfg) = self.config.clone() {
@@ -103,13 +118,25 @@ impl Plugin {
                 arm(st, &self.runtime)?;
                 match pl.call_configure(&mut *st, &cfg) {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(anyhow!("{}: configure (re-applied after a restart): {e}", self.label)),
-                    Err(e) => return Err(anyhow!("{}: configure trapped after a restart: {e:?}", self.label)),
+                    Ok(Err(e)) => {
+                        return Err(anyhow!(
+                            "{}: configure (re-applied after a restart): {e}",
+                            self.label
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(anyhow!(
+                            "{}: configure trapped after a restart: {e:?}",
+                            self.label
+                        ))
+                    }
                 }
             }
             self.live = Some(fresh);
         }
-        let Some((store, pl)) = &mut self.live else { unreachable!("instantiated above") };
+        let Some((store, pl)) = &mut self.live else {
+            unreachable!("instantiated above")
+        };
         arm(store, &self.runtime)?;
         match f(pl, store) {
             Ok(r) => Ok(r),
@@ -133,7 +160,8 @@ impl Plugin {
     pub fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients> {
         let r = self.call("weigh", |pl, st| pl.call_weigh(st, batch, train))?;
         let c = r.map_err(|e| anyhow!("{}: weigh returned an error: {e}", self.label))?;
-        check_coefficients(&c, batch, &self.manifest).map_err(|e| anyhow!("{}: weigh: {e}", self.label))?;
+        check_coefficients(&c, batch, &self.manifest)
+            .map_err(|e| anyhow!("{}: weigh: {e}", self.label))?;
         Ok(c)
     }
 
@@ -170,14 +198,29 @@ fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> Str
     if st.log_flood {
         return format!("{e}");
     }
-    let panic = st.last_error.as_ref().map(|m| format!(" — last error it logged: {m}")).unwrap_or_default();
+    let panic = st
+        .last_error
+        .as_ref()
+        .map(|m| format!(" — last error it logged: {m}"))
+        .unwrap_or_default();
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("exceeded the wall-clock limit of {:?} per call", rt.limits.call_timeout),
-        Some(Trap::OutOfFuel) => format!("ran out of fuel ({} units per call)", rt.limits.fuel_per_call.unwrap_or(0)),
+        Some(Trap::Interrupt) => format!(
+            "exceeded the wall-clock limit of {:?} per call",
+            rt.limits.call_timeout
+        ),
+        Some(Trap::OutOfFuel) => format!(
+            "ran out of fuel ({} units per call)",
+            rt.limits.fuel_per_call.unwrap_or(0)
+        ),
         Some(t) => {
             let text = format!("{e:?}");
-            if text.contains("memory") && (text.contains("grow") || text.contains("limit")) || *t == Trap::HeapMisaligned {
-                format!("exceeded the memory limit of {} MiB ({t})", rt.limits.memory_bytes >> 20)
+            if text.contains("memory") && (text.contains("grow") || text.contains("limit"))
+                || *t == Trap::HeapMisaligned
+            {
+                format!(
+                    "exceeded the memory limit of {} MiB ({t})",
+                    rt.limits.memory_bytes >> 20
+                )
             } else {
                 format!("trapped: {t}{panic}")
             }
@@ -185,7 +228,10 @@ fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> Str
         None => {
             let text = format!("{e:?}");
             if text.contains("grow") && text.contains("memory") {
-                format!("exceeded the memory limit of {} MiB", rt.limits.memory_bytes >> 20)
+                format!(
+                    "exceeded the memory limit of {} MiB",
+                    rt.limits.memory_bytes >> 20
+                )
             } else {
                 format!("{e}{panic}")
             }

@@ -20,7 +20,13 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// WASI interfaces a plugin may import (a WASI-p2 component's standard library imports these even when
 /// unused). They are served by an empty context: no preopened directories, no environment, no arguments,
 /// a frozen clock and fixed random bytes. Sockets, HTTP and anything else are refused at load.
-const ALLOWED_WASI: [&str; 5] = ["wasi:cli/", "wasi:clocks/", "wasi:io/", "wasi:random/", "wasi:filesystem/"];
+const ALLOWED_WASI: [&str; 5] = [
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
 
 /// Shared engine state for loading and running plugins.
 pub struct PluginRuntime {
@@ -53,18 +59,29 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 impl PluginRuntime {
     /// A runtime with `limits`, single-rank reduction and the default artifact cache.
     pub fn new(limits: PluginLimits) -> Result<Self> {
-        Self::with_options(limits, Arc::new(|xs: &[f64]| xs.to_vec()), default_cache_dir())
+        Self::with_options(
+            limits,
+            Arc::new(|xs: &[f64]| xs.to_vec()),
+            default_cache_dir(),
+        )
     }
 
     /// A runtime with a cross-rank reducer for `all-reduce-sum` and an optional artifact cache folder.
-    pub fn with_options(limits: PluginLimits, reducer: AllReduce, cache_dir: Option<PathBuf>) -> Result<Self> {
+    pub fn with_options(
+        limits: PluginLimits,
+        reducer: AllReduce,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self> {
         let mut cfg = Config::new();
-        cfg.wasm_component_model(true).epoch_interruption(true).consume_fuel(limits.fuel_per_call.is_some());
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(limits.fuel_per_call.is_some());
         let engine = Engine::new(&cfg).map_err(|e| anyhow!("creating the Wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         Pipeline::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("linking host imports: {e}"))?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow!("linking WASI: {e}"))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (weak, stop) = (engine.weak(), stop_ticker.clone());
         std::thread::Builder::new()
@@ -79,7 +96,14 @@ impl PluginRuntime {
                 }
             })
             .context("starting the plugin epoch thread")?;
-        Ok(PluginRuntime { engine, linker, limits, reducer, cache_dir, stop_ticker })
+        Ok(PluginRuntime {
+            engine,
+            linker,
+            limits,
+            reducer,
+            cache_dir,
+            stop_ticker,
+        })
     }
 
     /// The limits every plugin call runs under.
@@ -89,11 +113,16 @@ impl PluginRuntime {
 
     /// Compiles (or loads from the cache) the component in `path` and checks its imports.
     pub fn compile(&self, path: &Path) -> Result<Component> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
         let component = self.compile_cached(&bytes).with_context(|| {
-            format!("plugin {}: not a valid Wasm component (build it with the wmtp SDK as a component)", path.display())
+            format!(
+                "plugin {}: not a valid Wasm component (build it with the wmtp SDK as a component)",
+                path.display()
+            )
         })?;
-        self.check_imports(&component).with_context(|| format!("plugin {}", path.display()))?;
+        self.check_imports(&component)
+            .with_context(|| format!("plugin {}", path.display()))?;
         Ok(component)
     }
 
@@ -107,7 +136,11 @@ impl PluginRuntime {
         }
         let mut s = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut s);
-        format!("{engine:016x}-{fnv:016x}-{:016x}-{}", s.finish(), bytes.len())
+        format!(
+            "{engine:016x}-{fnv:016x}-{:016x}-{}",
+            s.finish(),
+            bytes.len()
+        )
     }
 
     fn compile_cached(&self, bytes: &[u8]) -> Result<Component> {

@@ -9,14 +9,21 @@ use std::collections::HashSet;
 pub fn check_coefficients(c: &Coefficients, b: &Batch, m: &Manifest) -> Result<()> {
     let (nb, nt, nh) = (b.sequences as usize, b.positions as usize, b.heads as usize);
     if c.ce.len() != nb * nt * nh {
-        bail!("returned {} CE coefficients for a [B={nb}, T={nt}, H={nh}] batch (expected {})", c.ce.len(), nb * nt * nh);
+        bail!(
+            "returned {} CE coefficients for a [B={nb}, T={nt}, H={nh}] batch (expected {})",
+            c.ce.len(),
+            nb * nt * nh
+        );
     }
     if let Some(i) = c.ce.iter().position(|x| !x.is_finite()) {
         bail!("CE coefficient {i} is {} (must be finite)", c.ce[i]);
     }
     if let Some(i) = (0..c.ce.len()).find(|&i| b.ce_mask[i] == 0 && c.ce[i] != 0.0) {
         let (bb, t, k) = (i / (nt * nh), (i / nh) % nt, i % nh);
-        bail!("CE coefficient at [b={bb}, t={t}, k={k}] is {} where the mask is 0 (must be 0)", c.ce[i]);
+        bail!(
+            "CE coefficient at [b={bb}, t={t}, k={k}] is {} where the mask is 0 (must be 0)",
+            c.ce[i]
+        );
     }
     if !m.uses_ce && c.ce.iter().any(|&x| x != 0.0) {
         bail!("returned non-zero CE coefficients but its manifest says uses-ce = false");
@@ -26,13 +33,22 @@ pub fn check_coefficients(c: &Coefficients, b: &Batch, m: &Manifest) -> Result<(
             bail!("returned value coefficients but its manifest says uses-values-grad = false");
         }
         if v.len() != nb * nt {
-            bail!("returned {} value coefficients for a [B={nb}, T={nt}] batch (expected {})", v.len(), nb * nt);
+            bail!(
+                "returned {} value coefficients for a [B={nb}, T={nt}] batch (expected {})",
+                v.len(),
+                nb * nt
+            );
         }
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             bail!("value coefficient {i} is {} (must be finite)", v[i]);
         }
         if let Some(i) = (0..v.len()).find(|&i| b.target_mask[i] == 0 && v[i] != 0.0) {
-            bail!("value coefficient at [b={}, t={}] is {} where the target mask is 0 (must be 0)", i / nt, i % nt, v[i]);
+            bail!(
+                "value coefficient at [b={}, t={}] is {} where the target mask is 0 (must be 0)",
+                i / nt,
+                i % nt,
+                v[i]
+            );
         }
     }
     if !c.loss.is_finite() {
@@ -46,12 +62,23 @@ pub fn check_coefficients(c: &Coefficients, b: &Batch, m: &Manifest) -> Result<(
 
 /// Validates a manifest: a name, a semver version, unique config keys with TOML defaults.
 pub fn check_manifest(m: &Manifest) -> Result<()> {
-    if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        bail!("manifest name `{}` must be non-empty ASCII letters, digits, '-' or '_'", m.name);
+    if m.name.is_empty()
+        || !m
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!(
+            "manifest name `{}` must be non-empty ASCII letters, digits, '-' or '_'",
+            m.name
+        );
     }
     let parts: Vec<&str> = m.version.split(['.', '-', '+']).collect();
     if parts.len() < 3 || !parts[..3].iter().all(|p| p.parse::<u64>().is_ok()) {
-        bail!("manifest version `{}` is not semver (MAJOR.MINOR.PATCH)", m.version);
+        bail!(
+            "manifest version `{}` is not semver (MAJOR.MINOR.PATCH)",
+            m.version
+        );
     }
     let mut seen = HashSet::new();
     for k in &m.config_keys {
@@ -59,7 +86,11 @@ pub fn check_manifest(m: &Manifest) -> Result<()> {
             bail!("config key `{}` is declared twice", k.name);
         }
         if toml::from_str::<toml::Table>(&format!("v = {}", k.default_value)).is_err() {
-            bail!("default of config key `{}` is not a TOML value: {}", k.name, k.default_value);
+            bail!(
+                "default of config key `{}` is not a TOML value: {}",
+                k.name,
+                k.default_value
+            );
         }
     }
     Ok(())

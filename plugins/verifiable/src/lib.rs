@@ -1,0 +1,300 @@
+//! Verifiable pipeline (SPEC §5.3): MTP cross-entropy weighted per token by the critic's advantages.
+//! 1. GAE per sequence: δ_t = γ·V_t − V_{t−1} (V_{−1} = initial_value), A_t = δ_t + γλ·A_{t+1}, A ← A·m.
+//! 2. Â = (A − μ)/(σ + 1e−8) with (μ, σ) the EMA taken before this batch (training) or the batch's
+//!    statistics (validation, or EMA off; unbiased std; ≤ 1 valid token → w = m);
+//!    w = clamp(exp(Â/β), w_min, w_max)·m (a constant: no gradient flows through the weights).
+//! 3. Head k at position t uses its target token's weight w[b, t+k+1].
+//! 4. after_step: the EMA takes the step's advantages (Σx, Σx², n all-reduced over ranks), with warm-up.
+//!
+//! Optional joint value loss (`value_coef` > 0, the policy's own value head): mc_mse or λ-return.
+
+use wmtp_sdk::*;
+
+/// The verifiable pipeline; its state is the advantage EMA and this step's running sums.
+#[derive(Default)]
+pub struct Verifiable {
+    beta: f64,
+    w_min: f64,
+    w_max: f64,
+    gamma: f64,
+    lambda: f64,
+    initial_value: f64,
+    ema_on: bool,
+    ema_warmup: u64,
+    ema_alpha: f64,
+    value_coef: f64,
+    value_lambda_return: bool,
+    normalize_by_weights: bool,
+    ema: EmaStats,
+    step_sums: [f64; 3],
+}
+
+const TAG: &[u8; 4] = b"vrf1";
+
+impl Pipeline for Verifiable {
+    fn manifest() -> Manifest {
+        let mut m = manifest(
+            "verifiable",
+            env!("CARGO_PKG_VERSION"),
+            "critic-weighted MTP: per-token weights from whitened GAE advantages of the value head",
+            &[InputKind::Values, InputKind::Rewards],
+            &[
+                ParamGroup::Lora,
+                ParamGroup::Heads,
+                ParamGroup::Trunk,
+                ParamGroup::ValueHead,
+            ],
+            &[
+                ("beta", "1.0", "temperature β of w = exp(Â/β)"),
+                ("w_min", "0.1", "lower clip of the weights"),
+                ("w_max", "3.0", "upper clip of the weights"),
+                ("gamma", "1.0", "discount γ of GAE"),
+                ("td_lambda", "0.95", "GAE λ"),
+                (
+                    "initial_value",
+                    "0.5",
+                    "V_{-1}, the value before the first token",
+                ),
+                (
+                    "ema.enabled",
+                    "true",
+                    "whiten with an EMA of advantage statistics (else batch statistics)",
+                ),
+                (
+                    "ema.warmup",
+                    "10",
+                    "updates during which the EMA averages uniformly",
+                ),
+                ("ema.alpha", "0.1", "EMA rate after warm-up"),
+                (
+                    "value_coef",
+                    "0.0",
+                    "weight of the joint value loss (0: values only weigh tokens)",
+                ),
+                (
+                    "value_loss.type",
+                    "\"mc_mse\"",
+                    "joint value loss: mc_mse | lambda_return",
+                ),
+                (
+                    "normalize",
+                    "\"tokens\"",
+                    "CE denominator: tokens (Σ M) or weights (Σ w·M)",
+                ),
+            ],
+        );
+        m.uses_values_grad = true;
+        m
+    }
+
+    fn configure(&mut self, cfg: &Config) -> Result<(), String> {
+        self.beta = cfg.f64("beta")?;
+        if self.beta <= 0.0 {
+            return Err("plugin config key `beta` must be > 0".into());
+        }
+        self.w_min = cfg.f64("w_min")?;
+        self.w_max = cfg.f64("w_max")?;
+        if !(0.0 <= self.w_min && self.w_min <= self.w_max) {
+            return Err("plugin config keys `w_min` ≤ `w_max` must hold, with w_min ≥ 0".into());
+        }
+        self.gamma = cfg.f64_in("gamma", 0.0, 1.0)?;
+        self.lambda = cfg.f64_in("td_lambda", 0.0, 1.0)?;
+        self.initial_value = cfg.f64("initial_value")?;
+        self.ema_on = cfg.bool("ema.enabled")?;
+        self.ema_warmup = cfg.u64("ema.warmup")?;
+        self.ema_alpha = cfg.f64_in("ema.alpha", 0.0, 1.0)?;
+        self.value_coef = cfg.f64("value_coef")?;
+        if self.value_coef < 0.0 {
+            return Err("plugin config key `value_coef` must be ≥ 0".into());
+        }
+        self.value_lambda_return =
+            cfg.choice("value_loss.type", &["mc_mse", "lambda_return"])? == "lambda_return";
+        self.normalize_by_weights = cfg.choice("normalize", &["tokens", "weights"])? == "weights";
+        Ok(())
+    }
+
+    fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients, String> {
+        let v = BatchView::new(batch)?;
+        let (values, rewards) = (v.values()?, v.rewards()?);
+        // 1. advantages on target tokens
+        let mut adv = vec![0f64; v.b * v.t];
+        let mut valid = Vec::new();
+        for b in 0..v.b {
+            let Some(last) = last_target(&v, b) else {
+                continue;
+            };
+            let a = gae(
+                &values[b * v.t..(b + 1) * v.t],
+                last,
+                self.gamma,
+                self.lambda,
+                self.initial_value,
+            );
+            for (t, &x) in a.iter().enumerate().filter(|&(t, _)| v.target(b, t)) {
+                adv[v.idx2(b, t)] = x;
+                valid.push(x);
+            }
+        }
+        let n = valid.len() as f64;
+        let (sum, sum_sq) = valid
+            .iter()
+            .fold((0.0, 0.0), |(s, q), &x| (s + x, q + x * x));
+        let batch_mean = if n > 0.0 { sum / n } else { 0.0 };
+        let batch_std = if n > 1.0 {
+            ((sum_sq - n * batch_mean * batch_mean) / (n - 1.0))
+                .max(0.0)
+                .sqrt()
+        } else {
+            0.0
+        };
+        // 2. whitening statistics and weights
+        let use_ema = train && self.ema_on;
+        let whiten = use_ema || n > 1.0;
+        let (mu, sigma) = if use_ema {
+            (self.ema.mean, self.ema.std)
+        } else {
+            (batch_mean, batch_std)
+        };
+        let mut w = vec![0f64; v.b * v.t];
+        let mut clipped = 0usize;
+        for b in 0..v.b {
+            for t in (0..v.t).filter(|&t| v.target(b, t)) {
+                let i = v.idx2(b, t);
+                w[i] = if whiten {
+                    let raw = ((adv[i] - mu) / (sigma + 1e-8) / self.beta).exp();
+                    clipped += (raw < self.w_min || raw > self.w_max) as usize;
+                    raw.clamp(self.w_min, self.w_max)
+                } else {
+                    1.0
+                };
+            }
+        }
+        if train {
+            self.step_sums[0] += sum;
+            self.step_sums[1] += sum_sq;
+            self.step_sums[2] += n;
+        }
+        // 3. head k at t weighs its target token t+k+1
+        let wk = |b: usize, t: usize, k: usize| w[v.idx2(b, t + k + 1)];
+        let (ce, mut loss) = if self.normalize_by_weights {
+            let d: Vec<f64> = (0..v.h)
+                .map(|k| {
+                    (0..v.b)
+                        .flat_map(|b| (0..v.t).map(move |t| (b, t)))
+                        .filter(|&(b, t)| v.valid(b, t, k))
+                        .map(|(b, t)| wk(b, t, k))
+                        .sum()
+                })
+                .collect();
+            weighted_ce_with_denominators(&v, &d, wk)
+        } else {
+            weighted_ce(&v, wk)
+        };
+        let mut metrics = vec![
+            ("adv_mean".to_string(), batch_mean),
+            ("adv_std".to_string(), batch_std),
+            ("ema_mean".to_string(), self.ema.mean),
+            ("ema_std".to_string(), self.ema.std),
+        ];
+        let ws: Vec<f64> = (0..v.b * v.t)
+            .filter(|&i| batch.target_mask[i] != 0)
+            .map(|i| w[i])
+            .collect();
+        if !ws.is_empty() {
+            let m = ws.iter().sum::<f64>() / ws.len() as f64;
+            let var = ws.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / ws.len() as f64;
+            let total: f64 = ws.iter().sum();
+            let entropy = -ws
+                .iter()
+                .map(|x| x / total)
+                .filter(|&p| p > 0.0)
+                .map(|p| p * p.ln())
+                .sum::<f64>();
+            let norm = if ws.len() > 1 {
+                entropy / (ws.len() as f64).ln()
+            } else {
+                1.0
+            };
+            metrics.extend([
+                ("w_mean".to_string(), m),
+                ("w_std".to_string(), var.sqrt()),
+                (
+                    "w_min".to_string(),
+                    ws.iter().copied().fold(f64::INFINITY, f64::min),
+                ),
+                (
+                    "w_max".to_string(),
+                    ws.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                ),
+                ("w_entropy".to_string(), norm),
+                ("clip_ratio".to_string(), clipped as f64 / ws.len() as f64),
+            ]);
+        }
+        // joint value loss
+        let value_grad = if self.value_coef > 0.0 {
+            let targets: Vec<Vec<f64>> = (0..v.b)
+                .map(|b| match (last_target(&v, b), self.value_lambda_return) {
+                    (Some(last), true) => lambda_returns(
+                        &values[b * v.t..(b + 1) * v.t],
+                        last,
+                        rewards[b] as f64,
+                        self.gamma,
+                        if train { self.lambda } else { 1.0 },
+                    ),
+                    _ => vec![rewards[b] as f64; v.t],
+                })
+                .collect();
+            let (vl, g) = value_regression(&v, values, |b, t| targets[b][t], None);
+            loss += self.value_coef * vl;
+            metrics.push(("value_loss".to_string(), vl));
+            Some(g.iter().map(|x| x * self.value_coef as f32).collect())
+        } else {
+            None
+        };
+        Ok(Coefficients {
+            ce,
+            values: value_grad,
+            loss,
+            metrics,
+        })
+    }
+
+    fn after_step(&mut self, _step: u64) -> Result<(), String> {
+        let s = all_reduce_sum(&self.step_sums);
+        if s.len() != 3 {
+            return Err(format!("all-reduce-sum returned {} numbers for 3", s.len()));
+        }
+        self.ema
+            .update(s[0], s[1], s[2], self.ema_warmup, self.ema_alpha);
+        self.step_sums = [0.0; 3];
+        Ok(())
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        let e = &self.ema;
+        state::encode(
+            TAG,
+            &[
+                e.mean,
+                e.std,
+                e.updates as f64,
+                self.step_sums[0],
+                self.step_sums[1],
+                self.step_sums[2],
+            ],
+        )
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s = state::decode(TAG, bytes, 6)?;
+        self.ema = EmaStats {
+            mean: s[0],
+            std: s[1],
+            updates: s[2] as u64,
+        };
+        self.step_sums = [s[3], s[4], s[5]];
+        Ok(())
+    }
+}
+
+export_pipeline!(Verifiable);

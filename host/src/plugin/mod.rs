@@ -6,11 +6,11 @@ pub mod cli;
 pub mod conformance;
 pub mod host_state;
 pub mod limits;
-pub mod plugin;
+pub mod instance;
 pub mod runtime;
 pub mod validate;
 
 pub use bindings::{Batch, Coefficients, InputKind, Manifest};
 pub use limits::PluginLimits;
-pub use plugin::Plugin;
+pub use instance::Plugin;
 pub use runtime::PluginRuntime;

@@ -15,3 +15,14 @@ for p in "${shipped[@]}"; do args+=(-p "wmtp-plugin-$p"); done
 cargo build --release --target wasm32-unknown-unknown "${args[@]}"
 for p in "${shipped[@]}"; do cp "$out/wmtp_plugin_$p.wasm" "plugins/$p.wasm"; done
 echo "plugins: built ${shipped[*]}"
+
+# test plugins: one hostile build per behaviour, plus the foreign-import and old-contract ones
+mkdir -p .cache/test-plugins
+for b in spin oom panic bad_len nan flood; do
+  cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-hostile --features "$b"
+  cp "$out/wmtp_hostile.wasm" ".cache/test-plugins/hostile_$b.wasm"
+done
+cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-hostile-foreign-import -p wmtp-hostile-old-contract
+cp "$out/wmtp_hostile_foreign_import.wasm" .cache/test-plugins/hostile_foreign_import.wasm
+cp "$out/wmtp_hostile_old_contract.wasm" .cache/test-plugins/hostile_old_contract.wasm
+echo "plugins: built test plugins into .cache/test-plugins"

@@ -9,11 +9,22 @@ use std::sync::Arc;
 use wmtp_host::plugin::conformance::synthetic_batch;
 use wmtp_host::plugin::{Batch, Coefficients, InputKind, Plugin, PluginLimits, PluginRuntime};
 
-const ALL: [InputKind; 4] = [InputKind::Values, InputKind::Reference, InputKind::Rewards, InputKind::Pairs];
+const ALL: [InputKind; 4] = [
+    InputKind::Values,
+    InputKind::Reference,
+    InputKind::Rewards,
+    InputKind::Pairs,
+];
 
 fn plugin(name: &str, config: &str) -> Plugin {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins").join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} missing — run scripts/build-plugins.sh (the README's test command does)", path.display());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} missing — run scripts/build-plugins.sh (the README's test command does)",
+        path.display()
+    );
     let rt = Arc::new(PluginRuntime::new(PluginLimits::default()).unwrap());
     let mut p = Plugin::load(&rt, &path).unwrap();
     p.configure(config).unwrap();
@@ -29,7 +40,10 @@ fn batch_json(b: &Batch) -> serde_json::Value {
 }
 
 fn close(a: f64, b: f64, what: &str) {
-    assert!((a - b).abs() <= 1e-6 + 1e-4 * b.abs(), "{what}: plugin {a} vs reference {b}");
+    assert!(
+        (a - b).abs() <= 1e-6 + 1e-4 * b.abs(),
+        "{what}: plugin {a} vs reference {b}"
+    );
 }
 
 #[test]
@@ -43,13 +57,33 @@ fn plugins_match_the_numpy_reference() {
         ("rho1", "k_percent = 0.5\nmode = \"difficult\"", false),
         ("critic", "", true),
         ("critic", "[value_loss]\nhuber = true", true),
-        ("critic", "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 0.7\nend = 0.7", true),
-        ("critic", "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 0.7\nend = 0.7", false),
-        ("critic", "[value_loss]\ntype = \"pairwise\"\npairwise_coef = 0.5", true),
+        (
+            "critic",
+            "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 0.7\nend = 0.7",
+            true,
+        ),
+        (
+            "critic",
+            "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 0.7\nend = 0.7",
+            false,
+        ),
+        (
+            "critic",
+            "[value_loss]\ntype = \"pairwise\"\npairwise_coef = 0.5",
+            true,
+        ),
         ("verifiable", "", true),
         ("verifiable", "", false),
-        ("verifiable", "beta = 0.5\ntd_lambda = 0.8\n[ema]\nenabled = false", true),
-        ("verifiable", "value_coef = 0.5\nnormalize = \"weights\"", true),
+        (
+            "verifiable",
+            "beta = 0.5\ntd_lambda = 0.8\n[ema]\nenabled = false",
+            true,
+        ),
+        (
+            "verifiable",
+            "value_coef = 0.5\nnormalize = \"weights\"",
+            true,
+        ),
     ];
     let mut json_cases = Vec::new();
     let mut ours: Vec<Coefficients> = Vec::new();
@@ -63,10 +97,17 @@ fn plugins_match_the_numpy_reference() {
     let dir = common::tempdir();
     let (inp, out) = (dir.path().join("cases.json"), dir.path().join("out.json"));
     std::fs::write(&inp, serde_json::to_string(&json_cases).unwrap()).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/pipelines_reference.py");
-    let status = std::process::Command::new("python3").arg(&script).arg(&inp).arg(&out).status().expect("python3 with numpy is needed (scripts/fixtures.sh installs numpy)");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/pipelines_reference.py");
+    let status = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&inp)
+        .arg(&out)
+        .status()
+        .expect("python3 with numpy is needed (scripts/fixtures.sh installs numpy)");
     assert!(status.success(), "reference script failed");
-    let reference: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let reference: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     for ((name, cfg, train), (c, r)) in cases.iter().zip(ours.iter().zip(&reference)) {
         let what = format!("{name} [{}] train={train}", cfg.replace('\n', "; "));
         close(c.loss, r["loss"].as_f64().unwrap(), &format!("{what} loss"));
@@ -79,10 +120,18 @@ fn plugins_match_the_numpy_reference() {
             (None, None) => {}
             (Some(v), Some(rv)) => {
                 for (i, (a, b)) in v.iter().zip(rv).enumerate() {
-                    close(*a as f64, b.as_f64().unwrap(), &format!("{what} value coefficient {i}"));
+                    close(
+                        *a as f64,
+                        b.as_f64().unwrap(),
+                        &format!("{what} value coefficient {i}"),
+                    );
                 }
             }
-            (a, b) => panic!("{what}: value coefficients present in plugin {} vs reference {}", a.is_some(), b.is_some()),
+            (a, b) => panic!(
+                "{what}: value coefficients present in plugin {} vs reference {}",
+                a.is_some(),
+                b.is_some()
+            ),
         }
     }
 }
@@ -97,7 +146,11 @@ fn dense_batch(b: u32, t: u32, h: u32, seed: u64) -> Batch {
         let valid = p + k + 1 < tu;
         x.ce_mask[i] = valid as u8;
         // distinct CE values (ties-free)
-        x.ce[i] = if valid { 0.5 + ((i * 7919) % 10007) as f32 / 1000.0 } else { 0.0 };
+        x.ce[i] = if valid {
+            0.5 + ((i * 7919) % 10007) as f32 / 1000.0
+        } else {
+            0.0
+        };
     }
     x
 }
@@ -106,15 +159,25 @@ fn dense_batch(b: u32, t: u32, h: u32, seed: u64) -> Batch {
 fn rho1_selects_k_percent_per_head_and_leaves_late_rows_empty() {
     let batch = dense_batch(1, 102, 4, 3);
     for k_percent in [0.6, 0.25, 1.0] {
-        let c = plugin("rho1", &format!("k_percent = {k_percent}")).weigh(&batch, true).unwrap();
+        let c = plugin("rho1", &format!("k_percent = {k_percent}"))
+            .weigh(&batch, true)
+            .unwrap();
         for k in 0..4usize {
             let n = 102 - k - 1;
             let sel = (0..102).filter(|&t| c.ce[t * 4 + k] != 0.0).count();
-            assert!((sel as f64 / n as f64 - k_percent).abs() <= 1.0 / n as f64 + 1e-9, "head {k}: {sel} of {n} selected for k_percent {k_percent}");
+            assert!(
+                (sel as f64 / n as f64 - k_percent).abs() <= 1.0 / n as f64 + 1e-9,
+                "head {k}: {sel} of {n} selected for k_percent {k_percent}"
+            );
             for t in (102 - k - 1)..102 {
                 assert_eq!(c.ce[t * 4 + k], 0.0, "head {k} row {t} must be 0");
             }
-            let ratio = c.metrics.iter().find(|(m, _)| m == &format!("selected_ratio_h{k}")).unwrap().1;
+            let ratio = c
+                .metrics
+                .iter()
+                .find(|(m, _)| m == &format!("selected_ratio_h{k}"))
+                .unwrap()
+                .1;
             assert_eq!(ratio, sel as f64 / n as f64);
         }
     }
@@ -124,10 +187,23 @@ fn rho1_selects_k_percent_per_head_and_leaves_late_rows_empty() {
 fn critic_lambda_one_equals_monte_carlo() {
     let batch = synthetic_batch(6, 20, 2, &ALL, 5, true);
     let mc = plugin("critic", "").weigh(&batch, true).unwrap();
-    let lr = plugin("critic", "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 1.0\nend = 1.0").weigh(&batch, true).unwrap();
-    assert!((mc.loss - lr.loss).abs() < 1e-9, "{} vs {}", mc.loss, lr.loss);
+    let lr = plugin(
+        "critic",
+        "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 1.0\nend = 1.0",
+    )
+    .weigh(&batch, true)
+    .unwrap();
+    assert!(
+        (mc.loss - lr.loss).abs() < 1e-9,
+        "{} vs {}",
+        mc.loss,
+        lr.loss
+    );
     assert_eq!(mc.values, lr.values);
-    assert!(mc.ce.iter().all(|&x| x == 0.0), "the critic never trains the policy CE");
+    assert!(
+        mc.ce.iter().all(|&x| x == 0.0),
+        "the critic never trains the policy CE"
+    );
 }
 
 /// Central differences of the reported loss against the returned coefficients, for a few entries.
@@ -135,9 +211,21 @@ fn finite_difference(name: &str, cfg: &str, perturb_values: bool) {
     let batch = synthetic_batch(4, 10, 3, &ALL, 77, false);
     let mut p = plugin(name, cfg);
     let c = p.weigh(&batch, true).unwrap();
-    let coefs: Vec<f32> = if perturb_values { c.values.clone().unwrap() } else { c.ce.clone() };
-    let mask: Vec<bool> = if perturb_values { batch.target_mask.iter().map(|&m| m != 0).collect() } else { batch.ce_mask.iter().map(|&m| m != 0).collect() };
-    let picks: Vec<usize> = (0..coefs.len()).filter(|&i| mask[i]).step_by(3).take(12).collect();
+    let coefs: Vec<f32> = if perturb_values {
+        c.values.clone().unwrap()
+    } else {
+        c.ce.clone()
+    };
+    let mask: Vec<bool> = if perturb_values {
+        batch.target_mask.iter().map(|&m| m != 0).collect()
+    } else {
+        batch.ce_mask.iter().map(|&m| m != 0).collect()
+    };
+    let picks: Vec<usize> = (0..coefs.len())
+        .filter(|&i| mask[i])
+        .step_by(3)
+        .take(12)
+        .collect();
     assert!(!picks.is_empty());
     let eps = 1e-3f32;
     for i in picks {
@@ -152,7 +240,10 @@ fn finite_difference(name: &str, cfg: &str, perturb_values: bool) {
         };
         let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64);
         let g = coefs[i] as f64;
-        assert!((fd - g).abs() <= 1e-3 * g.abs().max(1e-3), "{name} [{cfg}] entry {i}: finite difference {fd} vs coefficient {g}");
+        assert!(
+            (fd - g).abs() <= 1e-3 * g.abs().max(1e-3),
+            "{name} [{cfg}] entry {i}: finite difference {fd} vs coefficient {g}"
+        );
     }
 }
 
@@ -167,7 +258,11 @@ fn coefficients_are_true_derivatives() {
     finite_difference("critic", "[value_loss]\nhuber = true", true);
     finite_difference("critic", "[value_loss]\ntype = \"pairwise\"", true);
     // λ-return with λ = 1: targets do not depend on V, so the semi-gradient is the full gradient
-    finite_difference("critic", "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 1.0\nend = 1.0", true);
+    finite_difference(
+        "critic",
+        "[value_loss]\ntype = \"lambda_return\"\n[lambda]\nstart = 1.0\nend = 1.0",
+        true,
+    );
 }
 
 #[test]
@@ -176,10 +271,16 @@ fn verifiable_ema_updates_after_steps_and_round_trips() {
     let batch = synthetic_batch(4, 16, 2, &ALL, 9, false);
     let first = p.weigh(&batch, true).unwrap();
     let metric = |c: &Coefficients, k: &str| c.metrics.iter().find(|(m, _)| m == k).unwrap().1;
-    assert_eq!((metric(&first, "ema_mean"), metric(&first, "ema_std")), (0.0, 1.0));
+    assert_eq!(
+        (metric(&first, "ema_mean"), metric(&first, "ema_std")),
+        (0.0, 1.0)
+    );
     p.after_step(0).unwrap();
     let second = p.weigh(&batch, true).unwrap();
     // after one update (n = 1 ≤ warm-up) the EMA equals the step's statistics
     assert!((metric(&second, "ema_mean") - metric(&first, "adv_mean")).abs() < 1e-9);
-    assert_ne!(first.ce, second.ce, "whitening with the new EMA changes the weights");
+    assert_ne!(
+        first.ce, second.ce,
+        "whitening with the new EMA changes the weights"
+    );
 }

@@ -196,7 +196,11 @@ fn arm(store: &mut Store<HostState>, rt: &PluginRuntime) -> Result<()> {
 
 fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> String {
     if st.log_flood {
-        return format!("{e}");
+        return format!(
+            "log flood: more than {} messages or {} KiB of log in one call",
+            rt.limits.log_messages_per_call,
+            rt.limits.log_bytes_per_call >> 10
+        );
     }
     let panic = st
         .last_error
@@ -221,6 +225,8 @@ fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> Str
                     "exceeded the memory limit of {} MiB ({t})",
                     rt.limits.memory_bytes >> 20
                 )
+            } else if let (Trap::UnreachableCodeReached, Some(m)) = (t, &st.last_error) {
+                m.clone() // the SDK's panic hook logged "plugin panicked: <message>" just before the trap
             } else {
                 format!("trapped: {t}{panic}")
             }

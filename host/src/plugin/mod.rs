@@ -5,12 +5,12 @@ pub mod bindings;
 pub mod cli;
 pub mod conformance;
 pub mod host_state;
-pub mod limits;
 pub mod instance;
+pub mod limits;
 pub mod runtime;
 pub mod validate;
 
 pub use bindings::{Batch, Coefficients, InputKind, Manifest};
-pub use limits::PluginLimits;
 pub use instance::Plugin;
+pub use limits::PluginLimits;
 pub use runtime::PluginRuntime;

@@ -1,0 +1,65 @@
+//! A plugin that misbehaves in `weigh` in the way its cargo feature names (no feature: behaves).
+
+use wmtp_sdk::*;
+
+/// The hostile pipeline.
+#[derive(Default)]
+pub struct Hostile;
+
+impl Pipeline for Hostile {
+    fn manifest() -> Manifest {
+        manifest(
+            "hostile",
+            "0.1.0",
+            "misbehaves on purpose",
+            &[],
+            &[ParamGroup::Lora],
+            &[],
+        )
+    }
+
+    fn configure(&mut self, _cfg: &Config) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[allow(unreachable_code, unused_mut, unused_variables)]
+    fn weigh(&mut self, batch: &Batch, _train: bool) -> Result<Coefficients, String> {
+        let v = BatchView::new(batch)?;
+        let (mut ce, loss) = weighted_ce(&v, |_, _, _| 1.0);
+        #[cfg(feature = "spin")]
+        {
+            let mut x = 1u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(3));
+            }
+        }
+        #[cfg(feature = "oom")]
+        {
+            let mut keep: Vec<Vec<u8>> = Vec::new();
+            for i in 0..64 {
+                keep.push(vec![i as u8 + 1; 64 << 20]); // 64 × 64 MiB = 4 GiB
+            }
+            log(2, &format!("{}", keep.len()));
+        }
+        #[cfg(feature = "panic")]
+        panic!("hostile plugin panics on purpose (code 42)");
+        #[cfg(feature = "bad_len")]
+        ce.pop();
+        #[cfg(feature = "nan")]
+        if let Some(i) = batch.ce_mask.iter().position(|&m| m != 0) {
+            ce[i] = f32::NAN;
+        }
+        #[cfg(feature = "flood")]
+        for i in 0..10_000_000u64 {
+            log(3, &format!("flood message {i}"));
+        }
+        Ok(Coefficients {
+            ce,
+            values: None,
+            loss,
+            metrics: vec![],
+        })
+    }
+}
+
+export_pipeline!(Hostile);

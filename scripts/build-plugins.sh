@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 BIN="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin"
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER="$BIN/wasm-component-ld"
-export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Clink-arg=--wasm-ld-path=$BIN/gcc-ld/wasm-ld -Clink-arg=--wasi-adapter=none"
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-Ctarget-feature=+simd128 -Clink-arg=--wasm-ld-path=$BIN/gcc-ld/wasm-ld -Clink-arg=--wasi-adapter=none"
 out=target/wasm32-unknown-unknown/release
 shipped=(baseline critic rho1 verifiable)
 args=()

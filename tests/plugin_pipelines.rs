@@ -112,8 +112,14 @@ fn plugins_match_the_numpy_reference() {
         let what = format!("{name} [{}] train={train}", cfg.replace('\n', "; "));
         close(c.loss, r["loss"].as_f64().unwrap(), &format!("{what} loss"));
         let rce: Vec<f64> = serde_json::from_value(r["ce"].clone()).unwrap();
-        assert_eq!(c.ce.len(), rce.len());
-        for (i, (a, b)) in c.ce.iter().zip(&rce).enumerate() {
+        // value-only plugins may return no CE coefficients (all zero)
+        let ours_ce = if c.ce.is_empty() {
+            vec![0.0; rce.len()]
+        } else {
+            c.ce.clone()
+        };
+        assert_eq!(ours_ce.len(), rce.len());
+        for (i, (a, b)) in ours_ce.iter().zip(&rce).enumerate() {
             close(*a as f64, *b, &format!("{what} ce coefficient {i}"));
         }
         match (&c.values, r["values"].as_array()) {

@@ -149,6 +149,9 @@ macro_rules! export_pipeline {
                 $crate::runtime::load_state::<$t>(&state)
             }
         }
+        // The raw exports only on Wasm: natively (unit tests, benchmarks linking several plugins) they
+        // would be duplicate symbols.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_pipeline_world!(__WmtpGuest with_types_in $crate::bindings);
     };
 }

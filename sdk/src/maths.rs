@@ -6,8 +6,7 @@ use crate::BatchView;
 /// L = mean over heads k with n_k = Σ_{b,t} M > 0 of [ Σ_{b,t} w·CE·M / n_k ].
 /// Returns (∂L/∂CE as [B,T,H], L); `w` is evaluated only where M = 1.
 pub fn weighted_ce(v: &BatchView, w: impl Fn(usize, usize, usize) -> f64) -> (Vec<f32>, f64) {
-    let counts: Vec<usize> = (0..v.h).map(|k| v.valid_count(k)).collect();
-    weighted_ce_with_denominators(v, &counts.iter().map(|&n| n as f64).collect::<Vec<_>>(), w)
+    weighted_ce_with_denominators(v, &v.valid_counts(), w)
 }
 
 /// As [`weighted_ce`] but with a given denominator per head (e.g. Σ w for "normalize by weights");
@@ -20,17 +19,31 @@ pub fn weighted_ce_with_denominators(
     let mut coef = vec![0f32; v.b * v.t * v.h];
     let used = denom.iter().filter(|&&d| d > 0.0).count();
     let mut loss = 0.0;
-    if used == 0 {
+    if used == 0 || v.h == 0 {
         return (coef, 0.0);
     }
-    for b in 0..v.b {
-        for t in 0..v.t {
-            for k in 0..v.h {
-                if v.valid(b, t, k) && denom[k] > 0.0 {
-                    let c = w(b, t, k) / (denom[k] * used as f64);
-                    coef[v.idx3(b, t, k)] = c as f32;
-                    loss += c * v.ce(b, t, k) as f64;
-                }
+    let scale: Vec<f64> = denom
+        .iter()
+        .map(|&d| {
+            if d > 0.0 {
+                1.0 / (d * used as f64)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    // one pass over (b, t) rows of H entries: contiguous, no per-entry index arithmetic
+    let rows = coef
+        .chunks_exact_mut(v.h)
+        .zip(v.batch.ce_mask.chunks_exact(v.h))
+        .zip(v.batch.ce.chunks_exact(v.h));
+    for (row, ((c, m), ce)) in rows.enumerate() {
+        let (b, t) = (row / v.t, row % v.t);
+        for k in 0..v.h {
+            if m[k] != 0 && scale[k] > 0.0 {
+                let x = w(b, t, k) * scale[k];
+                c[k] = x as f32;
+                loss += x * ce[k] as f64;
             }
         }
     }

@@ -102,8 +102,19 @@ impl<'a> BatchView<'a> {
 
     /// Number of valid tokens of head k: Σ_{b,t} M[b,t,k].
     pub fn valid_count(&self, k: usize) -> usize {
-        (0..self.b)
-            .map(|b| (0..self.t).filter(|&t| self.valid(b, t, k)).count())
-            .sum()
+        self.valid_counts()[k] as usize
+    }
+
+    /// Valid-token counts of every head, in one pass.
+    pub fn valid_counts(&self) -> Vec<f64> {
+        let mut n = vec![0u32; self.h];
+        if self.h > 0 {
+            for row in self.batch.ce_mask.chunks_exact(self.h) {
+                for (c, &m) in n.iter_mut().zip(row) {
+                    *c += (m != 0) as u32;
+                }
+            }
+        }
+        n.into_iter().map(f64::from).collect()
     }
 }

@@ -16,7 +16,11 @@ impl Pipeline for Focal {
             "focal MTP loss: (1 − p)^γ · CE per token",
             &[],
             &[ParamGroup::Lora, ParamGroup::Heads],
-            &[("gamma", "2.0", "focusing exponent γ ≥ 0 (0 = plain cross-entropy)")],
+            &[(
+                "gamma",
+                "2.0",
+                "focusing exponent γ ≥ 0 (0 = plain cross-entropy)",
+            )],
         )
     }
 
@@ -30,14 +34,27 @@ impl Pipeline for Focal {
         let g = self.gamma;
         let focal = |ce: f64| {
             let p = (-ce).exp();
-            let slope = if g == 0.0 { 0.0 } else { g * ce * p * (1.0 - p).powf(g - 1.0) };
+            let slope = if g == 0.0 {
+                0.0
+            } else {
+                g * ce * p * (1.0 - p).powf(g - 1.0)
+            };
             ((1.0 - p).powf(g) * ce, (1.0 - p).powf(g) + slope) // (loss term, derivative)
         };
         // weighted_ce's coefficients are w·M/(n_k·H); with w = ∂ℓ/∂CE they are the derivatives of the mean
         let (ce, _) = weighted_ce(&v, |b, t, k| focal(v.ce(b, t, k) as f64).1);
         let (per_token, _) = weighted_ce(&v, |_, _, _| 1.0);
-        let loss: f64 = per_token.iter().zip(&batch.ce).map(|(&c, &x)| c as f64 * focal(x as f64).0).sum();
-        Ok(Coefficients { ce, values: None, loss, metrics: vec![("focal_loss".into(), loss)] })
+        let loss: f64 = per_token
+            .iter()
+            .zip(&batch.ce)
+            .map(|(&c, &x)| c as f64 * focal(x as f64).0)
+            .sum();
+        Ok(Coefficients {
+            ce,
+            values: None,
+            loss,
+            metrics: vec![("focal_loss".into(), loss)],
+        })
     }
 }
 

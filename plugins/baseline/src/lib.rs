@@ -27,18 +27,22 @@ impl Pipeline for Baseline {
     fn weigh(&mut self, batch: &Batch, _train: bool) -> Result<Coefficients, String> {
         let v = BatchView::new(batch)?;
         let (ce, loss) = weighted_ce(&v, |_, _, _| 1.0);
-        let mut metrics = Vec::with_capacity(v.h);
-        for k in 0..v.h {
-            let n = v.valid_count(k);
-            let s: f64 = (0..v.b)
-                .flat_map(|b| (0..v.t).map(move |t| (b, t)))
-                .filter(|&(b, t)| v.valid(b, t, k))
-                .map(|(b, t)| v.ce(b, t, k) as f64)
-                .sum();
-            if n > 0 {
-                metrics.push((format!("ce_h{k}"), s / n as f64));
+        // per-head mean CE: head k's coefficients are 1/(n_k·H_valid) on its valid tokens
+        let n = v.valid_counts();
+        let used = n.iter().filter(|&&c| c > 0.0).count() as f64;
+        let mut sums = vec![0f64; v.h];
+        for (c, x) in ce
+            .chunks_exact(v.h.max(1))
+            .zip(batch.ce.chunks_exact(v.h.max(1)))
+        {
+            for k in 0..v.h {
+                sums[k] += c[k] as f64 * x[k] as f64;
             }
         }
+        let metrics = (0..v.h)
+            .filter(|&k| n[k] > 0.0)
+            .map(|k| (format!("ce_h{k}"), sums[k] * used))
+            .collect();
         Ok(Coefficients {
             ce,
             values: None,

@@ -174,7 +174,7 @@ impl Pipeline for Critic {
             masked_mean(values, &batch.target_mask),
         ));
         Ok(Coefficients {
-            ce: vec![0.0; batch.ce.len()],
+            ce: Vec::new(), // uses-ce = false: no CE coefficients (all zero)
             values: Some(grad),
             loss,
             metrics,

@@ -69,6 +69,21 @@ pub struct ModelArgsCli {
     /// Weight dtype: f32 | bf16 | f16.
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: DType,
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// The candle device for `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<candle_core::Device> {
+    match s {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "cuda" => Ok(candle_core::Device::new_cuda(0)?),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(candle_core::Device::new_cuda(i)?),
+            _ => bail!("unknown device `{s}` (cpu, cuda, cuda:N)"),
+        },
+    }
 }
 
 /// `wmtp info`.
@@ -141,6 +156,7 @@ fn parse_heads_init(s: &str) -> Result<ExtraHeadsInit, String> {
 
 fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
     let opts = LoadOptions {
+        device: parse_device(&m.device)?,
         dtype: m.dtype,
         n_future_tokens: m.n_future_tokens,
         extra_heads: m.extra_heads_init,

@@ -5,3 +5,4 @@ pub mod cli;
 pub mod data;
 pub mod model;
 pub mod plugin;
+pub mod train;

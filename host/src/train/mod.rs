@@ -1,0 +1,4 @@
+//! Training: the block-wise engine, gradients, the optimiser.
+
+pub mod engine;
+pub mod grads;

@@ -1,5 +1,7 @@
-//! Data: tokenizers (datasets, templates and batching come with training).
+//! Data: tokenizers, JSONL datasets and the Alpaca template, sampling, pairing and batching.
 
+pub mod batcher;
+pub mod dataset;
 pub mod sentencepiece;
 pub mod tokenizer;
 

@@ -20,7 +20,8 @@ use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
 
 /// A tokenizer with the model's BOS/EOS ids.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    /// The HF tokenizer; None for the built-in byte tokenizer.
+    inner: Option<tokenizers::Tokenizer>,
     /// Beginning-of-sequence id, added in front of every sample.
     pub bos_id: Option<u32>,
     /// End-of-sequence id, appended to every trained sample.
@@ -49,7 +50,7 @@ impl Tokenizer {
         let bos_id = bos_id.or_else(|| find(&["<s>", "<|begin_of_text|>", "<|endoftext|>"]));
         let eos_id = eos_id.or_else(|| find(&["</s>", "<|end_of_text|>", "<|endoftext|>"]));
         Ok(Tokenizer {
-            inner,
+            inner: Some(inner),
             bos_id,
             eos_id,
         })
@@ -133,7 +134,7 @@ impl Tokenizer {
             .add_special_tokens(specials)
             .map_err(|e| anyhow!("{source}: adding special tokens: {e}"))?;
         Ok(Tokenizer {
-            inner,
+            inner: Some(inner),
             bos_id,
             eos_id,
         })
@@ -161,45 +162,71 @@ impl Tokenizer {
             .add_special_tokens(specials)
             .map_err(|e| anyhow!("{}: adding special tokens: {e}", path.display()))?;
         Ok(Tokenizer {
-            inner,
+            inner: Some(inner),
             bos_id: by_piece("<s>"),
             eos_id: by_piece("</s>"),
         })
     }
 
+    /// The built-in byte tokenizer (for presets without a tokenizer, e.g. `tiny`): ids 0..255 are the
+    /// UTF-8 bytes, 256 is BOS, 257 is EOS (vocabulary 258).
+    pub fn bytes() -> Self {
+        Tokenizer {
+            inner: None,
+            bos_id: Some(256),
+            eos_id: Some(257),
+        }
+    }
+
     /// Writes the tokenizer as a HF `tokenizer.json` (e.g. to ship one built from GGUF metadata).
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner
+        let Some(inner) = &self.inner else {
+            bail!("the byte tokenizer has no tokenizer.json form")
+        };
+        inner
             .save(path, false)
             .map_err(|e| anyhow!("writing tokenizer {}: {e}", path.display()))
     }
 
     /// Vocabulary size, special tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.inner.as_ref().map_or(258, |t| t.get_vocab_size(true))
     }
 
     /// Token ids of `text`, with BOS in front when `add_bos`.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::with_capacity(text.len() + 1);
         if add_bos {
             if let Some(b) = self.bos_id {
                 ids.push(b);
             }
         }
-        ids.extend_from_slice(enc.get_ids());
+        match &self.inner {
+            Some(t) => {
+                let enc = t
+                    .encode(text, false)
+                    .map_err(|e| anyhow!("tokenizing: {e}"))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+            None => ids.extend(text.bytes().map(u32::from)),
+        }
         Ok(ids)
     }
 
     /// Text of `ids` (special tokens dropped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| anyhow!("detokenizing: {e}"))
+        match &self.inner {
+            Some(t) => t
+                .decode(ids, true)
+                .map_err(|e| anyhow!("detokenizing: {e}")),
+            None => Ok(String::from_utf8_lossy(
+                &ids.iter()
+                    .filter(|&&i| i < 256)
+                    .map(|&i| i as u8)
+                    .collect::<Vec<_>>(),
+            )
+            .into_owned()),
+        }
     }
 }
 

@@ -36,7 +36,11 @@ fn eps() -> f64 {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: b1(), beta2: b2(), eps: eps() }
+        AdamWConfig {
+            beta1: b1(),
+            beta2: b2(),
+            eps: eps(),
+        }
     }
 }
 
@@ -70,7 +74,8 @@ impl Schedule {
         }
         let rest = self.total_steps.saturating_sub(warm).max(1);
         let p = ((step - warm) as f64 / rest as f64).min(1.0);
-        self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+        self.min_lr_ratio
+            + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
     }
 }
 
@@ -88,8 +93,19 @@ pub struct AdamW {
 
 impl AdamW {
     /// A fresh optimiser.
-    pub fn new(cfg: AdamWConfig, groups: HashMap<ParamGroup, GroupSettings>, schedule: Schedule) -> Self {
-        AdamW { cfg, groups, schedule, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+    pub fn new(
+        cfg: AdamWConfig,
+        groups: HashMap<ParamGroup, GroupSettings>,
+        schedule: Schedule,
+    ) -> Self {
+        AdamW {
+            cfg,
+            groups,
+            schedule,
+            step: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+        }
     }
 
     /// Peak-relative lr of the next step, times the group's peak lr.
@@ -104,9 +120,16 @@ impl AdamW {
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for (name, p) in params.iter_mut() {
-            let Some(g) = grads.by_name.get(name.as_str()) else { continue };
-            let Some(var) = p.var() else { bail!("parameter {name} has a gradient but is frozen") };
-            let gs = *self.groups.get(&p.group()).with_context(|| format!("no optimiser group for {name}"))?;
+            let Some(g) = grads.by_name.get(name.as_str()) else {
+                continue;
+            };
+            let Some(var) = p.var() else {
+                bail!("parameter {name} has a gradient but is frozen")
+            };
+            let gs = *self
+                .groups
+                .get(&p.group())
+                .with_context(|| format!("no optimiser group for {name}"))?;
             let lr = gs.lr * self.schedule.factor(self.step);
             let g = g.to_dtype(DType::F32)?;
             let m = match self.m.remove(name.as_str()) {
@@ -175,7 +198,11 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays() {
-        let s = Schedule { total_steps: 100, warmup_ratio: 0.1, min_lr_ratio: 0.1 };
+        let s = Schedule {
+            total_steps: 100,
+            warmup_ratio: 0.1,
+            min_lr_ratio: 0.1,
+        };
         assert!((s.factor(0) - 0.1).abs() < 1e-6);
         assert!((s.factor(9) - 1.0).abs() < 1e-9);
         assert!((s.factor(10) - 1.0).abs() < 1e-9);
@@ -188,8 +215,18 @@ mod tests {
         let dev = Device::Cpu;
         let mut w = Param::trainable(Tensor::new(&[[1.0f32, -2.0]], &dev)?, ParamGroup::Trunk)?;
         let mut b = Param::trainable(Tensor::new(&[0.5f32], &dev)?, ParamGroup::Trunk)?;
-        let groups = HashMap::from([(ParamGroup::Trunk, GroupSettings { lr: 0.1, weight_decay: 0.5 })]);
-        let sched = Schedule { total_steps: 10, warmup_ratio: 0.0, min_lr_ratio: 1.0 };
+        let groups = HashMap::from([(
+            ParamGroup::Trunk,
+            GroupSettings {
+                lr: 0.1,
+                weight_decay: 0.5,
+            },
+        )]);
+        let sched = Schedule {
+            total_steps: 10,
+            warmup_ratio: 0.0,
+            min_lr_ratio: 1.0,
+        };
         let mut opt = AdamW::new(AdamWConfig::default(), groups, sched);
         let mut grads = Grads::default();
         grads.add("w", &Tensor::new(&[[0.2f32, -0.4]], &dev)?)?;
@@ -197,9 +234,18 @@ mod tests {
         opt.step(&mut [("w".into(), &mut w), ("b".into(), &mut b)], &grads)?;
         // first step: m̂ = g, v̂ = g², update = g/(|g|+ε) ≈ sign(g)
         let wv = w.tensor().to_vec2::<f32>()?;
-        assert!((wv[0][0] - (1.0 * (1.0 - 0.05) - 0.1)).abs() < 1e-5, "{wv:?}");
-        assert!((wv[0][1] - (-2.0 * (1.0 - 0.05) + 0.1)).abs() < 1e-5, "{wv:?}");
-        assert!((b.tensor().to_vec1::<f32>()?[0] - 0.4).abs() < 1e-5, "no decay on 1-D");
+        assert!(
+            (wv[0][0] - (1.0 * (1.0 - 0.05) - 0.1)).abs() < 1e-5,
+            "{wv:?}"
+        );
+        assert!(
+            (wv[0][1] - (-2.0 * (1.0 - 0.05) + 0.1)).abs() < 1e-5,
+            "{wv:?}"
+        );
+        assert!(
+            (b.tensor().to_vec1::<f32>()?[0] - 0.4).abs() < 1e-5,
+            "no decay on 1-D"
+        );
         Ok(())
     }
 

@@ -19,7 +19,7 @@ pub const DEFAULT_TARGETS: [&str; 4] = ["wq", "wk", "wv", "wo"];
 
 /// LoRA hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoraConfig {
     /// Rank r.
     pub rank: usize,

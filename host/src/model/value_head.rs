@@ -26,7 +26,7 @@ pub enum ValueHeadKind {
 
 /// Value-head settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ValueHeadConfig {
     /// Architecture.
     #[serde(rename = "type")]

@@ -1,0 +1,290 @@
+//! Run configuration (`configs/*.toml`): model, data, training, LoRA, value head, reference, critic,
+//! checkpoint, runtime, and the `[plugin]` table handed to the plugin's `configure`. Unknown keys and bad
+//! values are errors naming the key; `--set a.b=v` overrides any key; the resolved config is printed and
+//! saved with every checkpoint.
+
+use crate::model::{LoraConfig, ValueHeadConfig};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The whole run configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The model to train.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// Training data.
+    #[serde(default)]
+    pub data: DataSection,
+    /// Optimisation and loop settings.
+    #[serde(default)]
+    pub training: TrainingSection,
+    /// LoRA settings (used when `training.use_lora`).
+    #[serde(default)]
+    pub lora: LoraConfig,
+    /// Value head (used when the pipeline needs values).
+    #[serde(default)]
+    pub value_head: ValueHeadConfig,
+    /// Reference model for pipelines that need reference losses.
+    #[serde(default)]
+    pub reference: ReferenceSection,
+    /// Checkpointing.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+    /// Logging, evaluation cadence and plugin limits.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// Passed verbatim to the plugin's `configure`.
+    #[serde(default)]
+    pub plugin: toml::Table,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Preset name, `.gguf` file, or Meta / HF checkpoint directory.
+    pub path: String,
+    /// Number of heads (widens a next-token checkpoint).
+    pub n_future_tokens: Option<usize>,
+    /// `copy` or `random` for heads the checkpoint lacks.
+    pub extra_heads_init: crate::model::load::ExtraHeadsInit,
+    /// f32 | bf16 | f16.
+    pub dtype: String,
+    /// cpu | cuda | cuda:N.
+    pub device: String,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection { path: "tiny".into(), n_future_tokens: None, extra_heads_init: Default::default(), dtype: "f32".into(), device: "cpu".into() }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Training JSONL (`builtin:arith` = the bundled corpus).
+    pub train: String,
+    /// Validation JSONL; empty = hold out `val_fraction` of the problems.
+    pub validation: String,
+    /// Share of problems held out for validation when no validation file is given.
+    pub val_fraction: f64,
+    /// Longest sample in tokens; longer ones are dropped (and counted).
+    pub max_length: usize,
+    /// Pairs per problem for paired pipelines.
+    pub max_pairs_per_problem: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { train: "builtin:arith".into(), validation: String::new(), val_fraction: 0.1, max_length: 256, max_pairs_per_problem: 2 }
+    }
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    /// LoRA (true) or full fine-tuning (false).
+    pub use_lora: bool,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Samples (or pairs) per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Peak learning rate of the value head (default: `lr`).
+    pub value_head_lr: Option<f64>,
+    /// Weight decay (≥ 2-D tensors only).
+    pub weight_decay: f64,
+    /// Warm-up share of the steps.
+    pub warmup_ratio: f64,
+    /// Final lr / peak lr.
+    pub min_lr_ratio: f64,
+    /// Global gradient-norm clip (0: off).
+    pub max_grad_norm: f64,
+    /// Base seed (rank r uses seed + r).
+    pub seed: u64,
+    /// Parameter groups to train; empty = the plugin's manifest (LoRA replaces trunk/heads when on).
+    pub trainable: Vec<String>,
+    /// Rows per vocabulary-projection chunk.
+    pub chunk_rows: usize,
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        TrainingSection {
+            use_lora: true,
+            steps: 60,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 3e-3,
+            value_head_lr: None,
+            weight_decay: 0.01,
+            warmup_ratio: 0.05,
+            min_lr_ratio: 0.1,
+            max_grad_norm: 1.0,
+            seed: 42,
+            trainable: vec![],
+            chunk_rows: 2048,
+        }
+    }
+}
+
+/// `[reference]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReferenceSection {
+    /// Reference model (same forms as `model.path`); empty = a short baseline stage from the initial
+    /// model on the training data (`baseline_steps`), cached in the artifact cache.
+    pub model: String,
+    /// Steps of the automatic baseline stage.
+    pub baseline_steps: u64,
+}
+
+impl Default for ReferenceSection {
+    fn default() -> Self {
+        ReferenceSection { model: String::new(), baseline_steps: 40 }
+    }
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Run directory (checkpoints, metrics, config); empty = `runs/<pipeline>-<seconds since epoch>`.
+    pub dir: String,
+    /// Save every N optimizer steps (0: only at the end).
+    pub every: u64,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection { dir: String::new(), every: 0 }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Validate every N steps (0: only at the end).
+    pub eval_every: u64,
+    /// Plugin wall-clock cap per call, seconds.
+    pub plugin_timeout_s: f64,
+    /// Plugin memory cap, MiB.
+    pub plugin_memory_mb: usize,
+    /// Show a progress bar (off when not a terminal).
+    pub progress: bool,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection { eval_every: 20, plugin_timeout_s: 10.0, plugin_memory_mb: 512, progress: true }
+    }
+}
+
+/// Sets `key` (dotted) in `table` to `value` parsed as TOML (a bare word becomes a string).
+pub fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").ok_or_else(|| anyhow!("empty value"))?,
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {key}: bad key");
+    }
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("--set {key}: `{p}` is not a table"),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), parsed);
+    Ok(())
+}
+
+impl RunConfig {
+    /// Reads a config file (or the defaults when `path` is None) and applies `--set` overrides.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let (mut table, source) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+                let t: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
+                (t, p.display().to_string())
+            }
+            None => (toml::Table::new(), "the built-in defaults".to_string()),
+        };
+        for o in overrides {
+            let (k, v) = o.split_once('=').ok_or_else(|| anyhow!("--set expects key=value, got `{o}`"))?;
+            set_key(&mut table, k.trim(), v.trim())?;
+        }
+        let cfg: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| anyhow!("config ({source}): {}", e.message()))?;
+        cfg.validate().with_context(|| format!("config ({source})"))?;
+        Ok(cfg)
+    }
+
+    /// Range checks that serde cannot express; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.training;
+        let checks: [(bool, &str); 8] = [
+            (t.steps > 0, "training.steps must be ≥ 1"),
+            (t.batch_size > 0, "training.batch_size must be ≥ 1"),
+            (t.grad_accum > 0, "training.grad_accum must be ≥ 1"),
+            (t.lr > 0.0 && t.lr.is_finite(), "training.lr must be > 0"),
+            ((0.0..=1.0).contains(&t.warmup_ratio), "training.warmup_ratio must be in [0, 1]"),
+            ((0.0..=1.0).contains(&t.min_lr_ratio), "training.min_lr_ratio must be in [0, 1]"),
+            ((0.0..1.0).contains(&self.data.val_fraction), "data.val_fraction must be in [0, 1)"),
+            (self.data.max_length >= 2, "data.max_length must be ≥ 2"),
+        ];
+        for (ok, msg) in checks {
+            if !ok {
+                bail!("{msg}");
+            }
+        }
+        for g in &t.trainable {
+            if !["lora", "value_head", "heads", "trunk"].contains(&g.as_str()) {
+                bail!("training.trainable: unknown group `{g}` (lora, value_head, heads, trunk)");
+            }
+        }
+        if t.use_lora {
+            self.lora.validate().context("[lora]")?;
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_overrides_and_errors_name_the_key() {
+        let c = RunConfig::load(None, &["training.steps=5".into(), "lora.rank=4".into(), "plugin.k_percent=0.3".into()]).unwrap();
+        assert_eq!((c.training.steps, c.lora.rank), (5, 4));
+        assert_eq!(c.plugin["k_percent"].as_float(), Some(0.3));
+        let e = format!("{:#}", RunConfig::load(None, &["training.stepz=5".into()]).unwrap_err());
+        assert!(e.contains("stepz"), "{e}");
+        let e = format!("{:#}", RunConfig::load(None, &["training.steps=\"many\"".into()]).unwrap_err());
+        assert!(e.contains("steps") || e.contains("invalid type"), "{e}");
+        let e = format!("{:#}", RunConfig::load(None, &["training.lr=-1".into()]).unwrap_err());
+        assert!(e.contains("training.lr"), "{e}");
+        let e = format!("{:#}", RunConfig::load(None, &["lora.target_modules=[\"q_proj\"]".into()]).unwrap_err());
+        assert!(e.contains("q_proj"), "{e}");
+        let back: RunConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back.training.steps, 5);
+    }
+}

@@ -27,9 +27,28 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Next-token perplexity (head 0) of a text.
     Perplexity(PerplexityArgs),
+    /// Train: a pipeline plugin on a config (or the embedded default: the tiny preset on the bundled corpus).
+    Run(RunCli),
     /// Inspect and check pipeline plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+/// `wmtp run`.
+#[derive(Debug, Args)]
+pub struct RunCli {
+    /// The pipeline plugin (.wasm component); on --resume defaults to the checkpoint's.
+    #[arg(long)]
+    pub pipeline: Option<std::path::PathBuf>,
+    /// Run config (configs/*.toml); without it the embedded default runs.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Override a config key, e.g. --set training.steps=100 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue from a checkpoint directory (runs/…/checkpoints/step-N).
+    #[arg(long)]
+    pub resume: Option<std::path::PathBuf>,
 }
 
 /// `wmtp plugin …`.
@@ -172,6 +191,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate(&a),
         Command::Perplexity(a) => perplexity(&a),
         Command::Plugin(c) => crate::plugin::cli::run(c),
+        Command::Run(r) => {
+            let opts = crate::train::run::RunOptions {
+                pipeline: r.pipeline,
+                config: r.config,
+                set: r.set,
+                resume: r.resume,
+                quiet: false,
+            };
+            crate::train::run::run(&opts).map(|_| ())
+        }
     }
 }
 

@@ -59,7 +59,13 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { path: "tiny".into(), n_future_tokens: None, extra_heads_init: Default::default(), dtype: "f32".into(), device: "cpu".into() }
+        ModelSection {
+            path: "tiny".into(),
+            n_future_tokens: None,
+            extra_heads_init: Default::default(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+        }
     }
 }
 
@@ -81,7 +87,13 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { train: "builtin:arith".into(), validation: String::new(), val_fraction: 0.1, max_length: 256, max_pairs_per_problem: 2 }
+        DataSection {
+            train: "builtin:arith".into(),
+            validation: String::new(),
+            val_fraction: 0.1,
+            max_length: 256,
+            max_pairs_per_problem: 2,
+        }
     }
 }
 
@@ -150,24 +162,21 @@ pub struct ReferenceSection {
 
 impl Default for ReferenceSection {
     fn default() -> Self {
-        ReferenceSection { model: String::new(), baseline_steps: 40 }
+        ReferenceSection {
+            model: String::new(),
+            baseline_steps: 40,
+        }
     }
 }
 
 /// `[checkpoint]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointSection {
     /// Run directory (checkpoints, metrics, config); empty = `runs/<pipeline>-<seconds since epoch>`.
     pub dir: String,
     /// Save every N optimizer steps (0: only at the end).
     pub every: u64,
-}
-
-impl Default for CheckpointSection {
-    fn default() -> Self {
-        CheckpointSection { dir: String::new(), every: 0 }
-    }
 }
 
 /// `[runtime]`.
@@ -186,7 +195,12 @@ pub struct RuntimeSection {
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        RuntimeSection { eval_every: 20, plugin_timeout_s: 10.0, plugin_memory_mb: 512, progress: true }
+        RuntimeSection {
+            eval_every: 20,
+            plugin_timeout_s: 10.0,
+            plugin_memory_mb: 512,
+            progress: true,
+        }
     }
 }
 
@@ -202,7 +216,9 @@ pub fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
     }
     let mut cur = table;
     for p in &parts[..parts.len() - 1] {
-        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
             _ => bail!("--set {key}: `{p}` is not a table"),
@@ -217,18 +233,25 @@ impl RunConfig {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let (mut table, source) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-                let t: toml::Table = toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                let t: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", p.display()))?;
                 (t, p.display().to_string())
             }
             None => (toml::Table::new(), "the built-in defaults".to_string()),
         };
         for o in overrides {
-            let (k, v) = o.split_once('=').ok_or_else(|| anyhow!("--set expects key=value, got `{o}`"))?;
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--set expects key=value, got `{o}`"))?;
             set_key(&mut table, k.trim(), v.trim())?;
         }
-        let cfg: RunConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| anyhow!("config ({source}): {}", e.message()))?;
-        cfg.validate().with_context(|| format!("config ({source})"))?;
+        let cfg: RunConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("config ({source}): {}", e.message()))?;
+        cfg.validate()
+            .with_context(|| format!("config ({source})"))?;
         Ok(cfg)
     }
 
@@ -240,9 +263,18 @@ impl RunConfig {
             (t.batch_size > 0, "training.batch_size must be ≥ 1"),
             (t.grad_accum > 0, "training.grad_accum must be ≥ 1"),
             (t.lr > 0.0 && t.lr.is_finite(), "training.lr must be > 0"),
-            ((0.0..=1.0).contains(&t.warmup_ratio), "training.warmup_ratio must be in [0, 1]"),
-            ((0.0..=1.0).contains(&t.min_lr_ratio), "training.min_lr_ratio must be in [0, 1]"),
-            ((0.0..1.0).contains(&self.data.val_fraction), "data.val_fraction must be in [0, 1)"),
+            (
+                (0.0..=1.0).contains(&t.warmup_ratio),
+                "training.warmup_ratio must be in [0, 1]",
+            ),
+            (
+                (0.0..=1.0).contains(&t.min_lr_ratio),
+                "training.min_lr_ratio must be in [0, 1]",
+            ),
+            (
+                (0.0..1.0).contains(&self.data.val_fraction),
+                "data.val_fraction must be in [0, 1)",
+            ),
             (self.data.max_length >= 2, "data.max_length must be ≥ 2"),
         ];
         for (ok, msg) in checks {
@@ -273,16 +305,36 @@ mod tests {
 
     #[test]
     fn defaults_overrides_and_errors_name_the_key() {
-        let c = RunConfig::load(None, &["training.steps=5".into(), "lora.rank=4".into(), "plugin.k_percent=0.3".into()]).unwrap();
+        let c = RunConfig::load(
+            None,
+            &[
+                "training.steps=5".into(),
+                "lora.rank=4".into(),
+                "plugin.k_percent=0.3".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!((c.training.steps, c.lora.rank), (5, 4));
         assert_eq!(c.plugin["k_percent"].as_float(), Some(0.3));
-        let e = format!("{:#}", RunConfig::load(None, &["training.stepz=5".into()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            RunConfig::load(None, &["training.stepz=5".into()]).unwrap_err()
+        );
         assert!(e.contains("stepz"), "{e}");
-        let e = format!("{:#}", RunConfig::load(None, &["training.steps=\"many\"".into()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            RunConfig::load(None, &["training.steps=\"many\"".into()]).unwrap_err()
+        );
         assert!(e.contains("steps") || e.contains("invalid type"), "{e}");
-        let e = format!("{:#}", RunConfig::load(None, &["training.lr=-1".into()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            RunConfig::load(None, &["training.lr=-1".into()]).unwrap_err()
+        );
         assert!(e.contains("training.lr"), "{e}");
-        let e = format!("{:#}", RunConfig::load(None, &["lora.target_modules=[\"q_proj\"]".into()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            RunConfig::load(None, &["lora.target_modules=[\"q_proj\"]".into()]).unwrap_err()
+        );
         assert!(e.contains("q_proj"), "{e}");
         let back: RunConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(back.training.steps, 5);

@@ -1,6 +1,12 @@
-//! Training: the block-wise engine, gradients, the optimiser.
+//! Training: the block-wise engine, gradients, the optimiser, configuration, sessions, steps,
+//! checkpoints and the `wmtp run` loop.
 
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod grads;
 pub mod optim;
+pub mod reference;
+pub mod run;
+pub mod session;
+pub mod step;

@@ -4,7 +4,7 @@
 //! checkpoints so a resumed run continues exactly.
 
 use super::grads::Grads;
-use crate::model::{Param, ParamGroup};
+use crate::model::{Param, ParamGroup, VisitParams};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -113,43 +113,64 @@ impl AdamW {
         self.groups.get(&group).map_or(0.0, |g| g.lr) * self.schedule.factor(self.step)
     }
 
-    /// One update of every parameter in `params` that has a gradient in `grads`:
+    /// Updates one parameter from its gradient (no-op without one):
     /// m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr·(m̂/(√v̂+ε) + wd·p) with bias-corrected m̂, v̂.
-    pub fn step(&mut self, params: &mut [(String, &mut Param)], grads: &Grads) -> Result<()> {
+    /// Call [`AdamW::finish_step`] once every parameter is updated.
+    pub fn update(&mut self, name: &str, p: &mut Param, grads: &Grads) -> Result<()> {
+        let Some(g) = grads.by_name.get(name) else {
+            return Ok(());
+        };
+        let Some(var) = p.var() else {
+            bail!("parameter {name} has a gradient but is frozen")
+        };
         let t = (self.step + 1) as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        for (name, p) in params.iter_mut() {
-            let Some(g) = grads.by_name.get(name.as_str()) else {
-                continue;
-            };
-            let Some(var) = p.var() else {
-                bail!("parameter {name} has a gradient but is frozen")
-            };
-            let gs = *self
-                .groups
-                .get(&p.group())
-                .with_context(|| format!("no optimiser group for {name}"))?;
-            let lr = gs.lr * self.schedule.factor(self.step);
-            let g = g.to_dtype(DType::F32)?;
-            let m = match self.m.remove(name.as_str()) {
-                Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
-                None => (&g * (1.0 - b1))?,
-            };
-            let v = match self.v.remove(name.as_str()) {
-                Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
-                None => (g.sqr()? * (1.0 - b2))?,
-            };
-            let w = var.as_tensor().to_dtype(DType::F32)?;
-            let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
-            let decay = if w.rank() >= 2 { gs.weight_decay } else { 0.0 };
-            let new = ((&w * (1.0 - lr * decay))? - (update * lr)?)?;
-            var.set(&new.to_dtype(var.dtype())?)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
-        }
-        self.step += 1;
+        let gs = *self
+            .groups
+            .get(&p.group())
+            .with_context(|| format!("no optimiser group for {name}"))?;
+        let lr = gs.lr * self.schedule.factor(self.step);
+        let g = g.to_dtype(DType::F32)?;
+        let m = match self.m.remove(name) {
+            Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
+            None => (&g * (1.0 - b1))?,
+        };
+        let v = match self.v.remove(name) {
+            Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
+            None => (g.sqr()? * (1.0 - b2))?,
+        };
+        let w = var.as_tensor().to_dtype(DType::F32)?;
+        let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
+        let decay = if w.rank() >= 2 { gs.weight_decay } else { 0.0 };
+        let new = ((&w * (1.0 - lr * decay))? - (update * lr)?)?;
+        var.set(&new.to_dtype(var.dtype())?)?;
+        self.m.insert(name.to_string(), m);
+        self.v.insert(name.to_string(), v);
         Ok(())
+    }
+
+    /// Ends an optimizer step (advances the schedule and bias correction).
+    pub fn finish_step(&mut self) {
+        self.step += 1;
+    }
+
+    /// Updates every parameter of `module` (named under `prefix`) that has a gradient.
+    pub fn update_module(
+        &mut self,
+        module: &mut dyn VisitParams,
+        prefix: &str,
+        grads: &Grads,
+    ) -> Result<()> {
+        let mut err = None;
+        module.visit_mut(prefix, &mut |name, p| {
+            if err.is_none() {
+                if let Err(e) = self.update(name, p, grads) {
+                    err = Some(e);
+                }
+            }
+        });
+        err.map_or(Ok(()), Err)
     }
 
     /// The moments as named tensors (`m.<param>`, `v.<param>`) and the step, for checkpoints.
@@ -231,7 +252,9 @@ mod tests {
         let mut grads = Grads::default();
         grads.add("w", &Tensor::new(&[[0.2f32, -0.4]], &dev)?)?;
         grads.add("b", &Tensor::new(&[1.0f32], &dev)?)?;
-        opt.step(&mut [("w".into(), &mut w), ("b".into(), &mut b)], &grads)?;
+        opt.update("w", &mut w, &grads)?;
+        opt.update("b", &mut b, &grads)?;
+        opt.finish_step();
         // first step: m̂ = g, v̂ = g², update = g/(|g|+ε) ≈ sign(g)
         let wv = w.tensor().to_vec2::<f32>()?;
         assert!(

@@ -1,0 +1,350 @@
+//! `wmtp run`: a training run from a config (or the embedded default) and a pipeline plugin — start-up
+//! summary, progress bar, metrics JSONL, validation, checkpoints (periodic, best, final; Ctrl-C saves
+//! one and exits), exact resume, and an end summary.
+
+use super::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
+use super::config::RunConfig;
+use super::grads::Grads;
+use super::session::Session;
+use super::step::{accumulate, apply, evaluate, Models};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Pipeline loss per step.
+    pub losses: Vec<f64>,
+    /// Unweighted CE per step.
+    pub ces: Vec<f64>,
+    /// Final validation (plain CE, pipeline loss), if there is validation data.
+    pub val: Option<(f64, f64)>,
+    /// The last checkpoint written.
+    pub last_checkpoint: PathBuf,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The pipeline plugin (.wasm); None on resume = the checkpoint's.
+    pub pipeline: Option<PathBuf>,
+    /// Config file; None = the embedded default.
+    pub config: Option<PathBuf>,
+    /// `--set key=value` overrides.
+    pub set: Vec<String>,
+    /// Continue from this checkpoint directory.
+    pub resume: Option<PathBuf>,
+    /// Print nothing but errors.
+    pub quiet: bool,
+}
+
+fn pipeline_name(p: &Path) -> String {
+    p.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("run")
+        .to_string()
+}
+
+/// Runs training; see the module doc.
+pub fn run(opts: &RunOptions) -> Result<RunSummary> {
+    let started = Instant::now();
+    let (mut s, mut state, resumed) = match &opts.resume {
+        Some(ckpt) => {
+            let (mut cfg, st) = checkpoint::read_meta(ckpt)?;
+            for o in &opts.set {
+                let (k, v) = o.split_once('=').context("--set expects key=value")?;
+                let mut t: toml::Table = toml::from_str(&cfg.to_toml()?)?;
+                super::config::set_key(&mut t, k.trim(), v.trim())?;
+                cfg = toml::Value::Table(t)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| anyhow::anyhow!("config: {}", e.message()))?;
+            }
+            let pipeline = opts
+                .pipeline
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(&st.pipeline));
+            let mut s = Session::new(cfg, &pipeline)?;
+            checkpoint::load_into(ckpt, &mut s, &st)?;
+            (s, st, true)
+        }
+        None => {
+            let pipeline = opts
+                .pipeline
+                .clone()
+                .context("--pipeline is required (a .wasm plugin)")?;
+            let cfg = RunConfig::load(opts.config.as_deref(), &opts.set)?;
+            let s = Session::new(cfg, &pipeline)?;
+            let st = TrainerState {
+                format: CHECKPOINT_FORMAT,
+                step: 0,
+                epoch: 0,
+                index: 0,
+                best_val: None,
+                pipeline: pipeline.display().to_string(),
+            };
+            (s, st, false)
+        }
+    };
+    let run_dir = match (&opts.resume, s.cfg.checkpoint.dir.is_empty()) {
+        (Some(ckpt), true) => ckpt
+            .parent()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("runs")),
+        (_, false) => PathBuf::from(&s.cfg.checkpoint.dir),
+        (None, true) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            PathBuf::from("runs").join(format!("{}-{secs}", pipeline_name(&s.pipeline_path)))
+        }
+    };
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    std::fs::write(run_dir.join("config.toml"), s.cfg.to_toml()?)?;
+    if !opts.quiet {
+        print_start(&s, &run_dir, resumed, state.step);
+    }
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("metrics.jsonl"))?;
+    let total = s.cfg.training.steps;
+    let bar = progress_bar(total, state.step, opts.quiet || !s.cfg.runtime.progress);
+    let pad = s.tokenizer.eos_id.unwrap_or(0);
+    let mut grads = Grads::default();
+    let (mut losses, mut ces) = (Vec::new(), Vec::new());
+    let mut last_ckpt = PathBuf::new();
+    let seed = s.cfg.training.seed;
+    while state.step < total {
+        let t0 = Instant::now();
+        let mut rep = {
+            let m = Models {
+                model: &s.model,
+                value_head: s.value_head.as_ref(),
+                reference: s.reference.as_ref(),
+                chunk_rows: s.cfg.training.chunk_rows,
+            };
+            accumulate(
+                &m,
+                &mut s.plugin,
+                &mut s.batcher,
+                s.cfg.training.grad_accum,
+                state.step,
+                seed,
+                pad,
+                &mut grads,
+            )?
+        };
+        apply(
+            &mut s.model,
+            s.value_head.as_mut(),
+            &mut s.plugin,
+            &mut s.optimizer,
+            &mut grads,
+            s.cfg.training.max_grad_norm,
+            &mut rep,
+        )?;
+        state.step += 1;
+        (state.epoch, state.index) = (s.batcher.epoch, s.batcher.index);
+        losses.push(rep.loss);
+        ces.push(rep.ce);
+        let tok_s = rep.tokens as f64 / t0.elapsed().as_secs_f64();
+        let mut line = serde_json::json!({"step": state.step, "loss": rep.loss, "ce": rep.ce, "lr": rep.lr, "grad_norm": rep.grad_norm, "tokens": rep.tokens, "tokens_per_s": tok_s});
+        for (k, v) in &rep.metrics {
+            line[k] = serde_json::json!(v);
+        }
+        let eval_now = s.cfg.runtime.eval_every > 0 && state.step % s.cfg.runtime.eval_every == 0;
+        if eval_now {
+            if let Some((vce, vloss)) = validate(&mut s)? {
+                line["val_ce"] = serde_json::json!(vce);
+                line["val_loss"] = serde_json::json!(vloss);
+                if state.best_val.is_none_or(|b| vce < b) {
+                    state.best_val = Some(vce);
+                    checkpoint::save(&run_dir, "best", &mut s, &state)?;
+                }
+            }
+        }
+        writeln!(metrics, "{line}")?;
+        bar.set_message(format!(
+            "loss {:.4}  ce {:.4}  {:.0} tok/s",
+            rep.loss, rep.ce, tok_s
+        ));
+        bar.set_position(state.step);
+        let every = s.cfg.checkpoint.every;
+        let stop = interrupted.load(Ordering::SeqCst);
+        if (every > 0 && state.step % every == 0) || stop {
+            last_ckpt =
+                checkpoint::save(&run_dir, &format!("step-{:06}", state.step), &mut s, &state)?;
+        }
+        if stop {
+            bar.abandon_with_message(format!(
+                "interrupted at step {}: saved {}",
+                state.step,
+                last_ckpt.display()
+            ));
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let val = validate(&mut s)?;
+    if !last_ckpt.ends_with(format!("step-{:06}", state.step)) {
+        last_ckpt = checkpoint::save(&run_dir, &format!("step-{:06}", state.step), &mut s, &state)?;
+    }
+    let summary = RunSummary {
+        run_dir: run_dir.clone(),
+        losses,
+        ces,
+        val,
+        last_checkpoint: last_ckpt,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if !opts.quiet {
+        print_end(&summary, &state);
+    }
+    Ok(summary)
+}
+
+fn validate(s: &mut Session) -> Result<Option<(f64, f64)>> {
+    let m = Models {
+        model: &s.model,
+        value_head: s.value_head.as_ref(),
+        reference: s.reference.as_ref(),
+        chunk_rows: s.cfg.training.chunk_rows,
+    };
+    evaluate(
+        &m,
+        &mut s.plugin,
+        &s.val,
+        s.cfg.training.batch_size,
+        s.tokenizer.eos_id.unwrap_or(0),
+    )
+}
+
+fn progress_bar(total: u64, at: u64, hidden: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if hidden || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} step {pos}/{len} [{bar:30}] {msg}  ETA {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_position(at);
+    bar
+}
+
+fn print_start(s: &Session, run_dir: &Path, resumed: bool, step: u64) {
+    let (total, trainable) = s.model.param_counts();
+    let vh: u64 = s.value_head.as_ref().map_or(0, |v| {
+        crate::model::VisitParams::named_params(v)
+            .iter()
+            .filter(|(_, p)| p.is_trainable())
+            .map(|(_, p)| p.numel() as u64)
+            .sum()
+    });
+    let m = s.plugin.manifest();
+    let a = &s.model.args;
+    eprintln!(
+        "wmtp run — {} {} ({})",
+        m.name,
+        m.version,
+        s.pipeline_path.display()
+    );
+    eprintln!(
+        "  model     {}: dim {}, {} trunk + {} heads, vocab {}, {:?} on {:?}",
+        s.cfg.model.path,
+        a.dim,
+        a.n_trunk(),
+        a.n_future_tokens,
+        a.vocab_size,
+        s.model.dtype(),
+        s.model.device().location()
+    );
+    let mode = if s.cfg.training.use_lora {
+        format!(
+            "LoRA r={} α={} {:?}",
+            s.cfg.lora.rank, s.cfg.lora.alpha, s.cfg.lora.target_modules
+        )
+    } else {
+        "full fine-tuning".into()
+    };
+    eprintln!(
+        "  trainable {} of {} ({:.3}%) + value head {} — {mode}; groups {:?}",
+        trainable,
+        total,
+        100.0 * trainable as f64 / total as f64,
+        vh,
+        s.groups.iter().map(|g| g.name()).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "  data      {}: {} train batches/epoch of {}, dropped (too long) {} train / {} validation",
+        s.cfg.data.train,
+        s.batcher.batches_per_epoch(),
+        s.cfg.training.batch_size,
+        s.dropped.0,
+        s.dropped.1
+    );
+    if s.reference.is_some() {
+        eprintln!(
+            "  reference {}",
+            if s.cfg.reference.model.is_empty() {
+                format!("baseline stage of {} steps", s.cfg.reference.baseline_steps)
+            } else {
+                s.cfg.reference.model.clone()
+            }
+        );
+    }
+    eprintln!(
+        "  steps     {} (lr {}, accum {}){}",
+        s.cfg.training.steps,
+        s.cfg.training.lr,
+        s.cfg.training.grad_accum,
+        if resumed {
+            format!(", resuming at step {step}")
+        } else {
+            String::new()
+        }
+    );
+    eprintln!("  run dir   {}", run_dir.display());
+}
+
+fn print_end(r: &RunSummary, st: &TrainerState) {
+    let first = r.losses.first().copied().unwrap_or(f64::NAN);
+    let last = r.losses.last().copied().unwrap_or(f64::NAN);
+    eprintln!(
+        "done: {} steps in {:.1} s; loss {first:.4} → {last:.4}; ce {:.4} → {:.4}",
+        st.step,
+        r.seconds,
+        r.ces.first().copied().unwrap_or(f64::NAN),
+        r.ces.last().copied().unwrap_or(f64::NAN)
+    );
+    if let Some((ce, loss)) = r.val {
+        eprintln!(
+            "  validation: ce {ce:.4}, pipeline loss {loss:.4} (best ce {:.4})",
+            st.best_val.unwrap_or(ce)
+        );
+    }
+    eprintln!("  checkpoint: {}", r.last_checkpoint.display());
+    eprintln!(
+        "  metrics:    {}",
+        r.run_dir.join("metrics.jsonl").display()
+    );
+}

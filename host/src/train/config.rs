@@ -8,6 +8,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// `configs/default.toml`, used when `wmtp run` gets no config.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/default.toml");
+
 /// The whole run configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,7 +242,7 @@ impl RunConfig {
                     .with_context(|| format!("parsing config {}", p.display()))?;
                 (t, p.display().to_string())
             }
-            None => (toml::Table::new(), "the built-in defaults".to_string()),
+            None => (toml::from_str(EMBEDDED_DEFAULT).context("the embedded default config")?, "the embedded default (configs/default.toml)".to_string()),
         };
         for o in overrides {
             let (k, v) = o

@@ -29,6 +29,29 @@ pub enum Command {
     Perplexity(PerplexityArgs),
     /// Train: a pipeline plugin on a config (or the embedded default: the tiny preset on the bundled corpus).
     Run(RunCli),
+    /// Validation cross-entropy of a checkpoint (plain, and weighted by its pipeline).
+    Eval {
+        /// Checkpoint directory (runs/…/checkpoints/step-N).
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        /// Evaluate on this JSONL instead of the run's validation split.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Write a checkpoint's model with its LoRA merged, as a full safetensors checkpoint.
+    Merge {
+        /// Checkpoint directory.
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        /// Output directory (params.json + model.safetensors).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Plot a run's metrics (loss, cross-entropy, plugin metrics) to RUN_DIR/plots.svg.
+    Plot {
+        /// The run directory (holds metrics.jsonl).
+        run_dir: std::path::PathBuf,
+    },
     /// Inspect and check pipeline plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -191,6 +214,29 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate(&a),
         Command::Perplexity(a) => perplexity(&a),
         Command::Plugin(c) => crate::plugin::cli::run(c),
+        Command::Eval { checkpoint, data } => {
+            let (ce, loss) =
+                crate::train::tools::eval_checkpoint(&checkpoint, data.as_deref(), None)?;
+            println!(
+                "validation: ce {ce:.4} nats (perplexity {:.2}), pipeline loss {loss:.4}",
+                ce.exp()
+            );
+            Ok(())
+        }
+        Command::Merge { checkpoint, out } => {
+            crate::train::tools::merge_checkpoint(&checkpoint, &out)?;
+            println!(
+                "merged model written to {} (use it with --model {})",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Plot { run_dir } => {
+            let p = crate::train::plot::plot_run(&run_dir)?;
+            println!("wrote {}", p.display());
+            Ok(())
+        }
         Command::Run(r) => {
             let opts = crate::train::run::RunOptions {
                 pipeline: r.pipeline,

@@ -3,6 +3,11 @@
 use clap::Parser;
 
 fn main() {
+    // `wmtp … | head` ends quietly instead of panicking on a closed pipe
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

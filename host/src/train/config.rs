@@ -242,7 +242,10 @@ impl RunConfig {
                     .with_context(|| format!("parsing config {}", p.display()))?;
                 (t, p.display().to_string())
             }
-            None => (toml::from_str(EMBEDDED_DEFAULT).context("the embedded default config")?, "the embedded default (configs/default.toml)".to_string()),
+            None => (
+                toml::from_str(EMBEDDED_DEFAULT).context("the embedded default config")?,
+                "the embedded default (configs/default.toml)".to_string(),
+            ),
         };
         for o in overrides {
             let (k, v) = o

@@ -101,7 +101,7 @@ pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
         .filter(|k| !skip.contains(&k.as_str()))
         .collect();
     let cols = 3usize;
-    let rows = 1 + others.len().div_ceil(cols).max(0);
+    let rows = 1 + others.len().div_ceil(cols);
     let out = run_dir.join("plots.svg");
     let root = SVGBackend::new(&out, (1200, 320 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -161,7 +161,7 @@ def verifiable(case):
     else:
         c, loss = weighted_ce(ce, M, wk)
     vgrad = None
-    coef = cfg.get("value_coef", 0.0)
+    coef = cfg.get("value_coef", 0.5)
     if coef > 0:
         vl, gr = value_regression(V, np.repeat(r[:, None], T, axis=1), m)
         loss += coef * vl

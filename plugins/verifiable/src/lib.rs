@@ -68,8 +68,8 @@ impl Pipeline for Verifiable {
                 ("ema.alpha", "0.1", "EMA rate after warm-up"),
                 (
                     "value_coef",
-                    "0.0",
-                    "weight of the joint value loss (0: values only weigh tokens)",
+                    "0.5",
+                    "weight of the joint value loss training the policy's value head (0: values only weigh tokens)",
                 ),
                 (
                     "value_loss.type",

@@ -20,10 +20,11 @@ for p in baseline rho1 verifiable critic; do
     target/release/wmtp plot "$dir" >/dev/null
     python3 - "$dir/metrics.jsonl" "$p" "$mode" "$secs" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+all_rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [r for r in all_rows if "loss" in r]
 q = max(1, len(rows) // 10)
 m = lambda k, rs: sum(r[k] for r in rs) / len(rs)
-val = [r["val_ce"] for r in rows if "val_ce" in r]
+val = [r["val_ce"] for r in all_rows if "val_ce" in r]
 print(f"{sys.argv[2]:<11} {sys.argv[3]:<5} {m('loss', rows[:q]):10.4f} {m('loss', rows[-q:]):10.4f} {m('ce', rows[:q]):10.4f} {m('ce', rows[-q:]):10.4f} {val[-1] if val else float('nan'):9.4f} {float(sys.argv[4]):8.1f}")
 PY
   done

@@ -70,7 +70,7 @@ fn adapter_reload_eval_merge_and_plot() {
         ..Default::default()
     })
     .unwrap();
-    let (val_ce, _) = r.val.unwrap();
+    let val_ce = r.val.unwrap().ce;
     let (ce, loss) = eval_checkpoint(&r.last_checkpoint, None, None).unwrap();
     assert_eq!(
         ce, val_ce,

@@ -6,7 +6,7 @@ use super::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
 use super::config::RunConfig;
 use super::grads::Grads;
 use super::session::Session;
-use super::step::{accumulate, apply, evaluate, Models};
+use super::step::{accumulate, apply, evaluate, Models, Validation};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ pub struct RunSummary {
     /// Unweighted CE per step.
     pub ces: Vec<f64>,
     /// Final validation (plain CE, pipeline loss), if there is validation data.
-    pub val: Option<(f64, f64)>,
+    pub val: Option<Validation>,
     /// The last checkpoint written.
     pub last_checkpoint: PathBuf,
     /// Wall time in seconds.
@@ -131,6 +131,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let (mut losses, mut ces) = (Vec::new(), Vec::new());
     let mut last_ckpt = PathBuf::new();
     let seed = s.cfg.training.seed;
+    if state.step == 0 && s.cfg.runtime.eval_every > 0 {
+        if let Some(v) = validate(&mut s)? {
+            writeln!(metrics, "{}", val_json(serde_json::json!({"step": 0}), &v))?;
+        }
+    }
     while state.step < total {
         let t0 = Instant::now();
         let mut rep = {
@@ -171,11 +176,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
         let eval_now = s.cfg.runtime.eval_every > 0 && state.step % s.cfg.runtime.eval_every == 0;
         if eval_now {
-            if let Some((vce, vloss)) = validate(&mut s)? {
-                line["val_ce"] = serde_json::json!(vce);
-                line["val_loss"] = serde_json::json!(vloss);
-                if state.best_val.is_none_or(|b| vce < b) {
-                    state.best_val = Some(vce);
+            if let Some(v) = validate(&mut s)? {
+                line = val_json(line, &v);
+                // best = lowest validation loss of the pipeline (for baseline, the plain CE)
+                if state.best_val.is_none_or(|b| v.loss < b) {
+                    state.best_val = Some(v.loss);
                     checkpoint::save(&run_dir, "best", &mut s, &state)?;
                 }
             }
@@ -220,7 +225,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-fn validate(s: &mut Session) -> Result<Option<(f64, f64)>> {
+/// Adds `val_ce`, `val_loss` and `val_<metric>` to a metrics line.
+fn val_json(mut line: serde_json::Value, v: &Validation) -> serde_json::Value {
+    line["val_ce"] = serde_json::json!(v.ce);
+    line["val_loss"] = serde_json::json!(v.loss);
+    for (k, x) in &v.metrics {
+        line[format!("val_{k}")] = serde_json::json!(x);
+    }
+    line
+}
+
+fn validate(s: &mut Session) -> Result<Option<Validation>> {
     let m = Models {
         model: &s.model,
         value_head: s.value_head.as_ref(),
@@ -336,11 +351,22 @@ fn print_end(r: &RunSummary, st: &TrainerState) {
         r.ces.first().copied().unwrap_or(f64::NAN),
         r.ces.last().copied().unwrap_or(f64::NAN)
     );
-    if let Some((ce, loss)) = r.val {
+    if let Some(v) = &r.val {
         eprintln!(
-            "  validation: ce {ce:.4}, pipeline loss {loss:.4} (best ce {:.4})",
-            st.best_val.unwrap_or(ce)
+            "  validation: ce {:.4}, pipeline loss {:.4} (best loss {:.4})",
+            v.ce,
+            v.loss,
+            st.best_val.unwrap_or(v.loss)
         );
+        let shown: Vec<String> = v
+            .metrics
+            .iter()
+            .take(6)
+            .map(|(k, x)| format!("{k} {x:.4}"))
+            .collect();
+        if !shown.is_empty() {
+            eprintln!("              {}", shown.join(", "));
+        }
     }
     eprintln!("  checkpoint: {}", r.last_checkpoint.display());
     eprintln!(

@@ -248,26 +248,44 @@ pub fn apply(
     w.after_step(step)
 }
 
-/// Validation over `items`: (plain CE, pipeline loss with train = false), averaged over batches.
+/// Validation results: plain CE, pipeline loss (train = false) and plugin metrics, averaged over batches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validation {
+    /// Unweighted CE.
+    pub ce: f64,
+    /// The pipeline's loss.
+    pub loss: f64,
+    /// The plugin's metrics.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// Validation over `items` (None when there are none).
 pub fn evaluate(
     m: &Models,
     w: &mut dyn Weigher,
     items: &Items,
     batch_items: usize,
     pad: u32,
-) -> Result<Option<(f64, f64)>> {
+) -> Result<Option<Validation>> {
     let mut b = match Batcher::new(items.clone(), batch_items, 0, 0, 1) {
         Ok(b) => b,
         Err(_) => return Ok(None),
     };
     let n = b.batches_per_epoch();
-    let (mut ce, mut loss) = (0.0, 0.0);
+    let mut v = Validation::default();
     for _ in 0..n {
         let (samples, ids) = b.next_samples();
         let mb = collate(&samples, ids, pad, m.model.device())?;
         let (_, st, batch) = forward_and_batch(m, w, &mb, 0, 0, false)?;
-        ce += plain_ce(&st) / n as f64;
-        loss += w.weigh(&batch, false)?.loss / n as f64;
+        v.ce += plain_ce(&st) / n as f64;
+        let c = w.weigh(&batch, false)?;
+        v.loss += c.loss / n as f64;
+        for (k, x) in c.metrics {
+            match v.metrics.iter_mut().find(|(name, _)| *name == k) {
+                Some(e) => e.1 += x / n as f64,
+                None => v.metrics.push((k, x / n as f64)),
+            }
+        }
     }
-    Ok(Some((ce, loss)))
+    Ok(Some(v))
 }

@@ -35,7 +35,7 @@ pub fn eval_checkpoint(
         s.cfg.training.batch_size,
         s.tokenizer.eos_id.unwrap_or(0),
     )? {
-        Some(r) => Ok(r),
+        Some(v) => Ok((v.ce, v.loss)),
         None => bail!("no validation data (set data.validation or data.val_fraction)"),
     }
 }

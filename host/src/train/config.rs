@@ -293,9 +293,8 @@ impl RunConfig {
                 bail!("training.trainable: unknown group `{g}` (lora, value_head, heads, trunk)");
             }
         }
-        if t.use_lora {
-            self.lora.validate().context("[lora]")?;
-        }
+        // checked even when LoRA is off, so a typo never waits for the day it is switched on
+        self.lora.validate().context("[lora]")?;
         Ok(())
     }
 

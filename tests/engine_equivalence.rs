@@ -1,6 +1,8 @@
 //! The block-wise engine's gradients equal plain candle autograd on the whole graph (f32, 1e-5), for full
 //! fine-tuning and for LoRA, with value-head coefficients too.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
 use wmtp_host::model::{
@@ -157,14 +159,7 @@ fn compare(mut m: Transformer, label: &str) {
     );
     assert!(!ours.by_name.is_empty());
     for (name, g) in &reference.by_name {
-        let d = (g - &ours.by_name[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs_diff(g, &ours.by_name[name]);
         let scale = g
             .abs()
             .unwrap()

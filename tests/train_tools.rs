@@ -108,14 +108,7 @@ fn adapter_reload_eval_merge_and_plot() {
             .unwrap();
     let a = m.forward(&tokens, &ForwardCtx::eval()).unwrap();
     let b = lora_model.forward(&tokens, &ForwardCtx::eval()).unwrap();
-    let d = (&a[0] - &b[0])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = common::max_abs_diff(&a[0], &b[0]);
     assert!(d < 1e-4, "merged vs adapter logits differ by {d}");
     assert!(lora_model
         .named_params()

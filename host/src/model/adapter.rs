@@ -81,6 +81,16 @@ fn save_json(path: &Path, value: &impl Serialize) -> Result<()> {
     write_atomic(path, |tmp| Ok(std::fs::write(tmp, text)?))
 }
 
+/// Writes `dir/value_head.safetensors` with keys `value_head.{i}.weight|bias`.
+fn save_value_head(dir: &Path, vh: &ValueHead) -> Result<()> {
+    let t = vh
+        .named_params()
+        .into_iter()
+        .map(|(n, p)| (format!("value_head.{n}"), p.tensor().clone()))
+        .collect();
+    save_tensors(&dir.join("value_head.safetensors"), t)
+}
+
 /// Saves the LoRA adapter (and the value head, when given) into `dir`.
 pub fn save_adapter(
     dir: &Path,
@@ -100,12 +110,7 @@ pub fn save_adapter(
     });
     save_tensors(&dir.join("adapter_model.safetensors"), tensors)?;
     if let Some(vh) = value_head {
-        let t = vh
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| (format!("value_head.{n}"), p.tensor().clone()))
-            .collect();
-        save_tensors(&dir.join("value_head.safetensors"), t)?;
+        save_value_head(dir, vh)?;
     }
     let config = AdapterConfig {
         peft_type: "LORA".into(),
@@ -226,12 +231,7 @@ pub fn save_full(dir: &Path, model: &Transformer, value_head: Option<&ValueHead>
     save_tensors(&dir.join("model.safetensors"), tensors)?;
     save_json(&dir.join("params.json"), &model.args)?;
     if let Some(vh) = value_head {
-        let t = vh
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| (format!("value_head.{n}"), p.tensor().clone()))
-            .collect();
-        save_tensors(&dir.join("value_head.safetensors"), t)?;
+        save_value_head(dir, vh)?;
     }
     Ok(())
 }

@@ -88,7 +88,7 @@ fn rows_ce(
 }
 
 /// Valid rows (b·T + t) of head k and their target ids.
-fn head_rows(tokens: &[u32], mask: &[u8], t: usize, h: usize, k: usize) -> (Vec<u32>, Vec<u32>) {
+fn head_rows(tokens: &[u32], mask: &[u8], h: usize, k: usize) -> (Vec<u32>, Vec<u32>) {
     let (mut rows, mut tg) = (Vec::new(), Vec::new());
     for row in 0..tokens.len() {
         if mask[row * h + k] != 0 {
@@ -96,7 +96,6 @@ fn head_rows(tokens: &[u32], mask: &[u8], t: usize, h: usize, k: usize) -> (Vec<
             tg.push(tokens[row + k + 1]);
         }
     }
-    let _ = t;
     (rows, tg)
 }
 
@@ -143,7 +142,7 @@ impl<'a> Engine<'a> {
                 .forward(&x, &bi.rope, &bi.mask, &self.ctx(1000 + k as u64))?
                 .detach();
             let zf = z.reshape((b * t, m.args.dim))?;
-            let (rows, tg) = head_rows(&tokens, &mask, t, h, k);
+            let (rows, tg) = head_rows(&tokens, &mask, h, k);
             for (rc, tc) in rows
                 .chunks(self.chunk_rows.max(1))
                 .zip(tg.chunks(self.chunk_rows.max(1)))
@@ -225,7 +224,7 @@ impl<'a> Engine<'a> {
                 &self.ctx(1000 + k as u64),
             )?;
             let zf_const = z.detach().reshape((b * t, d))?;
-            let (rows, tg) = head_rows(&st.tokens, &st.ce_mask, t, h, k);
+            let (rows, tg) = head_rows(&st.tokens, &st.ce_mask, h, k);
             let mut dz = Tensor::zeros((b * t, d), DType::F32, self.dev())?;
             for (rc, tc) in rows
                 .chunks(self.chunk_rows.max(1))

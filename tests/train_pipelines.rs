@@ -239,3 +239,46 @@ fn corrupt_data_and_checkpoints_are_clear_errors_and_keep_the_previous_checkpoin
     .unwrap();
     assert_eq!(more.losses.len(), 1);
 }
+
+#[test]
+fn verifiable_takes_values_from_a_frozen_critic_checkpoint() {
+    let dir = common::tempdir();
+    let critic = train(
+        "critic",
+        &dir.path().join("critic"),
+        &[
+            "training.steps=3",
+            "training.use_lora=true",
+            "training.trainable=[\"lora\", \"value_head\"]",
+        ],
+    )
+    .unwrap();
+    let ck = critic.last_checkpoint.display().to_string();
+    let r = train(
+        "verifiable",
+        &dir.path().join("policy"),
+        &[
+            "training.steps=3",
+            &format!("critic.checkpoint={ck}"),
+            "plugin.value_coef=0.0",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.losses.len(), 3);
+    let metrics = std::fs::read_to_string(r.run_dir.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert!(
+        first["adv_std"].as_f64().unwrap() > 0.0,
+        "values from the trained critic vary: {first}"
+    );
+    let e = format!(
+        "{:#}",
+        train(
+            "verifiable",
+            &dir.path().join("bad"),
+            &["training.steps=1", &format!("critic.checkpoint={ck}")]
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("value_coef"), "{e}");
+}

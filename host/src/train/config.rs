@@ -33,6 +33,9 @@ pub struct RunConfig {
     /// Reference model for pipelines that need reference losses.
     #[serde(default)]
     pub reference: ReferenceSection,
+    /// A frozen critic supplying the values (verifiable with a separately trained critic).
+    #[serde(default)]
+    pub critic: CriticSection,
     /// Checkpointing.
     #[serde(default)]
     pub checkpoint: CheckpointSection,
@@ -170,6 +173,15 @@ impl Default for ReferenceSection {
             baseline_steps: 40,
         }
     }
+}
+
+/// `[critic]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriticSection {
+    /// A critic run's checkpoint directory; when set, values come from that frozen model and value head
+    /// (LoRA merged) instead of the policy's own value head.
+    pub checkpoint: String,
 }
 
 /// `[checkpoint]`.

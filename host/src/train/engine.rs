@@ -300,6 +300,18 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// Values V[b,t] (flat [B·T]) of a frozen critic: its trunk, the shared norm, its value head.
+pub fn critic_values(model: &Transformer, vh: &ValueHead, mb: &MicroBatch) -> Result<Vec<f32>> {
+    let (_, t) = mb.tokens.dims2()?;
+    let bi = model.block_inputs(t)?;
+    let ctx = ForwardCtx::eval();
+    let h = model.trunk(&mb.tokens, &bi, &ctx)?;
+    Ok(vh
+        .forward(&model.norm.forward(&h)?, &ctx)?
+        .flatten_all()?
+        .to_vec1()?)
+}
+
 fn any_trainable(p: &Param) -> bool {
     p.is_trainable()
 }

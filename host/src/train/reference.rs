@@ -107,6 +107,7 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
                 model: &model,
                 value_head: None,
                 reference: None,
+                critic: None,
                 chunk_rows: cfg.training.chunk_rows,
             };
             accumulate(

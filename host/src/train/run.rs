@@ -143,6 +143,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 model: &s.model,
                 value_head: s.value_head.as_ref(),
                 reference: s.reference.as_ref(),
+                critic: s.critic.as_ref().map(|(m, v)| (m, v)),
                 chunk_rows: s.cfg.training.chunk_rows,
             };
             accumulate(
@@ -240,6 +241,7 @@ fn validate(s: &mut Session) -> Result<Option<Validation>> {
         model: &s.model,
         value_head: s.value_head.as_ref(),
         reference: s.reference.as_ref(),
+        critic: s.critic.as_ref().map(|(m, v)| (m, v)),
         chunk_rows: s.cfg.training.chunk_rows,
     };
     evaluate(
@@ -339,6 +341,15 @@ fn print_start(s: &Session, run_dir: &Path, resumed: bool, step: u64) {
         }
     );
     eprintln!("  run dir   {}", run_dir.display());
+    if let Ok(text) = s.cfg.to_toml() {
+        eprintln!(
+            "  resolved config (saved as {}):",
+            run_dir.join("config.toml").display()
+        );
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            eprintln!("    {line}");
+        }
+    }
 }
 
 fn print_end(r: &RunSummary, st: &TrainerState) {

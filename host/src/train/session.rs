@@ -31,6 +31,8 @@ pub struct Session {
     pub value_head: Option<ValueHead>,
     /// The frozen reference, when the plugin needs reference losses.
     pub reference: Option<Transformer>,
+    /// The frozen critic (model, value head), when `critic.checkpoint` is set.
+    pub critic: Option<(Transformer, ValueHead)>,
     /// The plugin.
     pub plugin: Plugin,
     /// Tokenizer of the model (the byte tokenizer for presets).
@@ -147,7 +149,12 @@ impl Session {
                 .collect::<Vec<_>>(),
         )?;
         let needs = |k: InputKind| manifest.needs.contains(&k);
-        let value_head = if needs(InputKind::Values) {
+        let critic = if needs(InputKind::Values) && !cfg.critic.checkpoint.is_empty() {
+            Some(frozen_critic(Path::new(&cfg.critic.checkpoint), &device)?)
+        } else {
+            None
+        };
+        let value_head = if needs(InputKind::Values) && critic.is_none() {
             let mut vh = ValueHead::new(
                 &cfg.value_head,
                 model.args.dim,
@@ -232,6 +239,7 @@ impl Session {
             model,
             value_head,
             reference,
+            critic,
             plugin,
             tokenizer,
             batcher,
@@ -252,4 +260,52 @@ pub fn group_named(s: &str) -> Result<ParamGroup> {
         "trunk" => ParamGroup::Trunk,
         _ => bail!("unknown parameter group `{s}`"),
     })
+}
+
+/// Loads a critic run's checkpoint as a frozen critic: its model (LoRA merged) and its value head.
+pub fn frozen_critic(
+    ckpt: &Path,
+    device: &candle_core::Device,
+) -> Result<(Transformer, ValueHead)> {
+    let (cfg, _) = super::checkpoint::read_meta(ckpt).context("critic.checkpoint")?;
+    let opts = LoadOptions {
+        dtype: dtype_of(&cfg.model.dtype)?,
+        device: device.clone(),
+        n_future_tokens: cfg.model.n_future_tokens,
+        extra_heads: cfg.model.extra_heads_init,
+        seed: cfg.training.seed,
+    };
+    let (mut model, vh) = if ckpt.join("adapter").exists() {
+        let mut m = load_model(&cfg.model.path, &opts)?.model;
+        let vh = crate::model::adapter::load_adapter(&ckpt.join("adapter"), &mut m)?;
+        m.set_lora_merged(true)?;
+        (m, vh)
+    } else {
+        let dir = ckpt.join("model");
+        let m = load_model(
+            dir.to_str().unwrap_or_default(),
+            &LoadOptions {
+                n_future_tokens: None,
+                ..opts
+            },
+        )?
+        .model;
+        let f = dir.join("value_head.safetensors");
+        let mut t = crate::model::load::meta::read_safetensors(&f)?;
+        let mut vh = ValueHead::new(&cfg.value_head, m.args.dim, 0, device)?;
+        vh.set_weights(&mut |n| t.remove(n).and_then(|x| x.to_device(device).ok()))
+            .with_context(|| format!("loading {}", f.display()))?;
+        (m, Some(vh))
+    };
+    let Some(mut vh) = vh else {
+        bail!(
+            "critic.checkpoint {}: the checkpoint has no value head (not a critic run?)",
+            ckpt.display()
+        )
+    };
+    model.set_trainable_groups(&[])?;
+    crate::model::VisitParams::visit_mut(&mut vh, "", &mut |_, p| {
+        let _ = p.set_trainable(false);
+    });
+    Ok((model, vh))
 }

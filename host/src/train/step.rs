@@ -80,6 +80,8 @@ pub struct Models<'a> {
     pub value_head: Option<&'a ValueHead>,
     /// Frozen reference.
     pub reference: Option<&'a Transformer>,
+    /// Frozen critic (model and value head) supplying the values, when configured.
+    pub critic: Option<(&'a Transformer, &'a ValueHead)>,
     /// Rows per vocabulary chunk.
     pub chunk_rows: usize,
 }
@@ -126,10 +128,10 @@ pub fn forward_and_batch<'a>(
         ce: st.ce.clone(),
         ce_mask: st.ce_mask.clone(),
         target_mask: mb.target_mask.clone(),
-        values: if needs.contains(&InputKind::Values) {
-            st.values.clone()
-        } else {
-            None
+        values: match (needs.contains(&InputKind::Values), m.critic) {
+            (true, Some((cm, cv))) => Some(super::engine::critic_values(cm, cv, mb)?),
+            (true, None) => st.values.clone(),
+            (false, _) => None,
         },
         ref_ce,
         rewards: if needs.contains(&InputKind::Rewards) {
@@ -203,6 +205,13 @@ pub fn accumulate(
         let mseed = seed ^ (step.wrapping_mul(1_000_003) + micro as u64);
         let (engine, st, batch) = forward_and_batch(m, w, &mb, step, mseed, true)?;
         let c = w.weigh(&batch, true)?;
+        if c.values
+            .as_ref()
+            .is_some_and(|v| v.iter().any(|&x| x != 0.0))
+            && m.value_head.is_none()
+        {
+            anyhow::bail!("the pipeline returned value gradients but the values come from a frozen critic (set plugin.value_coef = 0)");
+        }
         let scale = 1.0 / accum as f32;
         let cce: Vec<f32> = c.ce.iter().map(|x| x * scale).collect();
         let cv: Option<Vec<f32>> = c

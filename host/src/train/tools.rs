@@ -26,6 +26,7 @@ pub fn eval_checkpoint(
         model: &s.model,
         value_head: s.value_head.as_ref(),
         reference: s.reference.as_ref(),
+        critic: s.critic.as_ref().map(|(m, v)| (m, v)),
         chunk_rows: s.cfg.training.chunk_rows,
     };
     match evaluate(

@@ -28,3 +28,7 @@ cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-hostile-fo
 cp "$out/wmtp_hostile_foreign_import.wasm" .cache/test-plugins/hostile_foreign_import.wasm
 cp "$out/wmtp_hostile_old_contract.wasm" .cache/test-plugins/hostile_old_contract.wasm
 echo "plugins: built test plugins into .cache/test-plugins"
+# a WASI-p2 component (what other languages' toolchains produce): accepted, with an empty WASI context
+rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
+CARGO_TARGET_DIR=target/wasip2 cargo build --quiet --release --target wasm32-wasip2 -p wmtp-hostile --features fs
+cp target/wasip2/wasm32-wasip2/release/wmtp_hostile.wasm .cache/test-plugins/hostile_wasip2_fs.wasm

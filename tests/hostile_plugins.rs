@@ -187,3 +187,58 @@ fn fuel_cap_stops_a_loop_deterministically() {
     assert!(err.contains("ran out of fuel"), "{err}");
     good_plugin_still_runs(&rt);
 }
+
+#[test]
+fn a_wasi_p2_component_runs_but_sees_no_files() {
+    let rt = runtime();
+    let mut p = Plugin::load(&rt, &test_plugin("hostile_wasip2_fs"))
+        .expect("WASI-p2 components are accepted");
+    let err = format!(
+        "{:#}",
+        p.weigh(&synthetic_batch(1, 4, 1, &[], 1, false), true)
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("cannot read /etc/passwd") && err.contains("plugin `hostile`"),
+        "{err}"
+    );
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn compiled_plugins_are_cached_and_reloaded() {
+    let dir = common::tempdir();
+    let make = || {
+        Arc::new(
+            PluginRuntime::with_options(
+                PluginLimits::default(),
+                Arc::new(|x: &[f64]| x.to_vec()),
+                Some(dir.path().to_path_buf()),
+            )
+            .unwrap(),
+        )
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/rho1.wasm");
+    let first = Plugin::load(&make(), &path).unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0].extension().is_some_and(|e| e == "cwasm"));
+    let mut second = Plugin::load(&make(), &path).unwrap();
+    assert_eq!(first.manifest().name, second.manifest().name);
+    second
+        .weigh(
+            &synthetic_batch(
+                2,
+                6,
+                2,
+                &[wmtp_host::plugin::InputKind::Reference],
+                3,
+                false,
+            ),
+            true,
+        )
+        .unwrap();
+}

@@ -1,4 +1,5 @@
-//! A plugin that misbehaves in `weigh` in the way its cargo feature names (no feature: behaves).
+//! A plugin that misbehaves in `weigh` in the way its cargo feature names (no feature: behaves;
+//! `fs`, built for wasm32-wasip2, tries to read a host file through WASI).
 
 use wmtp_sdk::*;
 
@@ -48,6 +49,10 @@ impl Pipeline for Hostile {
         #[cfg(feature = "nan")]
         if let Some(i) = batch.ce_mask.iter().position(|&m| m != 0) {
             ce[i] = f32::NAN;
+        }
+        #[cfg(feature = "fs")]
+        if let Err(e) = std::fs::read_to_string("/etc/passwd") {
+            return Err(format!("cannot read /etc/passwd: {e}"));
         }
         #[cfg(feature = "flood")]
         for i in 0..10_000_000u64 {

@@ -2,6 +2,7 @@
 # Real-model runs on CPU: SmolLM2-135M-Instruct (GGUF, widened to 4 heads) + LoRA r=8 on the HumanEval
 # data — a few steps each of baseline, rho1 and verifiable (step time, trainable parameters) — and the
 # critic (value head only, pairwise loss) with held-out pairwise accuracy before and after training.
+# STEPS = 0 runs only the critic part.
 # Run: scripts/fixtures.sh && python3 scripts/make-humaneval-data.py && scripts/build-plugins.sh \
 #      && cargo build --release && bench/smollm2_runs.sh [STEPS] [CRITIC_STEPS]
 set -euo pipefail
@@ -11,7 +12,7 @@ critic_steps=${2:-30}
 out=runs/smollm2
 mkdir -p "$out"
 common=(--set runtime.progress=false --set training.batch_size=2 --set training.grad_accum=1)
-for p in baseline rho1 verifiable; do
+for p in $([ "$steps" -gt 0 ] && echo baseline rho1 verifiable); do
   dir="$out/$p-lora"; rm -rf "$dir"
   target/release/wmtp run --pipeline "plugins/$p.wasm" --config "configs/${p}_lora.toml" "${common[@]}" \
     --set training.steps="$steps" --set runtime.eval_every=0 --set reference.baseline_steps=2 \

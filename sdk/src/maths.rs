@@ -180,7 +180,7 @@ pub struct PairwiseResult {
     pub loss: f64,
     /// ∂L/∂V, [B,T].
     pub grad: Vec<f32>,
-    /// Share of pairs with v̄_pos > v̄_neg.
+    /// Share of pairs with v̄_pos > v̄_neg (ties count one half).
     pub accuracy: f64,
     /// mean(v̄_pos) − mean(v̄_neg).
     pub margin: f64,
@@ -234,7 +234,7 @@ pub fn pairwise_ranking(
     }
     let np = ps.len() as f64;
     let mut grad = vec![0f64; v.b];
-    let (mut pos_sum, mut neg_sum, mut correct) = (0.0, 0.0, 0usize);
+    let (mut pos_sum, mut neg_sum, mut correct) = (0.0, 0.0, 0.0f64);
     for &(p, n) in &ps {
         let d = mean_v[p].0 - mean_v[n].0;
         r.loss -= coef * log_sigmoid(d) / np;
@@ -243,14 +243,21 @@ pub fn pairwise_ranking(
         grad[n] -= g;
         pos_sum += mean_v[p].0;
         neg_sum += mean_v[n].0;
-        correct += (d > 0.0) as usize;
+        // a tie (e.g. an untrained head giving every sequence the same value) counts as half right
+        correct += if d > 0.0 {
+            1.0
+        } else if d == 0.0 {
+            0.5
+        } else {
+            0.0
+        };
     }
     for b in 0..v.b {
         for t in (0..v.t).filter(|&t| v.target(b, t)) {
             r.grad[v.idx2(b, t)] = (grad[b] / mean_v[b].1) as f32;
         }
     }
-    r.accuracy = correct as f64 / np;
+    r.accuracy = correct / np;
     r.margin = (pos_sum - neg_sum) / np;
     r
 }

@@ -300,8 +300,10 @@ fn print_start(s: &Session, run_dir: &Path, resumed: bool, step: u64) {
             "LoRA r={} α={} {:?}",
             s.cfg.lora.rank, s.cfg.lora.alpha, s.cfg.lora.target_modules
         )
-    } else {
+    } else if trainable > 0 {
         "full fine-tuning".into()
+    } else {
+        "model frozen".into()
     };
     eprintln!(
         "  trainable {} of {} ({:.3}%) + value head {} — {mode}; groups {:?}",

@@ -61,6 +61,17 @@ pub fn dtype_of(s: &str) -> Result<candle_core::DType> {
     })
 }
 
+/// How a run's `[model]` section loads its model onto `device`.
+pub fn load_options(cfg: &RunConfig, device: &candle_core::Device) -> Result<LoadOptions> {
+    Ok(LoadOptions {
+        dtype: dtype_of(&cfg.model.dtype)?,
+        device: device.clone(),
+        n_future_tokens: cfg.model.n_future_tokens,
+        extra_heads: cfg.model.extra_heads_init,
+        seed: cfg.training.seed,
+    })
+}
+
 /// Rows of `spec`: a JSONL path, or `builtin:arith`.
 pub fn dataset_rows(spec: &str) -> Result<Vec<crate::data::dataset::Row>> {
     match spec {
@@ -90,13 +101,7 @@ impl Session {
         let manifest = plugin.manifest().clone();
 
         let device = crate::cli::parse_device(&cfg.model.device).context("model.device")?;
-        let opts = LoadOptions {
-            dtype: dtype_of(&cfg.model.dtype)?,
-            device: device.clone(),
-            n_future_tokens: cfg.model.n_future_tokens,
-            extra_heads: cfg.model.extra_heads_init,
-            seed: cfg.training.seed,
-        };
+        let opts = load_options(&cfg, &device)?;
         let lm = load_model(&cfg.model.path, &opts)?;
         let tokenizer = lm.tokenizer.unwrap_or_else(Tokenizer::bytes);
         if tokenizer.vocab_size() > lm.model.args.vocab_size {
@@ -268,13 +273,7 @@ pub fn frozen_critic(
     device: &candle_core::Device,
 ) -> Result<(Transformer, ValueHead)> {
     let (cfg, _) = super::checkpoint::read_meta(ckpt).context("critic.checkpoint")?;
-    let opts = LoadOptions {
-        dtype: dtype_of(&cfg.model.dtype)?,
-        device: device.clone(),
-        n_future_tokens: cfg.model.n_future_tokens,
-        extra_heads: cfg.model.extra_heads_init,
-        seed: cfg.training.seed,
-    };
+    let opts = load_options(&cfg, device)?;
     let (mut model, vh) = if ckpt.join("adapter").exists() {
         let mut m = load_model(&cfg.model.path, &opts)?.model;
         let vh = crate::model::adapter::load_adapter(&ckpt.join("adapter"), &mut m)?;

@@ -45,13 +45,7 @@ pub fn eval_checkpoint(
 /// `params.json` + `model.safetensors` (+ `value_head.safetensors`), loadable by `--model out`.
 pub fn merge_checkpoint(ckpt: &Path, out: &Path) -> Result<()> {
     let (cfg, _) = read_meta(ckpt)?;
-    let opts = LoadOptions {
-        dtype: super::session::dtype_of(&cfg.model.dtype)?,
-        n_future_tokens: cfg.model.n_future_tokens,
-        extra_heads: cfg.model.extra_heads_init,
-        seed: cfg.training.seed,
-        ..Default::default()
-    };
+    let opts = super::session::load_options(&cfg, &candle_core::Device::Cpu)?;
     if ckpt.join("adapter").exists() {
         let mut model = load_model(&cfg.model.path, &opts)?.model;
         let vh = load_adapter(&ckpt.join("adapter"), &mut model)?;

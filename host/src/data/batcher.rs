@@ -21,19 +21,39 @@ pub enum Items {
     Pairs(Vec<(Sample, Sample)>),
 }
 
-/// Builds the items for a pipeline: pairs when `paired`, else the correct samples only.
+/// Which samples a pipeline trains on (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    /// Pointwise pipelines without rewards (baseline, rho1): the correct samples only.
+    CorrectOnly,
+    /// Pointwise pipelines that use rewards (verifiable): correct and incorrect samples.
+    All,
+    /// Paired pipelines (critic): (correct, incorrect) pairs per problem.
+    Pairs,
+}
+
+/// Builds the items for a pipeline according to `sampling`.
 pub fn make_items(
     samples: Vec<Sample>,
-    paired: bool,
+    sampling: Sampling,
     max_pairs_per_problem: usize,
     seed: u64,
 ) -> Result<Items> {
-    if !paired {
-        let good: Vec<Sample> = samples.into_iter().filter(|s| s.reward > 0.5).collect();
-        if good.is_empty() {
-            bail!("the dataset has no correct samples to train on");
+    match sampling {
+        Sampling::All => {
+            if samples.is_empty() {
+                bail!("the dataset has no samples to train on");
+            }
+            return Ok(Items::Single(samples));
         }
-        return Ok(Items::Single(good));
+        Sampling::CorrectOnly => {
+            let good: Vec<Sample> = samples.into_iter().filter(|s| s.reward > 0.5).collect();
+            if good.is_empty() {
+                bail!("the dataset has no correct samples to train on");
+            }
+            return Ok(Items::Single(good));
+        }
+        Sampling::Pairs => {}
     }
     let mut by_problem: BTreeMap<String, (Vec<Sample>, Vec<Sample>)> = BTreeMap::new();
     for s in samples {
@@ -210,24 +230,29 @@ mod tests {
             s("b", 1.0, 2),
             s("c", 0.0, 2),
         ];
-        let Items::Pairs(p) = make_items(data.clone(), true, 4, 1).unwrap() else {
+        let Items::Pairs(p) = make_items(data.clone(), Sampling::Pairs, 4, 1).unwrap() else {
             panic!()
         };
         assert_eq!(p.len(), 1, "only problem a has both kinds");
-        let Items::Pairs(q) = make_items(data.clone(), true, 4, 1).unwrap() else {
+        let Items::Pairs(q) = make_items(data.clone(), Sampling::Pairs, 4, 1).unwrap() else {
             panic!()
         };
         assert_eq!(p[0].1, q[0].1, "seeded");
-        let Items::Single(g) = make_items(data, false, 4, 1).unwrap() else {
+        let Items::Single(g) = make_items(data.clone(), Sampling::CorrectOnly, 4, 1).unwrap()
+        else {
             panic!()
         };
         assert_eq!(g.len(), 2);
+        let Items::Single(all) = make_items(data, Sampling::All, 4, 1).unwrap() else {
+            panic!()
+        };
+        assert_eq!(all.len(), 5, "reward users see incorrect samples too");
     }
 
     #[test]
     fn shards_batches_and_resumes() {
         let data: Vec<Sample> = (0..10).map(|i| s(&i.to_string(), 1.0, 2 + i)).collect();
-        let items = make_items(data, false, 1, 0).unwrap();
+        let items = make_items(data, Sampling::CorrectOnly, 1, 0).unwrap();
         let mut r0 = Batcher::new(items.clone(), 2, 5, 0, 2).unwrap();
         let r1 = Batcher::new(items.clone(), 2, 5, 1, 2).unwrap();
         assert_eq!(r0.batches_per_epoch(), 3);
@@ -238,7 +263,7 @@ mod tests {
         let mut replay = Batcher::new(
             make_items(
                 (0..10).map(|i| s(&i.to_string(), 1.0, 2 + i)).collect(),
-                false,
+                Sampling::CorrectOnly,
                 1,
                 0,
             )

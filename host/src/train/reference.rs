@@ -9,7 +9,7 @@ use super::config::RunConfig;
 use super::grads::Grads;
 use super::optim::{AdamW, AdamWConfig, GroupSettings, Schedule};
 use super::step::{accumulate, apply, Models, NativeBaseline};
-use crate::data::batcher::{make_items, Batcher};
+use crate::data::batcher::{make_items, Batcher, Sampling};
 use crate::data::dataset::encode_all;
 use crate::data::Tokenizer;
 use crate::model::load::{load_model, LoadOptions};
@@ -73,7 +73,7 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
     let rows = super::session::dataset_rows(&cfg.data.train)?;
     let (samples, _) = encode_all(&tokenizer, &rows, cfg.data.max_length)?;
     let mut batcher = Batcher::new(
-        make_items(samples, false, 1, cfg.training.seed)?,
+        make_items(samples, Sampling::CorrectOnly, 1, cfg.training.seed)?,
         cfg.training.batch_size,
         cfg.training.seed ^ 0x7265,
         0,

@@ -4,7 +4,7 @@
 
 use super::config::RunConfig;
 use super::optim::{AdamW, AdamWConfig, GroupSettings, Schedule};
-use crate::data::batcher::{make_items, Batcher, Items};
+use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Sample};
 use crate::data::Tokenizer;
 use crate::model::load::{load_model, LoadOptions};
@@ -188,7 +188,14 @@ impl Session {
             let (v, d) = encode_all(&tokenizer, &vrows, cfg.data.max_length)?;
             (samples, v, d)
         };
-        let paired = needs(InputKind::Pairs);
+        // SPEC §7: pointwise pipelines train on correct samples; reward users see both labels
+        let paired = if needs(InputKind::Pairs) {
+            Sampling::Pairs
+        } else if needs(InputKind::Rewards) {
+            Sampling::All
+        } else {
+            Sampling::CorrectOnly
+        };
         let items = make_items(
             train,
             paired,

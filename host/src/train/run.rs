@@ -6,7 +6,7 @@ use super::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
 use super::config::RunConfig;
 use super::grads::Grads;
 use super::session::Session;
-use super::step::{accumulate, apply, evaluate, Models, Validation};
+use super::step::{accumulate, apply, Validation};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,22 +139,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     while state.step < total {
         let t0 = Instant::now();
         let mut rep = {
-            let m = Models {
-                model: &s.model,
-                value_head: s.value_head.as_ref(),
-                reference: s.reference.as_ref(),
-                critic: s.critic.as_ref().map(|(m, v)| (m, v)),
-                chunk_rows: s.cfg.training.chunk_rows,
-            };
+            let accum = s.cfg.training.grad_accum;
+            let (m, plugin, batcher, _) = s.step_parts();
             accumulate(
-                &m,
-                &mut s.plugin,
-                &mut s.batcher,
-                s.cfg.training.grad_accum,
-                state.step,
-                seed,
-                pad,
-                &mut grads,
+                &m, plugin, batcher, accum, state.step, seed, pad, &mut grads,
             )?
         };
         apply(
@@ -237,20 +225,7 @@ fn val_json(mut line: serde_json::Value, v: &Validation) -> serde_json::Value {
 }
 
 fn validate(s: &mut Session) -> Result<Option<Validation>> {
-    let m = Models {
-        model: &s.model,
-        value_head: s.value_head.as_ref(),
-        reference: s.reference.as_ref(),
-        critic: s.critic.as_ref().map(|(m, v)| (m, v)),
-        chunk_rows: s.cfg.training.chunk_rows,
-    };
-    evaluate(
-        &m,
-        &mut s.plugin,
-        &s.val,
-        s.cfg.training.batch_size,
-        s.tokenizer.eos_id.unwrap_or(0),
-    )
+    s.validate()
 }
 
 fn progress_bar(total: u64, at: u64, hidden: bool) -> indicatif::ProgressBar {

@@ -315,3 +315,28 @@ pub fn frozen_critic(
     });
     Ok((model, vh))
 }
+
+impl Session {
+    /// The models a step reads, the plugin and batcher it mutates, and the validation items (disjoint
+    /// borrows of the session).
+    pub fn step_parts(&mut self) -> (super::step::Models<'_>, &mut Plugin, &mut Batcher, &Items) {
+        let m = super::step::Models {
+            model: &self.model,
+            value_head: self.value_head.as_ref(),
+            reference: self.reference.as_ref(),
+            critic: self.critic.as_ref().map(|(m, v)| (m, v)),
+            chunk_rows: self.cfg.training.chunk_rows,
+        };
+        (m, &mut self.plugin, &mut self.batcher, &self.val)
+    }
+
+    /// Validation on the session's held-out items (None without any).
+    pub fn validate(&mut self) -> Result<Option<super::step::Validation>> {
+        let (batch, pad) = (
+            self.cfg.training.batch_size,
+            self.tokenizer.eos_id.unwrap_or(0),
+        );
+        let (m, plugin, _, val) = self.step_parts();
+        super::step::evaluate(&m, plugin, val, batch, pad)
+    }
+}

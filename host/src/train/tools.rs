@@ -3,7 +3,6 @@
 
 use super::checkpoint::{load_into, read_meta};
 use super::session::Session;
-use super::step::{evaluate, Models};
 use crate::model::adapter::{load_adapter, save_full};
 use crate::model::load::{load_model, LoadOptions};
 use anyhow::{bail, Result};
@@ -22,20 +21,7 @@ pub fn eval_checkpoint(
     let pipeline = pipeline.unwrap_or_else(|| PathBuf::from(&st.pipeline));
     let mut s = Session::new(cfg, &pipeline)?;
     load_into(ckpt, &mut s, &st)?;
-    let m = Models {
-        model: &s.model,
-        value_head: s.value_head.as_ref(),
-        reference: s.reference.as_ref(),
-        critic: s.critic.as_ref().map(|(m, v)| (m, v)),
-        chunk_rows: s.cfg.training.chunk_rows,
-    };
-    match evaluate(
-        &m,
-        &mut s.plugin,
-        &s.val,
-        s.cfg.training.batch_size,
-        s.tokenizer.eos_id.unwrap_or(0),
-    )? {
+    match s.validate()? {
         Some(v) => Ok((v.ce, v.loss)),
         None => bail!("no validation data (set data.validation or data.val_fraction)"),
     }

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use wmtp_host::plugin::conformance::synthetic_batch;
-use wmtp_host::plugin::{Batch, InputKind, Plugin, PluginLimits, PluginRuntime};
+use wmtp_plugin_host::conformance::synthetic_batch;
+use wmtp_plugin_host::{Batch, InputKind, Plugin, PluginLimits, PluginRuntime};
 use wmtp_sdk::Pipeline;
 
 fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {

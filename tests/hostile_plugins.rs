@@ -1,13 +1,14 @@
 //! Hostile plugins (tests/hostile/): each misbehaviour ends in an error that names the plugin, and the
 //! same host then loads and runs a good plugin.
 
+#[path = "common/paths.rs"]
 mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wmtp_host::plugin::conformance::synthetic_batch;
-use wmtp_host::plugin::{Plugin, PluginLimits, PluginRuntime};
+use wmtp_plugin_host::conformance::synthetic_batch;
+use wmtp_plugin_host::{Plugin, PluginLimits, PluginRuntime};
 
 fn test_plugin(name: &str) -> PathBuf {
     common::fixture(&format!("test-plugins/{name}.wasm"))
@@ -237,14 +238,7 @@ fn compiled_plugins_are_cached_and_reloaded() {
     assert_eq!(first.manifest().name, second.manifest().name);
     second
         .weigh(
-            &synthetic_batch(
-                2,
-                6,
-                2,
-                &[wmtp_host::plugin::InputKind::Reference],
-                3,
-                false,
-            ),
+            &synthetic_batch(2, 6, 2, &[wmtp_plugin_host::InputKind::Reference], 3, false),
             true,
         )
         .unwrap();

@@ -2,12 +2,13 @@
 //! (tests/reference/pipelines_reference.py), against SPEC §5's golden facts, and coefficients checked as
 //! true derivatives of the reported loss by finite differences.
 
+#[path = "common/paths.rs"]
 mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use wmtp_host::plugin::conformance::synthetic_batch;
-use wmtp_host::plugin::{Batch, Coefficients, InputKind, Plugin, PluginLimits, PluginRuntime};
+use wmtp_plugin_host::conformance::{derivatives_match, synthetic_batch};
+use wmtp_plugin_host::{Batch, Coefficients, InputKind, Plugin, PluginLimits, PluginRuntime};
 
 const ALL: [InputKind; 4] = [
     InputKind::Values,
@@ -212,45 +213,11 @@ fn critic_lambda_one_equals_monte_carlo() {
     );
 }
 
-/// Central differences of the reported loss against the returned coefficients, for a few entries.
+/// The conformance kit's central-difference check of CE (or V) coefficients against the reported loss.
 fn finite_difference(name: &str, cfg: &str, perturb_values: bool) {
-    let batch = synthetic_batch(4, 10, 3, &ALL, 77, false);
     let mut p = plugin(name, cfg);
-    let c = p.weigh(&batch, true).unwrap();
-    let coefs: Vec<f32> = if perturb_values {
-        c.values.clone().unwrap()
-    } else {
-        c.ce.clone()
-    };
-    let mask: Vec<bool> = if perturb_values {
-        batch.target_mask.iter().map(|&m| m != 0).collect()
-    } else {
-        batch.ce_mask.iter().map(|&m| m != 0).collect()
-    };
-    let picks: Vec<usize> = (0..coefs.len())
-        .filter(|&i| mask[i])
-        .step_by(3)
-        .take(12)
-        .collect();
-    assert!(!picks.is_empty());
-    let eps = 1e-3f32;
-    for i in picks {
-        let mut loss_at = |d: f32| {
-            let mut b = batch.clone();
-            if perturb_values {
-                b.values.as_mut().unwrap()[i] += d;
-            } else {
-                b.ce[i] += d;
-            }
-            p.weigh(&b, true).unwrap().loss
-        };
-        let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64);
-        let g = coefs[i] as f64;
-        assert!(
-            (fd - g).abs() <= 1e-3 * g.abs().max(1e-3),
-            "{name} [{cfg}] entry {i}: finite difference {fd} vs coefficient {g}"
-        );
-    }
+    derivatives_match(&mut p, &ALL, perturb_values)
+        .unwrap_or_else(|e| panic!("{name} [{cfg}]: {e:#}"));
 }
 
 #[test]

@@ -3,8 +3,9 @@
 
 mod common;
 
-use wmtp_host::model::eval::{greedy_continue, next_token_ce};
+use wmtp_host::model::generate::greedy_continue;
 use wmtp_host::model::load::{load_model, LoadOptions};
+use wmtp_host::train::evaluate::next_token_ce;
 
 const PARAGRAPH: &str =
     "The museum opens at nine in the morning and closes at six in the evening. \

@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use wmtp_host::model::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, VisitParams};
-use wmtp_host::plugin::{Plugin, PluginLimits, PluginRuntime};
 use wmtp_host::train::config::RunConfig;
+use wmtp_host::train::evaluate::eval_checkpoint;
 use wmtp_host::train::run::{run, RunOptions};
-use wmtp_host::train::tools::{eval_checkpoint, merge_checkpoint};
+use wmtp_host::train::tools::merge_checkpoint;
+use wmtp_plugin_host::{Plugin, PluginLimits, PluginRuntime};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -71,7 +72,8 @@ fn adapter_reload_eval_merge_and_plot() {
     })
     .unwrap();
     let val_ce = r.val.unwrap().ce;
-    let (ce, loss) = eval_checkpoint(&r.last_checkpoint, None, None).unwrap();
+    let v = eval_checkpoint(&r.last_checkpoint, None, None).unwrap();
+    let (ce, loss) = (v.ce, v.loss);
     assert_eq!(
         ce, val_ce,
         "reloaded adapter must give the same validation CE"

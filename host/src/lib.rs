@@ -1,8 +1,8 @@
 //! wmtp host: the LoRA-injected multi-token-prediction Transformer, its loaders and the `wmtp` command.
-//! SPEC.md says what is computed; ARCHITECTURE.md where it lives.
+//! The layers (docs/design.md): `train` (sessions, the engine, the loop) uses `model`, `data` and the plugin
+//! host (crate `wmtp-plugin-host`); nothing here depends on the command line (the `wmtp` binary's `cli`).
 
-pub mod cli;
 pub mod data;
 pub mod model;
-pub mod plugin;
+
 pub mod train;

@@ -1,4 +1,6 @@
-//! The `wmtp` binary.
+//! The `wmtp` binary: the command line (`cli`) over the `wmtp_host` library.
+
+mod cli;
 
 use clap::Parser;
 
@@ -8,11 +10,12 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    let args = cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(cli::log_filter(args.verbose))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = wmtp_host::cli::run(wmtp_host::cli::Cli::parse()) {
+    if let Err(e) = cli::run(args) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

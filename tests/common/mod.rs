@@ -1,19 +1,12 @@
-//! Shared helpers for the integration tests: fixture paths (made by `scripts/fixtures.sh`) and tensor
-//! comparisons.
+//! Shared helpers for the host's integration tests: fixture paths and tensor comparisons.
 #![allow(dead_code)]
 
-use candle_core::Tensor;
-use std::path::PathBuf;
+#[path = "paths.rs"]
+mod paths;
+#[allow(unused_imports)]
+pub use paths::{fixture, tempdir};
 
-/// Path of a fixture under the repository's `.cache/`; fails with instructions when it is missing.
-pub fn fixture(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(".cache")
-        .join(rel);
-    assert!(p.exists(), "missing test fixture {} — run `scripts/fixtures.sh` first (the README's test command does)", p.display());
-    p
-}
+use candle_core::Tensor;
 
 /// Largest absolute difference of two tensors.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -35,9 +28,4 @@ pub fn values(t: &Tensor) -> Vec<f32> {
         .unwrap()
         .to_vec1()
         .unwrap()
-}
-
-/// A fresh temporary directory.
-pub fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
 }

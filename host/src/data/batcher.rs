@@ -4,13 +4,25 @@
 //! checkpoint, so a resumed run sees the same batches.
 
 use super::dataset::Sample;
-use crate::train::engine::MicroBatch;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
+
+/// One micro-batch of token ids with its target mask (1 on trained tokens), right-padded.
+#[derive(Debug, Clone)]
+pub struct MicroBatch {
+    /// Token ids [B, T] (u32).
+    pub tokens: Tensor,
+    /// m[b,t] flat [B·T].
+    pub target_mask: Vec<u8>,
+    /// r[b] (is_correct), when the data has it.
+    pub rewards: Option<Vec<f32>>,
+    /// Pair id per sequence (−1 unpaired), when the data is paired.
+    pub pair_ids: Option<Vec<i32>>,
+}
 
 /// Items the batcher deals: single samples, or (positive, negative) pairs kept in one batch.
 #[derive(Debug, Clone)]

@@ -5,4 +5,5 @@ pub mod dataset;
 pub mod sentencepiece;
 pub mod tokenizer;
 
+pub use batcher::MicroBatch;
 pub use tokenizer::Tokenizer;

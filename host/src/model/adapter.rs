@@ -4,7 +4,7 @@
 //! (`value_head.safetensors`), and full checkpoints (`params.json` + `model.safetensors`, Meta key names,
 //! LoRA merged in) that the Meta loader reads back. Files are written to a temporary name, then renamed.
 
-use super::param::{ParamGroup, VisitParams};
+use super::param::{restore_params, ParamGroup, VisitParams};
 use super::{LoraConfig, Transformer, ValueHead, ValueHeadConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -170,29 +170,10 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueH
     model
         .add_lora(&cfg.lora_config(), 0)
         .with_context(|| format!("{}: bad LoRA settings", dir.display()))?;
-    let (dtype, dev) = (candle_core::DType::F32, model.device().clone());
-    let mut err: Option<anyhow::Error> = None;
-    model.visit_mut("", &mut |name, p| {
-        if p.group() != ParamGroup::Lora || err.is_some() {
-            return;
-        }
-        let key = format!("{KEY_PREFIX}{name}");
-        let r = match tensors.remove(&key) {
-            None => Err(anyhow::anyhow!("missing tensor `{key}`")),
-            Some(t) => t
-                .to_device(&dev)
-                .and_then(|t| t.to_dtype(dtype))
-                .map_err(Into::into)
-                .and_then(|t| p.set_value(t))
-                .with_context(|| format!("tensor `{key}`")),
-        };
-        if let Err(e) = r {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.context(format!("loading adapter {}", file.display())));
-    }
+    restore_params(model, "", &[ParamGroup::Lora], &mut tensors, &|n| {
+        format!("{KEY_PREFIX}{n}")
+    })
+    .with_context(|| format!("loading adapter {}", file.display()))?;
     if !tensors.is_empty() {
         let extra: BTreeSet<_> = tensors.keys().collect();
         bail!(
@@ -205,9 +186,15 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueH
     };
     let vfile = dir.join("value_head.safetensors");
     let mut vt = super::load::meta::read_safetensors(&vfile)?;
-    let mut vh = ValueHead::new(vcfg, model.args.dim, 0, &dev)?;
-    vh.set_weights(&mut |n| vt.remove(n))
-        .with_context(|| format!("loading {}", vfile.display()))?;
+    let mut vh = ValueHead::new(vcfg, model.args.dim, 0, model.device())?;
+    restore_params(
+        &mut vh,
+        "value_head.",
+        &[ParamGroup::ValueHead],
+        &mut vt,
+        &|n| n.to_string(),
+    )
+    .with_context(|| format!("loading {}", vfile.display()))?;
     Ok(Some(vh))
 }
 
@@ -234,4 +221,42 @@ pub fn save_full(dir: &Path, model: &Transformer, value_head: Option<&ValueHead>
         save_value_head(dir, vh)?;
     }
     Ok(())
+}
+
+/// A trained checkpoint's model and value head: its `adapter/` added to base model `base` (LoRA not
+/// merged), or its full `model/` directory (with `value_head.safetensors` when there is one, built as
+/// `value_head`); loaded with `opts` (the checkpoint's own head count for full models).
+pub fn load_trained(
+    ckpt: &Path,
+    base: &str,
+    opts: &super::load::LoadOptions,
+    value_head: &ValueHeadConfig,
+) -> Result<(Transformer, Option<ValueHead>)> {
+    let adapter = ckpt.join("adapter");
+    if adapter.exists() {
+        let mut model = super::load::load_model(base, opts)?.model;
+        let vh = load_adapter(&adapter, &mut model)?;
+        return Ok((model, vh));
+    }
+    let dir = ckpt.join("model");
+    let full = super::load::LoadOptions {
+        n_future_tokens: None,
+        ..opts.clone()
+    };
+    let model = super::load::load_model(&dir.to_string_lossy(), &full)?.model;
+    let f = dir.join("value_head.safetensors");
+    if !f.exists() {
+        return Ok((model, None));
+    }
+    let mut t = super::load::meta::read_safetensors(&f)?;
+    let mut vh = ValueHead::new(value_head, model.args.dim, 0, model.device())?;
+    restore_params(
+        &mut vh,
+        "value_head.",
+        &[ParamGroup::ValueHead],
+        &mut t,
+        &|n| n.to_string(),
+    )
+    .with_context(|| format!("loading {}", f.display()))?;
+    Ok((model, Some(vh)))
 }

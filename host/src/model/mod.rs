@@ -3,9 +3,10 @@
 pub mod adapter;
 pub mod args;
 pub mod block;
-pub mod eval;
+pub mod device;
 pub mod forward_ctx;
 pub mod frozen_linear;
+pub mod generate;
 pub mod init;
 pub mod load;
 pub mod lora;
@@ -17,6 +18,7 @@ pub mod transformer;
 pub mod value_head;
 
 pub use args::ModelArgs;
+pub use device::{DeviceSpec, Precision};
 pub use forward_ctx::ForwardCtx;
 pub use lora::{LoraConfig, LoraLinear};
 pub use param::{Param, ParamGroup, VisitParams};

@@ -4,8 +4,12 @@
 use anyhow::Result;
 use candle_core::{Tensor, Var};
 
-/// The part of the model a parameter belongs to; pipelines train groups, not single tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The part of the model a parameter belongs to; pipelines train groups, not single tensors. In configs
+/// it is written `lora`, `value_head`, `heads` or `trunk`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ParamGroup {
     /// LoRA adapter matrices (`lora_A`, `lora_B`).
     Lora,
@@ -15,6 +19,18 @@ pub enum ParamGroup {
     Heads,
     /// Token embedding and trunk blocks.
     Trunk,
+}
+
+impl From<wmtp_plugin_host::ParamGroup> for ParamGroup {
+    fn from(g: wmtp_plugin_host::ParamGroup) -> Self {
+        use wmtp_plugin_host::ParamGroup as G;
+        match g {
+            G::Lora => ParamGroup::Lora,
+            G::ValueHead => ParamGroup::ValueHead,
+            G::Heads => ParamGroup::Heads,
+            G::Trunk => ParamGroup::Trunk,
+        }
+    }
 }
 
 impl ParamGroup {
@@ -124,4 +140,36 @@ pub trait VisitParams {
         self.visit("", &mut |n, p| out.push((n.to_string(), p.clone())));
         out
     }
+}
+
+/// Sets every parameter of `module` (named under `prefix`) whose group is in `groups` from
+/// `tensors[key(name)]`, moved to the parameter's device and dtype; each must be present with the right
+/// shape. Used tensors are removed from `tensors`, so the caller can refuse leftovers.
+pub fn restore_params(
+    module: &mut dyn VisitParams,
+    prefix: &str,
+    groups: &[ParamGroup],
+    tensors: &mut std::collections::HashMap<String, Tensor>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let mut err = None;
+    module.visit_mut(prefix, &mut |name, p| {
+        if err.is_some() || !groups.contains(&p.group()) {
+            return;
+        }
+        let k = key(name);
+        let r = match tensors.remove(&k) {
+            None => Err(anyhow::anyhow!("missing tensor `{k}`")),
+            Some(t) => t
+                .to_device(p.tensor().device())
+                .and_then(|t| t.to_dtype(p.tensor().dtype()))
+                .map_err(Into::into)
+                .and_then(|t| p.set_value(t))
+                .map_err(|e| e.context(format!("tensor `{k}`"))),
+        };
+        if let Err(e) = r {
+            err = Some(e);
+        }
+    });
+    err.map_or(Ok(()), Err)
 }

@@ -135,25 +135,6 @@ impl ValueHead {
         }
         Ok(h.squeeze(candle_core::D::Minus1)?)
     }
-
-    /// Loads weights saved under `value_head.{i}.weight|bias`, checking shapes.
-    pub fn set_weights(&mut self, get: &mut dyn FnMut(&str) -> Option<Tensor>) -> Result<()> {
-        let mut err = None;
-        self.visit_mut("value_head.", &mut |name, p| {
-            if err.is_some() {
-                return;
-            }
-            match get(name) {
-                None => err = Some(anyhow::anyhow!("missing value-head tensor `{name}`")),
-                Some(t) => {
-                    if let Err(e) = p.set_value(t) {
-                        err = Some(e.context(format!("value-head tensor `{name}`")));
-                    }
-                }
-            }
-        });
-        err.map_or(Ok(()), Err)
-    }
 }
 
 impl VisitParams for ValueHead {

@@ -6,7 +6,8 @@
 use super::config::RunConfig;
 use super::session::Session;
 use crate::model::adapter::{save_adapter, save_full};
-use crate::model::{ParamGroup, VisitParams};
+use crate::model::param::restore_params;
+use crate::model::ParamGroup;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -58,7 +59,7 @@ fn write_contents(dir: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         dir.join("trainer_state.json"),
         serde_json::to_string_pretty(st)?,
     )?;
-    std::fs::write(dir.join("plugin_state.bin"), s.plugin.save_state()?)?;
+    std::fs::write(dir.join("plugin_state.bin"), s.weigher.save_state()?)?;
     let (opt, _) = s.optimizer.state();
     let opt: HashMap<String, candle_core::Tensor> = opt.into_iter().collect();
     if !opt.is_empty() {
@@ -95,63 +96,27 @@ pub fn read_meta(ckpt: &Path) -> Result<(RunConfig, TrainerState)> {
     Ok((cfg, st))
 }
 
-/// Sets every parameter of `module` (under `prefix`, of the given groups) from `tensors[key(name)]`,
-/// requiring each to be present with the right shape.
-fn restore(
-    module: &mut dyn VisitParams,
-    prefix: &str,
-    groups: &[ParamGroup],
-    tensors: &mut HashMap<String, candle_core::Tensor>,
-    key: &dyn Fn(&str) -> String,
-    file: &Path,
-) -> Result<()> {
-    let mut err = None;
-    module.visit_mut(prefix, &mut |name, p| {
-        if err.is_some() || !groups.contains(&p.group()) {
-            return;
-        }
-        let k = key(name);
-        let r = match tensors.remove(&k) {
-            None => Err(anyhow::anyhow!("missing tensor `{k}`")),
-            Some(t) => t
-                .to_device(p.tensor().device())
-                .and_then(|t| t.to_dtype(p.tensor().dtype()))
-                .map_err(Into::into)
-                .and_then(|t| p.set_value(t)),
-        };
-        if let Err(e) = r {
-            err = Some(e.context(format!("restoring from {}", file.display())));
-        }
-    });
-    err.map_or(Ok(()), Err)
-}
-
 /// Loads a checkpoint's weights, optimiser, plugin state and data position into a session built from
 /// the checkpoint's config.
 pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
     if s.model.lora.is_some() {
         let f = ckpt.join("adapter/adapter_model.safetensors");
-        let mut t = read(&f)?;
-        restore(
+        restore_params(
             &mut s.model,
             "",
             &[ParamGroup::Lora],
-            &mut t,
+            &mut read(&f)?,
             &|n| format!("base_model.model.{n}"),
-            &f,
-        )?;
+        )
+        .with_context(|| format!("restoring from {}", f.display()))?;
     } else {
         let f = ckpt.join("model/model.safetensors");
-        let mut t = read(&f)?;
-        restore(
-            &mut s.model,
-            "",
-            &[ParamGroup::Trunk, ParamGroup::Heads],
-            &mut t,
-            &|n| n.to_string(),
-            &f,
-        )?;
+        let groups = [ParamGroup::Trunk, ParamGroup::Heads];
+        restore_params(&mut s.model, "", &groups, &mut read(&f)?, &|n| {
+            n.to_string()
+        })
+        .with_context(|| format!("restoring from {}", f.display()))?;
     }
     if let Some(vh) = &mut s.value_head {
         let f = if s.model.lora.is_some() {
@@ -159,15 +124,11 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         } else {
             ckpt.join("model/value_head.safetensors")
         };
-        let mut t = read(&f)?;
-        restore(
-            vh,
-            "value_head.",
-            &[ParamGroup::ValueHead],
-            &mut t,
-            &|n| n.to_string(),
-            &f,
-        )?;
+        let groups = [ParamGroup::ValueHead];
+        restore_params(vh, "value_head.", &groups, &mut read(&f)?, &|n| {
+            n.to_string()
+        })
+        .with_context(|| format!("restoring from {}", f.display()))?;
     }
     let f = ckpt.join("optimizer.safetensors");
     if f.exists() {
@@ -182,7 +143,7 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     }
     let f = ckpt.join("plugin_state.bin");
     let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-    s.plugin.load_state(&bytes)?;
+    s.weigher.load_state(&bytes)?;
     s.batcher.seek(st.epoch, st.index);
     Ok(())
 }

@@ -57,10 +57,10 @@ pub struct ModelSection {
     pub n_future_tokens: Option<usize>,
     /// `copy` or `random` for heads the checkpoint lacks.
     pub extra_heads_init: crate::model::load::ExtraHeadsInit,
-    /// f32 | bf16 | f16.
-    pub dtype: String,
+    /// Compute dtype: f32 | bf16 | f16.
+    pub dtype: crate::model::Precision,
     /// cpu | cuda | cuda:N.
-    pub device: String,
+    pub device: crate::model::DeviceSpec,
 }
 
 impl Default for ModelSection {
@@ -69,8 +69,8 @@ impl Default for ModelSection {
             path: "tiny".into(),
             n_future_tokens: None,
             extra_heads_init: Default::default(),
-            dtype: "f32".into(),
-            device: "cpu".into(),
+            dtype: Default::default(),
+            device: Default::default(),
         }
     }
 }
@@ -129,8 +129,9 @@ pub struct TrainingSection {
     pub max_grad_norm: f64,
     /// Base seed (rank r uses seed + r).
     pub seed: u64,
-    /// Parameter groups to train; empty = the plugin's manifest (LoRA replaces trunk/heads when on).
-    pub trainable: Vec<String>,
+    /// Parameter groups to train (lora, value_head, heads, trunk); empty = the plugin's manifest (LoRA
+    /// replaces trunk/heads when on).
+    pub trainable: Vec<crate::model::ParamGroup>,
     /// Rows per vocabulary-projection chunk.
     pub chunk_rows: usize,
 }
@@ -204,6 +205,8 @@ pub struct RuntimeSection {
     pub plugin_timeout_s: f64,
     /// Plugin memory cap, MiB.
     pub plugin_memory_mb: usize,
+    /// Deterministic instruction budget per plugin call (wasmtime fuel); 0 = no fuel metering.
+    pub plugin_fuel: u64,
     /// Show a progress bar (off when not a terminal).
     pub progress: bool,
 }
@@ -214,6 +217,7 @@ impl Default for RuntimeSection {
             eval_every: 20,
             plugin_timeout_s: 10.0,
             plugin_memory_mb: 512,
+            plugin_fuel: 0,
             progress: true,
         }
     }
@@ -298,11 +302,6 @@ impl RunConfig {
         for (ok, msg) in checks {
             if !ok {
                 bail!("{msg}");
-            }
-        }
-        for g in &t.trainable {
-            if !["lora", "value_head", "heads", "trunk"].contains(&g.as_str()) {
-                bail!("training.trainable: unknown group `{g}` (lora, value_head, heads, trunk)");
             }
         }
         // checked even when LoRA is off, so a typo never waits for the day it is switched on

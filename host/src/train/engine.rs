@@ -5,23 +5,11 @@
 //! activation checkpointing; the same unit structure is what FSDP shards.
 
 use super::grads::Grads;
+use crate::data::MicroBatch;
 use crate::model::transformer::BlockInputs;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
-
-/// One micro-batch of token ids with its target mask (1 on trained tokens), right-padded.
-#[derive(Debug, Clone)]
-pub struct MicroBatch {
-    /// Token ids [B, T] (u32).
-    pub tokens: Tensor,
-    /// m[b,t] flat [B·T].
-    pub target_mask: Vec<u8>,
-    /// r[b] (is_correct), when the data has it.
-    pub rewards: Option<Vec<f32>>,
-    /// Pair id per sequence (−1 unpaired), when the data is paired.
-    pub pair_ids: Option<Vec<i32>>,
-}
 
 /// What the forward pass keeps: unit inputs and the per-token scalars.
 #[derive(Debug)]
@@ -53,20 +41,7 @@ pub struct Engine<'a> {
     pub train: bool,
 }
 
-/// The mask M[b,t,k] = 1 iff t+k+1 < T and m[b, t+k+1] = 1 (SPEC §4), flat [B·T·H].
-pub fn ce_mask(target_mask: &[u8], b: usize, t: usize, h: usize) -> Vec<u8> {
-    let mut m = vec![0u8; b * t * h];
-    for s in 0..b {
-        for p in 0..t {
-            for k in 0..h {
-                if p + k + 1 < t && target_mask[s * t + p + k + 1] != 0 {
-                    m[(s * t + p) * h + k] = 1;
-                }
-            }
-        }
-    }
-    m
-}
+use wmtp_plugin_host::ce_mask;
 
 /// CE of rows `rows` of z [N, D] against `targets`: logsumexp(logits) − logits[target], f32.
 fn rows_ce(

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod engine;
+pub mod evaluate;
 pub mod grads;
 pub mod optim;
 pub mod plot;

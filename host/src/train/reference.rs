@@ -1,26 +1,25 @@
 //! The frozen reference model for pipelines that need reference losses (Rho-1). Either a model the
-//! config names, or — by default — a short baseline stage: the initial model trained for
-//! `reference.baseline_steps` steps with the plain MTP loss on the training data's correct samples, LoRA
-//! merged, cached on disk (keyed by everything that determines it) and reused by later runs. It is thus a
-//! model that has seen the data, so the excess loss CE_policy − CE_reference marks tokens the data
-//! teaches and the policy has not learnt yet — not the policy compared with itself.
+//! config names, or — by default — a short baseline stage: a session built from the run's own config with
+//! the native baseline pipeline (so: the same initial model, LoRA settings and training split, the
+//! correct samples only), trained for `reference.baseline_steps` steps with the same step as `wmtp run`,
+//! LoRA merged, cached on disk and reused by later runs. The cache is keyed by content: the SHA-256 of
+//! the data files' and model files' bytes and of the stage's serialised config, so an edited file never
+//! reuses a stale reference. The reference is thus a model that has seen the data, and the excess loss
+//! CE_policy − CE_reference marks tokens the data teaches and the policy has not learnt yet.
 
 use super::config::RunConfig;
-use super::grads::Grads;
-use super::optim::{AdamW, AdamWConfig, GroupSettings, Schedule};
-use super::step::{accumulate, apply, Models, NativeBaseline};
-use crate::data::batcher::{make_items, Batcher, Sampling};
-use crate::data::dataset::encode_all;
-use crate::data::Tokenizer;
+use super::session::Session;
+use super::step::{train_step, NativeBaseline};
 use crate::model::load::{load_model, LoadOptions};
-use crate::model::{ParamGroup, Transformer};
+use crate::model::Transformer;
 use anyhow::{Context, Result};
-use std::collections::HashMap;
-use std::path::PathBuf;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 
-/// Where automatic reference stages are cached.
+/// Where automatic reference stages are cached: `reference/` beside the compiled-plugin cache
+/// (`$WMTP_CACHE_DIR/reference`, else `~/.cache/wmtp/reference`).
 pub fn reference_cache_dir() -> Option<PathBuf> {
-    crate::plugin::runtime::default_cache_dir()
+    wmtp_plugin_host::runtime::default_cache_dir()
         .and_then(|p| p.parent().map(|q| q.join("reference")))
 }
 
@@ -32,105 +31,33 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
             ..opts.clone()
         };
         return Ok(load_model(&cfg.reference.model, &r)
-            .with_context(|| "loading reference.model")?
+            .context("loading reference.model")?
             .model);
     }
-    let key = format!(
-        "{}|{:?}|{}|{}|{}|{:?}|{}|{}|{}|{}|ref-v1",
-        cfg.model.path,
-        cfg.model.n_future_tokens,
-        cfg.data.train,
-        cfg.reference.baseline_steps,
-        cfg.training.seed,
-        cfg.lora,
-        cfg.training.use_lora,
-        cfg.training.lr,
-        cfg.training.batch_size,
-        cfg.data.max_length
-    );
+    let stage = stage_config(cfg);
     let dir = reference_cache_dir()
-        .map(|d| d.join(format!("{:016x}", crate::model::transformer::fnv1a(&key))));
+        .map(|d| content_key(&stage).map(|k| d.join(k)))
+        .transpose()?;
     if let Some(d) = &dir {
         if d.join("params.json").exists() {
-            if let Ok(lm) = load_model(d.to_str().unwrap_or_default(), opts) {
+            if let Ok(lm) = load_model(&d.to_string_lossy(), opts) {
                 eprintln!("reference: cached baseline stage {}", d.display());
                 return Ok(lm.model);
             }
         }
     }
-    eprintln!(
-        "reference: training a {}-step baseline stage (cached for later runs)",
-        cfg.reference.baseline_steps
-    );
-    let lm = load_model(&cfg.model.path, opts)?;
-    let tokenizer = lm.tokenizer.unwrap_or_else(Tokenizer::bytes);
-    let mut model = lm.model;
-    if cfg.training.use_lora {
-        model.add_lora(&cfg.lora, cfg.training.seed ^ 0x7265)?;
-    } else {
-        model.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
-    }
-    let rows = super::session::dataset_rows(&cfg.data.train)?;
-    let (samples, _) = encode_all(&tokenizer, &rows, cfg.data.max_length)?;
-    let mut batcher = Batcher::new(
-        make_items(samples, Sampling::CorrectOnly, 1, cfg.training.seed)?,
-        cfg.training.batch_size,
-        cfg.training.seed ^ 0x7265,
-        0,
-        1,
-    )?;
-    let gs = GroupSettings {
-        lr: cfg.training.lr,
-        weight_decay: cfg.training.weight_decay,
-    };
-    let groups = HashMap::from([
-        (ParamGroup::Lora, gs),
-        (ParamGroup::Heads, gs),
-        (ParamGroup::Trunk, gs),
-    ]);
-    let steps = cfg.reference.baseline_steps.max(1);
-    let mut opt = AdamW::new(
-        AdamWConfig::default(),
-        groups,
-        Schedule {
-            total_steps: steps,
-            warmup_ratio: 0.05,
-            min_lr_ratio: 0.1,
-        },
-    );
-    let mut w = NativeBaseline;
-    let mut grads = Grads::default();
-    let pad = tokenizer.eos_id.unwrap_or(0);
+    let steps = stage.training.steps;
+    eprintln!("reference: training a {steps}-step baseline stage (cached for later runs)");
+    let mut s = Session::with_weigher(
+        stage,
+        Box::new(NativeBaseline::default()),
+        Path::new("native-baseline"),
+    )
+    .context("building the reference stage")?;
     for step in 0..steps {
-        let mut rep = {
-            let m = Models {
-                model: &model,
-                value_head: None,
-                reference: None,
-                critic: None,
-                chunk_rows: cfg.training.chunk_rows,
-            };
-            accumulate(
-                &m,
-                &mut w,
-                &mut batcher,
-                1,
-                step,
-                cfg.training.seed,
-                pad,
-                &mut grads,
-            )?
-        };
-        apply(
-            &mut model,
-            None,
-            &mut w,
-            &mut opt,
-            &mut grads,
-            cfg.training.max_grad_norm,
-            &mut rep,
-        )?;
+        train_step(&mut s, step).context("training the reference stage")?;
     }
+    let mut model = s.model;
     match &dir {
         Some(d) => {
             let tmp = d.with_extension("tmp");
@@ -139,7 +66,7 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
             let _ = std::fs::remove_dir_all(d);
             std::fs::rename(&tmp, d)
                 .with_context(|| format!("caching the reference in {}", d.display()))?;
-            Ok(load_model(d.to_str().unwrap_or_default(), opts)?.model)
+            Ok(load_model(&d.to_string_lossy(), opts)?.model)
         }
         None => {
             model.set_lora_merged(true)?;
@@ -147,4 +74,63 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
             Ok(model)
         }
     }
+}
+
+/// The baseline stage's config: the run's model, data, LoRA and optimiser settings with the stage's
+/// length and schedule (5 % warm-up, cosine to 10 %), one micro-batch per step, the groups the baseline
+/// trains, no value head, critic or plugin settings.
+fn stage_config(cfg: &RunConfig) -> RunConfig {
+    let mut c = cfg.clone();
+    c.training.steps = cfg.reference.baseline_steps.max(1);
+    c.training.grad_accum = 1;
+    c.training.warmup_ratio = 0.05;
+    c.training.min_lr_ratio = 0.1;
+    c.training.trainable.clear();
+    c.training.value_head_lr = None;
+    c.critic = Default::default();
+    c.value_head = Default::default();
+    c.reference = Default::default();
+    c.plugin = Default::default();
+    c.checkpoint = Default::default();
+    c.runtime = Default::default();
+    c
+}
+
+/// SHA-256 (hex) of the stage config's TOML, the bytes of its data files and of its model's files.
+fn content_key(stage: &RunConfig) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(b"wmtp-reference-v2\0");
+    h.update(stage.to_toml()?.as_bytes());
+    for spec in [&stage.data.train, &stage.data.validation] {
+        let p = Path::new(spec.as_str());
+        if p.is_file() {
+            hash_file(&mut h, p)?;
+        }
+    }
+    let m = Path::new(&stage.model.path);
+    if m.is_file() {
+        hash_file(&mut h, m)?;
+    } else if m.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(m)
+            .with_context(|| format!("reading {}", m.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            h.update(
+                f.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
+            hash_file(&mut h, &f)?;
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn hash_file(h: &mut Sha256, p: &Path) -> Result<()> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+    std::io::copy(&mut f, h).with_context(|| format!("reading {}", p.display()))?;
+    Ok(())
 }

@@ -4,9 +4,9 @@
 
 use super::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
 use super::config::RunConfig;
-use super::grads::Grads;
+use super::evaluate::Validation;
 use super::session::Session;
-use super::step::{accumulate, apply, Validation};
+use super::step::train_step;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -126,34 +126,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         .open(run_dir.join("metrics.jsonl"))?;
     let total = s.cfg.training.steps;
     let bar = progress_bar(total, state.step, opts.quiet || !s.cfg.runtime.progress);
-    let pad = s.tokenizer.eos_id.unwrap_or(0);
-    let mut grads = Grads::default();
     let (mut losses, mut ces) = (Vec::new(), Vec::new());
     let mut last_ckpt = PathBuf::new();
-    let seed = s.cfg.training.seed;
     if state.step == 0 && s.cfg.runtime.eval_every > 0 {
-        if let Some(v) = validate(&mut s)? {
+        if let Some(v) = s.validate()? {
             writeln!(metrics, "{}", val_json(serde_json::json!({"step": 0}), &v))?;
         }
     }
     while state.step < total {
         let t0 = Instant::now();
-        let mut rep = {
-            let accum = s.cfg.training.grad_accum;
-            let (m, plugin, batcher, _) = s.step_parts();
-            accumulate(
-                &m, plugin, batcher, accum, state.step, seed, pad, &mut grads,
-            )?
-        };
-        apply(
-            &mut s.model,
-            s.value_head.as_mut(),
-            &mut s.plugin,
-            &mut s.optimizer,
-            &mut grads,
-            s.cfg.training.max_grad_norm,
-            &mut rep,
-        )?;
+        let rep = train_step(&mut s, state.step)?;
         state.step += 1;
         (state.epoch, state.index) = (s.batcher.epoch, s.batcher.index);
         losses.push(rep.loss);
@@ -165,7 +147,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
         let eval_now = s.cfg.runtime.eval_every > 0 && state.step % s.cfg.runtime.eval_every == 0;
         if eval_now {
-            if let Some(v) = validate(&mut s)? {
+            if let Some(v) = s.validate()? {
                 line = val_json(line, &v);
                 // best = lowest validation loss of the pipeline (for baseline, the plain CE)
                 if state.best_val.is_none_or(|b| v.loss < b) {
@@ -196,7 +178,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     bar.finish_and_clear();
-    let val = validate(&mut s)?;
+    let val = s.validate()?;
     if !last_ckpt.ends_with(format!("step-{:06}", state.step)) {
         last_ckpt = checkpoint::save(&run_dir, &format!("step-{:06}", state.step), &mut s, &state)?;
     }
@@ -224,10 +206,6 @@ fn val_json(mut line: serde_json::Value, v: &Validation) -> serde_json::Value {
     line
 }
 
-fn validate(s: &mut Session) -> Result<Option<Validation>> {
-    s.validate()
-}
-
 fn progress_bar(total: u64, at: u64, hidden: bool) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if hidden || !std::io::stderr().is_terminal() {
@@ -252,7 +230,7 @@ fn print_start(s: &Session, run_dir: &Path, resumed: bool, step: u64) {
             .map(|(_, p)| p.numel() as u64)
             .sum()
     });
-    let m = s.plugin.manifest();
+    let m = s.weigher.manifest();
     let a = &s.model.args;
     eprintln!(
         "wmtp run — {} {} ({})",

@@ -1,40 +1,47 @@
-//! A training session's parts, built from a run config and a pipeline plugin: the model (LoRA or full,
-//! trainable groups from the plugin's manifest unless the config says otherwise), the value head, the
-//! reference model, the plugin, the tokenizer, the training and validation data, and the optimiser.
+//! A training session, built from a run config and a pipeline (a plugin, or the native baseline of the
+//! automatic reference stage) in the order a recipe reads: the pipeline, the model (LoRA or full; trained
+//! groups from the manifest unless the config lists them), the values (own value head or frozen critic),
+//! the data, the optimiser, and the reference model when the pipeline needs reference losses.
 
-use super::config::RunConfig;
+use super::config::{RunConfig, TrainingSection};
+use super::grads::Grads;
 use super::optim::{AdamW, AdamWConfig, GroupSettings, Schedule};
+use super::step::{Models, Weigher};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
-use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Sample};
+use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
+use crate::model::adapter::load_trained;
 use crate::model::load::{load_model, LoadOptions};
-use crate::model::{ParamGroup, Transformer, ValueHead};
-use crate::plugin::{InputKind, Plugin, PluginLimits, PluginRuntime};
+use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use wmtp_plugin_host::{InputKind, Manifest, Plugin, PluginLimits, PluginRuntime};
 
 /// The bundled default corpus (data/arith.jsonl, CC0).
 pub const BUILTIN_ARITH: &str = include_str!("../../../data/arith.jsonl");
+
+/// A frozen critic: its model (LoRA merged) and value head.
+pub type FrozenCritic = (Transformer, ValueHead);
 
 /// Everything a run needs.
 pub struct Session {
     /// The resolved configuration.
     pub cfg: RunConfig,
-    /// The pipeline plugin file.
+    /// The pipeline's file (a label for the native baseline).
     pub pipeline_path: PathBuf,
     /// The policy.
     pub model: Transformer,
-    /// The value head, when the plugin needs values.
+    /// The value head, when the pipeline needs values and no frozen critic gives them.
     pub value_head: Option<ValueHead>,
-    /// The frozen reference, when the plugin needs reference losses.
+    /// The frozen reference, when the pipeline needs reference losses.
     pub reference: Option<Transformer>,
     /// The frozen critic (model, value head), when `critic.checkpoint` is set.
-    pub critic: Option<(Transformer, ValueHead)>,
-    /// The plugin.
-    pub plugin: Plugin,
+    pub critic: Option<FrozenCritic>,
+    /// The pipeline: turns per-token scalars into coefficients.
+    pub weigher: Box<dyn Weigher>,
     /// Tokenizer of the model (the byte tokenizer for presets).
     pub tokenizer: Tokenizer,
     /// Training batches.
@@ -45,26 +52,32 @@ pub struct Session {
     pub dropped: (usize, usize),
     /// The optimiser.
     pub optimizer: AdamW,
+    /// Gradients of the step being accumulated.
+    pub grads: Grads,
     /// Trained groups.
     pub groups: BTreeSet<ParamGroup>,
     /// Where the model came from (adapter base id).
     pub source: String,
 }
 
-/// The candle dtype named in the config.
-pub fn dtype_of(s: &str) -> Result<candle_core::DType> {
-    Ok(match s {
-        "f32" => candle_core::DType::F32,
-        "bf16" => candle_core::DType::BF16,
-        "f16" => candle_core::DType::F16,
-        _ => bail!("model.dtype: unknown dtype `{s}` (f32, bf16, f16)"),
-    })
+/// The parts of a session one step reads and mutates (disjoint borrows).
+pub struct StepParts<'a> {
+    /// The models, read-only during forward and backward.
+    pub models: Models<'a>,
+    /// The pipeline.
+    pub weigher: &'a mut dyn Weigher,
+    /// Training batches.
+    pub batcher: &'a mut Batcher,
+    /// Validation items.
+    pub val: &'a Items,
+    /// Gradient accumulator.
+    pub grads: &'a mut Grads,
 }
 
-/// How a run's `[model]` section loads its model onto `device`.
+/// How a run's `[model]` section loads its model onto `device` (the opened `model.device`).
 pub fn load_options(cfg: &RunConfig, device: &candle_core::Device) -> Result<LoadOptions> {
     Ok(LoadOptions {
-        dtype: dtype_of(&cfg.model.dtype)?,
+        dtype: cfg.model.dtype.into(),
         device: device.clone(),
         n_future_tokens: cfg.model.n_future_tokens,
         extra_heads: cfg.model.extra_heads_init,
@@ -73,11 +86,182 @@ pub fn load_options(cfg: &RunConfig, device: &candle_core::Device) -> Result<Loa
 }
 
 /// Rows of `spec`: a JSONL path, or `builtin:arith`.
-pub fn dataset_rows(spec: &str) -> Result<Vec<crate::data::dataset::Row>> {
+pub fn dataset_rows(spec: &str) -> Result<Vec<Row>> {
     match spec {
         "builtin:arith" => parse_jsonl(BUILTIN_ARITH, "builtin:arith"),
         p => read_jsonl(Path::new(p)),
     }
+}
+
+/// Loads the pipeline plugin at `path` under the config's limits and configures it with `[plugin]`.
+pub fn load_plugin(cfg: &RunConfig, path: &Path) -> Result<Plugin> {
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs_f64(cfg.runtime.plugin_timeout_s),
+        memory_bytes: cfg.runtime.plugin_memory_mb << 20,
+        fuel_per_call: (cfg.runtime.plugin_fuel > 0).then_some(cfg.runtime.plugin_fuel),
+        ..Default::default()
+    };
+    let runtime = Arc::new(PluginRuntime::new(limits)?);
+    let mut plugin = Plugin::load(&runtime, path)?;
+    plugin.configure(&toml::to_string(&cfg.plugin)?)?;
+    Ok(plugin)
+}
+
+impl Session {
+    /// Builds a session for the pipeline plugin at `pipeline_path`.
+    pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
+        let plugin = load_plugin(&cfg, pipeline_path)?;
+        Self::with_weigher(cfg, Box::new(plugin), pipeline_path)
+    }
+
+    /// Builds a session around any pipeline (`label` names it in summaries and checkpoints).
+    pub fn with_weigher(cfg: RunConfig, weigher: Box<dyn Weigher>, label: &Path) -> Result<Self> {
+        let manifest = weigher.manifest().clone();
+        let device = cfg.model.device.open().context("model.device")?;
+        let opts = load_options(&cfg, &device)?;
+        let (mut model, tokenizer, source) = load_policy(&cfg, &opts)?;
+        let groups = trained_groups(&cfg, &manifest);
+        if groups.contains(&ParamGroup::Lora) {
+            model.add_lora(&cfg.lora, cfg.training.seed)?;
+        }
+        let model_groups: Vec<ParamGroup> = groups
+            .iter()
+            .copied()
+            .filter(|g| *g != ParamGroup::ValueHead)
+            .collect();
+        model.set_trainable_groups(&model_groups)?;
+        let (value_head, critic) = setup_values(&cfg, &manifest, &groups, &model, &opts.device)?;
+        let data = setup_data(&cfg, &tokenizer, sampling_for(&manifest))?;
+        let optimizer = setup_optimizer(&cfg.training);
+        let reference = if manifest.needs.contains(&InputKind::Reference) {
+            Some(super::reference::reference_model(&cfg, &opts)?)
+        } else {
+            None
+        };
+        Ok(Session {
+            source,
+            cfg,
+            pipeline_path: label.to_path_buf(),
+            model,
+            value_head,
+            reference,
+            critic,
+            weigher,
+            tokenizer,
+            batcher: data.batcher,
+            val: data.val,
+            dropped: data.dropped,
+            optimizer,
+            grads: Grads::default(),
+            groups,
+        })
+    }
+
+    /// The models a step reads, the pipeline and batcher it mutates, the validation items and the
+    /// gradient accumulator (disjoint borrows of the session).
+    pub fn step_parts(&mut self) -> StepParts<'_> {
+        StepParts {
+            models: Models {
+                model: &self.model,
+                value_head: self.value_head.as_ref(),
+                reference: self.reference.as_ref(),
+                critic: self.critic.as_ref().map(|(m, v)| (m, v)),
+                chunk_rows: self.cfg.training.chunk_rows,
+            },
+            weigher: self.weigher.as_mut(),
+            batcher: &mut self.batcher,
+            val: &self.val,
+            grads: &mut self.grads,
+        }
+    }
+}
+
+/// The policy model (all weights frozen), its tokenizer (the byte tokenizer for presets) and its source.
+fn load_policy(cfg: &RunConfig, opts: &LoadOptions) -> Result<(Transformer, Tokenizer, String)> {
+    let lm = load_model(&cfg.model.path, opts)?;
+    let tokenizer = lm.tokenizer.unwrap_or_else(Tokenizer::bytes);
+    if tokenizer.vocab_size() > lm.model.args.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens but model `{}` only {}",
+            tokenizer.vocab_size(),
+            cfg.model.path,
+            lm.model.args.vocab_size
+        );
+    }
+    Ok((lm.model, tokenizer, lm.source))
+}
+
+/// The trained groups: the config's list, else the manifest's; with LoRA on, trunk and heads are trained
+/// through LoRA, and without it a `lora` request means nothing.
+pub fn trained_groups(cfg: &RunConfig, manifest: &Manifest) -> BTreeSet<ParamGroup> {
+    let wanted: Vec<ParamGroup> = if cfg.training.trainable.is_empty() {
+        manifest.trains.iter().map(|g| (*g).into()).collect()
+    } else {
+        cfg.training.trainable.clone()
+    };
+    let lora = cfg.training.use_lora;
+    wanted
+        .into_iter()
+        .filter_map(|g| match g {
+            ParamGroup::ValueHead => Some(g),
+            ParamGroup::Lora => lora.then_some(g),
+            ParamGroup::Heads | ParamGroup::Trunk if lora => Some(ParamGroup::Lora),
+            ParamGroup::Heads | ParamGroup::Trunk => Some(g),
+        })
+        .collect()
+}
+
+/// The value head (trainable when its group is trained) or, with `critic.checkpoint`, the frozen critic
+/// — when the pipeline needs values; neither otherwise.
+fn setup_values(
+    cfg: &RunConfig,
+    manifest: &Manifest,
+    groups: &BTreeSet<ParamGroup>,
+    model: &Transformer,
+    device: &candle_core::Device,
+) -> Result<(Option<ValueHead>, Option<FrozenCritic>)> {
+    if !manifest.needs.contains(&InputKind::Values) {
+        return Ok((None, None));
+    }
+    if !cfg.critic.checkpoint.is_empty() {
+        let critic = frozen_critic(Path::new(&cfg.critic.checkpoint), device)?;
+        return Ok((None, Some(critic)));
+    }
+    let mut vh = ValueHead::new(
+        &cfg.value_head,
+        model.args.dim,
+        cfg.training.seed ^ 0x5641,
+        device,
+    )?;
+    if !groups.contains(&ParamGroup::ValueHead) {
+        freeze(&mut vh);
+    }
+    Ok((Some(vh), None))
+}
+
+fn freeze(m: &mut dyn VisitParams) {
+    m.visit_mut("", &mut |_, p| {
+        let _ = p.set_trainable(false);
+    });
+}
+
+/// Which samples a pipeline trains on (SPEC §7): pairs for paired pipelines, correct and incorrect ones
+/// for reward users, the correct ones otherwise.
+fn sampling_for(manifest: &Manifest) -> Sampling {
+    if manifest.needs.contains(&InputKind::Pairs) {
+        Sampling::Pairs
+    } else if manifest.needs.contains(&InputKind::Rewards) {
+        Sampling::All
+    } else {
+        Sampling::CorrectOnly
+    }
+}
+
+/// A session's data: training batches, validation items, samples dropped for length.
+struct DataSetup {
+    batcher: Batcher,
+    val: Items,
+    dropped: (usize, usize),
 }
 
 /// Splits samples by problem: a `frac` share of problems (deterministic by hash) goes to validation.
@@ -86,223 +270,70 @@ fn split_by_problem(samples: Vec<Sample>, frac: f64) -> (Vec<Sample>, Vec<Sample
     samples.into_iter().partition(|s| !held(&s.problem))
 }
 
-impl Session {
-    /// Builds a session. `fresh` = false skips LoRA initialisation (a resume loads the adapter itself).
-    pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
-        let rt_limits = PluginLimits {
-            call_timeout: Duration::from_secs_f64(cfg.runtime.plugin_timeout_s),
-            memory_bytes: cfg.runtime.plugin_memory_mb << 20,
-            ..Default::default()
-        };
-        let runtime = Arc::new(PluginRuntime::new(rt_limits)?);
-        let mut plugin = Plugin::load(&runtime, pipeline_path)?;
-        let table = toml::to_string(&cfg.plugin)?;
-        plugin.configure(&table)?;
-        let manifest = plugin.manifest().clone();
-
-        let device = crate::cli::parse_device(&cfg.model.device).context("model.device")?;
-        let opts = load_options(&cfg, &device)?;
-        let lm = load_model(&cfg.model.path, &opts)?;
-        let tokenizer = lm.tokenizer.unwrap_or_else(Tokenizer::bytes);
-        if tokenizer.vocab_size() > lm.model.args.vocab_size {
-            bail!(
-                "the tokenizer has {} tokens but model `{}` only {}",
-                tokenizer.vocab_size(),
-                cfg.model.path,
-                lm.model.args.vocab_size
-            );
-        }
-        let mut model = lm.model;
-
-        // trained groups: the config's list, else the manifest's (LoRA replaces trunk/heads when on)
-        let wanted: Vec<ParamGroup> = if cfg.training.trainable.is_empty() {
-            manifest
-                .trains
-                .iter()
-                .map(|g| ParamGroup::from(*g))
-                .collect()
-        } else {
-            cfg.training
-                .trainable
-                .iter()
-                .map(|g| group_named(g))
-                .collect::<Result<_>>()?
-        };
-        let mut groups: BTreeSet<ParamGroup> = BTreeSet::new();
-        for g in wanted {
-            match (g, cfg.training.use_lora) {
-                (ParamGroup::Lora, true) | (ParamGroup::ValueHead, _) => {
-                    groups.insert(g);
-                }
-                (ParamGroup::Heads | ParamGroup::Trunk, false) => {
-                    groups.insert(g);
-                }
-                (ParamGroup::Heads | ParamGroup::Trunk, true) => {
-                    groups.insert(ParamGroup::Lora);
-                }
-                (ParamGroup::Lora, false) => {}
-            }
-        }
-        if cfg.training.use_lora && groups.contains(&ParamGroup::Lora) {
-            model.add_lora(&cfg.lora, cfg.training.seed)?;
-        }
-        model.set_trainable_groups(
-            &groups
-                .iter()
-                .copied()
-                .filter(|g| *g != ParamGroup::ValueHead)
-                .collect::<Vec<_>>(),
-        )?;
-        let needs = |k: InputKind| manifest.needs.contains(&k);
-        let critic = if needs(InputKind::Values) && !cfg.critic.checkpoint.is_empty() {
-            Some(frozen_critic(Path::new(&cfg.critic.checkpoint), &device)?)
-        } else {
-            None
-        };
-        let value_head = if needs(InputKind::Values) && critic.is_none() {
-            let mut vh = ValueHead::new(
-                &cfg.value_head,
-                model.args.dim,
-                cfg.training.seed ^ 0x5641,
-                &device,
-            )?;
-            if !groups.contains(&ParamGroup::ValueHead) {
-                crate::model::VisitParams::visit_mut(&mut vh, "", &mut |_, p| {
-                    let _ = p.set_trainable(false);
-                });
-            }
-            Some(vh)
-        } else {
-            None
-        };
-
-        // data
-        let rows = dataset_rows(&cfg.data.train)?;
-        let (samples, dropped_train) = encode_all(&tokenizer, &rows, cfg.data.max_length)
-            .with_context(|| format!("dataset {}", cfg.data.train))?;
-        let (train, val, dropped_val) = if cfg.data.validation.is_empty() {
-            let (t, v) = split_by_problem(samples, cfg.data.val_fraction);
-            (t, v, 0)
-        } else {
-            let vrows = dataset_rows(&cfg.data.validation)?;
-            let (v, d) = encode_all(&tokenizer, &vrows, cfg.data.max_length)?;
-            (samples, v, d)
-        };
-        // SPEC §7: pointwise pipelines train on correct samples; reward users see both labels
-        let paired = if needs(InputKind::Pairs) {
-            Sampling::Pairs
-        } else if needs(InputKind::Rewards) {
-            Sampling::All
-        } else {
-            Sampling::CorrectOnly
-        };
-        let items = make_items(
-            train,
-            paired,
-            cfg.data.max_pairs_per_problem,
-            cfg.training.seed,
-        )?;
-        let val_items = if val.is_empty() {
-            Items::Single(vec![])
-        } else {
-            make_items(
-                val,
-                paired,
-                cfg.data.max_pairs_per_problem,
-                cfg.training.seed,
-            )
-            .unwrap_or(Items::Single(vec![]))
-        };
-        let batcher = Batcher::new(items, cfg.training.batch_size, cfg.training.seed, 0, 1)?;
-
-        let t = &cfg.training;
-        let gs = GroupSettings {
-            lr: t.lr,
-            weight_decay: t.weight_decay,
-        };
-        let mut group_map = HashMap::from([
-            (ParamGroup::Lora, gs),
-            (ParamGroup::Heads, gs),
-            (ParamGroup::Trunk, gs),
-        ]);
-        group_map.insert(
-            ParamGroup::ValueHead,
-            GroupSettings {
-                lr: t.value_head_lr.unwrap_or(t.lr),
-                weight_decay: t.weight_decay,
-            },
-        );
-        let schedule = Schedule {
-            total_steps: t.steps,
-            warmup_ratio: t.warmup_ratio,
-            min_lr_ratio: t.min_lr_ratio,
-        };
-        let optimizer = AdamW::new(AdamWConfig::default(), group_map, schedule);
-
-        let reference = if needs(InputKind::Reference) {
-            Some(super::reference::reference_model(&cfg, &opts)?)
-        } else {
-            None
-        };
-        Ok(Session {
-            source: lm.source,
-            cfg,
-            pipeline_path: pipeline_path.to_path_buf(),
-            model,
-            value_head,
-            reference,
-            critic,
-            plugin,
-            tokenizer,
-            batcher,
-            val: val_items,
-            dropped: (dropped_train, dropped_val),
-            optimizer,
-            groups,
-        })
-    }
-}
-
-/// The group named in a config.
-pub fn group_named(s: &str) -> Result<ParamGroup> {
-    Ok(match s {
-        "lora" => ParamGroup::Lora,
-        "value_head" => ParamGroup::ValueHead,
-        "heads" => ParamGroup::Heads,
-        "trunk" => ParamGroup::Trunk,
-        _ => bail!("unknown parameter group `{s}`"),
+fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Result<DataSetup> {
+    let d = &cfg.data;
+    let rows = dataset_rows(&d.train)?;
+    let (samples, dropped_train) = encode_all(tokenizer, &rows, d.max_length)
+        .with_context(|| format!("dataset {}", d.train))?;
+    let (train, val, dropped_val) = if d.validation.is_empty() {
+        let (t, v) = split_by_problem(samples, d.val_fraction);
+        (t, v, 0)
+    } else {
+        let vrows = dataset_rows(&d.validation)?;
+        let (v, dropped) = encode_all(tokenizer, &vrows, d.max_length)
+            .with_context(|| format!("dataset {}", d.validation))?;
+        (samples, v, dropped)
+    };
+    let seed = cfg.training.seed;
+    let items = make_items(train, sampling, d.max_pairs_per_problem, seed)?;
+    let val = if val.is_empty() {
+        Items::Single(vec![])
+    } else {
+        make_items(val, sampling, d.max_pairs_per_problem, seed).unwrap_or(Items::Single(vec![]))
+    };
+    Ok(DataSetup {
+        batcher: Batcher::new(items, cfg.training.batch_size, seed, 0, 1)?,
+        val,
+        dropped: (dropped_train, dropped_val),
     })
 }
 
-/// Loads a critic run's checkpoint as a frozen critic: its model (LoRA merged) and its value head.
+/// AdamW with the config's peak lr and weight decay per group (the value head may have its own lr) and
+/// its warm-up + cosine schedule.
+fn setup_optimizer(t: &TrainingSection) -> AdamW {
+    let gs = GroupSettings {
+        lr: t.lr,
+        weight_decay: t.weight_decay,
+    };
+    let vh = GroupSettings {
+        lr: t.value_head_lr.unwrap_or(t.lr),
+        ..gs
+    };
+    let groups = HashMap::from([
+        (ParamGroup::Lora, gs),
+        (ParamGroup::Heads, gs),
+        (ParamGroup::Trunk, gs),
+        (ParamGroup::ValueHead, vh),
+    ]);
+    let schedule = Schedule {
+        total_steps: t.steps,
+        warmup_ratio: t.warmup_ratio,
+        min_lr_ratio: t.min_lr_ratio,
+    };
+    AdamW::new(AdamWConfig::default(), groups, schedule)
+}
+
+/// Loads a critic run's checkpoint onto `device` as a frozen critic: its model (LoRA merged) and its
+/// value head.
 pub fn frozen_critic(
     ckpt: &Path,
     device: &candle_core::Device,
 ) -> Result<(Transformer, ValueHead)> {
     let (cfg, _) = super::checkpoint::read_meta(ckpt).context("critic.checkpoint")?;
     let opts = load_options(&cfg, device)?;
-    let (mut model, vh) = if ckpt.join("adapter").exists() {
-        let mut m = load_model(&cfg.model.path, &opts)?.model;
-        let vh = crate::model::adapter::load_adapter(&ckpt.join("adapter"), &mut m)?;
-        m.set_lora_merged(true)?;
-        (m, vh)
-    } else {
-        let dir = ckpt.join("model");
-        let m = load_model(
-            dir.to_str().unwrap_or_default(),
-            &LoadOptions {
-                n_future_tokens: None,
-                ..opts
-            },
-        )?
-        .model;
-        let f = dir.join("value_head.safetensors");
-        let mut t = crate::model::load::meta::read_safetensors(&f)?;
-        let mut vh = ValueHead::new(&cfg.value_head, m.args.dim, 0, device)?;
-        vh.set_weights(&mut |n| t.remove(n).and_then(|x| x.to_device(device).ok()))
-            .with_context(|| format!("loading {}", f.display()))?;
-        (m, Some(vh))
-    };
+    let (mut model, vh) =
+        load_trained(ckpt, &cfg.model.path, &opts, &cfg.value_head).context("critic.checkpoint")?;
+    model.set_lora_merged(true)?;
     let Some(mut vh) = vh else {
         bail!(
             "critic.checkpoint {}: the checkpoint has no value head (not a critic run?)",
@@ -310,33 +341,6 @@ pub fn frozen_critic(
         )
     };
     model.set_trainable_groups(&[])?;
-    crate::model::VisitParams::visit_mut(&mut vh, "", &mut |_, p| {
-        let _ = p.set_trainable(false);
-    });
+    freeze(&mut vh);
     Ok((model, vh))
-}
-
-impl Session {
-    /// The models a step reads, the plugin and batcher it mutates, and the validation items (disjoint
-    /// borrows of the session).
-    pub fn step_parts(&mut self) -> (super::step::Models<'_>, &mut Plugin, &mut Batcher, &Items) {
-        let m = super::step::Models {
-            model: &self.model,
-            value_head: self.value_head.as_ref(),
-            reference: self.reference.as_ref(),
-            critic: self.critic.as_ref().map(|(m, v)| (m, v)),
-            chunk_rows: self.cfg.training.chunk_rows,
-        };
-        (m, &mut self.plugin, &mut self.batcher, &self.val)
-    }
-
-    /// Validation on the session's held-out items (None without any).
-    pub fn validate(&mut self) -> Result<Option<super::step::Validation>> {
-        let (batch, pad) = (
-            self.cfg.training.batch_size,
-            self.tokenizer.eos_id.unwrap_or(0),
-        );
-        let (m, plugin, _, val) = self.step_parts();
-        super::step::evaluate(&m, plugin, val, batch, pad)
-    }
 }

@@ -2,40 +2,82 @@
 //! coefficients (a plugin, or the native baseline used for the automatic reference stage), gradient
 //! accumulation, clipping, the AdamW update, and the plugin's after-step.
 
-use super::engine::{Engine, ForwardState, MicroBatch};
+use super::engine::{Engine, ForwardState};
 use super::grads::Grads;
 use super::optim::{clip_global_norm, AdamW};
-use crate::data::batcher::{collate, Batcher, Items};
+use crate::data::batcher::{collate, Batcher};
+use crate::data::MicroBatch;
 use crate::model::{Transformer, ValueHead};
-use crate::plugin::{Batch, Coefficients, InputKind, Plugin};
 use anyhow::Result;
+use wmtp_plugin_host::{Batch, Coefficients, InputKind, Manifest, Plugin};
 
-/// What turns per-token scalars into coefficients.
+/// What turns per-token scalars into coefficients: a pipeline plugin, or the native baseline that the
+/// automatic reference stage trains with. The session owns one and checkpoints its state.
 pub trait Weigher {
+    /// The pipeline's manifest (name, needed inputs, trained groups).
+    fn manifest(&self) -> &Manifest;
     /// Coefficients for one micro-batch.
     fn weigh(&mut self, b: &Batch, train: bool) -> Result<Coefficients>;
     /// After each optimizer step.
     fn after_step(&mut self, step: u64) -> Result<()>;
-    /// Inputs to fill in batches.
-    fn needs(&self) -> Vec<InputKind>;
+    /// State to checkpoint.
+    fn save_state(&mut self) -> Result<Vec<u8>>;
+    /// Restores [`Weigher::save_state`]'s bytes.
+    fn load_state(&mut self, state: &[u8]) -> Result<()>;
+    /// Whether batches must carry input `k`.
+    fn needs(&self, k: InputKind) -> bool {
+        self.manifest().needs.contains(&k)
+    }
 }
 
 impl Weigher for Plugin {
+    fn manifest(&self) -> &Manifest {
+        Plugin::manifest(self)
+    }
     fn weigh(&mut self, b: &Batch, train: bool) -> Result<Coefficients> {
         Plugin::weigh(self, b, train)
     }
     fn after_step(&mut self, step: u64) -> Result<()> {
         Plugin::after_step(self, step)
     }
-    fn needs(&self) -> Vec<InputKind> {
-        self.manifest().needs.clone()
+    fn save_state(&mut self) -> Result<Vec<u8>> {
+        Plugin::save_state(self)
+    }
+    fn load_state(&mut self, state: &[u8]) -> Result<()> {
+        Plugin::load_state(self, state)
     }
 }
 
-/// The baseline loss computed natively: c = M / (n_k · H_valid) (used for the automatic reference stage).
-pub struct NativeBaseline;
+/// The baseline loss computed natively, c = M / (n_k · H_valid) (the automatic reference stage's
+/// pipeline: it needs no plugin).
+pub struct NativeBaseline {
+    manifest: Manifest,
+}
+
+impl Default for NativeBaseline {
+    fn default() -> Self {
+        NativeBaseline {
+            manifest: Manifest {
+                name: "native-baseline".into(),
+                version: "0.1.0".into(),
+                description: "plain MTP cross-entropy, computed by the host".into(),
+                needs: vec![],
+                trains: vec![
+                    wmtp_plugin_host::ParamGroup::Trunk,
+                    wmtp_plugin_host::ParamGroup::Heads,
+                ],
+                uses_ce: true,
+                uses_values_grad: false,
+                config_keys: vec![],
+            },
+        }
+    }
+}
 
 impl Weigher for NativeBaseline {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
     fn weigh(&mut self, b: &Batch, _train: bool) -> Result<Coefficients> {
         let h = b.heads as usize;
         let mut n = vec![0f64; h];
@@ -67,8 +109,11 @@ impl Weigher for NativeBaseline {
     fn after_step(&mut self, _step: u64) -> Result<()> {
         Ok(())
     }
-    fn needs(&self) -> Vec<InputKind> {
-        vec![]
+    fn save_state(&mut self) -> Result<Vec<u8>> {
+        Ok(vec![])
+    }
+    fn load_state(&mut self, _state: &[u8]) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -95,7 +140,6 @@ pub fn forward_and_batch<'a>(
     seed: u64,
     train: bool,
 ) -> Result<(Engine<'a>, ForwardState, Batch)> {
-    let needs = w.needs();
     let engine = Engine {
         model: m.model,
         value_head: m.value_head,
@@ -105,7 +149,7 @@ pub fn forward_and_batch<'a>(
     };
     let st = engine.forward(mb)?;
     let (b, t, h) = st.shape;
-    let ref_ce = match (needs.contains(&InputKind::Reference), m.reference) {
+    let ref_ce = match (w.needs(InputKind::Reference), m.reference) {
         (true, Some(r)) => {
             let re = Engine {
                 model: r,
@@ -128,18 +172,18 @@ pub fn forward_and_batch<'a>(
         ce: st.ce.clone(),
         ce_mask: st.ce_mask.clone(),
         target_mask: mb.target_mask.clone(),
-        values: match (needs.contains(&InputKind::Values), m.critic) {
+        values: match (w.needs(InputKind::Values), m.critic) {
             (true, Some((cm, cv))) => Some(super::engine::critic_values(cm, cv, mb)?),
             (true, None) => st.values.clone(),
             (false, _) => None,
         },
         ref_ce,
-        rewards: if needs.contains(&InputKind::Rewards) {
+        rewards: if w.needs(InputKind::Rewards) {
             mb.rewards.clone()
         } else {
             None
         },
-        pair_ids: if needs.contains(&InputKind::Pairs) {
+        pair_ids: if w.needs(InputKind::Pairs) {
             Some(mb.pair_ids.clone().unwrap_or_else(|| vec![-1; b]))
         } else {
             None
@@ -163,25 +207,6 @@ pub struct StepReport {
     pub tokens: usize,
     /// Plugin metrics averaged over micro-batches.
     pub metrics: Vec<(String, f64)>,
-}
-
-/// Unweighted CE: per-head mean over valid tokens, averaged over heads with tokens.
-pub fn plain_ce(st: &ForwardState) -> f64 {
-    let h = st.shape.2;
-    let (mut s, mut n) = (vec![0f64; h], vec![0f64; h]);
-    for (i, (&c, &m)) in st.ce.iter().zip(&st.ce_mask).enumerate() {
-        s[i % h] += c as f64 * m as f64;
-        n[i % h] += m as f64;
-    }
-    let used: Vec<f64> = (0..h)
-        .filter(|&k| n[k] > 0.0)
-        .map(|k| s[k] / n[k])
-        .collect();
-    if used.is_empty() {
-        0.0
-    } else {
-        used.iter().sum::<f64>() / used.len() as f64
-    }
 }
 
 /// The micro-batches of one optimizer step: forward, coefficients (scaled 1/accum), backward into
@@ -220,7 +245,7 @@ pub fn accumulate(
             .map(|v| v.iter().map(|x| x * scale).collect());
         engine.backward(&st, &cce, cv.as_deref(), grads)?;
         rep.loss += c.loss / accum as f64;
-        rep.ce += plain_ce(&st) / accum as f64;
+        rep.ce += super::evaluate::plain_ce(&st) / accum as f64;
         rep.tokens += mb.target_mask.iter().filter(|&&x| x != 0).count();
         for (k, v) in c.metrics {
             match metric_sums.iter_mut().find(|(n, _)| *n == k) {
@@ -257,44 +282,27 @@ pub fn apply(
     w.after_step(step)
 }
 
-/// Validation results: plain CE, pipeline loss (train = false) and plugin metrics, averaged over batches.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Validation {
-    /// Unweighted CE.
-    pub ce: f64,
-    /// The pipeline's loss.
-    pub loss: f64,
-    /// The plugin's metrics.
-    pub metrics: Vec<(String, f64)>,
-}
-
-/// Validation over `items` (None when there are none).
-pub fn evaluate(
-    m: &Models,
-    w: &mut dyn Weigher,
-    items: &Items,
-    batch_items: usize,
-    pad: u32,
-) -> Result<Option<Validation>> {
-    let mut b = match Batcher::new(items.clone(), batch_items, 0, 0, 1) {
-        Ok(b) => b,
-        Err(_) => return Ok(None),
+/// One optimizer step of session `s` at step index `step`: `grad_accum` micro-batches forward, weighed
+/// and backward, then clipping, the update and the pipeline's after-step. The one step that `wmtp run`
+/// and the automatic reference stage both loop over.
+pub fn train_step(s: &mut super::session::Session, step: u64) -> Result<StepReport> {
+    let t = &s.cfg.training;
+    let (accum, seed, max_norm) = (t.grad_accum, t.seed, t.max_grad_norm);
+    let pad = s.tokenizer.eos_id.unwrap_or(0);
+    let mut rep = {
+        let p = s.step_parts();
+        accumulate(
+            &p.models, p.weigher, p.batcher, accum, step, seed, pad, p.grads,
+        )?
     };
-    let n = b.batches_per_epoch();
-    let mut v = Validation::default();
-    for _ in 0..n {
-        let (samples, ids) = b.next_samples();
-        let mb = collate(&samples, ids, pad, m.model.device())?;
-        let (_, st, batch) = forward_and_batch(m, w, &mb, 0, 0, false)?;
-        v.ce += plain_ce(&st) / n as f64;
-        let c = w.weigh(&batch, false)?;
-        v.loss += c.loss / n as f64;
-        for (k, x) in c.metrics {
-            match v.metrics.iter_mut().find(|(name, _)| *name == k) {
-                Some(e) => e.1 += x / n as f64,
-                None => v.metrics.push((k, x / n as f64)),
-            }
-        }
-    }
-    Ok(Some(v))
+    apply(
+        &mut s.model,
+        s.value_head.as_mut(),
+        s.weigher.as_mut(),
+        &mut s.optimizer,
+        &mut s.grads,
+        max_norm,
+        &mut rep,
+    )?;
+    Ok(rep)
 }

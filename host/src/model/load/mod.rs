@@ -29,6 +29,26 @@ pub enum ExtraHeadsInit {
     Random,
 }
 
+impl std::str::FromStr for ExtraHeadsInit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "copy" => Ok(ExtraHeadsInit::Copy),
+            "random" => Ok(ExtraHeadsInit::Random),
+            _ => Err(format!("unknown extra-heads init `{s}` (copy, random)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ExtraHeadsInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ExtraHeadsInit::Copy => "copy",
+            ExtraHeadsInit::Random => "random",
+        })
+    }
+}
+
 /// Options for [`load_model`].
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -67,18 +87,22 @@ pub struct LoadedModel {
     pub source: String,
 }
 
+/// The shape of preset `spec` with `n_future_tokens` heads (extra heads become extra blocks, the trunk
+/// keeps its depth); None when `spec` is not a preset or names an existing path (a path wins).
+pub fn preset_args(spec: &str, n_future_tokens: Option<usize>) -> Option<Result<ModelArgs>> {
+    let mut args = ModelArgs::preset(spec).filter(|_| !Path::new(spec).exists())?;
+    if let Some(h) = n_future_tokens {
+        args.n_layers = args.n_layers - args.n_future_tokens + h;
+        args.n_future_tokens = h;
+    }
+    Some(args.validate().map(|_| args))
+}
+
 /// Loads a model from a preset name or a path (see the module doc).
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let path = Path::new(spec);
-    let (args, tensors, tokenizer) = if let Some(args) =
-        ModelArgs::preset(spec).filter(|_| !path.exists())
-    {
-        let mut args = args;
-        if let Some(h) = opts.n_future_tokens {
-            args.n_layers = args.n_layers - args.n_future_tokens + h;
-            args.n_future_tokens = h;
-        }
-        let model = Transformer::random(args, opts.seed, opts.dtype, &opts.device)?;
+    let (args, tensors, tokenizer) = if let Some(args) = preset_args(spec, opts.n_future_tokens) {
+        let model = Transformer::random(args?, opts.seed, opts.dtype, &opts.device)?;
         return Ok(LoadedModel {
             model,
             tokenizer: None,

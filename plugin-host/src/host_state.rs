@@ -1,8 +1,8 @@
 //! What a plugin's store holds: limits, an empty deterministic WASI context (for WASI-p2 components), the
 //! host imports' state (log counters, the last error message), and the cross-rank reducer.
 
-use super::bindings::{wmtp, PipelineImports};
-use super::limits::PluginLimits;
+use crate::bindings::{wmtp, PipelineImports};
+use crate::limits::PluginLimits;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;

@@ -1,7 +1,7 @@
 //! Checks of a plugin's answers before the host uses them: lengths, finiteness, zero coefficients where
 //! the masks are zero, value coefficients only from plugins that declare them; and manifest sanity.
 
-use super::bindings::{Batch, Coefficients, Manifest};
+use crate::bindings::{Batch, Coefficients, Manifest};
 use anyhow::{bail, Result};
 use std::collections::HashSet;
 

@@ -2,9 +2,9 @@
 //! caps, the import check (what a plugin may ask for), and a cache of compiled artifacts keyed by the
 //! plugin's bytes and the engine's compatibility hash (wasmtime version + settings).
 
-use super::bindings::{Pipeline, CONTRACT_PACKAGE, CONTRACT_VERSION};
-use super::host_state::{AllReduce, HostState};
-use super::limits::PluginLimits;
+use crate::bindings::{Pipeline, CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::host_state::{AllReduce, HostState};
+use crate::limits::PluginLimits;
 use anyhow::{anyhow, bail, Context, Result};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};

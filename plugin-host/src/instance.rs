@@ -4,10 +4,10 @@
 //! call gets a fresh one with the last configuration re-applied (state since the last `load_state` is
 //! lost, which the error says).
 
-use super::bindings::{Batch, Coefficients, Manifest, Pipeline};
-use super::host_state::HostState;
-use super::runtime::{PluginRuntime, EPOCH_TICK};
-use super::validate::{check_coefficients, check_manifest};
+use crate::bindings::{Batch, Coefficients, Manifest, Pipeline};
+use crate::host_state::HostState;
+use crate::runtime::{PluginRuntime, EPOCH_TICK};
+use crate::validate::{check_coefficients, check_manifest};
 use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,7 +99,7 @@ impl Plugin {
             anyhow!(
                 "{}: does not implement the wmtp:pipeline@{} world: {e:?}",
                 self.label,
-                super::bindings::CONTRACT_VERSION
+                crate::bindings::CONTRACT_VERSION
             )
         })?;
         Ok((store, pl))

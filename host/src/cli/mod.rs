@@ -1,0 +1,167 @@
+//! The `wmtp` command line: it parses arguments into typed values and dispatches to the library; the
+//! library never sees clap. Commands: `run` (train), `eval` (validation of a checkpoint), `merge` (LoRA
+//! folded into the base), `plot` (a run's metrics), `info`, `generate`, `perplexity` (model checks) and
+//! `plugin` (`describe`, `check`, `new`, `build` for pipeline plugins).
+
+mod model_cmds;
+mod plugin_cmds;
+
+use anyhow::Result;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use std::path::PathBuf;
+use wmtp_host::model::load::ExtraHeadsInit;
+use wmtp_host::model::{DeviceSpec, Precision};
+
+/// wmtp — multi-token-prediction fine-tuning with LoRA and Wasm pipeline plugins.
+#[derive(Debug, Parser)]
+#[command(name = "wmtp", version, about)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug); warnings, plugin warnings included, always show.
+    /// RUST_LOG overrides it.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train: a pipeline plugin on a config (or the embedded default: the tiny preset on the bundled corpus).
+    Run(RunCli),
+    /// Validation cross-entropy of a checkpoint (plain, and weighted by its pipeline).
+    Eval {
+        /// Checkpoint directory (runs/…/checkpoints/step-N).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Evaluate on this JSONL instead of the run's validation split.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Write a checkpoint's model with its LoRA merged, as a full safetensors checkpoint.
+    Merge {
+        /// Checkpoint directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output directory (params.json + model.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Plot a run's metrics (loss, cross-entropy, plugin metrics) to RUN_DIR/plots.svg.
+    Plot {
+        /// The run directory (holds metrics.jsonl).
+        run_dir: PathBuf,
+    },
+    /// Print a model's architecture, parameter counts and training-memory estimate.
+    Info(model_cmds::InfoArgs),
+    /// Continue a prompt greedily with head 0.
+    Generate(model_cmds::GenerateArgs),
+    /// Next-token perplexity (head 0) of a text.
+    Perplexity(model_cmds::PerplexityArgs),
+    /// Write, build, inspect and check pipeline plugins.
+    #[command(subcommand)]
+    Plugin(plugin_cmds::PluginCommand),
+}
+
+/// `wmtp run`.
+#[derive(Debug, Args)]
+pub struct RunCli {
+    /// The pipeline plugin (.wasm component); on --resume defaults to the checkpoint's.
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+    /// Run config (configs/*.toml); without it the embedded default runs.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set training.steps=100 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue from a checkpoint directory (runs/…/checkpoints/step-N).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Device (cpu, cuda, cuda:N); the same as --set model.device=….
+    #[arg(long)]
+    pub device: Option<DeviceSpec>,
+    /// Compute dtype (f32, bf16, f16); the same as --set model.dtype=….
+    #[arg(long)]
+    pub dtype: Option<Precision>,
+}
+
+/// Where the model comes from (`info`, `generate`, `perplexity`).
+#[derive(Debug, Args)]
+pub struct ModelArgsCli {
+    /// A preset (tiny, 7b_1t_4, 1b_mtp, smollm2-135m), a .gguf file, or a Meta / HF checkpoint directory.
+    #[arg(long)]
+    pub model: String,
+    /// Number of prediction heads; widens a next-token checkpoint (extra heads copied from head 0).
+    #[arg(long)]
+    pub n_future_tokens: Option<usize>,
+    /// How extra heads are initialised when widening: copy | random.
+    #[arg(long, default_value_t = ExtraHeadsInit::Copy)]
+    pub extra_heads_init: ExtraHeadsInit,
+    /// Weight dtype: f32 | bf16 | f16.
+    #[arg(long, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value_t = DeviceSpec::Cpu)]
+    pub device: DeviceSpec,
+}
+
+/// The tracing filter for `-v` counts (RUST_LOG, when set, wins).
+pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(r) => {
+            let mut set = r.set;
+            set.extend(r.device.map(|d| format!("model.device=\"{d}\"")));
+            set.extend(r.dtype.map(|d| format!("model.dtype=\"{d}\"")));
+            let opts = wmtp_host::train::run::RunOptions {
+                pipeline: r.pipeline,
+                config: r.config,
+                set,
+                resume: r.resume,
+                quiet: false,
+            };
+            wmtp_host::train::run::run(&opts).map(|_| ())
+        }
+        Command::Eval { checkpoint, data } => {
+            let v =
+                wmtp_host::train::evaluate::eval_checkpoint(&checkpoint, data.as_deref(), None)?;
+            println!(
+                "validation: ce {:.4} nats (perplexity {:.2}), pipeline loss {:.4}",
+                v.ce,
+                v.ce.exp(),
+                v.loss
+            );
+            Ok(())
+        }
+        Command::Merge { checkpoint, out } => {
+            wmtp_host::train::tools::merge_checkpoint(&checkpoint, &out)?;
+            println!(
+                "merged model written to {} (use it with --model {})",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Plot { run_dir } => {
+            let p = wmtp_host::train::plot::plot_run(&run_dir)?;
+            println!("wrote {}", p.display());
+            Ok(())
+        }
+        Command::Info(a) => model_cmds::info(&a),
+        Command::Generate(a) => model_cmds::generate(&a),
+        Command::Perplexity(a) => model_cmds::perplexity(&a),
+        Command::Plugin(c) => plugin_cmds::run(c),
+    }
+}

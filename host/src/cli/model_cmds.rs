@@ -1,0 +1,227 @@
+//! `wmtp info` (architecture, parameter counts, memory estimate), `wmtp generate` (greedy continuation
+//! with head 0) and `wmtp perplexity` (next-token perplexity of a text).
+
+use super::ModelArgsCli;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::collections::BTreeMap;
+use wmtp_host::model::load::{load_model, preset_args, LoadOptions, LoadedModel};
+use wmtp_host::model::memory::{human_bytes, MemoryEstimate};
+use wmtp_host::model::{LoraConfig, ParamGroup, VisitParams};
+use wmtp_host::train::evaluate;
+
+/// `wmtp info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelArgsCli,
+    /// Count LoRA-trainable parameters instead of full fine-tuning.
+    #[arg(long)]
+    pub lora: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA α.
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// LoRA targets, comma-separated (wq,wk,wv,wo,w1,w2,w3 or all-linear).
+    #[arg(long, default_value = "wq,wk,wv,wo")]
+    pub targets: String,
+    /// Ranks the training state is sharded over (FSDP), for the per-rank estimate.
+    #[arg(long, default_value_t = 1)]
+    pub world_size: usize,
+}
+
+/// `wmtp generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelArgsCli,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Most tokens to add.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+}
+
+/// `wmtp perplexity`.
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    /// The model.
+    pub model: ModelArgsCli,
+    /// The text to score (or use --file).
+    #[arg(long, conflicts_with = "file")]
+    pub text: Option<String>,
+    /// A UTF-8 file to score.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
+    let opts = LoadOptions {
+        device: m.device.open()?,
+        dtype: m.dtype.into(),
+        n_future_tokens: m.n_future_tokens,
+        extra_heads: m.extra_heads_init,
+        ..Default::default()
+    };
+    load_model(&m.model, &opts)
+}
+
+fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `wmtp info`.
+pub fn info(a: &InfoArgs) -> Result<()> {
+    let lora = LoraConfig {
+        rank: a.rank,
+        alpha: a.alpha,
+        target_modules: a.targets.split(',').map(|s| s.trim().to_string()).collect(),
+        ..Default::default()
+    };
+    lora.validate()?;
+    // presets are described from their shape alone (a 7B model is never allocated for `info`)
+    let (args, counted) = match preset_args(&a.model.model, a.model.n_future_tokens) {
+        Some(args) => (args?, None),
+        None => {
+            let mut m = load(&a.model)?.model;
+            if a.lora {
+                m.add_lora(&lora, 0)?;
+            } else {
+                m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
+            }
+            let mut by_group: BTreeMap<ParamGroup, u64> = BTreeMap::new();
+            m.visit("", &mut |_, p| {
+                *by_group.entry(p.group()).or_default() += p.numel() as u64
+            });
+            (m.args.clone(), Some((m.param_counts(), by_group)))
+        }
+    };
+    let c = args.param_counts();
+    println!("model       {}", a.model.model);
+    println!("shape       dim {}  blocks {} ({} trunk + {} heads)  attention heads {} (kv {})  head_dim {}",
+        args.dim, args.n_layers, args.n_trunk(), args.n_future_tokens, args.n_heads, args.kv_heads(), args.head_dim());
+    println!(
+        "            ffn hidden {}  vocab {}  rope θ {}  norm ε {}  max_seq_len {}",
+        args.hidden_dim(),
+        args.vocab_size,
+        args.rope_theta,
+        args.norm_eps,
+        args.max_seq_len
+    );
+    println!(
+        "parameters  total {}  (embedding {}, trunk {}, heads {}, norm+output {})",
+        count(c.total()),
+        count(c.embedding),
+        count(c.trunk),
+        count(c.heads),
+        count(c.norm_and_output)
+    );
+    let trainable = if a.lora {
+        lora.trainable_count(&args)?
+    } else {
+        c.trunk + c.heads + c.embedding + c.norm_and_output
+    };
+    let total = c.total() + if a.lora { trainable } else { 0 };
+    let mode = if a.lora {
+        format!(
+            "LoRA r={} α={} on {:?}",
+            lora.rank,
+            lora.alpha,
+            lora.targets()?
+        )
+    } else {
+        "full fine-tuning".into()
+    };
+    println!(
+        "trainable   {}  of {}  ({:.4}%)  — {mode}",
+        count(trainable),
+        count(total),
+        100.0 * trainable as f64 / total as f64
+    );
+    if let Some(((alloc_total, alloc_trainable), groups)) = counted {
+        anyhow::ensure!(alloc_total == total && alloc_trainable == trainable,
+            "internal check failed: allocated counts {alloc_total}/{alloc_trainable} differ from the formula {total}/{trainable}");
+        let g: Vec<String> = groups
+            .iter()
+            .map(|(k, v)| format!("{} {}", k.name(), count(*v)))
+            .collect();
+        println!(
+            "allocated   {} (by group: {})",
+            count(alloc_total),
+            g.join(", ")
+        );
+    }
+    let bytes = candle_core::DType::from(a.model.dtype).size_in_bytes();
+    println!("\nestimated training memory per rank (world size {}, weights in {}; activations not included):", a.world_size, a.model.dtype);
+    println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
+    let full = MemoryEstimate::new(c.total(), c.total(), bytes, a.world_size);
+    let lt = lora.trainable_count(&args)?;
+    let lo = MemoryEstimate::new(c.total() + lt, lt, bytes, a.world_size);
+    for (name, f, l) in [
+        ("weights", full.weights, lo.weights),
+        ("gradients (f32)", full.grads, lo.grads),
+        ("AdamW state (2×f32)", full.adam_state, lo.adam_state),
+        ("f32 master weights", full.master_weights, lo.master_weights),
+        ("total", full.total(), lo.total()),
+    ] {
+        println!("  {name:<22}{:>14}{:>14}", human_bytes(f), human_bytes(l));
+    }
+    Ok(())
+}
+
+/// `wmtp generate`.
+pub fn generate(a: &GenerateArgs) -> Result<()> {
+    let lm = load(&a.model)?;
+    let Some(tok) = &lm.tokenizer else {
+        bail!(
+            "model `{}` has no tokenizer (tokenizer.json, tokenizer.model or GGUF metadata)",
+            a.model.model
+        )
+    };
+    let prompt = tok.encode(&a.prompt, true)?;
+    let out = wmtp_host::model::generate::greedy_continue(
+        &lm.model,
+        &prompt,
+        a.max_new_tokens,
+        tok.eos_id,
+    )?;
+    println!("{}{}", a.prompt, tok.decode(&out[prompt.len()..])?);
+    Ok(())
+}
+
+/// `wmtp perplexity`.
+pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
+    let text = match (&a.text, &a.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => bail!("give --text or --file"),
+    };
+    let lm = load(&a.model)?;
+    let Some(tok) = &lm.tokenizer else {
+        bail!("model `{}` has no tokenizer", a.model.model)
+    };
+    let ids = tok.encode(&text, true)?;
+    let ce = evaluate::next_token_ce(&lm.model, &ids)?;
+    println!(
+        "tokens {}  cross-entropy {ce:.4} nats  perplexity {:.2}",
+        ids.len(),
+        ce.exp()
+    );
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Where and in which precision a model runs, as typed settings: parsed once (from a config key or a
+//! command-line flag) and turned into candle's `Device` / `DType` where tensors are made.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A compute device: `cpu`, `cuda` (= `cuda:0`) or `cuda:N` (CUDA needs a build with `--features cuda`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
+                _ => Err(format!("unknown device `{s}` (cpu, cuda, cuda:N)")),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The candle device (an error on a build without CUDA, or when device N does not exist).
+    pub fn open(self) -> Result<candle_core::Device> {
+        Ok(match self {
+            DeviceSpec::Cpu => candle_core::Device::Cpu,
+            DeviceSpec::Cuda(i) => candle_core::Device::new_cuda(i)
+                .map_err(|e| anyhow::anyhow!("opening device {self}: {e}"))?,
+        })
+    }
+}
+
+/// The compute dtype of the model's weights and matmuls: `f32`, `bf16` or `f16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            _ => Err(format!("unknown dtype `{s}` (f32, bf16, f16)")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl From<Precision> for candle_core::DType {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_display_and_serde_round_trip() {
+        for s in ["cpu", "cuda:0", "cuda:3"] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
+        }
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert!("gpu".parse::<DeviceSpec>().unwrap_err().contains("gpu"));
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("f64".parse::<Precision>().unwrap_err().contains("f64"));
+        #[derive(Serialize, Deserialize)]
+        struct T {
+            d: DeviceSpec,
+            p: Precision,
+        }
+        let t: T = toml::from_str("d = \"cuda:1\"\np = \"f16\"").unwrap();
+        assert_eq!((t.d, t.p), (DeviceSpec::Cuda(1), Precision::F16));
+        assert_eq!(
+            toml::to_string(&t).unwrap(),
+            "d = \"cuda:1\"\np = \"f16\"\n"
+        );
+        assert!(toml::from_str::<T>("d = \"tpu\"\np = \"f32\"").is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Evaluation, in one place: validation of a session (plain head-averaged CE, the pipeline's loss with
+//! `train = false`, its metrics) over held-out items, the same for a saved checkpoint (`wmtp eval`), and
+//! next-token cross-entropy / perplexity of a text under head 0 (`wmtp perplexity`).
+
+use super::checkpoint::{load_into, read_meta};
+use super::engine::ForwardState;
+use super::session::Session;
+use super::step::{forward_and_batch, Models, Weigher};
+use crate::data::batcher::{collate, Batcher, Items};
+use crate::model::{ForwardCtx, Transformer};
+use anyhow::{bail, Result};
+use candle_core::{DType, IndexOp, Tensor, D};
+use std::path::{Path, PathBuf};
+
+/// Unweighted CE: per-head mean over valid tokens, averaged over heads with tokens.
+pub fn plain_ce(st: &ForwardState) -> f64 {
+    let h = st.shape.2;
+    let (mut s, mut n) = (vec![0f64; h], vec![0f64; h]);
+    for (i, (&c, &m)) in st.ce.iter().zip(&st.ce_mask).enumerate() {
+        s[i % h] += c as f64 * m as f64;
+        n[i % h] += m as f64;
+    }
+    let used: Vec<f64> = (0..h)
+        .filter(|&k| n[k] > 0.0)
+        .map(|k| s[k] / n[k])
+        .collect();
+    if used.is_empty() {
+        0.0
+    } else {
+        used.iter().sum::<f64>() / used.len() as f64
+    }
+}
+
+/// Validation results: plain CE, pipeline loss (train = false) and plugin metrics, averaged over batches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validation {
+    /// Unweighted CE.
+    pub ce: f64,
+    /// The pipeline's loss.
+    pub loss: f64,
+    /// The plugin's metrics.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// Validation over `items` (None when there are none).
+pub fn evaluate(
+    m: &Models,
+    w: &mut dyn Weigher,
+    items: &Items,
+    batch_items: usize,
+    pad: u32,
+) -> Result<Option<Validation>> {
+    let mut b = match Batcher::new(items.clone(), batch_items, 0, 0, 1) {
+        Ok(b) => b,
+        Err(_) => return Ok(None),
+    };
+    let n = b.batches_per_epoch();
+    let mut v = Validation::default();
+    for _ in 0..n {
+        let (samples, ids) = b.next_samples();
+        let mb = collate(&samples, ids, pad, m.model.device())?;
+        let (_, st, batch) = forward_and_batch(m, w, &mb, 0, 0, false)?;
+        v.ce += plain_ce(&st) / n as f64;
+        let c = w.weigh(&batch, false)?;
+        v.loss += c.loss / n as f64;
+        for (k, x) in c.metrics {
+            match v.metrics.iter_mut().find(|(name, _)| *name == k) {
+                Some(e) => e.1 += x / n as f64,
+                None => v.metrics.push((k, x / n as f64)),
+            }
+        }
+    }
+    Ok(Some(v))
+}
+
+impl Session {
+    /// Validation on the session's held-out items (None without any).
+    pub fn validate(&mut self) -> Result<Option<Validation>> {
+        let (batch, pad) = (
+            self.cfg.training.batch_size,
+            self.tokenizer.eos_id.unwrap_or(0),
+        );
+        let p = self.step_parts();
+        evaluate(&p.models, p.weigher, p.val, batch, pad)
+    }
+}
+
+/// Validation of checkpoint `ckpt` (optionally on another JSONL file, or with another pipeline plugin).
+pub fn eval_checkpoint(
+    ckpt: &Path,
+    data: Option<&str>,
+    pipeline: Option<PathBuf>,
+) -> Result<Validation> {
+    let (mut cfg, st) = read_meta(ckpt)?;
+    if let Some(d) = data {
+        cfg.data.validation = d.to_string();
+    }
+    let pipeline = pipeline.unwrap_or_else(|| PathBuf::from(&st.pipeline));
+    let mut s = Session::new(cfg, &pipeline)?;
+    load_into(ckpt, &mut s, &st)?;
+    match s.validate()? {
+        Some(v) => Ok(v),
+        None => bail!("no validation data (set data.validation or data.val_fraction)"),
+    }
+}
+
+/// Mean next-token cross-entropy (nats) of `tokens` under head 0: mean over t of −log p(x[t+1] | x[..=t]).
+pub fn next_token_ce(model: &Transformer, tokens: &[u32]) -> Result<f64> {
+    if tokens.len() < 2 {
+        bail!("need at least 2 tokens to score, got {}", tokens.len());
+    }
+    let n = tokens.len();
+    let input = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
+    let bi = model.block_inputs(n)?;
+    let ctx = ForwardCtx::eval();
+    let h = model.trunk(&input, &bi, &ctx)?;
+    let z = model.head(0).forward(&h, &bi.rope, &bi.mask, &ctx)?;
+    let logits = model
+        .logits(&z, &ctx)?
+        .i((0, ..n - 1))?
+        .to_dtype(DType::F32)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let targets = Tensor::new(&tokens[1..], model.device())?.unsqueeze(1)?;
+    let picked = logp.gather(&targets, 1)?;
+    Ok(-(picked.mean_all()?.to_scalar::<f32>()? as f64))
+}
+
+/// exp of [`next_token_ce`].
+pub fn perplexity(model: &Transformer, tokens: &[u32]) -> Result<f64> {
+    Ok(next_token_ce(model, tokens)?.exp())
+}

@@ -1,4 +1,4 @@
-//! LoRA on the whole Transformer: trainable sets per mode, counts against SPEC §3's formula, backward
+//! LoRA on the whole Transformer: trainable sets per mode, counts against design.md §3's formula, backward
 //! creating gradients for LoRA parameters only, and adapter / full-checkpoint save → load round trips.
 
 mod common;

@@ -1,5 +1,5 @@
 //! The four shipped plugins, run as Wasm components: against an independent NumPy re-computation
-//! (tests/reference/pipelines_reference.py), against SPEC §5's golden facts, and coefficients checked as
+//! (tests/reference/pipelines_reference.py), against design.md §5's golden facts, and coefficients checked as
 //! true derivatives of the reported loss by finite differences.
 
 #[path = "common/paths.rs"]

@@ -2,7 +2,7 @@
 
 use crate::BatchView;
 
-/// The MTP CE with per-token weights w (SPEC §5):
+/// The MTP CE with per-token weights w (design.md §5):
 /// L = mean over heads k with n_k = Σ_{b,t} M > 0 of [ Σ_{b,t} w·CE·M / n_k ].
 /// Returns (∂L/∂CE as [B,T,H], L); `w` is evaluated only where M = 1.
 pub fn weighted_ce(v: &BatchView, w: impl Fn(usize, usize, usize) -> f64) -> (Vec<f32>, f64) {
@@ -87,7 +87,7 @@ pub fn last_target(v: &BatchView, b: usize) -> Option<usize> {
     (0..v.t).rev().find(|&t| v.target(b, t))
 }
 
-/// GAE over one sequence's values V[0..=last] (SPEC §5.3): δ_t = γ·V_t − V_{t−1} with V_{−1} = `v_init`;
+/// GAE over one sequence's values V[0..=last] (design.md §5.3): δ_t = γ·V_t − V_{t−1} with V_{−1} = `v_init`;
 /// A_t = δ_t + γλ·A_{t+1}, from t = last down to 0. Returns A[0..=last] (unmasked).
 pub fn gae(values: &[f32], last: usize, gamma: f64, lambda: f64, v_init: f64) -> Vec<f64> {
     let mut a = vec![0.0; last + 1];
@@ -101,7 +101,7 @@ pub fn gae(values: &[f32], last: usize, gamma: f64, lambda: f64, v_init: f64) ->
     a
 }
 
-/// λ-return targets over one sequence (SPEC §5.2): G_last = r; G_t = (1−λ)·γ·V_{t+1} + λ·γ·G_{t+1}.
+/// λ-return targets over one sequence (design.md §5.2): G_last = r; G_t = (1−λ)·γ·V_{t+1} + λ·γ·G_{t+1}.
 /// λ = 1 gives γ^{last−t}·r (Monte-Carlo); λ = 0 gives γ·V_{t+1}. Returns G[0..=last].
 pub fn lambda_returns(
     values: &[f32],
@@ -137,7 +137,7 @@ pub fn sigmoid(x: f64) -> f64 {
     }
 }
 
-/// Regression of values on targets (SPEC §5.2 `mc_mse`): per sequence the masked mean of ℓ(V − G), then
+/// Regression of values on targets (design.md §5.2 `mc_mse`): per sequence the masked mean of ℓ(V − G), then
 /// the mean over sequences with ≥ 1 target token; ℓ(d) = d², or smooth-L1 with `huber_delta` δ
 /// (½d²/δ if |d| < δ, else |d| − ½δ). `target(b, t)` is read only where m[b,t] = 1.
 /// Returns (L, ∂L/∂V as [B,T]).
@@ -172,7 +172,7 @@ pub fn value_regression(
     (loss, grad)
 }
 
-/// Pairwise ranking of mean values (SPEC §5.2): v̄_b = Σ_t V·m / (Σ_t m + 1e−8); over the pairs (pos, neg)
+/// Pairwise ranking of mean values (design.md §5.2): v̄_b = Σ_t V·m / (Σ_t m + 1e−8); over the pairs (pos, neg)
 /// given by pair ids and rewards, L = coef · mean −log σ(v̄_pos − v̄_neg).
 #[derive(Debug, Clone, Default)]
 pub struct PairwiseResult {
@@ -262,7 +262,7 @@ pub fn pairwise_ranking(
     r
 }
 
-/// Exponential moving statistics of a quantity (mean and std), with warm-up (SPEC §5.3 step 4).
+/// Exponential moving statistics of a quantity (mean and std), with warm-up (design.md §5.3 step 4).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EmaStats {
     /// Smoothed mean (starts 0).

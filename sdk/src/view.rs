@@ -1,4 +1,4 @@
-//! Typed, checked views over a batch's flat arrays: `[b,t,k]` and `[b,t]` indexing (SPEC §4 layout).
+//! Typed, checked views over a batch's flat arrays: `[b,t,k]` and `[b,t]` indexing (design.md §4 layout).
 
 use crate::Batch;
 

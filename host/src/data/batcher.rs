@@ -1,4 +1,4 @@
-//! Sampling and batching (SPEC §7): pointwise pipelines take the correct samples; paired pipelines take
+//! Sampling and batching (design.md §7): pointwise pipelines take the correct samples; paired pipelines take
 //! (correct, incorrect) pairs per problem, shuffled and paired 1:1 up to `max_pairs_per_problem`, seeded;
 //! ranks take `all[rank::world]`; batches are right-padded. The position (epoch, index) is part of the
 //! checkpoint, so a resumed run sees the same batches.
@@ -33,7 +33,7 @@ pub enum Items {
     Pairs(Vec<(Sample, Sample)>),
 }
 
-/// Which samples a pipeline trains on (SPEC §7).
+/// Which samples a pipeline trains on (design.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sampling {
     /// Pointwise pipelines without rewards (baseline, rho1): the correct samples only.

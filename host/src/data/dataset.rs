@@ -1,4 +1,4 @@
-//! JSONL datasets (SPEC §7): rows `{instruction, input, output, task_id, is_correct, problem_id?,
+//! JSONL datasets (design.md §7): rows `{instruction, input, output, task_id, is_correct, problem_id?,
 //! difficulty?}` or `{text}`; the Alpaca template; tokenisation with BOS, EOS appended, prompt tokens
 //! masked; samples longer than `max_length` dropped and counted.
 

@@ -1,4 +1,4 @@
-//! `ModelArgs`: the shape of a Meta-layout multi-token-prediction Transformer (SPEC §1), its presets,
+//! `ModelArgs`: the shape of a Meta-layout multi-token-prediction Transformer (design.md §1), its presets,
 //! and parameter counts computed from the shape alone (nothing allocated).
 
 use anyhow::{bail, Context, Result};

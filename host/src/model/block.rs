@@ -1,4 +1,4 @@
-//! The Transformer block (SPEC §1): h = x + Attention(RMSNorm(x)); out = h + FeedForward(RMSNorm(h)).
+//! The Transformer block (design.md §1): h = x + Attention(RMSNorm(x)); out = h + FeedForward(RMSNorm(h)).
 //! Attention: wq wk wv wo without bias, grouped-query, causal, scale 1/√head_dim, interleaved RoPE.
 //! FeedForward: w2(silu(w1·x) ⊙ w3·x).
 

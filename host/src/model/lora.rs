@@ -1,4 +1,4 @@
-//! LoRA (SPEC §3): `LoraLinear` — the linear layer of every Transformer block — is a base weight W
+//! LoRA (design.md §3): `LoraLinear` — the linear layer of every Transformer block — is a base weight W
 //! (frozen under LoRA) plus an optional low-rank adapter:  y = W·x + s · B·(A·dropout(x)),
 //! s = α/r (or α/√r with rsLoRA); A ∈ R^{r×in} Kaiming-uniform (bound 1/√in), B ∈ R^{out×r} zeros.
 

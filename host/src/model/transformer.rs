@@ -1,4 +1,4 @@
-//! The Meta-layout multi-token-prediction Transformer (SPEC §1).
+//! The Meta-layout multi-token-prediction Transformer (design.md §1).
 //!
 //! h = tok_embeddings(x); h_trunk = trunk(h); for every head i (in parallel, on the SAME h_trunk):
 //! z_i = head_i(h_trunk); logits_i = output(norm(z_i)). `layers` holds the trunk blocks and, last, head 0;

@@ -1,4 +1,4 @@
-//! The value head (SPEC §2): one value per position from norm(h_trunk).
+//! The value head (design.md §2): one value per position from norm(h_trunk).
 //! `linear`: D→1; `sigmoid`: σ(linear); `mlp`: D→D/4→D/8→1 as Linear–GELU(erf)–Dropout–Linear–GELU–
 //! Dropout–Linear. The last Linear's weight starts at zero and its bias at `bias_init`; earlier layers use
 //! PyTorch's default init (uniform ±1/√in for weight and bias).

@@ -1,4 +1,4 @@
-//! The block-wise engine (ARCHITECTURE.md §engine): forward unit by unit keeping only each unit's input,
+//! The block-wise engine (docs/design.md, "The block-wise engine"): forward unit by unit keeping only each unit's input,
 //! per-token CE of every head computed in chunks over the valid rows (never [B,T,H,V] logits), values,
 //! reference CE; then, given the plugin's coefficients, backward unit by unit through the surrogate
 //! S = Σ c_ce·CE + Σ c_v·V with recomputation. With one rank this is a single-device trainer with

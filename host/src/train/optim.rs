@@ -1,4 +1,4 @@
-//! Optimisation (SPEC §6): AdamW (β 0.9/0.95, decoupled weight decay on ≥ 2-D tensors only) with
+//! Optimisation (design.md §6): AdamW (β 0.9/0.95, decoupled weight decay on ≥ 2-D tensors only) with
 //! per-group learning rates and decay, a linear warm-up from 1e-8·peak then cosine decay to
 //! min_lr_ratio·peak, and global-norm gradient clipping. Moments are f32; the state is saved in
 //! checkpoints so a resumed run continues exactly.

@@ -245,7 +245,7 @@ fn freeze(m: &mut dyn VisitParams) {
     });
 }
 
-/// Which samples a pipeline trains on (SPEC §7): pairs for paired pipelines, correct and incorrect ones
+/// Which samples a pipeline trains on (design.md §7): pairs for paired pipelines, correct and incorrect ones
 /// for reward users, the correct ones otherwise.
 fn sampling_for(manifest: &Manifest) -> Sampling {
     if manifest.needs.contains(&InputKind::Pairs) {

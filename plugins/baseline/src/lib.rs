@@ -1,4 +1,4 @@
-//! Baseline pipeline (SPEC §5.1): every valid token weighs 1,
+//! Baseline pipeline (design.md §5.1): every valid token weighs 1,
 //! L = mean over heads k with n_k > 0 of Σ_{b,t} CE·M / n_k, so ∂L/∂CE[b,t,k] = M / (n_k · H_valid).
 //! Option `normalize = "weights"` is accepted for symmetry with other pipelines (with w ≡ 1 it is the same).
 

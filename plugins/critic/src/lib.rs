@@ -1,4 +1,4 @@
-//! Critic pipeline (SPEC §5.2): trains the value head; the policy's CE coefficients are 0.
+//! Critic pipeline (design.md §5.2): trains the value head; the policy's CE coefficients are 0.
 //! `mc_mse`: target G = r[b] on every response token; per-sequence masked mean of (V − G)² (or smooth-L1,
 //! δ = 0.5), then the mean over sequences with a response. `lambda_return`: G_last = r,
 //! G_t = (1−λ)·γ·V_{t+1} + λ·γ·G_{t+1} (no gradient through targets), λ from a schedule, λ = 1 in

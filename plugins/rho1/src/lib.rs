@@ -1,4 +1,4 @@
-//! Rho-1 selective MTP (SPEC §5.4). For head k the reference loss of the same target token is
+//! Rho-1 selective MTP (design.md §5.4). For head k the reference loss of the same target token is
 //! R_k[b,t] = R[b, t+k]; the excess is e = CE − R_k (`signed`), |CE − R_k| (`absolute`) or R_k
 //! (`difficult`). Per head, over the batch's valid tokens, thr_k = quantile(e, 1 − k_percent) with linear
 //! interpolation, and w = 1[e ≥ thr_k]·M. Training keeps the denominator n_k = Σ M; validation reports the

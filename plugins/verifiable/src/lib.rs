@@ -1,4 +1,4 @@
-//! Verifiable pipeline (SPEC §5.3): MTP cross-entropy weighted per token by the critic's advantages.
+//! Verifiable pipeline (design.md §5.3): MTP cross-entropy weighted per token by the critic's advantages.
 //! 1. GAE per sequence: δ_t = γ·V_t − V_{t−1} (V_{−1} = initial_value), A_t = δ_t + γλ·A_{t+1}, A ← A·m.
 //! 2. Â = (A − μ)/(σ + 1e−8) with (μ, σ) the EMA taken before this batch (training) or the batch's
 //!    statistics (validation, or EMA off; unbiased std; ≤ 1 valid token → w = m);

@@ -41,9 +41,8 @@ fn to_sdk(b: &Batch) -> wmtp_sdk::Batch {
 }
 
 fn native<P: Pipeline>(batch: &wmtp_sdk::Batch) -> impl FnMut() + '_ {
-    let cfg = wmtp_sdk::Config::parse("", &P::manifest().config_keys).unwrap();
     let mut p = P::default();
-    p.configure(&cfg).unwrap();
+    p.configure(Default::default()).unwrap();
     move || {
         std::hint::black_box(p.weigh(batch, true).unwrap());
     }

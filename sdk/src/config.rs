@@ -1,18 +1,43 @@
-//! A plugin's settings: the `[plugin]` TOML table, flattened to dotted keys (`value_loss.type`), checked
-//! against the keys the manifest declares (an unknown key is an error naming it), with typed getters
-//! that fall back to the declared defaults.
+//! A plugin's settings: ONE struct declared with [`settings!`](crate::settings), each key named once with
+//! its type, default and doc comment. The `[plugin]` table of a run config is deserialised into it by serde
+//! (unknown keys and wrongly typed values are errors naming the key; integers are accepted for floats;
+//! nested structs are TOML sub-tables, e.g. `[value_loss]`), and the manifest's `config-keys` (dotted name,
+//! default as TOML, doc) are generated from it.
 
 use crate::ConfigKey;
-use std::collections::BTreeMap;
-use toml::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-/// Validated settings.
-#[derive(Debug, Clone, Default)]
-pub struct Config {
-    values: BTreeMap<String, Value>,
+/// A settings struct (implemented by [`settings!`](crate::settings)).
+pub trait Settings: Default + Serialize + DeserializeOwned {
+    /// (dotted key, doc) for every key and sub-table, in declaration order.
+    fn docs() -> Vec<(String, String)>;
+
+    /// The manifest's config keys: every leaf key with its default rendered as TOML and its doc.
+    fn keys() -> Vec<ConfigKey> {
+        let table = toml::Table::try_from(Self::default()).unwrap_or_default();
+        let mut leaves = Vec::new();
+        flatten("", &table, &mut leaves);
+        Self::docs()
+            .into_iter()
+            .filter_map(|(name, doc)| {
+                let (_, v) = leaves.iter().find(|(k, _)| *k == name)?;
+                Some(ConfigKey {
+                    name,
+                    default_value: v.to_string(),
+                    doc,
+                })
+            })
+            .collect()
+    }
+
+    /// Parses the `[plugin]` table's TOML text (empty = all defaults).
+    fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| format!("plugin config: {}", e.to_string().trim_end()))
+    }
 }
 
-fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, Value>) {
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
     for (k, v) in table {
         let key = if prefix.is_empty() {
             k.clone()
@@ -20,160 +45,185 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, Value>)
             format!("{prefix}.{k}")
         };
         match v {
-            Value::Table(t) => flatten(&key, t, out),
-            other => {
-                out.insert(key, other.clone());
+            toml::Value::Table(t) => flatten(&key, t, out),
+            other => out.push((key, other.clone())),
+        }
+    }
+}
+
+/// A type a settings field may have: scalars, strings, [`settings!`](crate::settings) enums and nested
+/// settings structs (whose keys become `field.key`).
+pub trait SettingValue {
+    /// (key, doc) of the keys below this one (nested settings only).
+    fn nested_docs() -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+macro_rules! leaf {
+    ($($t:ty),*) => { $(impl SettingValue for $t {})* };
+}
+leaf!(f64, f32, u64, u32, u16, u8, usize, i64, i32, bool, String);
+
+/// `Ok` when `lo ≤ value ≤ hi`, else an error naming the key.
+pub fn check_range(key: &str, value: f64, lo: f64, hi: f64) -> Result<(), String> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "plugin config key `{key}` = {value} must be in [{lo}, {hi}]"
+        ))
+    }
+}
+
+/// The settings of a plugin without any.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+impl Settings for NoSettings {
+    fn docs() -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// Declares a plugin's settings: a struct whose fields are `name: Type = default` with a doc comment
+/// each (serde-deserialised, unknown keys refused, missing keys defaulted), or an enum of unit variants
+/// written in snake_case in TOML (`mode = "signed"`).
+///
+/// ```ignore
+/// wmtp_sdk::settings! {
+///     pub enum Mode { Signed, Absolute }
+/// }
+/// wmtp_sdk::settings! {
+///     pub struct Rho1Settings {
+///         /// share of valid tokens kept per head, in (0, 1]
+///         k_percent: f64 = 0.6,
+///         /// which excess selects tokens
+///         mode: Mode = Mode::Signed,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! settings {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $ty:ty = $default:expr
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, $crate::serde::Serialize, $crate::serde::Deserialize)]
+        #[serde(crate = "wmtp_sdk::serde", deny_unknown_fields, default)]
+        $vis struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+        impl ::core::default::Default for $name {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
             }
         }
-    }
-}
-
-fn parse_value(text: &str) -> Result<Value, String> {
-    let t: toml::Table = toml::from_str(&format!("v = {text}")).map_err(|e| e.to_string())?;
-    t.get("v").cloned().ok_or_else(|| "empty value".to_string())
-}
-
-impl Config {
-    /// Parses `text` and fills defaults from `keys`; unknown keys, bad TOML and values whose type differs
-    /// from the default's are errors naming the key.
-    pub fn parse(text: &str, keys: &[ConfigKey]) -> Result<Config, String> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| format!("plugin config is not valid TOML: {e}"))?;
-        let mut given = BTreeMap::new();
-        flatten("", &table, &mut given);
-        let mut values = BTreeMap::new();
-        for k in keys {
-            let default = parse_value(&k.default_value)
-                .map_err(|e| format!("default of `{}` is not TOML: {e}", k.name))?;
-            values.insert(k.name.clone(), default);
+        impl $crate::config::Settings for $name {
+            fn docs() -> Vec<(String, String)> {
+                #[allow(unused_mut)]
+                let mut out: Vec<(String, String)> = Vec::new();
+                $(
+                    let key = stringify!($field).trim_start_matches("r#").to_string();
+                    let doc: Vec<&str> = vec![$($doc.trim()),*];
+                    out.push((key.clone(), doc.join(" ")));
+                    for (k, d) in <$ty as $crate::config::SettingValue>::nested_docs() {
+                        out.push((format!("{key}.{k}"), d));
+                    }
+                )*
+                out
+            }
         }
-        for (k, v) in given {
-            let Some(default) = values.get(&k) else {
-                let known: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
-                return Err(format!(
-                    "unknown plugin config key `{k}` (known: {})",
-                    known.join(", ")
-                ));
-            };
-            let v = match (default, v) {
-                (Value::Float(_), Value::Integer(i)) => Value::Float(i as f64),
-                (d, v) if std::mem::discriminant(d) != std::mem::discriminant(&v) => {
-                    return Err(format!(
-                        "plugin config key `{k}`: expected a {}, got {v}",
-                        d.type_str()
-                    ));
-                }
-                (_, v) => v,
-            };
-            values.insert(k, v);
+        impl $crate::config::SettingValue for $name {
+            fn nested_docs() -> Vec<(String, String)> {
+                <Self as $crate::config::Settings>::docs()
+            }
         }
-        Ok(Config { values })
-    }
-
-    fn get(&self, key: &str) -> Result<&Value, String> {
-        self.values
-            .get(key)
-            .ok_or_else(|| format!("plugin reads undeclared config key `{key}`"))
-    }
-
-    /// A number.
-    pub fn f64(&self, key: &str) -> Result<f64, String> {
-        match self.get(key)? {
-            Value::Float(f) => Ok(*f),
-            Value::Integer(i) => Ok(*i as f64),
-            v => Err(format!(
-                "plugin config key `{key}`: expected a number, got {v}"
-            )),
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[doc = $doc:literal])* $variant:ident ),+ $(,)?
         }
-    }
-
-    /// A number checked to lie in [lo, hi].
-    pub fn f64_in(&self, key: &str, lo: f64, hi: f64) -> Result<f64, String> {
-        let v = self.f64(key)?;
-        if !(lo..=hi).contains(&v) {
-            return Err(format!(
-                "plugin config key `{key}` = {v} must be in [{lo}, {hi}]"
-            ));
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, $crate::serde::Serialize, $crate::serde::Deserialize)]
+        #[serde(crate = "wmtp_sdk::serde", rename_all = "snake_case")]
+        $vis enum $name {
+            $( $(#[doc = $doc])* $variant, )+
         }
-        Ok(v)
-    }
-
-    /// A non-negative integer.
-    pub fn u64(&self, key: &str) -> Result<u64, String> {
-        match self.get(key)? {
-            Value::Integer(i) if *i >= 0 => Ok(*i as u64),
-            v => Err(format!(
-                "plugin config key `{key}`: expected a non-negative integer, got {v}"
-            )),
-        }
-    }
-
-    /// A boolean.
-    pub fn bool(&self, key: &str) -> Result<bool, String> {
-        match self.get(key)? {
-            Value::Boolean(b) => Ok(*b),
-            v => Err(format!(
-                "plugin config key `{key}`: expected true or false, got {v}"
-            )),
-        }
-    }
-
-    /// A string that must be one of `allowed`.
-    pub fn choice(&self, key: &str, allowed: &[&str]) -> Result<String, String> {
-        match self.get(key)? {
-            Value::String(s) if allowed.contains(&s.as_str()) => Ok(s.clone()),
-            v => Err(format!(
-                "plugin config key `{key}` = {v}: expected one of {allowed:?}"
-            )),
-        }
-    }
+        impl $crate::config::SettingValue for $name {}
+    };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn keys() -> Vec<ConfigKey> {
-        [
-            ("k_percent", "0.6"),
-            ("mode", "\"signed\""),
-            ("value_loss.type", "\"mc_mse\""),
-            ("steps", "10"),
-        ]
-        .iter()
-        .map(|(n, d)| ConfigKey {
-            name: n.to_string(),
-            default_value: d.to_string(),
-            doc: String::new(),
-        })
-        .collect()
+    crate::settings! {
+        enum Kind { McMse, LambdaReturn }
+    }
+    crate::settings! {
+        struct Loss {
+            /// which loss
+            r#type: Kind = Kind::McMse,
+            /// smooth-L1 threshold
+            delta: f64 = 0.5,
+        }
+    }
+    crate::settings! {
+        /// Test settings.
+        struct Demo {
+            /// share kept
+            k_percent: f64 = 0.6,
+            /// steps
+            steps: u64 = 10,
+            /// the loss
+            value_loss: Loss = Loss::default(),
+        }
     }
 
     #[test]
-    fn defaults_overrides_and_errors() {
-        let c = Config::parse("", &keys()).unwrap();
-        assert_eq!(c.f64("k_percent").unwrap(), 0.6);
-        let c = Config::parse("k_percent = 1\n[value_loss]\ntype = \"pairwise\"", &keys()).unwrap();
-        assert_eq!(c.f64("k_percent").unwrap(), 1.0);
+    fn keys_defaults_nesting_and_errors() {
+        let keys: Vec<(String, String, String)> = Demo::keys()
+            .into_iter()
+            .map(|k| (k.name, k.default_value, k.doc))
+            .collect();
+        let want = [
+            ("k_percent", "0.6", "share kept"),
+            ("steps", "10", "steps"),
+            ("value_loss.type", "\"mc_mse\"", "which loss"),
+            ("value_loss.delta", "0.5", "smooth-L1 threshold"),
+        ];
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        assert_eq!(keys, want);
+        assert_eq!(Demo::parse("").unwrap(), Demo::default());
+        let d = Demo::parse("k_percent = 1\n[value_loss]\ntype = \"lambda_return\"").unwrap();
         assert_eq!(
-            c.choice("value_loss.type", &["mc_mse", "pairwise"])
-                .unwrap(),
-            "pairwise"
+            (d.k_percent, d.value_loss.r#type),
+            (1.0, Kind::LambdaReturn)
         );
-        assert!(Config::parse("k_prcent = 0.5", &keys())
-            .unwrap_err()
-            .contains("k_prcent"));
-        assert!(Config::parse("mode = 3", &keys())
-            .unwrap_err()
-            .contains("mode"));
-        assert!(Config::parse("= nonsense", &keys())
-            .unwrap_err()
-            .contains("TOML"));
-        let c = Config::parse("mode = \"weird\"", &keys()).unwrap();
-        assert!(c.choice("mode", &["signed"]).unwrap_err().contains("weird"));
-        assert!(Config::parse("steps = -1", &keys())
-            .unwrap()
-            .u64("steps")
-            .is_err());
+        assert_eq!(d.value_loss.delta, 0.5);
+        for (bad, named) in [
+            ("k_prcent = 0.5", "k_prcent"),
+            ("steps = -1", "steps"),
+            ("[value_loss]\ntype = \"weird\"", "weird"),
+            ("[value_loss]\nhuber = 1", "huber"),
+        ] {
+            let e = Demo::parse(bad).unwrap_err();
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+        assert!(Demo::parse("= nonsense").is_err());
+        assert!(check_range("k", 2.0, 0.0, 1.0).unwrap_err().contains("`k`"));
     }
 }

@@ -1,23 +1,35 @@
 //! wmtp-sdk: write a wmtp pipeline plugin in a few dozen lines.
 //!
 //! A plugin turns per-token scalars (cross-entropy of every head, values, reference losses, rewards) into
-//! the derivatives of its loss with respect to them (see `wit/pipeline.wit`, the contract). Implement
-//! [`Pipeline`], call [`export_pipeline!`], build for `wasm32-unknown-unknown`:
+//! the derivatives of its loss with respect to them (see `wit/pipeline.wit`, the contract, and the repo's
+//! `docs/design.md`). Declare the settings with [`settings!`], implement [`Pipeline`], call
+//! [`export_pipeline!`], and build with `wmtp plugin build` (`wmtp plugin new NAME` writes a starting crate):
 //!
 //! ```ignore
 //! use wmtp_sdk::*;
 //!
+//! settings! {
+//!     pub struct Scaled {
+//!         /// multiplier of every token's loss
+//!         scale: f64 = 1.0,
+//!     }
+//! }
+//!
 //! #[derive(Default)]
-//! struct Plain;
+//! struct Plain(Scaled);
 //!
 //! impl Pipeline for Plain {
+//!     type Settings = Scaled;
 //!     fn manifest() -> Manifest {
-//!         manifest("plain", "0.1.0", "unweighted MTP cross-entropy", &[], &[ParamGroup::Lora], &[])
+//!         ManifestBuilder::new("plain", "0.1.0").describe("scaled MTP cross-entropy").build()
 //!     }
-//!     fn configure(&mut self, _cfg: &Config) -> Result<(), String> { Ok(()) }
+//!     fn configure(&mut self, s: Scaled) -> Result<(), String> {
+//!         self.0 = s;
+//!         Ok(())
+//!     }
 //!     fn weigh(&mut self, b: &Batch, _train: bool) -> Result<Coefficients, String> {
-//!         let (ce, loss) = weighted_ce(&BatchView::new(b)?, |_, _, _| 1.0);
-//!         Ok(Coefficients { ce, values: None, loss, metrics: vec![] })
+//!         let (ce, loss) = weighted_ce(&BatchView::new(b)?, |_, _, _| self.0.scale);
+//!         Ok(Coefficients::of_ce(ce, loss))
 //!     }
 //! }
 //! export_pipeline!(Plain);
@@ -46,8 +58,10 @@ pub mod bindings {
 pub use bindings::wmtp::pipeline::types::{
     Batch, Coefficients, ConfigKey, InputKind, Manifest, ParamGroup,
 };
-pub use config::Config;
+pub use config::{check_range, NoSettings, SettingValue, Settings};
 pub use maths::*;
+#[doc(hidden)]
+pub use serde;
 pub use view::BatchView;
 #[doc(hidden)]
 pub use wit_bindgen;
@@ -56,13 +70,19 @@ pub use wit_bindgen;
 pub const CONTRACT_VERSION: &str = "0.1.0";
 
 /// What a pipeline plugin implements. The host calls `configure` once (a call that comes first gets an
-/// instance configured with the manifest's defaults), then `weigh` per micro-batch and `after_step` per
+/// instance configured with the default settings), then `weigh` per micro-batch and `after_step` per
 /// optimizer step. `Default` only needs to build an instance that `configure` then fills in.
 pub trait Pipeline: Default + 'static {
-    /// Name, version, needed inputs, trained groups and every config key with its default.
+    /// The `[plugin]` table, declared with [`settings!`] ([`NoSettings`] when there is none); the
+    /// manifest's config keys are generated from it.
+    type Settings: Settings;
+    /// Name, version, description, needed inputs and trained groups ([`ManifestBuilder`]).
     fn manifest() -> Manifest;
-    /// Reads the plugin's settings; `cfg` holds only keys the manifest declares (others were rejected).
-    fn configure(&mut self, cfg: &Config) -> Result<(), String>;
+    /// Takes the settings (already parsed and type-checked); check ranges here ([`check_range`]).
+    fn configure(&mut self, settings: Self::Settings) -> Result<(), String> {
+        let _ = settings;
+        Ok(())
+    }
     /// Coefficients ∂L/∂CE (and ∂L/∂V) for one micro-batch; `train` is false in validation.
     fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients, String>;
     /// Called after every optimizer step.
@@ -79,31 +99,69 @@ pub trait Pipeline: Default + 'static {
     }
 }
 
-/// Builds a manifest. `keys` are (name, default as TOML, doc) triples.
-pub fn manifest(
-    name: &str,
-    version: &str,
-    description: &str,
-    needs: &[InputKind],
-    trains: &[ParamGroup],
-    keys: &[(&str, &str, &str)],
-) -> Manifest {
-    Manifest {
-        name: name.into(),
-        version: version.into(),
-        description: description.into(),
-        needs: needs.to_vec(),
-        trains: trains.to_vec(),
-        uses_ce: true,
-        uses_values_grad: false,
-        config_keys: keys
-            .iter()
-            .map(|(n, d, doc)| ConfigKey {
-                name: (*n).into(),
-                default_value: (*d).into(),
-                doc: (*doc).into(),
-            })
-            .collect(),
+/// Builds a [`Manifest`]: `ManifestBuilder::new(name, version)`, then what differs from the defaults
+/// (no extra inputs, trains LoRA and the heads, returns ∂L/∂CE only).
+pub struct ManifestBuilder(Manifest);
+
+impl ManifestBuilder {
+    /// A manifest named `name` (version: semver, usually `env!("CARGO_PKG_VERSION")`).
+    pub fn new(name: &str, version: &str) -> Self {
+        ManifestBuilder(Manifest {
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            needs: vec![],
+            trains: vec![ParamGroup::Lora, ParamGroup::Heads],
+            uses_ce: true,
+            uses_values_grad: false,
+            config_keys: vec![],
+        })
+    }
+    /// One line saying what the pipeline does.
+    pub fn describe(mut self, text: &str) -> Self {
+        self.0.description = text.into();
+        self
+    }
+    /// Inputs the host must send besides CE (values, reference losses, rewards, pairs).
+    pub fn needs(mut self, inputs: &[InputKind]) -> Self {
+        self.0.needs = inputs.to_vec();
+        self
+    }
+    /// Parameter groups the pipeline trains (default LoRA and heads).
+    pub fn trains(mut self, groups: &[ParamGroup]) -> Self {
+        self.0.trains = groups.to_vec();
+        self
+    }
+    /// The pipeline returns ∂L/∂V (it trains the value head).
+    pub fn value_gradients(mut self) -> Self {
+        self.0.uses_values_grad = true;
+        self
+    }
+    /// The pipeline returns no ∂L/∂CE (it leaves the policy's CE untrained, like the critic).
+    pub fn no_ce_gradients(mut self) -> Self {
+        self.0.uses_ce = false;
+        self
+    }
+    /// The manifest (its config keys are filled from the pipeline's settings when exported).
+    pub fn build(self) -> Manifest {
+        self.0
+    }
+}
+
+impl Coefficients {
+    /// Coefficients of the CE only (no value gradients, no metrics) with the loss L for logging.
+    pub fn of_ce(ce: Vec<f32>, loss: f64) -> Self {
+        Coefficients {
+            ce,
+            values: None,
+            loss,
+            metrics: vec![],
+        }
+    }
+    /// Adds a logged metric.
+    pub fn metric(mut self, name: &str, value: f64) -> Self {
+        self.metrics.push((name.into(), value));
+        self
     }
 }
 

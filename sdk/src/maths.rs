@@ -9,6 +9,27 @@ pub fn weighted_ce(v: &BatchView, w: impl Fn(usize, usize, usize) -> f64) -> (Ve
     weighted_ce_with_denominators(v, &v.valid_counts(), w)
 }
 
+/// A loss that is a function of each token's CE: L = mean over heads k with n_k > 0 of
+/// [ Σ_{b,t} ℓ(CE[b,t,k])·M / n_k ], where `f(ce)` returns (ℓ(ce), dℓ/dce). Returns (∂L/∂CE as [B,T,H], L);
+/// e.g. the plain loss is `f = |ce| (ce, 1.0)`, a focal loss `(q^γ·ce, q^γ + γ·ce·(1−q)·q^{γ−1})`.
+pub fn per_token_loss(v: &BatchView, f: impl Fn(f64) -> (f64, f64)) -> (Vec<f32>, f64) {
+    let (unit, _) = weighted_ce(v, |_, _, _| 1.0); // M / (n_k·H_valid)
+    let mut loss = 0.0;
+    let coef = unit
+        .iter()
+        .zip(&v.batch.ce)
+        .map(|(&u, &ce)| {
+            if u == 0.0 {
+                return 0.0;
+            }
+            let (l, d) = f(ce as f64);
+            loss += u as f64 * l;
+            (u as f64 * d) as f32
+        })
+        .collect();
+    (coef, loss)
+}
+
 /// As [`weighted_ce`] but with a given denominator per head (e.g. Σ w for "normalize by weights");
 /// heads whose denominator is 0 are left out of the mean.
 pub fn weighted_ce_with_denominators(

@@ -1,7 +1,7 @@
 //! The glue behind [`crate::export_pipeline!`]: one lazily created pipeline instance, a panic hook that
-//! reports the panic text through the host's `log` before the trap, and config validation.
+//! reports the panic text through the host's `log` before the trap, and settings parsing.
 
-use crate::{Batch, Coefficients, Config, Manifest, Pipeline};
+use crate::{Batch, Coefficients, Manifest, Pipeline, Settings};
 use std::any::Any;
 use std::cell::RefCell;
 
@@ -18,13 +18,11 @@ fn install_panic_hook() {
     });
 }
 
-/// A pipeline configured with its declared defaults (used when a call comes before `configure`).
+/// A pipeline configured with its default settings (used when a call comes before `configure`).
 fn with_defaults<T: Pipeline>() -> T {
     let mut p = T::default();
-    let cfg = Config::parse("", &T::manifest().config_keys)
-        .unwrap_or_else(|e| panic!("the manifest's defaults: {e}"));
-    p.configure(&cfg)
-        .unwrap_or_else(|e| panic!("configure with the manifest's defaults failed: {e}"));
+    p.configure(T::Settings::default())
+        .unwrap_or_else(|e| panic!("configure with the default settings failed: {e}"));
     p
 }
 
@@ -39,19 +37,21 @@ fn with<T: Pipeline, R>(f: impl FnOnce(&mut T) -> R) -> R {
     })
 }
 
-/// `describe` export.
+/// `describe` export: the pipeline's manifest with the config keys of its settings.
 pub fn describe<T: Pipeline>() -> Manifest {
     install_panic_hook();
-    T::manifest()
+    let mut m = T::manifest();
+    m.config_keys = T::Settings::keys();
+    m
 }
 
-/// `configure` export: parses and validates the TOML against the manifest's keys, then hands the
-/// settings to a fresh instance; on error the previous instance is kept unchanged.
+/// `configure` export: parses the TOML into the pipeline's settings, then hands them to a fresh instance;
+/// on error the previous instance is kept unchanged.
 pub fn configure<T: Pipeline>(toml: &str) -> Result<(), String> {
     install_panic_hook();
-    let cfg = Config::parse(toml, &T::manifest().config_keys)?;
+    let settings = T::Settings::parse(toml)?;
     let mut fresh = T::default();
-    fresh.configure(&cfg)?;
+    fresh.configure(settings)?;
     INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(fresh)));
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod model_cmds;
 mod plugin_cmds;
+mod plugin_template;
 
 use anyhow::Result;
 use clap::{ArgAction, Args, Parser, Subcommand};

@@ -1,5 +1,6 @@
-//! `wmtp plugin describe | check | build`: a plugin's manifest, the conformance kit, and building a plugin
-//! crate into a component with rustup's bundled linker (no environment variables to set by hand).
+//! `wmtp plugin describe | check | new | build`: a plugin's manifest, the conformance kit, a new plugin
+//! crate from a template, and building a crate into a component with rustup's bundled linker (no
+//! environment variables to set by hand).
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -32,6 +33,14 @@ pub enum PluginCommand {
         #[arg(long, default_value_t = 100)]
         budget_ms: u64,
     },
+    /// Write a new plugin crate NAME/ (a working pipeline to start from, on wmtp-sdk).
+    New {
+        /// The crate's name (also its directory).
+        name: String,
+        /// The wmtp-sdk crate to depend on (default: the SDK this wmtp was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Build a plugin crate (Rust, wmtp-sdk) into DIR/<crate name>.wasm.
     Build {
         /// The crate's directory.
@@ -54,6 +63,15 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
             config,
             budget_ms,
         } => check(&plugins, config.as_deref(), budget_ms),
+        PluginCommand::New { name, sdk } => {
+            let dir = super::plugin_template::write_crate(&name, sdk.as_deref())?;
+            println!(
+                "wrote {0}/ — next: wmtp plugin build {0} && wmtp plugin check {0}/{1}.wasm",
+                dir.display(),
+                name
+            );
+            Ok(())
+        }
         PluginCommand::Build { dir } => {
             let out = build(&dir)?;
             println!("built {}", out.display());

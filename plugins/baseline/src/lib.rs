@@ -1,6 +1,5 @@
 //! Baseline pipeline (design.md §5.1): every valid token weighs 1,
 //! L = mean over heads k with n_k > 0 of Σ_{b,t} CE·M / n_k, so ∂L/∂CE[b,t,k] = M / (n_k · H_valid).
-//! Option `normalize = "weights"` is accepted for symmetry with other pipelines (with w ≡ 1 it is the same).
 
 use wmtp_sdk::*;
 
@@ -9,19 +8,13 @@ use wmtp_sdk::*;
 pub struct Baseline;
 
 impl Pipeline for Baseline {
-    fn manifest() -> Manifest {
-        manifest(
-            "baseline",
-            env!("CARGO_PKG_VERSION"),
-            "plain MTP loss: mean per-head cross-entropy over valid tokens",
-            &[],
-            &[ParamGroup::Lora, ParamGroup::Heads, ParamGroup::Trunk],
-            &[],
-        )
-    }
+    type Settings = NoSettings;
 
-    fn configure(&mut self, _cfg: &Config) -> Result<(), String> {
-        Ok(())
+    fn manifest() -> Manifest {
+        ManifestBuilder::new("baseline", env!("CARGO_PKG_VERSION"))
+            .describe("plain MTP loss: mean per-head cross-entropy over valid tokens")
+            .trains(&[ParamGroup::Lora, ParamGroup::Heads, ParamGroup::Trunk])
+            .build()
     }
 
     fn weigh(&mut self, batch: &Batch, _train: bool) -> Result<Coefficients, String> {

@@ -53,77 +53,99 @@ pub struct Critic {
     lambda: Schedule,
 }
 
+settings! {
+    /// Which value loss trains the head.
+    pub enum LossType { McMse, LambdaReturn, Pairwise }
+}
+
+settings! {
+    /// How λ moves over training steps.
+    pub enum ScheduleKind { Constant, Linear, Cosine }
+}
+
+settings! {
+    /// `[value_loss]`.
+    pub struct ValueLossSettings {
+        /// mc_mse | lambda_return | pairwise
+        r#type: LossType = LossType::McMse,
+        /// smooth-L1 instead of squared error (mc_mse, lambda_return)
+        huber: bool = false,
+        /// smooth-L1 threshold δ
+        huber_delta: f64 = 0.5,
+        /// discount γ of λ-returns
+        gamma: f64 = 1.0,
+        /// scale of the pairwise ranking loss
+        pairwise_coef: f64 = 1.0,
+    }
+}
+
+settings! {
+    /// `[lambda]`: the λ of λ-returns over steps.
+    pub struct LambdaSettings {
+        /// constant | linear | cosine (λ-return's λ over steps)
+        schedule: ScheduleKind = ScheduleKind::Constant,
+        /// λ for the first warmup_steps
+        start: f64 = 0.95,
+        /// λ after decay_steps more
+        end: f64 = 0.95,
+        /// steps λ holds its start value
+        warmup_steps: u64 = 0,
+        /// steps from start to end
+        decay_steps: u64 = 1000,
+    }
+}
+
+settings! {
+    /// The `[plugin]` table of the critic.
+    pub struct CriticSettings {
+        /// the value loss
+        value_loss: ValueLossSettings = ValueLossSettings::default(),
+        /// the λ schedule of λ-returns
+        lambda: LambdaSettings = LambdaSettings::default(),
+    }
+}
+
 impl Pipeline for Critic {
+    type Settings = CriticSettings;
+
     fn manifest() -> Manifest {
-        let mut m = manifest(
-            "critic",
-            env!("CARGO_PKG_VERSION"),
-            "value-head training on sample correctness (Monte-Carlo, λ-return or pairwise)",
-            &[InputKind::Values, InputKind::Rewards, InputKind::Pairs],
-            &[ParamGroup::ValueHead, ParamGroup::Lora],
-            &[
-                (
-                    "value_loss.type",
-                    "\"mc_mse\"",
-                    "mc_mse | lambda_return | pairwise",
-                ),
-                (
-                    "value_loss.huber",
-                    "false",
-                    "smooth-L1 instead of squared error (mc_mse, lambda_return)",
-                ),
-                ("value_loss.huber_delta", "0.5", "smooth-L1 threshold δ"),
-                ("value_loss.gamma", "1.0", "discount γ of λ-returns"),
-                (
-                    "value_loss.pairwise_coef",
-                    "1.0",
-                    "scale of the pairwise ranking loss",
-                ),
-                (
-                    "lambda.schedule",
-                    "\"constant\"",
-                    "constant | linear | cosine (λ-return's λ over steps)",
-                ),
-                ("lambda.start", "0.95", "λ for the first warmup_steps"),
-                ("lambda.end", "0.95", "λ after decay_steps more"),
-                ("lambda.warmup_steps", "0", "steps λ holds its start value"),
-                ("lambda.decay_steps", "1000", "steps from start to end"),
-            ],
-        );
-        m.uses_ce = false;
-        m.uses_values_grad = true;
-        m
+        ManifestBuilder::new("critic", env!("CARGO_PKG_VERSION"))
+            .describe(
+                "value-head training on sample correctness (Monte-Carlo, λ-return or pairwise)",
+            )
+            .needs(&[InputKind::Values, InputKind::Rewards, InputKind::Pairs])
+            .trains(&[ParamGroup::ValueHead, ParamGroup::Lora])
+            .value_gradients()
+            .no_ce_gradients()
+            .build()
     }
 
-    fn configure(&mut self, cfg: &Config) -> Result<(), String> {
-        self.loss = match cfg
-            .choice("value_loss.type", &["mc_mse", "lambda_return", "pairwise"])?
-            .as_str()
-        {
-            "lambda_return" => Loss::LambdaReturn,
-            "pairwise" => Loss::Pairwise,
-            _ => Loss::McMse,
+    fn configure(&mut self, s: CriticSettings) -> Result<(), String> {
+        let (vl, l) = (&s.value_loss, &s.lambda);
+        self.loss = match vl.r#type {
+            LossType::McMse => Loss::McMse,
+            LossType::LambdaReturn => Loss::LambdaReturn,
+            LossType::Pairwise => Loss::Pairwise,
         };
-        let delta = cfg.f64("value_loss.huber_delta")?;
-        if delta <= 0.0 {
+        if vl.huber_delta <= 0.0 {
             return Err("plugin config key `value_loss.huber_delta` must be > 0".into());
         }
-        self.huber = cfg.bool("value_loss.huber")?.then_some(delta);
-        self.gamma = cfg.f64_in("value_loss.gamma", 0.0, 1.0)?;
-        self.pairwise_coef = cfg.f64("value_loss.pairwise_coef")?;
+        self.huber = vl.huber.then_some(vl.huber_delta);
+        check_range("value_loss.gamma", vl.gamma, 0.0, 1.0)?;
+        check_range("lambda.start", l.start, 0.0, 1.0)?;
+        check_range("lambda.end", l.end, 0.0, 1.0)?;
+        self.gamma = vl.gamma;
+        self.pairwise_coef = vl.pairwise_coef;
         self.lambda = Schedule {
-            kind: match cfg
-                .choice("lambda.schedule", &["constant", "linear", "cosine"])?
-                .as_str()
-            {
-                "linear" => 1,
-                "cosine" => 2,
-                _ => 0,
+            kind: match l.schedule {
+                ScheduleKind::Constant => 0,
+                ScheduleKind::Linear => 1,
+                ScheduleKind::Cosine => 2,
             },
-            start: cfg.f64_in("lambda.start", 0.0, 1.0)?,
-            end: cfg.f64_in("lambda.end", 0.0, 1.0)?,
-            warmup: cfg.u64("lambda.warmup_steps")?,
-            decay: cfg.u64("lambda.decay_steps")?,
+            start: l.start,
+            end: l.end,
+            warmup: l.warmup_steps,
+            decay: l.decay_steps,
         };
         Ok(())
     }

@@ -6,58 +6,53 @@
 
 use wmtp_sdk::*;
 
-/// Which excess selects tokens.
-#[derive(Default, Clone, Copy, PartialEq)]
-enum Mode {
-    #[default]
-    Signed,
-    Absolute,
-    Difficult,
+settings! {
+    /// Which excess selects tokens.
+    pub enum Mode {
+        /// CE − ref
+        Signed,
+        /// |CE − ref|
+        Absolute,
+        /// ref
+        Difficult,
+    }
+}
+
+settings! {
+    /// The `[plugin]` table of rho1.
+    pub struct Rho1Settings {
+        /// share of valid tokens kept per head, in (0, 1]
+        k_percent: f64 = 0.6,
+        /// excess: signed (CE − ref), absolute (|CE − ref|) or difficult (ref)
+        mode: Mode = Mode::Signed,
+    }
 }
 
 /// The Rho-1 pipeline (stateless).
 #[derive(Default)]
 pub struct Rho1 {
-    k_percent: f64,
-    mode: Mode,
+    s: Rho1Settings,
 }
 
 impl Pipeline for Rho1 {
+    type Settings = Rho1Settings;
+
     fn manifest() -> Manifest {
-        manifest(
-            "rho1",
-            env!("CARGO_PKG_VERSION"),
-            "Rho-1: train each head on the tokens whose loss most exceeds a reference model's",
-            &[InputKind::Reference],
-            &[ParamGroup::Lora, ParamGroup::Heads, ParamGroup::Trunk],
-            &[
-                (
-                    "k_percent",
-                    "0.6",
-                    "share of valid tokens kept per head, in (0, 1]",
-                ),
-                (
-                    "mode",
-                    "\"signed\"",
-                    "excess: signed (CE − ref), absolute (|CE − ref|) or difficult (ref)",
-                ),
-            ],
-        )
+        ManifestBuilder::new("rho1", env!("CARGO_PKG_VERSION"))
+            .describe(
+                "Rho-1: train each head on the tokens whose loss most exceeds a reference model's",
+            )
+            .needs(&[InputKind::Reference])
+            .trains(&[ParamGroup::Lora, ParamGroup::Heads, ParamGroup::Trunk])
+            .build()
     }
 
-    fn configure(&mut self, cfg: &Config) -> Result<(), String> {
-        self.k_percent = cfg.f64_in("k_percent", 0.0, 1.0)?;
-        if self.k_percent == 0.0 {
+    fn configure(&mut self, s: Rho1Settings) -> Result<(), String> {
+        check_range("k_percent", s.k_percent, 0.0, 1.0)?;
+        if s.k_percent == 0.0 {
             return Err("plugin config key `k_percent` must be > 0".into());
         }
-        self.mode = match cfg
-            .choice("mode", &["signed", "absolute", "difficult"])?
-            .as_str()
-        {
-            "absolute" => Mode::Absolute,
-            "difficult" => Mode::Difficult,
-            _ => Mode::Signed,
-        };
+        self.s = s;
         Ok(())
     }
 
@@ -67,7 +62,7 @@ impl Pipeline for Rho1 {
         let excess = |b: usize, t: usize, k: usize| {
             let rk = r[v.idx2(b, t + k)] as f64;
             let ce = v.ce(b, t, k) as f64;
-            match self.mode {
+            match self.s.mode {
                 Mode::Signed => ce - rk,
                 Mode::Absolute => (ce - rk).abs(),
                 Mode::Difficult => rk,
@@ -82,7 +77,7 @@ impl Pipeline for Rho1 {
                 .filter(|&(b, t)| v.valid(b, t, k))
                 .collect();
             let es: Vec<f64> = cells.iter().map(|&(b, t)| excess(b, t, k)).collect();
-            let Some(thr) = quantile_linear(&mut es.clone(), 1.0 - self.k_percent) else {
+            let Some(thr) = quantile_linear(&mut es.clone(), 1.0 - self.s.k_percent) else {
                 continue;
             };
             let (mut s_sum, mut r_sum, mut r_n) = (0.0, 0.0, 0usize);

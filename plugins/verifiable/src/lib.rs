@@ -31,85 +31,93 @@ pub struct Verifiable {
 
 const TAG: &[u8; 4] = b"vrf1";
 
+settings! {
+    /// The joint value loss.
+    pub enum JointLoss { McMse, LambdaReturn }
+}
+
+settings! {
+    /// The CE denominator.
+    pub enum Normalize { Tokens, Weights }
+}
+
+settings! {
+    /// `[ema]`: whitening statistics.
+    pub struct EmaSettings {
+        /// whiten with an EMA of advantage statistics (else batch statistics)
+        enabled: bool = true,
+        /// updates during which the EMA averages uniformly
+        warmup: u64 = 10,
+        /// EMA rate after warm-up
+        alpha: f64 = 0.1,
+    }
+}
+
+settings! {
+    /// `[value_loss]`.
+    pub struct JointValueLoss {
+        /// joint value loss: mc_mse | lambda_return
+        r#type: JointLoss = JointLoss::McMse,
+    }
+}
+
+settings! {
+    /// The `[plugin]` table of verifiable.
+    pub struct VerifiableSettings {
+        /// temperature β of w = exp(Â/β)
+        beta: f64 = 1.0,
+        /// lower clip of the weights
+        w_min: f64 = 0.1,
+        /// upper clip of the weights
+        w_max: f64 = 3.0,
+        /// discount γ of GAE
+        gamma: f64 = 1.0,
+        /// GAE λ
+        td_lambda: f64 = 0.95,
+        /// V_{-1}, the value before the first token
+        initial_value: f64 = 0.5,
+        /// advantage whitening
+        ema: EmaSettings = EmaSettings::default(),
+        /// weight of the joint value loss training the policy's value head (0: values only weigh tokens)
+        value_coef: f64 = 0.5,
+        /// the joint value loss
+        value_loss: JointValueLoss = JointValueLoss::default(),
+        /// CE denominator: tokens (Σ M) or weights (Σ w·M)
+        normalize: Normalize = Normalize::Tokens,
+    }
+}
+
 impl Pipeline for Verifiable {
+    type Settings = VerifiableSettings;
+
     fn manifest() -> Manifest {
-        let mut m = manifest(
-            "verifiable",
-            env!("CARGO_PKG_VERSION"),
-            "critic-weighted MTP: per-token weights from whitened GAE advantages of the value head",
-            &[InputKind::Values, InputKind::Rewards],
-            &[
-                ParamGroup::Lora,
-                ParamGroup::Heads,
-                ParamGroup::Trunk,
-                ParamGroup::ValueHead,
-            ],
-            &[
-                ("beta", "1.0", "temperature β of w = exp(Â/β)"),
-                ("w_min", "0.1", "lower clip of the weights"),
-                ("w_max", "3.0", "upper clip of the weights"),
-                ("gamma", "1.0", "discount γ of GAE"),
-                ("td_lambda", "0.95", "GAE λ"),
-                (
-                    "initial_value",
-                    "0.5",
-                    "V_{-1}, the value before the first token",
-                ),
-                (
-                    "ema.enabled",
-                    "true",
-                    "whiten with an EMA of advantage statistics (else batch statistics)",
-                ),
-                (
-                    "ema.warmup",
-                    "10",
-                    "updates during which the EMA averages uniformly",
-                ),
-                ("ema.alpha", "0.1", "EMA rate after warm-up"),
-                (
-                    "value_coef",
-                    "0.5",
-                    "weight of the joint value loss training the policy's value head (0: values only weigh tokens)",
-                ),
-                (
-                    "value_loss.type",
-                    "\"mc_mse\"",
-                    "joint value loss: mc_mse | lambda_return",
-                ),
-                (
-                    "normalize",
-                    "\"tokens\"",
-                    "CE denominator: tokens (Σ M) or weights (Σ w·M)",
-                ),
-            ],
-        );
-        m.uses_values_grad = true;
-        m
+        ManifestBuilder::new("verifiable", env!("CARGO_PKG_VERSION"))
+            .describe("critic-weighted MTP: per-token weights from whitened GAE advantages of the value head")
+            .needs(&[InputKind::Values, InputKind::Rewards])
+            .trains(&[ParamGroup::Lora, ParamGroup::Heads, ParamGroup::Trunk, ParamGroup::ValueHead])
+            .value_gradients()
+            .build()
     }
 
-    fn configure(&mut self, cfg: &Config) -> Result<(), String> {
-        self.beta = cfg.f64("beta")?;
-        if self.beta <= 0.0 {
+    fn configure(&mut self, s: VerifiableSettings) -> Result<(), String> {
+        if s.beta <= 0.0 {
             return Err("plugin config key `beta` must be > 0".into());
         }
-        self.w_min = cfg.f64("w_min")?;
-        self.w_max = cfg.f64("w_max")?;
-        if !(0.0 <= self.w_min && self.w_min <= self.w_max) {
+        if !(0.0 <= s.w_min && s.w_min <= s.w_max) {
             return Err("plugin config keys `w_min` ≤ `w_max` must hold, with w_min ≥ 0".into());
         }
-        self.gamma = cfg.f64_in("gamma", 0.0, 1.0)?;
-        self.lambda = cfg.f64_in("td_lambda", 0.0, 1.0)?;
-        self.initial_value = cfg.f64("initial_value")?;
-        self.ema_on = cfg.bool("ema.enabled")?;
-        self.ema_warmup = cfg.u64("ema.warmup")?;
-        self.ema_alpha = cfg.f64_in("ema.alpha", 0.0, 1.0)?;
-        self.value_coef = cfg.f64("value_coef")?;
-        if self.value_coef < 0.0 {
+        check_range("gamma", s.gamma, 0.0, 1.0)?;
+        check_range("td_lambda", s.td_lambda, 0.0, 1.0)?;
+        check_range("ema.alpha", s.ema.alpha, 0.0, 1.0)?;
+        if s.value_coef < 0.0 {
             return Err("plugin config key `value_coef` must be ≥ 0".into());
         }
-        self.value_lambda_return =
-            cfg.choice("value_loss.type", &["mc_mse", "lambda_return"])? == "lambda_return";
-        self.normalize_by_weights = cfg.choice("normalize", &["tokens", "weights"])? == "weights";
+        (self.beta, self.w_min, self.w_max) = (s.beta, s.w_min, s.w_max);
+        (self.gamma, self.lambda, self.initial_value) = (s.gamma, s.td_lambda, s.initial_value);
+        (self.ema_on, self.ema_warmup, self.ema_alpha) = (s.ema.enabled, s.ema.warmup, s.ema.alpha);
+        self.value_coef = s.value_coef;
+        self.value_lambda_return = s.value_loss.r#type == JointLoss::LambdaReturn;
+        self.normalize_by_weights = s.normalize == Normalize::Weights;
         Ok(())
     }
 

@@ -8,19 +8,13 @@ use wmtp_sdk::*;
 pub struct Hostile;
 
 impl Pipeline for Hostile {
-    fn manifest() -> Manifest {
-        manifest(
-            "hostile",
-            "0.1.0",
-            "misbehaves on purpose",
-            &[],
-            &[ParamGroup::Lora],
-            &[],
-        )
-    }
+    type Settings = NoSettings;
 
-    fn configure(&mut self, _cfg: &Config) -> Result<(), String> {
-        Ok(())
+    fn manifest() -> Manifest {
+        ManifestBuilder::new("hostile", "0.1.0")
+            .describe("misbehaves on purpose")
+            .trains(&[ParamGroup::Lora])
+            .build()
     }
 
     #[allow(unreachable_code, unused_mut, unused_variables)]

@@ -24,19 +24,13 @@ mod net {
 pub struct Networked;
 
 impl Pipeline for Networked {
-    fn manifest() -> Manifest {
-        manifest(
-            "networked",
-            "0.1.0",
-            "wants a socket",
-            &[],
-            &[ParamGroup::Lora],
-            &[],
-        )
-    }
+    type Settings = NoSettings;
 
-    fn configure(&mut self, _cfg: &Config) -> Result<(), String> {
-        Ok(())
+    fn manifest() -> Manifest {
+        ManifestBuilder::new("networked", "0.1.0")
+            .describe("wants a socket")
+            .trains(&[ParamGroup::Lora])
+            .build()
     }
 
     fn weigh(&mut self, batch: &Batch, _train: bool) -> Result<Coefficients, String> {

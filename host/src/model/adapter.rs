@@ -184,18 +184,23 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueH
     let Some(vcfg) = &cfg.wmtp_value_head else {
         return Ok(None);
     };
-    let vfile = dir.join("value_head.safetensors");
-    let mut vt = super::load::meta::read_safetensors(&vfile)?;
-    let mut vh = ValueHead::new(vcfg, model.args.dim, 0, model.device())?;
+    read_value_head(&dir.join("value_head.safetensors"), vcfg, model).map(Some)
+}
+
+/// The value head saved in `file` (a `value_head.safetensors`), built as `cfg` for `model`'s width and
+/// device.
+fn read_value_head(file: &Path, cfg: &ValueHeadConfig, model: &Transformer) -> Result<ValueHead> {
+    let mut t = super::load::meta::read_safetensors(file)?;
+    let mut vh = ValueHead::new(cfg, model.args.dim, 0, model.device())?;
     restore_params(
         &mut vh,
         "value_head.",
         &[ParamGroup::ValueHead],
-        &mut vt,
+        &mut t,
         &|n| n.to_string(),
     )
-    .with_context(|| format!("loading {}", vfile.display()))?;
-    Ok(Some(vh))
+    .with_context(|| format!("loading {}", file.display()))?;
+    Ok(vh)
 }
 
 /// Saves a full checkpoint (`params.json` + `model.safetensors`, LoRA merged into the base weights;
@@ -248,15 +253,6 @@ pub fn load_trained(
     if !f.exists() {
         return Ok((model, None));
     }
-    let mut t = super::load::meta::read_safetensors(&f)?;
-    let mut vh = ValueHead::new(value_head, model.args.dim, 0, model.device())?;
-    restore_params(
-        &mut vh,
-        "value_head.",
-        &[ParamGroup::ValueHead],
-        &mut t,
-        &|n| n.to_string(),
-    )
-    .with_context(|| format!("loading {}", f.display()))?;
+    let vh = read_value_head(&f, value_head, &model)?;
     Ok((model, Some(vh)))
 }

@@ -1,7 +1,7 @@
-//! Training-memory estimates from parameter counts: weights in the run dtype, f32 gradients and AdamW
-//! moments (2 × f32) for trainable parameters, an f32 master copy of trainable weights when the run dtype
-//! is lower precision; everything divided over `world_size` ranks under FSDP FULL_SHARD. Activations are
-//! not included (they depend on batch, sequence and checkpointing).
+//! Training-memory estimates from parameter counts, for what the trainer keeps today: weights in the run
+//! dtype, f32 gradients and AdamW moments (2 × f32) for trainable parameters (trainable weights are updated
+//! in place: there is no separate f32 master copy); everything divided over `world_size` ranks under FSDP
+//! FULL_SHARD. Activations are not included (they depend on batch, sequence and checkpointing).
 
 /// Bytes per part, per rank.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -12,8 +12,6 @@ pub struct MemoryEstimate {
     pub grads: f64,
     /// AdamW first and second moments (f32).
     pub adam_state: f64,
-    /// f32 master weights for trainable parameters when the run dtype is 16-bit.
-    pub master_weights: f64,
 }
 
 impl MemoryEstimate {
@@ -21,22 +19,16 @@ impl MemoryEstimate {
     /// sharded over `world_size` ranks.
     pub fn new(total: u64, trainable: u64, dtype_bytes: usize, world_size: usize) -> Self {
         let n = world_size.max(1) as f64;
-        let master = if dtype_bytes < 4 {
-            trainable as f64 * 4.0
-        } else {
-            0.0
-        };
         MemoryEstimate {
             weights: total as f64 * dtype_bytes as f64 / n,
             grads: trainable as f64 * 4.0 / n,
             adam_state: trainable as f64 * 8.0 / n,
-            master_weights: master / n,
         }
     }
 
     /// Sum of the parts.
     pub fn total(&self) -> f64 {
-        self.weights + self.grads + self.adam_state + self.master_weights
+        self.weights + self.grads + self.adam_state
     }
 }
 

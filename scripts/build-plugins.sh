@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds every Wasm plugin (the shipped pipelines, the SDK examples in Rust and Python, the hostile test plugins) as
+# Builds every Rust Wasm plugin (the shipped pipelines, the SDK example, the hostile test plugins) as
 # components for wasm32-unknown-unknown, linked by rustup's wasm-component-ld (no WASI imports), and
 # copies them to plugins/<name>.wasm, examples/<name>.wasm and .cache/test-plugins/<name>.wasm.
 set -euo pipefail
@@ -17,8 +17,6 @@ for p in "${shipped[@]}"; do cp "$out/wmtp_plugin_$p.wasm" "plugins/$p.wasm"; do
 echo "plugins: built ${shipped[*]}"
 cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-example-focal
 cp "$out/wmtp_example_focal.wasm" examples/focal.wasm
-# the same focal loss written in Python (componentize-py from PyPI, installed once into .cache/)
-examples/python-focal/build.sh
 
 # test plugins: one hostile build per behaviour, plus the foreign-import and old-contract ones
 mkdir -p .cache/test-plugins

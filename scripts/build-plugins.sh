@@ -20,7 +20,7 @@ cp "$out/wmtp_example_focal.wasm" examples/focal.wasm
 
 # test plugins: one hostile build per behaviour, plus the foreign-import and old-contract ones
 mkdir -p .cache/test-plugins
-for b in spin oom panic bad_len nan flood; do
+for b in spin oom panic bad_len nan flood metric_escape many_metrics spoof_metrics huge_error bad_version big_all_reduce huge_coef max_coef; do
   cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-hostile --features "$b"
   cp "$out/wmtp_hostile.wasm" ".cache/test-plugins/hostile_$b.wasm"
 done
@@ -32,3 +32,5 @@ echo "plugins: built test plugins into .cache/test-plugins"
 rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2 || rustup target add wasm32-wasip2
 CARGO_TARGET_DIR=target/wasip2 cargo build --quiet --release --target wasm32-wasip2 -p wmtp-hostile --features fs
 cp target/wasip2/wasm32-wasip2/release/wmtp_hostile.wasm .cache/test-plugins/hostile_wasip2_fs.wasm
+CARGO_TARGET_DIR=target/wasip2 cargo build --quiet --release --target wasm32-wasip2 -p wmtp-hostile --features sleep
+cp target/wasip2/wasm32-wasip2/release/wmtp_hostile.wasm .cache/test-plugins/hostile_wasip2_sleep.wasm

@@ -228,12 +228,9 @@ fn compiled_plugins_are_cached_and_reloaded() {
     };
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/rho1.wasm");
     let first = Plugin::load(&make(), &path).unwrap();
-    let cached: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(cached.len(), 1, "{cached:?}");
-    assert!(cached[0].extension().is_some_and(|e| e == "cwasm"));
+    // one artifact and its digest
+    let cached = artifact_in(dir.path());
+    assert!(cached.with_extension("cwasm.sha256").exists());
     let mut second = Plugin::load(&make(), &path).unwrap();
     assert_eq!(first.manifest().name, second.manifest().name);
     second
@@ -242,4 +239,236 @@ fn compiled_plugins_are_cached_and_reloaded() {
             true,
         )
         .unwrap();
+}
+
+/// Writes the WAT component `tests/hostile/wat/<name>.wat` as a binary plugin file in `dir`.
+fn wat_plugin(dir: &std::path::Path, name: &str) -> PathBuf {
+    let src =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/hostile/wat/{name}.wat"));
+    let bytes = wat::parse_file(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let out = dir.join(format!("{name}.wasm"));
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+/// Loads a plugin that must fail while loading; returns the error text after checking it names the file.
+fn load_error(rt: &Arc<PluginRuntime>, path: &std::path::Path) -> String {
+    let err = format!(
+        "{:#}",
+        Plugin::load(rt, path).expect_err("a hostile plugin must not load")
+    );
+    let file = path.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(file), "error must name the plugin file: {err}");
+    err
+}
+
+#[test]
+fn a_start_function_that_spins_hits_the_wall_clock_cap_at_instantiation() {
+    let rt = runtime();
+    let dir = common::tempdir();
+    let t = Instant::now();
+    let err = load_error(&rt, &wat_plugin(dir.path(), "start_spin"));
+    assert!(
+        err.contains("instantiation failed") && err.contains("wall-clock limit"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn several_memories_share_one_memory_budget() {
+    let rt = runtime();
+    let dir = common::tempdir();
+    let err = load_error(&rt, &wat_plugin(dir.path(), "many_memories"));
+    assert!(err.contains("memory limit of 256 MiB"), "{err}");
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn table_elements_count_against_the_memory_budget() {
+    let rt = runtime();
+    let dir = common::tempdir();
+    let err = load_error(&rt, &wat_plugin(dir.path(), "table_grow"));
+    assert!(err.contains("memory limit of 256 MiB"), "{err}");
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn a_wasip2_component_blocked_in_poll_is_stopped_at_the_deadline() {
+    // std::thread::sleep(1 h) in a wasm32-wasip2 component = a monotonic-clock subscription waited on
+    // in wasi:io/poll, i.e. in host code
+    let rt = runtime();
+    let t = Instant::now();
+    let err = weigh_error(&rt, "hostile_wasip2_sleep");
+    assert!(
+        err.contains("wall-clock limit") && err.contains("wasi:io/poll"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "two capped calls took {:?}",
+        t.elapsed()
+    );
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn a_sleep_inside_the_cap_still_sleeps() {
+    // the deadline-aware poll keeps WASI's meaning: a 50 ms sleep (evaluation mode) waits 50 ms and the
+    // call succeeds
+    let rt = runtime();
+    let mut p = Plugin::load(&rt, &test_plugin("hostile_wasip2_sleep")).unwrap();
+    let t = Instant::now();
+    p.weigh(&synthetic_batch(1, 4, 1, &[], 1, false), false)
+        .expect("a short sleep is fine");
+    assert!(
+        t.elapsed() >= Duration::from_millis(50),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn metric_names_with_escape_sequences_are_refused() {
+    let rt = runtime();
+    let err = weigh_error(&rt, "hostile_metric_escape");
+    assert!(
+        err.contains("metric name") && err.contains("[A-Za-z0-9_.]"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn a_million_metrics_are_refused_quickly() {
+    let rt = runtime_with(Duration::from_secs(20));
+    let t = Instant::now();
+    let err = weigh_error(&rt, "hostile_many_metrics");
+    assert!(
+        err.contains("returned 1000000 metrics (at most 256 per call)"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn a_huge_error_string_is_cleaned_and_capped() {
+    let rt = runtime_with(Duration::from_secs(20));
+    let err = weigh_error(&rt, "hostile_huge_error");
+    assert!(err.len() < 8 << 10, "{} bytes of error", err.len());
+    assert!(
+        err.contains("more bytes cut") && err.contains("evil"),
+        "{}",
+        &err[..200]
+    );
+    assert!(
+        !err.contains('\x1b') && !err.contains('\x07') && !err.contains('\u{202E}'),
+        "{:?}",
+        &err[..200]
+    );
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn an_oversized_all_reduce_names_its_cause() {
+    let rt = runtime_with(Duration::from_secs(20));
+    let err = weigh_error(&rt, "hostile_big_all_reduce");
+    assert!(
+        err.contains("all-reduce-sum of 4000000 values refused") && err.contains("1048576"),
+        "{err}"
+    );
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn coefficients_above_the_bound_are_refused() {
+    let rt = runtime();
+    for name in ["hostile_huge_coef", "hostile_max_coef"] {
+        let err = weigh_error(&rt, name);
+        assert!(err.contains("above the bound |c| ≤ 1e6"), "{name}: {err}");
+    }
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn a_version_with_escape_sequences_is_not_semver() {
+    let rt = runtime();
+    let err = load_error(&rt, &test_plugin("hostile_bad_version"));
+    assert!(err.contains("is not semver"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    good_plugin_still_runs(&rt);
+}
+
+/// A runtime whose compiled-plugin cache is `dir`.
+fn cached_runtime(dir: &std::path::Path) -> Arc<PluginRuntime> {
+    Arc::new(
+        PluginRuntime::with_options(
+            PluginLimits::default(),
+            Arc::new(|x: &[f64]| x.to_vec()),
+            Some(dir.to_path_buf()),
+        )
+        .unwrap(),
+    )
+}
+
+/// The one compiled artifact (`*.cwasm`) in a cache folder.
+fn artifact_in(dir: &std::path::Path) -> PathBuf {
+    let found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].clone()
+}
+
+#[test]
+fn a_planted_compiled_artifact_is_not_run() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let (evil, victim) = (common::tempdir(), common::tempdir());
+    // the attacker's code: baseline, compiled by the same engine
+    Plugin::load(&cached_runtime(evil.path()), &root.join("baseline.wasm")).unwrap();
+    // the victim's cache holds rho1; the attacker overwrites rho1's artifact with baseline's
+    Plugin::load(&cached_runtime(victim.path()), &root.join("rho1.wasm")).unwrap();
+    let planted = artifact_in(victim.path());
+    std::fs::copy(artifact_in(evil.path()), &planted).unwrap();
+    let p = Plugin::load(&cached_runtime(victim.path()), &root.join("rho1.wasm")).unwrap();
+    assert_eq!(p.manifest().name, "rho1", "the planted artifact ran");
+    // the entry was recompiled: it is rho1's again and loads from the cache
+    let p = Plugin::load(&cached_runtime(victim.path()), &root.join("rho1.wasm")).unwrap();
+    assert_eq!(p.manifest().name, "rho1");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_cache_folder_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let (evil, shared) = (common::tempdir(), common::tempdir());
+    Plugin::load(&cached_runtime(evil.path()), &root.join("baseline.wasm")).unwrap();
+    Plugin::load(&cached_runtime(shared.path()), &root.join("rho1.wasm")).unwrap();
+    // a world-writable cache: anyone could have planted both the artifact and its digest
+    let planted = artifact_in(shared.path());
+    std::fs::copy(artifact_in(evil.path()), &planted).unwrap();
+    let evil_digest =
+        std::fs::read(artifact_in(evil.path()).with_extension("cwasm.sha256")).unwrap();
+    std::fs::write(planted.with_extension("cwasm.sha256"), evil_digest).unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let p = Plugin::load(&cached_runtime(shared.path()), &root.join("rho1.wasm")).unwrap();
+    assert_eq!(
+        p.manifest().name,
+        "rho1",
+        "an artifact from a shared folder ran"
+    );
 }

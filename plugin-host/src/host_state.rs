@@ -1,12 +1,15 @@
-//! What a plugin's store holds: limits, an empty deterministic WASI context (for WASI-p2 components), the
-//! host imports' state (log counters, the last error message), and the cross-rank reducer.
+//! What a plugin's store holds: its memory budget, the current call's deadline, an empty deterministic
+//! WASI context (for WASI-p2 components), the host imports' state (log counters, the last error message),
+//! and the cross-rank reducer. Everything a plugin hands the host here is bounded: log lines by count and
+//! bytes per call, and cleaned of control characters; `all-reduce-sum` by `PluginLimits::all_reduce_values`.
 
 use crate::bindings::{wmtp, PipelineImports};
+use crate::budget::MemoryBudget;
 use crate::limits::PluginLimits;
+use crate::text::clean;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Element-wise sum over ranks (identity on one rank).
@@ -35,10 +38,12 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 
 /// Store data of one plugin instance.
 pub struct HostState {
-    /// Memory cap.
-    pub limits: StoreLimits,
+    /// The memory budget (all memories, tables and table elements together).
+    pub budget: MemoryBudget,
+    /// When the current call's wall-clock cap runs out (blocking WASI waits end there).
+    pub deadline: Instant,
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     /// The plugin's name, for its log lines.
     pub plugin: String,
     /// Messages logged during the current call, and their bytes.
@@ -48,9 +53,10 @@ pub struct HostState {
     max_bytes: usize,
     /// Set when the current call exceeded the log limits.
     pub log_flood: bool,
-    /// The last error-level message (the SDK's panic hook sends the panic text here).
+    /// The last error-level message (the SDK's panic hook sends the panic text here), cleaned and capped.
     pub last_error: Option<String>,
     reducer: AllReduce,
+    max_reduce: usize,
 }
 
 impl HostState {
@@ -64,10 +70,8 @@ impl HostState {
             .insecure_random_seed(0)
             .build();
         HostState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            budget: MemoryBudget::new(limits.memory_bytes),
+            deadline: Instant::now() + limits.call_timeout,
             wasi,
             table: ResourceTable::new(),
             plugin: plugin.to_string(),
@@ -78,11 +82,13 @@ impl HostState {
             log_flood: false,
             last_error: None,
             reducer,
+            max_reduce: limits.all_reduce_values,
         }
     }
 
-    /// Resets the per-call counters before a call.
-    pub fn begin_call(&mut self) {
+    /// Resets the per-call counters before a call that must end by `deadline`.
+    pub fn begin_call(&mut self, deadline: Instant) {
+        self.deadline = deadline;
         self.log_count = 0;
         self.log_bytes = 0;
         self.log_flood = false;
@@ -114,6 +120,7 @@ impl PipelineImports for HostState {
             );
         }
         let p = &self.plugin;
+        let msg = clean(&msg);
         match level {
             0 => {
                 tracing::error!(plugin = %p, "{msg}");
@@ -127,6 +134,13 @@ impl PipelineImports for HostState {
     }
 
     fn all_reduce_sum(&mut self, xs: Vec<f64>) -> wasmtime::Result<Vec<f64>> {
+        if xs.len() > self.max_reduce {
+            wasmtime::bail!(
+                "all-reduce-sum of {} values refused: the limit is {} values per call",
+                xs.len(),
+                self.max_reduce
+            );
+        }
         Ok((self.reducer)(&xs))
     }
 }

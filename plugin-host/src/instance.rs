@@ -1,16 +1,20 @@
 //! `Plugin`: one loaded pipeline plugin. Every call runs under the runtime's limits (memory cap,
-//! wall-clock cap, optional fuel, log-flood cap); every failure is an error naming the plugin and the
-//! export; every answer is validated before use. After a trap the instance is discarded and the next
+//! wall-clock cap, optional fuel, log-flood cap) — instantiation too, whose start functions run plugin
+//! code; every failure is an error naming the plugin and the export, with the plugin's own text cleaned
+//! of control characters and capped (`text`); every answer is validated before use. After a trap the instance is discarded and the next
 //! call gets a fresh one with the last configuration re-applied (state since the last `load_state` is
 //! lost, which the error says).
 
 use crate::bindings::{Batch, Coefficients, Manifest, Pipeline};
+use crate::deadline_poll::BlockedPastDeadline;
 use crate::host_state::HostState;
 use crate::runtime::{PluginRuntime, EPOCH_TICK};
-use crate::validate::{check_coefficients, check_manifest};
+use crate::text::clean;
+use crate::validate::{check_coefficients, check_manifest, cleaned_manifest};
 use anyhow::{anyhow, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
@@ -60,7 +64,7 @@ impl Plugin {
         if let Some((st, _)) = &mut p.live {
             st.data_mut().plugin = m.name.clone();
         }
-        p.manifest = m;
+        p.manifest = cleaned_manifest(m);
         Ok(p)
     }
 
@@ -90,18 +94,28 @@ impl Plugin {
             &rt.engine,
             HostState::new(&name, &rt.limits, rt.reducer.clone()),
         );
-        store.limiter(|s| &mut s.limits);
-        if rt.limits.fuel_per_call.is_some() {
-            store.set_fuel(u64::MAX).map_err(|e| anyhow!("{e}"))?;
-        }
-        store.set_epoch_deadline(u64::MAX / 2);
-        let pl = Pipeline::instantiate(&mut store, &self.component, &rt.linker).map_err(|e| {
-            anyhow!(
-                "{}: does not implement the wmtp:pipeline@{} world: {e:?}",
-                self.label,
-                crate::bindings::CONTRACT_VERSION
-            )
-        })?;
+        store.limiter(|s| &mut s.budget);
+        // instantiation runs the component's start functions: plugin code, under the same caps as a call
+        arm(&mut store, rt)?;
+        // instantiate first, then look the exports up: a component's start functions are plugin code and
+        // run (under the caps) before anything can be said about its exports
+        let pl = rt
+            .linker
+            .instantiate(&mut store, &self.component)
+            .and_then(|instance| Pipeline::new(&mut store, &instance))
+            .map_err(|e| {
+                if trapped(&e) {
+                    let msg = describe_trap(&e, store.data(), rt);
+                    anyhow!("{}: instantiation failed: {msg}", self.label)
+                } else {
+                    anyhow!(
+                        "{}: does not implement the wmtp:pipeline@{} world: {}",
+                        self.label,
+                        crate::bindings::CONTRACT_VERSION,
+                        clean(&format!("{e:#}"))
+                    )
+                }
+            })?;
         Ok((store, pl))
     }
 
@@ -120,14 +134,16 @@ impl Plugin {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         return Err(anyhow!(
-                            "{}: configure (re-applied after a restart): {e}",
-                            self.label
+                            "{}: configure (re-applied after a restart): {}",
+                            self.label,
+                            clean(&e)
                         ))
                     }
                     Err(e) => {
                         return Err(anyhow!(
-                            "{}: configure trapped after a restart: {e:?}",
-                            self.label
+                            "{}: configure trapped after a restart: {}",
+                            self.label,
+                            describe_trap(&e, st.data(), &self.runtime)
                         ))
                     }
                 }
@@ -151,7 +167,13 @@ impl Plugin {
     /// Applies the `[plugin]` TOML table; rejected settings leave the plugin as it was.
     pub fn configure(&mut self, toml: &str) -> Result<()> {
         let r = self.call("configure", |pl, st| pl.call_configure(st, toml))?;
-        r.map_err(|e| anyhow!("{}: configure rejected the settings: {e}", self.label))?;
+        r.map_err(|e| {
+            anyhow!(
+                "{}: configure rejected the settings: {}",
+                self.label,
+                clean(&e)
+            )
+        })?;
         self.config = Some(toml.to_string());
         Ok(())
     }
@@ -159,7 +181,7 @@ impl Plugin {
     /// Coefficients for one micro-batch, validated against it.
     pub fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients> {
         let r = self.call("weigh", |pl, st| pl.call_weigh(st, batch, train))?;
-        let c = r.map_err(|e| anyhow!("{}: weigh returned an error: {e}", self.label))?;
+        let c = r.map_err(|e| anyhow!("{}: weigh returned an error: {}", self.label, clean(&e)))?;
         check_coefficients(&c, batch, &self.manifest)
             .map_err(|e| anyhow!("{}: weigh: {e}", self.label))?;
         Ok(c)
@@ -168,32 +190,68 @@ impl Plugin {
     /// Notifies the plugin that optimizer step `step` finished.
     pub fn after_step(&mut self, step: u64) -> Result<()> {
         let r = self.call("after-step", |pl, st| pl.call_after_step(st, step))?;
-        r.map_err(|e| anyhow!("{}: after-step returned an error: {e}", self.label))
+        r.map_err(|e| {
+            anyhow!(
+                "{}: after-step returned an error: {}",
+                self.label,
+                clean(&e)
+            )
+        })
     }
 
     /// The plugin's state bytes, for a checkpoint.
     pub fn save_state(&mut self) -> Result<Vec<u8>> {
-        self.call("save-state", |pl, st| pl.call_save_state(st))
+        let state = self.call("save-state", |pl, st| pl.call_save_state(st))?;
+        let cap = self.runtime.limits.state_bytes;
+        if state.len() > cap {
+            anyhow::bail!(
+                "{}: save-state returned {} MiB of state; the limit is {} MiB",
+                self.label,
+                state.len() >> 20,
+                cap >> 20
+            );
+        }
+        Ok(state)
     }
 
     /// Restores state bytes from [`Plugin::save_state`].
     pub fn load_state(&mut self, state: &[u8]) -> Result<()> {
         let r = self.call("load-state", |pl, st| pl.call_load_state(st, state))?;
-        r.map_err(|e| anyhow!("{}: load-state rejected the state: {e}", self.label))
+        r.map_err(|e| {
+            anyhow!(
+                "{}: load-state rejected the state: {}",
+                self.label,
+                clean(&e)
+            )
+        })
     }
 }
 
-/// Sets the per-call wall-clock deadline and fuel, and clears the per-call log counters.
+/// Sets the per-call wall-clock deadline (epochs for Wasm code, an instant for blocking WASI waits) and
+/// fuel, and clears the per-call log counters.
 fn arm(store: &mut Store<HostState>, rt: &PluginRuntime) -> Result<()> {
     let ticks = (rt.limits.call_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1;
     store.set_epoch_deadline(ticks);
     if let Some(f) = rt.limits.fuel_per_call {
         store.set_fuel(f).map_err(|e| anyhow!("{e}"))?;
     }
-    store.data_mut().begin_call();
+    store
+        .data_mut()
+        .begin_call(Instant::now() + rt.limits.call_timeout);
     Ok(())
 }
 
+/// Whether an instantiation error came from running plugin code (a trap, a blocked wait, the memory
+/// budget) rather than from the component's shape.
+fn trapped(e: &wasmtime::Error) -> bool {
+    e.downcast_ref::<Trap>().is_some()
+        || e.chain()
+            .any(|c| c.downcast_ref::<BlockedPastDeadline>().is_some())
+        || format!("{e:#}").contains("memory limit")
+}
+
+/// What went wrong in a call, in words: the cap that stopped it, the plugin's own panic text, or the
+/// root cause of a failed host import; plugin text cleaned and capped.
 fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> String {
     if st.log_flood {
         return format!(
@@ -202,16 +260,31 @@ fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> Str
             rt.limits.log_bytes_per_call >> 10
         );
     }
+    let wall = || {
+        format!(
+            "exceeded the wall-clock limit of {:?} per call",
+            rt.limits.call_timeout
+        )
+    };
+    if let Some(b) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<BlockedPastDeadline>())
+    {
+        return format!("{} ({b})", wall());
+    }
+    if st.budget.exceeded {
+        return format!(
+            "exceeded the memory limit of {} MiB (all memories and tables together)",
+            rt.limits.memory_bytes >> 20
+        );
+    }
     let panic = st
         .last_error
         .as_ref()
         .map(|m| format!(" — last error it logged: {m}"))
         .unwrap_or_default();
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!(
-            "exceeded the wall-clock limit of {:?} per call",
-            rt.limits.call_timeout
-        ),
+        Some(Trap::Interrupt) => wall(),
         Some(Trap::OutOfFuel) => format!(
             "ran out of fuel ({} units per call)",
             rt.limits.fuel_per_call.unwrap_or(0)
@@ -231,16 +304,8 @@ fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> Str
                 format!("trapped: {t}{panic}")
             }
         }
-        None => {
-            let text = format!("{e:?}");
-            if text.contains("grow") && text.contains("memory") {
-                format!(
-                    "exceeded the memory limit of {} MiB",
-                    rt.limits.memory_bytes >> 20
-                )
-            } else {
-                format!("{e}{panic}")
-            }
-        }
+        // a host import refused (all-reduce too large, …): its message is the root cause; the outer
+        // layers only say "error while executing at wasm backtrace"
+        None => clean(&format!("{}{panic}", e.root_cause())),
     }
 }

@@ -3,14 +3,18 @@
 //! kit. It knows nothing of tensors or models (no candle, no tokenizers): the training host, a plugin
 //! author's tests and any other host use it alone. `docs/design.md` describes the contract.
 
+pub mod artifact_cache;
 pub mod bindings;
+pub mod budget;
 pub mod conformance;
+pub mod deadline_poll;
 pub mod describe;
 pub mod host_state;
 pub mod instance;
 pub mod limits;
 pub mod mask;
 pub mod runtime;
+pub mod text;
 pub mod validate;
 
 pub use bindings::{Batch, Coefficients, ConfigKey, InputKind, Manifest, ParamGroup};

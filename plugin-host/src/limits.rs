@@ -5,7 +5,8 @@ use std::time::Duration;
 /// Resource caps applied to every plugin call.
 #[derive(Debug, Clone)]
 pub struct PluginLimits {
-    /// Most linear memory a plugin may hold (a larger `memory.grow` traps).
+    /// One budget for all of a plugin's linear memories, tables and table elements together (a growth
+    /// past it traps; see `budget::MemoryBudget`).
     pub memory_bytes: usize,
     /// Wall-clock cap per call (epoch interruption).
     pub call_timeout: Duration,
@@ -15,6 +16,10 @@ pub struct PluginLimits {
     pub log_messages_per_call: usize,
     /// Most `log` bytes per call.
     pub log_bytes_per_call: usize,
+    /// Most values in one `all-reduce-sum` call (each is copied out of the plugin and across ranks).
+    pub all_reduce_values: usize,
+    /// Largest plugin state (`save-state`) the host keeps and writes into a checkpoint.
+    pub state_bytes: usize,
 }
 
 impl Default for PluginLimits {
@@ -25,6 +30,8 @@ impl Default for PluginLimits {
             fuel_per_call: None,
             log_messages_per_call: 1000,
             log_bytes_per_call: 256 << 10,
+            all_reduce_values: 1 << 20,
+            state_bytes: 64 << 20,
         }
     }
 }

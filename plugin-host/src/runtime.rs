@@ -1,25 +1,28 @@
 //! `PluginRuntime`: the wasmtime engine and linker shared by all plugins, an epoch ticker for wall-clock
-//! caps, the import check (what a plugin may ask for), and a cache of compiled artifacts keyed by the
-//! plugin's bytes and the engine's compatibility hash (wasmtime version + settings).
+//! caps, WASI with a deadline-aware `wasi:io/poll` (`deadline_poll`), the import check (what a plugin may
+//! ask for), and the verified cache of compiled artifacts (`artifact_cache`).
 
+use crate::artifact_cache::ArtifactCache;
 use crate::bindings::{Pipeline, CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::deadline_poll::{DeadlinePoll, HasDeadlinePoll};
 use crate::host_state::{AllReduce, HostState};
 use crate::limits::PluginLimits;
 use anyhow::{anyhow, bail, Context, Result};
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
+use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
 
 /// Epoch tick: the granularity of the wall-clock cap.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// WASI interfaces a plugin may import (a WASI-p2 component's standard library imports these even when
 /// unused). They are served by an empty context: no preopened directories, no environment, no arguments,
-/// a frozen clock and fixed random bytes. Sockets, HTTP and anything else are refused at load.
+/// a frozen clock (sleeps and clock subscriptions still wait in real time, under the call's cap) and fixed
+/// random bytes. Sockets, HTTP and anything else are refused at load.
 const ALLOWED_WASI: [&str; 5] = [
     "wasi:cli/",
     "wasi:clocks/",
@@ -34,7 +37,7 @@ pub struct PluginRuntime {
     pub(crate) linker: Linker<HostState>,
     pub(crate) limits: PluginLimits,
     pub(crate) reducer: AllReduce,
-    cache_dir: Option<PathBuf>,
+    cache: Option<ArtifactCache>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -82,6 +85,14 @@ impl PluginRuntime {
             .map_err(|e| anyhow!("linking host imports: {e}"))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow!("linking WASI: {e}"))?;
+        // wasi:io/poll again, over wasmtime-wasi's: the waits honour the call's wall-clock deadline
+        linker.allow_shadowing(true);
+        sync_poll::add_to_linker::<HostState, HasDeadlinePoll>(&mut linker, |s| DeadlinePoll {
+            table: &mut s.table,
+            deadline: s.deadline,
+        })
+        .map_err(|e| anyhow!("linking the deadline-aware wasi:io/poll: {e}"))?;
+        linker.allow_shadowing(false);
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (weak, stop) = (engine.weak(), stop_ticker.clone());
         std::thread::Builder::new()
@@ -101,7 +112,7 @@ impl PluginRuntime {
             linker,
             limits,
             reducer,
-            cache_dir,
+            cache: cache_dir.map(ArtifactCache::new),
             stop_ticker,
         })
     }
@@ -115,7 +126,11 @@ impl PluginRuntime {
     pub fn compile(&self, path: &Path) -> Result<Component> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
-        let component = self.compile_cached(&bytes).with_context(|| {
+        let compiled = match &self.cache {
+            Some(cache) => cache.compile(&self.engine, &bytes),
+            None => Component::new(&self.engine, &bytes).map_err(|e| anyhow!("{e:?}")),
+        };
+        let component = compiled.with_context(|| {
             format!(
                 "plugin {}: not a valid Wasm component (build it with the wmtp SDK as a component)",
                 path.display()
@@ -124,45 +139,6 @@ impl PluginRuntime {
         self.check_imports(&component)
             .with_context(|| format!("plugin {}", path.display()))?;
         Ok(component)
-    }
-
-    fn cache_key(&self, bytes: &[u8]) -> String {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        let engine = h.finish();
-        let mut fnv: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in bytes {
-            fnv = (fnv ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-        let mut s = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut s);
-        format!(
-            "{engine:016x}-{fnv:016x}-{:016x}-{}",
-            s.finish(),
-            bytes.len()
-        )
-    }
-
-    fn compile_cached(&self, bytes: &[u8]) -> Result<Component> {
-        let Some(dir) = &self.cache_dir else {
-            return Component::new(&self.engine, bytes).map_err(|e| anyhow!("{e:?}"));
-        };
-        let file = dir.join(format!("{}.cwasm", self.cache_key(bytes)));
-        if file.exists() {
-            // SAFETY: the file was written by `Component::serialize` of an engine with the same
-            // compatibility hash (part of the file name); wasmtime checks the header again on load.
-            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &file) } {
-                return Ok(c);
-            }
-        }
-        let c = Component::new(&self.engine, bytes).map_err(|e| anyhow!("{e:?}"))?;
-        if let Ok(art) = c.serialize() {
-            let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, art).is_ok() {
-                let _ = std::fs::rename(&tmp, &file);
-            }
-        }
-        Ok(c)
     }
 
     /// Refuses imports outside the contract and the allowed WASI interfaces, and contracts of another

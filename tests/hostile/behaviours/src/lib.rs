@@ -1,5 +1,6 @@
 //! A plugin that misbehaves in `weigh` in the way its cargo feature names (no feature: behaves;
-//! `fs`, built for wasm32-wasip2, tries to read a host file through WASI).
+//! `fs` and `sleep`, built for wasm32-wasip2, read a host file / sleep an hour through WASI;
+//! `bad_version` has a version with an escape sequence in its manifest).
 
 use wmtp_sdk::*;
 
@@ -11,7 +12,11 @@ impl Pipeline for Hostile {
     type Settings = NoSettings;
 
     fn manifest() -> Manifest {
-        ManifestBuilder::new("hostile", "0.1.0")
+        #[cfg(not(feature = "bad_version"))]
+        let version = "0.1.0";
+        #[cfg(feature = "bad_version")]
+        let version = "0.1.0+\x1b[31mred";
+        ManifestBuilder::new("hostile", version)
             .describe("misbehaves on purpose")
             .trains(&[ParamGroup::Lora])
             .build()
@@ -48,6 +53,46 @@ impl Pipeline for Hostile {
         if let Err(e) = std::fs::read_to_string("/etc/passwd") {
             return Err(format!("cannot read /etc/passwd: {e}"));
         }
+        // an hour when training, 50 ms in evaluation (a nap well inside any cap must still work)
+        #[cfg(feature = "sleep")]
+        std::thread::sleep(std::time::Duration::from_millis(if _train {
+            3_600_000
+        } else {
+            50
+        }));
+        let mut metrics = vec![];
+        #[cfg(feature = "metric_escape")]
+        metrics.push(("loss\x1b[2J\x1b]0;pwned\x07".to_string(), 1.0));
+        #[cfg(feature = "spoof_metrics")]
+        for k in ["loss", "grad_norm", "ce", "val_loss", "lr", "step"] {
+            metrics.push((k.to_string(), -1.0));
+        }
+        #[cfg(feature = "many_metrics")]
+        for i in 0..1_000_000 {
+            metrics.push((format!("m{i}"), i as f64));
+        }
+        #[cfg(feature = "huge_error")]
+        {
+            let mut e = String::with_capacity((120 << 20) + 64);
+            e.push_str("\x1b[2J\x1b]0;pwned\x07\u{202E}evil");
+            for _ in 0..(120 << 20) / 64 {
+                e.push_str("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+            }
+            return Err(e);
+        }
+        #[cfg(feature = "big_all_reduce")]
+        log(
+            2,
+            &format!("{}", all_reduce_sum(&vec![1.0; 4_000_000]).len()),
+        );
+        #[cfg(feature = "huge_coef")]
+        if let Some(i) = batch.ce_mask.iter().position(|&m| m != 0) {
+            ce[i] = 1e30;
+        }
+        #[cfg(feature = "max_coef")]
+        if let Some(i) = batch.ce_mask.iter().position(|&m| m != 0) {
+            ce[i] = f32::MAX;
+        }
         #[cfg(feature = "flood")]
         for i in 0..10_000_000u64 {
             log(3, &format!("flood message {i}"));
@@ -56,7 +101,7 @@ impl Pipeline for Hostile {
             ce,
             values: None,
             loss,
-            metrics: vec![],
+            metrics,
         })
     }
 }

@@ -31,7 +31,7 @@ target/release/wmtp run --pipeline plugins/critic.wasm --config configs/critic.t
 python3 - "$dir/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-val = [r for r in rows if "val_pairwise_accuracy" in r]
-print(f"  critic held-out pairwise accuracy: step {val[0]['step']}: {val[0]['val_pairwise_accuracy']:.3f} (margin {val[0]['val_margin']:.4f})"
-      f" -> step {val[-1]['step']}: {val[-1]['val_pairwise_accuracy']:.3f} (margin {val[-1]['val_margin']:.4f})")
+val = [r for r in rows if "val_plugin.pairwise_accuracy" in r]
+print(f"  critic held-out pairwise accuracy: step {val[0]['step']}: {val[0]['val_plugin.pairwise_accuracy']:.3f} (margin {val[0]['val_margin']:.4f})"
+      f" -> step {val[-1]['step']}: {val[-1]['val_plugin.pairwise_accuracy']:.3f} (margin {val[-1]['val_margin']:.4f})")
 PY

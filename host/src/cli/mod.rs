@@ -77,9 +77,13 @@ pub struct RunCli {
     /// Override a config key, e.g. --set training.steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Continue from a checkpoint directory (runs/…/checkpoints/step-N).
+    /// Continue from a checkpoint directory (runs/…/checkpoints/step-N), or from a run directory's latest
+    /// complete checkpoint (runs/…).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// On --resume, accept a pipeline plugin whose bytes differ from the one the checkpoint was written with.
+    #[arg(long, requires = "resume")]
+    pub allow_plugin_change: bool,
     /// Device (cpu, cuda, cuda:N); the same as --set model.device=….
     #[arg(long)]
     pub device: Option<DeviceSpec>,
@@ -131,6 +135,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 config: r.config,
                 set,
                 resume: r.resume,
+                allow_plugin_change: r.allow_plugin_change,
                 quiet: false,
             };
             wmtp_host::train::run::run(&opts).map(|_| ())

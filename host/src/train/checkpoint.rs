@@ -1,7 +1,10 @@
 //! Checkpoints: everything needed to continue a run exactly — the trained weights (the LoRA adapter in
 //! PEFT layout with the value head, or the full model), the AdamW moments, the plugin's state, the data
-//! position, the step, and the resolved config. A checkpoint is written into a temporary folder and
-//! renamed into place, so a crash never leaves a half-written one (and never damages the previous one).
+//! position, the step, the resolved config, and the plugin's identity (absolute path and SHA-256). A
+//! checkpoint is written into a temporary folder, every file and the folder synced to disk, and renamed
+//! into place, so a crash — `kill -9` or power loss — never leaves a half-written one under a real name
+//! (and never damages the previous one); the next run's start cleans up what a crash left behind
+//! ([`clean_leftovers`]). A checkpoint with a non-finite trainable parameter is never written.
 
 use super::config::RunConfig;
 use super::session::Session;
@@ -29,18 +32,114 @@ pub struct TrainerState {
     pub index: usize,
     /// Best validation loss so far.
     pub best_val: Option<f64>,
-    /// The pipeline plugin the run used.
+    /// The pipeline plugin the run used (an absolute path since format 1.1; older checkpoints may hold a
+    /// relative one).
     pub pipeline: String,
+    /// SHA-256 (hex) of the plugin's bytes; empty in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub pipeline_sha256: String,
+}
+
+/// Hex SHA-256 of the file at `path`.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Syncs every file under `dir` and `dir` itself to disk.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            sync_tree(&p)?;
+        } else {
+            std::fs::File::open(&p)?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Syncs a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    let _ = dir;
+    Ok(())
+}
+
+/// Removes what an interrupted save left in `run_dir/checkpoints`: `.NAME.tmp` folders (a save that
+/// never finished) and `.NAME.old` folders — put back as `NAME` when the crash came between moving the
+/// old checkpoint aside and moving the new one in. Returns the folders it removed or restored.
+pub fn clean_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let root = run_dir.join("checkpoints");
+    let mut touched = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(touched);
+    };
+    for e in entries {
+        let p = e?.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(real) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".old")) {
+            let dst = root.join(real);
+            if !dst.exists() {
+                std::fs::rename(&p, &dst)
+                    .with_context(|| format!("restoring {}", dst.display()))?;
+                touched.push(dst);
+                continue;
+            }
+        } else if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        touched.push(p);
+    }
+    Ok(touched)
+}
+
+/// The latest complete `step-N` checkpoint in `run_dir/checkpoints`, if any.
+pub fn latest(run_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(run_dir.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n: u64 = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse()
+                .ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .exists()
+                .then(|| (n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
 }
 
 /// Writes checkpoint `name` of the session into `run_dir/checkpoints/name`; returns its path.
 pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let label = format!("checkpoint {name} (pipeline {})", s.pipeline_path.display());
+    super::guard::check_finite(&s.model, "", &label)?;
+    if let Some(vh) = &s.value_head {
+        super::guard::check_finite(vh, "value_head.", &label)?;
+    }
     let tmp = root.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    write_contents(&tmp, s, st).with_context(|| format!("writing checkpoint {}", tmp.display()))?;
+    let written = write_contents(&tmp, s, st).and_then(|()| sync_tree(&tmp));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp); // a failed save leaves nothing behind
+        return Err(e.context(format!("writing checkpoint {}", tmp.display())));
+    }
     let dst = root.join(name);
     let old = root.join(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&old);
@@ -49,6 +148,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
     }
     std::fs::rename(&tmp, &dst)
         .with_context(|| format!("moving the checkpoint into {}", dst.display()))?;
+    sync_dir(&root)?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(dst)
 }

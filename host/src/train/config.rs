@@ -127,6 +127,9 @@ pub struct TrainingSection {
     pub min_lr_ratio: f64,
     /// Global gradient-norm clip (0: off).
     pub max_grad_norm: f64,
+    /// Consecutive steps with a non-finite gradient norm (each skipped, weights unchanged) after which
+    /// the run stops with an error.
+    pub max_skipped_steps: u64,
     /// Base seed (rank r uses seed + r).
     pub seed: u64,
     /// Parameter groups to train (lora, value_head, heads, trunk); empty = the plugin's manifest (LoRA
@@ -149,6 +152,7 @@ impl Default for TrainingSection {
             warmup_ratio: 0.05,
             min_lr_ratio: 0.1,
             max_grad_norm: 1.0,
+            max_skipped_steps: 5,
             seed: 42,
             trainable: vec![],
             chunk_rows: 2048,
@@ -280,7 +284,15 @@ impl RunConfig {
     /// Range checks that serde cannot express; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.training;
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 10] = [
+            (
+                t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite(),
+                "training.max_grad_norm must be ≥ 0 (0: no clipping)",
+            ),
+            (
+                t.max_skipped_steps >= 1,
+                "training.max_skipped_steps must be ≥ 1",
+            ),
             (t.steps > 0, "training.steps must be ≥ 1"),
             (t.batch_size > 0, "training.batch_size must be ≥ 1"),
             (t.grad_accum > 0, "training.grad_accum must be ≥ 1"),

@@ -206,7 +206,8 @@ impl AdamW {
 /// Scales `grads` so their global norm is at most `max_norm`; returns the norm before clipping.
 pub fn clip_global_norm(grads: &mut Grads, max_norm: f64) -> Result<f64> {
     let norm = grads.global_norm()?;
-    if max_norm > 0.0 && norm > max_norm {
+    // a non-finite norm is not clipped (that would multiply by 0 or NaN): the caller skips the step
+    if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
         grads.scale(max_norm / (norm + 1e-6))?;
     }
     Ok(norm)

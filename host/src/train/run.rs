@@ -40,8 +40,10 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// `--set key=value` overrides.
     pub set: Vec<String>,
-    /// Continue from this checkpoint directory.
+    /// Continue from this checkpoint directory (or run directory: its latest checkpoint).
     pub resume: Option<PathBuf>,
+    /// On resume, accept a plugin whose bytes differ from the checkpoint's.
+    pub allow_plugin_change: bool,
     /// Print nothing but errors.
     pub quiet: bool,
 }
@@ -57,23 +59,14 @@ fn pipeline_name(p: &Path) -> String {
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let (mut s, mut state, resumed) = match &opts.resume {
-        Some(ckpt) => {
-            let (mut cfg, st) = checkpoint::read_meta(ckpt)?;
-            for o in &opts.set {
-                let (k, v) = o.split_once('=').context("--set expects key=value")?;
-                let mut t: toml::Table = toml::from_str(&cfg.to_toml()?)?;
-                super::config::set_key(&mut t, k.trim(), v.trim())?;
-                cfg = toml::Value::Table(t)
-                    .try_into()
-                    .map_err(|e: toml::de::Error| anyhow::anyhow!("config: {}", e.message()))?;
-            }
-            let pipeline = opts
-                .pipeline
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(&st.pipeline));
-            let mut s = Session::new(cfg, &pipeline)?;
-            checkpoint::load_into(ckpt, &mut s, &st)?;
-            (s, st, true)
+        Some(path) => {
+            let (s, st, ckpt) = super::resume::resume_session(
+                path,
+                &opts.set,
+                opts.pipeline.as_deref(),
+                opts.allow_plugin_change,
+            )?;
+            (s, st, Some(ckpt))
         }
         None => {
             let pipeline = opts
@@ -82,18 +75,20 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 .context("--pipeline is required (a .wasm plugin)")?;
             let cfg = RunConfig::load(opts.config.as_deref(), &opts.set)?;
             let s = Session::new(cfg, &pipeline)?;
+            let (pipeline, pipeline_sha256) = super::resume::plugin_identity(&pipeline)?;
             let st = TrainerState {
                 format: CHECKPOINT_FORMAT,
                 step: 0,
                 epoch: 0,
                 index: 0,
                 best_val: None,
-                pipeline: pipeline.display().to_string(),
+                pipeline,
+                pipeline_sha256,
             };
-            (s, st, false)
+            (s, st, None)
         }
     };
-    let run_dir = match (&opts.resume, s.cfg.checkpoint.dir.is_empty()) {
+    let run_dir = match (&resumed, s.cfg.checkpoint.dir.is_empty()) {
         (Some(ckpt), true) => ckpt
             .parent()
             .and_then(|p| p.parent())
@@ -110,6 +105,14 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    for p in checkpoint::clean_leftovers(&run_dir)? {
+        tracing::warn!(
+            "cleaned up after an interrupted checkpoint save: {}",
+            p.display()
+        );
+    }
+    let resumed_at = resumed.as_ref().map(|_| state.step);
+    let resumed = resumed.is_some();
     std::fs::write(run_dir.join("config.toml"), s.cfg.to_toml()?)?;
     if !opts.quiet {
         print_start(&s, &run_dir, resumed, state.step);
@@ -127,6 +130,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let total = s.cfg.training.steps;
     let bar = progress_bar(total, state.step, opts.quiet || !s.cfg.runtime.progress);
     let (mut losses, mut ces) = (Vec::new(), Vec::new());
+    let mut guard = super::guard::SkipGuard::new(s.cfg.training.max_skipped_steps);
+    let pipeline_label = format!(
+        "plugin `{}` ({})",
+        s.weigher.manifest().name,
+        s.pipeline_path.display()
+    );
     let mut last_ckpt = PathBuf::new();
     if state.step == 0 && s.cfg.runtime.eval_every > 0 {
         if let Some(v) = s.validate()? {
@@ -137,13 +146,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         let t0 = Instant::now();
         let rep = train_step(&mut s, state.step)?;
         state.step += 1;
+        guard.record(rep.skipped, state.step, rep.grad_norm, &pipeline_label)?;
         (state.epoch, state.index) = (s.batcher.epoch, s.batcher.index);
         losses.push(rep.loss);
         ces.push(rep.ce);
         let tok_s = rep.tokens as f64 / t0.elapsed().as_secs_f64();
-        let mut line = serde_json::json!({"step": state.step, "loss": rep.loss, "ce": rep.ce, "lr": rep.lr, "grad_norm": rep.grad_norm, "tokens": rep.tokens, "tokens_per_s": tok_s});
+        // a non-finite norm is not a JSON number: written as null, with the skip counted
+        let norm = rep.grad_norm.is_finite().then_some(rep.grad_norm);
+        let mut line = serde_json::json!({"step": state.step, "loss": rep.loss, "ce": rep.ce, "lr": rep.lr, "grad_norm": norm, "skipped": rep.skipped, "skipped_steps": guard.total, "tokens": rep.tokens, "tokens_per_s": tok_s});
+        // plugin metrics live under `plugin.`: they can never overwrite the host's keys
         for (k, v) in &rep.metrics {
-            line[k] = serde_json::json!(v);
+            line[format!("plugin.{k}")] = serde_json::json!(v);
         }
         let eval_now = s.cfg.runtime.eval_every > 0 && state.step % s.cfg.runtime.eval_every == 0;
         if eval_now {
@@ -191,17 +204,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         seconds: started.elapsed().as_secs_f64(),
     };
     if !opts.quiet {
-        print_end(&summary, &state);
+        print_end(&summary, &state, resumed_at);
     }
     Ok(summary)
 }
 
-/// Adds `val_ce`, `val_loss` and `val_<metric>` to a metrics line.
+/// Adds `val_ce`, `val_loss` and the plugin's `val_plugin.<metric>` to a metrics line.
 fn val_json(mut line: serde_json::Value, v: &Validation) -> serde_json::Value {
     line["val_ce"] = serde_json::json!(v.ce);
     line["val_loss"] = serde_json::json!(v.loss);
     for (k, x) in &v.metrics {
-        line[format!("val_{k}")] = serde_json::json!(x);
+        line[format!("val_plugin.{k}")] = serde_json::json!(x);
     }
     line
 }
@@ -307,12 +320,19 @@ fn print_start(s: &Session, run_dir: &Path, resumed: bool, step: u64) {
     }
 }
 
-fn print_end(r: &RunSummary, st: &TrainerState) {
+fn print_end(r: &RunSummary, st: &TrainerState, resumed_at: Option<u64>) {
     let first = r.losses.first().copied().unwrap_or(f64::NAN);
     let last = r.losses.last().copied().unwrap_or(f64::NAN);
+    let steps = match resumed_at {
+        Some(from) => format!(
+            "{} steps (resumed at step {from}, now at {})",
+            r.losses.len(),
+            st.step
+        ),
+        None => format!("{} steps", r.losses.len()),
+    };
     eprintln!(
-        "done: {} steps in {:.1} s; loss {first:.4} → {last:.4}; ce {:.4} → {:.4}",
-        st.step,
+        "done: {steps} in {:.1} s; loss {first:.4} → {last:.4}; ce {:.4} → {:.4}",
         r.seconds,
         r.ces.first().copied().unwrap_or(f64::NAN),
         r.ces.last().copied().unwrap_or(f64::NAN)

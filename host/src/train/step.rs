@@ -201,6 +201,9 @@ pub struct StepReport {
     pub ce: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
+    /// The gradient norm was not finite: the update was skipped (weights and optimiser moments unchanged;
+    /// the schedule and the pipeline still advance a step).
+    pub skipped: bool,
     /// Learning rate used (peak lr × schedule).
     pub lr: f64,
     /// Trained tokens (Σ m).
@@ -223,7 +226,9 @@ pub fn accumulate(
     grads: &mut Grads,
 ) -> Result<StepReport> {
     let mut rep = StepReport::default();
+    // plugin metrics averaged over micro-batches, in first-seen order (≤ 256 names per call, validated)
     let mut metric_sums: Vec<(String, f64)> = Vec::new();
+    let mut metric_index: std::collections::HashMap<String, usize> = Default::default();
     for micro in 0..accum {
         let (samples, pair_ids) = batcher.next_samples();
         let mb = collate(&samples, pair_ids, pad, m.model.device())?;
@@ -248,9 +253,12 @@ pub fn accumulate(
         rep.ce += super::evaluate::plain_ce(&st) / accum as f64;
         rep.tokens += mb.target_mask.iter().filter(|&&x| x != 0).count();
         for (k, v) in c.metrics {
-            match metric_sums.iter_mut().find(|(n, _)| *n == k) {
-                Some(e) => e.1 += v / accum as f64,
-                None => metric_sums.push((k, v / accum as f64)),
+            match metric_index.get(&k) {
+                Some(&i) => metric_sums[i].1 += v / accum as f64,
+                None => {
+                    metric_index.insert(k.clone(), metric_sums.len());
+                    metric_sums.push((k, v / accum as f64));
+                }
             }
         }
     }
@@ -258,7 +266,8 @@ pub fn accumulate(
     Ok(rep)
 }
 
-/// Clips, updates the policy and value head, and tells the weigher the step is done.
+/// Clips, updates the policy and value head, and tells the weigher the step is done. A non-finite
+/// gradient norm skips the update (`rep.skipped`); the caller decides how many skips to tolerate.
 pub fn apply(
     policy: &mut Transformer,
     vh: Option<&mut ValueHead>,
@@ -269,6 +278,13 @@ pub fn apply(
     rep: &mut StepReport,
 ) -> Result<()> {
     rep.grad_norm = clip_global_norm(grads, max_grad_norm)?;
+    if !rep.grad_norm.is_finite() {
+        rep.skipped = true;
+        rep.lr = 0.0;
+        opt.finish_step();
+        grads.clear();
+        return w.after_step(opt.step - 1);
+    }
     rep.lr = opt
         .lr(crate::model::ParamGroup::Lora)
         .max(opt.lr(crate::model::ParamGroup::Trunk));

@@ -1,0 +1,97 @@
+//! Resuming a run: from a checkpoint folder or a run folder (its latest complete checkpoint), from any
+//! working directory. The checkpoint names its plugin by absolute path and SHA-256; resuming with a
+//! plugin whose bytes differ — the same path rebuilt, or another `--pipeline` — needs
+//! `--allow-plugin-change`. `--set` overrides go through the same parsing and validation as a fresh run.
+
+use super::checkpoint::{self, file_sha256, TrainerState};
+use super::config::RunConfig;
+use super::session::Session;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The checkpoint to resume from: `path` itself, or — when `path` is a run folder — its latest
+/// complete `step-N` checkpoint.
+pub fn checkpoint_to_resume(path: &Path) -> Result<PathBuf> {
+    if path.join("trainer_state.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join("checkpoints").is_dir() {
+        checkpoint::clean_leftovers(path)?;
+        return checkpoint::latest(path).with_context(|| {
+            format!(
+                "--resume {}: the run folder has no complete step-N checkpoint",
+                path.display()
+            )
+        });
+    }
+    bail!(
+        "--resume {}: neither a checkpoint (no trainer_state.json) nor a run folder (no checkpoints/)",
+        path.display()
+    )
+}
+
+/// The plugin identity to record for `path`: its absolute path and SHA-256.
+pub fn plugin_identity(path: &Path) -> Result<(String, String)> {
+    let abs = std::fs::canonicalize(path)
+        .with_context(|| format!("pipeline plugin {}", path.display()))?;
+    Ok((abs.display().to_string(), file_sha256(&abs)?))
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// The plugin to resume with: `chosen` (from `--pipeline`) or the checkpoint's, checked against the
+/// digest the checkpoint recorded.
+fn resume_plugin(st: &TrainerState, chosen: Option<&Path>, allow_change: bool) -> Result<PathBuf> {
+    let path = match chosen {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(&st.pipeline);
+            if !p.exists() {
+                bail!(
+                    "the checkpoint's pipeline plugin {} is not there{}; pass --pipeline FILE (with --allow-plugin-change if it is not the same build)",
+                    p.display(),
+                    if p.is_relative() {
+                        " (a relative path from a checkpoint written before plugin paths were stored absolute)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            p
+        }
+    };
+    if st.pipeline_sha256.is_empty() || allow_change {
+        return Ok(path);
+    }
+    let (_, sha) = plugin_identity(&path)?;
+    if sha != st.pipeline_sha256 {
+        bail!(
+            "the checkpoint was written with pipeline plugin {} (sha256 {}…), but {} has sha256 {}…: pass --allow-plugin-change to resume with a different plugin (its saved state must still load)",
+            st.pipeline,
+            short(&st.pipeline_sha256),
+            path.display(),
+            short(&sha)
+        );
+    }
+    Ok(path)
+}
+
+/// A session restored from checkpoint (or run folder) `path`, with `overrides` applied to its config.
+pub fn resume_session(
+    path: &Path,
+    overrides: &[String],
+    pipeline: Option<&Path>,
+    allow_plugin_change: bool,
+) -> Result<(Session, TrainerState, PathBuf)> {
+    let ckpt = checkpoint_to_resume(path)?;
+    let (_, mut st) = checkpoint::read_meta(&ckpt)?;
+    let cfg = RunConfig::load(Some(&ckpt.join("config.toml")), overrides)
+        .with_context(|| format!("resuming from {}", ckpt.display()))?;
+    let plugin = resume_plugin(&st, pipeline, allow_plugin_change)?;
+    let mut s = Session::new(cfg, &plugin)?;
+    checkpoint::load_into(&ckpt, &mut s, &st)?;
+    (st.pipeline, st.pipeline_sha256) = plugin_identity(&plugin)?;
+    Ok((s, st, ckpt))
+}

@@ -55,7 +55,8 @@ impl SkipGuard {
 /// Number of NaN or infinite values in `t`.
 pub fn non_finite_count(t: &candle_core::Tensor) -> Result<usize> {
     let t = t.to_dtype(DType::F32)?;
-    // x − x is 0 for every finite x and NaN for ±inf and NaN
+    // x − x is 0 for every finite x and NaN for ±inf and NaN (the point of the "equal operands")
+    #[allow(clippy::eq_op)]
     let bad = (&t - &t)?.ne(0f32)?.to_dtype(DType::F32)?.sum_all()?;
     Ok(bad.to_scalar::<f32>()? as usize)
 }

@@ -3,6 +3,6 @@
 //! host (crate `wmtp-plugin-host`); nothing here depends on the command line (the `wmtp` binary's `cli`).
 
 pub mod data;
+pub mod fuzzing;
 pub mod model;
-
 pub mod train;

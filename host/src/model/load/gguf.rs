@@ -35,6 +35,42 @@ fn meta_name(g: &str) -> Option<String> {
     Some(format!("layers.{i}.{ours}"))
 }
 
+/// Checks that a tensor's declared shape and offset describe bytes inside the file, with no overflow,
+/// before any of it is read or allocated (a corrupt or hostile header could otherwise make the reader
+/// multiply past `usize` or allocate terabytes).
+fn check_tensor_extent(
+    name: &str,
+    info: &gguf_file::TensorInfo,
+    data_offset: u64,
+    file_len: u64,
+) -> Result<()> {
+    let elems = info
+        .shape
+        .dims()
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .with_context(|| format!("shape {:?} overflows", info.shape.dims()))?;
+    let block = info.ggml_dtype.block_size() as u64;
+    if block == 0 || !elems.is_multiple_of(block) {
+        bail!("{elems} elements are not a whole number of {block}-element blocks");
+    }
+    let bytes = (elems / block)
+        .checked_mul(info.ggml_dtype.type_size() as u64)
+        .context("byte size overflows")?;
+    let end = data_offset
+        .checked_add(info.offset)
+        .and_then(|o| o.checked_add(bytes))
+        .context("offset overflows")?;
+    if end > file_len {
+        bail!(
+            "{name}: shape {:?} at offset {} needs {bytes} bytes, past the end of the {file_len}-byte file",
+            info.shape.dims(),
+            info.offset
+        );
+    }
+    Ok(())
+}
+
 /// Reads a GGUF llama model: (shape, f32 tensors in Meta names, tokenizer).
 pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tokenizer)> {
     let src = path.display().to_string();
@@ -85,11 +121,17 @@ pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tok
     };
     args.validate()
         .with_context(|| format!("unsupported model shape in {src}"))?;
+    let file_len = file
+        .metadata()
+        .with_context(|| format!("reading GGUF file {src}"))?
+        .len();
     let mut tensors = HashMap::new();
-    for name in content.tensor_infos.keys() {
+    for (name, info) in &content.tensor_infos {
         let Some(meta) = meta_name(name) else {
             continue;
         };
+        check_tensor_extent(name, info, content.tensor_data_offset, file_len)
+            .with_context(|| format!("{src}: tensor `{name}`"))?;
         let q = content
             .tensor(&mut file, name, &Device::Cpu)
             .with_context(|| format!("{src}: reading tensor `{name}`"))?;

@@ -158,7 +158,9 @@ impl Coefficients {
             metrics: vec![],
         }
     }
-    /// Adds a logged metric.
+    /// Adds a logged metric, written to metrics.jsonl as `plugin.<name>`. The host refuses names that
+    /// are not 1–64 characters of `[A-Za-z0-9_.]`, repeated names, non-finite values and more than 256
+    /// metrics per call.
     pub fn metric(mut self, name: &str, value: f64) -> Self {
         self.metrics.push((name.into(), value));
         self

@@ -34,3 +34,5 @@ CARGO_TARGET_DIR=target/wasip2 cargo build --quiet --release --target wasm32-was
 cp target/wasip2/wasm32-wasip2/release/wmtp_hostile.wasm .cache/test-plugins/hostile_wasip2_fs.wasm
 CARGO_TARGET_DIR=target/wasip2 cargo build --quiet --release --target wasm32-wasip2 -p wmtp-hostile --features sleep
 cp target/wasip2/wasm32-wasip2/release/wmtp_hostile.wasm .cache/test-plugins/hostile_wasip2_sleep.wasm
+CARGO_TARGET_DIR=target/wasip2 cargo build --quiet --release --target wasm32-wasip2 -p wmtp-hostile --features stdin
+cp target/wasip2/wasm32-wasip2/release/wmtp_hostile.wasm .cache/test-plugins/hostile_wasip2_stdin.wasm

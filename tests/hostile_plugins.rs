@@ -334,6 +334,17 @@ fn a_sleep_inside_the_cap_still_sleeps() {
 }
 
 #[test]
+fn a_blocking_stdin_read_ends_at_once() {
+    // stream reads are the other way a WASI-p2 component can wait in host code: stdin is empty
+    let rt = runtime();
+    let mut p = Plugin::load(&rt, &test_plugin("hostile_wasip2_stdin")).unwrap();
+    let t = Instant::now();
+    p.weigh(&synthetic_batch(1, 4, 1, &[], 1, false), true)
+        .expect("reading an empty stdin is fine");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+#[test]
 fn metric_names_with_escape_sequences_are_refused() {
     let rt = runtime();
     let err = weigh_error(&rt, "hostile_metric_escape");

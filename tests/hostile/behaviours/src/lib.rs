@@ -60,6 +60,14 @@ impl Pipeline for Hostile {
         } else {
             50
         }));
+        // a blocking read of stdin: the sandbox's stdin is empty, so it ends at once
+        #[cfg(feature = "stdin")]
+        {
+            let mut buf = Vec::new();
+            let n = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| e.to_string())?;
+            log(2, &format!("read {n} bytes from stdin"));
+        }
         let mut metrics = vec![];
         #[cfg(feature = "metric_escape")]
         metrics.push(("loss\x1b[2J\x1b]0;pwned\x07".to_string(), 1.0));

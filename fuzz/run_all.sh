@@ -15,7 +15,7 @@ for t in "${targets[@]}"; do
   cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
   set +e
   cargo +nightly fuzz run -s none "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=4096 \
-    -max_len=65536 -print_final_stats=1 > "logs/$t.log" 2>&1
+    -max_len=65536 -timeout=20 -print_final_stats=1 > "logs/$t.log" 2>&1
   rc=$?
   set -e
   runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "logs/$t.log" | tail -1)

@@ -268,7 +268,7 @@ fn verifiable_takes_values_from_a_frozen_critic_checkpoint() {
     let metrics = std::fs::read_to_string(r.run_dir.join("metrics.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
     assert!(
-        first["adv_std"].as_f64().unwrap() > 0.0,
+        first["plugin.adv_std"].as_f64().unwrap() > 0.0,
         "values from the trained critic vary: {first}"
     );
     let e = format!(

@@ -119,6 +119,9 @@ def main():
     # unchecked (overflow panic in debug builds, a wrapped size in release)
     regression("gguf", "dims_overflow.gguf", gguf_file(first_dims=[1 << 40, 1 << 40]))
     regression("gguf", "offset_past_end.gguf", gguf_file(first_offset=1 << 62))
+    # found by `cargo fuzz run gguf`: a tensor with a zero dimension reaches candle's from_raw_data with a
+    # dangling pointer cast to a 4-byte-aligned type (undefined behaviour, aborts in debug builds)
+    regression("gguf", "zero_elements.gguf", gguf_file(first_dims=[0, 8]))
     out("gguf", "tiny_llama.gguf", gguf_file())
     rng = np.random.default_rng(1)
     t = {"w": rng.standard_normal((3, 4)).astype(np.float32), "b": np.zeros(4, np.float32)}

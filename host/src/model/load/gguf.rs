@@ -50,6 +50,11 @@ fn check_tensor_extent(
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .with_context(|| format!("shape {:?} overflows", info.shape.dims()))?;
+    if elems == 0 {
+        // besides being no model weight, an empty tensor reaches candle's `from_raw_data` with a dangling,
+        // unaligned pointer (undefined behaviour; found by fuzzing)
+        bail!("shape {:?} has no elements", info.shape.dims());
+    }
     let block = info.ggml_dtype.block_size() as u64;
     if block == 0 || !elems.is_multiple_of(block) {
         bail!("{elems} elements are not a whole number of {block}-element blocks");

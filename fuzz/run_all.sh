@@ -18,8 +18,8 @@ for t in "${targets[@]}"; do
     -max_len=65536 -timeout=20 -print_final_stats=1 > "logs/$t.log" 2>&1
   rc=$?
   set -e
-  runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "logs/$t.log" | tail -1)
-  cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*' "logs/$t.log" | tail -1)
+  runs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "logs/$t.log" | tail -1 || true)
+  cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*' "logs/$t.log" | tail -1 || true)
   crashes=$(find "artifacts/$t" -type f | wc -l)
   echo "$t: rc=$rc; ${runs:-no final stats}; ${cov:-}; crash/oom/timeout artifacts: $crashes"
 done

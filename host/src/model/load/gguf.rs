@@ -76,8 +76,15 @@ fn check_tensor_extent(
     Ok(())
 }
 
-/// Reads a GGUF llama model: (shape, f32 tensors in Meta names, tokenizer).
+/// Reads a GGUF llama model: (shape, f32 tensors in Meta names, tokenizer). candle's parser runs
+/// [`guarded`](super::guarded::guarded): a panic on a malformed file is an error naming it.
 pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tokenizer)> {
+    super::guarded::guarded(&format!("GGUF file {}", path.display()), || {
+        read_gguf_unguarded(path)
+    })
+}
+
+fn read_gguf_unguarded(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tokenizer)> {
     let src = path.display().to_string();
     let mut file = std::fs::File::open(path).with_context(|| format!("opening GGUF file {src}"))?;
     let content =

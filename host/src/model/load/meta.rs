@@ -36,12 +36,11 @@ fn shard_dim(name: &str) -> Option<usize> {
 
 /// Reads a PyTorch `.pth` state dict.
 pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let tensors = candle_core::pickle::read_all(path).with_context(|| {
-        format!(
-            "reading PyTorch checkpoint {} (expected torch.save zip format)",
-            path.display()
-        )
-    })?;
+    let what = format!("PyTorch checkpoint {}", path.display());
+    let tensors = super::guarded::guarded(&what, || {
+        candle_core::pickle::read_all(path).map_err(anyhow::Error::from)
+    })
+    .with_context(|| format!("reading {what} (expected torch.save zip format)"))?;
     if tensors.is_empty() {
         bail!("{}: no tensors found in the checkpoint", path.display());
     }
@@ -50,8 +49,11 @@ pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 /// Reads a safetensors file, naming the file on any error (e.g. truncation).
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("reading safetensors file {}", path.display()))
+    let what = format!("safetensors file {}", path.display());
+    super::guarded::guarded(&what, || {
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(anyhow::Error::from)
+    })
+    .with_context(|| format!("reading {what}"))
 }
 
 /// Reads a Meta-format directory: `params.json` and its weights (shards merged).

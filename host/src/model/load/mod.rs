@@ -3,6 +3,7 @@
 //! be widened to H heads, the extra heads initialised as copies of head 0 (or randomly).
 
 pub mod gguf;
+pub mod guarded;
 pub mod hf;
 pub mod meta;
 pub mod weight_map;

@@ -262,12 +262,19 @@ fn load_error(rt: &Arc<PluginRuntime>, path: &std::path::Path) -> String {
     err
 }
 
-#[test]
-fn a_start_function_that_spins_hits_the_wall_clock_cap_at_instantiation() {
+/// Loads the WAT component `name` (which must fail to load) in a fresh runtime; returns the runtime and
+/// the error text.
+fn wat_load_error(name: &str) -> (Arc<PluginRuntime>, String) {
     let rt = runtime();
     let dir = common::tempdir();
+    let err = load_error(&rt, &wat_plugin(dir.path(), name));
+    (rt, err)
+}
+
+#[test]
+fn a_start_function_that_spins_hits_the_wall_clock_cap_at_instantiation() {
     let t = Instant::now();
-    let err = load_error(&rt, &wat_plugin(dir.path(), "start_spin"));
+    let (rt, err) = wat_load_error("start_spin");
     assert!(
         err.contains("instantiation failed") && err.contains("wall-clock limit"),
         "{err}"
@@ -282,18 +289,14 @@ fn a_start_function_that_spins_hits_the_wall_clock_cap_at_instantiation() {
 
 #[test]
 fn several_memories_share_one_memory_budget() {
-    let rt = runtime();
-    let dir = common::tempdir();
-    let err = load_error(&rt, &wat_plugin(dir.path(), "many_memories"));
+    let (rt, err) = wat_load_error("many_memories");
     assert!(err.contains("memory limit of 256 MiB"), "{err}");
     good_plugin_still_runs(&rt);
 }
 
 #[test]
 fn table_elements_count_against_the_memory_budget() {
-    let rt = runtime();
-    let dir = common::tempdir();
-    let err = load_error(&rt, &wat_plugin(dir.path(), "table_grow"));
+    let (rt, err) = wat_load_error("table_grow");
     assert!(err.contains("memory limit of 256 MiB"), "{err}");
     good_plugin_still_runs(&rt);
 }

@@ -29,10 +29,6 @@ impl std::hash::Hasher for ShaHasher {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The cache entry name of `plugin` compiled by `engine`: hex SHA-256 of both.
 pub fn entry_key(engine: &Engine, plugin: &[u8]) -> String {
     use std::hash::Hash;
@@ -40,7 +36,7 @@ pub fn entry_key(engine: &Engine, plugin: &[u8]) -> String {
     engine.precompile_compatibility_hash().hash(&mut h);
     h.0.update((plugin.len() as u64).to_le_bytes());
     h.0.update(plugin);
-    hex(&h.0.finalize())
+    format!("{:x}", h.0.finalize())
 }
 
 /// Why a cache folder may not be used, or None when it is private to this user.
@@ -123,7 +119,7 @@ impl ArtifactCache {
         }
         let bytes = std::fs::read(&art).ok()?;
         let expected = std::fs::read_to_string(&digest).unwrap_or_default();
-        if hex(&Sha256::digest(&bytes)) != expected.trim() {
+        if format!("{:x}", Sha256::digest(&bytes)) != expected.trim() {
             tracing::warn!(
                 "compiled-plugin cache entry {} does not match its digest: ignored and recompiled",
                 art.display()
@@ -149,7 +145,7 @@ impl ArtifactCache {
             digest.with_extension(format!("tmp{pid}")),
         );
         std::fs::write(&art_tmp, &art_bytes)?;
-        std::fs::write(&digest_tmp, hex(&Sha256::digest(&art_bytes)))?;
+        std::fs::write(&digest_tmp, format!("{:x}", Sha256::digest(&art_bytes)))?;
         std::fs::rename(&digest_tmp, &digest)?;
         std::fs::rename(&art_tmp, &art)?;
         Ok(())

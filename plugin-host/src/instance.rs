@@ -104,7 +104,7 @@ impl Plugin {
             .instantiate(&mut store, &self.component)
             .and_then(|instance| Pipeline::new(&mut store, &instance))
             .map_err(|e| {
-                if trapped(&e) {
+                if trapped(&e, store.data()) {
                     let msg = describe_trap(&e, store.data(), rt);
                     anyhow!("{}: instantiation failed: {msg}", self.label)
                 } else {
@@ -133,11 +133,7 @@ impl Plugin {
                 match pl.call_configure(&mut *st, &cfg) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        return Err(anyhow!(
-                            "{}: configure (re-applied after a restart): {}",
-                            self.label,
-                            clean(&e)
-                        ))
+                        return self.refused("configure (re-applied after a restart)", Err(e))
                     }
                     Err(e) => {
                         return Err(anyhow!(
@@ -164,16 +160,16 @@ impl Plugin {
         }
     }
 
+    /// `r`, with a plugin's own error string (cleaned and capped) turned into an error naming the plugin
+    /// and what it refused.
+    fn refused<T>(&self, what: &str, r: std::result::Result<T, String>) -> Result<T> {
+        r.map_err(|e| anyhow!("{}: {what}: {}", self.label, clean(&e)))
+    }
+
     /// Applies the `[plugin]` TOML table; rejected settings leave the plugin as it was.
     pub fn configure(&mut self, toml: &str) -> Result<()> {
         let r = self.call("configure", |pl, st| pl.call_configure(st, toml))?;
-        r.map_err(|e| {
-            anyhow!(
-                "{}: configure rejected the settings: {}",
-                self.label,
-                clean(&e)
-            )
-        })?;
+        self.refused("configure rejected the settings", r)?;
         self.config = Some(toml.to_string());
         Ok(())
     }
@@ -181,7 +177,7 @@ impl Plugin {
     /// Coefficients for one micro-batch, validated against it.
     pub fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients> {
         let r = self.call("weigh", |pl, st| pl.call_weigh(st, batch, train))?;
-        let c = r.map_err(|e| anyhow!("{}: weigh returned an error: {}", self.label, clean(&e)))?;
+        let c = self.refused("weigh returned an error", r)?;
         check_coefficients(&c, batch, &self.manifest)
             .map_err(|e| anyhow!("{}: weigh: {e}", self.label))?;
         Ok(c)
@@ -190,13 +186,7 @@ impl Plugin {
     /// Notifies the plugin that optimizer step `step` finished.
     pub fn after_step(&mut self, step: u64) -> Result<()> {
         let r = self.call("after-step", |pl, st| pl.call_after_step(st, step))?;
-        r.map_err(|e| {
-            anyhow!(
-                "{}: after-step returned an error: {}",
-                self.label,
-                clean(&e)
-            )
-        })
+        self.refused("after-step returned an error", r)
     }
 
     /// The plugin's state bytes, for a checkpoint.
@@ -217,13 +207,7 @@ impl Plugin {
     /// Restores state bytes from [`Plugin::save_state`].
     pub fn load_state(&mut self, state: &[u8]) -> Result<()> {
         let r = self.call("load-state", |pl, st| pl.call_load_state(st, state))?;
-        r.map_err(|e| {
-            anyhow!(
-                "{}: load-state rejected the state: {}",
-                self.label,
-                clean(&e)
-            )
-        })
+        self.refused("load-state rejected the state", r)
     }
 }
 
@@ -243,11 +227,11 @@ fn arm(store: &mut Store<HostState>, rt: &PluginRuntime) -> Result<()> {
 
 /// Whether an instantiation error came from running plugin code (a trap, a blocked wait, the memory
 /// budget) rather than from the component's shape.
-fn trapped(e: &wasmtime::Error) -> bool {
-    e.downcast_ref::<Trap>().is_some()
+fn trapped(e: &wasmtime::Error, st: &HostState) -> bool {
+    st.budget.exceeded
+        || e.downcast_ref::<Trap>().is_some()
         || e.chain()
             .any(|c| c.downcast_ref::<BlockedPastDeadline>().is_some())
-        || format!("{e:#}").contains("memory limit")
 }
 
 /// What went wrong in a call, in words: the cap that stopped it, the plugin's own panic text, or the
@@ -283,29 +267,17 @@ fn describe_trap(e: &wasmtime::Error, st: &HostState, rt: &PluginRuntime) -> Str
         .as_ref()
         .map(|m| format!(" — last error it logged: {m}"))
         .unwrap_or_default();
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => wall(),
-        Some(Trap::OutOfFuel) => format!(
+    match (e.downcast_ref::<Trap>(), &st.last_error) {
+        (Some(Trap::Interrupt), _) => wall(),
+        (Some(Trap::OutOfFuel), _) => format!(
             "ran out of fuel ({} units per call)",
             rt.limits.fuel_per_call.unwrap_or(0)
         ),
-        Some(t) => {
-            let text = format!("{e:?}");
-            if text.contains("memory") && (text.contains("grow") || text.contains("limit"))
-                || *t == Trap::HeapMisaligned
-            {
-                format!(
-                    "exceeded the memory limit of {} MiB ({t})",
-                    rt.limits.memory_bytes >> 20
-                )
-            } else if let (Trap::UnreachableCodeReached, Some(m)) = (t, &st.last_error) {
-                m.clone() // the SDK's panic hook logged "plugin panicked: <message>" just before the trap
-            } else {
-                format!("trapped: {t}{panic}")
-            }
-        }
+        // the SDK's panic hook logged "plugin panicked: <message>" just before the trap
+        (Some(Trap::UnreachableCodeReached), Some(m)) => m.clone(),
+        (Some(t), _) => format!("trapped: {t}{panic}"),
         // a host import refused (all-reduce too large, …): its message is the root cause; the outer
         // layers only say "error while executing at wasm backtrace"
-        None => clean(&format!("{}{panic}", e.root_cause())),
+        (None, _) => clean(&format!("{}{panic}", e.root_cause())),
     }
 }

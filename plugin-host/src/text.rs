@@ -42,6 +42,19 @@ pub fn clean_line(s: &str) -> String {
     clean(s).replace(['\n', '\t'], " ")
 }
 
+/// A short single-line rendering of untrusted text for quoting inside an error message (≤ 80 bytes).
+pub fn snippet(s: &str) -> String {
+    clean_line(&clean_text(s, 80))
+}
+
+/// Whether `s` is 1–64 ASCII letters and digits, or bytes of `extra` (names, keys, metric names).
+pub fn is_identifier(s: &str, extra: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! identifiers, texts cleaned and capped).
 
 use crate::bindings::{Batch, Coefficients, Manifest};
-use crate::text::{clean, clean_line};
+use crate::text::{clean, is_identifier, snippet};
 use anyhow::{bail, Result};
 use std::collections::HashSet;
 
@@ -21,11 +21,7 @@ pub const MAX_CONFIG_KEYS: usize = 256;
 
 /// Whether `name` may name a metric: 1–64 of `[A-Za-z0-9_.]`.
 pub fn valid_metric_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_METRIC_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    name.len() <= MAX_METRIC_NAME && is_identifier(name, b"_.")
 }
 
 /// Checks the metrics of one answer: at most [`MAX_METRICS`], valid unique names, finite values.
@@ -41,7 +37,7 @@ pub fn check_metrics(metrics: &[(String, f64)]) -> Result<()> {
         if !valid_metric_name(k) {
             bail!(
                 "metric name `{}` is not 1–{MAX_METRIC_NAME} characters of [A-Za-z0-9_.]",
-                clean_line(&crate::text::clean_text(k, 80))
+                snippet(k)
             );
         }
         if !seen.insert(k.as_str()) {
@@ -125,22 +121,16 @@ pub fn check_coefficients(c: &Coefficients, b: &Batch, m: &Manifest) -> Result<(
 /// Validates a manifest: an identifier name, a strict semver version (semver.org 2.0), unique
 /// identifier config keys with TOML defaults, texts within [`crate::text::MAX_TEXT_BYTES`].
 pub fn check_manifest(m: &Manifest) -> Result<()> {
-    let ident = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-    };
-    if !ident(&m.name) {
+    if !is_identifier(&m.name, b"-_") {
         bail!(
             "manifest name `{}` must be 1–64 ASCII letters, digits, '-' or '_'",
-            clean_line(&crate::text::clean_text(&m.name, 80))
+            snippet(&m.name)
         );
     }
     if m.version.len() > 64 || semver::Version::parse(&m.version).is_err() {
         bail!(
             "manifest version `{}` is not semver (MAJOR.MINOR.PATCH[-PRE][+BUILD], semver.org 2.0)",
-            clean_line(&crate::text::clean_text(&m.version, 80))
+            snippet(&m.version)
         );
     }
     if m.config_keys.len() > MAX_CONFIG_KEYS {
@@ -151,15 +141,10 @@ pub fn check_manifest(m: &Manifest) -> Result<()> {
     }
     let mut seen = HashSet::new();
     for k in &m.config_keys {
-        let key_ok = !k.name.is_empty()
-            && k.name.len() <= 64
-            && k.name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
-        if !key_ok {
+        if !is_identifier(&k.name, b"_.-") {
             bail!(
                 "config key `{}` must be 1–64 ASCII letters, digits, '_', '.' or '-'",
-                clean_line(&crate::text::clean_text(&k.name, 80))
+                snippet(&k.name)
             );
         }
         if !seen.insert(&k.name) {
@@ -171,7 +156,7 @@ pub fn check_manifest(m: &Manifest) -> Result<()> {
             bail!(
                 "default of config key `{}` is not a TOML value: {}",
                 k.name,
-                clean_line(&crate::text::clean_text(&k.default_value, 200))
+                snippet(&k.default_value)
             );
         }
     }

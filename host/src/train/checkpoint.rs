@@ -43,11 +43,9 @@ pub struct TrainerState {
 /// Hex SHA-256 of the file at `path`.
 pub fn file_sha256(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    let mut h = Sha256::new();
+    super::reference::hash_file(&mut h, path)?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Syncs every file under `dir` and `dir` itself to disk.
@@ -178,9 +176,10 @@ fn write_contents(dir: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     Ok(())
 }
 
-/// Reads a checkpoint's config and trainer state.
-pub fn read_meta(ckpt: &Path) -> Result<(RunConfig, TrainerState)> {
-    let cfg = RunConfig::load(Some(&ckpt.join("config.toml")), &[])
+/// Reads a checkpoint's config (with `overrides`, `--set key=value`, parsed and validated as for a fresh
+/// run) and trainer state.
+pub fn read_meta(ckpt: &Path, overrides: &[String]) -> Result<(RunConfig, TrainerState)> {
+    let cfg = RunConfig::load(Some(&ckpt.join("config.toml")), overrides)
         .with_context(|| format!("checkpoint {}", ckpt.display()))?;
     let p = ckpt.join("trainer_state.json");
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;

@@ -91,7 +91,7 @@ pub fn eval_checkpoint(
     data: Option<&str>,
     pipeline: Option<PathBuf>,
 ) -> Result<Validation> {
-    let (mut cfg, st) = read_meta(ckpt)?;
+    let (mut cfg, st) = read_meta(ckpt, &[])?;
     if let Some(d) = data {
         cfg.data.validation = d.to_string();
     }

@@ -129,7 +129,8 @@ fn content_key(stage: &RunConfig) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-fn hash_file(h: &mut Sha256, p: &Path) -> Result<()> {
+/// Feeds the bytes of file `p` into `h` (streamed, not read whole).
+pub(crate) fn hash_file(h: &mut Sha256, p: &Path) -> Result<()> {
     let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
     std::io::copy(&mut f, h).with_context(|| format!("reading {}", p.display()))?;
     Ok(())

@@ -4,7 +4,6 @@
 //! `--allow-plugin-change`. `--set` overrides go through the same parsing and validation as a fresh run.
 
 use super::checkpoint::{self, file_sha256, TrainerState};
-use super::config::RunConfig;
 use super::session::Session;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -41,9 +40,13 @@ fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 
-/// The plugin to resume with: `chosen` (from `--pipeline`) or the checkpoint's, checked against the
-/// digest the checkpoint recorded.
-fn resume_plugin(st: &TrainerState, chosen: Option<&Path>, allow_change: bool) -> Result<PathBuf> {
+/// The plugin to resume with — `chosen` (from `--pipeline`) or the checkpoint's — checked against the
+/// digest the checkpoint recorded; returned with its identity (absolute path, SHA-256) for the new state.
+fn resume_plugin(
+    st: &TrainerState,
+    chosen: Option<&Path>,
+    allow_change: bool,
+) -> Result<(PathBuf, (String, String))> {
     let path = match chosen {
         Some(p) => p.to_path_buf(),
         None => {
@@ -62,23 +65,22 @@ fn resume_plugin(st: &TrainerState, chosen: Option<&Path>, allow_change: bool) -
             p
         }
     };
-    if st.pipeline_sha256.is_empty() || allow_change {
-        return Ok(path);
-    }
-    let (_, sha) = plugin_identity(&path)?;
-    if sha != st.pipeline_sha256 {
+    let identity = plugin_identity(&path)?;
+    let sha = &identity.1;
+    if !st.pipeline_sha256.is_empty() && !allow_change && *sha != st.pipeline_sha256 {
         bail!(
             "the checkpoint was written with pipeline plugin {} (sha256 {}…), but {} has sha256 {}…: pass --allow-plugin-change to resume with a different plugin (its saved state must still load)",
             st.pipeline,
             short(&st.pipeline_sha256),
             path.display(),
-            short(&sha)
+            short(sha)
         );
     }
-    Ok(path)
+    Ok((path, identity))
 }
 
-/// A session restored from checkpoint (or run folder) `path`, with `overrides` applied to its config.
+/// A session restored from checkpoint (or run folder) `path`, with `overrides` applied to its config
+/// (parsed and validated like a fresh run's).
 pub fn resume_session(
     path: &Path,
     overrides: &[String],
@@ -86,12 +88,10 @@ pub fn resume_session(
     allow_plugin_change: bool,
 ) -> Result<(Session, TrainerState, PathBuf)> {
     let ckpt = checkpoint_to_resume(path)?;
-    let (_, mut st) = checkpoint::read_meta(&ckpt)?;
-    let cfg = RunConfig::load(Some(&ckpt.join("config.toml")), overrides)
-        .with_context(|| format!("resuming from {}", ckpt.display()))?;
-    let plugin = resume_plugin(&st, pipeline, allow_plugin_change)?;
+    let (cfg, mut st) = checkpoint::read_meta(&ckpt, overrides)?;
+    let (plugin, identity) = resume_plugin(&st, pipeline, allow_plugin_change)?;
     let mut s = Session::new(cfg, &plugin)?;
     checkpoint::load_into(&ckpt, &mut s, &st)?;
-    (st.pipeline, st.pipeline_sha256) = plugin_identity(&plugin)?;
+    (st.pipeline, st.pipeline_sha256) = identity;
     Ok((s, st, ckpt))
 }

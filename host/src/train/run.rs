@@ -111,11 +111,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             p.display()
         );
     }
-    let resumed_at = resumed.as_ref().map(|_| state.step);
-    let resumed = resumed.is_some();
+    let resumed_at = resumed.is_some().then_some(state.step);
     std::fs::write(run_dir.join("config.toml"), s.cfg.to_toml()?)?;
     if !opts.quiet {
-        print_start(&s, &run_dir, resumed, state.step);
+        print_start(&s, &run_dir, resumed_at);
     }
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -234,7 +233,7 @@ fn progress_bar(total: u64, at: u64, hidden: bool) -> indicatif::ProgressBar {
     bar
 }
 
-fn print_start(s: &Session, run_dir: &Path, resumed: bool, step: u64) {
+fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
     let (total, trainable) = s.model.param_counts();
     let vh: u64 = s.value_head.as_ref().map_or(0, |v| {
         crate::model::VisitParams::named_params(v)
@@ -302,11 +301,9 @@ fn print_start(s: &Session, run_dir: &Path, resumed: bool, step: u64) {
         s.cfg.training.steps,
         s.cfg.training.lr,
         s.cfg.training.grad_accum,
-        if resumed {
-            format!(", resuming at step {step}")
-        } else {
-            String::new()
-        }
+        resumed_at
+            .map(|step| format!(", resuming at step {step}"))
+            .unwrap_or_default()
     );
     eprintln!("  run dir   {}", run_dir.display());
     if let Ok(text) = s.cfg.to_toml() {

@@ -329,7 +329,7 @@ pub fn frozen_critic(
     ckpt: &Path,
     device: &candle_core::Device,
 ) -> Result<(Transformer, ValueHead)> {
-    let (cfg, _) = super::checkpoint::read_meta(ckpt).context("critic.checkpoint")?;
+    let (cfg, _) = super::checkpoint::read_meta(ckpt, &[]).context("critic.checkpoint")?;
     let opts = load_options(&cfg, device)?;
     let (mut model, vh) =
         load_trained(ckpt, &cfg.model.path, &opts, &cfg.value_head).context("critic.checkpoint")?;

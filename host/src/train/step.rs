@@ -226,9 +226,9 @@ pub fn accumulate(
     grads: &mut Grads,
 ) -> Result<StepReport> {
     let mut rep = StepReport::default();
-    // plugin metrics averaged over micro-batches, in first-seen order (≤ 256 names per call, validated)
+    // plugin metrics averaged over micro-batches, in first-seen order; the plugin host refuses more than
+    // 256 per call, so the linear merge below stays cheap
     let mut metric_sums: Vec<(String, f64)> = Vec::new();
-    let mut metric_index: std::collections::HashMap<String, usize> = Default::default();
     for micro in 0..accum {
         let (samples, pair_ids) = batcher.next_samples();
         let mb = collate(&samples, pair_ids, pad, m.model.device())?;
@@ -253,12 +253,9 @@ pub fn accumulate(
         rep.ce += super::evaluate::plain_ce(&st) / accum as f64;
         rep.tokens += mb.target_mask.iter().filter(|&&x| x != 0).count();
         for (k, v) in c.metrics {
-            match metric_index.get(&k) {
-                Some(&i) => metric_sums[i].1 += v / accum as f64,
-                None => {
-                    metric_index.insert(k.clone(), metric_sums.len());
-                    metric_sums.push((k, v / accum as f64));
-                }
+            match metric_sums.iter_mut().find(|(n, _)| *n == k) {
+                Some(e) => e.1 += v / accum as f64,
+                None => metric_sums.push((k, v / accum as f64)),
             }
         }
     }
@@ -278,20 +275,16 @@ pub fn apply(
     rep: &mut StepReport,
 ) -> Result<()> {
     rep.grad_norm = clip_global_norm(grads, max_grad_norm)?;
-    if !rep.grad_norm.is_finite() {
-        rep.skipped = true;
-        rep.lr = 0.0;
-        opt.finish_step();
-        grads.clear();
-        return w.after_step(opt.step - 1);
-    }
-    rep.lr = opt
-        .lr(crate::model::ParamGroup::Lora)
-        .max(opt.lr(crate::model::ParamGroup::Trunk));
+    rep.skipped = !rep.grad_norm.is_finite();
     let step = opt.step;
-    opt.update_module(policy, "", grads)?;
-    if let Some(vh) = vh {
-        opt.update_module(vh, "value_head.", grads)?;
+    if !rep.skipped {
+        rep.lr = opt
+            .lr(crate::model::ParamGroup::Lora)
+            .max(opt.lr(crate::model::ParamGroup::Trunk));
+        opt.update_module(policy, "", grads)?;
+        if let Some(vh) = vh {
+            opt.update_module(vh, "value_head.", grads)?;
+        }
     }
     opt.finish_step();
     grads.clear();

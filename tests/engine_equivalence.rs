@@ -136,44 +136,53 @@ fn compare(mut m: Transformer, label: &str) {
     });
     let c = case(&m.args, 3, 14, 7);
     let reference = whole_graph(&m, &vh, &c);
-    let engine = Engine {
-        model: &m,
-        value_head: Some(&vh),
-        chunk_rows: 7,
-        seed: 0,
-        train: false,
-    };
-    let mb = MicroBatch {
-        tokens: c.tokens.clone(),
-        target_mask: c.target.clone(),
-        rewards: None,
-        pair_ids: None,
-    };
-    let st = engine.forward(&mb).unwrap();
-    let mut ours = Grads::default();
-    engine
-        .backward(&st, &c.c_ce, Some(&c.c_v), &mut ours)
-        .unwrap();
-    assert_eq!(
-        ours.by_name.keys().collect::<Vec<_>>(),
-        reference.by_name.keys().collect::<Vec<_>>(),
-        "{label}: the same parameters must get gradients"
-    );
-    assert!(!ours.by_name.is_empty());
-    for (name, g) in &reference.by_name {
-        let d = common::max_abs_diff(g, &ours.by_name[name]);
-        let scale = g
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
+    // with activation checkpointing ("blocks": recomputed) and without ("none": kept)
+    for keep_activations in [false, true] {
+        let label = format!("{label} (keep activations: {keep_activations})");
+        let engine = Engine {
+            model: &m,
+            value_head: Some(&vh),
+            chunk_rows: 7,
+            seed: 0,
+            train: false,
+            keep_activations,
+        };
+        let mb = MicroBatch {
+            tokens: c.tokens.clone(),
+            target_mask: c.target.clone(),
+            rewards: None,
+            pair_ids: None,
+        };
+        let st = engine.forward(&mb).unwrap();
+        let mut ours = Grads::default();
+        engine
+            .backward(&st, &c.c_ce, Some(&c.c_v), &mut ours)
             .unwrap();
-        assert!(
-            d <= 1e-5 * scale.max(1.0),
-            "{label}: {name}: max |Δgrad| {d} (grad scale {scale})"
+        assert_eq!(
+            ours.by_name.keys().collect::<Vec<_>>(),
+            reference.by_name.keys().collect::<Vec<_>>(),
+            "{label}: the same parameters must get gradients"
         );
+        assert!(!ours.by_name.is_empty());
+        for (name, g) in &reference.by_name {
+            let d = common::max_abs_diff(g, &ours.by_name[name]);
+            let scale = g
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                d <= 1e-5 * scale.max(1.0),
+                "{label}: {name}: max |Δgrad| {d} (grad scale {scale})"
+            );
+        }
+        check_ce(&m, &st);
     }
+}
+
+fn check_ce(m: &Transformer, st: &wmtp_host::train::engine::ForwardState) {
     // the per-token CE the engine reports equals −log p on the whole graph
     let h = m.args.n_future_tokens;
     assert_eq!(st.ce.len(), 3 * 14 * h);

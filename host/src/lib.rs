@@ -4,5 +4,6 @@
 
 pub mod data;
 pub mod fuzzing;
+pub mod kernels;
 pub mod model;
 pub mod train;

@@ -9,6 +9,7 @@ use super::norm::RmsNorm;
 use super::param::{Param, ParamGroup, VisitParams};
 use super::rope::Rope;
 use super::ModelArgs;
+use crate::kernels;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
@@ -67,6 +68,11 @@ pub fn causal_mask(t: usize, dev: &candle_core::Device) -> candle_core::Result<T
 }
 
 impl Attention {
+    /// (query heads, key/value heads, head dim).
+    pub fn heads(&self) -> (usize, usize, usize) {
+        (self.n_heads, self.n_kv_heads, self.head_dim)
+    }
+
     /// x [B, T, dim] → [B, T, dim].
     pub fn forward(
         &self,
@@ -80,6 +86,12 @@ impl Attention {
         let q = rope.apply(&self.wq.forward(x, ctx)?.reshape((b, t, nh, hd))?)?;
         let k = rope.apply(&self.wk.forward(x, ctx)?.reshape((b, t, nkv, hd))?)?;
         let v = self.wv.forward(x, ctx)?.reshape((b, t, nkv, hd))?;
+        if kernels::use_fused(x.device(), x.dtype()) && kernels::attention::supported(x.dtype(), hd)
+        {
+            // flash-style kernel: causal by construction (`mask` is the causal mask on this path too)
+            let out = kernels::attention(&q, &k, &v)?.reshape((b, t, nh * hd))?;
+            return self.wo.forward(&out, ctx);
+        }
         // [B, n_kv, rep·T, hd] grouping: query heads of one kv head are stacked along the time axis, so
         // keys and values are shared without copying them rep times.
         let rep = nh / nkv;
@@ -111,8 +123,13 @@ impl Attention {
 impl FeedForward {
     /// w2(silu(w1·x) ⊙ w3·x).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.w1.forward(x, ctx)?)?;
-        self.w2.forward(&(gate * self.w3.forward(x, ctx)?)?, ctx)
+        let (a, b) = (self.w1.forward(x, ctx)?, self.w3.forward(x, ctx)?);
+        let gated = if kernels::use_fused(x.device(), x.dtype()) {
+            kernels::swiglu(&a, &b)?
+        } else {
+            kernels::swiglu::swiglu_plain(&a, &b)?
+        };
+        self.w2.forward(&gated, ctx)
     }
 }
 

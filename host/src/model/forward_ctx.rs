@@ -37,21 +37,31 @@ impl ForwardCtx {
     /// Inverted dropout: zeroes each element with probability `p`, scales the rest by 1/(1−p).
     /// Identity in evaluation or when p = 0.
     pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
-        if !self.train || p <= 0.0 {
-            return Ok(x.clone());
-        }
-        if p >= 1.0 {
+        if p >= 1.0 && self.train {
             return x.zeros_like();
+        }
+        match self.dropout_mask(x, p)? {
+            Some(mask) => x.mul(&mask),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The mask [`ForwardCtx::dropout`] multiplies `x` by (0 or 1/(1−p), in x's dtype), drawing the same
+    /// numbers; None in evaluation or when p ≤ 0 (identity).
+    pub fn dropout_mask(&self, x: &Tensor, p: f32) -> Result<Option<Tensor>> {
+        if !self.train || p <= 0.0 {
+            return Ok(None);
         }
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let mut rng =
             ChaCha8Rng::seed_from_u64(self.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let keep = 1.0 / (1.0 - p);
+        let keep = if p >= 1.0 { 0.0 } else { 1.0 / (1.0 - p) };
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
             .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        Ok(Some(
+            Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?,
+        ))
     }
 }
 

@@ -216,18 +216,121 @@ impl LoraLinear {
         Ok(())
     }
 
-    /// y = x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ (the adapter term is skipped when merged).
+    /// y = x·Wᵀ + s·(dropout(x)·Aᵀ)·Bᵀ (the adapter term is skipped when merged), differentiable (candle
+    /// autograd). The adapter runs in x's dtype (A, B cast to it), as [`LoraLinear::forward_saved`] does.
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let y = apply_weight(x, &self.weight)?;
         match (&self.lora, self.merged) {
             (Some(l), false) => {
-                let h = ctx.dropout(x, l.dropout)?.to_dtype(l.a.tensor().dtype())?;
-                let low = apply_weight(&apply_weight(&h, &l.a)?, &l.b)?;
-                Ok((y + (low * l.scale)?.to_dtype(x.dtype())?)?)
+                let h = ctx.dropout(x, l.dropout)?;
+                let dt = x.dtype();
+                let a = trainable_linear(&h, &l.a.tensor().to_dtype(dt)?)?;
+                let low = trainable_linear(&a, &(l.b.tensor() * l.scale)?.to_dtype(dt)?)?;
+                Ok((y + low)?)
             }
             _ => Ok(y),
         }
     }
+
+    /// The same forward with no autograd, keeping what [`LoraLinear::backward`] needs.
+    pub fn forward_saved(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<(Tensor, LinearSaved)> {
+        let (x2, lead) = flat(x)?;
+        let dt = x.dtype();
+        let w = self.weight.tensor().detach().to_dtype(dt)?;
+        let mut y = x2.matmul(&w.t()?)?;
+        let mut saved = LinearSaved::default();
+        if let (Some(l), false) = (&self.lora, self.merged) {
+            let mask = ctx.dropout_mask(&x2, l.dropout)?;
+            let xd = match &mask {
+                Some(m) => (&x2 * m)?,
+                None => x2.clone(),
+            };
+            let a = l.a.tensor().detach().to_dtype(dt)?;
+            let bs = (l.b.tensor().detach() * l.scale)?.to_dtype(dt)?;
+            let ax = xd.matmul(&a.t()?)?;
+            y = (y + ax.matmul(&bs.t()?)?)?;
+            saved = LinearSaved {
+                ax: Some(ax),
+                xd: mask.is_some().then_some(xd),
+                mask,
+            };
+        }
+        let mut shape = lead;
+        shape.push(y.dim(1)?);
+        Ok((y.reshape(shape)?, saved))
+    }
+
+    /// Backward of [`LoraLinear::forward_saved`] on input `x` for upstream gradient `dy`: dL/dx when
+    /// `need_dx`, and the gradients of the trainable parameters pushed to `grads` as (`prefix` + name, g):
+    /// dW = dyᵀ·x; dB = s·dyᵀ·(x̃·Aᵀ); dA = s·(dy·B)ᵀ·x̃; dx = dy·W + s·((dy·B)·A) ⊙ mask.
+    pub fn backward(
+        &self,
+        x: &Tensor,
+        saved: &LinearSaved,
+        dy: &Tensor,
+        need_dx: bool,
+        prefix: &str,
+        grads: &mut Vec<(String, Tensor)>,
+    ) -> Result<Option<Tensor>> {
+        let (x2, lead) = flat(x)?;
+        let dt = x.dtype();
+        let (dy2, _) = flat(&dy.to_dtype(dt)?)?;
+        let w = self.weight.tensor().detach().to_dtype(dt)?;
+        let mut dx = if need_dx { Some(dy2.matmul(&w)?) } else { None };
+        if self.weight.is_trainable() {
+            grads.push((format!("{prefix}weight"), dy2.t()?.matmul(&x2)?));
+        }
+        if let (Some(l), false) = (&self.lora, self.merged) {
+            let Some(ax) = &saved.ax else {
+                bail!("LoRA backward without the forward's saved activations")
+            };
+            let bs = (l.b.tensor().detach() * l.scale)?.to_dtype(dt)?;
+            let dyb = dy2.matmul(&bs)?; // [N, r]
+            if l.b.is_trainable() {
+                let db = (dy2.t()?.matmul(ax)? * l.scale)?;
+                grads.push((format!("{prefix}lora_B.weight"), db));
+            }
+            if l.a.is_trainable() {
+                let xd = saved.xd.as_ref().unwrap_or(&x2);
+                grads.push((format!("{prefix}lora_A.weight"), dyb.t()?.matmul(xd)?));
+            }
+            if let Some(d) = dx.as_mut() {
+                let a = l.a.tensor().detach().to_dtype(dt)?;
+                let mut da = dyb.matmul(&a)?;
+                if let Some(m) = &saved.mask {
+                    da = (da * m)?;
+                }
+                *d = (&*d + da)?;
+            }
+        }
+        match dx {
+            Some(d) => {
+                let mut shape = lead;
+                shape.push(d.dim(1)?);
+                Ok(Some(d.reshape(shape)?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// What [`LoraLinear::backward`] needs from the forward besides the input: A·x̃, and the dropout mask and
+/// dropped-out input when the adapter has dropout.
+#[derive(Debug, Default)]
+pub struct LinearSaved {
+    ax: Option<Tensor>,
+    xd: Option<Tensor>,
+    mask: Option<Tensor>,
+}
+
+/// x [..., k] as a contiguous [N, k] matrix, and the leading dims.
+fn flat(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    let dims = x.dims();
+    let Some((&k, lead)) = dims.split_last() else {
+        bail!("linear: input has no feature dimension")
+    };
+    let n: usize = lead.iter().product();
+    Ok((x.reshape((n, k))?.contiguous()?, lead.to_vec()))
 }
 
 impl VisitParams for LoraLinear {

@@ -3,6 +3,7 @@
 pub mod adapter;
 pub mod args;
 pub mod block;
+pub mod block_grad;
 pub mod device;
 pub mod forward_ctx;
 pub mod frozen_linear;

@@ -1,7 +1,7 @@
 //! RMSNorm: y = x / √(mean(x²) + ε) · weight, computed in f32 and cast back before the weight (as Meta).
 
 use super::param::{Param, VisitParams};
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor};
 
 /// Root-mean-square normalisation over the last dimension, with a learned per-feature weight.
 #[derive(Debug, Clone)]
@@ -13,14 +13,14 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// y = (x_f32 / √(mean(x_f32²) + ε)).to(x.dtype) · weight.
+    /// y = (x_f32 / √(mean(x_f32²) + ε)).to(x.dtype) · weight — one fused kernel where
+    /// [`crate::kernels::use_fused`] says so, else plain candle ops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let xf = x.to_dtype(DType::F32)?;
-        let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = xf
-            .broadcast_div(&(ms + self.eps)?.sqrt()?)?
-            .to_dtype(x.dtype())?;
-        normed.broadcast_mul(&self.weight.tensor().to_dtype(x.dtype())?)
+        let w = self.weight.tensor();
+        if crate::kernels::use_fused(x.device(), x.dtype()) {
+            return crate::kernels::rms_norm(x, w, self.eps);
+        }
+        crate::kernels::rms_norm::rms_norm_plain(x, w, self.eps)
     }
 }
 

@@ -37,8 +37,22 @@ impl Rope {
         })
     }
 
-    /// Rotates x [B, T, n_heads, head_dim] (computed in f32, returned in x's dtype).
+    /// The cos and sin tables [T, head_dim/2] (f32).
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
+    /// Rotates x [B, T, n_heads, head_dim] (computed in f32, returned in x's dtype): the fused kernel
+    /// where [`crate::kernels::use_fused`] says so, else [`Rope::apply_plain`].
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::kernels::use_fused(x.device(), x.dtype()) {
+            return crate::kernels::rope(x, &self.cos, &self.sin);
+        }
+        self.apply_plain(x)
+    }
+
+    /// The rotation as plain candle ops.
+    pub fn apply_plain(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, h, d) = x.dims4()?;
         let xf = x.to_dtype(DType::F32)?.reshape((b, t, h, d / 2, 2))?;
         let x0 = xf.narrow(D::Minus1, 0, 1)?;

@@ -213,6 +213,13 @@ pub struct RuntimeSection {
     pub plugin_fuel: u64,
     /// Show a progress bar (off when not a terminal).
     pub progress: bool,
+    /// `blocks`: keep only each block's input in the forward and recompute the block in the backward
+    /// (least memory); `none`: keep every block's activations from forward to backward (no recomputation,
+    /// about a block's activations × blocks more memory).
+    pub activation_checkpointing: ActivationCheckpointing,
+    /// Use the fused CUDA kernels (RMSNorm, RoPE, SwiGLU, attention, cross-entropy) on the GPU; false runs
+    /// the plain candle ops everywhere (for comparisons). No effect on the CPU.
+    pub fused_kernels: bool,
 }
 
 impl Default for RuntimeSection {
@@ -223,8 +230,21 @@ impl Default for RuntimeSection {
             plugin_memory_mb: 512,
             plugin_fuel: 0,
             progress: true,
+            fused_kernels: true,
+            activation_checkpointing: ActivationCheckpointing::Blocks,
         }
     }
+}
+
+/// `runtime.activation_checkpointing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationCheckpointing {
+    /// Recompute each block in the backward from its saved input.
+    #[default]
+    Blocks,
+    /// Keep every block's activations.
+    None,
 }
 
 /// Sets `key` (dotted) in `table` to `value` parsed as TOML (a bare word becomes a string).

@@ -6,12 +6,16 @@
 
 use super::grads::Grads;
 use crate::data::MicroBatch;
+use crate::kernels;
+use crate::model::block_grad::BlockSaved;
+use crate::model::lora::LinearSaved;
 use crate::model::transformer::BlockInputs;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 
-/// What the forward pass keeps: unit inputs and the per-token scalars.
+/// What the forward pass keeps: unit inputs, the per-token scalars and, without activation checkpointing,
+/// every block's activations.
 #[derive(Debug)]
 pub struct ForwardState {
     /// Input of trunk block i at index i; the last entry is h_trunk.
@@ -25,6 +29,11 @@ pub struct ForwardState {
     /// (B, T, H).
     pub shape: (usize, usize, usize),
     tokens: Vec<u32>,
+    heads: Vec<HeadRows>,
+    /// Trunk blocks' activations (activation checkpointing off), else empty.
+    saved_trunk: Vec<BlockSaved>,
+    /// Head blocks' activations (activation checkpointing off), else None.
+    saved_heads: Vec<Option<BlockSaved>>,
 }
 
 /// Runs the model unit by unit.
@@ -39,39 +48,54 @@ pub struct Engine<'a> {
     pub seed: u64,
     /// Training mode (dropout on).
     pub train: bool,
+    /// Keep every block's activations from forward to backward (`runtime.activation_checkpointing =
+    /// "none"`) instead of recomputing each block in the backward ("blocks").
+    pub keep_activations: bool,
 }
 
 use wmtp_plugin_host::ce_mask;
 
-/// CE of rows `rows` of z [N, D] against `targets`: logsumexp(logits) − logits[target], f32.
-fn rows_ce(
-    model: &Transformer,
-    z_rows: &Tensor,
-    targets: &Tensor,
-    ctx: &ForwardCtx,
-) -> Result<Tensor> {
-    let logits = model.logits(z_rows, ctx)?.to_dtype(DType::F32)?;
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let lse = (logits
-        .broadcast_sub(&max)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        + &max)?;
-    let picked = logits.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok((lse - picked)?.squeeze(1)?)
+/// Logits of rows z [N, D] (shared final norm, then the output projection) with no autograd, and what
+/// the backward of the projection needs.
+fn rows_logits(model: &Transformer, z_rows: &Tensor) -> Result<(Tensor, Tensor, LinearSaved)> {
+    let n = model.norm.forward(&z_rows.detach())?.detach();
+    let (logits, saved) = model.output.forward_saved(&n, &ForwardCtx::eval())?;
+    Ok((n, logits, saved))
 }
 
-/// Valid rows (b·T + t) of head k and their target ids.
-fn head_rows(tokens: &[u32], mask: &[u8], h: usize, k: usize) -> (Vec<u32>, Vec<u32>) {
-    let (mut rows, mut tg) = (Vec::new(), Vec::new());
-    for row in 0..tokens.len() {
-        if mask[row * h + k] != 0 {
-            rows.push(row as u32);
-            tg.push(tokens[row + k + 1]);
+/// The valid rows of one head, on the host and on the device, computed once per micro-batch.
+#[derive(Debug)]
+struct HeadRows {
+    /// Valid rows (b·T + t) of head k.
+    rows: Vec<u32>,
+    /// `rows` on the device.
+    idx: Tensor,
+    /// Target ids of `rows` on the device.
+    targets: Tensor,
+}
+
+impl HeadRows {
+    /// Valid rows (b·T + t) of head k and their target ids.
+    fn new(tokens: &[u32], mask: &[u8], h: usize, k: usize, dev: &Device) -> Result<Self> {
+        let (mut rows, mut tg) = (Vec::new(), Vec::new());
+        for row in 0..tokens.len() {
+            if mask[row * h + k] != 0 {
+                rows.push(row as u32);
+                tg.push(tokens[row + k + 1]);
+            }
         }
+        Ok(HeadRows {
+            idx: Tensor::new(rows.as_slice(), dev)?,
+            targets: Tensor::new(tg.as_slice(), dev)?,
+            rows,
+        })
     }
-    (rows, tg)
+
+    /// (start, len) of each chunk of at most `chunk` rows.
+    fn chunks(&self, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+        let (n, c) = (self.rows.len(), chunk.max(1));
+        (0..n).step_by(c).map(move |s| (s, c.min(n - s)))
+    }
 }
 
 impl<'a> Engine<'a> {
@@ -101,37 +125,50 @@ impl<'a> Engine<'a> {
         let bi = m.block_inputs(t)?;
         let tokens: Vec<u32> = mb.tokens.flatten_all()?.to_vec1()?;
         let mut inputs = Vec::with_capacity(m.layers.len());
+        let mut saved_trunk = Vec::new();
         let mut x = m.embed(&mb.tokens)?.detach();
         for (i, block) in m.layers[..m.layers.len() - 1].iter().enumerate() {
             inputs.push(x.clone());
-            x = block
-                .forward(&x, &bi.rope, &bi.mask, &self.ctx(1 + i as u64))?
-                .detach();
+            let sv = block.forward_saved(&x, &bi.rope, &self.ctx(1 + i as u64))?;
+            x = sv.out.clone();
+            if self.keep_activations {
+                saved_trunk.push(sv);
+            }
         }
         inputs.push(x.clone());
         let mask = ce_mask(&mb.target_mask, b, t, h);
-        let mut ce = vec![0f32; b * t * h];
-        for k in 0..h {
-            let z = m
+        let heads = (0..h)
+            .map(|k| HeadRows::new(&tokens, &mask, h, k, self.dev()))
+            .collect::<Result<Vec<_>>>()?;
+        // per-token CE stays on the device until one copy per micro-batch
+        let mut ce_parts = Vec::new();
+        let mut saved_heads = Vec::with_capacity(h);
+        for (k, hr) in heads.iter().enumerate() {
+            if hr.rows.is_empty() {
+                saved_heads.push(None);
+                continue;
+            }
+            let sv = m
                 .head(k)
-                .forward(&x, &bi.rope, &bi.mask, &self.ctx(1000 + k as u64))?
-                .detach();
-            let zf = z.reshape((b * t, m.args.dim))?;
-            let (rows, tg) = head_rows(&tokens, &mask, h, k);
-            for (rc, tc) in rows
-                .chunks(self.chunk_rows.max(1))
-                .zip(tg.chunks(self.chunk_rows.max(1)))
-            {
-                let idx = Tensor::new(rc, self.dev())?;
-                let zc = zf.index_select(&idx, 0)?;
-                let vals: Vec<f32> = rows_ce(
-                    m,
-                    &zc,
-                    &Tensor::new(tc, self.dev())?,
-                    &self.ctx(2000 + k as u64),
-                )?
-                .to_vec1()?;
-                for (&r, v) in rc.iter().zip(vals) {
+                .forward_saved(&x, &bi.rope, &self.ctx(1000 + k as u64))?;
+            let zf = sv.out.reshape((b * t, m.args.dim))?;
+            for (start, len) in hr.chunks(self.chunk_rows) {
+                let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
+                let (_, logits, _) = rows_logits(m, &zc)?;
+                let (ce, _) = kernels::cross_entropy::ce_forward(
+                    &logits,
+                    &hr.targets.narrow(0, start, len)?,
+                )?;
+                ce_parts.push(ce);
+            }
+            saved_heads.push(self.keep_activations.then_some(sv));
+        }
+        let mut ce = vec![0f32; b * t * h];
+        if !ce_parts.is_empty() {
+            let flat: Vec<f32> = Tensor::cat(&ce_parts, 0)?.to_vec1()?;
+            let mut it = flat.into_iter();
+            for (k, hr) in heads.iter().enumerate() {
+                for (&r, v) in hr.rows.iter().zip(&mut it) {
                     ce[r as usize * h + k] = v;
                 }
             }
@@ -150,6 +187,9 @@ impl<'a> Engine<'a> {
             values,
             shape: (b, t, h),
             tokens,
+            heads,
+            saved_trunk,
+            saved_heads,
         })
     }
 
@@ -190,43 +230,70 @@ impl<'a> Engine<'a> {
             } else {
                 format!("extra_heads.{}.", k - 1)
             };
-            // 1. vocabulary projection + CE, chunked, from the detached head output
-            let hvar = Var::from_tensor(h_trunk)?;
-            let z = head.forward(
-                hvar.as_tensor(),
-                &bi.rope,
-                &bi.mask,
-                &self.ctx(1000 + k as u64),
-            )?;
-            let zf_const = z.detach().reshape((b * t, d))?;
-            let (rows, tg) = head_rows(&st.tokens, &st.ce_mask, h, k);
-            let mut dz = Tensor::zeros((b * t, d), DType::F32, self.dev())?;
-            for (rc, tc) in rows
-                .chunks(self.chunk_rows.max(1))
-                .zip(tg.chunks(self.chunk_rows.max(1)))
-            {
-                let idx = Tensor::new(rc, self.dev())?;
-                let zc = Var::from_tensor(&zf_const.index_select(&idx, 0)?)?;
-                let ce = rows_ce(
-                    m,
-                    zc.as_tensor(),
-                    &Tensor::new(tc, self.dev())?,
-                    &self.ctx(2000 + k as u64),
-                )?;
-                let coef: Vec<f32> = rc.iter().map(|&r| coef_k[r as usize]).collect();
-                let s = (ce * Tensor::new(coef, self.dev())?)?.sum_all()?;
-                let store = s.backward()?;
-                grads.absorb(&m.norm, "norm.", &store)?;
-                grads.absorb(&m.output, "output.", &store)?;
-                if let Some(g) = store.get(zc.as_tensor()) {
-                    dz = dz.index_add(&idx, &g.to_dtype(DType::F32)?, 0)?;
+            // 1. the head block's activations: kept from the forward, or recomputed
+            let recomputed;
+            let sv = match st.saved_heads.get(k).and_then(Option::as_ref) {
+                Some(sv) => sv,
+                None => {
+                    recomputed =
+                        head.forward_saved(h_trunk, &bi.rope, &self.ctx(1000 + k as u64))?;
+                    &recomputed
                 }
+            };
+            // 2. vocabulary projection + CE backward, chunked: dz of the valid rows
+            let zf = sv.out.reshape((b * t, d))?;
+            let hr = &st.heads[k];
+            let coef_rows: Vec<f32> = hr.rows.iter().map(|&r| coef_k[r as usize]).collect();
+            let coef_rows = Tensor::new(coef_rows.as_slice(), self.dev())?;
+            let mut dz_rows = Vec::new();
+            let mut pg = Vec::new();
+            for (start, len) in hr.chunks(self.chunk_rows) {
+                let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
+                let tc = hr.targets.narrow(0, start, len)?;
+                let (nc, logits, lsv) = rows_logits(m, &zc)?;
+                let (_, lse) = kernels::cross_entropy::ce_forward(&logits, &tc)?;
+                let dlogits = kernels::cross_entropy::ce_backward(
+                    &logits,
+                    &tc,
+                    &lse,
+                    &coef_rows.narrow(0, start, len)?,
+                )?;
+                let dn = m
+                    .output
+                    .backward(&nc, &lsv, &dlogits, true, "output.", &mut pg)?
+                    .expect("dx was asked for");
+                let (dzc, dg) = kernels::rms_norm::rms_norm_backward(
+                    &zc,
+                    m.norm.weight.tensor(),
+                    &dn,
+                    m.norm.eps,
+                    m.norm.weight.is_trainable(),
+                )?;
+                if let Some(dg) = dg {
+                    pg.push(("norm.weight".to_string(), dg));
+                }
+                dz_rows.push(dzc);
             }
-            // 2. the head block, recomputed with its graph
-            let s = (z.to_dtype(DType::F32)? * dz.reshape((b, t, d))?)?.sum_all()?;
-            let store = s.backward()?;
-            grads.absorb(head, &head_prefix, &store)?;
-            if let Some(g) = store.get(hvar.as_tensor()) {
+            for (name, g) in pg {
+                grads.add(&name, &g)?;
+            }
+            let dz = Tensor::zeros((b * t, d), zf.dtype(), self.dev())?.index_add(
+                &hr.idx,
+                &Tensor::cat(&dz_rows, 0)?,
+                0,
+            )?;
+            // 3. the head block's backward
+            let hg = head.backward(
+                sv,
+                &dz.reshape((b, t, d))?,
+                &bi.rope,
+                trunk_trainable,
+                &head_prefix,
+            )?;
+            for (name, g) in hg.params {
+                grads.add(&name, &g)?;
+            }
+            if let Some(g) = hg.dx {
                 dh = (dh + g.to_dtype(DType::F32)?)?;
             }
         }
@@ -246,21 +313,29 @@ impl<'a> Engine<'a> {
         if !trunk_trainable {
             return Ok(());
         }
+        let mut dh = dh.to_dtype(m.dtype())?;
         for i in (0..n_trunk).rev() {
             let block = &m.layers[i];
-            let xvar = Var::from_tensor(&st.unit_inputs[i])?;
-            let out = block.forward(
-                xvar.as_tensor(),
-                &bi.rope,
-                &bi.mask,
-                &self.ctx(1 + i as u64),
-            )?;
-            let s = (out.to_dtype(DType::F32)? * &dh)?.sum_all()?;
-            let store = s.backward()?;
-            grads.absorb(block, &format!("layers.{i}."), &store)?;
-            dh = match store.get(xvar.as_tensor()) {
-                Some(g) => g.to_dtype(DType::F32)?,
-                None => return Ok(()), // nothing below depends on this block's input
+            let recomputed;
+            let sv = match st.saved_trunk.get(i) {
+                Some(sv) => sv,
+                None => {
+                    recomputed = block.forward_saved(
+                        &st.unit_inputs[i],
+                        &bi.rope,
+                        &self.ctx(1 + i as u64),
+                    )?;
+                    &recomputed
+                }
+            };
+            let need_dx = i > 0 || any_trainable(&m.tok_embeddings);
+            let bg = block.backward(sv, &dh, &bi.rope, need_dx, &format!("layers.{i}."))?;
+            for (name, g) in bg.params {
+                grads.add(&name, &g)?;
+            }
+            dh = match bg.dx {
+                Some(g) => g,
+                None => return Ok(()), // nothing below needs this block's input gradient
             };
         }
         if any_trainable(&m.tok_embeddings) {

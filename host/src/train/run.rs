@@ -149,13 +149,28 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         (state.epoch, state.index) = (s.batcher.epoch, s.batcher.index);
         losses.push(rep.loss);
         ces.push(rep.ce);
-        let tok_s = rep.tokens as f64 / t0.elapsed().as_secs_f64();
+        let step_s = t0.elapsed().as_secs_f64();
+        let tok_s = rep.tokens as f64 / step_s;
         // a non-finite norm is not a JSON number: written as null, with the skip counted
         let norm = rep.grad_norm.is_finite().then_some(rep.grad_norm);
         let mut line = serde_json::json!({"step": state.step, "loss": rep.loss, "ce": rep.ce, "lr": rep.lr, "grad_norm": norm, "skipped": rep.skipped, "skipped_steps": guard.total, "tokens": rep.tokens, "tokens_per_s": tok_s});
         // plugin metrics live under `plugin.`: they can never overwrite the host's keys
         for (k, v) in &rep.metrics {
             line[format!("plugin.{k}")] = serde_json::json!(v);
+        }
+        let tm = &rep.times;
+        for (k, v) in [
+            ("time.forward_s", tm.forward),
+            ("time.plugin_s", tm.plugin),
+            ("time.backward_s", tm.backward),
+            ("time.optimizer_s", tm.optimizer),
+            ("time.step_s", step_s),
+        ] {
+            line[k] = serde_json::json!(v);
+        }
+        if state.step == resumed_at.unwrap_or(0) + 1 {
+            // launch → end of the first step (start-up included)
+            line["time.first_step_done_s"] = serde_json::json!(started.elapsed().as_secs_f64());
         }
         let eval_now = s.cfg.runtime.eval_every > 0 && state.step % s.cfg.runtime.eval_every == 0;
         if eval_now {

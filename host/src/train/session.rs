@@ -116,6 +116,7 @@ impl Session {
 
     /// Builds a session around any pipeline (`label` names it in summaries and checkpoints).
     pub fn with_weigher(cfg: RunConfig, weigher: Box<dyn Weigher>, label: &Path) -> Result<Self> {
+        crate::kernels::set_enabled(cfg.runtime.fused_kernels);
         let manifest = weigher.manifest().clone();
         let device = cfg.model.device.open().context("model.device")?;
         let opts = load_options(&cfg, &device)?;
@@ -167,6 +168,8 @@ impl Session {
                 reference: self.reference.as_ref(),
                 critic: self.critic.as_ref().map(|(m, v)| (m, v)),
                 chunk_rows: self.cfg.training.chunk_rows,
+                keep_activations: self.cfg.runtime.activation_checkpointing
+                    == super::config::ActivationCheckpointing::None,
             },
             weigher: self.weigher.as_mut(),
             batcher: &mut self.batcher,

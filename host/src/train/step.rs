@@ -9,6 +9,7 @@ use crate::data::batcher::{collate, Batcher};
 use crate::data::MicroBatch;
 use crate::model::{Transformer, ValueHead};
 use anyhow::Result;
+use std::time::Instant;
 use wmtp_plugin_host::{Batch, Coefficients, InputKind, Manifest, Plugin};
 
 /// What turns per-token scalars into coefficients: a pipeline plugin, or the native baseline that the
@@ -129,6 +130,8 @@ pub struct Models<'a> {
     pub critic: Option<(&'a Transformer, &'a ValueHead)>,
     /// Rows per vocabulary chunk.
     pub chunk_rows: usize,
+    /// Keep block activations from forward to backward (no activation checkpointing) when training.
+    pub keep_activations: bool,
 }
 
 /// Forward of one micro-batch and the plugin batch built from it.
@@ -146,6 +149,7 @@ pub fn forward_and_batch<'a>(
         chunk_rows: m.chunk_rows,
         seed,
         train,
+        keep_activations: train && m.keep_activations,
     };
     let st = engine.forward(mb)?;
     let (b, t, h) = st.shape;
@@ -157,6 +161,7 @@ pub fn forward_and_batch<'a>(
                 chunk_rows: m.chunk_rows,
                 seed,
                 train: false,
+                keep_activations: false,
             };
             let rs = re.forward(mb)?;
             let hr = rs.shape.2;
@@ -210,6 +215,31 @@ pub struct StepReport {
     pub tokens: usize,
     /// Plugin metrics averaged over micro-batches.
     pub metrics: Vec<(String, f64)>,
+    /// Where the step's wall-clock time went.
+    pub times: PhaseTimes,
+}
+
+/// Wall-clock seconds of one optimizer step by phase, summed over its micro-batches. The device is
+/// synchronised at each phase boundary, so GPU work is charged to the phase that queued it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    /// Forward passes (policy, reference, critic) and the per-token scalars' copy to the host.
+    pub forward: f64,
+    /// The pipeline's `weigh` calls.
+    pub plugin: f64,
+    /// Backward passes (recomputation included).
+    pub backward: f64,
+    /// Clipping, the optimiser update and the pipeline's after-step.
+    pub optimizer: f64,
+}
+
+/// Seconds since `*since` once the device has finished its queued work; restarts the clock.
+fn lap(dev: &candle_core::Device, since: &mut Instant) -> Result<f64> {
+    dev.synchronize()?;
+    let now = Instant::now();
+    let s = now.duration_since(*since).as_secs_f64();
+    *since = now;
+    Ok(s)
 }
 
 /// The micro-batches of one optimizer step: forward, coefficients (scaled 1/accum), backward into
@@ -229,12 +259,16 @@ pub fn accumulate(
     // plugin metrics averaged over micro-batches, in first-seen order; the plugin host refuses more than
     // 256 per call, so the linear merge below stays cheap
     let mut metric_sums: Vec<(String, f64)> = Vec::new();
+    let dev = m.model.device();
     for micro in 0..accum {
         let (samples, pair_ids) = batcher.next_samples();
-        let mb = collate(&samples, pair_ids, pad, m.model.device())?;
+        let mut clock = Instant::now();
+        let mb = collate(&samples, pair_ids, pad, dev)?;
         let mseed = seed ^ (step.wrapping_mul(1_000_003) + micro as u64);
         let (engine, st, batch) = forward_and_batch(m, w, &mb, step, mseed, true)?;
+        rep.times.forward += lap(dev, &mut clock)?;
         let c = w.weigh(&batch, true)?;
+        rep.times.plugin += lap(dev, &mut clock)?;
         if c.values
             .as_ref()
             .is_some_and(|v| v.iter().any(|&x| x != 0.0))
@@ -249,6 +283,7 @@ pub fn accumulate(
             .as_ref()
             .map(|v| v.iter().map(|x| x * scale).collect());
         engine.backward(&st, &cce, cv.as_deref(), grads)?;
+        rep.times.backward += lap(dev, &mut clock)?;
         rep.loss += c.loss / accum as f64;
         rep.ce += super::evaluate::plain_ce(&st) / accum as f64;
         rep.tokens += mb.target_mask.iter().filter(|&&x| x != 0).count();
@@ -274,6 +309,7 @@ pub fn apply(
     max_grad_norm: f64,
     rep: &mut StepReport,
 ) -> Result<()> {
+    let mut clock = Instant::now();
     rep.grad_norm = clip_global_norm(grads, max_grad_norm)?;
     rep.skipped = !rep.grad_norm.is_finite();
     let step = opt.step;
@@ -288,7 +324,9 @@ pub fn apply(
     }
     opt.finish_step();
     grads.clear();
-    w.after_step(step)
+    w.after_step(step)?;
+    rep.times.optimizer += lap(policy.device(), &mut clock)?;
+    Ok(())
 }
 
 /// One optimizer step of session `s` at step index `step`: `grad_accum` micro-batches forward, weighed

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""The GPU benchmark's table from results.jsonl rows (bench/gpu/run.py writes them):
+
+    python3 bench/gpu/report.py results.jsonl
+"""
+import json
+import sys
+
+from flops import H200_BF16_PEAK
+
+
+def _fmt(r):
+    if "error" in r:
+        return f"| {r['side']} | error: {r['error'].strip().splitlines()[-1][:80]} |" + " |" * 8
+    mfu = r["tflops_per_step"] * 1e12 / r["step_s"] / H200_BF16_PEAK
+    peak = r.get("smi_peak_gib", float("nan"))
+    alloc = r.get("peak_allocated_gib")
+    first = r.get("first_step_s")
+    return (f"| {r['side']} | {r['tokens_per_s']:,.0f} | {r['step_s']*1e3:,.0f} | {r['forward_s']*1e3:,.0f} | "
+            f"{r['backward_s']*1e3:,.0f} | {r['optimizer_s']*1e3:,.1f} | {r['plugin_s']*1e3:,.1f} | "
+            f"{peak:.1f}{'' if alloc is None else f' ({alloc:.1f})'} | {100*mfu:.1f}% | "
+            f"{'' if first is None else f'{first:.1f}'} |")
+
+
+def table(rows):
+    out = []
+    keys = []
+    for r in rows:
+        k = (r["preset"], r["batch"], r["lora"])
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        group = [r for r in rows if (r["preset"], r["batch"], r["lora"]) == k]
+        out.append(f"\n{k[0]} {'LoRA' if k[2] else 'full FT'} b{k[1]}×{group[0].get('seq', '?')}")
+        out.append("| side | tokens/s | step ms | fwd ms | bwd ms | optim ms | plugin ms | "
+                   "peak GiB nvidia-smi (torch alloc) | MFU | first step done s |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        out += [_fmt(r) for r in group]
+        by = {r["side"]: r for r in group if "error" not in r}
+        if "wmtp" in by and "pytorch" in by:
+            w, p = by["wmtp"], by["pytorch"]
+            out.append(f"ours/PyTorch: tokens/s {w['tokens_per_s']/p['tokens_per_s']:.3f}×, "
+                       f"peak memory {w['smi_peak_gib']/max(p['smi_peak_gib'], 1e-9):.2f}× (nvidia-smi); "
+                       f"plugin {100*w['plugin_s']/w['step_s']:.2f}% of our step")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(table([json.loads(x) for x in open(sys.argv[1]) if x.strip()]))

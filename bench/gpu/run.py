@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Side-by-side GPU benchmark: wmtp and its PyTorch reference (bench/gpu/reference.py) on the same MTP
+training step, row by row, in ONE process tree on one GPU; prints a table with the ratios ours/PyTorch.
+
+Rows (default): 1b_mtp LoRA b8×2048, 1b_mtp full fine-tuning b8×2048, 7b_1t_4 LoRA b1×2048 and b4×2048.
+For each side: tokens/s (B·T positions per second of step time), the step split (forward / backward /
+optimiser / plugin), peak GPU memory — sampled with nvidia-smi every 50 ms for BOTH sides (device memory
+used above the idle level), plus PyTorch's own allocator peak —, MFU against 989 TFLOP/s (bench/gpu/flops.py
+says what is counted) and the time from launch to the end of the first step.
+
+    python3 bench/gpu/run.py --wmtp target/release/wmtp --plugin plugins/baseline.wasm
+    python3 bench/gpu/run.py --rows 1b_mtp:8:lora --steps 4 --wmtp-set runtime.activation_checkpointing=none
+
+Each row's JSON goes to --out/results.jsonl; the table is printed at the end (bench/gpu/report.py).
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from flops import PRESETS, step_flops  # noqa: E402
+import report  # noqa: E402
+
+
+class MemorySampler:
+    """Peak of nvidia-smi's `memory.used` (MiB) above its level at start, sampled every `ms`."""
+
+    def __init__(self, gpu=0, ms=50):
+        self.gpu, self.ms = gpu, ms
+        self.base = self._read()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self):
+        out = subprocess.run(["nvidia-smi", "-i", str(self.gpu), "--query-gpu=memory.used",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True)
+        try:
+            return int(out.stdout.strip().splitlines()[0])
+        except (ValueError, IndexError):
+            return 0
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._read())
+            time.sleep(self.ms / 1e3)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    def peak_gib(self):
+        return (self.peak - self.base) / 1024
+
+
+def make_data(path, seq, rows, seed=0):
+    """Plain-text rows of seq − 2 bytes: with the byte tokenizer, BOS + text + EOS = seq positions."""
+    rng = random.Random(seed)
+    words = ["the", "model", "token", "head", "loss", "train", "value", "step", "data", "grad", "layer"]
+    with open(path, "w") as f:
+        for i in range(rows):
+            text = ""
+            while len(text) < seq - 2:
+                text += rng.choice(words) + " "
+            f.write(json.dumps({"text": text[: seq - 2], "problem_id": f"bench/{i}"}) + "\n")
+
+
+def wmtp_row(args, preset, batch, lora, data, workdir):
+    run_dir = os.path.join(workdir, f"wmtp-{preset}-b{batch}-{'lora' if lora else 'full'}")
+    cmd = [args.wmtp, "run", "--pipeline", args.plugin, "--config", os.path.join(HERE, "wmtp_bench.toml"),
+           "--set", f"model.path={preset}", "--set", f"training.batch_size={batch}",
+           "--set", f"training.use_lora={'true' if lora else 'false'}", "--set", f"data.train={data}",
+           "--set", f"data.max_length={args.seq}", "--set", f"training.steps={args.warmup + args.steps}",
+           "--set", f"checkpoint.dir={run_dir}"]
+    for s in args.wmtp_set:
+        cmd += ["--set", s]
+    with MemorySampler() as mem:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"side": "wmtp", "preset": preset, "batch": batch, "lora": lora,
+                "error": (proc.stderr or proc.stdout)[-2000:]}
+    lines = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl")) if '"step"' in x]
+    lines = [x for x in lines if "time.step_s" in x]
+    timed = lines[args.warmup:]
+    mean = lambda k: sum(x[k] for x in timed) / len(timed)  # noqa: E731
+    step = mean("time.step_s")
+    return {
+        "side": "wmtp", "preset": preset, "batch": batch, "seq": args.seq, "lora": lora,
+        "tokens_per_s": batch * args.seq / step, "step_s": step, "forward_s": mean("time.forward_s"),
+        "backward_s": mean("time.backward_s"), "optimizer_s": mean("time.optimizer_s"),
+        "plugin_s": mean("time.plugin_s"), "smi_peak_gib": mem.peak_gib(),
+        "first_step_s": lines[0].get("time.first_step_done_s"),
+        "tflops_per_step": step_flops(PRESETS[preset], batch, args.seq, lora) / 1e12,
+        "loss": timed[-1]["loss"], "settings": args.wmtp_set,
+    }
+
+
+def torch_row(args, preset, batch, lora):
+    cmd = [sys.executable, os.path.join(HERE, "reference.py"), "--preset", preset, "--batch", str(batch),
+           "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if lora:
+        cmd.append("--lora")
+    with MemorySampler() as mem:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"side": "pytorch", "preset": preset, "batch": batch, "lora": lora,
+                "error": (proc.stderr or proc.stdout)[-2000:]}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["smi_peak_gib"] = mem.peak_gib()
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--wmtp", default="target/release/wmtp")
+    ap.add_argument("--plugin", default="plugins/baseline.wasm")
+    ap.add_argument("--rows", nargs="*",
+                    default=["1b_mtp:8:lora", "1b_mtp:8:full", "7b_1t_4:1:lora", "7b_1t_4:4:lora"],
+                    help="preset:batch:lora|full")
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per row")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--sides", default="wmtp,pytorch")
+    ap.add_argument("--wmtp-set", action="append", default=[], help="extra --set for wmtp (repeatable)")
+    ap.add_argument("--out", default=None, help="folder for results.jsonl and the runs")
+    args = ap.parse_args()
+    out = args.out or tempfile.mkdtemp(prefix="wmtp-bench-")
+    os.makedirs(out, exist_ok=True)
+    data = os.path.join(out, "bench-data.jsonl")
+    make_data(data, args.seq, 64)
+    results = []
+    for row in args.rows:
+        preset, batch, mode = row.split(":")
+        for side in args.sides.split(","):
+            t0 = time.time()
+            r = (wmtp_row(args, preset, int(batch), mode == "lora", data, out) if side == "wmtp"
+                 else torch_row(args, preset, int(batch), mode == "lora"))
+            r["wall_s"] = time.time() - t0
+            results.append(r)
+            with open(os.path.join(out, "results.jsonl"), "a") as f:
+                f.write(json.dumps(r) + "\n")
+            print(json.dumps(r), flush=True)
+    print(report.table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+//! GPU micro-benchmark of one Transformer block's pieces at the `1b_mtp` shape (B·T = 8×2048 tokens, dim
+//! 2048, 16 heads of 128, LoRA r = 8 on wq wk wv wo, bf16): forward and forward+backward time of each
+//! piece, synchronised CUDA timings, median of 5. `bench/gpu/ops_reference.py` times the same pieces in
+//! PyTorch; `bench/gpu/run.py --ops` prints both side by side.
+//!
+//!     cargo bench --features cuda --bench gpu_ops        (needs a CUDA device)
+
+#[cfg(feature = "cuda")]
+fn main() -> anyhow::Result<()> {
+    use candle_core::{DType, Device, Tensor, Var};
+    use std::time::Instant;
+    use wmtp_host::kernels;
+    use wmtp_host::model::rope::Rope;
+    use wmtp_host::model::{ForwardCtx, LoraConfig, ModelArgs, Transformer};
+
+    let dev = Device::new_cuda(0)?;
+    let (b, t) = (
+        std::env::var("B")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8usize),
+        2048usize,
+    );
+    let time = |name: &str, f: &mut dyn FnMut() -> candle_core::Result<()>| -> anyhow::Result<()> {
+        f()?;
+        dev.synchronize()?;
+        let mut v: Vec<f64> = (0..5)
+            .map(|_| {
+                let s = Instant::now();
+                f().and_then(|_| dev.synchronize())
+                    .map(|_| s.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        v.sort_by(|a, c| a.partial_cmp(c).unwrap());
+        println!("{{\"op\": \"{name}\", \"ms\": {:.3}}}", v[2]);
+        Ok(())
+    };
+    let bt = b * t;
+    let x = Tensor::randn(0f32, 1.0, (b, t, 2048), &dev)?.to_dtype(DType::BF16)?;
+    let w = (Tensor::randn(0f32, 0.02, (2048, 2048), &dev)?).to_dtype(DType::BF16)?;
+    let w1 = (Tensor::randn(0f32, 0.02, (5632, 2048), &dev)?).to_dtype(DType::BF16)?;
+    let dy = Tensor::randn(0f32, 1.0, (b, t, 2048), &dev)?.to_dtype(DType::BF16)?;
+    let back = |y: &Tensor, g: &Tensor| -> candle_core::Result<()> {
+        let s = (y.to_dtype(DType::F32)? * g.to_dtype(DType::F32)?)?.sum_all()?;
+        s.backward().map(|_| ())
+    };
+    // matmuls
+    time("linear 2048x2048 fwd", &mut || {
+        wmtp_host::model::frozen_linear::frozen_linear(&x, &w).map(|_| ())
+    })?;
+    time("linear 2048x2048 fwd+bwd(dx)", &mut || {
+        let xv = Var::from_tensor(&x)?;
+        let y = wmtp_host::model::frozen_linear::frozen_linear(xv.as_tensor(), &w)?;
+        back(&y, &dy)
+    })?;
+    time("linear 2048->5632 fwd", &mut || {
+        wmtp_host::model::frozen_linear::frozen_linear(&x, &w1).map(|_| ())
+    })?;
+    // rms norm
+    let gain = Tensor::ones(2048, DType::F32, &dev)?;
+    for fused in [true, false] {
+        kernels::set_enabled(fused);
+        let tag = if fused { "fused" } else { "plain" };
+        let norm = wmtp_host::model::norm::RmsNorm {
+            weight: wmtp_host::model::Param::frozen(
+                gain.clone(),
+                wmtp_host::model::ParamGroup::Trunk,
+            ),
+            eps: 1e-5,
+        };
+        time(&format!("rms_norm {tag} fwd+bwd"), &mut || {
+            let xv = Var::from_tensor(&x)?;
+            back(&norm.forward(xv.as_tensor())?, &dy)
+        })?;
+        let rope = Rope::new(128, 1e4, 0, t, &dev)?;
+        let q = x.reshape((b, t, 16, 128))?;
+        time(&format!("rope {tag} fwd+bwd"), &mut || {
+            let qv = Var::from_tensor(&q)?;
+            back(&rope.apply(qv.as_tensor())?, &dy.reshape((b, t, 16, 128))?)
+        })?;
+        let a = Tensor::randn(0f32, 1.0, (bt, 5632), &dev)?.to_dtype(DType::BF16)?;
+        let g = Tensor::randn(0f32, 1.0, (bt, 5632), &dev)?.to_dtype(DType::BF16)?;
+        time(&format!("swiglu {tag} fwd+bwd"), &mut || {
+            let (av, gv) = (Var::from_tensor(&a)?, Var::from_tensor(&a)?);
+            let y = if fused {
+                kernels::swiglu(av.as_tensor(), gv.as_tensor())?
+            } else {
+                kernels::swiglu::swiglu_plain(av.as_tensor(), gv.as_tensor())?
+            };
+            back(&y, &g)
+        })?;
+        let (qa, ka, va) = (
+            Tensor::randn(0f32, 1.0, (b, t, 16, 128), &dev)?.to_dtype(DType::BF16)?,
+            Tensor::randn(0f32, 1.0, (b, t, 16, 128), &dev)?.to_dtype(DType::BF16)?,
+            Tensor::randn(0f32, 1.0, (b, t, 16, 128), &dev)?.to_dtype(DType::BF16)?,
+        );
+        let attn = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            if fused {
+                kernels::attention(q, k, v)
+            } else {
+                kernels::attention::attention_plain(q, k, v)
+            }
+        };
+        time(&format!("attention {tag} fwd"), &mut || {
+            attn(&qa, &ka, &va).map(|_| ())
+        })?;
+        time(&format!("attention {tag} fwd+bwd"), &mut || {
+            let (q, k, v) = (
+                Var::from_tensor(&qa)?,
+                Var::from_tensor(&ka)?,
+                Var::from_tensor(&va)?,
+            );
+            let o = attn(q.as_tensor(), k.as_tensor(), v.as_tensor())?;
+            back(&o, &dy.reshape((b, t, 16, 128))?)
+        })?;
+        // a whole LoRA block of the 1b_mtp model
+        let args = ModelArgs::preset("1b_mtp").expect("preset");
+        let mut small = args.clone();
+        small.n_layers = args.n_future_tokens + 1; // one trunk block + the heads
+        let mut m = Transformer::random(small, 0, DType::BF16, &dev)?;
+        m.add_lora(&LoraConfig::default(), 0)?;
+        let bi = m.block_inputs(t)?;
+        let block = &m.layers[0];
+        time(&format!("LoRA block {tag} fwd"), &mut || {
+            block
+                .forward(&x, &bi.rope, &bi.mask, &ForwardCtx::train(1))
+                .map(|_| ())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        })?;
+        time(&format!("LoRA block {tag} manual fwd+bwd"), &mut || {
+            let ctx = ForwardCtx::train(1);
+            let sv = block
+                .forward_saved(&x, &bi.rope, &ctx)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            block
+                .backward(&sv, &dy, &bi.rope, true, "layers.0.")
+                .map(|_| ())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        })?;
+        time(&format!("LoRA block {tag} autograd fwd+bwd"), &mut || {
+            let xv = Var::from_tensor(&x)?;
+            let y = block
+                .forward(xv.as_tensor(), &bi.rope, &bi.mask, &ForwardCtx::train(1))
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            back(&y, &dy)
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn main() {
+    eprintln!("gpu_ops needs --features cuda");
+}

@@ -1,0 +1,49 @@
+//! CPU helpers of the fused ops' reference implementations: storage ↔ f32 vectors and rounding to the
+//! compute dtype (so the CPU twin rounds where the CUDA kernel does).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Result};
+
+/// The elements of `s` under layout `l`, in order, as f32.
+pub fn f32_vec(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
+    let c = s.to_dtype(l, DType::F32)?;
+    Ok(c.as_slice::<f32>()?.to_vec())
+}
+
+/// A contiguous storage of `dtype` holding `v`.
+pub fn storage(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    let n = v.len();
+    let s = CpuStorage::F32(v);
+    if dtype == DType::F32 {
+        return Ok(s);
+    }
+    s.to_dtype(&Layout::contiguous(n), dtype)
+}
+
+/// x rounded to `dtype` and back (round-to-nearest-even for bf16; identity for f32).
+pub fn round(x: f32, dtype: DType) -> f32 {
+    match dtype {
+        DType::BF16 if x.is_finite() => {
+            let b = x.to_bits();
+            let r = ((b >> 16) & 1) + 0x7fff;
+            f32::from_bits(b.wrapping_add(r) & 0xffff_0000)
+        }
+        _ => x,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_candle() -> Result<()> {
+        let xs = [1.0f32, 1.00390625, 1.0078125, -3.14159, 1e-3, 65504.0, 0.1];
+        let t = candle_core::Tensor::new(&xs[..], &candle_core::Device::Cpu)?;
+        let r: Vec<f32> = t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.to_vec1()?;
+        for (x, want) in xs.iter().zip(r) {
+            assert_eq!(round(*x, DType::BF16), want, "{x}");
+        }
+        Ok(())
+    }
+}

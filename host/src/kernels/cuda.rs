@@ -1,0 +1,107 @@
+//! Launching the fused PTX kernels on candle's CUDA storages.
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, DType, Layout, Result, Shape, Storage, StorageRef, Tensor};
+
+/// The PTX of `kernels/fused.cu`.
+pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+/// The module name the PTX is cached under in candle's device.
+pub const MODULE: &str = "wmtp_fused";
+
+/// A CUDA driver error as a candle error.
+pub fn err<E: std::error::Error + Send + Sync + 'static>(e: E) -> candle_core::Error {
+    candle_core::Error::Cuda(Box::new(e))
+}
+
+/// The kernel-name suffix of a dtype the fused kernels support.
+pub fn suffix(dt: DType) -> Result<&'static str> {
+    match dt {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        other => bail!("fused kernels support f32 and bf16, not {other:?}"),
+    }
+}
+
+/// The elements of a contiguous storage under `l` as a typed view.
+pub fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout) -> Result<CudaView<'a, T>> {
+    if !l.is_contiguous() {
+        bail!("fused kernel: the input must be contiguous");
+    }
+    let o = l.start_offset();
+    Ok(s.as_cuda_slice::<T>()?.slice(o..o + l.shape().elem_count()))
+}
+
+/// A fresh tensor (no gradient edge) around a device buffer.
+pub fn wrap<T: CudaDType>(s: CudaSlice<T>, dev: &CudaDevice, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(
+        Storage::Cuda(CudaStorage::wrap_cuda_slice(s, dev.clone())),
+        shape,
+        BackpropOp::none(),
+        false,
+    )
+}
+
+/// A tensor's storage held for reading while a kernel is queued on it.
+pub struct Held<'a>(StorageRef<'a>, &'a Layout);
+
+/// Holds `t`'s storage.
+pub fn hold(t: &Tensor) -> Held<'_> {
+    let (g, l) = t.storage_and_layout();
+    Held(g, l)
+}
+
+impl Held<'_> {
+    /// The CUDA storage and its layout (an error for a CPU tensor).
+    pub fn cuda(&self) -> Result<(&CudaStorage, &Layout)> {
+        match &*self.0 {
+            Storage::Cuda(s) => Ok((s, self.1)),
+            _ => bail!("fused kernel: tensor is not on a CUDA device"),
+        }
+    }
+}
+
+/// One block per row of `threads` threads.
+pub fn rows_cfg(rows: usize, threads: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
+/// One thread per element, 256 per block.
+pub fn elems_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Queues kernel `$name` of the fused module on `$dev` with `$cfg` and the arguments (references).
+/// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes.
+macro_rules! launch {
+    ($dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {{
+        let f = $dev.get_or_load_custom_func(&$name, $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX)?;
+        f.set_attribute(
+            candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            $smem as i32,
+        ).map_err($crate::kernels::cuda::err)?;
+        #[allow(unused_imports)]
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
+        let mut b = f.builder();
+        $( b.arg($arg); )*
+        unsafe { b.launch($cfg) }.map_err($crate::kernels::cuda::err)?;
+    }};
+    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let f = $dev.get_or_load_custom_func(&$name, $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX)?;
+        #[allow(unused_imports)]
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
+        let mut b = f.builder();
+        $( b.arg($arg); )*
+        unsafe { b.launch($cfg) }.map_err($crate::kernels::cuda::err)?;
+    }};
+}
+pub(crate) use launch;

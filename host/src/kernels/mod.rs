@@ -1,0 +1,43 @@
+//! Fused kernels for the GPU (`kernels/fused.cu`, compiled to PTX by `build.rs` with the `cuda` feature),
+//! each a candle custom op with a CPU twin of the same maths so that it can be tested against the plain
+//! candle path on both devices (tests/gpu_kernels.rs on the GPU, the unit tests here on the CPU):
+//! - [`rms_norm`]: y = bf(bf(x·r)·w), r = 1/√(mean(x²) + ε); backward dx = r·(g − n·mean(g·n)), g = dy·w.
+//! - [`rope`]: interleaved-pair rotation; backward = rotation by −θ.
+//! - [`swiglu`]: silu(a)·b; backward da = dy·b·σ(a)(1 + a(1 − σ(a))), db = dy·silu(a).
+//! - [`cross_entropy`]: per-row CE = logsumexp(z) − z[target] in f32 from bf16/f32 logits; backward
+//!   dz = dCE·(softmax(z) − onehot), written straight in the logits' dtype.
+//! - [`attention`]: causal grouped-query attention, flash-style: [T, T] scores never stored; the
+//!   log-sum-exp is kept for the backward (bf16, head_dim 64 or 128, tensor-core mma).
+//!
+//! The model uses them where [`use_fused`] says so: on CUDA for f32/bf16 unless turned off
+//! (`runtime.fused_kernels = false`); on the CPU the plain candle path runs (it is faster there).
+
+pub mod attention;
+mod cpu;
+pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod rms_norm;
+pub mod rope;
+pub mod swiglu;
+
+pub use attention::attention;
+pub use cross_entropy::cross_entropy_rows;
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use swiglu::swiglu;
+
+use candle_core::{DType, Device};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for this process (`runtime.fused_kernels`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the model takes the fused path for tensors of `dtype` on `dev`: CUDA, f32 or bf16, enabled.
+pub fn use_fused(dev: &Device, dtype: DType) -> bool {
+    ENABLED.load(Ordering::Relaxed) && dev.is_cuda() && matches!(dtype, DType::F32 | DType::BF16)
+}

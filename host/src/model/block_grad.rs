@@ -1,0 +1,199 @@
+//! A Transformer block's backward written out by hand (no candle autograd): the engine's unit of work.
+//!
+//! candle's autograd adds every gradient into a fresh zero tensor and keeps f32 copies along the graph;
+//! on the GPU that bookkeeping costs more than the block's matmuls. Here the forward keeps exactly the
+//! activations the backward needs ([`BlockSaved`]) and the backward applies each piece's derivative:
+//!
+//!   n₁ = rms(x)·g₁; q = rope(n₁·Wqᵀ), k = rope(n₁·Wkᵀ), v = n₁·Wvᵀ; o = attn(q, k, v); h = x + o·Woᵀ
+//!   n₂ = rms(h)·g₂; a = n₂·W1ᵀ, b = n₂·W3ᵀ; s = silu(a)·b; out = h + s·W2ᵀ
+//! backward, given dout:
+//!   ds = dout·W2; (da, db) = swiglu′; dn₂ = da·W1 + db·W3; dh = dout + rms′(h, dn₂)
+//!   do = dh·Wo; (dq, dk, dv) = attn′; dn₁ = rope⁻¹(dq)·Wq + rope⁻¹(dk)·Wk + dv·Wv; dx = dh + rms′(x, dn₁)
+//! with LoRA terms and weight gradients inside [`LoraLinear::backward`]. The pieces are the fused kernels
+//! on the GPU and plain candle ops elsewhere (crate::kernels); `tests/engine_equivalence.rs` checks the
+//! result against candle's autograd of [`TransformerBlock::forward`].
+
+use super::block::TransformerBlock;
+use super::forward_ctx::ForwardCtx;
+use super::lora::{LinearSaved, LoraLinear};
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use crate::kernels;
+use anyhow::Result;
+use candle_core::Tensor;
+
+/// The activations of one block's forward that its backward reads.
+#[derive(Debug)]
+pub struct BlockSaved {
+    /// The block's input x [B, T, D].
+    pub x: Tensor,
+    /// Its output [B, T, D].
+    pub out: Tensor,
+    n1: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Option<Tensor>,
+    h: Tensor,
+    n2: Tensor,
+    a: Tensor,
+    b: Tensor,
+    s: Tensor,
+    lin: [LinearSaved; 7],
+}
+
+/// What a block's backward returns: dL/dx (when asked) and the trainable parameters' gradients, named
+/// under the block's prefix.
+#[derive(Debug)]
+pub struct BlockGrads {
+    /// dL/dx, in the compute dtype.
+    pub dx: Option<Tensor>,
+    /// (checkpoint name, gradient).
+    pub params: Vec<(String, Tensor)>,
+}
+
+fn norm_fwd(n: &RmsNorm, x: &Tensor) -> Result<Tensor> {
+    let w = n.weight.tensor().detach();
+    if kernels::use_fused(x.device(), x.dtype()) {
+        return Ok(kernels::rms_norm(x, &w, n.eps)?);
+    }
+    Ok(kernels::rms_norm::rms_norm_plain(x, &w, n.eps)?)
+}
+
+fn rope_fwd(rope: &Rope, x: &Tensor) -> Result<Tensor> {
+    Ok(rope.apply(&x.detach())?)
+}
+
+impl TransformerBlock {
+    /// The forward of [`TransformerBlock::forward`] with no autograd, keeping the activations for
+    /// [`TransformerBlock::backward`]. Dropout masks are drawn in the same order as the plain forward.
+    pub fn forward_saved(&self, x: &Tensor, rope: &Rope, ctx: &ForwardCtx) -> Result<BlockSaved> {
+        let (bs, t, _) = x.dims3()?;
+        let at = &self.attention;
+        let ff = &self.feed_forward;
+        let (nh, nkv, hd) = at.heads();
+        let x = x.detach();
+        let n1 = norm_fwd(&self.attention_norm, &x)?;
+        let (q0, lq) = at.wq.forward_saved(&n1, ctx)?;
+        let (k0, lk) = at.wk.forward_saved(&n1, ctx)?;
+        let (v, lv) = at.wv.forward_saved(&n1, ctx)?;
+        let q = rope_fwd(rope, &q0.reshape((bs, t, nh, hd))?)?;
+        let k = rope_fwd(rope, &k0.reshape((bs, t, nkv, hd))?)?;
+        let v = v.reshape((bs, t, nkv, hd))?;
+        let (o, lse) = kernels::attention::attention_forward(&q, &k, &v)?;
+        let o = o.reshape((bs, t, nh * hd))?;
+        let (ao, lo) = at.wo.forward_saved(&o, ctx)?;
+        let h = (&x + ao)?;
+        let n2 = norm_fwd(&self.ffn_norm, &h)?;
+        let (a, l1) = ff.w1.forward_saved(&n2, ctx)?;
+        let (b, l3) = ff.w3.forward_saved(&n2, ctx)?;
+        let s = if kernels::use_fused(a.device(), a.dtype()) {
+            kernels::swiglu(&a, &b)?
+        } else {
+            kernels::swiglu::swiglu_plain(&a, &b)?
+        };
+        let (f, l2) = ff.w2.forward_saved(&s, ctx)?;
+        let out = (&h + f)?;
+        Ok(BlockSaved {
+            x,
+            out,
+            n1,
+            q,
+            k,
+            v,
+            o,
+            lse,
+            h,
+            n2,
+            a,
+            b,
+            s,
+            lin: [lq, lk, lv, lo, l1, l2, l3],
+        })
+    }
+
+    /// Backward of the block through `saved` for upstream gradient `dout` [B, T, D]; parameter gradients
+    /// are named `prefix` + their checkpoint name (e.g. `layers.3.attention.wq.lora_A.weight`).
+    pub fn backward(
+        &self,
+        saved: &BlockSaved,
+        dout: &Tensor,
+        rope: &Rope,
+        need_dx: bool,
+        prefix: &str,
+    ) -> Result<BlockGrads> {
+        let sv = saved;
+        let dt = sv.x.dtype();
+        let dout = dout.to_dtype(dt)?;
+        let at = &self.attention;
+        let ff = &self.feed_forward;
+        let (nh, nkv, hd) = at.heads();
+        let (bs, t, _) = sv.x.dims3()?;
+        let [lq, lk, lv, lo, l1, l2, l3] = &sv.lin;
+        let mut g = Vec::new();
+        let lin = |l: &LoraLinear,
+                   name: &str,
+                   x: &Tensor,
+                   s: &LinearSaved,
+                   dy: &Tensor,
+                   g: &mut Vec<(String, Tensor)>|
+         -> Result<Tensor> {
+            let part = if matches!(name, "wq" | "wk" | "wv" | "wo") {
+                "attention"
+            } else {
+                "feed_forward"
+            };
+            let dx = l.backward(x, s, dy, true, &format!("{prefix}{part}.{name}."), g)?;
+            Ok(dx.expect("dx was asked for"))
+        };
+        // feed-forward
+        let ds = lin(&ff.w2, "w2", &sv.s, l2, &dout, &mut g)?;
+        let (da, db) = kernels::swiglu::swiglu_backward(&sv.a, &sv.b, &ds)?;
+        let dn2 = (lin(&ff.w1, "w1", &sv.n2, l1, &da, &mut g)?
+            + lin(&ff.w3, "w3", &sv.n2, l3, &db, &mut g)?)?;
+        let (dhn, dg2) = self.norm_backward(&self.ffn_norm, &sv.h, &dn2)?;
+        if let Some(d) = dg2 {
+            g.push((format!("{prefix}ffn_norm.weight"), d));
+        }
+        let dh = (&dout + dhn)?;
+        // attention
+        let d_o = lin(&at.wo, "wo", &sv.o, lo, &dh, &mut g)?.reshape((bs, t, nh, hd))?;
+        let (dq, dk, dv) = kernels::attention::attention_backward(
+            &sv.q,
+            &sv.k,
+            &sv.v,
+            &sv.o.reshape((bs, t, nh, hd))?,
+            &d_o,
+            sv.lse.as_ref(),
+        )?;
+        let (cos, sin) = rope.tables();
+        let dq = kernels::rope::rope_backward(&dq, cos, sin)?.reshape((bs, t, nh * hd))?;
+        let dk = kernels::rope::rope_backward(&dk, cos, sin)?.reshape((bs, t, nkv * hd))?;
+        let dv = dv.reshape((bs, t, nkv * hd))?;
+        let dn1 = ((lin(&at.wq, "wq", &sv.n1, lq, &dq, &mut g)?
+            + lin(&at.wk, "wk", &sv.n1, lk, &dk, &mut g)?)?
+            + lin(&at.wv, "wv", &sv.n1, lv, &dv, &mut g)?)?;
+        let (dxn, dg1) = self.norm_backward(&self.attention_norm, &sv.x, &dn1)?;
+        if let Some(d) = dg1 {
+            g.push((format!("{prefix}attention_norm.weight"), d));
+        }
+        let dx = if need_dx { Some((dh + dxn)?) } else { None };
+        Ok(BlockGrads { dx, params: g })
+    }
+
+    fn norm_backward(
+        &self,
+        n: &RmsNorm,
+        x: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        Ok(kernels::rms_norm::rms_norm_backward(
+            x,
+            n.weight.tensor(),
+            dy,
+            n.eps,
+            n.weight.is_trainable(),
+        )?)
+    }
+}

@@ -1,0 +1,176 @@
+//! GPU suite (needs `--features cuda` and a CUDA device; ignored elsewhere):
+//!
+//!     cargo test --release --features cuda --test gpu -- --ignored
+//!
+//! Every fused kernel against the plain candle path ON THE GPU (forward and backward, f32 and bf16 where the
+//! kernel has both), at shapes that exercise partial tiles and grouped-query heads; and 20 training steps of
+//! the embedded default on CUDA f32 against the CPU (1e-5), bf16 against f32 within bf16 tolerance.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use wmtp_host::kernels::{self, attention, cross_entropy, rms_norm, rope, swiglu};
+
+fn cuda() -> Device {
+    Device::new_cuda(0).expect("a CUDA device")
+}
+
+/// max |a − b| / max(1, max |b|).
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let d: f32 = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let s: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    d / s.max(1.0)
+}
+
+/// Forward and gradients of `f` (fused) and `g` (plain) on the same inputs, compared with `tol`.
+fn compare(
+    name: &str,
+    inputs: &[Tensor],
+    tol: f32,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    g: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
+    let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let (a, b) = (f(&ts)?, g(&ts)?);
+    let fw = rel(&a, &b);
+    let dy = Tensor::randn(0f32, 1.0, a.shape(), a.device())?;
+    let ga = (a.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
+    let gb = (b.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
+    let mut worst = 0f32;
+    for t in &ts {
+        let (p, q) = (ga.get(t), gb.get(t));
+        if let (Some(p), Some(q)) = (p, q) {
+            worst = worst.max(rel(p, q));
+        }
+    }
+    println!("{name}: forward {fw:.2e}, backward {worst:.2e} (tolerance {tol:.0e})");
+    assert!(fw <= tol, "{name}: forward differs by {fw}");
+    assert!(worst <= tol * 4.0, "{name}: backward differs by {worst}");
+    Ok(())
+}
+
+fn randn(shape: &[usize], dt: DType, dev: &Device) -> Result<Tensor> {
+    Tensor::randn(0f32, 1.0, shape, dev)?.to_dtype(dt)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
+    let dev = cuda();
+    for (dt, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+        let x = randn(&[3, 77, 2048], dt, &dev)?;
+        let w = (Tensor::randn(0f32, 0.1, 2048, &dev)? + 1.0)?;
+        compare(
+            &format!("rms_norm {dt:?}"),
+            &[x, w],
+            tol,
+            |t| rms_norm(&t[0], &t[1], 1e-5),
+            |t| rms_norm::rms_norm_plain(&t[0], &t[1], 1e-5),
+        )?;
+        let table = wmtp_host::model::rope::Rope::new(128, 1e4, 0, 77, &dev)?;
+        let x = randn(&[2, 77, 4, 128], dt, &dev)?;
+        let (c, s) = table.tables();
+        compare(
+            &format!("rope {dt:?}"),
+            &[x],
+            tol,
+            |t| rope(&t[0], c, s),
+            |t| table.apply_plain(&t[0]),
+        )?;
+        let (a, b) = (randn(&[5, 1000], dt, &dev)?, randn(&[5, 1000], dt, &dev)?);
+        compare(
+            &format!("swiglu {dt:?}"),
+            &[(a * 3.0)?, b],
+            tol * 2.0,
+            |t| swiglu(&t[0], &t[1]),
+            |t| swiglu::swiglu_plain(&t[0], &t[1]),
+        )?;
+        let z = (randn(&[37, 32000], dt, &dev)? * 4.0)?;
+        let tg: Vec<u32> = (0..37u32).map(|i| (i * 7919) % 32000).collect();
+        let tg = Tensor::new(tg.as_slice(), &dev)?;
+        compare(
+            &format!("cross_entropy {dt:?}"),
+            &[z],
+            tol,
+            |t| cross_entropy::cross_entropy_rows(&t[0], &tg),
+            |t| cross_entropy::cross_entropy_rows_plain(&t[0], &tg),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_flash_attention_matches_the_plain_path() -> Result<()> {
+    let dev = cuda();
+    // partial tiles (T not a multiple of 64), grouped-query heads, both head sizes
+    for (b, t, nh, nkv, d) in [(2, 200, 8, 2, 128), (1, 129, 4, 4, 64), (2, 64, 2, 1, 128)] {
+        let q = randn(&[b, t, nh, d], DType::BF16, &dev)?;
+        let k = randn(&[b, t, nkv, d], DType::BF16, &dev)?;
+        let v = randn(&[b, t, nkv, d], DType::BF16, &dev)?;
+        compare(
+            &format!("attention b{b} t{t} nh{nh} nkv{nkv} d{d}"),
+            &[q, k, v],
+            2e-2,
+            |x| kernels::attention(&x[0], &x[1], &x[2]),
+            |x| attention::attention_plain(&x[0], &x[1], &x[2]),
+        )?;
+    }
+    Ok(())
+}
+
+fn default_run(device: &str, dtype: &str, dir: &std::path::Path) -> anyhow::Result<Vec<f64>> {
+    let plugin =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/baseline.wasm");
+    let r = wmtp_host::train::run::run(&wmtp_host::train::run::RunOptions {
+        pipeline: Some(plugin),
+        set: vec![
+            format!("model.device={device}"),
+            format!("model.dtype={dtype}"),
+            "training.steps=20".into(),
+            "runtime.eval_every=0".into(),
+            format!("checkpoint.dir={}", dir.display()),
+        ],
+        quiet: true,
+        ..Default::default()
+    })?;
+    Ok(r.losses)
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_embedded_default_matches_the_cpu_for_20_steps() -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("wmtp-gpu-test-{}", std::process::id()));
+    let cpu = default_run("cpu", "f32", &tmp.join("cpu"))?;
+    let gpu = default_run("cuda", "f32", &tmp.join("cuda"))?;
+    let bf = default_run("cuda", "bf16", &tmp.join("bf16"))?;
+    for (i, ((c, g), b)) in cpu.iter().zip(&gpu).zip(&bf).enumerate() {
+        println!(
+            "step {:2}: cpu f32 {c:.6}  cuda f32 {g:.6}  cuda bf16 {b:.6}",
+            i + 1
+        );
+    }
+    for (c, g) in cpu.iter().zip(&gpu) {
+        assert!(
+            (c - g).abs() <= 1e-5 * c.abs().max(1.0),
+            "CUDA f32 {g} vs CPU f32 {c}"
+        );
+    }
+    for (c, b) in cpu.iter().zip(&bf) {
+        assert!(
+            (c - b).abs() <= 3e-2 * c.abs().max(1.0),
+            "CUDA bf16 {b} vs f32 {c}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}

@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     use wmtp_host::model::rope::Rope;
     use wmtp_host::model::{ForwardCtx, LoraConfig, ModelArgs, Transformer};
 
-    let dev = Device::new_cuda(0)?;
+    let dev = wmtp_host::model::DeviceSpec::Cuda(0).open()?;
     let (b, t) = (
         std::env::var("B")
             .ok()

@@ -11,7 +11,9 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use wmtp_host::kernels::{self, attention, cross_entropy, rms_norm, rope, swiglu};
 
 fn cuda() -> Device {
-    Device::new_cuda(0).expect("a CUDA device")
+    wmtp_host::model::DeviceSpec::Cuda(0)
+        .open()
+        .expect("a CUDA device")
 }
 
 /// max |a − b| / max(1, max |b|).
@@ -104,6 +106,14 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
             |t| cross_entropy::cross_entropy_rows(&t[0], &tg),
             |t| cross_entropy::cross_entropy_rows_plain(&t[0], &tg),
         )?;
+    }
+    for dt in [DType::F32, DType::BF16] {
+        let src = randn(&[300, 2048], dt, &dev)?;
+        let idx: Vec<u32> = (0..300u32).map(|i| (i * 11) % 301).collect(); // unique: gcd(11, 301) = 1
+        let idx = Tensor::new(idx.as_slice(), &dev)?;
+        let a = kernels::scatter_rows(&src, &idx, 301)?;
+        let b = Tensor::zeros((301, 2048), dt, &dev)?.index_add(&idx, &src, 0)?;
+        assert_eq!(rel(&a, &b), 0.0, "scatter_rows {dt:?}");
     }
     Ok(())
 }

@@ -175,6 +175,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         ("weights", full.weights, lo.weights),
         ("gradients (f32)", full.grads, lo.grads),
         ("AdamW state (2×f32)", full.adam_state, lo.adam_state),
+        ("f32 masters", full.masters, lo.masters),
         ("total", full.total(), lo.total()),
     ] {
         println!("  {name:<22}{:>14}{:>14}", human_bytes(f), human_bytes(l));

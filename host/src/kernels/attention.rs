@@ -2,7 +2,8 @@
 //! q [B, T, NH, D], k/v [B, T, NKV, D] (query head h reads kv head h / (NH/NKV)), output [B, T, NH, D].
 //! On CUDA (bf16, D = 64 or 128) 64×64 tiles of scores live only in registers (tensor-core mma, f32
 //! statistics, online softmax); the per-row log-sum-exp is kept for the backward, which recomputes the
-//! probabilities tile by tile (dQ through f32 atomics, dK/dV per key tile). Nothing of size [T, T] is stored.
+//! probabilities tile by tile (one kernel for dK/dV per key tile, one for dQ per query tile: no atomics).
+//! Nothing of size [T, T] is stored (kernels/attention.cuh).
 //! The log-sum-exp is in units of log₂ of the scaled scores: lse₂ = log₂ Σ_j exp(q·k_j/√D).
 //! The CPU twin computes the same in f32 loops (for tests; the CPU model uses the plain path).
 
@@ -195,7 +196,7 @@ impl CustomOp3 for AttentionOp {
         );
         let o = unsafe { dev.alloc::<bf16>(b * t * nh * d) }?;
         let lse = unsafe { dev.alloc::<f32>(b * nh * t) }?;
-        let smem = (2 * 64 * (d + 8) * 2) as u32;
+        let smem = (4 * 64 * (d + 8) * 2) as u32; // two buffers of (K, V) tiles
         let cfg = LaunchConfig {
             grid_dim: (t.div_ceil(64) as u32, nh as u32, b as u32),
             block_dim: (128, 1, 1),
@@ -285,7 +286,7 @@ fn cuda_bwd(
     dout: &Tensor,
     lse: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    use super::cuda::{elems_cfg, hold, launch, view, wrap};
+    use super::cuda::{hold, launch, view, wrap};
     use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
     use half::bf16;
     let (q, k, v, o) = (
@@ -324,23 +325,32 @@ fn cuda_bwd(
         shared_mem_bytes: 0,
     };
     launch!(dev, "flash_delta", cfg; &ov, &dv_, &delta, &rows_i, &t_i, &nh_i, &d_i);
-    let dq_acc = dev.alloc_zeros::<f32>(rows * d)?;
     let dk = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
     let dv = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
-    let smem = ((4 * 64 * (d + 8) + 64 * 72) * 2 + 512) as u32;
+    let dq = unsafe { dev.alloc::<bf16>(rows * d) }?;
+    let tile = 64 * (d + 8) * 2;
+    let scale = 1.0 / (d as f32).sqrt();
+    let sl2 = std::f32::consts::LOG2_E * scale;
+    // dK, dV: one CTA per (key tile, kv head, sequence); K, V and two buffers of (Q, dO) + lse/delta
+    let smem = (6 * tile + 1024) as u32;
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(64) as u32, nkv as u32, b as u32),
         block_dim: (128, 1, 1),
         shared_mem_bytes: smem,
     };
-    let scale = 1.0 / (d as f32).sqrt();
-    let sl2 = std::f32::consts::LOG2_E * scale;
-    let name = format!("flash_bwd_d{d}");
+    let name = format!("flash_bwd_dkdv_d{d}");
     launch!(dev, name, cfg, smem = smem;
-        &qv, &kv, &vv, &dv_, &lv_, &delta, &dq_acc, &dk, &dv, &t_i, &nh_i, &nkv_i, &sl2, &scale);
-    let dq = unsafe { dev.alloc::<bf16>(rows * d) }?;
-    let n_i = (rows * d) as i64;
-    launch!(dev, "f32_to_bf16", elems_cfg(rows * d); &dq_acc, &dq, &n_i);
+        &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    // dQ: one CTA per (query tile, head, sequence); two buffers of (K, V)
+    let smem = (4 * tile) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (t.div_ceil(64) as u32, nh as u32, b as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let name = format!("flash_bwd_dq_d{d}");
+    launch!(dev, name, cfg, smem = smem;
+        &qv, &kv, &vv, &dv_, &lv_, &delta, &dq, &t_i, &nh_i, &nkv_i, &sl2, &scale);
     Ok((
         wrap(dq, dev, (b, t, nh, d)),
         wrap(dk, dev, (b, t, nkv, d)),

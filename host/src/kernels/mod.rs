@@ -8,10 +8,13 @@
 //!   dz = dCE·(softmax(z) − onehot), written straight in the logits' dtype.
 //! - [`attention`]: causal grouped-query attention, flash-style: [T, T] scores never stored; the
 //!   log-sum-exp is kept for the backward (bf16, head_dim 64 or 128, tensor-core mma).
+//! - [`scatter_rows`]: rows back to their positions (replaces candle's slow CUDA `index_add`).
+//! - [`adamw`]: one launch of AdamW (f32 masters and moments) and one of Σg² for all trainable tensors.
 //!
 //! The model uses them where [`use_fused`] says so: on CUDA for f32/bf16 unless turned off
 //! (`runtime.fused_kernels = false`); on the CPU the plain candle path runs (it is faster there).
 
+pub mod adamw;
 pub mod attention;
 mod cpu;
 pub mod cross_entropy;
@@ -19,12 +22,14 @@ pub mod cross_entropy;
 mod cuda;
 pub mod rms_norm;
 pub mod rope;
+pub mod scatter;
 pub mod swiglu;
 
 pub use attention::attention;
 pub use cross_entropy::cross_entropy_rows;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
+pub use scatter::scatter_rows;
 pub use swiglu::swiglu;
 
 use candle_core::{DType, Device};

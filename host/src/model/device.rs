@@ -58,9 +58,39 @@ impl DeviceSpec {
     pub fn open(self) -> Result<candle_core::Device> {
         Ok(match self {
             DeviceSpec::Cpu => candle_core::Device::Cpu,
-            DeviceSpec::Cuda(i) => candle_core::Device::new_cuda(i)
-                .map_err(|e| anyhow::anyhow!("opening device {self}: {e}"))?,
+            DeviceSpec::Cuda(i) => {
+                let dev = candle_core::Device::new_cuda(i)
+                    .map_err(|e| anyhow::anyhow!("opening device {self}: {e}"))?;
+                #[cfg(feature = "cuda")]
+                keep_freed_memory(i).map_err(|e| anyhow::anyhow!("device {self}: {e}"))?;
+                dev
+            }
         })
+    }
+}
+
+/// Lets the device's default memory pool (candle allocates with cuMemAllocAsync from it) keep freed
+/// memory for reuse instead of returning it to the driver at every synchronisation: the default release
+/// threshold of 0 turns every allocation after a sync into a driver call (measured: a 2048×2048 linear
+/// over 16k rows took 0.34–0.48 ms instead of ~0.2 ms). Peak memory is unchanged; freed blocks are reused.
+#[cfg(feature = "cuda")]
+fn keep_freed_memory(
+    ordinal: usize,
+) -> Result<(), candle_core::cuda_backend::cudarc::driver::DriverError> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    // SAFETY: plain driver calls on out-pointers we own; the context exists (candle just created it).
+    unsafe {
+        let mut dev: sys::CUdevice = 0;
+        sys::cuDeviceGet(&mut dev, ordinal as i32).result()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev).result()?;
+        let mut threshold: u64 = u64::MAX;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
     }
 }
 

@@ -1,7 +1,8 @@
-//! Training-memory estimates from parameter counts, for what the trainer keeps today: weights in the run
-//! dtype, f32 gradients and AdamW moments (2 × f32) for trainable parameters (trainable weights are updated
-//! in place: there is no separate f32 master copy); everything divided over `world_size` ranks under FSDP
-//! FULL_SHARD. Activations are not included (they depend on batch, sequence and checkpointing).
+//! Training-memory estimates from parameter counts, for what the trainer keeps: weights in the run dtype,
+//! f32 gradients and AdamW moments (2 × f32) for trainable parameters, and an f32 master copy of each
+//! trainable parameter whose run dtype is narrower than f32 (bf16/f16: the optimiser updates the master,
+//! the weight is its rounding); everything divided over `world_size` ranks under FSDP FULL_SHARD.
+//! Activations are not included (they depend on batch, sequence and `runtime.activation_checkpointing`).
 
 /// Bytes per part, per rank.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -12,6 +13,8 @@ pub struct MemoryEstimate {
     pub grads: f64,
     /// AdamW first and second moments (f32).
     pub adam_state: f64,
+    /// f32 master copies of trainable parameters (0 when the run dtype is f32).
+    pub masters: f64,
 }
 
 impl MemoryEstimate {
@@ -23,12 +26,17 @@ impl MemoryEstimate {
             weights: total as f64 * dtype_bytes as f64 / n,
             grads: trainable as f64 * 4.0 / n,
             adam_state: trainable as f64 * 8.0 / n,
+            masters: if dtype_bytes < 4 {
+                trainable as f64 * 4.0 / n
+            } else {
+                0.0
+            },
         }
     }
 
     /// Sum of the parts.
     pub fn total(&self) -> f64 {
-        self.weights + self.grads + self.adam_state
+        self.weights + self.grads + self.adam_state + self.masters
     }
 }
 
@@ -56,5 +64,8 @@ mod tests {
         assert!((full.grads / 1e9 - 26.95).abs() < 0.1);
         let lora = MemoryEstimate::new(6_738_415_616, 8_388_608, 2, 4);
         assert!(lora.adam_state < 20e6 && lora.weights > 3e9);
+        // bf16 full fine-tuning keeps an f32 master of every weight; f32 runs need none
+        assert!((full.masters / 1e9 - 26.95).abs() < 0.1);
+        assert_eq!(MemoryEstimate::new(100, 100, 4, 1).masters, 0.0);
     }
 }

@@ -277,11 +277,7 @@ impl<'a> Engine<'a> {
             for (name, g) in pg {
                 grads.add(&name, &g)?;
             }
-            let dz = Tensor::zeros((b * t, d), zf.dtype(), self.dev())?.index_add(
-                &hr.idx,
-                &Tensor::cat(&dz_rows, 0)?,
-                0,
-            )?;
+            let dz = kernels::scatter_rows(&Tensor::cat(&dz_rows, 0)?, &hr.idx, b * t)?;
             // 3. the head block's backward
             let hg = head.backward(
                 sv,
@@ -340,7 +336,8 @@ impl<'a> Engine<'a> {
         }
         if any_trainable(&m.tok_embeddings) {
             let tokens = Tensor::from_slice(&st.tokens, (b, t), self.dev())?;
-            let s = (m.embed(&tokens)?.to_dtype(DType::F32)? * &dh)?.sum_all()?;
+            let s =
+                (m.embed(&tokens)?.to_dtype(DType::F32)? * dh.to_dtype(DType::F32)?)?.sum_all()?;
             let store = s.backward()?;
             if let Some(g) = store.get(m.tok_embeddings.tensor()) {
                 grads.add("tok_embeddings.weight", g)?;

@@ -89,6 +89,10 @@ pub struct AdamW {
     pub step: u64,
     m: BTreeMap<String, Tensor>,
     v: BTreeMap<String, Tensor>,
+    /// f32 master copies of trainable parameters whose compute dtype is narrower (bf16/f16): the update
+    /// is applied to the master and the parameter is set to its rounding, so small updates accumulate
+    /// instead of vanishing in bf16.
+    master: BTreeMap<String, Tensor>,
 }
 
 impl AdamW {
@@ -105,6 +109,7 @@ impl AdamW {
             step: 0,
             m: BTreeMap::new(),
             v: BTreeMap::new(),
+            master: BTreeMap::new(),
         }
     }
 
@@ -140,13 +145,111 @@ impl AdamW {
             Some(v) => ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?,
             None => (g.sqr()? * (1.0 - b2))?,
         };
-        let w = var.as_tensor().to_dtype(DType::F32)?;
+        let narrow = var.dtype() != DType::F32;
+        let w = match self.master.remove(name) {
+            Some(w) if narrow => w,
+            _ => var.as_tensor().to_dtype(DType::F32)?,
+        };
         let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
         let decay = if w.rank() >= 2 { gs.weight_decay } else { 0.0 };
         let new = ((&w * (1.0 - lr * decay))? - (update * lr)?)?;
         var.set(&new.to_dtype(var.dtype())?)?;
+        if narrow {
+            self.master.insert(name.to_string(), new);
+        }
         self.m.insert(name.to_string(), m);
         self.v.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    /// Whether [`AdamW::update_module_fused`] can run for `module`: every trainable parameter on one CUDA
+    /// device (f32 or bf16) with the fused kernels on.
+    pub fn can_fuse(module: &dyn VisitParams) -> bool {
+        let mut ok = true;
+        let mut any = false;
+        module.visit("", &mut |_, p| {
+            if p.is_trainable() {
+                any = true;
+                let t = p.tensor();
+                ok &= crate::kernels::use_fused(t.device(), t.dtype());
+            }
+        });
+        ok && any
+    }
+
+    /// [`AdamW::update_module`] as one multi-tensor kernel launch (CUDA), every gradient multiplied by
+    /// `gscale` (the clipping factor) on the way. Moments and masters are created on first use, like the
+    /// per-tensor path, and hold the same values.
+    #[cfg(feature = "cuda")]
+    pub fn update_module_fused(
+        &mut self,
+        module: &mut dyn VisitParams,
+        prefix: &str,
+        grads: &Grads,
+        gscale: f64,
+    ) -> Result<()> {
+        use crate::kernels::adamw::{adamw_step, AdamSlot, AdamStep};
+        let t = (self.step + 1) as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let k = AdamStep {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: self.cfg.eps as f32,
+            c1: (1.0 - b1.powi(t)) as f32,
+            c2: (1.0 - b2.powi(t)) as f32,
+            gscale: gscale as f32,
+        };
+        // (name, parameter tensor, lr, wd) of every trainable parameter with a gradient
+        let mut items: Vec<(String, Tensor, f32, f32)> = Vec::new();
+        let mut err = None;
+        module.visit(prefix, &mut |name, p| {
+            if !p.is_trainable() || !grads.by_name.contains_key(name) {
+                return;
+            }
+            match self.groups.get(&p.group()) {
+                Some(gs) => {
+                    let lr = gs.lr * self.schedule.factor(self.step);
+                    let wd = if p.tensor().rank() >= 2 {
+                        gs.weight_decay
+                    } else {
+                        0.0
+                    };
+                    items.push((name.to_string(), p.tensor().clone(), lr as f32, wd as f32));
+                }
+                None => err = Some(anyhow::anyhow!("no optimiser group for {name}")),
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        for (name, w, _, _) in &items {
+            let zeros = || Tensor::zeros(w.shape(), DType::F32, w.device());
+            if !self.m.contains_key(name) {
+                self.m.insert(name.clone(), zeros()?);
+                self.v.insert(name.clone(), zeros()?);
+            }
+            if w.dtype() != DType::F32 && !self.master.contains_key(name) {
+                self.master.insert(name.clone(), w.to_dtype(DType::F32)?);
+            }
+        }
+        let slots: Vec<AdamSlot> = items
+            .iter()
+            .map(|(name, w, lr, wd)| {
+                let narrow = w.dtype() != DType::F32;
+                AdamSlot {
+                    master: if narrow { &self.master[name] } else { w },
+                    copy: narrow.then_some(w),
+                    grad: &grads.by_name[name],
+                    m: &self.m[name],
+                    v: &self.v[name],
+                    lr: *lr,
+                    wd: *wd,
+                }
+            })
+            .collect();
+        // SAFETY (in-place update): the parameter, master, moment and gradient buffers belong to the
+        // model and the optimiser; no computation that reads them is in flight on another stream.
+        adamw_step(&slots, k)?;
         Ok(())
     }
 
@@ -173,9 +276,13 @@ impl AdamW {
         err.map_or(Ok(()), Err)
     }
 
-    /// The moments as named tensors (`m.<param>`, `v.<param>`) and the step, for checkpoints.
+    /// The moments and f32 masters as named tensors (`m.<param>`, `v.<param>`, `master.<param>`) and the
+    /// step, for checkpoints.
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut out = HashMap::new();
+        for (k, t) in &self.master {
+            out.insert(format!("master.{k}"), t.clone());
+        }
         for (k, t) in &self.m {
             out.insert(format!("m.{k}"), t.clone());
         }
@@ -189,8 +296,11 @@ impl AdamW {
     pub fn load_state(&mut self, tensors: HashMap<String, Tensor>, step: u64) -> Result<()> {
         self.m.clear();
         self.v.clear();
+        self.master.clear();
         for (k, t) in tensors {
-            if let Some(n) = k.strip_prefix("m.") {
+            if let Some(n) = k.strip_prefix("master.") {
+                self.master.insert(n.to_string(), t.to_dtype(DType::F32)?);
+            } else if let Some(n) = k.strip_prefix("m.") {
                 self.m.insert(n.to_string(), t);
             } else if let Some(n) = k.strip_prefix("v.") {
                 self.v.insert(n.to_string(), t);
@@ -270,6 +380,42 @@ mod tests {
             (b.tensor().to_vec1::<f32>()?[0] - 0.4).abs() < 1e-5,
             "no decay on 1-D"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_parameters_are_updated_through_an_f32_master() -> Result<()> {
+        let dev = Device::Cpu;
+        // 1.0 in bf16 cannot move by 1e-4 (its spacing is 2^-7): only an f32 master accumulates such steps
+        let mut w = Param::trainable(
+            Tensor::new(&[1.0f32], &dev)?.to_dtype(DType::BF16)?,
+            ParamGroup::Trunk,
+        )?;
+        let groups = HashMap::from([(
+            ParamGroup::Trunk,
+            GroupSettings {
+                lr: 1e-4,
+                weight_decay: 0.0,
+            },
+        )]);
+        let sched = Schedule {
+            total_steps: 100,
+            warmup_ratio: 0.0,
+            min_lr_ratio: 1.0,
+        };
+        let mut opt = AdamW::new(AdamWConfig::default(), groups, sched);
+        for _ in 0..100 {
+            let mut grads = Grads::default();
+            grads.add("w", &Tensor::new(&[1.0f32], &dev)?)?;
+            opt.update("w", &mut w, &grads)?;
+            opt.finish_step();
+        }
+        // 100 steps of ≈1e-4 each: the master is ≈0.99, the bf16 weight its rounding
+        let (state, _) = opt.state();
+        let master = state["master.w"].to_vec1::<f32>()?[0];
+        assert!((master - 0.99).abs() < 1e-3, "master {master}");
+        let wv = w.tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?[0];
+        assert!((wv - 0.99).abs() < 4e-3, "bf16 weight {wv}");
         Ok(())
     }
 

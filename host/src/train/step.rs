@@ -310,16 +310,28 @@ pub fn apply(
     rep: &mut StepReport,
 ) -> Result<()> {
     let mut clock = Instant::now();
-    rep.grad_norm = clip_global_norm(grads, max_grad_norm)?;
+    // on CUDA: one launch for Σg² and one per module for the update, clipping folded into it
+    let fused = AdamW::can_fuse(&*policy) && vh.as_deref().is_none_or(|v| AdamW::can_fuse(v));
+    let gscale = if fused {
+        rep.grad_norm = fused_norm(grads)?;
+        if max_grad_norm > 0.0 && rep.grad_norm > max_grad_norm {
+            max_grad_norm / (rep.grad_norm + 1e-6)
+        } else {
+            1.0
+        }
+    } else {
+        rep.grad_norm = clip_global_norm(grads, max_grad_norm)?;
+        1.0
+    };
     rep.skipped = !rep.grad_norm.is_finite();
     let step = opt.step;
     if !rep.skipped {
         rep.lr = opt
             .lr(crate::model::ParamGroup::Lora)
             .max(opt.lr(crate::model::ParamGroup::Trunk));
-        opt.update_module(policy, "", grads)?;
+        update(opt, policy, "", grads, fused, gscale)?;
         if let Some(vh) = vh {
-            opt.update_module(vh, "value_head.", grads)?;
+            update(opt, vh, "value_head.", grads, fused, gscale)?;
         }
     }
     opt.finish_step();
@@ -327,6 +339,37 @@ pub fn apply(
     w.after_step(step)?;
     rep.times.optimizer += lap(policy.device(), &mut clock)?;
     Ok(())
+}
+
+/// √Σg² over all gradients in one kernel launch (CUDA builds; never called otherwise).
+fn fused_norm(grads: &Grads) -> Result<f64> {
+    #[cfg(feature = "cuda")]
+    {
+        let all: Vec<&candle_core::Tensor> = grads.by_name.values().collect();
+        Ok(crate::kernels::adamw::sum_squares(&all)?.sqrt())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        grads.global_norm()
+    }
+}
+
+/// The AdamW update of one module: multi-tensor kernel when `fused`, else per tensor (gradients
+/// already clipped, `gscale` = 1).
+fn update(
+    opt: &mut AdamW,
+    module: &mut dyn crate::model::VisitParams,
+    prefix: &str,
+    grads: &Grads,
+    fused: bool,
+    gscale: f64,
+) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if fused {
+        return opt.update_module_fused(module, prefix, grads, gscale);
+    }
+    let _ = (fused, gscale);
+    opt.update_module(module, prefix, grads)
 }
 
 /// One optimizer step of session `s` at step index `step`: `grad_accum` micro-batches forward, weighed

@@ -1,0 +1,49 @@
+//! Scattering rows: out[idx[r], :] = src[r, :] into a zero [total, dim] tensor, for unique indices (the
+//! CE's valid rows back into all positions). On CUDA one memory-bound kernel; elsewhere candle's
+//! `index_add` (which on the GPU took 8.7 ms for a [16k, 2048] bf16 scatter, ~170× the copy's cost).
+
+use candle_core::{DType, Result, Tensor};
+
+/// Zero [total, dim] tensor with row `idx[r]` set to `src[r]`; `idx` (u32) must not repeat.
+pub fn scatter_rows(src: &Tensor, idx: &Tensor, total: usize) -> Result<Tensor> {
+    let (rows, dim) = src.dims2()?;
+    if idx.dims() != [rows] || idx.dtype() != DType::U32 {
+        candle_core::bail!("scatter_rows: idx must be u32 [{rows}]");
+    }
+    #[cfg(feature = "cuda")]
+    if super::use_fused(src.device(), src.dtype()) {
+        return cuda(src, idx, total, rows, dim);
+    }
+    Tensor::zeros((total, dim), src.dtype(), src.device())?.index_add(idx, src, 0)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(src: &Tensor, idx: &Tensor, total: usize, rows: usize, dim: usize) -> Result<Tensor> {
+    use super::cuda::{elems_cfg, hold, launch, suffix, view, wrap};
+    let src = src.contiguous()?;
+    let idx = idx.contiguous()?;
+    let (hs, hi) = (hold(&src), hold(&idx));
+    let ((ss, ls), (si, li)) = (hs.cuda()?, hi.cuda()?);
+    let dev = &ss.device;
+    let iv = view::<u32>(si, li)?;
+    let name = format!("scatter_rows_{}", suffix(src.dtype())?);
+    let per = 16 / src.dtype().size_in_bytes();
+    let threads = if dim % per == 0 {
+        rows * dim / per
+    } else {
+        rows * dim
+    };
+    let (rows_i, dim_i) = (rows as i64, dim as i32);
+    macro_rules! go {
+        ($t:ty) => {{
+            let sv = view::<$t>(ss, ls)?;
+            let out = dev.alloc_zeros::<$t>(total * dim)?;
+            launch!(dev, name, elems_cfg(threads); &sv, &iv, &out, &rows_i, &dim_i);
+            wrap(out, dev, (total, dim))
+        }};
+    }
+    Ok(match src.dtype() {
+        DType::F32 => go!(f32),
+        _ => go!(half::bf16),
+    })
+}

@@ -7,7 +7,7 @@
 
 #[cfg(feature = "cuda")]
 fn main() -> anyhow::Result<()> {
-    use candle_core::{DType, Device, Tensor, Var};
+    use candle_core::{DType, Tensor, Var};
     use std::time::Instant;
     use wmtp_host::kernels;
     use wmtp_host::model::rope::Rope;

@@ -28,7 +28,7 @@ fn cuda(src: &Tensor, idx: &Tensor, total: usize, rows: usize, dim: usize) -> Re
     let iv = view::<u32>(si, li)?;
     let name = format!("scatter_rows_{}", suffix(src.dtype())?);
     let per = 16 / src.dtype().size_in_bytes();
-    let threads = if dim % per == 0 {
+    let threads = if dim.is_multiple_of(per) {
         rows * dim / per
     } else {
         rows * dim

@@ -39,7 +39,15 @@ mod tests {
     #[test]
     fn bf16_rounding_matches_candle() -> Result<()> {
         // exact ties (1 + 2⁻⁸ rounds to even), a value just above a tie, ordinary values
-        let xs = [1.0f32, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 512.0, -2.71, 1e-3, 65504.0, 0.1];
+        let xs = [
+            1.0f32,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 512.0,
+            -2.71,
+            1e-3,
+            65504.0,
+            0.1,
+        ];
         let t = candle_core::Tensor::new(&xs[..], &candle_core::Device::Cpu)?;
         let r: Vec<f32> = t.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.to_vec1()?;
         for (x, want) in xs.iter().zip(r) {

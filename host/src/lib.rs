@@ -3,6 +3,7 @@
 //! host (crate `wmtp-plugin-host`); nothing here depends on the command line (the `wmtp` binary's `cli`).
 
 pub mod data;
+pub mod dist;
 pub mod fuzzing;
 pub mod kernels;
 pub mod model;

@@ -1,0 +1,115 @@
+//! Flat sharding of a unit's parameters over W ranks (FSDP FULL_SHARD): the unit's tensors are flattened
+//! and concatenated, padded with zeros to a multiple of W, and rank r holds elements
+//! [r·n/W, (r+1)·n/W) of the padded vector. All-gather rebuilds the vector; the unpadded prefix splits
+//! back into the tensors.
+
+use candle_core::{bail, Result, Tensor};
+
+/// Where each tensor of a unit sits in its flat vector, and the padding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatLayout {
+    /// (shape, offset) of each tensor, in order.
+    pub parts: Vec<(Vec<usize>, usize)>,
+    /// Elements of all tensors together.
+    pub numel: usize,
+    /// `numel` rounded up to a multiple of the world size.
+    pub padded: usize,
+    /// Ranks.
+    pub world: usize,
+}
+
+impl FlatLayout {
+    /// The layout of `shapes` over `world` ranks.
+    pub fn new(shapes: &[Vec<usize>], world: usize) -> Self {
+        let world = world.max(1);
+        let mut parts = Vec::with_capacity(shapes.len());
+        let mut off = 0;
+        for s in shapes {
+            parts.push((s.clone(), off));
+            off += s.iter().product::<usize>();
+        }
+        FlatLayout {
+            parts,
+            numel: off,
+            padded: off.div_ceil(world) * world,
+            world,
+        }
+    }
+
+    /// Elements per rank.
+    pub fn shard_len(&self) -> usize {
+        self.padded / self.world
+    }
+
+    /// Rank `rank`'s shard of `tensors` (laid out as `self`): a 1-D tensor of [`FlatLayout::shard_len`].
+    pub fn shard(&self, tensors: &[Tensor], rank: usize) -> Result<Tensor> {
+        if tensors.len() != self.parts.len() || rank >= self.world {
+            bail!(
+                "shard: {} tensors / rank {rank} for a layout of {} over {}",
+                tensors.len(),
+                self.parts.len(),
+                self.world
+            );
+        }
+        let dev = tensors
+            .first()
+            .map(|t| t.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let dt = tensors
+            .first()
+            .map(|t| t.dtype())
+            .unwrap_or(candle_core::DType::F32);
+        let mut flat: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| t.flatten_all())
+            .collect::<Result<_>>()?;
+        if self.padded > self.numel {
+            flat.push(Tensor::zeros(self.padded - self.numel, dt, &dev)?);
+        }
+        Tensor::cat(&flat, 0)?.narrow(0, rank * self.shard_len(), self.shard_len())
+    }
+
+    /// The tensors back from the gathered flat vector (length `padded`).
+    pub fn unflatten(&self, flat: &Tensor) -> Result<Vec<Tensor>> {
+        if flat.dims() != [self.padded] {
+            bail!(
+                "unflatten: expected [{}], got {:?}",
+                self.padded,
+                flat.dims()
+            );
+        }
+        self.parts
+            .iter()
+            .map(|(shape, off)| {
+                flat.narrow(0, *off, shape.iter().product())?
+                    .reshape(shape.as_slice())
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn shards_gather_back_to_the_tensors_for_any_world_size() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = Tensor::arange(0f32, 6.0, &dev)?.reshape((2, 3))?;
+        let b = Tensor::arange(100f32, 105.0, &dev)?;
+        for world in 1..=4 {
+            let l = FlatLayout::new(&[vec![2, 3], vec![5]], world);
+            assert_eq!(l.numel, 11);
+            assert_eq!(l.padded % world, 0);
+            assert!(l.padded - l.numel < world);
+            let shards: Vec<Tensor> = (0..world)
+                .map(|r| l.shard(&[a.clone(), b.clone()], r))
+                .collect::<Result<_>>()?;
+            let back = l.unflatten(&Tensor::cat(&shards, 0)?)?;
+            assert_eq!(back[0].to_vec2::<f32>()?, a.to_vec2::<f32>()?);
+            assert_eq!(back[1].to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        }
+        Ok(())
+    }
+}

@@ -126,6 +126,11 @@ mod imp {
         Ok((out, most))
     }
 
+    /// (start, len) of the table in pieces of at most 65,535 tensors (the grid's y limit).
+    fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+        (0..n).step_by(65535).map(move |s| (s, (n - s).min(65535)))
+    }
+
     fn cfg(tensors: usize, most: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (most.div_ceil(1024).clamp(1, 512) as u32, tensors as u32, 1),
@@ -146,8 +151,7 @@ mod imp {
             .cuda_stream()
             .clone_htod(&entries)
             .map_err(crate::kernels::cuda::err)?;
-        for chunk in 0..entries.len().div_ceil(65535) {
-            let (start, len) = (chunk * 65535, (entries.len() - chunk * 65535).min(65535));
+        for (start, len) in chunks(entries.len()) {
             let part = tab.slice(start..start + len);
             launch!(dev, "adamw_multi", cfg(len, most);
                 &part, &k.b1, &k.b2, &k.eps, &k.c1, &k.c2, &k.gscale);
@@ -178,8 +182,7 @@ mod imp {
             .clone_htod(&entries)
             .map_err(crate::kernels::cuda::err)?;
         let out = dev.alloc_zeros::<f32>(1)?;
-        for chunk in 0..entries.len().div_ceil(65535) {
-            let (start, len) = (chunk * 65535, (entries.len() - chunk * 65535).min(65535));
+        for (start, len) in chunks(entries.len()) {
             let part = tab.slice(start..start + len);
             launch!(dev, "sumsq_multi", cfg(len, most); &part, &out);
         }

@@ -45,26 +45,32 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 /// The same attention as plain candle ops in f32 (probabilities rounded to the input dtype before P·V,
 /// as the model's plain path does); output in q's dtype.
 pub fn attention_plain(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let dt = q.dtype();
+    let (_, _, vh, p) = plain_probs(q, k, v)?;
+    let p = p.to_dtype(dt)?.to_dtype(DType::F32)?;
+    p.matmul(&vh)?.transpose(1, 2)?.to_dtype(dt)
+}
+
+/// q, k, v as f32 [B, NH, T, D] (each kv head repeated for its query heads) and the causal softmax
+/// probabilities [B, NH, T, T] (the max shift carries no gradient).
+fn plain_probs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let (b, t, nh, d) = q.dims4()?;
     let nkv = k.dim(2)?;
     let rep = nh / nkv;
-    let dt = q.dtype();
-    let heads = |x: &Tensor| -> Result<Tensor> {
-        // [B, T, NKV, D] → [B, NH, T, D] (kv head repeated for its query heads)
-        let x = x.transpose(1, 2)?.to_dtype(DType::F32)?;
+    let f =
+        |x: &Tensor| -> Result<Tensor> { x.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous() };
+    let expand = |x: Tensor| -> Result<Tensor> {
         x.unsqueeze(2)?
             .expand((b, nkv, rep, t, d))?
             .reshape((b, nh, t, d))
     };
-    let qh = q.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous()?;
-    let (kh, vh) = (heads(k)?.contiguous()?, heads(v)?.contiguous()?);
+    let (qh, kh, vh) = (f(q)?, expand(f(k)?)?, expand(f(v)?)?);
     let mask = crate::model::block::causal_mask(t, q.device())?;
     let s = (qh.matmul(&kh.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
     let max = s.max_keepdim(D::Minus1)?.detach();
     let e = s.broadcast_sub(&max)?.exp()?;
     let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-    let p = p.to_dtype(dt)?.to_dtype(DType::F32)?;
-    p.matmul(&vh)?.transpose(1, 2)?.to_dtype(dt)
+    Ok((qh, kh, vh, p))
 }
 
 /// Causal attention with no autograd, keeping what [`attention_backward`] needs: (o, lse). The fused
@@ -246,30 +252,17 @@ fn plain_bwd(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, t, nh, d) = q.dims4()?;
     let nkv = k.dim(2)?;
-    let rep = nh / nkv;
     let dt = q.dtype();
     let scale = 1.0 / (d as f64).sqrt();
-    let f =
-        |x: &Tensor| -> Result<Tensor> { x.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous() };
-    let expand = |x: Tensor| -> Result<Tensor> {
-        x.unsqueeze(2)?
-            .expand((b, nkv, rep, t, d))?
-            .reshape((b, nh, t, d))
-    };
-    let (qh, doh) = (f(q)?, f(dout)?);
-    let (kh, vh) = (expand(f(k)?)?, expand(f(v)?)?);
-    let mask = crate::model::block::causal_mask(t, q.device())?;
-    let s = (qh.matmul(&kh.t()?)? * scale)?.broadcast_add(&mask)?;
-    let max = s.max_keepdim(D::Minus1)?;
-    let e = s.broadcast_sub(&max)?.exp()?;
-    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    let (qh, kh, vh, p) = plain_probs(q, k, v)?;
+    let doh = dout.transpose(1, 2)?.to_dtype(DType::F32)?.contiguous()?;
     let dv = p.t()?.matmul(&doh)?;
     let dp = doh.matmul(&vh.t()?)?;
     let ds = (&p * dp.broadcast_sub(&(&dp * &p)?.sum_keepdim(D::Minus1)?)?)?;
     let dq = (ds.matmul(&kh)? * scale)?;
     let dk = (ds.t()?.matmul(&qh)? * scale)?;
     let group = |x: Tensor| -> Result<Tensor> {
-        x.reshape((b, nkv, rep, t, d))?
+        x.reshape((b, nkv, nh / nkv, t, d))?
             .sum(2)?
             .transpose(1, 2)?
             .to_dtype(dt)
@@ -363,17 +356,6 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
-    fn diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
     #[test]
     fn fused_attention_matches_the_plain_path_forward_and_backward_on_cpu() -> Result<()> {
         let dev = Device::Cpu;
@@ -386,11 +368,15 @@ mod tests {
             let dy = Tensor::randn(0f32, 1.0, (b, t, nh, d), &dev)?;
             let a = attention(q.as_tensor(), k.as_tensor(), v.as_tensor())?;
             let p = attention_plain(q.as_tensor(), k.as_tensor(), v.as_tensor())?;
-            assert!(diff(&a, &p) <= tol, "{dt:?} forward {}", diff(&a, &p));
+            assert!(
+                super::cpu::max_abs_diff(&a, &p)? <= tol,
+                "{dt:?} forward {}",
+                super::cpu::max_abs_diff(&a, &p)?
+            );
             let ga = (a.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
             let gp = (p.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
             for x in [q.as_tensor(), k.as_tensor(), v.as_tensor()] {
-                let dd = diff(ga.get(x).unwrap(), gp.get(x).unwrap());
+                let dd = super::cpu::max_abs_diff(ga.get(x).unwrap(), gp.get(x).unwrap())?;
                 assert!(dd <= tol * 4.0, "{dt:?} backward {dd}");
             }
         }

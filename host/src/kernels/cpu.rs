@@ -32,6 +32,15 @@ pub fn round(x: f32, dtype: DType) -> f32 {
     }
 }
 
+/// max |a − b| over all elements, compared in f32 (the kernel tests' measure).
+#[cfg(test)]
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> Result<f32> {
+    (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

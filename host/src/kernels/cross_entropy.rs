@@ -29,6 +29,11 @@ pub fn cross_entropy_rows(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 /// The plain-candle CE the fused op must equal (the engine's own path): f32 logits, max-shifted lse.
 pub fn cross_entropy_rows_plain(z: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(plain(z, targets)?.0)
+}
+
+/// (CE [N], lse [N]) by candle ops (differentiable in z; the max shift carries no gradient).
+fn plain(z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let logits = z.to_dtype(DType::F32)?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let lse = (logits
@@ -38,7 +43,7 @@ pub fn cross_entropy_rows_plain(z: &Tensor, targets: &Tensor) -> Result<Tensor> 
         .log()?
         + &max)?;
     let picked = logits.gather(&targets.unsqueeze(1)?, 1)?;
-    (lse - picked)?.squeeze(1)
+    Ok(((&lse - picked)?.squeeze(1)?, lse.squeeze(1)?))
 }
 
 /// Per-row CE [N] and log-sum-exp [N] (f32) of logits z [N, V] with no autograd: the fused kernel where
@@ -54,16 +59,7 @@ pub fn ce_forward(z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
             .apply_op2_no_bwd(&targets.contiguous()?, &op)?;
         return Ok((ce, op.kept()?));
     }
-    let logits = z.to_dtype(DType::F32)?;
-    let max = logits.max_keepdim(D::Minus1)?;
-    let lse = (logits
-        .broadcast_sub(&max)?
-        .exp()?
-        .sum_keepdim(D::Minus1)?
-        .log()?
-        + &max)?;
-    let picked = logits.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok(((&lse - picked)?.squeeze(1)?, lse.squeeze(1)?))
+    plain(&z, targets)
 }
 
 /// dL/dz = coef[r]·(softmax(z[r]) − onehot(target[r])) in z's dtype, from [`ce_forward`]'s lse.
@@ -141,7 +137,7 @@ impl CustomOp2 for CrossEntropyOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, rows_cfg, suffix, view, wrap};
+        use super::cuda::{by_dtype, launch, rows_cfg, suffix, view, wrap};
         let dev = &s1.device;
         let (n, v) = l1.shape().dims2()?;
         let name = format!("ce_fwd_{}", suffix(s1.dtype())?);
@@ -149,16 +145,10 @@ impl CustomOp2 for CrossEntropyOp {
         let ce = unsafe { dev.alloc::<f32>(n) }?;
         let lse = unsafe { dev.alloc::<f32>(n) }?;
         let v_i = v as i32;
-        match s1.dtype() {
-            DType::F32 => {
-                let z = view::<f32>(s1, l1)?;
-                launch!(dev, name, rows_cfg(n, 512, 0); &z, &tg, &ce, &lse, &v_i);
-            }
-            _ => {
-                let z = view::<half::bf16>(s1, l1)?;
-                launch!(dev, name, rows_cfg(n, 512, 0); &z, &tg, &ce, &lse, &v_i);
-            }
-        }
+        by_dtype!(s1.dtype(), T => {
+            let z = view::<T>(s1, l1)?;
+            launch!(dev, name, rows_cfg(n, 512, 0); &z, &tg, &ce, &lse, &v_i);
+        });
         self.keep(wrap(lse, dev, n));
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(ce, dev.clone()),
@@ -198,7 +188,7 @@ impl CustomOp2 for CrossEntropyOp {
 
 #[cfg(feature = "cuda")]
 fn cuda_bwd(z: &Tensor, targets: &Tensor, lse: &Tensor, dce: &Tensor) -> Result<Tensor> {
-    use super::cuda::{hold, launch, rows_cfg, suffix, view, wrap};
+    use super::cuda::{by_dtype, hold, launch, rows_cfg, suffix, view, wrap};
     let z = z.contiguous()?;
     let (hz, ht, hl, hc) = (hold(&z), hold(targets), hold(lse), hold(dce));
     let ((sz, lz), (st, lt), (sl, ll), (sc, lc)) = (hz.cuda()?, ht.cuda()?, hl.cuda()?, hc.cuda()?);
@@ -211,18 +201,12 @@ fn cuda_bwd(z: &Tensor, targets: &Tensor, lse: &Tensor, dce: &Tensor) -> Result<
         view::<f32>(sc, lc)?,
     );
     let v_i = v as i32;
-    macro_rules! go {
-        ($t:ty) => {{
-            let zv = view::<$t>(sz, lz)?;
-            let dz = unsafe { dev.alloc::<$t>(n * v) }?;
-            launch!(dev, name, rows_cfg(n, 512, 0); &zv, &tg, &lv, &cv, &dz, &v_i);
-            wrap(dz, dev, (n, v))
-        }};
-    }
-    Ok(match z.dtype() {
-        DType::F32 => go!(f32),
-        _ => go!(half::bf16),
-    })
+    Ok(by_dtype!(z.dtype(), T => {
+        let zv = view::<T>(sz, lz)?;
+        let dz = unsafe { dev.alloc::<T>(n * v) }?;
+        launch!(dev, name, rows_cfg(n, 512, 0); &zv, &tg, &lv, &cv, &dz, &v_i);
+        wrap(dz, dev, (n, v))
+    }))
 }
 
 #[cfg(test)]
@@ -239,7 +223,7 @@ mod tests {
             let coef = Tensor::new(&[0.5f32, -1.0, 2.0, 0.0, 1.0, 0.25], &dev)?;
             let a = cross_entropy_rows(z.as_tensor(), &tg)?;
             let b = cross_entropy_rows_plain(z.as_tensor(), &tg)?;
-            let d = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let d = super::cpu::max_abs_diff(&a, &b)?;
             assert!(d <= 1e-4, "{dt:?} forward {d}");
             let ga = (a * &coef)?.sum_all()?.backward()?;
             let gb = (b * &coef)?.sum_all()?.backward()?;
@@ -247,10 +231,7 @@ mod tests {
                 ga.get(z.as_tensor()).unwrap(),
                 gb.get(z.as_tensor()).unwrap(),
             );
-            let d = (p.to_dtype(DType::F32)? - q.to_dtype(DType::F32)?)?
-                .abs()?
-                .max_all()?
-                .to_scalar::<f32>()?;
+            let d = super::cpu::max_abs_diff(p, q)?;
             assert!(d <= tol, "{dt:?} backward {d}");
         }
         Ok(())

@@ -80,6 +80,23 @@ pub fn elems_cfg(n: usize) -> LaunchConfig {
     }
 }
 
+/// `$body` with `$t` the element type of dtype `$dt`: f32, else bf16 (the fused kernels' two types).
+macro_rules! by_dtype {
+    ($dt:expr, $t:ident => $body:expr) => {
+        match $dt {
+            candle_core::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            _ => {
+                type $t = half::bf16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use by_dtype;
+
 /// Queues kernel `$name` of the fused module on `$dev` with `$cfg` and the arguments (references).
 /// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes.
 macro_rules! launch {

@@ -113,24 +113,18 @@ impl CustomOp2 for RmsNormOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, rows_cfg, suffix, view};
+        use super::cuda::{by_dtype, launch, rows_cfg, suffix, view};
         let dev = &s1.device;
         let dim = l2.shape().elem_count();
         let rows = l1.shape().elem_count() / dim;
         let name = format!("rmsnorm_fwd_{}", suffix(s1.dtype())?);
         let (dim_i, eps) = (dim as i32, self.eps);
-        macro_rules! go {
-            ($t:ty) => {{
-                let (x, w) = (view::<$t>(s1, l1)?, view::<$t>(s2, l2)?);
-                let y = unsafe { dev.alloc::<$t>(rows * dim) }?;
-                launch!(dev, name, rows_cfg(rows, 256, 0); &x, &w, &y, &dim_i, &eps);
-                candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
-            }};
-        }
-        let out = match s1.dtype() {
-            DType::F32 => go!(f32),
-            _ => go!(half::bf16),
-        };
+        let out = by_dtype!(s1.dtype(), T => {
+            let (x, w) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+            let y = unsafe { dev.alloc::<T>(rows * dim) }?;
+            launch!(dev, name, rows_cfg(rows, 256, 0); &x, &w, &y, &dim_i, &eps);
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
+        });
         Ok((out, l1.shape().clone()))
     }
 
@@ -162,7 +156,7 @@ impl RmsNormOp {
         dy: &Tensor,
         want_dw: bool,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        use super::cuda::{hold, launch, rows_cfg, suffix, view, wrap};
+        use super::cuda::{by_dtype, hold, launch, rows_cfg, suffix, view, wrap};
         let x = x.contiguous()?;
         let (hx, hw, hd) = (hold(&x), hold(w), hold(dy));
         let ((sx, lx), (sw, lw), (sd, ld)) = (hx.cuda()?, hw.cuda()?, hd.cuda()?);
@@ -184,26 +178,20 @@ impl RmsNormOp {
         };
         let smem = if want_dw { dim as u32 * 4 } else { 0 };
         let cfg = rows_cfg(rows.div_ceil(rpb_n), 256, smem);
-        macro_rules! go {
-            ($t:ty) => {{
-                let (xv, wv, dv) = (view::<$t>(sx, lx)?, view::<$t>(sw, lw)?, view::<$t>(sd, ld)?);
-                let dx = unsafe { dev.alloc::<$t>(rows * dim) }?;
-                match &dw {
-                    Some(dwb) => {
-                        launch!(dev, name, cfg, smem = smem; &dv, &xv, &wv, &dx, dwb, &rows_i, &dim_i, &eps, &rpb)
-                    }
-                    None => {
-                        let null: u64 = 0;
-                        launch!(dev, name, cfg; &dv, &xv, &wv, &dx, &null, &rows_i, &dim_i, &eps, &rpb)
-                    }
+        let dx = by_dtype!(x.dtype(), T => {
+            let (xv, wv, dv) = (view::<T>(sx, lx)?, view::<T>(sw, lw)?, view::<T>(sd, ld)?);
+            let dx = unsafe { dev.alloc::<T>(rows * dim) }?;
+            match &dw {
+                Some(dwb) => {
+                    launch!(dev, name, cfg, smem = smem; &dv, &xv, &wv, &dx, dwb, &rows_i, &dim_i, &eps, &rpb)
                 }
-                wrap(dx, dev, lx.shape().clone())
-            }};
-        }
-        let dx = match x.dtype() {
-            DType::F32 => go!(f32),
-            _ => go!(half::bf16),
-        };
+                None => {
+                    let null: u64 = 0;
+                    launch!(dev, name, cfg; &dv, &xv, &wv, &dx, &null, &rows_i, &dim_i, &eps, &rpb)
+                }
+            }
+            wrap(dx, dev, lx.shape().clone())
+        });
         Ok((Some(dx), dw.map(|b| wrap(b, dev, dim))))
     }
 }
@@ -212,17 +200,6 @@ impl RmsNormOp {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn fused_rms_norm_matches_the_plain_path_forward_and_backward_on_cpu() -> Result<()> {
@@ -234,9 +211,9 @@ mod tests {
             let a = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)?;
             let b = rms_norm_plain(x.as_tensor(), w.as_tensor(), 1e-5)?;
             assert!(
-                max_diff(&a, &b) <= tol,
+                super::cpu::max_abs_diff(&a, &b)? <= tol,
                 "{dt:?} forward {}",
-                max_diff(&a, &b)
+                super::cpu::max_abs_diff(&a, &b)?
             );
             let ga = (a.to_dtype(DType::F32)? * dy.to_dtype(DType::F32)?)?
                 .sum_all()?
@@ -251,7 +228,7 @@ mod tests {
                     .max_all()?
                     .to_dtype(DType::F32)?
                     .to_scalar::<f32>()?;
-                let d = max_diff(p, q) / scale.max(1.0);
+                let d = super::cpu::max_abs_diff(p, q)? / scale.max(1.0);
                 assert!(d <= tol * 2.0, "{dt:?} grad {d}");
             }
         }

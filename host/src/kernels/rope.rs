@@ -65,7 +65,7 @@ impl CustomOp1 for RopeOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{elems_cfg, hold, launch, suffix, view};
+        use super::cuda::{by_dtype, elems_cfg, hold, launch, suffix, view};
         let dev = &s.device;
         let (_, t, h, d) = l.shape().dims4()?;
         let n = l.shape().elem_count();
@@ -80,18 +80,12 @@ impl CustomOp1 for RopeOp {
             (d / 2) as i32,
             self.sign,
         );
-        macro_rules! go {
-            ($ty:ty) => {{
-                let x = view::<$ty>(s, l)?;
-                let y = unsafe { dev.alloc::<$ty>(n) }?;
-                launch!(dev, name, elems_cfg(n / 2); &x, &cv, &sv, &y, &pairs, &t_i, &h_i, &half, &sign);
-                candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
-            }};
-        }
-        let out = match s.dtype() {
-            DType::F32 => go!(f32),
-            _ => go!(half::bf16),
-        };
+        let out = by_dtype!(s.dtype(), T => {
+            let x = view::<T>(s, l)?;
+            let y = unsafe { dev.alloc::<T>(n) }?;
+            launch!(dev, name, elems_cfg(n / 2); &x, &cv, &sv, &y, &pairs, &t_i, &h_i, &half, &sign);
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
+        });
         Ok((out, l.shape().clone()))
     }
 
@@ -117,12 +111,7 @@ mod tests {
             let dy = Tensor::randn(0f32, 1.0, (2, t, h, d), &dev)?;
             let a = rope(x.as_tensor(), cos, sin)?;
             let b = table.apply_plain(x.as_tensor())?;
-            let diff = |p: &Tensor, q: &Tensor| -> Result<f32> {
-                (p.to_dtype(DType::F32)? - q.to_dtype(DType::F32)?)?
-                    .abs()?
-                    .max_all()?
-                    .to_scalar()
-            };
+            let diff = super::cpu::max_abs_diff;
             assert!(diff(&a, &b)? <= tol, "{dt:?} forward");
             let ga = (a.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
             let gb = (b.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;

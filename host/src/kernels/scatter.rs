@@ -19,7 +19,7 @@ pub fn scatter_rows(src: &Tensor, idx: &Tensor, total: usize) -> Result<Tensor> 
 
 #[cfg(feature = "cuda")]
 fn cuda(src: &Tensor, idx: &Tensor, total: usize, rows: usize, dim: usize) -> Result<Tensor> {
-    use super::cuda::{elems_cfg, hold, launch, suffix, view, wrap};
+    use super::cuda::{by_dtype, elems_cfg, hold, launch, suffix, view, wrap};
     let src = src.contiguous()?;
     let idx = idx.contiguous()?;
     let (hs, hi) = (hold(&src), hold(&idx));
@@ -34,16 +34,10 @@ fn cuda(src: &Tensor, idx: &Tensor, total: usize, rows: usize, dim: usize) -> Re
         rows * dim
     };
     let (rows_i, dim_i) = (rows as i64, dim as i32);
-    macro_rules! go {
-        ($t:ty) => {{
-            let sv = view::<$t>(ss, ls)?;
-            let out = dev.alloc_zeros::<$t>(total * dim)?;
-            launch!(dev, name, elems_cfg(threads); &sv, &iv, &out, &rows_i, &dim_i);
-            wrap(out, dev, (total, dim))
-        }};
-    }
-    Ok(match src.dtype() {
-        DType::F32 => go!(f32),
-        _ => go!(half::bf16),
-    })
+    Ok(by_dtype!(src.dtype(), T => {
+        let sv = view::<T>(ss, ls)?;
+        let out = dev.alloc_zeros::<T>(total * dim)?;
+        launch!(dev, name, elems_cfg(threads); &sv, &iv, &out, &rows_i, &dim_i);
+        wrap(out, dev, (total, dim))
+    }))
 }

@@ -15,6 +15,14 @@ pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, SwiGluOp)
 }
 
+/// silu(a)·b through the fused op where [`super::use_fused`] says so, else plain candle ops.
+pub fn gate(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if super::use_fused(a.device(), a.dtype()) {
+        return swiglu(a, b);
+    }
+    swiglu_plain(a, b)
+}
+
 /// The plain-candle gate the fused op must equal (the model's own path).
 pub fn swiglu_plain(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     candle_nn::ops::silu(a)? * b
@@ -80,23 +88,17 @@ impl CustomOp2 for SwiGluOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{elems_cfg, launch, suffix, view};
+        use super::cuda::{by_dtype, elems_cfg, launch, suffix, view};
         let dev = &s1.device;
         let n = l1.shape().elem_count();
         let name = format!("swiglu_fwd_{}", suffix(s1.dtype())?);
         let n_i = n as i64;
-        macro_rules! go {
-            ($t:ty) => {{
-                let (a, b) = (view::<$t>(s1, l1)?, view::<$t>(s2, l2)?);
-                let y = unsafe { dev.alloc::<$t>(n) }?;
-                launch!(dev, name, elems_cfg(n); &a, &b, &y, &n_i);
-                candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
-            }};
-        }
-        let out = match s1.dtype() {
-            DType::F32 => go!(f32),
-            _ => go!(half::bf16),
-        };
+        let out = by_dtype!(s1.dtype(), T => {
+            let (a, b) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
+            let y = unsafe { dev.alloc::<T>(n) }?;
+            launch!(dev, name, elems_cfg(n); &a, &b, &y, &n_i);
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
+        });
         Ok((out, l1.shape().clone()))
     }
 
@@ -119,7 +121,7 @@ impl CustomOp2 for SwiGluOp {
 
 #[cfg(feature = "cuda")]
 fn cuda_bwd(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    use super::cuda::{elems_cfg, hold, launch, suffix, view, wrap};
+    use super::cuda::{by_dtype, elems_cfg, hold, launch, suffix, view, wrap};
     let (a, b) = (a.contiguous()?, b.contiguous()?);
     let (ha, hb, hd) = (hold(&a), hold(&b), hold(dy));
     let ((sa, la), (sb, lb), (sd, ld)) = (ha.cuda()?, hb.cuda()?, hd.cuda()?);
@@ -127,19 +129,13 @@ fn cuda_bwd(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Opti
     let n = la.shape().elem_count();
     let name = format!("swiglu_bwd_{}", suffix(a.dtype())?);
     let n_i = n as i64;
-    macro_rules! go {
-        ($t:ty) => {{
-            let (av, bv, dv) = (view::<$t>(sa, la)?, view::<$t>(sb, lb)?, view::<$t>(sd, ld)?);
-            let da = unsafe { dev.alloc::<$t>(n) }?;
-            let db = unsafe { dev.alloc::<$t>(n) }?;
-            launch!(dev, name, elems_cfg(n); &dv, &av, &bv, &da, &db, &n_i);
-            (wrap(da, dev, la.shape().clone()), wrap(db, dev, la.shape().clone()))
-        }};
-    }
-    let (da, db) = match a.dtype() {
-        DType::F32 => go!(f32),
-        _ => go!(half::bf16),
-    };
+    let (da, db) = by_dtype!(a.dtype(), T => {
+        let (av, bv, dv) = (view::<T>(sa, la)?, view::<T>(sb, lb)?, view::<T>(sd, ld)?);
+        let da = unsafe { dev.alloc::<T>(n) }?;
+        let db = unsafe { dev.alloc::<T>(n) }?;
+        launch!(dev, name, elems_cfg(n); &dv, &av, &bv, &da, &db, &n_i);
+        (wrap(da, dev, la.shape().clone()), wrap(db, dev, la.shape().clone()))
+    });
     Ok((Some(da), Some(db)))
 }
 
@@ -157,12 +153,7 @@ mod tests {
             let dy = Tensor::randn(0f32, 1.0, (4, 33), &dev)?;
             let f = swiglu(a.as_tensor(), b.as_tensor())?;
             let p = swiglu_plain(a.as_tensor(), b.as_tensor())?;
-            let diff = |x: &Tensor, y: &Tensor| -> Result<f32> {
-                (x.to_dtype(DType::F32)? - y.to_dtype(DType::F32)?)?
-                    .abs()?
-                    .max_all()?
-                    .to_scalar()
-            };
+            let diff = super::cpu::max_abs_diff;
             assert!(
                 diff(&f, &p)? <= tol * 4.0,
                 "{dt:?} forward {}",

@@ -124,12 +124,7 @@ impl FeedForward {
     /// w2(silu(w1·x) ⊙ w3·x).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let (a, b) = (self.w1.forward(x, ctx)?, self.w3.forward(x, ctx)?);
-        let gated = if kernels::use_fused(x.device(), x.dtype()) {
-            kernels::swiglu(&a, &b)?
-        } else {
-            kernels::swiglu::swiglu_plain(&a, &b)?
-        };
-        self.w2.forward(&gated, ctx)
+        self.w2.forward(&kernels::swiglu::gate(&a, &b)?, ctx)
     }
 }
 

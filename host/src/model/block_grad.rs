@@ -16,7 +16,6 @@
 use super::block::TransformerBlock;
 use super::forward_ctx::ForwardCtx;
 use super::lora::{LinearSaved, LoraLinear};
-use super::norm::RmsNorm;
 use super::rope::Rope;
 use crate::kernels;
 use anyhow::Result;
@@ -53,18 +52,6 @@ pub struct BlockGrads {
     pub params: Vec<(String, Tensor)>,
 }
 
-fn norm_fwd(n: &RmsNorm, x: &Tensor) -> Result<Tensor> {
-    let w = n.weight.tensor().detach();
-    if kernels::use_fused(x.device(), x.dtype()) {
-        return Ok(kernels::rms_norm(x, &w, n.eps)?);
-    }
-    Ok(kernels::rms_norm::rms_norm_plain(x, &w, n.eps)?)
-}
-
-fn rope_fwd(rope: &Rope, x: &Tensor) -> Result<Tensor> {
-    Ok(rope.apply(&x.detach())?)
-}
-
 impl TransformerBlock {
     /// The forward of [`TransformerBlock::forward`] with no autograd, keeping the activations for
     /// [`TransformerBlock::backward`]. Dropout masks are drawn in the same order as the plain forward.
@@ -74,25 +61,21 @@ impl TransformerBlock {
         let ff = &self.feed_forward;
         let (nh, nkv, hd) = at.heads();
         let x = x.detach();
-        let n1 = norm_fwd(&self.attention_norm, &x)?;
+        let n1 = self.attention_norm.forward_nograd(&x)?;
         let (q0, lq) = at.wq.forward_saved(&n1, ctx)?;
         let (k0, lk) = at.wk.forward_saved(&n1, ctx)?;
         let (v, lv) = at.wv.forward_saved(&n1, ctx)?;
-        let q = rope_fwd(rope, &q0.reshape((bs, t, nh, hd))?)?;
-        let k = rope_fwd(rope, &k0.reshape((bs, t, nkv, hd))?)?;
+        let q = rope.apply(&q0.reshape((bs, t, nh, hd))?)?;
+        let k = rope.apply(&k0.reshape((bs, t, nkv, hd))?)?;
         let v = v.reshape((bs, t, nkv, hd))?;
         let (o, lse) = kernels::attention::attention_forward(&q, &k, &v)?;
         let o = o.reshape((bs, t, nh * hd))?;
         let (ao, lo) = at.wo.forward_saved(&o, ctx)?;
         let h = (&x + ao)?;
-        let n2 = norm_fwd(&self.ffn_norm, &h)?;
+        let n2 = self.ffn_norm.forward_nograd(&h)?;
         let (a, l1) = ff.w1.forward_saved(&n2, ctx)?;
         let (b, l3) = ff.w3.forward_saved(&n2, ctx)?;
-        let s = if kernels::use_fused(a.device(), a.dtype()) {
-            kernels::swiglu(&a, &b)?
-        } else {
-            kernels::swiglu::swiglu_plain(&a, &b)?
-        };
+        let s = kernels::swiglu::gate(&a, &b)?;
         let (f, l2) = ff.w2.forward_saved(&s, ctx)?;
         let out = (&h + f)?;
         Ok(BlockSaved {
@@ -152,7 +135,7 @@ impl TransformerBlock {
         let (da, db) = kernels::swiglu::swiglu_backward(&sv.a, &sv.b, &ds)?;
         let dn2 = (lin(&ff.w1, "w1", &sv.n2, l1, &da, &mut g)?
             + lin(&ff.w3, "w3", &sv.n2, l3, &db, &mut g)?)?;
-        let (dhn, dg2) = self.norm_backward(&self.ffn_norm, &sv.h, &dn2)?;
+        let (dhn, dg2) = self.ffn_norm.backward(&sv.h, &dn2)?;
         if let Some(d) = dg2 {
             g.push((format!("{prefix}ffn_norm.weight"), d));
         }
@@ -174,27 +157,12 @@ impl TransformerBlock {
         let dn1 = ((lin(&at.wq, "wq", &sv.n1, lq, &dq, &mut g)?
             + lin(&at.wk, "wk", &sv.n1, lk, &dk, &mut g)?)?
             + lin(&at.wv, "wv", &sv.n1, lv, &dv, &mut g)?)?;
-        let (dxn, dg1) = self.norm_backward(&self.attention_norm, &sv.x, &dn1)?;
+        let (dxn, dg1) = self.attention_norm.backward(&sv.x, &dn1)?;
         if let Some(d) = dg1 {
             g.push((format!("{prefix}attention_norm.weight"), d));
         }
         let dx = if need_dx { Some((dh + dxn)?) } else { None };
         Ok(BlockGrads { dx, params: g })
-    }
-
-    fn norm_backward(
-        &self,
-        n: &RmsNorm,
-        x: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Tensor, Option<Tensor>)> {
-        Ok(kernels::rms_norm::rms_norm_backward(
-            x,
-            n.weight.tensor(),
-            dy,
-            n.eps,
-            n.weight.is_trainable(),
-        )?)
     }
 }
 

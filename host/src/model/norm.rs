@@ -16,7 +16,26 @@ impl RmsNorm {
     /// y = (x_f32 / √(mean(x_f32²) + ε)).to(x.dtype) · weight — one fused kernel where
     /// [`crate::kernels::use_fused`] says so, else plain candle ops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.tensor();
+        self.apply(x, self.weight.tensor())
+    }
+
+    /// [`RmsNorm::forward`] with no autograd edge to the weight (the engine's hand-written backward).
+    pub fn forward_nograd(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(&x.detach(), &self.weight.tensor().detach())
+    }
+
+    /// (dL/dx, dL/dweight when the weight is trained) for upstream gradient `dy`, no autograd.
+    pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        crate::kernels::rms_norm::rms_norm_backward(
+            x,
+            self.weight.tensor(),
+            dy,
+            self.eps,
+            self.weight.is_trainable(),
+        )
+    }
+
+    fn apply(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if crate::kernels::use_fused(x.device(), x.dtype()) {
             return crate::kernels::rms_norm(x, w, self.eps);
         }

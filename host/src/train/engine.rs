@@ -34,6 +34,8 @@ pub struct ForwardState {
     saved_trunk: Vec<BlockSaved>,
     /// Head blocks' activations (activation checkpointing off), else None.
     saved_heads: Vec<Option<BlockSaved>>,
+    /// Log-sum-exp of each head's logits on its valid rows (None for a head without any).
+    head_lse: Vec<Option<Tensor>>,
 }
 
 /// Runs the model unit by unit.
@@ -58,7 +60,7 @@ use wmtp_plugin_host::ce_mask;
 /// Logits of rows z [N, D] (shared final norm, then the output projection) with no autograd, and what
 /// the backward of the projection needs.
 fn rows_logits(model: &Transformer, z_rows: &Tensor) -> Result<(Tensor, Tensor, LinearSaved)> {
-    let n = model.norm.forward(&z_rows.detach())?.detach();
+    let n = model.norm.forward_nograd(z_rows)?;
     let (logits, saved) = model.output.forward_saved(&n, &ForwardCtx::eval())?;
     Ok((n, logits, saved))
 }
@@ -143,24 +145,30 @@ impl<'a> Engine<'a> {
         // per-token CE stays on the device until one copy per micro-batch
         let mut ce_parts = Vec::new();
         let mut saved_heads = Vec::with_capacity(h);
+        let mut head_lse = Vec::with_capacity(h);
         for (k, hr) in heads.iter().enumerate() {
             if hr.rows.is_empty() {
                 saved_heads.push(None);
+                head_lse.push(None);
                 continue;
             }
             let sv = m
                 .head(k)
                 .forward_saved(&x, &bi.rope, &self.ctx(1000 + k as u64))?;
             let zf = sv.out.reshape((b * t, m.args.dim))?;
+            let mut lse_parts = Vec::new();
             for (start, len) in hr.chunks(self.chunk_rows) {
                 let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
                 let (_, logits, _) = rows_logits(m, &zc)?;
-                let (ce, _) = kernels::cross_entropy::ce_forward(
+                let (ce, lse) = kernels::cross_entropy::ce_forward(
                     &logits,
                     &hr.targets.narrow(0, start, len)?,
                 )?;
                 ce_parts.push(ce);
+                lse_parts.push(lse);
             }
+            // the backward recomputes the same logits: their log-sum-exp is kept, not recomputed
+            head_lse.push(Some(Tensor::cat(&lse_parts, 0)?));
             saved_heads.push(self.keep_activations.then_some(sv));
         }
         let mut ce = vec![0f32; b * t * h];
@@ -190,6 +198,7 @@ impl<'a> Engine<'a> {
             heads,
             saved_trunk,
             saved_heads,
+            head_lse,
         })
     }
 
@@ -251,24 +260,20 @@ impl<'a> Engine<'a> {
                 let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
                 let tc = hr.targets.narrow(0, start, len)?;
                 let (nc, logits, lsv) = rows_logits(m, &zc)?;
-                let (_, lse) = kernels::cross_entropy::ce_forward(&logits, &tc)?;
+                let Some(lse) = &st.head_lse[k] else {
+                    bail!("head {k} has coefficients but no valid rows");
+                };
                 let dlogits = kernels::cross_entropy::ce_backward(
                     &logits,
                     &tc,
-                    &lse,
+                    &lse.narrow(0, start, len)?,
                     &coef_rows.narrow(0, start, len)?,
                 )?;
                 let dn = m
                     .output
                     .backward(&nc, &lsv, &dlogits, true, "output.", &mut pg)?
                     .expect("dx was asked for");
-                let (dzc, dg) = kernels::rms_norm::rms_norm_backward(
-                    &zc,
-                    m.norm.weight.tensor(),
-                    &dn,
-                    m.norm.eps,
-                    m.norm.weight.is_trainable(),
-                )?;
+                let (dzc, dg) = m.norm.backward(&zc, &dn)?;
                 if let Some(dg) = dg {
                     pg.push(("norm.weight".to_string(), dg));
                 }

@@ -146,6 +146,7 @@ fn compare(mut m: Transformer, label: &str) {
             seed: 0,
             train: false,
             keep_activations,
+            fsdp: None,
         };
         let mb = MicroBatch {
             tokens: c.tokens.clone(),

@@ -25,7 +25,9 @@ fn runtime_with(call_timeout: Duration) -> Arc<PluginRuntime> {
         memory_bytes: 256 << 20,
         ..Default::default()
     };
-    Arc::new(PluginRuntime::with_options(limits, Arc::new(|x: &[f64]| x.to_vec()), None).unwrap())
+    Arc::new(
+        PluginRuntime::with_options(limits, Arc::new(|x: &[f64]| Ok(x.to_vec())), None).unwrap(),
+    )
 }
 
 /// After any failure the same runtime still loads and runs a good plugin.
@@ -184,7 +186,7 @@ fn fuel_cap_stops_a_loop_deterministically() {
         ..Default::default()
     };
     let rt = Arc::new(
-        PluginRuntime::with_options(limits, Arc::new(|x: &[f64]| x.to_vec()), None).unwrap(),
+        PluginRuntime::with_options(limits, Arc::new(|x: &[f64]| Ok(x.to_vec())), None).unwrap(),
     );
     let mut p = Plugin::load(&rt, &test_plugin("hostile_spin")).unwrap();
     let err = format!(
@@ -220,7 +222,7 @@ fn compiled_plugins_are_cached_and_reloaded() {
         Arc::new(
             PluginRuntime::with_options(
                 PluginLimits::default(),
-                Arc::new(|x: &[f64]| x.to_vec()),
+                Arc::new(|x: &[f64]| Ok(x.to_vec())),
                 Some(dir.path().to_path_buf()),
             )
             .unwrap(),
@@ -429,7 +431,7 @@ fn cached_runtime(dir: &std::path::Path) -> Arc<PluginRuntime> {
     Arc::new(
         PluginRuntime::with_options(
             PluginLimits::default(),
-            Arc::new(|x: &[f64]| x.to_vec()),
+            Arc::new(|x: &[f64]| Ok(x.to_vec())),
             Some(dir.to_path_buf()),
         )
         .unwrap(),

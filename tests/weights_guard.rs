@@ -84,6 +84,7 @@ fn a_non_finite_gradient_norm_skips_the_update() {
     let step_before = s.optimizer.step;
     wmtp_host::train::step::apply(
         &mut s.model,
+        None,
         s.value_head.as_mut(),
         s.weigher.as_mut(),
         &mut s.optimizer,

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// Element-wise sum over ranks (identity on one rank).
-pub type AllReduce = Arc<dyn Fn(&[f64]) -> Vec<f64> + Send + Sync>;
+/// Element-wise sum over ranks (identity on one rank); an error (a rank left, a timeout) ends the
+/// plugin's call with that message.
+pub type AllReduce = Arc<dyn Fn(&[f64]) -> Result<Vec<f64>, String> + Send + Sync>;
 
 /// A clock frozen at zero: plugins see no time.
 struct FrozenClock;
@@ -141,6 +142,6 @@ impl PipelineImports for HostState {
                 self.max_reduce
             );
         }
-        Ok((self.reducer)(&xs))
+        (self.reducer)(&xs).map_err(|e| wasmtime::format_err!("all-reduce-sum across ranks: {e}"))
     }
 }

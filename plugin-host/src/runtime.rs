@@ -64,7 +64,7 @@ impl PluginRuntime {
     pub fn new(limits: PluginLimits) -> Result<Self> {
         Self::with_options(
             limits,
-            Arc::new(|xs: &[f64]| xs.to_vec()),
+            Arc::new(|xs: &[f64]| Ok(xs.to_vec())),
             default_cache_dir(),
         )
     }

@@ -41,32 +41,48 @@ impl FlatLayout {
         self.padded / self.world
     }
 
-    /// Rank `rank`'s shard of `tensors` (laid out as `self`): a 1-D tensor of [`FlatLayout::shard_len`].
-    pub fn shard(&self, tensors: &[Tensor], rank: usize) -> Result<Tensor> {
-        if tensors.len() != self.parts.len() || rank >= self.world {
+    /// `tensors` (laid out as `self`) flattened, concatenated and zero-padded: [`FlatLayout::padded`]
+    /// elements.
+    pub fn flatten(&self, tensors: &[Tensor]) -> Result<Tensor> {
+        if tensors.len() != self.parts.len() {
             bail!(
-                "shard: {} tensors / rank {rank} for a layout of {} over {}",
+                "flatten: {} tensors for a layout of {}",
                 tensors.len(),
-                self.parts.len(),
-                self.world
+                self.parts.len()
             );
         }
-        let dev = tensors
-            .first()
-            .map(|t| t.device().clone())
-            .unwrap_or(candle_core::Device::Cpu);
-        let dt = tensors
-            .first()
-            .map(|t| t.dtype())
-            .unwrap_or(candle_core::DType::F32);
+        for (t, (shape, _)) in tensors.iter().zip(&self.parts) {
+            if t.dims() != shape.as_slice() {
+                bail!(
+                    "flatten: a tensor of {:?} where the layout has {shape:?}",
+                    t.dims()
+                );
+            }
+        }
+        let Some(first) = tensors.first() else {
+            bail!("flatten: an empty layout");
+        };
         let mut flat: Vec<Tensor> = tensors
             .iter()
             .map(|t| t.flatten_all())
             .collect::<Result<_>>()?;
         if self.padded > self.numel {
-            flat.push(Tensor::zeros(self.padded - self.numel, dt, &dev)?);
+            flat.push(Tensor::zeros(
+                self.padded - self.numel,
+                first.dtype(),
+                first.device(),
+            )?);
         }
-        Tensor::cat(&flat, 0)?.narrow(0, rank * self.shard_len(), self.shard_len())
+        Tensor::cat(&flat, 0)
+    }
+
+    /// Rank `rank`'s shard of `tensors` (laid out as `self`): a 1-D tensor of [`FlatLayout::shard_len`].
+    pub fn shard(&self, tensors: &[Tensor], rank: usize) -> Result<Tensor> {
+        if rank >= self.world {
+            bail!("shard: rank {rank} of a layout over {}", self.world);
+        }
+        self.flatten(tensors)?
+            .narrow(0, rank * self.shard_len(), self.shard_len())
     }
 
     /// The tensors back from the gathered flat vector (length `padded`).

@@ -110,6 +110,27 @@ impl Param {
         Ok(())
     }
 
+    /// Replaces the tensor by `value` of any shape (new storage; a trainable parameter gets a new `Var`).
+    /// FSDP uses it to put a gathered weight into a unit's copy and to release a sharded model's weights
+    /// ([`Param::release`]); everything else uses [`Param::set_value`].
+    pub fn replace(&mut self, value: Tensor) -> Result<()> {
+        if self.var.is_some() {
+            self.var = Some(Var::from_tensor(&value.detach())?);
+        } else {
+            self.tensor = value.detach();
+        }
+        Ok(())
+    }
+
+    /// Drops the weight's storage, keeping dtype, device, group and trainability: the tensor becomes
+    /// empty (shape [0]), so computing with a released weight fails on its shape instead of reading
+    /// stale values. FSDP keeps the weight in its shards meanwhile.
+    pub fn release(&mut self) -> Result<()> {
+        let t = self.tensor();
+        let empty = Tensor::zeros(0, t.dtype(), t.device())?;
+        self.replace(empty)
+    }
+
     /// Replaces the value (same shape), keeping trainability.
     pub fn set_value(&mut self, value: Tensor) -> Result<()> {
         anyhow::ensure!(

@@ -6,6 +6,7 @@
 
 use super::grads::Grads;
 use crate::data::MicroBatch;
+use crate::dist::fsdp::{Fsdp, Unit};
 use crate::kernels;
 use crate::model::block_grad::BlockSaved;
 use crate::model::lora::LinearSaved;
@@ -13,6 +14,7 @@ use crate::model::transformer::BlockInputs;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use std::borrow::Cow;
 
 /// What the forward pass keeps: unit inputs, the per-token scalars and, without activation checkpointing,
 /// every block's activations.
@@ -53,6 +55,9 @@ pub struct Engine<'a> {
     /// Keep every block's activations from forward to backward (`runtime.activation_checkpointing =
     /// "none"`) instead of recomputing each block in the backward ("blocks").
     pub keep_activations: bool,
+    /// The policy's shards when it is sharded (FSDP): each unit is gathered before it runs, and the
+    /// model's own weights are released. None: the model holds its weights.
+    pub fsdp: Option<&'a Fsdp>,
 }
 
 use wmtp_plugin_host::ce_mask;
@@ -113,6 +118,16 @@ impl<'a> Engine<'a> {
         self.model.device()
     }
 
+    /// The model with `units` holding their weights: the model itself, or under FSDP a copy with those
+    /// units gathered (dropped by the caller after use). Under FSDP this is a collective: the calls
+    /// below happen in the same order on every rank whatever its data.
+    fn with_units(&self, units: &[Unit]) -> Result<Cow<'a, Transformer>> {
+        match self.fsdp {
+            None => Ok(Cow::Borrowed(self.model)),
+            Some(f) => Ok(Cow::Owned(f.materialize(self.model, units)?)),
+        }
+    }
+
     /// Forward: unit inputs, CE of every head on its valid rows, and values.
     pub fn forward(&self, mb: &MicroBatch) -> Result<ForwardState> {
         let m = self.model;
@@ -128,10 +143,14 @@ impl<'a> Engine<'a> {
         let tokens: Vec<u32> = mb.tokens.flatten_all()?.to_vec1()?;
         let mut inputs = Vec::with_capacity(m.layers.len());
         let mut saved_trunk = Vec::new();
-        let mut x = m.embed(&mb.tokens)?.detach();
-        for (i, block) in m.layers[..m.layers.len() - 1].iter().enumerate() {
+        let mut x = self
+            .with_units(&[Unit::Embedding])?
+            .embed(&mb.tokens)?
+            .detach();
+        for i in 0..m.layers.len() - 1 {
             inputs.push(x.clone());
-            let sv = block.forward_saved(&x, &bi.rope, &self.ctx(1 + i as u64))?;
+            let mu = self.with_units(&[Unit::Layer(i)])?;
+            let sv = mu.layers[i].forward_saved(&x, &bi.rope, &self.ctx(1 + i as u64))?;
             x = sv.out.clone();
             if self.keep_activations {
                 saved_trunk.push(sv);
@@ -146,20 +165,22 @@ impl<'a> Engine<'a> {
         let mut ce_parts = Vec::new();
         let mut saved_heads = Vec::with_capacity(h);
         let mut head_lse = Vec::with_capacity(h);
+        let om = self.with_units(&[Unit::Output])?;
         for (k, hr) in heads.iter().enumerate() {
+            let hm = self.with_units(&[Unit::head(m, k)])?;
             if hr.rows.is_empty() {
                 saved_heads.push(None);
                 head_lse.push(None);
                 continue;
             }
-            let sv = m
+            let sv = hm
                 .head(k)
                 .forward_saved(&x, &bi.rope, &self.ctx(1000 + k as u64))?;
             let zf = sv.out.reshape((b * t, m.args.dim))?;
             let mut lse_parts = Vec::new();
             for (start, len) in hr.chunks(self.chunk_rows) {
                 let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
-                let (_, logits, _) = rows_logits(m, &zc)?;
+                let (_, logits, _) = rows_logits(&om, &zc)?;
                 let (ce, lse) = kernels::cross_entropy::ce_forward(
                     &logits,
                     &hr.targets.narrow(0, start, len)?,
@@ -183,7 +204,7 @@ impl<'a> Engine<'a> {
         }
         let values = match self.value_head {
             Some(vh) => {
-                let v = vh.forward(&m.norm.forward(&x)?, &self.ctx(3000))?;
+                let v = vh.forward(&om.norm.forward(&x)?, &self.ctx(3000))?;
                 Some(v.flatten_all()?.to_vec1::<f32>()?)
             }
             None => None,
@@ -221,19 +242,21 @@ impl<'a> Engine<'a> {
         let h_trunk = &st.unit_inputs[n_trunk];
         let mut dh = Tensor::zeros((b, t, d), DType::F32, self.dev())?;
         let shared_trainable = has_trainable(&m.norm) || has_trainable(&m.output);
+        let om = self.with_units(&[Unit::Output])?;
         for k in 0..h {
             let coef_k: Vec<f32> = if c_ce.is_empty() {
                 Vec::new()
             } else {
                 (0..b * t).map(|r| c_ce[r * h + k]).collect()
             };
+            if !(trunk_trainable || shared_trainable || has_trainable(m.head(k))) {
+                continue;
+            }
+            let hm = self.with_units(&[Unit::head(m, k)])?;
             if coef_k.iter().all(|&c| c == 0.0) {
                 continue;
             }
-            let head = m.head(k);
-            if !(trunk_trainable || shared_trainable || has_trainable(head)) {
-                continue;
-            }
+            let head = hm.head(k);
             let head_prefix = if k == 0 {
                 format!("layers.{n_trunk}.")
             } else {
@@ -259,7 +282,7 @@ impl<'a> Engine<'a> {
             for (start, len) in hr.chunks(self.chunk_rows) {
                 let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
                 let tc = hr.targets.narrow(0, start, len)?;
-                let (nc, logits, lsv) = rows_logits(m, &zc)?;
+                let (nc, logits, lsv) = rows_logits(&om, &zc)?;
                 let Some(lse) = &st.head_lse[k] else {
                     bail!("head {k} has coefficients but no valid rows");
                 };
@@ -269,11 +292,11 @@ impl<'a> Engine<'a> {
                     &lse.narrow(0, start, len)?,
                     &coef_rows.narrow(0, start, len)?,
                 )?;
-                let dn = m
+                let dn = om
                     .output
                     .backward(&nc, &lsv, &dlogits, true, "output.", &mut pg)?
                     .expect("dx was asked for");
-                let (dzc, dg) = m.norm.backward(&zc, &dn)?;
+                let (dzc, dg) = om.norm.backward(&zc, &dn)?;
                 if let Some(dg) = dg {
                     pg.push(("norm.weight".to_string(), dg));
                 }
@@ -301,11 +324,11 @@ impl<'a> Engine<'a> {
         if let (Some(vh), Some(cv)) = (self.value_head, c_v) {
             if cv.iter().any(|&c| c != 0.0) {
                 let hvar = Var::from_tensor(h_trunk)?;
-                let v = vh.forward(&m.norm.forward(hvar.as_tensor())?, &self.ctx(3000))?;
+                let v = vh.forward(&om.norm.forward(hvar.as_tensor())?, &self.ctx(3000))?;
                 let s = (v * Tensor::from_slice(cv, (b, t), self.dev())?)?.sum_all()?;
                 let store = s.backward()?;
                 grads.absorb(vh, "value_head.", &store)?;
-                grads.absorb(&m.norm, "norm.", &store)?;
+                grads.absorb(&om.norm, "norm.", &store)?;
                 if let Some(g) = store.get(hvar.as_tensor()) {
                     dh = (dh + g.to_dtype(DType::F32)?)?;
                 }
@@ -315,8 +338,10 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         let mut dh = dh.to_dtype(m.dtype())?;
+        drop(om);
         for i in (0..n_trunk).rev() {
-            let block = &m.layers[i];
+            let mu = self.with_units(&[Unit::Layer(i)])?;
+            let block = &mu.layers[i];
             let recomputed;
             let sv = match st.saved_trunk.get(i) {
                 Some(sv) => sv,
@@ -340,11 +365,12 @@ impl<'a> Engine<'a> {
             };
         }
         if any_trainable(&m.tok_embeddings) {
+            let em = self.with_units(&[Unit::Embedding])?;
             let tokens = Tensor::from_slice(&st.tokens, (b, t), self.dev())?;
             let s =
-                (m.embed(&tokens)?.to_dtype(DType::F32)? * dh.to_dtype(DType::F32)?)?.sum_all()?;
+                (em.embed(&tokens)?.to_dtype(DType::F32)? * dh.to_dtype(DType::F32)?)?.sum_all()?;
             let store = s.backward()?;
-            if let Some(g) = store.get(m.tok_embeddings.tensor()) {
+            if let Some(g) = store.get(em.tok_embeddings.tensor()) {
                 grads.add("tok_embeddings.weight", g)?;
             }
         }

@@ -10,6 +10,7 @@ use super::step::{Models, Weigher};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
+use crate::dist::{fsdp::Fsdp, Communicator, PluginRanks};
 use crate::model::adapter::load_trained;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
@@ -58,6 +59,11 @@ pub struct Session {
     pub groups: BTreeSet<ParamGroup>,
     /// Where the model came from (adapter base id).
     pub source: String,
+    /// The policy's shards when the run is sharded over ranks (FSDP); the model's own weights are then
+    /// released. None: one rank, the model holds its weights.
+    pub fsdp: Option<Fsdp>,
+    /// The ranks the plugin's `all-reduce-sum` sums over (connected by [`Session::shard`]).
+    pub plugin_ranks: PluginRanks,
 }
 
 /// The parts of a session one step reads and mutates (disjoint borrows).
@@ -93,15 +99,20 @@ pub fn dataset_rows(spec: &str) -> Result<Vec<Row>> {
     }
 }
 
-/// Loads the pipeline plugin at `path` under the config's limits and configures it with `[plugin]`.
-pub fn load_plugin(cfg: &RunConfig, path: &Path) -> Result<Plugin> {
+/// Loads the pipeline plugin at `path` under the config's limits and configures it with `[plugin]`; its
+/// `all-reduce-sum` sums over `ranks`.
+pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<Plugin> {
     let limits = PluginLimits {
         call_timeout: Duration::from_secs_f64(cfg.runtime.plugin_timeout_s),
         memory_bytes: cfg.runtime.plugin_memory_mb << 20,
         fuel_per_call: (cfg.runtime.plugin_fuel > 0).then_some(cfg.runtime.plugin_fuel),
         ..Default::default()
     };
-    let runtime = Arc::new(PluginRuntime::new(limits)?);
+    let runtime = Arc::new(PluginRuntime::with_options(
+        limits,
+        ranks.reducer(),
+        wmtp_plugin_host::runtime::default_cache_dir(),
+    )?);
     let mut plugin = Plugin::load(&runtime, path)?;
     plugin.configure(&toml::to_string(&cfg.plugin)?)?;
     Ok(plugin)
@@ -110,8 +121,11 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path) -> Result<Plugin> {
 impl Session {
     /// Builds a session for the pipeline plugin at `pipeline_path`.
     pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
-        let plugin = load_plugin(&cfg, pipeline_path)?;
-        Self::with_weigher(cfg, Box::new(plugin), pipeline_path)
+        let ranks = PluginRanks::default();
+        let plugin = load_plugin(&cfg, pipeline_path, &ranks)?;
+        let mut s = Self::with_weigher(cfg, Box::new(plugin), pipeline_path)?;
+        s.plugin_ranks = ranks;
+        Ok(s)
     }
 
     /// Builds a session around any pipeline (`label` names it in summaries and checkpoints).
@@ -155,7 +169,23 @@ impl Session {
             optimizer,
             grads: Grads::default(),
             groups,
+            fsdp: None,
+            plugin_ranks: PluginRanks::default(),
         })
+    }
+
+    /// Shards the policy over the group of `comm` (FSDP FULL_SHARD): every rank of the group calls it
+    /// on a session built from the same config. Before any step.
+    pub fn shard(&mut self, comm: std::sync::Arc<dyn Communicator>) -> Result<()> {
+        if self.fsdp.is_some() {
+            bail!("the session is already sharded");
+        }
+        if self.optimizer.step > 0 {
+            bail!("shard the session before its first step");
+        }
+        self.plugin_ranks.connect(comm.clone())?;
+        self.fsdp = Some(Fsdp::shard(&mut self.model, comm)?);
+        Ok(())
     }
 
     /// The models a step reads, the pipeline and batcher it mutates, the validation items and the
@@ -170,6 +200,7 @@ impl Session {
                 chunk_rows: self.cfg.training.chunk_rows,
                 keep_activations: self.cfg.runtime.activation_checkpointing
                     == super::config::ActivationCheckpointing::None,
+                fsdp: self.fsdp.as_ref(),
             },
             weigher: self.weigher.as_mut(),
             batcher: &mut self.batcher,

@@ -7,7 +7,8 @@ use super::grads::Grads;
 use super::optim::{clip_global_norm, AdamW};
 use crate::data::batcher::{collate, Batcher};
 use crate::data::MicroBatch;
-use crate::model::{Transformer, ValueHead};
+use crate::dist::fsdp::Fsdp;
+use crate::model::{Transformer, ValueHead, VisitParams};
 use anyhow::Result;
 use std::time::Instant;
 use wmtp_plugin_host::{Batch, Coefficients, InputKind, Manifest, Plugin};
@@ -132,6 +133,8 @@ pub struct Models<'a> {
     pub chunk_rows: usize,
     /// Keep block activations from forward to backward (no activation checkpointing) when training.
     pub keep_activations: bool,
+    /// The policy's FSDP shards, when the run is sharded.
+    pub fsdp: Option<&'a Fsdp>,
 }
 
 /// Forward of one micro-batch and the plugin batch built from it.
@@ -150,6 +153,7 @@ pub fn forward_and_batch<'a>(
         seed,
         train,
         keep_activations: train && m.keep_activations,
+        fsdp: m.fsdp,
     };
     let st = engine.forward(mb)?;
     let (b, t, h) = st.shape;
@@ -162,6 +166,7 @@ pub fn forward_and_batch<'a>(
                 seed,
                 train: false,
                 keep_activations: false,
+                fsdp: None,
             };
             let rs = re.forward(mb)?;
             let hr = rs.shape.2;
@@ -260,11 +265,24 @@ pub fn accumulate(
     // 256 per call, so the linear merge below stays cheap
     let mut metric_sums: Vec<(String, f64)> = Vec::new();
     let dev = m.model.device();
+    // data parallelism: rank r of W takes micro-batches r, r+W, … of the one sample stream, so W ranks
+    // with `accum` micro-batches each see what one rank with W·accum would
+    let (rank, world) = m.fsdp.map_or((0, 1), |f| (f.rank(), f.world_size()));
     for micro in 0..accum {
-        let (samples, pair_ids) = batcher.next_samples();
+        let mut drawn = None;
+        for r in 0..world {
+            let s = batcher.next_samples();
+            if r == rank {
+                drawn = Some(s);
+            }
+        }
+        let Some((samples, pair_ids)) = drawn else {
+            anyhow::bail!("rank {rank} of {world} drew no micro-batch");
+        };
         let mut clock = Instant::now();
         let mb = collate(&samples, pair_ids, pad, dev)?;
-        let mseed = seed ^ (step.wrapping_mul(1_000_003) + micro as u64);
+        let global_micro = (micro * world + rank) as u64;
+        let mseed = seed ^ (step.wrapping_mul(1_000_003) + global_micro);
         let (engine, st, batch) = forward_and_batch(m, w, &mb, step, mseed, true)?;
         rep.times.forward += lap(dev, &mut clock)?;
         let c = w.weigh(&batch, true)?;
@@ -295,13 +313,27 @@ pub fn accumulate(
         }
     }
     rep.metrics = metric_sums;
+    if let Some(f) = m.fsdp {
+        // the step's loss, CE and tokens over all ranks (plugin metrics stay this rank's)
+        let local = candle_core::Tensor::new(
+            &[rep.loss, rep.ce, rep.tokens as f64],
+            &candle_core::Device::Cpu,
+        )?;
+        let all = f.comm().all_reduce_sum(&local)?.to_vec1::<f64>()?;
+        rep.loss = all[0] / world as f64;
+        rep.ce = all[1] / world as f64;
+        rep.tokens = all[2].round() as usize;
+    }
     Ok(rep)
 }
 
-/// Clips, updates the policy and value head, and tells the weigher the step is done. A non-finite
-/// gradient norm skips the update (`rep.skipped`); the caller decides how many skips to tolerate.
+/// Clips, updates the policy (its FSDP shards when sharded) and value head, and tells the weigher the
+/// step is done. A non-finite gradient norm skips the update (`rep.skipped`); the caller decides how many
+/// skips to tolerate.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     policy: &mut Transformer,
+    fsdp: Option<&mut Fsdp>,
     vh: Option<&mut ValueHead>,
     w: &mut dyn Weigher,
     opt: &mut AdamW,
@@ -310,6 +342,15 @@ pub fn apply(
     rep: &mut StepReport,
 ) -> Result<()> {
     let mut clock = Instant::now();
+    if let Some(f) = fsdp {
+        let step = opt.step;
+        apply_sharded(f, vh, opt, grads, max_grad_norm, rep)?;
+        opt.finish_step();
+        grads.clear();
+        w.after_step(step)?;
+        rep.times.optimizer += lap(policy.device(), &mut clock)?;
+        return Ok(());
+    }
     // on CUDA: one launch for Σg² and one per module for the update, clipping folded into it
     let fused = AdamW::can_fuse(&*policy) && vh.as_deref().is_none_or(|v| AdamW::can_fuse(v));
     let gscale = if fused {
@@ -338,6 +379,46 @@ pub fn apply(
     grads.clear();
     w.after_step(step)?;
     rep.times.optimizer += lap(policy.device(), &mut clock)?;
+    Ok(())
+}
+
+/// The FSDP update: gradients reduce-scattered into shard gradients (mean over ranks), the global norm
+/// from all-reduced local squares, clipping, AdamW on this rank's shards and on the replicated value head.
+fn apply_sharded(
+    f: &mut Fsdp,
+    vh: Option<&mut ValueHead>,
+    opt: &mut AdamW,
+    grads: &Grads,
+    max_grad_norm: f64,
+    rep: &mut StepReport,
+) -> Result<()> {
+    let replicated: Vec<(String, Vec<usize>)> = vh
+        .as_deref()
+        .map(|v| {
+            v.named_params()
+                .into_iter()
+                .filter(|(_, p)| p.is_trainable())
+                .map(|(n, p)| (format!("value_head.{n}"), p.tensor().dims().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut g = f.reduce_scatter_grads(grads, &replicated)?;
+    rep.grad_norm = f.global_norm(&g)?;
+    rep.skipped = !rep.grad_norm.is_finite();
+    if rep.skipped {
+        return Ok(());
+    }
+    if max_grad_norm > 0.0 && rep.grad_norm > max_grad_norm {
+        g.scale(max_grad_norm / (rep.grad_norm + 1e-6))?;
+    }
+    rep.lr = opt
+        .lr(crate::model::ParamGroup::Lora)
+        .max(opt.lr(crate::model::ParamGroup::Trunk));
+    let fused = AdamW::can_fuse(&*f) && vh.as_deref().is_none_or(|v| AdamW::can_fuse(v));
+    update(opt, f, "", &g, fused, 1.0)?;
+    if let Some(vh) = vh {
+        update(opt, vh, "value_head.", &g, fused, 1.0)?;
+    }
     Ok(())
 }
 
@@ -387,6 +468,7 @@ pub fn train_step(s: &mut super::session::Session, step: u64) -> Result<StepRepo
     };
     apply(
         &mut s.model,
+        s.fsdp.as_mut(),
         s.value_head.as_mut(),
         s.weigher.as_mut(),
         &mut s.optimizer,

@@ -1,0 +1,438 @@
+//! FSDP (FULL_SHARD) of the policy over a [`Communicator`]: the engine's units — the token embedding,
+//! each block of `layers` (the trunk and head 0), each extra head, and the shared output (final norm +
+//! vocabulary projection) — are each flattened and split over the ranks ([`FlatLayout`]).
+//!
+//! - Frozen weights: one flat vector per unit in the compute dtype; rank r keeps 1/W of it. This is where
+//!   LoRA's memory saving under FSDP comes from: the base model is what is large.
+//! - Trainable weights: flat f32 vectors per unit, split by optimiser group and by whether weight decay
+//!   applies; these shards ARE the f32 master weights, and AdamW updates only the local shard.
+//! - Before a unit runs (forward, and again when the backward recomputes or differentiates it), its
+//!   shards are all-gathered into a copy of the unit ([`Fsdp::materialize`]); the copy is dropped after
+//!   use. The model's own weights stay released (empty tensors, [`crate::model::Param::release`]).
+//! - After the micro-batches of a step, every trainable gradient is reduce-scattered (mean over ranks)
+//!   into its shard ([`Fsdp::reduce_scatter_grads`]); the global gradient norm is a sum of local squares,
+//!   all-reduced.
+//!
+//! Modules outside the units (the value head) stay replicated: their gradients are all-reduced.
+
+use super::shard::FlatLayout;
+use super::Communicator;
+use crate::model::{Param, ParamGroup, Transformer, VisitParams};
+use crate::train::grads::Grads;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// One sharding unit of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unit {
+    /// `tok_embeddings.weight`.
+    Embedding,
+    /// Block i of `layers` (the trunk blocks, then head 0).
+    Layer(usize),
+    /// Extra head j (head j + 1).
+    ExtraHead(usize),
+    /// The shared final norm and the output projection.
+    Output,
+}
+
+impl Unit {
+    /// The unit a checkpoint name belongs to (None for names outside the policy, e.g. the value head).
+    pub fn of(name: &str) -> Option<Unit> {
+        let index = |rest: &str| rest.split('.').next().and_then(|i| i.parse().ok());
+        if name.starts_with("tok_embeddings.") {
+            Some(Unit::Embedding)
+        } else if let Some(rest) = name.strip_prefix("layers.") {
+            index(rest).map(Unit::Layer)
+        } else if let Some(rest) = name.strip_prefix("extra_heads.") {
+            index(rest).map(Unit::ExtraHead)
+        } else if name.starts_with("norm.") || name.starts_with("output.") {
+            Some(Unit::Output)
+        } else {
+            None
+        }
+    }
+
+    /// Head block k's unit (0 = next token, the last block of `layers`).
+    pub fn head(model: &Transformer, k: usize) -> Unit {
+        if k == 0 {
+            Unit::Layer(model.layers.len() - 1)
+        } else {
+            Unit::ExtraHead(k - 1)
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Unit::Embedding => "tok_embeddings".into(),
+            Unit::Layer(i) => format!("layers.{i}"),
+            Unit::ExtraHead(j) => format!("extra_heads.{j}"),
+            Unit::Output => "output".into(),
+        }
+    }
+}
+
+/// Parameters of one unit flattened together: their names in visiting order and the layout.
+#[derive(Debug, Clone)]
+struct Bucket {
+    names: Vec<String>,
+    layout: FlatLayout,
+}
+
+impl Bucket {
+    fn new(params: &[(String, Tensor)], world: usize) -> Self {
+        let shapes: Vec<Vec<usize>> = params.iter().map(|(_, t)| t.dims().to_vec()).collect();
+        Bucket {
+            names: params.iter().map(|(n, _)| n.clone()).collect(),
+            layout: FlatLayout::new(&shapes, world),
+        }
+    }
+}
+
+/// A unit's trainable parameters of one optimiser group and decay class: the f32 shard is a trainable
+/// [`Param`] the optimiser updates. Its shape carries the decay class: [1, n] when weight decay applies
+/// (AdamW decays tensors of rank ≥ 2, as it would the unit's matrices), [n] when it does not (vectors).
+#[derive(Debug, Clone)]
+struct TrainableBucket {
+    key: String,
+    bucket: Bucket,
+    shard: Param,
+}
+
+/// The shards of one unit on this rank.
+#[derive(Debug, Clone)]
+struct UnitShards {
+    unit: Unit,
+    /// Frozen weights, compute dtype (None when the unit has none).
+    frozen: Option<(Bucket, Tensor)>,
+    trainable: Vec<TrainableBucket>,
+}
+
+/// This rank's shards of the policy and the communicator that gathers them.
+pub struct Fsdp {
+    comm: Arc<dyn Communicator>,
+    units: BTreeMap<Unit, UnitShards>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Fsdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fsdp")
+            .field("rank", &self.comm.rank())
+            .field("world", &self.comm.world_size())
+            .field("units", &self.units.len())
+            .finish()
+    }
+}
+
+impl Fsdp {
+    /// Shards `model` over the group of `comm` and releases the model's own weights. Every rank must
+    /// call it with the same model (same weights: same init seed or same checkpoint).
+    pub fn shard(model: &mut Transformer, comm: Arc<dyn Communicator>) -> Result<Self> {
+        let (world, rank) = (comm.world_size(), comm.rank());
+        let dtype = model.dtype();
+        let mut by_unit: BTreeMap<Unit, Vec<(String, Param)>> = BTreeMap::new();
+        let mut err = None;
+        model.visit("", &mut |name, p| match Unit::of(name) {
+            Some(u) => by_unit
+                .entry(u)
+                .or_default()
+                .push((name.to_string(), p.clone())),
+            None => err = Some(format!("parameter `{name}` belongs to no FSDP unit")),
+        });
+        if let Some(e) = err {
+            bail!(e);
+        }
+        let mut units = BTreeMap::new();
+        for (unit, params) in by_unit {
+            let frozen: Vec<(String, Tensor)> = params
+                .iter()
+                .filter(|(_, p)| !p.is_trainable())
+                .map(|(n, p)| (n.clone(), p.tensor().clone()))
+                .collect();
+            let frozen = if frozen.is_empty() {
+                None
+            } else {
+                let b = Bucket::new(&frozen, world);
+                let ts: Vec<Tensor> = frozen.iter().map(|(_, t)| t.clone()).collect();
+                let shard = b.layout.shard(&ts, rank)?.copy()?;
+                Some((b, shard))
+            };
+            // trainable: one bucket per (group, decays), in visiting order within each
+            let mut classes: BTreeMap<(ParamGroup, bool), Vec<(String, Tensor)>> = BTreeMap::new();
+            for (n, p) in params.iter().filter(|(_, p)| p.is_trainable()) {
+                let decays = p.tensor().rank() >= 2;
+                classes
+                    .entry((p.group(), decays))
+                    .or_default()
+                    .push((n.clone(), p.tensor().to_dtype(DType::F32)?));
+            }
+            let mut trainable = Vec::new();
+            for ((group, decays), ps) in classes {
+                let b = Bucket::new(&ps, world);
+                let ts: Vec<Tensor> = ps.iter().map(|(_, t)| t.clone()).collect();
+                let flat = b.layout.shard(&ts, rank)?.copy()?;
+                let flat = if decays { flat.unsqueeze(0)? } else { flat };
+                trainable.push(TrainableBucket {
+                    key: format!(
+                        "fsdp.{}.{}.{}",
+                        unit.label(),
+                        group.name(),
+                        if decays { "decay" } else { "no_decay" }
+                    ),
+                    bucket: b,
+                    shard: Param::trainable(flat, group)?,
+                });
+            }
+            units.insert(
+                unit,
+                UnitShards {
+                    unit,
+                    frozen,
+                    trainable,
+                },
+            );
+        }
+        let mut rel = Ok(());
+        model.visit_mut("", &mut |_, p| {
+            if rel.is_ok() {
+                rel = p.release();
+            }
+        });
+        rel?;
+        Ok(Fsdp { comm, units, dtype })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    /// Ranks in the group.
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    /// The communicator.
+    pub fn comm(&self) -> &Arc<dyn Communicator> {
+        &self.comm
+    }
+
+    /// The full weights of `unit` by checkpoint name (all-gathered; trainable ones from their f32
+    /// shards, cast to the compute dtype). A collective: every rank must gather the same units in the
+    /// same order.
+    pub fn gather(&self, unit: Unit) -> Result<HashMap<String, Tensor>> {
+        let u = self
+            .units
+            .get(&unit)
+            .with_context(|| format!("FSDP has no unit {unit:?}"))?;
+        let mut out = HashMap::new();
+        if let Some((b, shard)) = &u.frozen {
+            let full = self.comm.all_gather(shard)?;
+            for (n, t) in b.names.iter().zip(b.layout.unflatten(&full)?) {
+                out.insert(n.clone(), t);
+            }
+        }
+        for tb in &u.trainable {
+            let full = self.comm.all_gather(&tb.shard.tensor().flatten_all()?)?;
+            for (n, t) in tb
+                .bucket
+                .names
+                .iter()
+                .zip(tb.bucket.layout.unflatten(&full)?)
+            {
+                out.insert(n.clone(), t.to_dtype(self.dtype)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A copy of `model` whose `units` hold their full weights (gathered); every other weight stays
+    /// released. Drop it after use to free the gathered weights.
+    pub fn materialize(&self, model: &Transformer, units: &[Unit]) -> Result<Transformer> {
+        let mut full = HashMap::new();
+        for &u in units {
+            full.extend(self.gather(u)?);
+        }
+        let mut copy = model.clone();
+        let mut err = None;
+        copy.visit_mut("", &mut |name, p| {
+            if let Some(t) = full.remove(name) {
+                if let Err(e) = p.replace(t) {
+                    err.get_or_insert(e);
+                }
+            }
+        });
+        err.map_or(Ok(copy), Err)
+    }
+
+    /// Every unit gathered: the whole model, e.g. to save a checkpoint or to evaluate.
+    pub fn materialize_all(&self, model: &Transformer) -> Result<Transformer> {
+        let units: Vec<Unit> = self.units.keys().copied().collect();
+        self.materialize(model, &units)
+    }
+
+    /// The trainable gradients of a step (full, by checkpoint name, summed over this rank's
+    /// micro-batches) turned into gradients of this rank's shards, keyed like [`Fsdp`]'s parameters:
+    /// reduce-scatter, then ÷ W (mean over ranks). The `replicated` trainable tensors (name, shape: the
+    /// value head) are all-reduced and ÷ W, keeping their names.
+    ///
+    /// Which tensors have a gradient depends on the data (a head whose coefficients are all zero gets
+    /// none), so the ranks first agree on it (one all-reduce of presence flags): a bucket, or a
+    /// replicated tensor, without a gradient on every rank gets none (the optimiser leaves it alone, as
+    /// it would unsharded); a bucket where some rank has some gradient gets one, zeros standing in for
+    /// the missing parts (as PyTorch's flat-parameter FSDP does).
+    pub fn reduce_scatter_grads(
+        &self,
+        grads: &Grads,
+        replicated: &[(String, Vec<usize>)],
+    ) -> Result<Grads> {
+        let w = self.world_size() as f64;
+        let buckets: Vec<&TrainableBucket> =
+            self.units.values().flat_map(|u| &u.trainable).collect();
+        let mut present: Vec<f32> = buckets
+            .iter()
+            .map(|tb| {
+                let any = tb
+                    .bucket
+                    .names
+                    .iter()
+                    .any(|n| grads.by_name.contains_key(n));
+                if any {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        present.extend(replicated.iter().map(|(n, _)| {
+            if grads.by_name.contains_key(n) {
+                1.0
+            } else {
+                0.0
+            }
+        }));
+        let dev = self.device();
+        let present = if present.is_empty() {
+            present
+        } else {
+            self.comm
+                .all_reduce_sum(&Tensor::new(present.as_slice(), &candle_core::Device::Cpu)?)?
+                .to_vec1::<f32>()?
+        };
+        let mut out = Grads::default();
+        for (tb, &p) in buckets.iter().zip(&present) {
+            if p == 0.0 {
+                continue;
+            }
+            let parts: Vec<Tensor> = tb
+                .bucket
+                .names
+                .iter()
+                .zip(&tb.bucket.layout.parts)
+                .map(|(n, (shape, _))| match grads.by_name.get(n) {
+                    Some(g) => g.to_dtype(DType::F32),
+                    None => Tensor::zeros(shape.as_slice(), DType::F32, &dev),
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let full = tb.bucket.layout.flatten(&parts)?;
+            let mine = (self.comm.reduce_scatter_sum(&full)? / w)?;
+            let mine = mine.reshape(tb.shard.tensor().dims())?;
+            out.by_name.insert(tb.key.clone(), mine);
+        }
+        for ((name, shape), &p) in replicated.iter().zip(&present[buckets.len()..]) {
+            if p == 0.0 {
+                continue;
+            }
+            let g = match grads.by_name.get(name) {
+                Some(g) => g.to_dtype(DType::F32)?,
+                None => Tensor::zeros(shape.as_slice(), DType::F32, &dev)?,
+            };
+            out.by_name
+                .insert(name.clone(), (self.comm.all_reduce_sum(&g)? / w)?);
+        }
+        Ok(out)
+    }
+
+    /// The device the shards live on.
+    fn device(&self) -> candle_core::Device {
+        self.units
+            .values()
+            .flat_map(|u| {
+                u.frozen
+                    .as_ref()
+                    .map(|(_, t)| t.device().clone())
+                    .or_else(|| {
+                        u.trainable
+                            .first()
+                            .map(|tb| tb.shard.tensor().device().clone())
+                    })
+            })
+            .next()
+            .unwrap_or(candle_core::Device::Cpu)
+    }
+
+    /// √(Σ g²) over the whole model from shard gradients ([`Fsdp::reduce_scatter_grads`]): local sums of
+    /// squares of the shards all-reduced, plus the replicated gradients' (identical on every rank).
+    pub fn global_norm(&self, shard_grads: &Grads) -> Result<f64> {
+        let (mut sharded, mut replicated) = (0f64, 0f64);
+        for (name, g) in &shard_grads.by_name {
+            let s = g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            if name.starts_with("fsdp.") {
+                sharded += s;
+            } else {
+                replicated += s;
+            }
+        }
+        let dev = self.device();
+        let total = self
+            .comm
+            .all_reduce_sum(&Tensor::new(&[sharded as f32], &dev)?)?
+            .to_vec1::<f32>()?[0] as f64;
+        Ok((total + replicated).sqrt())
+    }
+
+    /// Bytes of this rank's shards: (frozen, trainable).
+    pub fn shard_bytes(&self) -> (usize, usize) {
+        let (mut frozen, mut trainable) = (0, 0);
+        for u in self.units.values() {
+            if let Some((_, t)) = &u.frozen {
+                frozen += t.elem_count() * t.dtype().size_in_bytes();
+            }
+            for tb in &u.trainable {
+                let t = tb.shard.tensor();
+                trainable += t.elem_count() * t.dtype().size_in_bytes();
+            }
+        }
+        (frozen, trainable)
+    }
+
+    /// The units, in engine order.
+    pub fn units(&self) -> impl Iterator<Item = Unit> + '_ {
+        self.units.values().map(|u| u.unit)
+    }
+}
+
+/// The trainable shards, named `fsdp.<unit>.<group>.<decay|no_decay>`: what the optimiser updates.
+impl VisitParams for Fsdp {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Param)) {
+        for u in self.units.values() {
+            for tb in &u.trainable {
+                f(&format!("{prefix}{}", tb.key), &tb.shard);
+            }
+        }
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Param)) {
+        for u in self.units.values_mut() {
+            for tb in &mut u.trainable {
+                f(&format!("{prefix}{}", tb.key), &mut tb.shard);
+            }
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! like one unsharded rank with `grad_accum = W·a` on the same sample stream — same losses and the same
 //! trained weights after 20 steps — for LoRA and for full fine-tuning, and each rank keeps 1/W of the
 //! frozen weights. Every pipeline (the value head replicated, the plugin's all-reduce-sum across ranks)
-//! gives the same result on 2 ranks as on one.
+//! gives the same result on 2 ranks as on one. A checkpoint saved on 4 ranks resumes exactly on 2 and on 1.
 
 mod common;
 
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wmtp_host::dist::local;
 use wmtp_host::model::{Transformer, ValueHead, VisitParams};
+use wmtp_host::train::checkpoint::{self, TrainerState};
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::session::Session;
 use wmtp_host::train::step::train_step;
@@ -222,5 +223,97 @@ fn every_pipeline_on_two_ranks_trains_like_one_rank() {
         let one = unsharded(2, true, p);
         let many = sharded(2, 1, true, p);
         assert_same(&format!("{}, 2 ranks", p.plugin), &one, &many, 1e-5);
+    }
+}
+
+/// Session of one rank of `world` (None: unsharded), from checkpoint `ckpt` when given, with
+/// `grad_accum = 4 / world`.
+fn session_at(world: Option<usize>, ckpt: Option<&std::path::Path>) -> Session {
+    let accum = 4 / world.unwrap_or(1);
+    let set = [format!("training.grad_accum={accum}")];
+    match ckpt {
+        None => Session::new(config(accum, true, &[]), &plugin("baseline")).unwrap(),
+        Some(c) => {
+            let (cfg, st) = checkpoint::read_meta(c, &set).unwrap();
+            let mut s = Session::new(cfg, &plugin("baseline")).unwrap();
+            checkpoint::load_into(c, &mut s, &st).unwrap();
+            s
+        }
+    }
+}
+
+/// Validation CE, then the losses of steps `from..to`.
+fn validate_and_train(s: &mut Session, from: u64, to: u64) -> (f64, Vec<f64>) {
+    let ce = s.validate().unwrap().expect("validation items").ce;
+    let losses = (from..to).map(|i| train_step(s, i).unwrap().loss).collect();
+    (ce, losses)
+}
+
+/// Runs `body` on every rank of a group of `world` and returns rank 0's result.
+fn on_ranks<T: Send + 'static>(
+    world: usize,
+    body: impl Fn(Arc<dyn wmtp_host::dist::Communicator>) -> T + Send + Sync + 'static,
+) -> T {
+    let body = Arc::new(body);
+    let handles: Vec<_> = local::group(world, Duration::from_secs(120))
+        .into_iter()
+        .map(|c| {
+            let body = body.clone();
+            std::thread::spawn(move || body(Arc::new(c)))
+        })
+        .collect();
+    let mut out: Vec<T> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    out.swap_remove(0)
+}
+
+#[test]
+fn a_checkpoint_saved_on_four_ranks_resumes_on_two_and_on_one_exactly() {
+    let dir = common::tempdir();
+    let run_dir = dir.path().to_path_buf();
+    // 4 ranks: 6 steps, save, then 4 more (the uninterrupted run)
+    let (ckpt, uninterrupted) = on_ranks(4, move |comm| {
+        let mut s = session_at(Some(4), None);
+        s.shard(comm).unwrap();
+        for i in 0..6 {
+            train_step(&mut s, i).unwrap();
+        }
+        let st = TrainerState {
+            format: checkpoint::CHECKPOINT_FORMAT,
+            step: 6,
+            epoch: s.batcher.epoch,
+            index: s.batcher.index,
+            best_val: None,
+            pipeline: "baseline".into(),
+            pipeline_sha256: String::new(),
+        };
+        let ckpt = checkpoint::save(&run_dir, "step-6", &mut s, &st).unwrap();
+        (ckpt, validate_and_train(&mut s, 6, 10))
+    });
+    let c2 = ckpt.clone();
+    let two = on_ranks(2, move |comm| {
+        let mut s = session_at(Some(2), Some(&c2));
+        s.shard(comm).unwrap();
+        validate_and_train(&mut s, 6, 10)
+    });
+    let one = validate_and_train(&mut session_at(None, Some(&ckpt)), 6, 10);
+    for (label, (ce, losses)) in [("2 ranks", two), ("1 rank", one)] {
+        assert!(
+            (ce - uninterrupted.0).abs() < 1e-6,
+            "{label}: validation CE {ce} vs {} on 4 ranks",
+            uninterrupted.0
+        );
+        for (i, (a, b)) in losses.iter().zip(&uninterrupted.1).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{label}: step {} loss {a} vs {b} uninterrupted on 4 ranks",
+                6 + i
+            );
+        }
+        eprintln!(
+            "resumed on {label}: validation CE {ce:.6} (4 ranks {:.6}), last loss {:.6} ({:.6})",
+            uninterrupted.0,
+            losses.last().unwrap(),
+            uninterrupted.1.last().unwrap()
+        );
     }
 }

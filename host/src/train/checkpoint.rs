@@ -122,18 +122,55 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 }
 
 /// Writes checkpoint `name` of the session into `run_dir/checkpoints/name`; returns its path.
+///
+/// A sharded session (FSDP) saves the same full checkpoint: every rank gathers the weights and the
+/// optimiser state (collectives), rank 0 writes, and the ranks agree on the outcome, so a failed save
+/// fails on every rank. Such a checkpoint resumes on any world size ([`crate::train::session::Session::shard`]
+/// cuts the state to the new shards).
 pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> Result<PathBuf> {
+    let Some(f) = &s.fsdp else {
+        let (opt, _) = s.optimizer.state();
+        let model = s.model.clone();
+        return save_model(run_dir, name, s, st, &model, opt);
+    };
+    let model = f.materialize_all(&s.model)?;
+    let opt = f.gather_optimizer_state(s.optimizer.state().0)?;
+    let (comm, rank) = (f.comm().clone(), f.rank());
+    let written = if rank == 0 {
+        save_model(run_dir, name, s, st, &model, opt)
+    } else {
+        Ok(run_dir.join("checkpoints").join(name))
+    };
+    let failed = comm.all_reduce_sum(&candle_core::Tensor::new(
+        &[written.is_err() as u8 as f32],
+        &candle_core::Device::Cpu,
+    )?)?;
+    if written.is_ok() && failed.to_vec1::<f32>()?[0] > 0.0 {
+        bail!("checkpoint {name}: rank 0 could not write it");
+    }
+    written
+}
+
+/// [`save`] of `model` (the session's, or its gathered copy) with optimiser state `opt`.
+fn save_model(
+    run_dir: &Path,
+    name: &str,
+    s: &mut Session,
+    st: &TrainerState,
+    model: &crate::model::Transformer,
+    opt: HashMap<String, candle_core::Tensor>,
+) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let label = format!("checkpoint {name} (pipeline {})", s.pipeline_path.display());
-    super::guard::check_finite(&s.model, "", &label)?;
+    super::guard::check_finite(model, "", &label)?;
     if let Some(vh) = &s.value_head {
         super::guard::check_finite(vh, "value_head.", &label)?;
     }
     let tmp = root.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let written = write_contents(&tmp, s, st).and_then(|()| sync_tree(&tmp));
+    let written = write_contents(&tmp, s, st, model, opt).and_then(|()| sync_tree(&tmp));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp); // a failed save leaves nothing behind
         return Err(e.context(format!("writing checkpoint {}", tmp.display())));
@@ -151,27 +188,31 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
     Ok(dst)
 }
 
-fn write_contents(dir: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
+fn write_contents(
+    dir: &Path,
+    s: &mut Session,
+    st: &TrainerState,
+    model: &crate::model::Transformer,
+    opt: HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
     std::fs::write(dir.join("config.toml"), s.cfg.to_toml()?)?;
     std::fs::write(
         dir.join("trainer_state.json"),
         serde_json::to_string_pretty(st)?,
     )?;
     std::fs::write(dir.join("plugin_state.bin"), s.weigher.save_state()?)?;
-    let (opt, _) = s.optimizer.state();
-    let opt: HashMap<String, candle_core::Tensor> = opt.into_iter().collect();
     if !opt.is_empty() {
         candle_core::safetensors::save(&opt, dir.join("optimizer.safetensors"))?;
     }
-    if s.model.lora.is_some() {
+    if model.lora.is_some() {
         save_adapter(
             &dir.join("adapter"),
-            &s.model,
+            model,
             s.value_head.as_ref(),
             &s.source,
         )?;
     } else {
-        save_full(&dir.join("model"), &s.model, s.value_head.as_ref())?;
+        save_full(&dir.join("model"), model, s.value_head.as_ref())?;
     }
     Ok(())
 }
@@ -196,8 +237,11 @@ pub fn read_meta(ckpt: &Path, overrides: &[String]) -> Result<(RunConfig, Traine
 }
 
 /// Loads a checkpoint's weights, optimiser, plugin state and data position into a session built from
-/// the checkpoint's config.
+/// the checkpoint's config (before it is sharded: [`crate::train::session::Session::shard`] after).
 pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
+    if s.fsdp.is_some() {
+        bail!("load the checkpoint before sharding the session");
+    }
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
     if s.model.lora.is_some() {
         let f = ckpt.join("adapter/adapter_model.safetensors");

@@ -175,16 +175,25 @@ impl Session {
     }
 
     /// Shards the policy over the group of `comm` (FSDP FULL_SHARD): every rank of the group calls it
-    /// on a session built from the same config. Before any step.
+    /// on a session built from the same config, fresh or resumed from a checkpoint (whose optimiser
+    /// state, saved unsharded, is cut to this rank's shards: any world size resumes any other's).
     pub fn shard(&mut self, comm: std::sync::Arc<dyn Communicator>) -> Result<()> {
         if self.fsdp.is_some() {
             bail!("the session is already sharded");
         }
-        if self.optimizer.step > 0 {
-            bail!("shard the session before its first step");
-        }
         self.plugin_ranks.connect(comm.clone())?;
-        self.fsdp = Some(Fsdp::shard(&mut self.model, comm)?);
+        let (state, step) = self.optimizer.state();
+        let masters: HashMap<String, candle_core::Tensor> = state
+            .iter()
+            .filter_map(|(k, t)| {
+                k.strip_prefix("master.")
+                    .map(|n| (n.to_string(), t.clone()))
+            })
+            .collect();
+        let f = Fsdp::shard(&mut self.model, comm, &masters)?;
+        let state = f.shard_optimizer_state(state)?;
+        self.optimizer.load_state(state, step)?;
+        self.fsdp = Some(f);
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 //! the timeout, or whose handle is dropped (it exited), makes the others' collectives fail with an error
 //! naming it instead of hanging.
 
-use super::Communicator;
-use candle_core::{bail, DType, Result, Tensor};
+use super::exchange::Exchange;
+use candle_core::{bail, Result, Tensor};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -137,22 +137,6 @@ impl LocalComm {
         }
         Ok(out)
     }
-
-    fn sum(all: &[Tensor]) -> Result<Tensor> {
-        let dt = all[0].dtype();
-        let mut acc = all[0].to_dtype(DType::F32)?;
-        for t in &all[1..] {
-            if t.dims() != acc.dims() {
-                bail!(
-                    "all_reduce_sum: ranks passed shapes {:?} and {:?}",
-                    acc.dims(),
-                    t.dims()
-                );
-            }
-            acc = (acc + t.to_dtype(DType::F32)?)?;
-        }
-        acc.to_dtype(dt)
-    }
 }
 
 impl Drop for LocalComm {
@@ -166,59 +150,20 @@ impl Drop for LocalComm {
     }
 }
 
-impl Communicator for LocalComm {
-    fn rank(&self) -> usize {
-        self.rank
+impl Exchange for LocalComm {
+    fn member(&self) -> (usize, usize) {
+        (self.rank, self.shared.n)
     }
 
-    fn world_size(&self) -> usize {
-        self.shared.n
-    }
-
-    fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor> {
-        Self::sum(&self.exchange(x, "all_reduce_sum")?)
-    }
-
-    fn all_gather(&self, shard: &Tensor) -> Result<Tensor> {
-        let all = self.exchange(shard, "all_gather")?;
-        if all
-            .iter()
-            .any(|t| t.dims() != all[0].dims() || t.rank() != 1)
-        {
-            bail!("all_gather: shards must be 1-D of one length");
-        }
-        Tensor::cat(&all, 0)
-    }
-
-    fn reduce_scatter_sum(&self, full: &Tensor) -> Result<Tensor> {
-        let n = full.elem_count();
-        let w = self.shared.n;
-        if full.rank() != 1 || !n.is_multiple_of(w) {
-            bail!("reduce_scatter_sum: a 1-D tensor whose length ({n}) is a multiple of {w} is needed");
-        }
-        let total = Self::sum(&self.exchange(full, "reduce_scatter_sum")?)?;
-        total.narrow(0, self.rank * n / w, n / w)
-    }
-
-    fn broadcast(&self, x: &Tensor, root: usize) -> Result<Tensor> {
-        if root >= self.shared.n {
-            bail!(
-                "broadcast: root {root} outside a group of {}",
-                self.shared.n
-            );
-        }
-        Ok(self.exchange(x, "broadcast")?[root].clone())
-    }
-
-    fn barrier(&self) -> Result<()> {
-        let empty = Tensor::zeros(0, DType::F32, &candle_core::Device::Cpu)?;
-        self.exchange(&empty, "barrier").map(|_| ())
+    fn exchange(&self, x: &Tensor, what: &str) -> Result<Arc<Vec<Tensor>>> {
+        LocalComm::exchange(self, x, what)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::Communicator;
     use candle_core::Device;
 
     fn run<T: Send + 'static>(

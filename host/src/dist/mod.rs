@@ -5,9 +5,11 @@
 //! Conventions: collectives work on 1-D tensors (flattened parameter shards); every rank calls the same
 //! collectives in the same order; sums are taken in rank order, so every rank gets bit-identical results.
 
+pub mod exchange;
 pub mod fsdp;
 pub mod local;
 pub mod shard;
+pub mod tcp;
 
 use candle_core::{Result, Tensor};
 use std::sync::{Arc, OnceLock};

@@ -3,6 +3,7 @@
 //! trained weights after 20 steps — for LoRA and for full fine-tuning, and each rank keeps 1/W of the
 //! frozen weights. Every pipeline (the value head replicated, the plugin's all-reduce-sum across ranks)
 //! gives the same result on 2 ranks as on one. A checkpoint saved on 4 ranks resumes exactly on 2 and on 1.
+//! `wmtp launch` of 2 processes (TCP process group) trains like one process with twice the accumulation.
 
 mod common;
 
@@ -315,5 +316,64 @@ fn a_checkpoint_saved_on_four_ranks_resumes_on_two_and_on_one_exactly() {
             losses.last().unwrap(),
             uninterrupted.1.last().unwrap()
         );
+    }
+}
+
+/// Per-step losses of a `wmtp` command's run (its metrics.jsonl in `dir`).
+fn losses_of(dir: &std::path::Path, args: &[&str]) -> Vec<f64> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+        .args(args)
+        .args([
+            "--pipeline",
+            plugin("baseline").to_str().unwrap(),
+            "--set",
+            "training.steps=4",
+            "--set",
+            "runtime.eval_every=0",
+            "--set",
+        ])
+        .arg(format!("checkpoint.dir={}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+        .collect()
+}
+
+#[test]
+fn wmtp_launch_on_two_processes_trains_like_one_process() {
+    let dir = common::tempdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let two = losses_of(
+        &dir.path().join("two"),
+        &[
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            &port,
+            "--",
+            "run",
+        ],
+    );
+    let one = losses_of(
+        &dir.path().join("one"),
+        &["run", "--set", "training.grad_accum=2"],
+    );
+    assert_eq!(two.len(), 4, "{two:?}");
+    for (a, b) in two.iter().zip(&one) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{two:?} vs {one:?}");
     }
 }

@@ -63,6 +63,37 @@ pub enum Command {
     /// Write, build, inspect and check pipeline plugins.
     #[command(subcommand)]
     Plugin(plugin_cmds::PluginCommand),
+    /// Run a `wmtp` command (normally `run …`) as N ranks on this node, sharded (FSDP): e.g.
+    /// `wmtp launch --nproc-per-node 4 -- run --config configs/baseline_lora.toml --pipeline plugins/baseline.wasm`.
+    /// Sets torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT for each; a rank that fails
+    /// stops the others.
+    Launch(LaunchCli),
+}
+
+/// `wmtp launch`.
+#[derive(Debug, Args)]
+pub struct LaunchCli {
+    /// Ranks on this node (one per GPU).
+    #[arg(long, default_value_t = 1)]
+    pub nproc_per_node: usize,
+    /// Nodes in the job (run `wmtp launch` once on each).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This node's index, 0..nnodes.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// Address of node 0, where rank 0 listens.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Port rank 0 listens on.
+    #[arg(long, default_value_t = wmtp_host::dist::launch::DEFAULT_MASTER_PORT)]
+    pub master_port: u16,
+    /// Seconds the rendezvous and each collective wait for the other ranks.
+    #[arg(long, default_value_t = wmtp_host::dist::launch::DEFAULT_TIMEOUT_S)]
+    pub timeout_s: f64,
+    /// The command each rank runs, after `--` (e.g. `run --config …`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// `wmtp run`.
@@ -126,6 +157,22 @@ pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Launch(l) => {
+            anyhow::ensure!(
+                l.timeout_s > 0.0 && l.timeout_s.is_finite(),
+                "--timeout-s must be a positive number of seconds"
+            );
+            wmtp_host::dist::launch::launch(&wmtp_host::dist::launch::LaunchSpec {
+                nproc_per_node: l.nproc_per_node,
+                nnodes: l.nnodes,
+                node_rank: l.node_rank,
+                master_addr: l.master_addr,
+                master_port: l.master_port,
+                timeout: std::time::Duration::from_secs_f64(l.timeout_s),
+                program: std::env::current_exe()?,
+                args: l.command,
+            })
+        }
         Command::Run(r) => {
             let mut set = r.set;
             set.extend(r.device.map(|d| format!("model.device=\"{d}\"")));

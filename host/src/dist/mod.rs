@@ -7,6 +7,7 @@
 
 pub mod exchange;
 pub mod fsdp;
+pub mod launch;
 pub mod local;
 pub mod shard;
 pub mod tcp;

@@ -388,4 +388,16 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_wrong_master_port_is_named_by_the_rank_that_cannot_reach_it() {
+        let master = format!("127.0.0.1:{}", free_port());
+        let e = TcpComm::connect(1, 2, &master, Duration::from_millis(500))
+            .expect_err("nobody listens there")
+            .to_string();
+        assert!(
+            e.contains("could not reach rank 0") && e.contains("--master-port"),
+            "{e}"
+        );
+    }
 }

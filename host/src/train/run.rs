@@ -56,13 +56,37 @@ fn pipeline_name(p: &Path) -> String {
 }
 
 /// Runs training; see the module doc.
+///
+/// Under `wmtp launch` (or torchrun / Slurm: RANK and WORLD_SIZE, or SLURM_PROCID and SLURM_NTASKS, in
+/// the environment, more than one rank) the run is sharded: every rank builds the same session, joins
+/// the process group and shards the policy (FSDP); a CUDA device becomes cuda:LOCAL_RANK. Rank 0 alone
+/// prints, writes the run directory's files and checkpoints; the other ranks compute and take part in
+/// the collectives.
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
+    let dist = crate::dist::launch::RankEnv::from_env()?.filter(|e| e.world_size > 1);
+    let mut set = opts.set.clone();
+    let mut opts = opts.clone();
+    if let Some(d) = &dist {
+        // every rank on its own GPU of the node; a CPU run stays on the CPU
+        let device = match &opts.resume {
+            Some(path) => {
+                let ckpt = super::resume::checkpoint_to_resume(path)?;
+                checkpoint::read_meta(&ckpt, &set)?.0.model.device
+            }
+            None => RunConfig::load(opts.config.as_deref(), &set)?.model.device,
+        };
+        if let crate::model::DeviceSpec::Cuda(_) = device {
+            set.push(format!("model.device=\"cuda:{}\"", d.local_rank));
+        }
+        opts.quiet |= d.rank != 0;
+    }
+    let opts = &opts;
     let (mut s, mut state, resumed) = match &opts.resume {
         Some(path) => {
             let (s, st, ckpt) = super::resume::resume_session(
                 path,
-                &opts.set,
+                &set,
                 opts.pipeline.as_deref(),
                 opts.allow_plugin_change,
             )?;
@@ -73,7 +97,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 .pipeline
                 .clone()
                 .context("--pipeline is required (a .wasm plugin)")?;
-            let cfg = RunConfig::load(opts.config.as_deref(), &opts.set)?;
+            let cfg = RunConfig::load(opts.config.as_deref(), &set)?;
             let s = Session::new(cfg, &pipeline)?;
             let (pipeline, pipeline_sha256) = super::resume::plugin_identity(&pipeline)?;
             let st = TrainerState {
@@ -88,6 +112,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             (s, st, None)
         }
     };
+    let rank = match &dist {
+        Some(d) => {
+            s.shard(d.connect()?)?;
+            d.rank
+        }
+        None => 0,
+    };
     let run_dir = match (&resumed, s.cfg.checkpoint.dir.is_empty()) {
         (Some(ckpt), true) => ckpt
             .parent()
@@ -100,19 +131,32 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
+            // one name for the whole job: rank 0's clock
+            let secs = match &s.fsdp {
+                Some(f) => f
+                    .comm()
+                    .broadcast(
+                        &candle_core::Tensor::new(&[secs as f64], &candle_core::Device::Cpu)?,
+                        0,
+                    )?
+                    .to_vec1::<f64>()?[0] as u64,
+                None => secs,
+            };
             PathBuf::from("runs").join(format!("{}-{secs}", pipeline_name(&s.pipeline_path)))
         }
     };
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    for p in checkpoint::clean_leftovers(&run_dir)? {
-        tracing::warn!(
-            "cleaned up after an interrupted checkpoint save: {}",
-            p.display()
-        );
-    }
     let resumed_at = resumed.is_some().then_some(state.step);
-    std::fs::write(run_dir.join("config.toml"), s.cfg.to_toml()?)?;
+    if rank == 0 {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+        for p in checkpoint::clean_leftovers(&run_dir)? {
+            tracing::warn!(
+                "cleaned up after an interrupted checkpoint save: {}",
+                p.display()
+            );
+        }
+        std::fs::write(run_dir.join("config.toml"), s.cfg.to_toml()?)?;
+    }
     if !opts.quiet {
         print_start(&s, &run_dir, resumed_at);
     }
@@ -122,10 +166,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         let flag = interrupted.clone();
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))?;
+    // rank 0 writes the metrics; the others' lines (the same global figures) go nowhere
+    let mut metrics: Box<dyn Write> = if rank == 0 {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run_dir.join("metrics.jsonl"))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
     let total = s.cfg.training.steps;
     let bar = progress_bar(total, state.step, opts.quiet || !s.cfg.runtime.progress);
     let (mut losses, mut ces) = (Vec::new(), Vec::new());
@@ -190,7 +241,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         ));
         bar.set_position(state.step);
         let every = s.cfg.checkpoint.every;
-        let stop = interrupted.load(Ordering::SeqCst);
+        let mut stop = interrupted.load(Ordering::SeqCst);
+        if let Some(f) = &s.fsdp {
+            // Ctrl-C on any rank stops every rank at the same step (checkpoints are collectives)
+            let flag = candle_core::Tensor::new(&[stop as u8 as f32], &candle_core::Device::Cpu)?;
+            stop = f.comm().all_reduce_sum(&flag)?.to_vec1::<f32>()?[0] > 0.0;
+        }
         if (every > 0 && state.step % every == 0) || stop {
             last_ckpt =
                 checkpoint::save(&run_dir, &format!("step-{:06}", state.step), &mut s, &state)?;

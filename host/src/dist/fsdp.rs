@@ -9,9 +9,10 @@
 //! - Before a unit runs (forward, and again when the backward recomputes or differentiates it), its
 //!   shards are all-gathered into a copy of the unit ([`Fsdp::materialize`]); the copy is dropped after
 //!   use. The model's own weights stay released (empty tensors, [`crate::model::Param::release`]).
-//! - After the micro-batches of a step, every trainable gradient is reduce-scattered (mean over ranks)
-//!   into its shard ([`Fsdp::reduce_scatter_grads`]); the global gradient norm is a sum of local squares,
-//!   all-reduced.
+//! - Right after a unit's backward its gradients are reduce-scattered into this rank's shard sums
+//!   ([`Fsdp::reduce_scatter_unit`]), so full gradients exist for one unit at a time; at the end of the
+//!   step the sums become the shard gradients (÷ W, the mean over ranks: [`Fsdp::finish_grads`]); the
+//!   global gradient norm is a sum of local squares, all-reduced.
 //!
 //! Modules outside the units (the value head) stay replicated: their gradients are all-reduced.
 
@@ -109,11 +110,19 @@ struct UnitShards {
     trainable: Vec<TrainableBucket>,
 }
 
+/// Shard gradients summed over a step's micro-batches, and which buckets got a gradient on this rank.
+#[derive(Debug, Default)]
+struct Pending {
+    sums: HashMap<String, Tensor>,
+    present: std::collections::HashSet<String>,
+}
+
 /// This rank's shards of the policy and the communicator that gathers them.
 pub struct Fsdp {
     comm: Arc<dyn Communicator>,
     units: BTreeMap<Unit, UnitShards>,
     dtype: DType,
+    pending: std::sync::Mutex<Pending>,
 }
 
 impl std::fmt::Debug for Fsdp {
@@ -211,7 +220,12 @@ impl Fsdp {
             }
         });
         rel?;
-        Ok(Fsdp { comm, units, dtype })
+        Ok(Fsdp {
+            comm,
+            units,
+            dtype,
+            pending: Default::default(),
+        })
     }
 
     /// This rank.
@@ -283,52 +297,95 @@ impl Fsdp {
         self.materialize(model, &units)
     }
 
-    /// The trainable gradients of a step (full, by checkpoint name, summed over this rank's
-    /// micro-batches) turned into gradients of this rank's shards, keyed like [`Fsdp`]'s parameters:
-    /// reduce-scatter, then ÷ W (mean over ranks). The `replicated` trainable tensors (name, shape: the
-    /// value head) are all-reduced and ÷ W, keeping their names.
+    /// Moves `unit`'s gradients out of `grads` (full, by checkpoint name) into this rank's shard
+    /// gradients: each trainable bucket is flattened (zeros for missing parts) and reduce-scattered, and
+    /// the slice is added to the step's sums. Called by the engine right after a unit's backward, so a
+    /// rank never holds more than one unit's full gradients. A collective: every rank flushes the same
+    /// units in the same order, whether or not its data gave them gradients.
+    pub fn reduce_scatter_unit(&self, unit: Unit, grads: &mut Grads) -> Result<()> {
+        let u = self
+            .units
+            .get(&unit)
+            .with_context(|| format!("FSDP has no unit {unit:?}"))?;
+        let dev = self.device();
+        for tb in &u.trainable {
+            let mut any = false;
+            let parts: Vec<Tensor> = tb
+                .bucket
+                .names
+                .iter()
+                .zip(&tb.bucket.layout.parts)
+                .map(|(n, (shape, _))| match grads.by_name.remove(n) {
+                    Some(g) => {
+                        any = true;
+                        g.to_dtype(DType::F32)
+                    }
+                    None => Tensor::zeros(shape.as_slice(), DType::F32, &dev),
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let full = tb.bucket.layout.flatten(&parts)?;
+            let mine = self.comm.reduce_scatter_sum(&full)?;
+            let mut p = self.lock_pending()?;
+            let sum = match p.sums.remove(&tb.key) {
+                Some(prev) => (prev + mine)?,
+                None => mine,
+            };
+            p.sums.insert(tb.key.clone(), sum);
+            if any {
+                p.present.insert(tb.key.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_pending(&self) -> Result<std::sync::MutexGuard<'_, Pending>> {
+        self.pending
+            .lock()
+            .map_err(|_| anyhow::anyhow!("FSDP: a thread panicked while adding gradients"))
+    }
+
+    /// The step's gradients of this rank's shards, keyed like [`Fsdp`]'s parameters, from the sums
+    /// [`Fsdp::reduce_scatter_unit`] gathered (÷ W: the mean over ranks), and the `replicated`
+    /// trainable tensors' (name, shape: the value head) gradients left in `grads`, all-reduced ÷ W.
+    /// Resets the sums for the next step.
     ///
     /// Which tensors have a gradient depends on the data (a head whose coefficients are all zero gets
     /// none), so the ranks first agree on it (one all-reduce of presence flags): a bucket, or a
-    /// replicated tensor, without a gradient on every rank gets none (the optimiser leaves it alone, as
-    /// it would unsharded); a bucket where some rank has some gradient gets one, zeros standing in for
+    /// replicated tensor, without a gradient on any rank gets none (the optimiser leaves it alone, as
+    /// it would unsharded); a bucket where some rank had some gradient gets one, zeros standing in for
     /// the missing parts (as PyTorch's flat-parameter FSDP does).
-    pub fn reduce_scatter_grads(
+    pub fn finish_grads(
         &self,
         grads: &Grads,
         replicated: &[(String, Vec<usize>)],
     ) -> Result<Grads> {
+        if let Some(n) = grads.by_name.keys().find(|n| Unit::of(n).is_some()) {
+            bail!(
+                "FSDP: the gradient of `{n}` was never reduce-scattered (its unit was not flushed)"
+            );
+        }
         let w = self.world_size() as f64;
+        let (sums, present_here) = {
+            let mut p = self.lock_pending()?;
+            (std::mem::take(&mut p.sums), std::mem::take(&mut p.present))
+        };
         let buckets: Vec<&TrainableBucket> =
             self.units.values().flat_map(|u| &u.trainable).collect();
-        let mut present: Vec<f32> = buckets
+        let flags: Vec<f32> = buckets
             .iter()
-            .map(|tb| {
-                let any = tb
-                    .bucket
-                    .names
+            .map(|tb| present_here.contains(&tb.key))
+            .chain(
+                replicated
                     .iter()
-                    .any(|n| grads.by_name.contains_key(n));
-                if any {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
+                    .map(|(n, _)| grads.by_name.contains_key(n)),
+            )
+            .map(|b| if b { 1.0 } else { 0.0 })
             .collect();
-        present.extend(replicated.iter().map(|(n, _)| {
-            if grads.by_name.contains_key(n) {
-                1.0
-            } else {
-                0.0
-            }
-        }));
-        let dev = self.device();
-        let present = if present.is_empty() {
-            present
+        let present = if flags.is_empty() {
+            flags
         } else {
             self.comm
-                .all_reduce_sum(&Tensor::new(present.as_slice(), &candle_core::Device::Cpu)?)?
+                .all_reduce_sum(&Tensor::new(flags.as_slice(), &candle_core::Device::Cpu)?)?
                 .to_vec1::<f32>()?
         };
         let mut out = Grads::default();
@@ -336,21 +393,16 @@ impl Fsdp {
             if p == 0.0 {
                 continue;
             }
-            let parts: Vec<Tensor> = tb
-                .bucket
-                .names
-                .iter()
-                .zip(&tb.bucket.layout.parts)
-                .map(|(n, (shape, _))| match grads.by_name.get(n) {
-                    Some(g) => g.to_dtype(DType::F32),
-                    None => Tensor::zeros(shape.as_slice(), DType::F32, &dev),
-                })
-                .collect::<candle_core::Result<_>>()?;
-            let full = tb.bucket.layout.flatten(&parts)?;
-            let mine = (self.comm.reduce_scatter_sum(&full)? / w)?;
-            let mine = mine.reshape(tb.shard.tensor().dims())?;
-            out.by_name.insert(tb.key.clone(), mine);
+            let Some(sum) = sums.get(&tb.key) else {
+                bail!(
+                    "FSDP: bucket `{}` has a gradient on some rank but was never reduce-scattered here",
+                    tb.key
+                );
+            };
+            let g = (sum / w)?.reshape(tb.shard.tensor().dims())?;
+            out.by_name.insert(tb.key.clone(), g);
         }
+        let dev = self.device();
         for ((name, shape), &p) in replicated.iter().zip(&present[buckets.len()..]) {
             if p == 0.0 {
                 continue;
@@ -383,7 +435,7 @@ impl Fsdp {
             .unwrap_or(candle_core::Device::Cpu)
     }
 
-    /// √(Σ g²) over the whole model from shard gradients ([`Fsdp::reduce_scatter_grads`]): local sums of
+    /// √(Σ g²) over the whole model from shard gradients ([`Fsdp::finish_grads`]): local sums of
     /// squares of the shards all-reduced, plus the replicated gradients' (identical on every rank).
     pub fn global_norm(&self, shard_grads: &Grads) -> Result<f64> {
         let (mut sharded, mut replicated) = (0f64, 0f64);

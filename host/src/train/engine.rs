@@ -118,6 +118,15 @@ impl<'a> Engine<'a> {
         self.model.device()
     }
 
+    /// Under FSDP, reduce-scatters `unit`'s gradients out of `grads` into the shard sums (a collective,
+    /// called at the same points on every rank); without FSDP the gradients stay in `grads`.
+    fn flush(&self, unit: Unit, grads: &mut Grads) -> Result<()> {
+        match self.fsdp {
+            Some(f) => f.reduce_scatter_unit(unit, grads),
+            None => Ok(()),
+        }
+    }
+
     /// The model with `units` holding their weights: the model itself, or under FSDP a copy with those
     /// units gathered (dropped by the caller after use). Under FSDP this is a collective: the calls
     /// below happen in the same order on every rank whatever its data.
@@ -254,6 +263,7 @@ impl<'a> Engine<'a> {
             }
             let hm = self.with_units(&[Unit::head(m, k)])?;
             if coef_k.iter().all(|&c| c == 0.0) {
+                self.flush(Unit::head(m, k), grads)?;
                 continue;
             }
             let head = hm.head(k);
@@ -317,6 +327,7 @@ impl<'a> Engine<'a> {
             for (name, g) in hg.params {
                 grads.add(&name, &g)?;
             }
+            self.flush(Unit::head(m, k), grads)?;
             if let Some(g) = hg.dx {
                 dh = (dh + g.to_dtype(DType::F32)?)?;
             }
@@ -334,6 +345,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        self.flush(Unit::Output, grads)?;
         if !trunk_trainable {
             return Ok(());
         }
@@ -359,6 +371,7 @@ impl<'a> Engine<'a> {
             for (name, g) in bg.params {
                 grads.add(&name, &g)?;
             }
+            self.flush(Unit::Layer(i), grads)?;
             dh = match bg.dx {
                 Some(g) => g,
                 None => return Ok(()), // nothing below needs this block's input gradient
@@ -373,6 +386,7 @@ impl<'a> Engine<'a> {
             if let Some(g) = store.get(em.tok_embeddings.tensor()) {
                 grads.add("tok_embeddings.weight", g)?;
             }
+            self.flush(Unit::Embedding, grads)?;
         }
         Ok(())
     }

@@ -402,7 +402,7 @@ fn apply_sharded(
                 .collect()
         })
         .unwrap_or_default();
-    let mut g = f.reduce_scatter_grads(grads, &replicated)?;
+    let mut g = f.finish_grads(grads, &replicated)?;
     rep.grad_norm = f.global_norm(&g)?;
     rep.skipped = !rep.grad_norm.is_finite();
     if rep.skipped {

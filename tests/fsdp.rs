@@ -4,6 +4,7 @@
 //! frozen weights. Every pipeline (the value head replicated, the plugin's all-reduce-sum across ranks)
 //! gives the same result on 2 ranks as on one. A checkpoint saved on 4 ranks resumes exactly on 2 and on 1.
 //! `wmtp launch` of 2 processes (TCP process group) trains like one process with twice the accumulation.
+//! The memory model (`wmtp info --world-size N`) matches the measured bytes per rank within 5%.
 
 mod common;
 
@@ -375,5 +376,59 @@ fn wmtp_launch_on_two_processes_trains_like_one_process() {
     assert_eq!(two.len(), 4, "{two:?}");
     for (a, b) in two.iter().zip(&one) {
         assert!((a - b).abs() <= 1e-6 * b.abs(), "{two:?} vs {one:?}");
+    }
+}
+
+/// Bytes of the optimiser's tensors (moments, masters).
+fn optimizer_bytes(s: &Session) -> usize {
+    s.optimizer
+        .state()
+        .0
+        .values()
+        .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        .sum()
+}
+
+#[test]
+fn the_memory_model_matches_the_measured_bytes_per_rank() {
+    use wmtp_host::model::memory::{Counts, MemoryEstimate};
+    for lora in [true, false] {
+        let s = Session::new(config(1, lora, &[]), &plugin("baseline")).unwrap();
+        let (total, trainable) = s.model.param_counts();
+        let counts = Counts {
+            total,
+            trainable,
+            ..Default::default()
+        };
+        for world in [1usize, 2, 4] {
+            let measured = on_ranks(world, move |comm| {
+                let mut s = Session::new(config(1, lora, &[]), &plugin("baseline")).unwrap();
+                if world > 1 {
+                    s.shard(comm).unwrap();
+                }
+                train_step(&mut s, 0).unwrap(); // the moments exist after a step
+                let weights = match &s.fsdp {
+                    Some(f) => {
+                        let (frozen, shards) = f.shard_bytes();
+                        frozen + shards
+                    }
+                    None => s
+                        .model
+                        .named_params()
+                        .iter()
+                        .map(|(_, p)| p.numel() * p.tensor().dtype().size_in_bytes())
+                        .sum(),
+                };
+                weights + optimizer_bytes(&s)
+            }) as f64;
+            let predicted = MemoryEstimate::new(counts, 4, world).persistent();
+            let err = (measured - predicted).abs() / measured;
+            eprintln!(
+                "{} on {world} rank(s): measured {measured:.0} bytes per rank, model {predicted:.0} ({:.2}%)",
+                if lora { "LoRA" } else { "full FT" },
+                100.0 * err
+            );
+            assert!(err < 0.05, "off by {:.1}%", 100.0 * err);
+        }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use wmtp_host::model::load::{load_model, preset_args, LoadOptions, LoadedModel};
-use wmtp_host::model::memory::{human_bytes, MemoryEstimate};
+use wmtp_host::model::memory::{human_bytes, Counts, MemoryEstimate};
 use wmtp_host::model::{LoraConfig, ParamGroup, VisitParams};
 use wmtp_host::train::evaluate;
 
@@ -168,14 +168,36 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     let bytes = candle_core::DType::from(a.model.dtype).size_in_bytes();
     println!("\nestimated training memory per rank (world size {}, weights in {}; activations not included):", a.world_size, a.model.dtype);
     println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
-    let full = MemoryEstimate::new(c.total(), c.total(), bytes, a.world_size);
     let lt = lora.trainable_count(&args)?;
-    let lo = MemoryEstimate::new(c.total() + lt, lt, bytes, a.world_size);
+    let largest = args.block_params().max(c.embedding).max(c.norm_and_output);
+    let full = MemoryEstimate::new(
+        Counts {
+            total: c.total(),
+            trainable: c.total(),
+            largest_unit: largest,
+            largest_unit_trainable: largest,
+        },
+        bytes,
+        a.world_size,
+    );
+    // LoRA: the adapters spread over the blocks
+    let lt_unit = lt.div_ceil(args.n_layers.max(1) as u64);
+    let lo = MemoryEstimate::new(
+        Counts {
+            total: c.total() + lt,
+            trainable: lt,
+            largest_unit: largest + lt_unit,
+            largest_unit_trainable: lt_unit,
+        },
+        bytes,
+        a.world_size,
+    );
     for (name, f, l) in [
         ("weights", full.weights, lo.weights),
+        ("f32 masters / shards", full.masters, lo.masters),
         ("gradients (f32)", full.grads, lo.grads),
         ("AdamW state (2×f32)", full.adam_state, lo.adam_state),
-        ("f32 masters", full.masters, lo.masters),
+        ("gathered units", full.gathered, lo.gathered),
         ("total", full.total(), lo.total()),
     ] {
         println!("  {name:<22}{:>14}{:>14}", human_bytes(f), human_bytes(l));

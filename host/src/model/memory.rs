@@ -1,42 +1,77 @@
-//! Training-memory estimates from parameter counts, for what the trainer keeps: weights in the run dtype,
-//! f32 gradients and AdamW moments (2 × f32) for trainable parameters, and an f32 master copy of each
-//! trainable parameter whose run dtype is narrower than f32 (bf16/f16: the optimiser updates the master,
-//! the weight is its rounding); everything divided over `world_size` ranks under FSDP FULL_SHARD.
-//! Activations are not included (they depend on batch, sequence and `runtime.activation_checkpointing`).
+//! Training-memory estimates per rank from parameter counts, for what the trainer keeps (activations
+//! excluded: they depend on batch, sequence and `runtime.activation_checkpointing`).
+//!
+//! One rank (no sharding): every weight in the run dtype; an f32 master of each trainable weight whose
+//! dtype is narrower than f32; f32 gradients and AdamW moments (2 × f32) of the trainable weights.
+//!
+//! W > 1 ranks (FSDP FULL_SHARD, `host/src/dist/fsdp.rs`): 1/W of the frozen weights in the run dtype;
+//! 1/W of the trainable weights as f32 shards (they are the masters; no run-dtype copy is kept);
+//! 1/W of the moments; 1/W of the gradients (the step's shard sums) plus one unit's full gradients
+//! while that unit is reduce-scattered; and the gathered copies of the units in use — at most two at a
+//! time (the output unit with a head block) — in the run dtype.
 
 /// Bytes per part, per rank.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MemoryEstimate {
-    /// All weights in the run dtype.
+    /// Weights kept in the run dtype (under FSDP: this rank's shard of the frozen ones).
     pub weights: f64,
-    /// f32 gradients of trainable parameters.
+    /// f32 copies of trainable weights: masters when the run dtype is narrower (one rank), the f32
+    /// shards (FSDP).
+    pub masters: f64,
+    /// f32 gradients of trainable weights (FSDP: the shard sums and one unit's full gradients).
     pub grads: f64,
     /// AdamW first and second moments (f32).
     pub adam_state: f64,
-    /// f32 master copies of trainable parameters (0 when the run dtype is f32).
-    pub masters: f64,
+    /// FSDP: gathered copies of the units in use (transient), else 0.
+    pub gathered: f64,
+}
+
+/// Parameter counts the estimate needs.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Counts {
+    /// All parameters.
+    pub total: u64,
+    /// Trained parameters.
+    pub trainable: u64,
+    /// Parameters of the largest FSDP unit (a block, the embedding, or norm + output).
+    pub largest_unit: u64,
+    /// Trained parameters of the unit with the most of them.
+    pub largest_unit_trainable: u64,
 }
 
 impl MemoryEstimate {
-    /// Estimate for `total` parameters of which `trainable` are trained, weights of `dtype_bytes` bytes,
-    /// sharded over `world_size` ranks.
-    pub fn new(total: u64, trainable: u64, dtype_bytes: usize, world_size: usize) -> Self {
-        let n = world_size.max(1) as f64;
-        MemoryEstimate {
-            weights: total as f64 * dtype_bytes as f64 / n,
-            grads: trainable as f64 * 4.0 / n,
-            adam_state: trainable as f64 * 8.0 / n,
-            masters: if dtype_bytes < 4 {
-                trainable as f64 * 4.0 / n
-            } else {
-                0.0
-            },
+    /// The estimate for `c` with weights of `dtype_bytes` bytes over `world_size` ranks (FSDP when
+    /// more than one).
+    pub fn new(c: Counts, dtype_bytes: usize, world_size: usize) -> Self {
+        let (t, d) = (c.trainable as f64, dtype_bytes as f64);
+        if world_size <= 1 {
+            return MemoryEstimate {
+                weights: c.total as f64 * d,
+                masters: if dtype_bytes < 4 { t * 4.0 } else { 0.0 },
+                grads: t * 4.0,
+                adam_state: t * 8.0,
+                gathered: 0.0,
+            };
         }
+        let w = world_size as f64;
+        MemoryEstimate {
+            weights: (c.total - c.trainable) as f64 * d / w,
+            masters: t * 4.0 / w,
+            grads: t * 4.0 / w + c.largest_unit_trainable as f64 * 4.0,
+            adam_state: t * 8.0 / w,
+            gathered: 2.0 * c.largest_unit as f64 * d,
+        }
+    }
+
+    /// What stays allocated between steps: weights, masters and moments (not gradients or gathered
+    /// copies).
+    pub fn persistent(&self) -> f64 {
+        self.weights + self.masters + self.adam_state
     }
 
     /// Sum of the parts.
     pub fn total(&self) -> f64 {
-        self.weights + self.grads + self.adam_state + self.masters
+        self.weights + self.masters + self.grads + self.adam_state + self.gathered
     }
 }
 
@@ -58,14 +93,28 @@ mod tests {
 
     #[test]
     fn seven_b_full_vs_lora() {
+        let n = 6_738_415_616;
+        let one = |trainable| Counts {
+            total: n,
+            trainable,
+            largest_unit: 131_076_096,
+            largest_unit_trainable: trainable.min(202_383_360),
+        };
         // the seed plan's table: full fine-tuning of 6.7B → ~54 GB AdamW state, ~27 GB grads
-        let full = MemoryEstimate::new(6_738_415_616, 6_738_415_616, 2, 1);
+        let full = MemoryEstimate::new(one(n), 2, 1);
         assert!((full.adam_state / 1e9 - 53.9).abs() < 0.1);
         assert!((full.grads / 1e9 - 26.95).abs() < 0.1);
-        let lora = MemoryEstimate::new(6_738_415_616, 8_388_608, 2, 4);
-        assert!(lora.adam_state < 20e6 && lora.weights > 3e9);
         // bf16 full fine-tuning keeps an f32 master of every weight; f32 runs need none
         assert!((full.masters / 1e9 - 26.95).abs() < 0.1);
-        assert_eq!(MemoryEstimate::new(100, 100, 4, 1).masters, 0.0);
+        assert_eq!(MemoryEstimate::new(one(100), 4, 1).masters, 0.0);
+        // FSDP over 4: a quarter of the state, the frozen weights included
+        let lora = MemoryEstimate::new(one(8_388_608), 2, 4);
+        assert!(lora.adam_state < 20e6 && (lora.weights / 1e9 - 3.37).abs() < 0.01);
+        let sharded = MemoryEstimate::new(one(n), 2, 4);
+        assert!((sharded.adam_state * 4.0 - full.adam_state).abs() < 1.0);
+        assert_eq!(
+            sharded.weights, 0.0,
+            "full FT: every weight is an f32 shard"
+        );
     }
 }

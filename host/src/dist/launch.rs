@@ -100,9 +100,10 @@ impl RankEnv {
         }))
     }
 
-    /// Joins the job's process group (the rendezvous at [`RankEnv::master`]). The backend is TCP
-    /// through rank 0 ([`TcpComm`]), on every device: an NCCL backend for GPUs is not built yet.
-    pub fn connect(&self) -> Result<Arc<dyn Communicator>> {
+    /// Joins the job's process group (the rendezvous at [`RankEnv::master`]) for tensors on `device`:
+    /// NCCL on a CUDA device in builds with the `nccl` feature (the TCP group only hands out NCCL's
+    /// id), else TCP through rank 0 ([`TcpComm`]).
+    pub fn connect(&self, device: &candle_core::Device) -> Result<Arc<dyn Communicator>> {
         let c = TcpComm::connect(self.rank, self.world_size, &self.master, self.timeout)
             .with_context(|| {
                 format!(
@@ -110,6 +111,17 @@ impl RankEnv {
                     self.master, self.rank, self.world_size
                 )
             })?;
+        #[cfg(feature = "nccl")]
+        if device.is_cuda() {
+            let n = super::nccl::NcclComm::connect(&c, device)
+                .with_context(|| format!("rank {}: NCCL initialisation", self.rank))?;
+            return Ok(Arc::new(n));
+        }
+        if device.is_cuda() {
+            tracing::warn!(
+                "this build has no NCCL (cargo feature `nccl`): the ranks' collectives go over TCP through rank 0, slowly"
+            );
+        }
         Ok(Arc::new(c))
     }
 }

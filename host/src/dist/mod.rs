@@ -9,6 +9,8 @@ pub mod exchange;
 pub mod fsdp;
 pub mod launch;
 pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod shard;
 pub mod tcp;
 

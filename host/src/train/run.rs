@@ -58,13 +58,13 @@ fn pipeline_name(p: &Path) -> String {
 /// Runs training; see the module doc.
 ///
 /// Under `wmtp launch` (or torchrun / Slurm: RANK and WORLD_SIZE, or SLURM_PROCID and SLURM_NTASKS, in
-/// the environment, more than one rank) the run is sharded: every rank builds the same session, joins
+/// the environment; one rank included) the run is sharded: every rank builds the same session, joins
 /// the process group and shards the policy (FSDP); a CUDA device becomes cuda:LOCAL_RANK. Rank 0 alone
 /// prints, writes the run directory's files and checkpoints; the other ranks compute and take part in
 /// the collectives.
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let dist = crate::dist::launch::RankEnv::from_env()?.filter(|e| e.world_size > 1);
+    let dist = crate::dist::launch::RankEnv::from_env()?;
     let mut set = opts.set.clone();
     let mut opts = opts.clone();
     if let Some(d) = &dist {
@@ -114,7 +114,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     let rank = match &dist {
         Some(d) => {
-            s.shard(d.connect()?)?;
+            let comm = d.connect(s.model.device())?;
+            s.shard(comm)?;
             d.rank
         }
         None => 0,

@@ -4,7 +4,8 @@
 //!
 //! Every fused kernel against the plain candle path ON THE GPU (forward and backward, f32 and bf16 where the
 //! kernel has both), at shapes that exercise partial tiles and grouped-query heads; and 20 training steps of
-//! the embedded default on CUDA f32 against the CPU (1e-5), bf16 against f32 within bf16 tolerance.
+//! the embedded default on CUDA f32 against the CPU (1e-5), bf16 against f32 within bf16 tolerance. With
+//! `--features nccl`, NCCL on one rank.
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -182,5 +183,39 @@ fn gpu_embedded_default_matches_the_cpu_for_20_steps() -> anyhow::Result<()> {
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// NCCL on one GPU (world size 1: every collective is the identity, through NCCL): f32, bf16, f64,
+/// tensors on the GPU and on the CPU.
+#[cfg(feature = "nccl")]
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_nccl_collectives_on_one_rank_are_the_identity() -> anyhow::Result<()> {
+    use wmtp_host::dist::{nccl::NcclComm, tcp::TcpComm, Communicator};
+    let dev = cuda();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let rendezvous = TcpComm::connect(
+        0,
+        1,
+        &format!("127.0.0.1:{port}"),
+        std::time::Duration::from_secs(30),
+    )?;
+    let c = NcclComm::connect(&rendezvous, &dev)?;
+    for dt in [DType::F32, DType::BF16, DType::F64] {
+        for d in [dev.clone(), Device::Cpu] {
+            let x = Tensor::arange(0f32, 12.0, &d)?.to_dtype(dt)?;
+            for (what, y) in [
+                ("all_reduce", c.all_reduce_sum(&x)?),
+                ("all_gather", c.all_gather(&x)?),
+                ("reduce_scatter", c.reduce_scatter_sum(&x)?),
+                ("broadcast", c.broadcast(&x, 0)?),
+            ] {
+                assert_eq!(y.device().location(), d.location(), "{what} {dt:?}");
+                assert_eq!(rel(&y, &x), 0.0, "{what} {dt:?} on {d:?}");
+            }
+        }
+    }
+    c.barrier()?;
     Ok(())
 }

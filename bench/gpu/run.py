@@ -76,9 +76,13 @@ def make_data(path, seq, rows, seed=0):
             f.write(json.dumps({"text": text[: seq - 2], "problem_id": f"bench/{i}"}) + "\n")
 
 
-def wmtp_row(args, preset, batch, lora, data, workdir):
-    run_dir = os.path.join(workdir, f"wmtp-{preset}-b{batch}-{'lora' if lora else 'full'}")
-    cmd = [args.wmtp, "run", "--pipeline", args.plugin, "--config", os.path.join(HERE, "wmtp_bench.toml"),
+def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
+    """wmtp's row; `fsdp`: launched as one rank (`wmtp launch --nproc-per-node 1`), so the policy is
+    sharded (FSDP over NCCL in an `nccl` build) — what sharding costs against the plain run."""
+    side = "wmtp-fsdp" if fsdp else "wmtp"
+    run_dir = os.path.join(workdir, f"{side}-{preset}-b{batch}-{'lora' if lora else 'full'}")
+    launch = [args.wmtp, "launch", "--nproc-per-node", "1", "--master-port", "29517", "--"] if fsdp else [args.wmtp]
+    cmd = launch + ["run", "--pipeline", args.plugin, "--config", os.path.join(HERE, "wmtp_bench.toml"),
            "--set", f"model.path={preset}", "--set", f"training.batch_size={batch}",
            "--set", f"training.use_lora={'true' if lora else 'false'}", "--set", f"data.train={data}",
            "--set", f"data.max_length={args.seq}", "--set", f"training.steps={args.warmup + args.steps}",
@@ -88,7 +92,7 @@ def wmtp_row(args, preset, batch, lora, data, workdir):
     with MemorySampler() as mem:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"side": "wmtp", "preset": preset, "batch": batch, "lora": lora,
+        return {"side": side, "preset": preset, "batch": batch, "lora": lora,
                 "error": (proc.stderr or proc.stdout)[-2000:]}
     lines = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl")) if '"step"' in x]
     lines = [x for x in lines if "time.step_s" in x]
@@ -96,7 +100,7 @@ def wmtp_row(args, preset, batch, lora, data, workdir):
     mean = lambda k: sum(x[k] for x in timed) / len(timed)  # noqa: E731
     step = mean("time.step_s")
     return {
-        "side": "wmtp", "preset": preset, "batch": batch, "seq": args.seq, "lora": lora,
+        "side": side, "preset": preset, "batch": batch, "seq": args.seq, "lora": lora,
         "tokens_per_s": batch * args.seq / step, "step_s": step, "forward_s": mean("time.forward_s"),
         "backward_s": mean("time.backward_s"), "optimizer_s": mean("time.optimizer_s"),
         "plugin_s": mean("time.plugin_s"), "smi_peak_gib": mem.peak_gib(),
@@ -131,7 +135,8 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per row")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    ap.add_argument("--sides", default="wmtp,pytorch")
+    ap.add_argument("--sides", default="wmtp,pytorch",
+                    help="comma-separated: wmtp, wmtp-fsdp (launched as one sharded rank), pytorch")
     ap.add_argument("--wmtp-set", action="append", default=[], help="extra --set for wmtp (repeatable)")
     ap.add_argument("--out", default=None, help="folder for results.jsonl and the runs")
     args = ap.parse_args()
@@ -144,8 +149,10 @@ def main():
         preset, batch, mode = row.split(":")
         for side in args.sides.split(","):
             t0 = time.time()
-            r = (wmtp_row(args, preset, int(batch), mode == "lora", data, out) if side == "wmtp"
-                 else torch_row(args, preset, int(batch), mode == "lora"))
+            if side in ("wmtp", "wmtp-fsdp"):
+                r = wmtp_row(args, preset, int(batch), mode == "lora", data, out, fsdp=side == "wmtp-fsdp")
+            else:
+                r = torch_row(args, preset, int(batch), mode == "lora")
             r["wall_s"] = time.time() - t0
             results.append(r)
             with open(os.path.join(out, "results.jsonl"), "a") as f:

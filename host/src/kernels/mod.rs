@@ -19,7 +19,7 @@ pub mod attention;
 mod cpu;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 pub mod rms_norm;
 pub mod rope;
 pub mod scatter;

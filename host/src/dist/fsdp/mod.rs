@@ -19,11 +19,13 @@
 use super::shard::FlatLayout;
 use super::Communicator;
 use crate::model::{Param, ParamGroup, Transformer, VisitParams};
-use crate::train::grads::Grads;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+mod grads;
+mod state;
 
 /// One sharding unit of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -297,126 +299,6 @@ impl Fsdp {
         self.materialize(model, &units)
     }
 
-    /// Moves `unit`'s gradients out of `grads` (full, by checkpoint name) into this rank's shard
-    /// gradients: each trainable bucket is flattened (zeros for missing parts) and reduce-scattered, and
-    /// the slice is added to the step's sums. Called by the engine right after a unit's backward, so a
-    /// rank never holds more than one unit's full gradients. A collective: every rank flushes the same
-    /// units in the same order, whether or not its data gave them gradients.
-    pub fn reduce_scatter_unit(&self, unit: Unit, grads: &mut Grads) -> Result<()> {
-        let u = self
-            .units
-            .get(&unit)
-            .with_context(|| format!("FSDP has no unit {unit:?}"))?;
-        let dev = self.device();
-        for tb in &u.trainable {
-            let mut any = false;
-            let parts: Vec<Tensor> = tb
-                .bucket
-                .names
-                .iter()
-                .zip(&tb.bucket.layout.parts)
-                .map(|(n, (shape, _))| match grads.by_name.remove(n) {
-                    Some(g) => {
-                        any = true;
-                        g.to_dtype(DType::F32)
-                    }
-                    None => Tensor::zeros(shape.as_slice(), DType::F32, &dev),
-                })
-                .collect::<candle_core::Result<_>>()?;
-            let full = tb.bucket.layout.flatten(&parts)?;
-            let mine = self.comm.reduce_scatter_sum(&full)?;
-            let mut p = self.lock_pending()?;
-            let sum = match p.sums.remove(&tb.key) {
-                Some(prev) => (prev + mine)?,
-                None => mine,
-            };
-            p.sums.insert(tb.key.clone(), sum);
-            if any {
-                p.present.insert(tb.key.clone());
-            }
-        }
-        Ok(())
-    }
-
-    fn lock_pending(&self) -> Result<std::sync::MutexGuard<'_, Pending>> {
-        self.pending
-            .lock()
-            .map_err(|_| anyhow::anyhow!("FSDP: a thread panicked while adding gradients"))
-    }
-
-    /// The step's gradients of this rank's shards, keyed like [`Fsdp`]'s parameters, from the sums
-    /// [`Fsdp::reduce_scatter_unit`] gathered (÷ W: the mean over ranks), and the `replicated`
-    /// trainable tensors' (name, shape: the value head) gradients left in `grads`, all-reduced ÷ W.
-    /// Resets the sums for the next step.
-    ///
-    /// Which tensors have a gradient depends on the data (a head whose coefficients are all zero gets
-    /// none), so the ranks first agree on it (one all-reduce of presence flags): a bucket, or a
-    /// replicated tensor, without a gradient on any rank gets none (the optimiser leaves it alone, as
-    /// it would unsharded); a bucket where some rank had some gradient gets one, zeros standing in for
-    /// the missing parts (as PyTorch's flat-parameter FSDP does).
-    pub fn finish_grads(
-        &self,
-        grads: &Grads,
-        replicated: &[(String, Vec<usize>)],
-    ) -> Result<Grads> {
-        if let Some(n) = grads.by_name.keys().find(|n| Unit::of(n).is_some()) {
-            bail!(
-                "FSDP: the gradient of `{n}` was never reduce-scattered (its unit was not flushed)"
-            );
-        }
-        let w = self.world_size() as f64;
-        let (sums, present_here) = {
-            let mut p = self.lock_pending()?;
-            (std::mem::take(&mut p.sums), std::mem::take(&mut p.present))
-        };
-        let buckets: Vec<&TrainableBucket> =
-            self.units.values().flat_map(|u| &u.trainable).collect();
-        let flags: Vec<f32> = buckets
-            .iter()
-            .map(|tb| present_here.contains(&tb.key))
-            .chain(
-                replicated
-                    .iter()
-                    .map(|(n, _)| grads.by_name.contains_key(n)),
-            )
-            .map(|b| if b { 1.0 } else { 0.0 })
-            .collect();
-        let present = if flags.is_empty() {
-            flags
-        } else {
-            self.comm
-                .all_reduce_sum(&Tensor::new(flags.as_slice(), &candle_core::Device::Cpu)?)?
-                .to_vec1::<f32>()?
-        };
-        let mut out = Grads::default();
-        for (tb, &p) in buckets.iter().zip(&present) {
-            if p == 0.0 {
-                continue;
-            }
-            let Some(sum) = sums.get(&tb.key) else {
-                bail!(
-                    "FSDP: bucket `{}` has a gradient on some rank but was never reduce-scattered here",
-                    tb.key
-                );
-            };
-            let g = (sum / w)?.reshape(tb.shard.tensor().dims())?;
-            out.by_name.insert(tb.key.clone(), g);
-        }
-        let dev = self.device();
-        for ((name, shape), &p) in replicated.iter().zip(&present[buckets.len()..]) {
-            if p == 0.0 {
-                continue;
-            }
-            let g = match grads.by_name.get(name) {
-                Some(g) => g.to_dtype(DType::F32)?,
-                None => Tensor::zeros(shape.as_slice(), DType::F32, &dev)?,
-            };
-            out.by_name
-                .insert(name.clone(), (self.comm.all_reduce_sum(&g)? / w)?);
-        }
-        Ok(out)
-    }
-
     /// The device the shards live on.
     fn device(&self) -> candle_core::Device {
         self.units
@@ -433,119 +315,6 @@ impl Fsdp {
             })
             .next()
             .unwrap_or(candle_core::Device::Cpu)
-    }
-
-    /// √(Σ g²) over the whole model from shard gradients ([`Fsdp::finish_grads`]): local sums of
-    /// squares of the shards all-reduced, plus the replicated gradients' (identical on every rank).
-    pub fn global_norm(&self, shard_grads: &Grads) -> Result<f64> {
-        let (mut sharded, mut replicated) = (0f64, 0f64);
-        for (name, g) in &shard_grads.by_name {
-            let s = g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            if name.starts_with("fsdp.") {
-                sharded += s;
-            } else {
-                replicated += s;
-            }
-        }
-        let dev = self.device();
-        let total = self
-            .comm
-            .all_reduce_sum(&Tensor::new(&[sharded as f32], &dev)?)?
-            .to_vec1::<f32>()?[0] as f64;
-        Ok((total + replicated).sqrt())
-    }
-
-    /// The optimiser state of the shards (`m.<key>`, `v.<key>`, as [`crate::train::optim::AdamW::state`]
-    /// gives it) as the state of the unsharded model (`m.<name>`, `v.<name>` and, when the compute
-    /// dtype is narrower than f32, `master.<name>` from the f32 shards): all-gathered, so every rank gets
-    /// it whole. Other entries (the replicated value head's) pass through. A collective.
-    pub fn gather_optimizer_state(
-        &self,
-        mut state: HashMap<String, Tensor>,
-    ) -> Result<HashMap<String, Tensor>> {
-        let mut out = HashMap::new();
-        for tb in self.units.values().flat_map(|u| &u.trainable) {
-            for moment in ["m", "v"] {
-                // every rank updated the same buckets (they agree on which have gradients)
-                if let Some(t) = state.remove(&format!("{moment}.{}", tb.key)) {
-                    let full = self.comm.all_gather(&t.flatten_all()?)?;
-                    for (n, t) in tb
-                        .bucket
-                        .names
-                        .iter()
-                        .zip(tb.bucket.layout.unflatten(&full)?)
-                    {
-                        out.insert(format!("{moment}.{n}"), t);
-                    }
-                }
-            }
-            if self.dtype != DType::F32 {
-                let full = self.comm.all_gather(&tb.shard.tensor().flatten_all()?)?;
-                for (n, t) in tb
-                    .bucket
-                    .names
-                    .iter()
-                    .zip(tb.bucket.layout.unflatten(&full)?)
-                {
-                    out.insert(format!("master.{n}"), t);
-                }
-            }
-        }
-        for (k, t) in state {
-            if k.contains("fsdp.") {
-                bail!("optimiser state `{k}` matches no FSDP bucket");
-            }
-            out.insert(k, t);
-        }
-        Ok(out)
-    }
-
-    /// The reverse of [`Fsdp::gather_optimizer_state`], without communication: the unsharded state's
-    /// moments of each bucket's tensors cut to this rank's shard (`m.<key>`, `v.<key>`); `master.*`
-    /// entries of sharded tensors are dropped (the shards were made from them, see [`Fsdp::shard`]).
-    /// A bucket whose tensors have no moments yet gets none.
-    pub fn shard_optimizer_state(
-        &self,
-        mut state: HashMap<String, Tensor>,
-    ) -> Result<HashMap<String, Tensor>> {
-        let rank = self.rank();
-        let mut out = HashMap::new();
-        for tb in self.units.values().flat_map(|u| &u.trainable) {
-            for moment in ["m", "v"] {
-                let keys: Vec<String> = tb
-                    .bucket
-                    .names
-                    .iter()
-                    .map(|n| format!("{moment}.{n}"))
-                    .collect();
-                let found: Vec<Option<Tensor>> = keys.iter().map(|k| state.remove(k)).collect();
-                if found.iter().all(Option::is_none) {
-                    continue;
-                }
-                let parts: Vec<Tensor> = found
-                    .into_iter()
-                    .zip(&tb.bucket.layout.parts)
-                    .map(|(t, (shape, _))| match t {
-                        Some(t) => t.to_dtype(DType::F32)?.reshape(shape.as_slice()),
-                        None => Tensor::zeros(shape.as_slice(), DType::F32, &self.device()),
-                    })
-                    .collect::<candle_core::Result<_>>()?;
-                let mine = tb.bucket.layout.shard(&parts, rank)?;
-                let mine = mine
-                    .to_device(tb.shard.tensor().device())?
-                    .reshape(tb.shard.tensor().dims())?;
-                out.insert(format!("{moment}.{}", tb.key), mine);
-            }
-            for n in &tb.bucket.names {
-                state.remove(&format!("master.{n}"));
-            }
-        }
-        out.extend(state);
-        Ok(out)
     }
 
     /// Bytes of this rank's shards: (frozen, trainable).

@@ -4,7 +4,8 @@
 //! frozen weights. Every pipeline (the value head replicated, the plugin's all-reduce-sum across ranks)
 //! gives the same result on 2 ranks as on one. A checkpoint saved on 4 ranks resumes exactly on 2 and on 1.
 //! `wmtp launch` of 2 processes (TCP process group) trains like one process with twice the accumulation.
-//! The memory model (`wmtp info --world-size N`) matches the measured bytes per rank within 5%.
+//! The memory model (`wmtp info --world-size N`) matches the measured bytes per rank within 5%. The
+//! `grad-op` and `none` sharding modes train like one rank as well.
 
 mod common;
 
@@ -430,5 +431,44 @@ fn the_memory_model_matches_the_measured_bytes_per_rank() {
             );
             assert!(err < 0.05, "off by {:.1}%", 100.0 * err);
         }
+    }
+}
+
+#[test]
+fn grad_op_and_no_shard_train_like_one_rank_too() {
+    let total = frozen_bytes(true);
+    for (mode, set) in [
+        (
+            "grad-op",
+            &["distributed.sharding=\"grad-op\""] as &'static [&'static str],
+        ),
+        ("none", &["distributed.sharding=\"none\""]),
+    ] {
+        let p = Pipeline {
+            plugin: "baseline",
+            set,
+        };
+        let many = sharded(3, 1, true, p);
+        assert_same(
+            &format!("LoRA, 3 ranks, {mode}"),
+            &unsharded(3, true, p),
+            &many,
+            1e-5,
+        );
+        // weights are split under grad-op, whole on every rank without sharding
+        let (frozen, _) = many.shard_bytes;
+        match mode {
+            "none" => assert_eq!(frozen, total, "{mode}"),
+            _ => assert!(
+                frozen * 3 >= total && frozen < total / 2,
+                "{mode}: {frozen} of {total}"
+            ),
+        }
+        assert_same(
+            &format!("full FT, 2 ranks, {mode}"),
+            &unsharded(2, false, p),
+            &sharded(2, 1, false, p),
+            1e-4,
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Run configuration (`configs/*.toml`): model, data, training, LoRA, value head, reference, critic,
-//! checkpoint, runtime, and the `[plugin]` table handed to the plugin's `configure`. Unknown keys and bad
+//! checkpoint, runtime, distributed, and the `[plugin]` table handed to the plugin's `configure`. Unknown keys and bad
 //! values are errors naming the key; `--set a.b=v` overrides any key; the resolved config is printed and
 //! saved with every checkpoint.
 
@@ -42,6 +42,9 @@ pub struct RunConfig {
     /// Logging, evaluation cadence and plugin limits.
     #[serde(default)]
     pub runtime: RuntimeSection,
+    /// How a launched run splits the policy over its ranks.
+    #[serde(default)]
+    pub distributed: DistributedSection,
     /// Passed verbatim to the plugin's `configure`.
     #[serde(default)]
     pub plugin: toml::Table,
@@ -197,6 +200,16 @@ pub struct CheckpointSection {
     pub dir: String,
     /// Save every N optimizer steps (0: only at the end).
     pub every: u64,
+}
+
+/// `[distributed]`: used when the run is launched (`wmtp launch`, torchrun, Slurm).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// `full` (FSDP FULL_SHARD, the default): weights, gradients and optimiser state split over the
+    /// ranks; `grad-op` (SHARD_GRAD_OP): gradients and optimiser state split, weights gathered once per
+    /// step; `none`: every rank keeps everything (data parallelism).
+    pub sharding: crate::dist::fsdp::Sharding,
 }
 
 /// `[runtime]`.

@@ -190,7 +190,12 @@ impl Session {
                     .map(|n| (n.to_string(), t.clone()))
             })
             .collect();
-        let f = Fsdp::shard(&mut self.model, comm, &masters)?;
+        let f = Fsdp::shard(
+            &mut self.model,
+            comm,
+            &masters,
+            self.cfg.distributed.sharding,
+        )?;
         let state = f.shard_optimizer_state(state)?;
         self.optimizer.load_state(state, step)?;
         self.fsdp = Some(f);

@@ -416,6 +416,7 @@ fn apply_sharded(
         .max(opt.lr(crate::model::ParamGroup::Trunk));
     let fused = AdamW::can_fuse(&*f) && vh.as_deref().is_none_or(|v| AdamW::can_fuse(v));
     update(opt, f, "", &g, fused, 1.0)?;
+    f.weights_changed();
     if let Some(vh) = vh {
         update(opt, vh, "value_head.", &g, fused, 1.0)?;
     }

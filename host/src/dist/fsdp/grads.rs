@@ -1,7 +1,7 @@
 //! FSDP gradients: each unit's reduce-scattered right after its backward, summed over the step, turned
 //! into the shard gradients the optimiser reads, and the global norm.
 
-use super::{Fsdp, Pending, TrainableBucket, Unit};
+use super::{Fsdp, Pending, Sharding, TrainableBucket, Unit};
 use crate::train::grads::Grads;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -34,7 +34,10 @@ impl Fsdp {
                 })
                 .collect::<candle_core::Result<_>>()?;
             let full = tb.bucket.layout.flatten(&parts)?;
-            let mine = self.comm.reduce_scatter_sum(&full)?;
+            let mine = match self.mode {
+                Sharding::None => self.comm.all_reduce_sum(&full)?,
+                _ => self.comm.reduce_scatter_sum(&full)?,
+            };
             let mut p = self.lock_pending()?;
             let sum = match p.sums.remove(&tb.key) {
                 Some(prev) => (prev + mine)?,
@@ -144,11 +147,14 @@ impl Fsdp {
             }
         }
         let dev = self.device();
-        let total = self
-            .comm
-            .all_reduce_sum(&Tensor::new(&[sharded as f32], &dev)?)?
-            .to_vec1::<f32>()?[0] as f64;
+        // every rank holds whole vectors under NO_SHARD: its sum is already the total
+        let total = match self.mode {
+            Sharding::None => sharded,
+            _ => self
+                .comm
+                .all_reduce_sum(&Tensor::new(&[sharded as f32], &dev)?)?
+                .to_vec1::<f32>()?[0] as f64,
+        };
         Ok((total + replicated).sqrt())
     }
-
 }

@@ -27,6 +27,21 @@ use std::sync::Arc;
 mod grads;
 mod state;
 
+/// `[distributed] sharding`: what is split over the ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sharding {
+    /// FULL_SHARD: weights, gradients and optimiser state split; each unit gathered right before it
+    /// runs (forward, and again in the backward) and dropped after.
+    #[default]
+    Full,
+    /// SHARD_GRAD_OP: gradients and optimiser state split; the weights gathered once per step (at the
+    /// first unit that runs) and kept until the update — fewer gathers, the full weights in memory.
+    GradOp,
+    /// NO_SHARD: every rank keeps everything (data parallelism); gradients all-reduced.
+    None,
+}
+
 /// One sharding unit of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Unit {
@@ -112,6 +127,21 @@ struct UnitShards {
     trainable: Vec<TrainableBucket>,
 }
 
+impl UnitShards {
+    /// Names of all the unit's weights.
+    fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .frozen
+            .iter()
+            .flat_map(|(b, _)| b.names.clone())
+            .collect();
+        for tb in &self.trainable {
+            out.extend(tb.bucket.names.iter().cloned());
+        }
+        out
+    }
+}
+
 /// Shard gradients summed over a step's micro-batches, and which buckets got a gradient on this rank.
 #[derive(Debug, Default)]
 struct Pending {
@@ -125,6 +155,11 @@ pub struct Fsdp {
     units: BTreeMap<Unit, UnitShards>,
     dtype: DType,
     pending: std::sync::Mutex<Pending>,
+    mode: Sharding,
+    /// The slice of each flat vector this rank keeps (0 under [`Sharding::None`]: the whole vector).
+    slice: usize,
+    /// [`Sharding::GradOp`]: the step's gathered weights by name, until the update.
+    gathered: std::sync::Mutex<Option<HashMap<String, Tensor>>>,
 }
 
 impl std::fmt::Debug for Fsdp {
@@ -138,16 +173,21 @@ impl std::fmt::Debug for Fsdp {
 }
 
 impl Fsdp {
-    /// Shards `model` over the group of `comm` and releases the model's own weights. Every rank must
-    /// call it with the same model (same weights: same init seed or same checkpoint). `masters`: f32
-    /// master copies by parameter name (a resumed optimiser's), used for the trainable shards instead
-    /// of the model's narrower weights.
+    /// Shards `model` over the group of `comm` as `mode` says and releases the model's own weights.
+    /// Every rank must call it with the same model (same weights: same init seed or same checkpoint).
+    /// `masters`: f32 master copies by parameter name (a resumed optimiser's), used for the trainable
+    /// shards instead of the model's narrower weights.
     pub fn shard(
         model: &mut Transformer,
         comm: Arc<dyn Communicator>,
         masters: &HashMap<String, Tensor>,
+        mode: Sharding,
     ) -> Result<Self> {
-        let (world, rank) = (comm.world_size(), comm.rank());
+        // NO_SHARD: layouts over one rank, every rank holding the whole of each flat vector
+        let (world, rank) = match mode {
+            Sharding::None => (1, 0),
+            _ => (comm.world_size(), comm.rank()),
+        };
         let dtype = model.dtype();
         let mut by_unit: BTreeMap<Unit, Vec<(String, Param)>> = BTreeMap::new();
         let mut err = None;
@@ -227,6 +267,9 @@ impl Fsdp {
             units,
             dtype,
             pending: Default::default(),
+            mode,
+            slice: rank,
+            gathered: Default::default(),
         })
     }
 
@@ -255,13 +298,13 @@ impl Fsdp {
             .with_context(|| format!("FSDP has no unit {unit:?}"))?;
         let mut out = HashMap::new();
         if let Some((b, shard)) = &u.frozen {
-            let full = self.comm.all_gather(shard)?;
+            let full = self.gather_flat(shard)?;
             for (n, t) in b.names.iter().zip(b.layout.unflatten(&full)?) {
                 out.insert(n.clone(), t);
             }
         }
         for tb in &u.trainable {
-            let full = self.comm.all_gather(&tb.shard.tensor().flatten_all()?)?;
+            let full = self.gather_flat(&tb.shard.tensor().flatten_all()?)?;
             for (n, t) in tb
                 .bucket
                 .names
@@ -276,10 +319,40 @@ impl Fsdp {
 
     /// A copy of `model` whose `units` hold their full weights (gathered); every other weight stays
     /// released. Drop it after use to free the gathered weights.
+    ///
+    /// Under [`Sharding::GradOp`] the first call of a step gathers every unit and keeps them until
+    /// [`Fsdp::weights_changed`]; later calls copy from there without communicating.
     pub fn materialize(&self, model: &Transformer, units: &[Unit]) -> Result<Transformer> {
         let mut full = HashMap::new();
-        for &u in units {
-            full.extend(self.gather(u)?);
+        if self.mode == Sharding::GradOp {
+            let mut g = self
+                .gathered
+                .lock()
+                .map_err(|_| anyhow::anyhow!("FSDP: a thread panicked while gathering"))?;
+            if g.is_none() {
+                let mut all = HashMap::new();
+                for &u in self.units.keys() {
+                    all.extend(self.gather(u)?);
+                }
+                *g = Some(all);
+            }
+            let all = g.as_ref().expect("filled above");
+            for &u in units {
+                for name in self
+                    .units
+                    .get(&u)
+                    .map(UnitShards::names)
+                    .unwrap_or_default()
+                {
+                    if let Some(t) = all.get(&name) {
+                        full.insert(name, t.clone());
+                    }
+                }
+            }
+        } else {
+            for &u in units {
+                full.extend(self.gather(u)?);
+            }
         }
         let mut copy = model.clone();
         let mut err = None;
@@ -291,6 +364,27 @@ impl Fsdp {
             }
         });
         err.map_or(Ok(copy), Err)
+    }
+
+    /// The shards were updated: weights gathered for the step ([`Sharding::GradOp`]) are stale.
+    pub fn weights_changed(&self) {
+        if let Ok(mut g) = self.gathered.lock() {
+            *g = None;
+        }
+    }
+
+    /// How the policy is split.
+    pub fn mode(&self) -> Sharding {
+        self.mode
+    }
+
+    /// A unit's flat vector from this rank's slice: all-gathered, or the slice itself when every rank
+    /// holds the whole vector ([`Sharding::None`]).
+    fn gather_flat(&self, shard: &Tensor) -> Result<Tensor> {
+        Ok(match self.mode {
+            Sharding::None => shard.clone(),
+            _ => self.comm.all_gather(shard)?,
+        })
     }
 
     /// Every unit gathered: the whole model, e.g. to save a checkpoint or to evaluate.

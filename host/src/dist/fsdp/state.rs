@@ -20,7 +20,7 @@ impl Fsdp {
             for moment in ["m", "v"] {
                 // every rank updated the same buckets (they agree on which have gradients)
                 if let Some(t) = state.remove(&format!("{moment}.{}", tb.key)) {
-                    let full = self.comm.all_gather(&t.flatten_all()?)?;
+                    let full = self.gather_flat(&t.flatten_all()?)?;
                     for (n, t) in tb
                         .bucket
                         .names
@@ -32,7 +32,7 @@ impl Fsdp {
                 }
             }
             if self.dtype != DType::F32 {
-                let full = self.comm.all_gather(&tb.shard.tensor().flatten_all()?)?;
+                let full = self.gather_flat(&tb.shard.tensor().flatten_all()?)?;
                 for (n, t) in tb
                     .bucket
                     .names
@@ -60,7 +60,7 @@ impl Fsdp {
         &self,
         mut state: HashMap<String, Tensor>,
     ) -> Result<HashMap<String, Tensor>> {
-        let rank = self.rank();
+        let rank = self.slice;
         let mut out = HashMap::new();
         for tb in self.units.values().flat_map(|u| &u.trainable) {
             for moment in ["m", "v"] {
@@ -95,5 +95,4 @@ impl Fsdp {
         out.extend(state);
         Ok(out)
     }
-
 }

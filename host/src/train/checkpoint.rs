@@ -128,6 +128,9 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 /// fails on every rank. Such a checkpoint resumes on any world size ([`crate::train::session::Session::shard`]
 /// cuts the state to the new shards).
 pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> Result<PathBuf> {
+    if s.fsdp.is_some() && s.cfg.checkpoint.sharded {
+        return super::checkpoint_sharded::save(run_dir, name, s, st);
+    }
     let Some(f) = &s.fsdp else {
         let (opt, _) = s.optimizer.state();
         let model = s.model.clone();
@@ -170,20 +173,27 @@ fn save_model(
     let tmp = root.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let written = write_contents(&tmp, s, st, model, opt).and_then(|()| sync_tree(&tmp));
+    let written = write_contents(&tmp, s, st, model, opt);
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp); // a failed save leaves nothing behind
         return Err(e.context(format!("writing checkpoint {}", tmp.display())));
     }
+    commit(&root, &tmp, name)
+}
+
+/// Moves the finished `tmp` folder in as checkpoint `name` of `root` (the previous one set aside, then
+/// removed: a crash leaves either, [`clean_leftovers`] sorts it out).
+pub(crate) fn commit(root: &Path, tmp: &Path, name: &str) -> Result<PathBuf> {
+    sync_tree(tmp)?;
     let dst = root.join(name);
     let old = root.join(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&old);
     if dst.exists() {
         std::fs::rename(&dst, &old)?;
     }
-    std::fs::rename(&tmp, &dst)
+    std::fs::rename(tmp, &dst)
         .with_context(|| format!("moving the checkpoint into {}", dst.display()))?;
-    sync_dir(&root)?;
+    sync_dir(root)?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(dst)
 }
@@ -242,6 +252,9 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     if s.fsdp.is_some() {
         bail!("load the checkpoint before sharding the session");
     }
+    if ckpt.join(super::checkpoint_sharded::INDEX).exists() {
+        return super::checkpoint_sharded::load_into(ckpt, s, st);
+    }
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
     if s.model.lora.is_some() {
         let f = ckpt.join("adapter/adapter_model.safetensors");
@@ -284,6 +297,15 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     } else {
         s.optimizer.load_state(HashMap::new(), st.step)?;
     }
+    load_plugin_and_position(ckpt, s, st)
+}
+
+/// The last part of every load: the plugin's state and the data position.
+pub(crate) fn load_plugin_and_position(
+    ckpt: &Path,
+    s: &mut Session,
+    st: &TrainerState,
+) -> Result<()> {
     let f = ckpt.join("plugin_state.bin");
     let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
     s.weigher.load_state(&bytes)?;

@@ -200,6 +200,9 @@ pub struct CheckpointSection {
     pub dir: String,
     /// Save every N optimizer steps (0: only at the end).
     pub every: u64,
+    /// Launched runs: every rank writes its own shards (`shards/rank-NNNNN.safetensors` + an index)
+    /// instead of rank 0 writing one gathered checkpoint. Either resumes on any number of ranks.
+    pub sharded: bool,
 }
 
 /// `[distributed]`: used when the run is launched (`wmtp launch`, torchrun, Slurm).

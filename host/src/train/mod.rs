@@ -2,6 +2,7 @@
 //! checkpoints and the `wmtp run` loop.
 
 pub mod checkpoint;
+pub mod checkpoint_sharded;
 pub mod config;
 pub mod engine;
 pub mod evaluate;

@@ -96,3 +96,136 @@ impl Fsdp {
         Ok(out)
     }
 }
+
+/// How the flat vectors of a per-rank checkpoint split into tensors: enough to read the files back on
+/// any world size (`shards/index.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardIndex {
+    /// Slices each flat vector was cut into: one file per slice (`rank-00000.safetensors`, …).
+    pub slices: usize,
+    /// The trainable buckets.
+    pub buckets: Vec<BucketEntry>,
+}
+
+/// One trainable bucket of a [`ShardIndex`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BucketEntry {
+    /// Its key (`fsdp.<unit>.<group>.<decay|no_decay>`).
+    pub key: String,
+    /// The tensors flattened into it, in order.
+    pub names: Vec<String>,
+    /// Their shapes.
+    pub shapes: Vec<Vec<usize>>,
+}
+
+impl Fsdp {
+    /// The layout of this sharding, for `shards/index.json`.
+    pub fn shard_index(&self) -> ShardIndex {
+        let buckets = self
+            .units
+            .values()
+            .flat_map(|u| &u.trainable)
+            .map(|tb| BucketEntry {
+                key: tb.key.clone(),
+                names: tb.bucket.names.clone(),
+                shapes: tb
+                    .bucket
+                    .layout
+                    .parts
+                    .iter()
+                    .map(|(s, _)| s.clone())
+                    .collect(),
+            })
+            .collect();
+        ShardIndex {
+            slices: self
+                .units
+                .values()
+                .flat_map(|u| &u.trainable)
+                .next()
+                .map_or(1, |tb| tb.bucket.layout.world),
+            buckets,
+        }
+    }
+
+    /// This rank's part of a per-rank checkpoint: its trainable slices (`shard.<key>`, f32) and their
+    /// moments (`m.<key>`, `v.<key>`) from the optimiser `state`, all 1-D; None when another rank writes
+    /// the same slice (without sharding every rank holds everything: rank 0 writes).
+    pub fn rank_tensors(
+        &self,
+        state: &HashMap<String, Tensor>,
+    ) -> Result<Option<HashMap<String, Tensor>>> {
+        if self.mode == super::Sharding::None && self.rank() != 0 {
+            return Ok(None);
+        }
+        let mut out = HashMap::new();
+        for tb in self.units.values().flat_map(|u| &u.trainable) {
+            out.insert(
+                format!("shard.{}", tb.key),
+                tb.shard.tensor().flatten_all()?,
+            );
+            for moment in ["m", "v"] {
+                if let Some(t) = state.get(&format!("{moment}.{}", tb.key)) {
+                    out.insert(format!("{moment}.{}", tb.key), t.flatten_all()?);
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+/// The unsharded trainable weights (f32, by name) and optimiser moments (`m.<name>`, `v.<name>`) from
+/// the files of a per-rank checkpoint, in slice order.
+pub fn unshard_files(
+    index: &ShardIndex,
+    files: &[HashMap<String, Tensor>],
+) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>)> {
+    if files.len() != index.slices {
+        bail!(
+            "the index names {} slices but {} files were read",
+            index.slices,
+            files.len()
+        );
+    }
+    let (mut weights, mut state) = (HashMap::new(), HashMap::new());
+    for b in &index.buckets {
+        let layout = crate::dist::shard::FlatLayout::new(&b.shapes, index.slices);
+        if b.names.len() != b.shapes.len() {
+            bail!(
+                "bucket `{}`: {} names for {} shapes",
+                b.key,
+                b.names.len(),
+                b.shapes.len()
+            );
+        }
+        for what in ["shard", "m", "v"] {
+            let key = format!("{what}.{}", b.key);
+            let parts: Vec<&Tensor> = files.iter().filter_map(|f| f.get(&key)).collect();
+            if parts.is_empty() && what != "shard" {
+                continue; // no moments yet
+            }
+            if parts.len() != files.len() {
+                bail!(
+                    "`{key}` is missing from {} of the {} files",
+                    files.len() - parts.len(),
+                    files.len()
+                );
+            }
+            let parts: Vec<Tensor> = parts
+                .into_iter()
+                .map(|t| t.flatten_all()?.to_dtype(DType::F32))
+                .collect::<candle_core::Result<_>>()?;
+            let flat = Tensor::cat(&parts, 0)?;
+            let tensors = layout
+                .unflatten(&flat)
+                .map_err(|e| anyhow::anyhow!("`{key}`: {e}"))?;
+            for (n, t) in b.names.iter().zip(tensors) {
+                match what {
+                    "shard" => weights.insert(n.clone(), t),
+                    m => state.insert(format!("{m}.{n}"), t),
+                };
+            }
+        }
+    }
+    Ok((weights, state))
+}

@@ -5,6 +5,7 @@ use super::ModelArgsCli;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
+use wmtp_host::model::activation_memory::ActivationEstimate;
 use wmtp_host::model::load::{load_model, preset_args, LoadOptions, LoadedModel};
 use wmtp_host::model::memory::{human_bytes, Counts, MemoryEstimate};
 use wmtp_host::model::{LoraConfig, ParamGroup, VisitParams};
@@ -31,6 +32,15 @@ pub struct InfoArgs {
     /// Ranks the training state is sharded over (FSDP), for the per-rank estimate.
     #[arg(long, default_value_t = 1)]
     pub world_size: usize,
+    /// Sequences per rank per micro-batch, for the activation estimate.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Tokens per sequence (default: the model's max_seq_len, at most 2048).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Activation checkpointing of the estimate: blocks | none (as `runtime.activation_checkpointing`).
+    #[arg(long, default_value = "blocks")]
+    pub activation_checkpointing: String,
 }
 
 /// `wmtp generate`.
@@ -166,7 +176,17 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         );
     }
     let bytes = candle_core::DType::from(a.model.dtype).size_in_bytes();
-    println!("\nestimated training memory per rank (world size {}, weights in {}; activations not included):", a.world_size, a.model.dtype);
+    let seq = a.seq.unwrap_or(args.max_seq_len.min(2048));
+    let blocks = match a.activation_checkpointing.as_str() {
+        "blocks" => true,
+        "none" => false,
+        other => bail!("--activation-checkpointing {other}: blocks or none"),
+    };
+    let acts = ActivationEstimate::new(&args, a.batch, seq, bytes, blocks, 2048);
+    println!(
+        "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {}):",
+        a.world_size, a.model.dtype, a.batch, a.activation_checkpointing
+    );
     println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
     let lt = lora.trainable_count(&args)?;
     let largest = args.block_params().max(c.embedding).max(c.norm_and_output);
@@ -198,7 +218,13 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         ("gradients (f32)", full.grads, lo.grads),
         ("AdamW state (2×f32)", full.adam_state, lo.adam_state),
         ("gathered units", full.gathered, lo.gathered),
-        ("total", full.total(), lo.total()),
+        ("activations (saved)", acts.saved, acts.saved),
+        ("working + CUDA context", acts.working, acts.working),
+        (
+            "total",
+            full.total() + acts.total(),
+            lo.total() + acts.total(),
+        ),
     ] {
         println!("  {name:<22}{:>14}{:>14}", human_bytes(f), human_bytes(l));
     }

@@ -1,5 +1,6 @@
 //! The model half of the host: the MTP Transformer, its value head, LoRA, loading and saving.
 
+pub mod activation_memory;
 pub mod adapter;
 pub mod args;
 pub mod block;

@@ -1,0 +1,124 @@
+//! Activation memory of a training step per rank (what [`super::memory::MemoryEstimate`] leaves out),
+//! from the shapes the block-wise engine keeps. N = batch × sequence tokens per rank, D the width,
+//! K the key/value width, F the FFN width, d the bytes of the run dtype:
+//!
+//! - a block's activations for its backward (input, output, norm outputs, q, attention output,
+//!   residual, k and v, the three FFN tensors, and the attention's log-sum-exp in f32):
+//!   A = N·(7D + 2K + 3F)·d + N·heads·4;
+//! - `runtime.activation_checkpointing = "blocks"`: the trunk blocks' inputs (n_trunk + 1)·N·D·d, and
+//!   one block's A while it is recomputed; `"none"`: A for every block (trunk and heads);
+//! - working memory: one block's A again for the gradients flowing through it, the f32 gradient of the
+//!   trunk output N·D·4, a vocabulary chunk of `chunk_rows` rows (bf16 logits, f32 probabilities and
+//!   gradient: chunk_rows·V·10 bytes), and the CUDA context and libraries (0.5 GiB).
+//!
+//! Checked against the H200 peaks of `bench/gpu/run.py` (nvidia-smi above idle) in the tests below.
+
+use super::args::ModelArgs;
+
+/// Bytes of the CUDA context, cuBLAS workspace and allocator slack, measured as a constant.
+pub const CONTEXT_BYTES: f64 = 0.5 * (1u64 << 30) as f64;
+
+/// Activation bytes per rank.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActivationEstimate {
+    /// Kept from the forward to the backward.
+    pub saved: f64,
+    /// Working memory of the backward, the vocabulary chunk and the CUDA context.
+    pub working: f64,
+}
+
+impl ActivationEstimate {
+    /// For `batch` × `seq` tokens on this rank, weights of `dtype_bytes`, activations checkpointed per
+    /// block (`checkpoint_blocks`) or all kept, vocabulary chunks of `chunk_rows` rows.
+    pub fn new(
+        args: &ModelArgs,
+        batch: usize,
+        seq: usize,
+        dtype_bytes: usize,
+        checkpoint_blocks: bool,
+        chunk_rows: usize,
+    ) -> Self {
+        let n = (batch * seq) as f64;
+        let (dm, d) = (args.dim as f64, dtype_bytes as f64);
+        let k = (args.kv_heads() * args.head_dim()) as f64;
+        let f = args.hidden_dim() as f64;
+        let block = n * (7.0 * dm + 2.0 * k + 3.0 * f) * d + n * args.n_heads as f64 * 4.0;
+        let n_trunk = args.n_trunk() as f64;
+        let blocks = n_trunk + args.n_future_tokens as f64;
+        let saved = if checkpoint_blocks {
+            (n_trunk + 1.0) * n * dm * d + block
+        } else {
+            blocks * block
+        };
+        let chunk = chunk_rows.min(batch * seq) as f64 * args.vocab_size as f64 * 10.0;
+        ActivationEstimate {
+            saved,
+            working: block + n * dm * 4.0 + chunk + CONTEXT_BYTES,
+        }
+    }
+
+    /// Sum of the parts.
+    pub fn total(&self) -> f64 {
+        self.saved + self.working
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::memory::{Counts, MemoryEstimate};
+    use super::*;
+
+    const GIB: f64 = (1u64 << 30) as f64;
+
+    /// Weights, optimiser state and activations of one GPU, GiB.
+    fn predicted(preset: &str, batch: usize, lora: bool, blocks: bool) -> f64 {
+        let a = ModelArgs::preset(preset).expect("preset");
+        let c = a.param_counts();
+        // LoRA r=8 on wq wk wv wo: r·(in + out) = 16·dim per matrix, 4 matrices per block
+        let lt = (a.n_trunk() + a.n_future_tokens) as u64 * 4 * 16 * a.dim as u64;
+        let (total, trainable) = if lora {
+            (c.total() + lt, lt)
+        } else {
+            (c.total(), c.total())
+        };
+        let state = MemoryEstimate::new(
+            Counts {
+                total,
+                trainable,
+                ..Default::default()
+            },
+            2,
+            1,
+        );
+        (state.total() + ActivationEstimate::new(&a, batch, 2048, 2, blocks, 2048).total()) / GIB
+    }
+
+    #[test]
+    fn the_estimate_matches_the_peaks_measured_on_the_h200() {
+        // bench/gpu/run.py on one H200, bf16, seq 2048 (README, section GPU): nvidia-smi peak above idle
+        let measured = [
+            ("1b_mtp", 8, true, true, 7.3),
+            ("1b_mtp", 8, true, false, 27.8),
+            ("1b_mtp", 8, false, true, 28.3),
+            ("1b_mtp", 8, false, false, 48.6),
+            ("7b_1t_4", 1, true, true, 15.5),
+            ("7b_1t_4", 1, true, false, 22.5),
+            ("7b_1t_4", 4, true, true, 18.3),
+            ("7b_1t_4", 4, true, false, 47.8),
+        ];
+        for (preset, batch, lora, blocks, gib) in measured {
+            let p = predicted(preset, batch, lora, blocks);
+            let err = (p - gib) / gib;
+            eprintln!(
+                "{preset} b{batch} {} {}: predicted {p:.1} GiB, measured {gib} ({:+.1}%)",
+                if lora { "LoRA" } else { "full" },
+                if blocks { "blocks" } else { "none" },
+                100.0 * err
+            );
+            assert!(
+                err.abs() < 0.12,
+                "{preset} b{batch} lora {lora} blocks {blocks}: predicted {p:.1} GiB, measured {gib}"
+            );
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Multi-process jobs: where this process sits in one ([`RankEnv`], read from the environment that
 //! `wmtp launch`, torchrun or Slurm set) and the launcher itself ([`launch`]): N copies of a `wmtp`
-//! command on this node with torchrun's variables, their output prefixed by rank, and the first rank
+//! command on this node with torchrun's variables, rank 0 on our terminal and the others' output
+//! prefixed by rank, and the first rank
 //! that fails stopping the others; Ctrl-C is passed on to every rank.
 
 use super::tcp::TcpComm;
@@ -204,9 +205,12 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
             .env(
                 "WMTP_DIST_TIMEOUT_S",
                 spec.timeout.as_secs_f64().to_string(),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            );
+        // rank 0 talks to the terminal directly (its progress bar and summary, as a single run's);
+        // the others' lines come prefixed with their rank
+        if rank != 0 {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
         // each rank leads its own process group, so stopping it stops whatever it started
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

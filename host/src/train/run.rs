@@ -306,7 +306,11 @@ fn progress_bar(total: u64, at: u64, hidden: bool) -> indicatif::ProgressBar {
 }
 
 fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
-    let (total, trainable) = s.model.param_counts();
+    // a sharded model's own weights are released: count the shards' layouts instead
+    let (total, trainable) = match &s.fsdp {
+        Some(f) => f.param_counts(),
+        None => s.model.param_counts(),
+    };
     let vh: u64 = s.value_head.as_ref().map_or(0, |v| {
         crate::model::VisitParams::named_params(v)
             .iter()
@@ -377,6 +381,17 @@ fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
             .map(|step| format!(", resuming at step {step}"))
             .unwrap_or_default()
     );
+    if let Some(f) = &s.fsdp {
+        let (frozen, shards) = f.shard_bytes();
+        eprintln!(
+            "  ranks     {} (sharding {:?}; rank 0 holds {} of frozen weights and {} of f32 trainable shards; global batch {} sequences)",
+            f.world_size(),
+            f.mode(),
+            crate::model::memory::human_bytes(frozen as f64),
+            crate::model::memory::human_bytes(shards as f64),
+            s.cfg.training.batch_size * s.cfg.training.grad_accum * f.world_size()
+        );
+    }
     eprintln!("  run dir   {}", run_dir.display());
     if let Ok(text) = s.cfg.to_toml() {
         eprintln!(

@@ -411,6 +411,21 @@ impl Fsdp {
             .unwrap_or(candle_core::Device::Cpu)
     }
 
+    /// (all, trainable) parameters of the whole policy (not this rank's share), from the layouts.
+    pub fn param_counts(&self) -> (u64, u64) {
+        let (mut total, mut trainable) = (0u64, 0u64);
+        for u in self.units.values() {
+            if let Some((b, _)) = &u.frozen {
+                total += b.layout.numel as u64;
+            }
+            for tb in &u.trainable {
+                total += tb.bucket.layout.numel as u64;
+                trainable += tb.bucket.layout.numel as u64;
+            }
+        }
+        (total, trainable)
+    }
+
     /// Bytes of this rank's shards: (frozen, trainable).
     pub fn shard_bytes(&self) -> (usize, usize) {
         let (mut frozen, mut trainable) = (0, 0);

@@ -56,7 +56,7 @@ pub enum Command {
     },
     /// Print a model's architecture, parameter counts and training-memory estimate.
     Info(model_cmds::InfoArgs),
-    /// Continue a prompt greedily with head 0.
+    /// Continue prompts with head 0 (KV-cached; greedy, or sampled with --temperature/--top-p/--seed).
     Generate(model_cmds::GenerateArgs),
     /// Next-token perplexity (head 0) of a text.
     Perplexity(model_cmds::PerplexityArgs),

@@ -1,4 +1,4 @@
-//! `wmtp info` (architecture, parameter counts, memory estimate), `wmtp generate` (greedy continuation
+//! `wmtp info` (architecture, parameter counts, memory estimate), `wmtp generate` (KV-cached continuation
 //! with head 0) and `wmtp perplexity` (next-token perplexity of a text).
 
 use super::ModelArgsCli;
@@ -49,12 +49,27 @@ pub struct GenerateArgs {
     #[command(flatten)]
     /// The model.
     pub model: ModelArgsCli,
-    /// The prompt text.
-    #[arg(long)]
-    pub prompt: String,
+    /// The prompt text (repeatable: each prompt is continued in turn).
+    #[arg(long, required = true)]
+    pub prompt: Vec<String>,
     /// Most tokens to add.
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed of the sampling draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop a continuation when its text contains this string (repeatable; the string is cut off).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Recompute the whole sequence for every token (greedy only; the reference for the KV cache).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// `wmtp perplexity`.
@@ -233,6 +248,16 @@ pub fn info(a: &InfoArgs) -> Result<()> {
 
 /// `wmtp generate`.
 pub fn generate(a: &GenerateArgs) -> Result<()> {
+    use wmtp_host::model::generate::{generate, greedy_continue, GenerateOptions, Sampling};
+    anyhow::ensure!(
+        a.temperature >= 0.0 && a.temperature.is_finite(),
+        "--temperature must be ≥ 0"
+    );
+    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    anyhow::ensure!(
+        !(a.no_cache && a.temperature > 0.0),
+        "--no-cache decodes greedily only"
+    );
     let lm = load(&a.model)?;
     let Some(tok) = &lm.tokenizer else {
         bail!(
@@ -240,14 +265,54 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
             a.model.model
         )
     };
-    let prompt = tok.encode(&a.prompt, true)?;
-    let out = wmtp_host::model::generate::greedy_continue(
-        &lm.model,
-        &prompt,
-        a.max_new_tokens,
-        tok.eos_id,
-    )?;
-    println!("{}{}", a.prompt, tok.decode(&out[prompt.len()..])?);
+    let prompts = a
+        .prompt
+        .iter()
+        .map(|p| tok.encode(p, true))
+        .collect::<Result<Vec<_>>>()?;
+    let t0 = std::time::Instant::now();
+    let outs: Vec<Vec<u32>> = if a.no_cache {
+        prompts
+            .iter()
+            .map(|p| {
+                Ok(
+                    greedy_continue(&lm.model, p, a.max_new_tokens, tok.eos_id)?[p.len()..]
+                        .to_vec(),
+                )
+            })
+            .collect::<Result<_>>()?
+    } else {
+        let opts = GenerateOptions {
+            max_new: a.max_new_tokens,
+            eos: tok.eos_id,
+            sampling: Sampling {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                seed: a.seed,
+            },
+        };
+        let stops = &a.stop;
+        generate(&lm.model, &prompts, &opts, &mut |_, new| {
+            !stops.is_empty()
+                && tok
+                    .decode(new)
+                    .is_ok_and(|t| stops.iter().any(|s| t.contains(s.as_str())))
+        })?
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let total: usize = outs.iter().map(Vec::len).sum();
+    for (p, new) in a.prompt.iter().zip(&outs) {
+        let mut text = tok.decode(new)?;
+        if let Some(cut) = a.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+        println!("{p}{text}");
+    }
+    eprintln!(
+        "{total} tokens in {secs:.2} s ({:.1} tokens/s{})",
+        total as f64 / secs.max(1e-9),
+        if a.no_cache { ", no KV cache" } else { "" }
+    );
     Ok(())
 }
 

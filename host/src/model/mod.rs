@@ -10,6 +10,7 @@ pub mod forward_ctx;
 pub mod frozen_linear;
 pub mod generate;
 pub mod init;
+pub mod kv_cache;
 pub mod load;
 pub mod lora;
 pub mod memory;

@@ -198,6 +198,17 @@ pub(crate) fn commit(root: &Path, tmp: &Path, name: &str) -> Result<PathBuf> {
     Ok(dst)
 }
 
+/// What every checkpoint holds besides weights: the config, the trainer state, the plugin's state.
+pub(crate) fn write_run_state(dir: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
+    std::fs::write(dir.join("config.toml"), s.cfg.to_toml()?)?;
+    std::fs::write(
+        dir.join("trainer_state.json"),
+        serde_json::to_string_pretty(st)?,
+    )?;
+    std::fs::write(dir.join("plugin_state.bin"), s.weigher.save_state()?)?;
+    Ok(())
+}
+
 fn write_contents(
     dir: &Path,
     s: &mut Session,
@@ -205,12 +216,7 @@ fn write_contents(
     model: &crate::model::Transformer,
     opt: HashMap<String, candle_core::Tensor>,
 ) -> Result<()> {
-    std::fs::write(dir.join("config.toml"), s.cfg.to_toml()?)?;
-    std::fs::write(
-        dir.join("trainer_state.json"),
-        serde_json::to_string_pretty(st)?,
-    )?;
-    std::fs::write(dir.join("plugin_state.bin"), s.weigher.save_state()?)?;
+    write_run_state(dir, s, st)?;
     if !opt.is_empty() {
         candle_core::safetensors::save(&opt, dir.join("optimizer.safetensors"))?;
     }

@@ -9,7 +9,7 @@
 //! ranks agree on the outcome: a rank that fails to write fails the save on every rank. The checkpoint
 //! folder must be on a filesystem every rank sees.
 
-use super::checkpoint::{commit, load_plugin_and_position, TrainerState};
+use super::checkpoint::{commit, load_plugin_and_position, write_run_state, TrainerState};
 use super::session::Session;
 use crate::dist::fsdp::state::{unshard_files, ShardIndex};
 use crate::dist::Communicator;
@@ -99,12 +99,7 @@ fn write_rest(
     state: &HashMap<String, Tensor>,
 ) -> Result<()> {
     std::fs::write(dir.join(INDEX), serde_json::to_string_pretty(index)?)?;
-    std::fs::write(dir.join("config.toml"), s.cfg.to_toml()?)?;
-    std::fs::write(
-        dir.join("trainer_state.json"),
-        serde_json::to_string_pretty(st)?,
-    )?;
-    std::fs::write(dir.join("plugin_state.bin"), s.weigher.save_state()?)?;
+    write_run_state(dir, s, st)?;
     let rest: HashMap<String, Tensor> = state
         .iter()
         .filter(|(k, _)| !k.contains("fsdp."))

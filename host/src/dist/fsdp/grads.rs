@@ -133,17 +133,21 @@ impl Fsdp {
     /// √(Σ g²) over the whole model from shard gradients ([`Fsdp::finish_grads`]): local sums of
     /// squares of the shards all-reduced, plus the replicated gradients' (identical on every rank).
     pub fn global_norm(&self, shard_grads: &Grads) -> Result<f64> {
-        let (mut sharded, mut replicated) = (0f64, 0f64);
+        // Σg² per tensor stays on the device; one copy to the host for all of them
+        let (mut names, mut sums) = (Vec::new(), Vec::new());
         for (name, g) in &shard_grads.by_name {
-            let s = g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            if name.starts_with("fsdp.") {
-                sharded += s;
-            } else {
-                replicated += s;
+            names.push(name.starts_with("fsdp."));
+            sums.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+        }
+        let (mut sharded, mut replicated) = (0f64, 0f64);
+        if !sums.is_empty() {
+            let all: Vec<f32> = Tensor::stack(&sums, 0)?.to_vec1()?;
+            for (is_shard, s) in names.into_iter().zip(all) {
+                if is_shard {
+                    sharded += s as f64;
+                } else {
+                    replicated += s as f64;
+                }
             }
         }
         let dev = self.device();

@@ -298,23 +298,25 @@ impl Fsdp {
             .with_context(|| format!("FSDP has no unit {unit:?}"))?;
         let mut out = HashMap::new();
         if let Some((b, shard)) = &u.frozen {
-            let full = self.gather_flat(shard)?;
-            for (n, t) in b.names.iter().zip(b.layout.unflatten(&full)?) {
-                out.insert(n.clone(), t);
-            }
+            out.extend(self.gather_bucket(b, shard)?);
         }
         for tb in &u.trainable {
-            let full = self.gather_flat(&tb.shard.tensor().flatten_all()?)?;
-            for (n, t) in tb
-                .bucket
-                .names
-                .iter()
-                .zip(tb.bucket.layout.unflatten(&full)?)
-            {
-                out.insert(n.clone(), t.to_dtype(self.dtype)?);
+            for (n, t) in self.gather_bucket(&tb.bucket, tb.shard.tensor())? {
+                out.insert(n, t.to_dtype(self.dtype)?);
             }
         }
         Ok(out)
+    }
+
+    /// `bucket`'s tensors by name from this rank's `slice` of its flat vector (any shape; gathered).
+    fn gather_bucket(&self, bucket: &Bucket, slice: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let full = self.gather_flat(&slice.flatten_all()?)?;
+        Ok(bucket
+            .names
+            .iter()
+            .cloned()
+            .zip(bucket.layout.unflatten(&full)?)
+            .collect())
     }
 
     /// A copy of `model` whose `units` hold their full weights (gathered); every other weight stays
@@ -336,7 +338,10 @@ impl Fsdp {
                 }
                 *g = Some(all);
             }
-            let all = g.as_ref().expect("filled above");
+            let all: &HashMap<String, Tensor> = match g.as_ref() {
+                Some(all) => all,
+                None => bail!("FSDP: the step's gathered weights are missing"),
+            };
             for &u in units {
                 for name in self
                     .units

@@ -20,25 +20,13 @@ impl Fsdp {
             for moment in ["m", "v"] {
                 // every rank updated the same buckets (they agree on which have gradients)
                 if let Some(t) = state.remove(&format!("{moment}.{}", tb.key)) {
-                    let full = self.gather_flat(&t.flatten_all()?)?;
-                    for (n, t) in tb
-                        .bucket
-                        .names
-                        .iter()
-                        .zip(tb.bucket.layout.unflatten(&full)?)
-                    {
+                    for (n, t) in self.gather_bucket(&tb.bucket, &t)? {
                         out.insert(format!("{moment}.{n}"), t);
                     }
                 }
             }
             if self.dtype != DType::F32 {
-                let full = self.gather_flat(&tb.shard.tensor().flatten_all()?)?;
-                for (n, t) in tb
-                    .bucket
-                    .names
-                    .iter()
-                    .zip(tb.bucket.layout.unflatten(&full)?)
-                {
+                for (n, t) in self.gather_bucket(&tb.bucket, tb.shard.tensor())? {
                     out.insert(format!("master.{n}"), t);
                 }
             }

@@ -16,6 +16,13 @@ optimiser) from CUDA events, peak memory (torch.cuda.max_memory_allocated/reserv
 the MFU figure uses (bench/gpu/flops.py).
 
     python3 bench/gpu/reference.py --preset 1b_mtp --batch 8 --seq 2048 --lora --steps 6
+
+`--fsdp` under torchrun: PyTorch FSDP2 (`fully_shard`) over NCCL — every `layers` block and extra head its
+own unit, the root (embedding, final norm, output) one more; parameters gathered in bf16, gradients
+reduced in f32 (`MixedPrecisionPolicy`), fused AdamW on the local shards. `--batch` is PER RANK (each rank
+draws its own tokens); rank 0 prints the row, tokens/s counting all ranks, memory its own peak:
+
+    torchrun --nproc-per-node 2 bench/gpu/reference.py --fsdp --preset 1b_mtp --batch 8 --lora
 """
 import argparse
 import json
@@ -25,6 +32,7 @@ import time
 import os
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -139,21 +147,47 @@ class MTP(nn.Module):
         return total / len(heads)
 
 
-def run_row(preset, batch, seq, lora, steps, warmup):
+def shard_fsdp(model):
+    """FSDP2 units: each block, then the root (embedding, norm, output); bf16 gathers, f32 reductions."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for blk in [*model.layers, *model.extra_heads]:
+        fully_shard(blk, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False):
     a = dict(PRESETS[preset])
-    dev = torch.device("cuda")
+    world = dist.get_world_size() if fsdp else 1
+    dev = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.reset_peak_memory_stats()
     t_start = time.time()
-    with torch.device(dev):
+    # under FSDP built on the meta device and materialised shard by shard: no rank holds the whole model
+    with torch.device("meta" if fsdp else dev):
         model = MTP(a, lora)
     if lora:
         for n, p in model.named_parameters():  # frozen base in bf16, trainable masters in f32
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
+    if fsdp:
+        shard_fsdp(model)
+        model.to_empty(device=dev)
+        torch.manual_seed(dist.get_rank())
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith(".b"):
+                    p.zero_()
+                elif n.endswith(".a"):
+                    p.uniform_(-0.02, 0.02)
+                elif "norm" in n:
+                    p.fill_(1.0)
+                else:
+                    p.normal_(0, 0.02)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=True)
     cis = rope_tables(a["dim"] // a["n_heads"], a["rope_theta"], seq, dev)
-    g = torch.Generator(device=dev).manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(dist.get_rank() if fsdp else 0)
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
     times, first_step_at = [], None
     for s in range(warmup + steps):
@@ -175,11 +209,11 @@ def run_row(preset, batch, seq, lora, steps, warmup):
             times.append([ev[i].elapsed_time(ev[i + 1]) / 1e3 for i in range(3)])
     fwd, bwd, opt_s = (sum(x[i] for x in times) / len(times) for i in range(3))
     step = fwd + bwd + opt_s
-    ntrain = sum(p.numel() for p in params)
+    ntrain = sum(p.numel() for p in params) * world
     flops = step_flops(a, batch, seq, lora)
     return {
-        "side": "pytorch", "preset": preset, "batch": batch, "seq": seq, "lora": lora,
-        "tokens_per_s": batch * seq / step, "step_s": step, "forward_s": fwd, "backward_s": bwd,
+        "side": "pytorch-fsdp" if fsdp else "pytorch", "preset": preset, "batch": batch, "seq": seq,
+        "lora": lora, "world": world, "tokens_per_s": world * batch * seq / step, "step_s": step, "forward_s": fwd, "backward_s": bwd,
         "optimizer_s": opt_s, "plugin_s": 0.0,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
@@ -196,10 +230,17 @@ def main():
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--fsdp", action="store_true", help="FSDP2 over NCCL (start it with torchrun)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    print(json.dumps(run_row(args.preset, args.batch, args.seq, args.lora, args.steps, args.warmup)),
-          flush=True)
+    if args.fsdp:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    row = run_row(args.preset, args.batch, args.seq, args.lora, args.steps, args.warmup, args.fsdp)
+    if not args.fsdp or dist.get_rank() == 0:
+        print(json.dumps(row), flush=True)
+    if args.fsdp:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

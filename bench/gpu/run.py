@@ -30,26 +30,29 @@ import report  # noqa: E402
 
 
 class MemorySampler:
-    """Peak of nvidia-smi's `memory.used` (MiB) above its level at start, sampled every `ms`."""
+    """Peak of nvidia-smi's `memory.used` (MiB) above its level at start, per GPU, sampled every `ms`;
+    `peak_gib` is the largest GPU's."""
 
-    def __init__(self, gpu=0, ms=50):
-        self.gpu, self.ms = gpu, ms
+    def __init__(self, ms=50):
+        self.ms = ms
         self.base = self._read()
-        self.peak = self.base
+        self.peak = list(self.base)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
 
     def _read(self):
-        out = subprocess.run(["nvidia-smi", "-i", str(self.gpu), "--query-gpu=memory.used",
-                              "--format=csv,noheader,nounits"], capture_output=True, text=True)
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True)
         try:
-            return int(out.stdout.strip().splitlines()[0])
-        except (ValueError, IndexError):
-            return 0
+            return [int(x) for x in out.stdout.split()]
+        except ValueError:
+            return [0]
 
     def _loop(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._read())
+            now = self._read()
+            if len(now) == len(self.peak):
+                self.peak = [max(a, b) for a, b in zip(self.peak, now)]
             time.sleep(self.ms / 1e3)
 
     def __enter__(self):
@@ -61,7 +64,7 @@ class MemorySampler:
         self._t.join()
 
     def peak_gib(self):
-        return (self.peak - self.base) / 1024
+        return max(p - b for p, b in zip(self.peak, self.base)) / 1024
 
 
 def make_data(path, seq, rows, seed=0):
@@ -77,11 +80,14 @@ def make_data(path, seq, rows, seed=0):
 
 
 def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
-    """wmtp's row; `fsdp`: launched as one rank (`wmtp launch --nproc-per-node 1`), so the policy is
-    sharded (FSDP over NCCL in an `nccl` build) — what sharding costs against the plain run."""
+    """wmtp's row; `fsdp`: launched as --nproc ranks (`wmtp launch --nproc-per-node N`), so the policy is
+    sharded (FSDP over NCCL in an `nccl` build); with N = 1, what sharding costs against the plain run.
+    `batch` is per rank: the global batch is N·batch."""
+    world = args.nproc if fsdp else 1
     side = "wmtp-fsdp" if fsdp else "wmtp"
-    run_dir = os.path.join(workdir, f"{side}-{preset}-b{batch}-{'lora' if lora else 'full'}")
-    launch = [args.wmtp, "launch", "--nproc-per-node", "1", "--master-port", "29517", "--"] if fsdp else [args.wmtp]
+    run_dir = os.path.join(workdir, f"{side}{world}-{preset}-b{batch}-{'lora' if lora else 'full'}")
+    launch = [args.wmtp, "launch", "--nproc-per-node", str(world), "--master-port", "29517", "--"] \
+        if fsdp else [args.wmtp]
     cmd = launch + ["run", "--pipeline", args.plugin, "--config", os.path.join(HERE, "wmtp_bench.toml"),
            "--set", f"model.path={preset}", "--set", f"training.batch_size={batch}",
            "--set", f"training.use_lora={'true' if lora else 'false'}", "--set", f"data.train={data}",
@@ -92,7 +98,7 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
     with MemorySampler() as mem:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"side": side, "preset": preset, "batch": batch, "lora": lora,
+        return {"side": side, "preset": preset, "batch": batch, "lora": lora, "world": world,
                 "error": (proc.stderr or proc.stdout)[-2000:]}
     lines = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl")) if '"step"' in x]
     lines = [x for x in lines if "time.step_s" in x]
@@ -100,8 +106,8 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
     mean = lambda k: sum(x[k] for x in timed) / len(timed)  # noqa: E731
     step = mean("time.step_s")
     return {
-        "side": side, "preset": preset, "batch": batch, "seq": args.seq, "lora": lora,
-        "tokens_per_s": batch * args.seq / step, "step_s": step, "forward_s": mean("time.forward_s"),
+        "side": side, "preset": preset, "batch": batch, "seq": args.seq, "lora": lora, "world": world,
+        "tokens_per_s": world * batch * args.seq / step, "step_s": step, "forward_s": mean("time.forward_s"),
         "backward_s": mean("time.backward_s"), "optimizer_s": mean("time.optimizer_s"),
         "plugin_s": mean("time.plugin_s"), "smi_peak_gib": mem.peak_gib(),
         "first_step_s": lines[0].get("time.first_step_done_s"),
@@ -110,15 +116,20 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
     }
 
 
-def torch_row(args, preset, batch, lora):
-    cmd = [sys.executable, os.path.join(HERE, "reference.py"), "--preset", preset, "--batch", str(batch),
-           "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+def torch_row(args, preset, batch, lora, fsdp=False):
+    """The PyTorch reference's row; `fsdp`: FSDP2 under torchrun with --nproc ranks (batch per rank)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
+              "--master-port", "29518"] if fsdp else [sys.executable]
+    cmd = launch + [os.path.join(HERE, "reference.py"), "--preset", preset, "--batch", str(batch),
+                    "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if lora:
         cmd.append("--lora")
+    if fsdp:
+        cmd.append("--fsdp")
     with MemorySampler() as mem:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"side": "pytorch", "preset": preset, "batch": batch, "lora": lora,
+        return {"side": "pytorch-fsdp" if fsdp else "pytorch", "preset": preset, "batch": batch, "lora": lora,
                 "error": (proc.stderr or proc.stdout)[-2000:]}
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     row["smi_peak_gib"] = mem.peak_gib()
@@ -136,7 +147,9 @@ def main():
     ap.add_argument("--steps", type=int, default=4, help="timed steps per row")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--sides", default="wmtp,pytorch",
-                    help="comma-separated: wmtp, wmtp-fsdp (launched as one sharded rank), pytorch")
+                    help="comma-separated: wmtp, wmtp-fsdp (launched as --nproc sharded ranks), pytorch, "
+                         "pytorch-fsdp (FSDP2 under torchrun, --nproc ranks)")
+    ap.add_argument("--nproc", type=int, default=1, help="ranks (GPUs) of the -fsdp sides; batch is per rank")
     ap.add_argument("--wmtp-set", action="append", default=[], help="extra --set for wmtp (repeatable)")
     ap.add_argument("--out", default=None, help="folder for results.jsonl and the runs")
     args = ap.parse_args()
@@ -152,7 +165,7 @@ def main():
             if side in ("wmtp", "wmtp-fsdp"):
                 r = wmtp_row(args, preset, int(batch), mode == "lora", data, out, fsdp=side == "wmtp-fsdp")
             else:
-                r = torch_row(args, preset, int(batch), mode == "lora")
+                r = torch_row(args, preset, int(batch), mode == "lora", fsdp=side == "pytorch-fsdp")
             r["wall_s"] = time.time() - t0
             results.append(r)
             with open(os.path.join(out, "results.jsonl"), "a") as f:

@@ -47,6 +47,10 @@ struct Trained {
     weights: BTreeMap<String, Vec<f32>>,
     /// Bytes of the frozen and trainable shards of this rank (sharded runs).
     shard_bytes: (usize, usize),
+    /// Units gathered ahead, and of them used (sharded runs).
+    prefetched: (u64, u64),
+    /// FSDP units (sharded runs).
+    units: u64,
 }
 
 /// The trained tensors of the policy and of the value head (`value_head.` names) by name.
@@ -85,18 +89,70 @@ fn unsharded(accum: usize, lora: bool, p: Pipeline) -> Trained {
         losses,
         weights: trained_weights(&s.model, s.value_head.as_ref()),
         shard_bytes: (0, 0),
+        prefetched: (0, 0),
+        units: 0,
     }
 }
 
 /// Rank 0's run of a group of `world` ranks, each with `accum` micro-batches per step.
 fn sharded(world: usize, accum: usize, lora: bool, p: Pipeline) -> Trained {
+    sharded_over(world, accum, lora, p, |c| Arc::new(c))
+}
+
+/// The in-process communicator claiming a second stream: its gathers "ahead" are plain gathers, so the
+/// prefetch bookkeeping (the engine naming the next unit, the stash, joins, dropping a wrong guess)
+/// runs on the CPU with results that must not change.
+struct AheadProbe(local::LocalComm);
+
+impl wmtp_host::dist::Communicator for AheadProbe {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_sum(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        self.0.all_reduce_sum(x)
+    }
+    fn all_gather(&self, shard: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        self.0.all_gather(shard)
+    }
+    fn reduce_scatter_sum(
+        &self,
+        full: &candle_core::Tensor,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        self.0.reduce_scatter_sum(full)
+    }
+    fn broadcast(
+        &self,
+        x: &candle_core::Tensor,
+        root: usize,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        self.0.broadcast(x, root)
+    }
+    fn barrier(&self) -> candle_core::Result<()> {
+        self.0.barrier()
+    }
+    fn gathers_ahead(&self) -> bool {
+        true
+    }
+}
+
+/// [`sharded`] over the communicators `wrap` makes of the in-process ones.
+fn sharded_over(
+    world: usize,
+    accum: usize,
+    lora: bool,
+    p: Pipeline,
+    wrap: fn(local::LocalComm) -> Arc<dyn wmtp_host::dist::Communicator>,
+) -> Trained {
     let comms = local::group(world, Duration::from_secs(120));
     let handles: Vec<_> = comms
         .into_iter()
         .map(|c| {
             std::thread::spawn(move || {
                 let mut s = Session::new(config(accum, lora, p.set), &plugin(p.plugin)).unwrap();
-                s.shard(Arc::new(c)).unwrap();
+                s.shard(wrap(c)).unwrap();
                 let losses = (0..STEPS)
                     .map(|i| train_step(&mut s, i).unwrap().loss)
                     .collect();
@@ -107,6 +163,8 @@ fn sharded(world: usize, accum: usize, lora: bool, p: Pipeline) -> Trained {
                     losses,
                     weights,
                     shard_bytes: f.shard_bytes(),
+                    prefetched: f.prefetch_counts(),
+                    units: f.units().count() as u64,
                 }
             })
         })
@@ -512,6 +570,33 @@ fn grad_op_and_no_shard_train_like_one_rank_too() {
             &unsharded(2, false, p),
             &sharded(2, 1, false, p),
             1e-4,
+        );
+    }
+}
+
+#[test]
+fn prefetching_the_next_unit_changes_nothing_and_the_engine_names_it_right() {
+    // the prefetched weights are used in place of gathered ones, for LoRA (only the attention
+    // projections trained) and full fine-tuning (every unit trained, embedding included)
+    for lora in [true, false] {
+        let plain = sharded(2, 2, lora, BASELINE);
+        assert_eq!(plain.prefetched, (0, 0), "no second stream, no prefetch");
+        let ahead = sharded_over(2, 2, lora, BASELINE, |c| Arc::new(AheadProbe(c)));
+        assert_eq!(plain.losses, ahead.losses, "lora {lora}: losses");
+        assert_eq!(plain.weights, ahead.weights, "lora {lora}: weights");
+        let (issued, used) = ahead.prefetched;
+        // per micro-batch, U units: the forward visits all U and prefetches all but the first; the
+        // backward visits all U (LoRA: all but the frozen embedding) and prefetches all but the first
+        let u = ahead.units;
+        let per_micro = (u - 1) + if lora { u - 2 } else { u - 1 };
+        assert_eq!(
+            issued,
+            STEPS * 2 * per_micro,
+            "lora {lora}: units prefetched ({u} units)"
+        );
+        assert_eq!(
+            issued, used,
+            "lora {lora}: {issued} units prefetched, {used} used"
         );
     }
 }

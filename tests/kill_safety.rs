@@ -90,7 +90,7 @@ fn the_latest_checkpoint_always_loads_after_kill_9() {
             continue; // killed before the first checkpoint
         };
         // the latest complete checkpoint loads: config, trainer state, weights, optimiser, plugin state
-        let (s, st, _) = wmtp_host::train::resume::resume_session(&latest, &[], None, false)
+        let (s, st, _) = wmtp_host::train::resume::resume_session(&latest, &[], None, false, false)
             .unwrap_or_else(|e| panic!("round {round}: {} does not load: {e:#}", latest.display()));
         assert_eq!(st.step, s.optimizer.step);
         steps_seen.push(st.step);

@@ -131,7 +131,7 @@ class MTP(nn.Module):
                 if not (n.endswith(".a") or n.endswith(".b")):
                     p.requires_grad_(False)
 
-    def loss(self, tokens, cis):
+    def forward(self, tokens, cis):
         """Baseline MTP loss: mean over heads k of mean_t CE(logits_k[t], x[t+k+1]) (f32)."""
         h = self.tok_embeddings(tokens)
         for blk in self.layers[:-1]:
@@ -194,7 +194,7 @@ def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False):
         tokens = torch.randint(0, a["vocab_size"], (batch, seq), device=dev, generator=g)
         ev[0].record()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model.loss(tokens, cis)
+            loss = model(tokens, cis)
         ev[1].record()
         loss.backward()
         ev[2].record()
@@ -209,7 +209,7 @@ def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False):
             times.append([ev[i].elapsed_time(ev[i + 1]) / 1e3 for i in range(3)])
     fwd, bwd, opt_s = (sum(x[i] for x in times) / len(times) for i in range(3))
     step = fwd + bwd + opt_s
-    ntrain = sum(p.numel() for p in params) * world
+    ntrain = sum(p.numel() for p in params)  # a DTensor counts its global size
     flops = step_flops(a, batch, seq, lora)
     return {
         "side": "pytorch-fsdp" if fsdp else "pytorch", "preset": preset, "batch": batch, "seq": seq,

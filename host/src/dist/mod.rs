@@ -34,6 +34,21 @@ pub trait Communicator: Send + Sync {
     fn broadcast(&self, x: &Tensor, root: usize) -> Result<Tensor>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// Whether [`Communicator::all_gather_ahead`] overlaps with compute (NCCL: a second CUDA stream).
+    /// FSDP prefetches the next unit's weights only then.
+    fn gathers_ahead(&self) -> bool {
+        false
+    }
+    /// [`Communicator::all_gather`] issued on a second stream behind the work queued so far, so that
+    /// it runs while the caller computes: the result must not be read (nor `shard` changed) before
+    /// [`Communicator::join_ahead`]. Without a second stream it is the plain gather.
+    fn all_gather_ahead(&self, shard: &Tensor) -> Result<Tensor> {
+        self.all_gather(shard)
+    }
+    /// Makes the work queued from now on wait for every [`Communicator::all_gather_ahead`] issued so far.
+    fn join_ahead(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The group of one: every collective is the identity.

@@ -4,17 +4,29 @@
 //! rendezvous ([`super::tcp::TcpComm`]), which stays open for nothing else.
 //!
 //! Tensors on the CPU (the plugins' sums, flags) are copied to the GPU and back. f32, f64 and bf16.
+//!
+//! A second communicator on a second stream (the "ahead" stream) runs the all-gathers FSDP issues
+//! ahead of use ([`Communicator::all_gather_ahead`]), so the next unit's weights travel while the current
+//! unit computes. Streams are ordered by events, by hand: candle's per-use event tracking is switched
+//! off for the device (it only matters with several streams, and it would record events at every
+//! kernel launch); the ahead stream waits for the compute stream before each gather, and the compute
+//! stream waits for the ahead stream at [`Communicator::join_ahead`]. Outputs are allocated on the
+//! compute stream (before the wait), so they are freed there, after the join.
 
 use super::Communicator;
+use candle_core::cuda_backend::cudarc::driver::CudaStream;
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use half::bf16;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One rank's NCCL communicator.
 pub struct NcclComm {
     comm: Mutex<Comm>,
+    /// The gathers issued ahead: their communicator and stream.
+    ahead: Mutex<Comm>,
+    ahead_stream: Arc<CudaStream>,
     dev: CudaDevice,
     device: Device,
     rank: usize,
@@ -45,22 +57,42 @@ impl NcclComm {
             bail!("the NCCL backend needs a CUDA device, not {device:?}");
         };
         let (rank, world) = (rendezvous.rank(), rendezvous.world_size());
+        // two ids: the main communicator's and the ahead one's
         let mine: Vec<u8> = if rank == 0 {
-            let id = Id::new().map_err(|e| nccl_err("unique id", e))?;
-            id.internal().iter().map(|&c| c as u8).collect()
+            let mut v = Vec::with_capacity(256);
+            for _ in 0..2 {
+                let id = Id::new().map_err(|e| nccl_err("unique id", e))?;
+                v.extend(id.internal().iter().map(|&c| c as u8));
+            }
+            v
         } else {
-            vec![0u8; 128]
+            vec![0u8; 256]
         };
         let shared = rendezvous.broadcast(&Tensor::new(mine.as_slice(), &Device::Cpu)?, 0)?;
         let bytes: Vec<u8> = shared.to_vec1()?;
-        let mut internal = [0 as std::ffi::c_char; 128];
-        for (d, s) in internal.iter_mut().zip(&bytes) {
-            *d = *s as std::ffi::c_char;
-        }
-        let comm = Comm::from_rank(dev.cuda_stream(), rank, world, Id::uninit(internal))
+        let id = |k: usize| {
+            let mut internal = [0 as std::ffi::c_char; 128];
+            for (d, s) in internal.iter_mut().zip(&bytes[k * 128..(k + 1) * 128]) {
+                *d = *s as std::ffi::c_char;
+            }
+            Id::uninit(internal)
+        };
+        // SAFETY: no stream of this device but candle's has run anything yet, and every later
+        // cross-stream use is ordered by the events of `all_gather_ahead` / `join_ahead`.
+        unsafe { dev.disable_event_tracking() };
+        let ahead_stream = dev
+            .cuda_stream()
+            .context()
+            .new_stream()
+            .map_err(|e| nccl_err("second stream", e))?;
+        let comm = Comm::from_rank(dev.cuda_stream(), rank, world, id(0))
             .map_err(|e| nccl_err("init", e))?;
+        let ahead = Comm::from_rank(ahead_stream.clone(), rank, world, id(1))
+            .map_err(|e| nccl_err("init (second stream)", e))?;
         Ok(NcclComm {
             comm: Mutex::new(comm),
+            ahead: Mutex::new(ahead),
+            ahead_stream,
             dev: dev.clone(),
             device: device.clone(),
             rank,
@@ -70,6 +102,12 @@ impl NcclComm {
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Comm>> {
         self.comm
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("NCCL: a thread panicked in a collective".into()))
+    }
+
+    fn lock_ahead(&self) -> Result<std::sync::MutexGuard<'_, Comm>> {
+        self.ahead
             .lock()
             .map_err(|_| candle_core::Error::Msg("NCCL: a thread panicked in a collective".into()))
     }
@@ -87,26 +125,60 @@ impl NcclComm {
         what: &str,
         op: &dyn Fn(&Comm, &Typed, &mut TypedOut) -> std::result::Result<(), String>,
     ) -> Result<Tensor> {
+        self.run_on(x, out_len, what, false, op)
+    }
+
+    /// [`NcclComm::run`] on the main communicator, or (`ahead`) on the ahead one after making its
+    /// stream wait for the compute stream (the output is allocated on the compute stream first).
+    fn run_on(
+        &self,
+        x: &Tensor,
+        out_len: usize,
+        what: &str,
+        ahead: bool,
+        op: &dyn Fn(&Comm, &Typed, &mut TypedOut) -> std::result::Result<(), String>,
+    ) -> Result<Tensor> {
         let (g, home) = self.on_gpu(x)?;
         let held = crate::kernels::cuda::hold(&g);
         let (s, l) = held.cuda()?;
-        let comm = self.lock()?;
+        let comm = if ahead {
+            self.lock_ahead()?
+        } else {
+            self.lock()?
+        };
+        let dst_of = |dt: DType| -> Result<TypedOut> {
+            let out = match dt {
+                DType::F32 => TypedOut::F32(self.dev.alloc_zeros::<f32>(out_len)?),
+                DType::F64 => TypedOut::F64(self.dev.alloc_zeros::<f64>(out_len)?),
+                DType::BF16 => TypedOut::Bf16(self.dev.alloc_zeros::<bf16>(out_len)?),
+                other => bail!("NCCL {what}: {other:?} tensors are not supported (f32, f64, bf16)"),
+            };
+            if ahead {
+                let ev = self
+                    .dev
+                    .cuda_stream()
+                    .record_event(None)
+                    .map_err(|e| nccl_err(what, e))?;
+                self.ahead_stream.wait(&ev).map_err(|e| nccl_err(what, e))?;
+            }
+            Ok(out)
+        };
         let out = match g.dtype() {
             DType::F32 => {
                 let src = Typed::F32(crate::kernels::cuda::view::<f32>(s, l)?);
-                let mut dst = TypedOut::F32(self.dev.alloc_zeros::<f32>(out_len)?);
+                let mut dst = dst_of(DType::F32)?;
                 op(&comm, &src, &mut dst).map_err(|e| nccl_err(what, e))?;
                 dst.wrap(&self.dev)
             }
             DType::F64 => {
                 let src = Typed::F64(crate::kernels::cuda::view::<f64>(s, l)?);
-                let mut dst = TypedOut::F64(self.dev.alloc_zeros::<f64>(out_len)?);
+                let mut dst = dst_of(DType::F64)?;
                 op(&comm, &src, &mut dst).map_err(|e| nccl_err(what, e))?;
                 dst.wrap(&self.dev)
             }
             DType::BF16 => {
                 let src = Typed::Bf16(crate::kernels::cuda::view::<bf16>(s, l)?);
-                let mut dst = TypedOut::Bf16(self.dev.alloc_zeros::<bf16>(out_len)?);
+                let mut dst = dst_of(DType::BF16)?;
                 op(&comm, &src, &mut dst).map_err(|e| nccl_err(what, e))?;
                 dst.wrap(&self.dev)
             }
@@ -217,5 +289,32 @@ impl Communicator for NcclComm {
         self.all_reduce_sum(&one)?;
         self.device.synchronize()?;
         Ok(())
+    }
+
+    fn gathers_ahead(&self) -> bool {
+        true
+    }
+
+    fn all_gather_ahead(&self, shard: &Tensor) -> Result<Tensor> {
+        // a copy made here would be freed on the compute stream while the ahead stream reads it
+        if shard.rank() != 1 || !shard.is_contiguous() || !matches!(shard.device(), Device::Cuda(_))
+        {
+            bail!("all_gather_ahead: shards must be 1-D, contiguous and on this rank's GPU");
+        }
+        let n = shard.elem_count() * self.world;
+        self.run_on(shard, n, "all_gather (ahead)", true, &|c, s, d| {
+            typed!(s, d, |s, d| c.all_gather(s, d))
+        })
+    }
+
+    fn join_ahead(&self) -> Result<()> {
+        let ev = self
+            .ahead_stream
+            .record_event(None)
+            .map_err(|e| nccl_err("join", e))?;
+        self.dev
+            .cuda_stream()
+            .wait(&ev)
+            .map_err(|e| nccl_err("join", e))
     }
 }

@@ -126,8 +126,14 @@ impl Param {
     /// empty (shape [0]), so computing with a released weight fails on its shape instead of reading
     /// stale values. FSDP keeps the weight in its shards meanwhile.
     pub fn release(&mut self) -> Result<()> {
-        let t = self.tensor();
-        let empty = Tensor::zeros(0, t.dtype(), t.device())?;
+        let device = self.tensor().device().clone();
+        self.release_on(&device)
+    }
+
+    /// [`Param::release`], the empty tensor on `device` (FSDP: a policy built in host memory whose
+    /// shards live on the GPU reports the GPU as its device).
+    pub fn release_on(&mut self, device: &candle_core::Device) -> Result<()> {
+        let empty = Tensor::zeros(0, self.tensor().dtype(), device)?;
         self.replace(empty)
     }
 

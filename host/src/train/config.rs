@@ -206,13 +206,25 @@ pub struct CheckpointSection {
 }
 
 /// `[distributed]`: used when the run is launched (`wmtp launch`, torchrun, Slurm).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedSection {
     /// `full` (FSDP FULL_SHARD, the default): weights, gradients and optimiser state split over the
     /// ranks; `grad-op` (SHARD_GRAD_OP): gradients and optimiser state split, weights gathered once per
     /// step; `none`: every rank keeps everything (data parallelism).
     pub sharding: crate::dist::fsdp::Sharding,
+    /// Under `full` sharding over NCCL: gather the next unit's weights on a second CUDA stream while
+    /// the current unit computes (one more unit's weights in memory). Default on.
+    pub prefetch: bool,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        DistributedSection {
+            sharding: Default::default(),
+            prefetch: true,
+        }
+    }
 }
 
 /// `[runtime]`.

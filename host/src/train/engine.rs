@@ -131,9 +131,15 @@ impl<'a> Engine<'a> {
     /// units gathered (dropped by the caller after use). Under FSDP this is a collective: the calls
     /// below happen in the same order on every rank whatever its data.
     fn with_units(&self, units: &[Unit]) -> Result<Cow<'a, Transformer>> {
+        self.with_units_next(units, None)
+    }
+
+    /// [`Engine::with_units`], naming the unit the engine asks for next, so FSDP can gather it while
+    /// these units compute (prefetch). `next` depends only on the model, never on a rank's data.
+    fn with_units_next(&self, units: &[Unit], next: Option<Unit>) -> Result<Cow<'a, Transformer>> {
         match self.fsdp {
             None => Ok(Cow::Borrowed(self.model)),
-            Some(f) => Ok(Cow::Owned(f.materialize(self.model, units)?)),
+            Some(f) => Ok(Cow::Owned(f.materialize_next(self.model, units, next)?)),
         }
     }
 
@@ -152,13 +158,27 @@ impl<'a> Engine<'a> {
         let tokens: Vec<u32> = mb.tokens.flatten_all()?.to_vec1()?;
         let mut inputs = Vec::with_capacity(m.layers.len());
         let mut saved_trunk = Vec::new();
+        let n_trunk = m.layers.len() - 1;
+        // the forward's order: embedding, trunk blocks, output, heads 0..H−1
+        let after_trunk = |i: usize| {
+            Some(if i + 1 < n_trunk {
+                Unit::Layer(i + 1)
+            } else {
+                Unit::Output
+            })
+        };
+        let first = if n_trunk > 0 {
+            Unit::Layer(0)
+        } else {
+            Unit::Output
+        };
         let mut x = self
-            .with_units(&[Unit::Embedding])?
+            .with_units_next(&[Unit::Embedding], Some(first))?
             .embed(&mb.tokens)?
             .detach();
-        for i in 0..m.layers.len() - 1 {
+        for i in 0..n_trunk {
             inputs.push(x.clone());
-            let mu = self.with_units(&[Unit::Layer(i)])?;
+            let mu = self.with_units_next(&[Unit::Layer(i)], after_trunk(i))?;
             let sv = mu.layers[i].forward_saved(&x, &bi.rope, &self.ctx(1 + i as u64))?;
             x = sv.out.clone();
             if self.keep_activations {
@@ -174,9 +194,10 @@ impl<'a> Engine<'a> {
         let mut ce_parts = Vec::new();
         let mut saved_heads = Vec::with_capacity(h);
         let mut head_lse = Vec::with_capacity(h);
-        let om = self.with_units(&[Unit::Output])?;
+        let om = self.with_units_next(&[Unit::Output], Some(Unit::head(m, 0)))?;
         for (k, hr) in heads.iter().enumerate() {
-            let hm = self.with_units(&[Unit::head(m, k)])?;
+            let next = (k + 1 < h).then(|| Unit::head(m, k + 1));
+            let hm = self.with_units_next(&[Unit::head(m, k)], next)?;
             if hr.rows.is_empty() {
                 saved_heads.push(None);
                 head_lse.push(None);
@@ -251,17 +272,39 @@ impl<'a> Engine<'a> {
         let h_trunk = &st.unit_inputs[n_trunk];
         let mut dh = Tensor::zeros((b, t, d), DType::F32, self.dev())?;
         let shared_trainable = has_trainable(&m.norm) || has_trainable(&m.output);
-        let om = self.with_units(&[Unit::Output])?;
+        // the backward's order: output, the heads it visits, trunk blocks top down, embedding
+        let visits = |k: usize| trunk_trainable || shared_trainable || has_trainable(m.head(k));
+        let embedding_trainable = any_trainable(&m.tok_embeddings);
+        let below = |i: usize| -> Option<Unit> {
+            match i {
+                0 => embedding_trainable.then_some(Unit::Embedding),
+                i => Some(Unit::Layer(i - 1)),
+            }
+        };
+        let after_heads = if !trunk_trainable {
+            None
+        } else if n_trunk > 0 {
+            Some(Unit::Layer(n_trunk - 1))
+        } else {
+            below(0)
+        };
+        let next_head = |k: usize| {
+            (k..h)
+                .find(|&j| visits(j))
+                .map(|j| Unit::head(m, j))
+                .or(after_heads)
+        };
+        let om = self.with_units_next(&[Unit::Output], next_head(0))?;
         for k in 0..h {
             let coef_k: Vec<f32> = if c_ce.is_empty() {
                 Vec::new()
             } else {
                 (0..b * t).map(|r| c_ce[r * h + k]).collect()
             };
-            if !(trunk_trainable || shared_trainable || has_trainable(m.head(k))) {
+            if !visits(k) {
                 continue;
             }
-            let hm = self.with_units(&[Unit::head(m, k)])?;
+            let hm = self.with_units_next(&[Unit::head(m, k)], next_head(k + 1))?;
             if coef_k.iter().all(|&c| c == 0.0) {
                 self.flush(Unit::head(m, k), grads)?;
                 continue;
@@ -352,7 +395,7 @@ impl<'a> Engine<'a> {
         let mut dh = dh.to_dtype(m.dtype())?;
         drop(om);
         for i in (0..n_trunk).rev() {
-            let mu = self.with_units(&[Unit::Layer(i)])?;
+            let mu = self.with_units_next(&[Unit::Layer(i)], below(i))?;
             let block = &mu.layers[i];
             let recomputed;
             let sv = match st.saved_trunk.get(i) {

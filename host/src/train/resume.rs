@@ -80,17 +80,23 @@ fn resume_plugin(
 }
 
 /// A session restored from checkpoint (or run folder) `path`, with `overrides` applied to its config
-/// (parsed and validated like a fresh run's).
+/// (parsed and validated like a fresh run's). `for_sharding`: the session will be sharded, its policy
+/// is built in host memory ([`Session::new_for_sharding`]).
 pub fn resume_session(
     path: &Path,
     overrides: &[String],
     pipeline: Option<&Path>,
     allow_plugin_change: bool,
+    for_sharding: bool,
 ) -> Result<(Session, TrainerState, PathBuf)> {
     let ckpt = checkpoint_to_resume(path)?;
     let (cfg, mut st) = checkpoint::read_meta(&ckpt, overrides)?;
     let (plugin, identity) = resume_plugin(&st, pipeline, allow_plugin_change)?;
-    let mut s = Session::new(cfg, &plugin)?;
+    let mut s = if for_sharding {
+        Session::new_for_sharding(cfg, &plugin)?
+    } else {
+        Session::new(cfg, &plugin)?
+    };
     checkpoint::load_into(&ckpt, &mut s, &st)?;
     (st.pipeline, st.pipeline_sha256) = identity;
     Ok((s, st, ckpt))

@@ -89,6 +89,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 &set,
                 opts.pipeline.as_deref(),
                 opts.allow_plugin_change,
+                dist.is_some(),
             )?;
             (s, st, Some(ckpt))
         }
@@ -98,7 +99,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 .clone()
                 .context("--pipeline is required (a .wasm plugin)")?;
             let cfg = RunConfig::load(opts.config.as_deref(), &set)?;
-            let s = Session::new(cfg, &pipeline)?;
+            // a sharded run builds its policy in host memory: only the shards reach the device
+            let s = if dist.is_some() {
+                Session::new_for_sharding(cfg, &pipeline)?
+            } else {
+                Session::new(cfg, &pipeline)?
+            };
             let (pipeline, pipeline_sha256) = super::resume::plugin_identity(&pipeline)?;
             let st = TrainerState {
                 format: CHECKPOINT_FORMAT,
@@ -114,7 +120,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     let rank = match &dist {
         Some(d) => {
-            let comm = d.connect(s.model.device())?;
+            let device = s.cfg.model.device.open().context("model.device")?;
+            let comm = d.connect(&device)?;
             s.shard(comm)?;
             d.rank
         }

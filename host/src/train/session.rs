@@ -121,20 +121,48 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<
 impl Session {
     /// Builds a session for the pipeline plugin at `pipeline_path`.
     pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
+        Self::build(cfg, pipeline_path, false)
+    }
+
+    /// [`Session::new`] for a session that will be sharded ([`Session::shard`]): the policy is built in
+    /// host memory, and only this rank's shards ever reach `model.device` — no rank holds the whole
+    /// model on its GPU, not even while starting (the value head and reference models go to the device
+    /// as usual).
+    pub fn new_for_sharding(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
+        Self::build(cfg, pipeline_path, true)
+    }
+
+    fn build(cfg: RunConfig, pipeline_path: &Path, policy_on_host: bool) -> Result<Self> {
         let ranks = PluginRanks::default();
         let plugin = load_plugin(&cfg, pipeline_path, &ranks)?;
-        let mut s = Self::with_weigher(cfg, Box::new(plugin), pipeline_path)?;
+        let mut s = Self::with_weigher_on(cfg, Box::new(plugin), pipeline_path, policy_on_host)?;
         s.plugin_ranks = ranks;
         Ok(s)
     }
 
     /// Builds a session around any pipeline (`label` names it in summaries and checkpoints).
     pub fn with_weigher(cfg: RunConfig, weigher: Box<dyn Weigher>, label: &Path) -> Result<Self> {
+        Self::with_weigher_on(cfg, weigher, label, false)
+    }
+
+    /// [`Session::with_weigher`]; `policy_on_host`: the policy model is built in host memory (see
+    /// [`Session::new_for_sharding`]).
+    fn with_weigher_on(
+        cfg: RunConfig,
+        weigher: Box<dyn Weigher>,
+        label: &Path,
+        policy_on_host: bool,
+    ) -> Result<Self> {
         crate::kernels::set_enabled(cfg.runtime.fused_kernels);
         let manifest = weigher.manifest().clone();
         let device = cfg.model.device.open().context("model.device")?;
         let opts = load_options(&cfg, &device)?;
-        let (mut model, tokenizer, source) = load_policy(&cfg, &opts)?;
+        let policy_opts = if policy_on_host {
+            load_options(&cfg, &candle_core::Device::Cpu)?
+        } else {
+            opts.clone()
+        };
+        let (mut model, tokenizer, source) = load_policy(&cfg, &policy_opts)?;
         let groups = trained_groups(&cfg, &manifest);
         if groups.contains(&ParamGroup::Lora) {
             model.add_lora(&cfg.lora, cfg.training.seed)?;
@@ -176,7 +204,9 @@ impl Session {
 
     /// Shards the policy over the group of `comm` (FSDP FULL_SHARD): every rank of the group calls it
     /// on a session built from the same config, fresh or resumed from a checkpoint (whose optimiser
-    /// state, saved unsharded, is cut to this rank's shards: any world size resumes any other's).
+    /// state, saved unsharded, is cut to this rank's shards: any world size resumes any other's). The
+    /// shards go to `model.device` wherever the policy was built (host memory for
+    /// [`Session::new_for_sharding`]).
     pub fn shard(&mut self, comm: std::sync::Arc<dyn Communicator>) -> Result<()> {
         if self.fsdp.is_some() {
             bail!("the session is already sharded");
@@ -190,12 +220,15 @@ impl Session {
                     .map(|n| (n.to_string(), t.clone()))
             })
             .collect();
-        let f = Fsdp::shard(
+        let device = self.cfg.model.device.open().context("model.device")?;
+        let mut f = Fsdp::shard(
             &mut self.model,
             comm,
             &masters,
             self.cfg.distributed.sharding,
+            &device,
         )?;
+        f.set_prefetch(self.cfg.distributed.prefetch);
         let state = f.shard_optimizer_state(state)?;
         self.optimizer.load_state(state, step)?;
         self.fsdp = Some(f);

@@ -402,6 +402,7 @@ fn apply_sharded(
                 .collect()
         })
         .unwrap_or_default();
+    f.settle()?; // nothing gathered ahead may read the shards while they change
     let mut g = f.finish_grads(grads, &replicated)?;
     rep.grad_norm = f.global_norm(&g)?;
     rep.skipped = !rep.grad_norm.is_finite();

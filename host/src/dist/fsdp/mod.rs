@@ -24,6 +24,7 @@ use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+mod ahead;
 mod grads;
 pub mod state;
 
@@ -160,6 +161,12 @@ pub struct Fsdp {
     slice: usize,
     /// [`Sharding::GradOp`]: the step's gathered weights by name, until the update.
     gathered: std::sync::Mutex<Option<HashMap<String, Tensor>>>,
+    /// The unit gathered ahead of use, if any ([`Fsdp::materialize_next`]).
+    ahead: std::sync::Mutex<Option<ahead::Ahead>>,
+    /// Whether [`Fsdp::materialize_next`] gathers ahead (FULL_SHARD over a communicator that can).
+    prefetch: bool,
+    /// Units gathered ahead, and how many of them were used (the rest were asked for out of order).
+    prefetch_counts: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Fsdp {
@@ -172,16 +179,39 @@ impl std::fmt::Debug for Fsdp {
     }
 }
 
+/// The parameters `names` of `model` (clones: the values), each left in the model released (an empty
+/// tensor on `device`), so the model's copy goes as soon as the caller drops what it took.
+fn take_unit(
+    model: &mut Transformer,
+    names: &[String],
+    device: &candle_core::Device,
+) -> Result<Vec<(String, Param)>> {
+    let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let mut out = Vec::with_capacity(names.len());
+    let mut res = Ok(());
+    model.visit_mut("", &mut |name, p| {
+        if res.is_ok() && wanted.contains(name) {
+            out.push((name.to_string(), p.clone()));
+            res = p.release_on(device);
+        }
+    });
+    res?;
+    Ok(out)
+}
+
 impl Fsdp {
     /// Shards `model` over the group of `comm` as `mode` says and releases the model's own weights.
     /// Every rank must call it with the same model (same weights: same init seed or same checkpoint).
     /// `masters`: f32 master copies by parameter name (a resumed optimiser's), used for the trainable
-    /// shards instead of the model's narrower weights.
+    /// shards instead of the model's narrower weights. The shards are put on `device` (the model may
+    /// sit in host memory: only this rank's slices are uploaded), and unit by unit, each unit's weights
+    /// are released as soon as its shards exist, so memory never holds the model and all its shards.
     pub fn shard(
         model: &mut Transformer,
         comm: Arc<dyn Communicator>,
         masters: &HashMap<String, Tensor>,
         mode: Sharding,
+        device: &candle_core::Device,
     ) -> Result<Self> {
         // NO_SHARD: layouts over one rank, every rank holding the whole of each flat vector
         let (world, rank) = match mode {
@@ -189,20 +219,20 @@ impl Fsdp {
             _ => (comm.world_size(), comm.rank()),
         };
         let dtype = model.dtype();
-        let mut by_unit: BTreeMap<Unit, Vec<(String, Param)>> = BTreeMap::new();
+        let mut by_unit: BTreeMap<Unit, Vec<String>> = BTreeMap::new();
         let mut err = None;
-        model.visit("", &mut |name, p| match Unit::of(name) {
-            Some(u) => by_unit
-                .entry(u)
-                .or_default()
-                .push((name.to_string(), p.clone())),
-            None => err = Some(format!("parameter `{name}` belongs to no FSDP unit")),
+        model.visit("", &mut |name, _| match Unit::of(name) {
+            Some(u) => by_unit.entry(u).or_default().push(name.to_string()),
+            None => {
+                err.get_or_insert(format!("parameter `{name}` belongs to no FSDP unit"));
+            }
         });
         if let Some(e) = err {
             bail!(e);
         }
         let mut units = BTreeMap::new();
-        for (unit, params) in by_unit {
+        for (unit, names) in by_unit {
+            let params = take_unit(model, &names, device)?;
             let frozen: Vec<(String, Tensor)> = params
                 .iter()
                 .filter(|(_, p)| !p.is_trainable())
@@ -213,7 +243,7 @@ impl Fsdp {
             } else {
                 let b = Bucket::new(&frozen, world);
                 let ts: Vec<Tensor> = frozen.iter().map(|(_, t)| t.clone()).collect();
-                let shard = b.layout.shard(&ts, rank)?.copy()?;
+                let shard = b.layout.shard(&ts, rank)?.to_device(device)?.copy()?;
                 Some((b, shard))
             };
             // trainable: one bucket per (group, decays), in visiting order within each
@@ -233,7 +263,7 @@ impl Fsdp {
             for ((group, decays), ps) in classes {
                 let b = Bucket::new(&ps, world);
                 let ts: Vec<Tensor> = ps.iter().map(|(_, t)| t.clone()).collect();
-                let flat = b.layout.shard(&ts, rank)?.copy()?;
+                let flat = b.layout.shard(&ts, rank)?.to_device(device)?.copy()?;
                 let flat = if decays { flat.unsqueeze(0)? } else { flat };
                 trainable.push(TrainableBucket {
                     key: format!(
@@ -255,13 +285,6 @@ impl Fsdp {
                 },
             );
         }
-        let mut rel = Ok(());
-        model.visit_mut("", &mut |_, p| {
-            if rel.is_ok() {
-                rel = p.release();
-            }
-        });
-        rel?;
         Ok(Fsdp {
             comm,
             units,
@@ -270,6 +293,9 @@ impl Fsdp {
             mode,
             slice: rank,
             gathered: Default::default(),
+            ahead: Default::default(),
+            prefetch: false,
+            prefetch_counts: Default::default(),
         })
     }
 
@@ -325,6 +351,19 @@ impl Fsdp {
     /// Under [`Sharding::GradOp`] the first call of a step gathers every unit and keeps them until
     /// [`Fsdp::weights_changed`]; later calls copy from there without communicating.
     pub fn materialize(&self, model: &Transformer, units: &[Unit]) -> Result<Transformer> {
+        self.materialize_next(model, units, None)
+    }
+
+    /// [`Fsdp::materialize`], then, when prefetching is on ([`Fsdp::set_prefetch`]), the gather of
+    /// `next` — the unit the caller will ask for next — issued on the communicator's second stream,
+    /// to run while the caller computes with the units returned now. Every rank must pass the same
+    /// `next` (it is a collective too).
+    pub fn materialize_next(
+        &self,
+        model: &Transformer,
+        units: &[Unit],
+        next: Option<Unit>,
+    ) -> Result<Transformer> {
         let mut full = HashMap::new();
         if self.mode == Sharding::GradOp {
             let mut g = self
@@ -355,8 +394,18 @@ impl Fsdp {
                 }
             }
         } else {
+            let mut ahead = self.take_ahead()?;
             for &u in units {
-                full.extend(self.gather(u)?);
+                match ahead.take_if(|a| a.unit() == u) {
+                    Some(a) => full.extend(self.unpack_ahead(a)?),
+                    None => full.extend(self.gather(u)?),
+                }
+            }
+            if let Some(unused) = ahead {
+                self.drop_ahead(unused)?;
+            }
+            if let Some(n) = next {
+                self.gather_ahead(n)?;
             }
         }
         let mut copy = model.clone();
@@ -375,6 +424,15 @@ impl Fsdp {
     pub fn weights_changed(&self) {
         if let Ok(mut g) = self.gathered.lock() {
             *g = None;
+        }
+    }
+
+    /// Drops a unit gathered ahead and not used (its weights may be about to change): a collective-free
+    /// wait for its gather, then the buffers go. Call it before updating the shards.
+    pub fn settle(&self) -> Result<()> {
+        match self.take_ahead()? {
+            Some(a) => self.drop_ahead(a),
+            None => Ok(()),
         }
     }
 

@@ -73,6 +73,13 @@ def rel_diff(a, b):
     return d / scale if scale > 0 else d
 
 
+def rel_l2(a, b):
+    """‖a − b‖ / ‖a‖ over every tensor of two adapters together."""
+    num = sum((x - y) ** 2 for k in a for x, y in zip(a[k], b[k]))
+    den = sum(x * x for k in a for x in a[k])
+    return (num / den) ** 0.5 if den > 0 else num ** 0.5
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wmtp", default="target/release/wmtp")
@@ -165,13 +172,18 @@ def main():
     a, b = adapter(dirs["A"], 6), adapter(dirs["B"], 6)
     if set(a) != set(b):
         raise SystemExit(f"adapters differ in tensors: {sorted(set(a) ^ set(b))[:5]}")
+    # AdamW's first steps move every weight by about ±lr whatever its gradient's size, so rounding
+    # in a near-zero gradient flips a step: the largest element differs by up to ~2·lr·steps (a few % of
+    # the largest weight after 6 steps, also between two one-GPU runs); the norm of the difference is
+    # the measure, the largest element is printed
     worst = max(rel_diff(a[k], b[k]) for k in a)
     zero = [k for k in b if not any(b[k]) and any(a[k])]
     d = adapter(dirs["D"], 6)
-    worst_d = max(rel_diff(a[k], d[k]) for k in a)
-    print(f"final LoRA adapter, {len(a)} tensors: A vs B (N={n}) largest |Δ|/max|w| {worst:.2e}; "
-          f"A vs D (resumed on 1 GPU) {worst_d:.2e}; all-zero tensors in B where A has values: {len(zero)}")
-    ok = ev_gap < 1e-2 and worst_loss < 2e-2 and worst_val < 2e-2 and worst < 5e-2 and worst_d < 5e-2 and not zero
+    l2_b, l2_d = rel_l2(a, b), rel_l2(a, d)
+    print(f"final LoRA adapter, {len(a)} tensors: ‖A − B‖/‖A‖ {l2_b:.2e} (N={n}; largest element "
+          f"|Δ|/max|w| {worst:.2e}); ‖A − D‖/‖A‖ {l2_d:.2e} (resumed on 1 GPU); all-zero tensors in B "
+          f"where A has values: {len(zero)}")
+    ok = ev_gap < 1e-2 and worst_loss < 2e-2 and worst_val < 2e-2 and l2_b < 2e-2 and l2_d < 2e-2 and not zero
     print("RESULT:", "PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

@@ -110,6 +110,8 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
         "tokens_per_s": world * batch * args.seq / step, "step_s": step, "forward_s": mean("time.forward_s"),
         "backward_s": mean("time.backward_s"), "optimizer_s": mean("time.optimizer_s"),
         "plugin_s": mean("time.plugin_s"), "smi_peak_gib": mem.peak_gib(),
+        "peak_allocated_gib": timed[-1].get("mem.peak_used_gib"),
+        "peak_reserved_gib": timed[-1].get("mem.peak_reserved_gib"),
         "first_step_s": lines[0].get("time.first_step_done_s"),
         "tflops_per_step": step_flops(PRESETS[preset], batch, args.seq, lora) / 1e12,
         "loss": timed[-1]["loss"], "settings": args.wmtp_set,

@@ -301,6 +301,10 @@ impl Communicator for NcclComm {
         {
             bail!("all_gather_ahead: shards must be 1-D, contiguous and on this rank's GPU");
         }
+        // a shard on another handle of the GPU would be copied here, behind the compute stream's back
+        if !shard.device().same_device(&self.device) {
+            bail!("all_gather_ahead: the shard is on another CUDA device handle than the communicator");
+        }
         let n = shard.elem_count() * self.world;
         self.run_on(shard, n, "all_gather (ahead)", true, &|c, s, d| {
             typed!(s, d, |s, d| c.all_gather(s, d))

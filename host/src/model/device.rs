@@ -69,6 +69,46 @@ impl DeviceSpec {
     }
 }
 
+impl DeviceSpec {
+    /// GiB of the device's memory pool (every tensor candle allocates) at its high-water marks since
+    /// the start: (in use by tensors, reserved from the driver). `None` off CUDA or when the driver
+    /// does not answer. The reserved figure is what nvidia-smi shows, less the CUDA context and
+    /// libraries' own buffers (cuBLAS workspaces, NCCL channels).
+    pub fn memory_high_water(&self) -> Option<(f64, f64)> {
+        match self {
+            DeviceSpec::Cpu => None,
+            #[cfg(feature = "cuda")]
+            DeviceSpec::Cuda(i) => pool_high_water(*i).ok(),
+            #[cfg(not(feature = "cuda"))]
+            DeviceSpec::Cuda(_) => None,
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn pool_high_water(
+    ordinal: usize,
+) -> Result<(f64, f64), candle_core::cuda_backend::cudarc::driver::DriverError> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    // SAFETY: plain driver calls on out-pointers we own, after the device was opened.
+    unsafe {
+        let mut dev: sys::CUdevice = 0;
+        sys::cuDeviceGet(&mut dev, ordinal as i32).result()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev).result()?;
+        let read = |a: sys::CUmemPool_attribute| -> Result<u64, _> {
+            let mut v: u64 = 0;
+            sys::cuMemPoolGetAttribute(pool, a, &mut v as *mut u64 as *mut std::ffi::c_void)
+                .result()
+                .map(|_| v)
+        };
+        let used = read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+        let reserved = read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?;
+        Ok((gib(used), gib(reserved)))
+    }
+}
+
 /// Lets the device's default memory pool (candle allocates with cuMemAllocAsync from it) keep freed
 /// memory for reuse instead of returning it to the driver at every synchronisation: the default release
 /// threshold of 0 turns every allocation after a sync into a driver call (measured: a 2048×2048 linear

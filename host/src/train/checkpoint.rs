@@ -123,9 +123,9 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 
 /// Writes checkpoint `name` of the session into `run_dir/checkpoints/name`; returns its path.
 ///
-/// A sharded session (FSDP) saves the same full checkpoint: every rank gathers the weights and the
-/// optimiser state (collectives), rank 0 writes, and the ranks agree on the outcome, so a failed save
-/// fails on every rank. Such a checkpoint resumes on any world size ([`crate::train::session::Session::shard`]
+/// A sharded session (FSDP) saves the same full checkpoint: every rank gathers the trained weights and
+/// the optimiser state (collectives) unit by unit into rank 0's host memory, rank 0 writes, and the
+/// ranks agree on the outcome, so a failed save fails on every rank. Such a checkpoint resumes on any world size ([`crate::train::session::Session::shard`]
 /// cuts the state to the new shards).
 pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> Result<PathBuf> {
     if s.fsdp.is_some() && s.cfg.checkpoint.sharded {
@@ -136,7 +136,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
         let model = s.model.clone();
         return save_model(run_dir, name, s, st, &model, opt);
     };
-    let model = f.materialize_all(&s.model)?;
+    let model = f.gather_for_saving(&s.model, s.model.lora.is_some())?;
     let opt = f.gather_optimizer_state(s.optimizer.state().0)?;
     let (comm, rank) = (f.comm().clone(), f.rank());
     let written = if rank == 0 {

@@ -120,8 +120,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     };
     let rank = match &dist {
         Some(d) => {
-            let device = s.cfg.model.device.open().context("model.device")?;
-            let comm = d.connect(&device)?;
+            let comm = d.connect(&s.device)?;
             s.shard(comm)?;
             d.rank
         }
@@ -230,6 +229,11 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         if state.step == resumed_at.unwrap_or(0) + 1 {
             // launch → end of the first step (start-up included)
             line["time.first_step_done_s"] = serde_json::json!(started.elapsed().as_secs_f64());
+        }
+        if let Some((used, reserved)) = s.cfg.model.device.memory_high_water() {
+            // this rank's GPU memory pool, highest so far (rank 0's in a sharded run)
+            line["mem.peak_used_gib"] = serde_json::json!(used);
+            line["mem.peak_reserved_gib"] = serde_json::json!(reserved);
         }
         let eval_now = s.cfg.runtime.eval_every > 0 && state.step % s.cfg.runtime.eval_every == 0;
         if eval_now {

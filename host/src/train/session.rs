@@ -35,6 +35,9 @@ pub struct Session {
     pub pipeline_path: PathBuf,
     /// The policy.
     pub model: Transformer,
+    /// The device `model.device` opened (once: every tensor of the run uses this one handle — CUDA
+    /// handles opened twice count as different devices, and candle copies between them).
+    pub device: candle_core::Device,
     /// The value head, when the pipeline needs values and no frozen critic gives them.
     pub value_head: Option<ValueHead>,
     /// The frozen reference, when the pipeline needs reference losses.
@@ -183,6 +186,7 @@ impl Session {
         };
         Ok(Session {
             source,
+            device: opts.device.clone(),
             cfg,
             pipeline_path: label.to_path_buf(),
             model,
@@ -220,13 +224,12 @@ impl Session {
                     .map(|n| (n.to_string(), t.clone()))
             })
             .collect();
-        let device = self.cfg.model.device.open().context("model.device")?;
         let mut f = Fsdp::shard(
             &mut self.model,
             comm,
             &masters,
             self.cfg.distributed.sharding,
-            &device,
+            &self.device,
         )?;
         f.set_prefetch(self.cfg.distributed.prefetch);
         let state = f.shard_optimizer_state(state)?;

@@ -2,11 +2,54 @@
 //! way) and back, cut to this rank's shards (resuming on any world size).
 
 use super::Fsdp;
+use crate::model::{ParamGroup, Transformer, VisitParams};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 
 impl Fsdp {
+    /// A copy of `model` to save: on rank 0 its trained weights (`lora_only`: the LoRA factors, all a
+    /// LoRA checkpoint stores; else every weight) gathered unit by unit and each moved to host memory
+    /// as it arrives; on the other ranks (which take part in the gathers but write nothing) and for
+    /// what is not gathered, the released weights. Neither the GPU nor any rank but 0 ever holds the
+    /// whole model. A collective: every rank calls it.
+    pub fn gather_for_saving(&self, model: &Transformer, lora_only: bool) -> Result<Transformer> {
+        let keep = self.rank() == 0;
+        let mut host: HashMap<String, Tensor> = HashMap::new();
+        for u in self.units.values() {
+            let parts = if lora_only {
+                let mut out = Vec::new();
+                for tb in u
+                    .trainable
+                    .iter()
+                    .filter(|tb| tb.shard.group() == ParamGroup::Lora)
+                {
+                    for (n, t) in self.gather_bucket(&tb.bucket, tb.shard.tensor())? {
+                        out.push((n, t.to_dtype(self.dtype)?));
+                    }
+                }
+                out
+            } else {
+                self.gather(u.unit)?.into_iter().collect()
+            };
+            if keep {
+                for (n, t) in parts {
+                    host.insert(n, t.to_device(&candle_core::Device::Cpu)?);
+                }
+            }
+        }
+        let mut copy = model.clone();
+        let mut err = None;
+        copy.visit_mut("", &mut |name, p| {
+            if let Some(t) = host.remove(name) {
+                if let Err(e) = p.replace(t) {
+                    err.get_or_insert(e);
+                }
+            }
+        });
+        err.map_or(Ok(copy), Err)
+    }
+
     /// The optimiser state of the shards (`m.<key>`, `v.<key>`, as [`crate::train::optim::AdamW::state`]
     /// gives it) as the state of the unsharded model (`m.<name>`, `v.<name>` and, when the compute
     /// dtype is narrower than f32, `master.<name>` from the f32 shards): all-gathered bucket by bucket,

@@ -75,8 +75,10 @@ impl<E: Exchange> Communicator for E {
         }
         let dev = full.device().clone();
         let total = sum(&self.exchange(full, "reduce_scatter_sum")?)?;
+        // own storage: a view would keep the whole sum alive (and upload all of it)
         total
             .narrow(0, self.member().0 * n / w, n / w)?
+            .force_contiguous()?
             .to_device(&dev)
     }
 

@@ -76,13 +76,16 @@ impl FlatLayout {
         Tensor::cat(&flat, 0)
     }
 
-    /// Rank `rank`'s shard of `tensors` (laid out as `self`): a 1-D tensor of [`FlatLayout::shard_len`].
+    /// Rank `rank`'s shard of `tensors` (laid out as `self`): a 1-D tensor of [`FlatLayout::shard_len`]
+    /// in storage of its own — a view of the flattened whole would keep the whole alive (candle's
+    /// `copy` and uploads copy a view's entire storage), so every rank would hold the full unit.
     pub fn shard(&self, tensors: &[Tensor], rank: usize) -> Result<Tensor> {
         if rank >= self.world {
             bail!("shard: rank {rank} of a layout over {}", self.world);
         }
         self.flatten(tensors)?
-            .narrow(0, rank * self.shard_len(), self.shard_len())
+            .narrow(0, rank * self.shard_len(), self.shard_len())?
+            .force_contiguous()
     }
 
     /// The tensors back from the gathered flat vector (length `padded`).
@@ -126,6 +129,27 @@ mod tests {
             assert_eq!(back[0].to_vec2::<f32>()?, a.to_vec2::<f32>()?);
             assert_eq!(back[1].to_vec1::<f32>()?, b.to_vec1::<f32>()?);
         }
+        Ok(())
+    }
+
+    /// Elements in the storage behind a CPU f32 tensor (not its view).
+    fn storage_len(t: &Tensor) -> usize {
+        let (s, _) = t.storage_and_layout();
+        match &*s {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+            _ => panic!("a CPU f32 tensor was expected"),
+        }
+    }
+
+    #[test]
+    fn a_shard_owns_only_its_own_elements() -> Result<()> {
+        // a view of the flattened unit would keep all of it (and copies of a view copy all of it)
+        let w = Tensor::zeros((64, 64), candle_core::DType::F32, &Device::Cpu)?;
+        let l = FlatLayout::new(&[vec![64, 64]], 4);
+        let s = l.shard(std::slice::from_ref(&w), 1)?;
+        assert_eq!(s.elem_count(), 1024);
+        assert_eq!(storage_len(&s), 1024);
+        assert_eq!(storage_len(&s.copy()?), 1024);
         Ok(())
     }
 }

@@ -243,7 +243,7 @@ impl Fsdp {
             } else {
                 let b = Bucket::new(&frozen, world);
                 let ts: Vec<Tensor> = frozen.iter().map(|(_, t)| t.clone()).collect();
-                let shard = b.layout.shard(&ts, rank)?.to_device(device)?.copy()?;
+                let shard = b.layout.shard(&ts, rank)?.to_device(device)?;
                 Some((b, shard))
             };
             // trainable: one bucket per (group, decays), in visiting order within each
@@ -263,7 +263,7 @@ impl Fsdp {
             for ((group, decays), ps) in classes {
                 let b = Bucket::new(&ps, world);
                 let ts: Vec<Tensor> = ps.iter().map(|(_, t)| t.clone()).collect();
-                let flat = b.layout.shard(&ts, rank)?.to_device(device)?.copy()?;
+                let flat = b.layout.shard(&ts, rank)?.to_device(device)?;
                 let flat = if decays { flat.unsqueeze(0)? } else { flat };
                 trainable.push(TrainableBucket {
                     key: format!(

@@ -110,4 +110,27 @@ fn smollm2_widened_to_four_heads_keeps_head_zero() {
     let tok = wide.tokenizer.as_ref().unwrap();
     let ce = next_token_ce(&wide.model, &tok.encode(PARAGRAPH, true).unwrap()).unwrap();
     assert!(ce.exp() < 30.0);
+
+    // self-speculative decoding with the copied (untrained) heads: plain greedy decoding's tokens
+    let ids = tok.encode("The capital of France is", true).unwrap();
+    let opts = GenerateOptions {
+        max_new: 16,
+        eos: None,
+        sampling: Sampling::default(),
+    };
+    let prompts = vec![ids];
+    let plain = generate(&wide.model, &prompts, &opts, &mut |_, _| false).unwrap();
+    let (spec, stats) = wmtp_host::model::speculative::generate_speculative(
+        &wide.model,
+        &prompts,
+        &opts,
+        &mut |_, _| false,
+    )
+    .unwrap();
+    assert_eq!(spec, plain);
+    eprintln!(
+        "speculative, copied heads: {:.2} tokens per pass; acceptance {:?}",
+        stats.tokens_per_round(),
+        (1..4).map(|k| stats.acceptance(k)).collect::<Vec<_>>()
+    );
 }

@@ -70,6 +70,10 @@ pub struct GenerateArgs {
     /// Recompute the whole sequence for every token (greedy only; the reference for the KV cache).
     #[arg(long)]
     pub no_cache: bool,
+    /// Self-speculative greedy decoding: heads 1..H−1 draft, head 0 verifies them in one pass (the same
+    /// tokens as plain greedy decoding); prints each head's acceptance rate.
+    #[arg(long, conflicts_with = "no_cache")]
+    pub speculative: bool,
 }
 
 /// `wmtp perplexity`.
@@ -258,6 +262,10 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         !(a.no_cache && a.temperature > 0.0),
         "--no-cache decodes greedily only"
     );
+    anyhow::ensure!(
+        !(a.speculative && a.temperature > 0.0),
+        "--speculative decodes greedily only (temperature 0)"
+    );
     let lm = load(&a.model)?;
     let Some(tok) = &lm.tokenizer else {
         bail!(
@@ -271,6 +279,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         .map(|p| tok.encode(p, true))
         .collect::<Result<Vec<_>>>()?;
     let t0 = std::time::Instant::now();
+    let mut spec_stats = None;
     let outs: Vec<Vec<u32>> = if a.no_cache {
         prompts
             .iter()
@@ -292,12 +301,21 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
             },
         };
         let stops = &a.stop;
-        generate(&lm.model, &prompts, &opts, &mut |_, new| {
+        let mut stop = |_: usize, new: &[u32]| {
             !stops.is_empty()
                 && tok
                     .decode(new)
                     .is_ok_and(|t| stops.iter().any(|s| t.contains(s.as_str())))
-        })?
+        };
+        if a.speculative {
+            let (outs, stats) = wmtp_host::model::speculative::generate_speculative(
+                &lm.model, &prompts, &opts, &mut stop,
+            )?;
+            spec_stats = Some(stats);
+            outs
+        } else {
+            generate(&lm.model, &prompts, &opts, &mut stop)?
+        }
     };
     let secs = t0.elapsed().as_secs_f64();
     let total: usize = outs.iter().map(Vec::len).sum();
@@ -311,8 +329,28 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     eprintln!(
         "{total} tokens in {secs:.2} s ({:.1} tokens/s{})",
         total as f64 / secs.max(1e-9),
-        if a.no_cache { ", no KV cache" } else { "" }
+        if a.no_cache {
+            ", no KV cache"
+        } else if a.speculative {
+            ", self-speculative"
+        } else {
+            ""
+        }
     );
+    if let Some(st) = spec_stats {
+        let heads: Vec<String> = (1..lm.model.args.n_future_tokens)
+            .map(|k| match st.acceptance(k) {
+                Some(r) => format!("head {k} {:.0}%", 100.0 * r),
+                None => format!("head {k} -"),
+            })
+            .collect();
+        eprintln!(
+            "speculative: {:.2} tokens per forward pass over {} passes; drafts accepted: {}",
+            st.tokens_per_round(),
+            st.rounds,
+            heads.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -11,14 +11,30 @@ use candle_core::{DType, Tensor, D};
 
 /// Rotated keys and values of one block for the positions seen so far: [B, n_kv, T, head_dim].
 #[derive(Debug, Default, Clone)]
-struct BlockCache {
+pub(crate) struct BlockCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
 }
 
+impl BlockCache {
+    /// Keeps the first `n` positions (speculative decoding drops the rejected drafts' positions).
+    pub(crate) fn truncate(&mut self, n: usize) -> Result<()> {
+        for t in [&mut self.k, &mut self.v] {
+            if let Some(x) = t.take() {
+                *t = Some(x.narrow(2, 0, n.min(x.dim(2)?))?);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Additive mask [Tn, start + Tn] for new positions start..start+Tn over all positions: 0 where the
 /// key's position ≤ the query's, −∞ after.
-fn offset_causal_mask(start: usize, tn: usize, dev: &candle_core::Device) -> Result<Tensor> {
+pub(crate) fn offset_causal_mask(
+    start: usize,
+    tn: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
     let all = start + tn;
     let m: Vec<f32> = (0..tn * all)
         .map(|i| {
@@ -34,7 +50,7 @@ fn offset_causal_mask(start: usize, tn: usize, dev: &candle_core::Device) -> Res
 }
 
 /// One block on new positions x [B, Tn, D] at `start`.., reading and extending `cache`.
-fn block_cached(
+pub(crate) fn block_cached(
     block: &TransformerBlock,
     x: &Tensor,
     rope: &Rope,

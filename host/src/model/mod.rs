@@ -17,6 +17,7 @@ pub mod memory;
 pub mod norm;
 pub mod param;
 pub mod rope;
+pub mod speculative;
 pub mod transformer;
 pub mod value_head;
 

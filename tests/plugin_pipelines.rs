@@ -85,6 +85,12 @@ fn plugins_match_the_numpy_reference() {
             "value_coef = 0.5\nnormalize = \"weights\"",
             true,
         ),
+        (
+            "verifiable",
+            "advantage = \"mc\"\n[ema]\nenabled = false",
+            true,
+        ),
+        ("verifiable", "advantage = \"mc\"", false),
     ];
     let mut json_cases = Vec::new();
     let mut ours: Vec<Coefficients> = Vec::new();
@@ -227,6 +233,7 @@ fn coefficients_are_true_derivatives() {
     finite_difference("rho1", "mode = \"absolute\"\nk_percent = 0.4", false);
     finite_difference("verifiable", "", false);
     finite_difference("verifiable", "normalize = \"weights\"", false);
+    finite_difference("verifiable", "advantage = \"mc\"", false);
     finite_difference("critic", "", true);
     finite_difference("critic", "[value_loss]\nhuber = true", true);
     finite_difference("critic", "[value_loss]\ntype = \"pairwise\"", true);

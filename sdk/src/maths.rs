@@ -122,6 +122,13 @@ pub fn gae(values: &[f32], last: usize, gamma: f64, lambda: f64, v_init: f64) ->
     a
 }
 
+/// Monte-Carlo advantages over one sequence (design.md §5.3, `advantage = "mc"`): A_t = r − V_t for
+/// t = 0..=last — the outcome against the value, the original's special case of λ = γ = 1. Returns
+/// A[0..=last] (unmasked).
+pub fn mc_advantages(values: &[f32], last: usize, reward: f64) -> Vec<f64> {
+    values[..=last].iter().map(|&v| reward - v as f64).collect()
+}
+
 /// λ-return targets over one sequence (design.md §5.2): G_last = r; G_t = (1−λ)·γ·V_{t+1} + λ·γ·G_{t+1}.
 /// λ = 1 gives γ^{last−t}·r (Monte-Carlo); λ = 0 gives γ·V_{t+1}. Returns G[0..=last].
 pub fn lambda_returns(
@@ -328,6 +335,15 @@ impl EmaStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mc_advantages_are_the_reward_minus_the_values() {
+        let a = mc_advantages(&[0.5, 0.7, 0.9, 0.2], 2, 1.0);
+        assert_eq!(a.len(), 3);
+        for (x, want) in a.iter().zip([0.5, 0.3, 0.1]) {
+            assert!((x - want).abs() < 1e-6, "{a:?}");
+        }
+    }
 
     #[test]
     fn gae_golden() {

@@ -140,6 +140,9 @@ def verifiable(case):
         last = last_target(m[b])
         if last is None:
             continue
+        if cfg.get("advantage", "gae") == "mc":
+            A[b, : last + 1] = r[b] - V[b, : last + 1]
+            continue
         nxt = 0.0
         for t in range(last, -1, -1):
             prev = v0 if t == 0 else V[b, t - 1]

@@ -1,5 +1,8 @@
 //! Verifiable pipeline (design.md §5.3): MTP cross-entropy weighted per token by the critic's advantages.
-//! 1. GAE per sequence: δ_t = γ·V_t − V_{t−1} (V_{−1} = initial_value), A_t = δ_t + γλ·A_{t+1}, A ← A·m.
+//! 1. Advantages per sequence, `advantage = "gae"` (the default): δ_t = γ·V_t − V_{t−1}
+//!    (V_{−1} = initial_value), A_t = δ_t + γλ·A_{t+1}, A ← A·m — the value head's V_T stands for the
+//!    outcome, rewards are not read; or `advantage = "mc"`: A_t = r − V_t, A ← A·m (the original's
+//!    Monte-Carlo special case of λ = γ = 1, which reads the sequence's reward).
 //! 2. Â = (A − μ)/(σ + 1e−8) with (μ, σ) the EMA taken before this batch (training) or the batch's
 //!    statistics (validation, or EMA off; unbiased std; ≤ 1 valid token → w = m);
 //!    w = clamp(exp(Â/β), w_min, w_max)·m (a constant: no gradient flows through the weights).
@@ -19,6 +22,7 @@ pub struct Verifiable {
     gamma: f64,
     lambda: f64,
     initial_value: f64,
+    monte_carlo: bool,
     ema_on: bool,
     ema_warmup: u64,
     ema_alpha: f64,
@@ -34,6 +38,11 @@ const TAG: &[u8; 4] = b"vrf1";
 settings! {
     /// The joint value loss.
     pub enum JointLoss { McMse, LambdaReturn }
+}
+
+settings! {
+    /// How advantages are made.
+    pub enum AdvantageKind { Gae, Mc }
 }
 
 settings! {
@@ -76,6 +85,8 @@ settings! {
         td_lambda: f64 = 0.95,
         /// V_{-1}, the value before the first token
         initial_value: f64 = 0.5,
+        /// advantages: gae (the GAE recursion over the values) | mc (reward − value)
+        advantage: AdvantageKind = AdvantageKind::Gae,
         /// advantage whitening
         ema: EmaSettings = EmaSettings::default(),
         /// weight of the joint value loss training the policy's value head (0: values only weigh tokens)
@@ -114,6 +125,7 @@ impl Pipeline for Verifiable {
         }
         (self.beta, self.w_min, self.w_max) = (s.beta, s.w_min, s.w_max);
         (self.gamma, self.lambda, self.initial_value) = (s.gamma, s.td_lambda, s.initial_value);
+        self.monte_carlo = s.advantage == AdvantageKind::Mc;
         (self.ema_on, self.ema_warmup, self.ema_alpha) = (s.ema.enabled, s.ema.warmup, s.ema.alpha);
         self.value_coef = s.value_coef;
         self.value_lambda_return = s.value_loss.r#type == JointLoss::LambdaReturn;
@@ -131,13 +143,12 @@ impl Pipeline for Verifiable {
             let Some(last) = last_target(&v, b) else {
                 continue;
             };
-            let a = gae(
-                &values[b * v.t..(b + 1) * v.t],
-                last,
-                self.gamma,
-                self.lambda,
-                self.initial_value,
-            );
+            let vb = &values[b * v.t..(b + 1) * v.t];
+            let a = if self.monte_carlo {
+                mc_advantages(vb, last, rewards[b] as f64)
+            } else {
+                gae(vb, last, self.gamma, self.lambda, self.initial_value)
+            };
             for (t, &x) in a.iter().enumerate().filter(|&(t, _)| v.target(b, t)) {
                 adv[v.idx2(b, t)] = x;
                 valid.push(x);

@@ -134,3 +134,39 @@ fn smollm2_widened_to_four_heads_keeps_head_zero() {
         (1..4).map(|k| stats.acceptance(k)).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
+    use wmtp_host::data::dataset::{encode_row, parse_jsonl, Template};
+    let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let lm = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let tok = lm.tokenizer.as_ref().unwrap();
+    // a chat model: `auto` picks ChatML, and its markers are single tokens
+    assert_eq!(Template::Auto.resolve(tok), Template::Chatml);
+    let (start, end) = (
+        tok.token_id("<|im_start|>").unwrap(),
+        tok.token_id("<|im_end|>").unwrap(),
+    );
+    let rows = parse_jsonl(r#"{"instruction": "Add 2 and 3.", "output": "5"}"#, "mem").unwrap();
+    let s = encode_row(tok, &rows[0], Template::Chatml).unwrap();
+    assert_eq!(
+        s.ids.iter().filter(|&&i| i == start).count(),
+        2,
+        "user and assistant turns"
+    );
+    // the response ends the assistant turn with <|im_end|> (SmolLM2's EOS) and is all that is trained
+    assert_eq!(*s.ids.last().unwrap(), end);
+    let trained: Vec<u32> = s
+        .ids
+        .iter()
+        .zip(&s.mask)
+        .filter(|(_, &m)| m == 1)
+        .map(|(&i, _)| i)
+        .collect();
+    assert_eq!(tok.decode(&trained[..trained.len() - 1]).unwrap(), "5");
+    let prompt_ids = Template::Chatml
+        .encode_prompt(tok, "Add 2 and 3.", "")
+        .unwrap();
+    assert_eq!(s.ids[..prompt_ids.len()], prompt_ids[..]);
+    assert!(s.mask[..prompt_ids.len()].iter().all(|&m| m == 0));
+}

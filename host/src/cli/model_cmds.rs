@@ -70,6 +70,11 @@ pub struct GenerateArgs {
     /// Recompute the whole sequence for every token (greedy only; the reference for the KV cache).
     #[arg(long)]
     pub no_cache: bool,
+    /// raw (the default: continue the text as given), or wrap each prompt as an instruction the way
+    /// training's `data.template` does: auto (ChatML for tokenizers with `<|im_start|>`, else Alpaca),
+    /// alpaca, chatml, none.
+    #[arg(long, default_value = "raw")]
+    pub template: String,
     /// Self-speculative greedy decoding: heads 1..H−1 draft, head 0 verifies them in one pass (the same
     /// tokens as plain greedy decoding); prints each head's acceptance rate.
     #[arg(long, conflicts_with = "no_cache")]
@@ -273,10 +278,20 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
             a.model.model
         )
     };
+    let template: Option<wmtp_host::data::dataset::Template> = match a.template.as_str() {
+        "raw" => None,
+        t => Some(
+            t.parse()
+                .map_err(|e: String| anyhow::anyhow!("--template: {e}, or raw"))?,
+        ),
+    };
     let prompts = a
         .prompt
         .iter()
-        .map(|p| tok.encode(p, true))
+        .map(|p| match template {
+            None => tok.encode(p, true),
+            Some(t) => t.resolve(tok).encode_prompt(tok, p, ""),
+        })
         .collect::<Result<Vec<_>>>()?;
     let t0 = std::time::Instant::now();
     let mut spec_stats = None;

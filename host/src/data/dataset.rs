@@ -1,5 +1,5 @@
 //! JSONL datasets (design.md §7): rows `{instruction, input, output, task_id, is_correct, problem_id?,
-//! difficulty?}` or `{text}`; the Alpaca template; tokenisation with BOS, EOS appended, prompt tokens
+//! difficulty?}` or `{text}`; the instruction templates (Alpaca, ChatML, none); tokenisation with BOS, EOS appended, prompt tokens
 //! masked; samples longer than `max_length` dropped and counted.
 
 use super::Tokenizer;
@@ -46,6 +46,94 @@ pub struct Sample {
     pub problem: String,
 }
 
+/// How an `{instruction, input, output}` row becomes prompt + response (`data.template`); `{text}` rows
+/// are trained whole whatever the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Template {
+    /// ChatML when the tokenizer has `<|im_start|>` (chat models such as SmolLM2-Instruct), else Alpaca.
+    #[default]
+    Auto,
+    /// The Alpaca instruction template ([`alpaca_prompt`]).
+    Alpaca,
+    /// ChatML: `<|im_start|>user\n{instruction}[\n\n{input}]<|im_end|>\n<|im_start|>assistant\n`, the
+    /// response closed by `<|im_end|>`.
+    Chatml,
+    /// The instruction (and input, after a blank line) followed directly by the response.
+    None,
+}
+
+impl Template {
+    /// `Auto` made concrete for tokenizer `tok`; the others unchanged.
+    pub fn resolve(self, tok: &Tokenizer) -> Template {
+        match self {
+            Template::Auto if tok.token_id("<|im_start|>").is_some() => Template::Chatml,
+            Template::Auto => Template::Alpaca,
+            t => t,
+        }
+    }
+
+    /// The prompt (everything before the response) of an instruction and its optional input.
+    /// `Auto` must be resolved first; it is taken as Alpaca.
+    pub fn prompt(self, instruction: &str, input: &str) -> String {
+        let joined = if input.is_empty() {
+            instruction.to_string()
+        } else {
+            format!("{instruction}\n\n{input}")
+        };
+        match self {
+            Template::Auto | Template::Alpaca => alpaca_prompt(instruction, input),
+            Template::Chatml => {
+                format!("<|im_start|>user\n{joined}<|im_end|>\n<|im_start|>assistant\n")
+            }
+            Template::None => format!("{joined}\n"),
+        }
+    }
+
+    /// Whether a prompt under this template starts with the tokenizer's BOS: not for ChatML when BOS is
+    /// `<|im_start|>` itself (SmolLM2), whose prompt already opens with it.
+    pub fn adds_bos(self, tok: &Tokenizer) -> bool {
+        !(self == Template::Chatml
+            && tok.bos_id.is_some()
+            && tok.bos_id == tok.token_id("<|im_start|>"))
+    }
+
+    /// Token ids of the prompt of `instruction` (and `input`): what generation continues.
+    pub fn encode_prompt(
+        self,
+        tok: &Tokenizer,
+        instruction: &str,
+        input: &str,
+    ) -> Result<Vec<u32>> {
+        tok.encode(&self.prompt(instruction, input), self.adds_bos(tok))
+    }
+
+    /// Its name in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::Auto => "auto",
+            Template::Alpaca => "alpaca",
+            Template::Chatml => "chatml",
+            Template::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Template {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Template::Auto),
+            "alpaca" => Ok(Template::Alpaca),
+            "chatml" => Ok(Template::Chatml),
+            "none" => Ok(Template::None),
+            _ => Err(format!(
+                "unknown template `{s}` (auto, alpaca, chatml, none)"
+            )),
+        }
+    }
+}
+
 /// The Alpaca prompt (everything before the response).
 pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
     let head = "Below is an instruction that describes a task. Write a response that appropriately completes the request.";
@@ -88,18 +176,24 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Tokenises one row: the prompt is masked, the response and the appended EOS are trained.
-pub fn encode_row(tok: &Tokenizer, row: &Row) -> Result<Sample> {
+/// Tokenises one row under `template` (resolved: [`Template::resolve`]): the prompt is masked, the
+/// response and the appended EOS are trained (ChatML: the response closed by `<|im_end|>`, then EOS
+/// when the tokenizer's EOS is another token).
+pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Sample> {
     let (prompt, response) = match (&row.text, &row.instruction, &row.output) {
         (Some(t), _, _) => (String::new(), t.clone()),
         (None, Some(ins), Some(out)) => (
-            alpaca_prompt(ins, row.input.as_deref().unwrap_or("")),
+            template.prompt(ins, row.input.as_deref().unwrap_or("")),
             out.clone(),
         ),
         _ => bail!("row has neither text nor instruction/output"),
     };
-    let prompt_ids = tok.encode(&prompt, true)?;
-    let full = tok.encode(&format!("{prompt}{response}"), true)?;
+    let im_end = (template == Template::Chatml && row.text.is_none())
+        .then(|| tok.token_id("<|im_end|>"))
+        .flatten();
+    let bos = row.text.is_some() || template.adds_bos(tok);
+    let prompt_ids = tok.encode(&prompt, bos)?;
+    let full = tok.encode(&format!("{prompt}{response}"), bos)?;
     // the response's tokens are those after the prompt's (tokenizers may merge across the boundary:
     // the shared prefix decides)
     let split = prompt_ids
@@ -108,6 +202,9 @@ pub fn encode_row(tok: &Tokenizer, row: &Row) -> Result<Sample> {
         .take_while(|(a, b)| a == b)
         .count();
     let mut ids = full;
+    if let Some(end) = im_end.filter(|&e| Some(e) != tok.eos_id) {
+        ids.push(end);
+    }
     if let Some(eos) = tok.eos_id {
         ids.push(eos);
     }
@@ -128,16 +225,18 @@ pub fn encode_row(tok: &Tokenizer, row: &Row) -> Result<Sample> {
     })
 }
 
-/// Tokenises rows, dropping samples longer than `max_length` tokens; returns (samples, dropped count).
+/// Tokenises rows under `template` (resolved), dropping samples longer than `max_length` tokens;
+/// returns (samples, dropped count).
 pub fn encode_all(
     tok: &Tokenizer,
     rows: &[Row],
     max_length: usize,
+    template: Template,
 ) -> Result<(Vec<Sample>, usize)> {
     let mut out = Vec::with_capacity(rows.len());
     let mut dropped = 0;
     for (i, r) in rows.iter().enumerate() {
-        let s = encode_row(tok, r).with_context(|| format!("row {}", i + 1))?;
+        let s = encode_row(tok, r, template).with_context(|| format!("row {}", i + 1))?;
         if s.ids.len() > max_length {
             dropped += 1;
         } else {
@@ -155,7 +254,7 @@ mod tests {
     fn alpaca_masks_prompt_and_appends_eos() {
         let tok = Tokenizer::bytes();
         let rows = parse_jsonl(r#"{"instruction": "Add 2 and 3.", "output": "5", "is_correct": false, "task_id": "t1"}"#, "mem").unwrap();
-        let s = encode_row(&tok, &rows[0]).unwrap();
+        let s = encode_row(&tok, &rows[0], Template::Alpaca).unwrap();
         let prompt = alpaca_prompt("Add 2 and 3.", "");
         assert_eq!(s.ids.len(), 1 + prompt.len() + 1 + 1);
         assert_eq!(s.ids[0], 256);
@@ -168,6 +267,40 @@ mod tests {
         assert_eq!((s.reward, s.problem.as_str()), (0.0, "t1"));
         assert!(prompt.ends_with("### Response:\n"));
         assert!(alpaca_prompt("x", "ctx").contains("### Input:\nctx\n\n### Response:\n"));
+    }
+
+    #[test]
+    fn templates_shape_the_prompt_and_mask_only_it() {
+        let tok = Tokenizer::bytes();
+        // the byte tokenizer has no <|im_start|>: auto is Alpaca
+        assert_eq!(Template::Auto.resolve(&tok), Template::Alpaca);
+        let rows = parse_jsonl(
+            r#"{"instruction": "Add 2 and 3.", "input": "x", "output": "5"}"#,
+            "mem",
+        )
+        .unwrap();
+        for (t, prompt) in [
+            (
+                Template::Chatml,
+                "<|im_start|>user\nAdd 2 and 3.\n\nx<|im_end|>\n<|im_start|>assistant\n",
+            ),
+            (Template::None, "Add 2 and 3.\n\nx\n"),
+        ] {
+            assert_eq!(t.prompt("Add 2 and 3.", "x"), prompt);
+            let s = encode_row(&tok, &rows[0], t).unwrap();
+            // BOS + prompt bytes masked; "5" and EOS trained (no <|im_end|> token to add here)
+            assert_eq!(s.ids.len(), 1 + prompt.len() + 1 + 1, "{t:?}");
+            assert!(s.mask[..1 + prompt.len()].iter().all(|&m| m == 0), "{t:?}");
+            assert!(s.mask[1 + prompt.len()..].iter().all(|&m| m == 1), "{t:?}");
+        }
+        // text rows are trained whole under any template
+        let text = parse_jsonl(r#"{"text": "abc"}"#, "mem").unwrap();
+        let s = encode_row(&tok, &text[0], Template::Chatml).unwrap();
+        assert_eq!(s.ids.len(), 1 + 3 + 1);
+        for name in ["auto", "alpaca", "chatml", "none"] {
+            assert_eq!(name.parse::<Template>().unwrap().name(), name);
+        }
+        assert!("chat".parse::<Template>().is_err());
     }
 
     #[test]
@@ -195,7 +328,7 @@ mod tests {
             "m",
         )
         .unwrap();
-        let (kept, dropped) = encode_all(&tok, &rows, 12).unwrap();
+        let (kept, dropped) = encode_all(&tok, &rows, 12, Template::Alpaca).unwrap();
         assert_eq!((kept.len(), dropped), (1, 1));
     }
 }

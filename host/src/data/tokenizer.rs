@@ -188,6 +188,11 @@ impl Tokenizer {
             .map_err(|e| anyhow!("writing tokenizer {}: {e}", path.display()))
     }
 
+    /// The id of token `piece` (a special token such as `<|im_start|>` included), if the vocabulary has it.
+    pub fn token_id(&self, piece: &str) -> Option<u32> {
+        self.inner.as_ref()?.token_to_id(piece)
+    }
+
     /// Vocabulary size, special tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.as_ref().map_or(258, |t| t.get_vocab_size(true))

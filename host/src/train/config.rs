@@ -92,6 +92,9 @@ pub struct DataSection {
     pub max_length: usize,
     /// Pairs per problem for paired pipelines.
     pub max_pairs_per_problem: usize,
+    /// How instruction rows become prompt + response: `auto` (ChatML when the tokenizer has
+    /// `<|im_start|>`, else Alpaca), `alpaca`, `chatml`, `none`. `wmtp generate --template` takes the same.
+    pub template: crate::data::dataset::Template,
 }
 
 impl Default for DataSection {
@@ -102,6 +105,7 @@ impl Default for DataSection {
             val_fraction: 0.1,
             max_length: 256,
             max_pairs_per_problem: 2,
+            template: Default::default(),
         }
     }
 }

@@ -356,15 +356,16 @@ fn split_by_problem(samples: Vec<Sample>, frac: f64) -> (Vec<Sample>, Vec<Sample
 
 fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Result<DataSetup> {
     let d = &cfg.data;
+    let template = d.template.resolve(tokenizer);
     let rows = dataset_rows(&d.train)?;
-    let (samples, dropped_train) = encode_all(tokenizer, &rows, d.max_length)
+    let (samples, dropped_train) = encode_all(tokenizer, &rows, d.max_length, template)
         .with_context(|| format!("dataset {}", d.train))?;
     let (train, val, dropped_val) = if d.validation.is_empty() {
         let (t, v) = split_by_problem(samples, d.val_fraction);
         (t, v, 0)
     } else {
         let vrows = dataset_rows(&d.validation)?;
-        let (v, dropped) = encode_all(tokenizer, &vrows, d.max_length)
+        let (v, dropped) = encode_all(tokenizer, &vrows, d.max_length, template)
             .with_context(|| format!("dataset {}", d.validation))?;
         (samples, v, dropped)
     };

@@ -7,7 +7,9 @@ booleans negated) that really FAIL the tests when executed are incorrect samples
 problem). Execution: `python3 -I` in a temporary directory, with a time limit and a memory limit.
 
 Usage: scripts/make-humaneval-data.py [OUT.jsonl] [--mutants N]   (default .cache/data/humaneval.jsonl)
-Rows: {instruction, input, output, task_id, problem_id, is_correct} (SPEC §7).
+Rows: {instruction, input, output, task_id, problem_id, is_correct} (SPEC §7). Beside it,
+OUT_problems.jsonl (default .cache/data/humaneval_problems.jsonl): the 164 problems as
+{task_id, prompt, test, entry_point}, for `wmtp eval --humaneval`.
 """
 import argparse
 import concurrent.futures as cf
@@ -107,6 +109,12 @@ def main():
         for r in rows:
             f.write(json.dumps(r) + "\n")
     os.replace(tmp, a.out)
+    probs = os.path.splitext(a.out)[0] + "_problems.jsonl"
+    with open(probs + ".part", "w") as f:
+        for p in problems:
+            f.write(json.dumps({k: p[k] for k in ("task_id", "prompt", "test", "entry_point")}) + "\n")
+    os.replace(probs + ".part", probs)
+    print(f"wrote {len(problems)} problems to {probs}")
     good = sum(r["is_correct"] for r in rows)
     print(f"wrote {len(rows)} rows ({good} correct, {len(rows) - good} failing mutants from {executed} executed) to {a.out}")
 

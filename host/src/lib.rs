@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod dist;
+pub mod eval;
 pub mod fuzzing;
 pub mod kernels;
 pub mod model;

@@ -7,7 +7,7 @@ mod model_cmds;
 mod plugin_cmds;
 mod plugin_template;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use wmtp_host::model::load::ExtraHeadsInit;
@@ -31,15 +31,9 @@ pub struct Cli {
 pub enum Command {
     /// Train: a pipeline plugin on a config (or the embedded default: the tiny preset on the bundled corpus).
     Run(RunCli),
-    /// Validation cross-entropy of a checkpoint (plain, and weighted by its pipeline).
-    Eval {
-        /// Checkpoint directory (runs/…/checkpoints/step-N).
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Evaluate on this JSONL instead of the run's validation split.
-        #[arg(long)]
-        data: Option<String>,
-    },
+    /// Validation cross-entropy of a checkpoint (plain, and weighted by its pipeline), or with
+    /// --humaneval pass@k of a checkpoint or a model on HumanEval problems.
+    Eval(model_cmds::EvalArgs),
     /// Write a checkpoint's model with its LoRA merged, as a full safetensors checkpoint.
     Merge {
         /// Checkpoint directory.
@@ -187,7 +181,11 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             wmtp_host::train::run::run(&opts).map(|_| ())
         }
-        Command::Eval { checkpoint, data } => {
+        Command::Eval(a) if a.humaneval.is_some() => model_cmds::humaneval(&a),
+        Command::Eval(model_cmds::EvalArgs {
+            checkpoint, data, ..
+        }) => {
+            let checkpoint = checkpoint.context("--checkpoint is required (or --humaneval)")?;
             let v =
                 wmtp_host::train::evaluate::eval_checkpoint(&checkpoint, data.as_deref(), None)?;
             println!(

@@ -5,6 +5,7 @@ use super::ModelArgsCli;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use wmtp_host::model::activation_memory::ActivationEstimate;
 use wmtp_host::model::load::{load_model, preset_args, LoadOptions, LoadedModel};
 use wmtp_host::model::memory::{human_bytes, Counts, MemoryEstimate};
@@ -79,6 +80,133 @@ pub struct GenerateArgs {
     /// tokens as plain greedy decoding); prints each head's acceptance rate.
     #[arg(long, conflicts_with = "no_cache")]
     pub speculative: bool,
+}
+
+/// `wmtp eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint directory (runs/…/checkpoints/step-N): its model, LoRA included.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate on this JSONL instead of the run's validation split.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// HumanEval pass@k on these problems ({task_id, prompt, test, entry_point} JSONL;
+    /// scripts/make-humaneval-data.py writes .cache/data/humaneval_problems.jsonl).
+    #[arg(long)]
+    pub humaneval: Option<PathBuf>,
+    /// With --humaneval and no --checkpoint: the model (GGUF, safetensors folder or preset).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Samples per problem (temperature 0 takes one: greedy).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Sampling temperature of the completions (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most tokens per completion.
+    #[arg(long, default_value_t = 384)]
+    pub max_new_tokens: usize,
+    /// raw (continue the function as given: base models) or a template the prompt is put in as an
+    /// instruction (auto, alpaca, chatml, none: chat models; the code of the answer's first fenced block
+    /// is run).
+    #[arg(long, default_value = "raw")]
+    pub template: String,
+    /// Only the first N problems.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seconds each program may run.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout_s: f64,
+    /// Per-problem results (completions and outcomes) as JSONL.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `wmtp eval --humaneval`: pass@1 (and pass@10 with ≥ 10 samples) of a checkpoint or a model.
+pub fn humaneval(a: &EvalArgs) -> Result<()> {
+    use wmtp_host::eval::humaneval::{evaluate, read_problems, summary, HumanEvalOptions};
+    use wmtp_host::eval::python_sandbox::Limits;
+    use wmtp_host::model::generate::Sampling;
+    let Some(path) = &a.humaneval else {
+        bail!("--humaneval PROBLEMS is required")
+    };
+    anyhow::ensure!(a.samples >= 1, "--samples must be ≥ 1");
+    anyhow::ensure!(
+        a.temperature >= 0.0 && a.temperature.is_finite(),
+        "--temperature must be ≥ 0"
+    );
+    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    anyhow::ensure!(a.timeout_s > 0.0, "--timeout-s must be > 0");
+    let template = match a.template.as_str() {
+        "raw" => None,
+        t => Some(
+            t.parse()
+                .map_err(|e: String| anyhow::anyhow!("--template: {e}, or raw"))?,
+        ),
+    };
+    let mut problems = read_problems(path)?;
+    if let Some(n) = a.limit {
+        problems.truncate(n);
+    }
+    let (session, loaded);
+    let (model, tok) = match (&a.checkpoint, &a.model) {
+        (Some(ck), None) => {
+            session = wmtp_host::train::evaluate::checkpoint_session(ck, &[], None)?;
+            (&session.model, &session.tokenizer)
+        }
+        (None, Some(m)) => {
+            loaded = load(&ModelArgsCli {
+                model: m.clone(),
+                n_future_tokens: None,
+                extra_heads_init: Default::default(),
+                dtype: Default::default(),
+                device: Default::default(),
+            })?;
+            let Some(t) = &loaded.tokenizer else {
+                bail!("model `{m}` has no tokenizer")
+            };
+            (&loaded.model, t)
+        }
+        _ => bail!("give --checkpoint or --model (one of them)"),
+    };
+    let opts = HumanEvalOptions {
+        n: a.samples,
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        max_new: a.max_new_tokens,
+        template,
+        limits: Limits {
+            timeout: std::time::Duration::from_secs_f64(a.timeout_s),
+            ..Default::default()
+        },
+    };
+    let t0 = std::time::Instant::now();
+    let results = evaluate(model, tok, &problems, &opts, &mut |done, total| {
+        eprint!("\rHumanEval: {done}/{total} problems");
+    })?;
+    eprintln!(" ({:.0} s)", t0.elapsed().as_secs_f64());
+    if let Some(out) = &a.out {
+        let mut text = String::new();
+        for r in &results {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    for (k, v) in summary(&results, &[1, 10, 100]) {
+        println!("pass@{k} {:.4} over {} problems", v, results.len());
+    }
+    Ok(())
 }
 
 /// `wmtp perplexity`.

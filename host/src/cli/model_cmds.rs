@@ -118,6 +118,10 @@ pub struct EvalArgs {
     /// is run).
     #[arg(long, default_value = "raw")]
     pub template: String,
+    /// With --checkpoint: only the problems its run held out for validation (`data.val_fraction` of
+    /// the problems, by problem id), so pass@1 is measured on problems it never trained on.
+    #[arg(long, requires = "checkpoint")]
+    pub held_out: bool,
     /// Only the first N problems.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -152,13 +156,20 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
         ),
     };
     let mut problems = read_problems(path)?;
-    if let Some(n) = a.limit {
-        problems.truncate(n);
-    }
     let (session, loaded);
     let (model, tok) = match (&a.checkpoint, &a.model) {
         (Some(ck), None) => {
             session = wmtp_host::train::evaluate::checkpoint_session(ck, &[], None)?;
+            if a.held_out {
+                let d = &session.cfg.data;
+                anyhow::ensure!(
+                    d.validation.is_empty() && d.val_fraction > 0.0,
+                    "--held-out: the checkpoint's run validated on a file or held nothing out"
+                );
+                problems
+                    .retain(|p| wmtp_host::train::session::is_held_out(&p.task_id, d.val_fraction));
+                anyhow::ensure!(!problems.is_empty(), "--held-out: no problem is held out");
+            }
             (&session.model, &session.tokenizer)
         }
         (None, Some(m)) => {
@@ -176,6 +187,9 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
         }
         _ => bail!("give --checkpoint or --model (one of them)"),
     };
+    if let Some(n) = a.limit {
+        problems.truncate(n);
+    }
     let opts = HumanEvalOptions {
         n: a.samples,
         sampling: Sampling {

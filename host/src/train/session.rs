@@ -348,10 +348,17 @@ struct DataSetup {
     dropped: (usize, usize),
 }
 
-/// Splits samples by problem: a `frac` share of problems (deterministic by hash) goes to validation.
+/// Whether problem `id` is in the validation share `frac` of problems (deterministic by hash: the same
+/// problems for every run, pipeline and seed — never one in both training and validation).
+pub fn is_held_out(id: &str, frac: f64) -> bool {
+    (crate::model::transformer::fnv1a(id) % 10_000) as f64 / 10_000.0 < frac
+}
+
+/// Splits samples by problem: the problems [`is_held_out`] go to validation.
 fn split_by_problem(samples: Vec<Sample>, frac: f64) -> (Vec<Sample>, Vec<Sample>) {
-    let held = |p: &str| (crate::model::transformer::fnv1a(p) % 10_000) as f64 / 10_000.0 < frac;
-    samples.into_iter().partition(|s| !held(&s.problem))
+    samples
+        .into_iter()
+        .partition(|s| !is_held_out(&s.problem, frac))
 }
 
 fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Result<DataSetup> {
@@ -428,4 +435,32 @@ pub fn frozen_critic(
     model.set_trainable_groups(&[])?;
     freeze(&mut vh);
     Ok((model, vh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_out_problems_are_a_fixed_share_and_the_split_follows_them() {
+        let ids: Vec<String> = (0..164).map(|i| format!("HumanEval/{i}")).collect();
+        let held = ids.iter().filter(|p| is_held_out(p, 0.1)).count();
+        assert!((8..=26).contains(&held), "{held} of 164 held out at 10%");
+        assert!(ids
+            .iter()
+            .all(|p| !is_held_out(p, 0.0) && is_held_out(p, 1.0)));
+        let samples: Vec<Sample> = ids
+            .iter()
+            .map(|p| Sample {
+                ids: vec![1],
+                mask: vec![1],
+                reward: 1.0,
+                problem: p.clone(),
+            })
+            .collect();
+        let (train, val) = split_by_problem(samples, 0.1);
+        assert_eq!(val.len(), held);
+        assert!(val.iter().all(|s| is_held_out(&s.problem, 0.1)));
+        assert!(train.iter().all(|s| !is_held_out(&s.problem, 0.1)));
+    }
 }

@@ -133,6 +133,17 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `--template`: `raw` (None: the prompt as given) or a `data.template` name.
+fn parse_template(s: &str) -> Result<Option<wmtp_host::data::dataset::Template>> {
+    match s {
+        "raw" => Ok(None),
+        t => t
+            .parse()
+            .map(Some)
+            .map_err(|e: String| anyhow::anyhow!("--template: {e}, or raw")),
+    }
+}
+
 /// `wmtp eval --humaneval`: pass@1 (and pass@10 with ≥ 10 samples) of a checkpoint or a model.
 pub fn humaneval(a: &EvalArgs) -> Result<()> {
     use wmtp_host::eval::humaneval::{evaluate, read_problems, summary, HumanEvalOptions};
@@ -148,13 +159,7 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
     );
     anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
     anyhow::ensure!(a.timeout_s > 0.0, "--timeout-s must be > 0");
-    let template = match a.template.as_str() {
-        "raw" => None,
-        t => Some(
-            t.parse()
-                .map_err(|e: String| anyhow::anyhow!("--template: {e}, or raw"))?,
-        ),
-    };
+    let template = parse_template(&a.template)?;
     let mut problems = read_problems(path)?;
     let (session, loaded);
     let (model, tok) = match (&a.checkpoint, &a.model) {
@@ -420,13 +425,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
             a.model.model
         )
     };
-    let template: Option<wmtp_host::data::dataset::Template> = match a.template.as_str() {
-        "raw" => None,
-        t => Some(
-            t.parse()
-                .map_err(|e: String| anyhow::anyhow!("--template: {e}, or raw"))?,
-        ),
-    };
+    let template = parse_template(&a.template)?;
     let prompts = a
         .prompt
         .iter()

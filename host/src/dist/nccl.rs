@@ -100,15 +100,10 @@ impl NcclComm {
         })
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Comm>> {
-        self.comm
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("NCCL: a thread panicked in a collective".into()))
-    }
-
-    fn lock_ahead(&self) -> Result<std::sync::MutexGuard<'_, Comm>> {
-        self.ahead
-            .lock()
+    /// The main (`ahead` false) or the ahead communicator, locked.
+    fn lock(&self, ahead: bool) -> Result<std::sync::MutexGuard<'_, Comm>> {
+        let m = if ahead { &self.ahead } else { &self.comm };
+        m.lock()
             .map_err(|_| candle_core::Error::Msg("NCCL: a thread panicked in a collective".into()))
     }
 
@@ -141,11 +136,7 @@ impl NcclComm {
         let (g, home) = self.on_gpu(x)?;
         let held = crate::kernels::cuda::hold(&g);
         let (s, l) = held.cuda()?;
-        let comm = if ahead {
-            self.lock_ahead()?
-        } else {
-            self.lock()?
-        };
+        let comm = self.lock(ahead)?;
         let dst_of = |dt: DType| -> Result<TypedOut> {
             let out = match dt {
                 DType::F32 => TypedOut::F32(self.dev.alloc_zeros::<f32>(out_len)?),

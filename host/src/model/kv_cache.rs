@@ -30,11 +30,7 @@ impl BlockCache {
 
 /// Additive mask [Tn, start + Tn] for new positions start..start+Tn over all positions: 0 where the
 /// key's position ≤ the query's, −∞ after.
-pub(crate) fn offset_causal_mask(
-    start: usize,
-    tn: usize,
-    dev: &candle_core::Device,
-) -> Result<Tensor> {
+fn offset_causal_mask(start: usize, tn: usize, dev: &candle_core::Device) -> Result<Tensor> {
     let all = start + tn;
     let m: Vec<f32> = (0..tn * all)
         .map(|i| {
@@ -124,6 +120,11 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// The model it decodes with.
+    pub(crate) fn model(&self) -> &'a Transformer {
+        self.model
+    }
+
     /// Positions seen so far.
     pub fn len(&self) -> usize {
         self.pos
@@ -137,6 +138,18 @@ impl<'a> Decoder<'a> {
     /// Runs `tokens` (the next positions) through the trunk and head 0, extending the caches;
     /// returns head 0's logits [V] (f32) at the last of them.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let (_, z) = self.feed_blocks(tokens)?;
+        let last = z.narrow(1, tokens.len() - 1, 1)?.contiguous()?;
+        Ok(self
+            .model
+            .logits(&last, &self.ctx)?
+            .flatten_all()?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// Runs `tokens` (the next positions) through the trunk and head 0, extending the caches; returns
+    /// the trunk's output and head 0's, each [1, Tn, D].
+    pub(crate) fn feed_blocks(&mut self, tokens: &[u32]) -> Result<(Tensor, Tensor)> {
         let m = self.model;
         if tokens.is_empty() {
             bail!("nothing to feed");
@@ -150,19 +163,43 @@ impl<'a> Decoder<'a> {
             );
         }
         let dev = m.device();
-        let rope = Rope::new(m.args.head_dim(), m.args.rope_theta, start, tn, dev)?;
-        let mask = offset_causal_mask(start, tn, dev)?;
+        let (rope, mask) = positions(m, start, tn)?;
         let mut x = m.embed(&Tensor::new(tokens, dev)?.unsqueeze(0)?)?;
         // the trunk blocks, then head 0 (the last block of `layers`)
-        for (block, cache) in m.layers.iter().zip(self.caches.iter_mut()) {
+        let n_trunk = m.layers.len() - 1;
+        let (trunk, head0) = self.caches.split_at_mut(n_trunk);
+        for (block, cache) in m.layers.iter().zip(trunk.iter_mut()) {
             x = block_cached(block, &x, &rope, &mask, cache, &self.ctx)?;
         }
+        let z = block_cached(
+            &m.layers[n_trunk],
+            &x,
+            &rope,
+            &mask,
+            &mut head0[0],
+            &self.ctx,
+        )?;
         self.pos += tn;
-        let last = x.narrow(1, tn - 1, 1)?.contiguous()?;
-        Ok(m.logits(&last, &self.ctx)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?)
+        Ok((x, z))
     }
+
+    /// Keeps the first `n` positions of every cache (speculative decoding drops rejected drafts).
+    pub(crate) fn truncate(&mut self, n: usize) -> Result<()> {
+        for c in &mut self.caches {
+            c.truncate(n)?;
+        }
+        self.pos = n.min(self.pos);
+        Ok(())
+    }
+}
+
+/// RoPE tables and the offset causal mask ([`offset_causal_mask`]) for new positions start..start+tn.
+pub(crate) fn positions(m: &Transformer, start: usize, tn: usize) -> Result<(Rope, Tensor)> {
+    let dev = m.device();
+    Ok((
+        Rope::new(m.args.head_dim(), m.args.rope_theta, start, tn, dev)?,
+        offset_causal_mask(start, tn, dev)?,
+    ))
 }
 
 #[cfg(test)]

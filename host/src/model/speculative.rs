@@ -9,8 +9,7 @@
 //! about the price of one position) and the extra heads over the accepted ones, and emits 1..H tokens.
 
 use super::generate::GenerateOptions;
-use super::kv_cache::{block_cached, offset_causal_mask, BlockCache};
-use super::rope::Rope;
+use super::kv_cache::{block_cached, positions, BlockCache, Decoder};
 use super::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -41,50 +40,30 @@ impl SpeculativeStats {
     }
 }
 
-/// A decoding session of one sequence with caches for the trunk blocks and every head. The trunk and
-/// head 0 run on every verified position (rejected ones are cut off after); the extra heads only on
-/// accepted positions, and their vocabulary projection only at the last.
+/// A decoding session of one sequence: the KV-cached decoder of the trunk and head 0 ([`Decoder`]),
+/// which runs on every verified position (rejected ones are cut off after), and caches for the extra
+/// heads, which run only on accepted positions, their vocabulary projection only at the last.
 struct HeadsDecoder<'a> {
-    model: &'a Transformer,
-    trunk: Vec<BlockCache>,
-    heads: Vec<BlockCache>,
-    pos: usize,
+    dec: Decoder<'a>,
+    extra: Vec<BlockCache>,
     ctx: ForwardCtx,
 }
 
 impl<'a> HeadsDecoder<'a> {
     fn new(model: &'a Transformer) -> Self {
-        let h = model.args.n_future_tokens;
         HeadsDecoder {
-            model,
-            trunk: vec![BlockCache::default(); model.layers.len() - 1],
-            heads: vec![BlockCache::default(); h],
-            pos: 0,
+            dec: Decoder::new(model),
+            extra: vec![BlockCache::default(); model.extra_heads.len()],
             ctx: ForwardCtx::eval(),
         }
     }
 
-    /// Runs `tokens` (the next positions) through the trunk and head 0, extending their caches; returns
-    /// the trunk's output [1, Tn, D] and head 0's greedy token at each new position.
+    /// Runs `tokens` (the next positions) through the trunk and head 0; returns the trunk's output
+    /// [1, Tn, D] and head 0's greedy token at each new position.
     fn feed(&mut self, tokens: &[u32]) -> Result<(Tensor, Vec<u32>)> {
-        let m = self.model;
-        let (start, tn) = (self.pos, tokens.len());
-        if tn == 0 || start + tn > m.args.max_seq_len {
-            bail!(
-                "cannot feed {tn} tokens at position {start} (max_seq_len {})",
-                m.args.max_seq_len
-            );
-        }
-        let dev = m.device();
-        let rope = Rope::new(m.args.head_dim(), m.args.rope_theta, start, tn, dev)?;
-        let mask = offset_causal_mask(start, tn, dev)?;
-        let mut x = m.embed(&Tensor::new(tokens, dev)?.unsqueeze(0)?)?;
-        for (block, cache) in m.layers.iter().zip(self.trunk.iter_mut()) {
-            x = block_cached(block, &x, &rope, &mask, cache, &self.ctx)?;
-        }
-        let z = block_cached(m.head(0), &x, &rope, &mask, &mut self.heads[0], &self.ctx)?;
-        let logits = m.logits(&z, &self.ctx)?.squeeze(0)?.to_dtype(DType::F32)?;
-        self.pos += tn;
+        let (x, z) = self.dec.feed_blocks(tokens)?;
+        let logits = self.dec.model().logits(&z, &self.ctx)?;
+        let logits = logits.squeeze(0)?.to_dtype(DType::F32)?;
         Ok((x, logits.argmax(1)?.to_vec1::<u32>()?))
     }
 
@@ -92,14 +71,12 @@ impl<'a> HeadsDecoder<'a> {
     /// ones: their caches never hold a rejected position); returns each extra head's greedy token at
     /// the last of them — the drafts of the next round.
     fn draft(&mut self, x: &Tensor, start: usize) -> Result<Vec<u32>> {
-        let m = self.model;
+        let m = self.dec.model();
         let n = x.dim(1)?;
-        let dev = m.device();
-        let rope = Rope::new(m.args.head_dim(), m.args.rope_theta, start, n, dev)?;
-        let mask = offset_causal_mask(start, n, dev)?;
-        let mut out = Vec::with_capacity(self.heads.len().saturating_sub(1));
-        for k in 1..self.heads.len() {
-            let z = block_cached(m.head(k), x, &rope, &mask, &mut self.heads[k], &self.ctx)?;
+        let (rope, mask) = positions(m, start, n)?;
+        let mut out = Vec::with_capacity(self.extra.len());
+        for (head, cache) in m.extra_heads.iter().zip(self.extra.iter_mut()) {
+            let z = block_cached(head, x, &rope, &mask, cache, &self.ctx)?;
             let last = z.narrow(1, n - 1, 1)?.contiguous()?;
             let logits = m
                 .logits(&last, &self.ctx)?
@@ -108,15 +85,6 @@ impl<'a> HeadsDecoder<'a> {
             out.push(logits.argmax(0)?.to_scalar::<u32>()?);
         }
         Ok(out)
-    }
-
-    /// Keeps the first `n` positions of the trunk's and head 0's caches.
-    fn truncate(&mut self, n: usize) -> Result<()> {
-        for c in self.trunk.iter_mut().chain(self.heads.iter_mut().take(1)) {
-            c.truncate(n)?;
-        }
-        self.pos = n;
-        Ok(())
     }
 }
 
@@ -151,7 +119,7 @@ pub fn generate_speculative(
         cand.extend(dec.draft(&x, 0)?);
         let mut new: Vec<u32> = Vec::new();
         'seq: while new.len() < opts.max_new {
-            let room = model.args.max_seq_len - dec.pos;
+            let room = model.args.max_seq_len - dec.dec.len();
             if room == 0 {
                 // no position left to verify in: y₁ is still head 0's greedy token, as plain decoding's last
                 new.push(cand[0]);
@@ -159,7 +127,7 @@ pub fn generate_speculative(
                 break;
             }
             cand.truncate((opts.max_new - new.len()).min(room));
-            let start = dec.pos;
+            let start = dec.dec.len();
             let (x, pred) = dec.feed(&cand)?;
             stats.rounds += 1;
             // accept y₁, then y_{j+1} while it is head 0's greedy token after y_j
@@ -179,7 +147,7 @@ pub fn generate_speculative(
                     break 'seq;
                 }
             }
-            dec.truncate(start + m)?;
+            dec.dec.truncate(start + m)?;
             cand = vec![pred[m - 1]];
             if new.len() + 1 < opts.max_new {
                 cand.extend(dec.draft(&x.narrow(1, 0, m)?, start)?);

@@ -81,7 +81,7 @@ fn resume_plugin(
 
 /// A session restored from checkpoint (or run folder) `path`, with `overrides` applied to its config
 /// (parsed and validated like a fresh run's). `for_sharding`: the session will be sharded, its policy
-/// is built in host memory ([`Session::new_for_sharding`]).
+/// is built in host memory ([`Session::new_for`]).
 pub fn resume_session(
     path: &Path,
     overrides: &[String],
@@ -92,11 +92,7 @@ pub fn resume_session(
     let ckpt = checkpoint_to_resume(path)?;
     let (cfg, mut st) = checkpoint::read_meta(&ckpt, overrides)?;
     let (plugin, identity) = resume_plugin(&st, pipeline, allow_plugin_change)?;
-    let mut s = if for_sharding {
-        Session::new_for_sharding(cfg, &plugin)?
-    } else {
-        Session::new(cfg, &plugin)?
-    };
+    let mut s = Session::new_for(cfg, &plugin, for_sharding)?;
     checkpoint::load_into(&ckpt, &mut s, &st)?;
     (st.pipeline, st.pipeline_sha256) = identity;
     Ok((s, st, ckpt))

@@ -100,11 +100,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 .context("--pipeline is required (a .wasm plugin)")?;
             let cfg = RunConfig::load(opts.config.as_deref(), &set)?;
             // a sharded run builds its policy in host memory: only the shards reach the device
-            let s = if dist.is_some() {
-                Session::new_for_sharding(cfg, &pipeline)?
-            } else {
-                Session::new(cfg, &pipeline)?
-            };
+            let s = Session::new_for(cfg, &pipeline, dist.is_some())?;
             let (pipeline, pipeline_sha256) = super::resume::plugin_identity(&pipeline)?;
             let st = TrainerState {
                 format: CHECKPOINT_FORMAT,

@@ -124,21 +124,17 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<
 impl Session {
     /// Builds a session for the pipeline plugin at `pipeline_path`.
     pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
-        Self::build(cfg, pipeline_path, false)
+        Self::new_for(cfg, pipeline_path, false)
     }
 
-    /// [`Session::new`] for a session that will be sharded ([`Session::shard`]): the policy is built in
-    /// host memory, and only this rank's shards ever reach `model.device` — no rank holds the whole
-    /// model on its GPU, not even while starting (the value head and reference models go to the device
-    /// as usual).
-    pub fn new_for_sharding(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
-        Self::build(cfg, pipeline_path, true)
-    }
-
-    fn build(cfg: RunConfig, pipeline_path: &Path, policy_on_host: bool) -> Result<Self> {
+    /// [`Session::new`]; `for_sharding`: the session will be sharded ([`Session::shard`]), so the
+    /// policy is built in host memory and only this rank's shards ever reach `model.device` — no rank
+    /// holds the whole model on its GPU, not even while starting (the value head and reference models
+    /// go to the device as usual).
+    pub fn new_for(cfg: RunConfig, pipeline_path: &Path, for_sharding: bool) -> Result<Self> {
         let ranks = PluginRanks::default();
         let plugin = load_plugin(&cfg, pipeline_path, &ranks)?;
-        let mut s = Self::with_weigher_on(cfg, Box::new(plugin), pipeline_path, policy_on_host)?;
+        let mut s = Self::with_weigher_on(cfg, Box::new(plugin), pipeline_path, for_sharding)?;
         s.plugin_ranks = ranks;
         Ok(s)
     }
@@ -149,7 +145,7 @@ impl Session {
     }
 
     /// [`Session::with_weigher`]; `policy_on_host`: the policy model is built in host memory (see
-    /// [`Session::new_for_sharding`]).
+    /// [`Session::new_for`]).
     fn with_weigher_on(
         cfg: RunConfig,
         weigher: Box<dyn Weigher>,
@@ -210,7 +206,7 @@ impl Session {
     /// on a session built from the same config, fresh or resumed from a checkpoint (whose optimiser
     /// state, saved unsharded, is cut to this rank's shards: any world size resumes any other's). The
     /// shards go to `model.device` wherever the policy was built (host memory for
-    /// [`Session::new_for_sharding`]).
+    /// [`Session::new_for`]).
     pub fn shard(&mut self, comm: std::sync::Arc<dyn Communicator>) -> Result<()> {
         if self.fsdp.is_some() {
             bail!("the session is already sharded");

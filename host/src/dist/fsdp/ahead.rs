@@ -8,7 +8,7 @@
 //! `materialize_next` gathers on demand as before.
 
 use super::{Fsdp, Sharding, Unit};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -31,15 +31,9 @@ impl Ahead {
 
 impl Fsdp {
     /// Turns prefetching on or off; it stays off unless sharding is FULL_SHARD and the communicator
-    /// gathers on a second stream ([`crate::dist::Communicator::gathers_ahead`]). Returns whether it is on.
-    pub fn set_prefetch(&mut self, on: bool) -> bool {
+    /// gathers on a second stream ([`crate::dist::Communicator::gathers_ahead`]).
+    pub fn set_prefetch(&mut self, on: bool) {
         self.prefetch = on && self.mode == Sharding::Full && self.comm.gathers_ahead();
-        self.prefetch
-    }
-
-    /// Whether units are gathered ahead of use.
-    pub fn prefetches(&self) -> bool {
-        self.prefetch
     }
 
     /// (units gathered ahead, of which used): the engine named the right next unit when they agree.
@@ -63,23 +57,8 @@ impl Fsdp {
         if !self.prefetch {
             return Ok(());
         }
-        let u = self
-            .units
-            .get(&unit)
-            .with_context(|| format!("FSDP has no unit {unit:?}"))?;
-        let frozen = match &u.frozen {
-            Some((_, shard)) => Some(self.comm.all_gather_ahead(&shard.flatten_all()?)?),
-            None => None,
-        };
-        let trainable = u
-            .trainable
-            .iter()
-            .map(|tb| {
-                Ok(self
-                    .comm
-                    .all_gather_ahead(&tb.shard.tensor().flatten_all()?)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (frozen, trainable) =
+            self.unit_flats(unit, &|slice| Ok(self.comm.all_gather_ahead(slice)?))?;
         let mut slot = self
             .ahead
             .lock()
@@ -98,26 +77,7 @@ impl Fsdp {
     pub(super) fn unpack_ahead(&self, a: Ahead) -> Result<HashMap<String, Tensor>> {
         self.comm.join_ahead()?;
         self.prefetch_counts[1].fetch_add(1, Ordering::Relaxed);
-        let u = self
-            .units
-            .get(&a.unit)
-            .with_context(|| format!("FSDP has no unit {:?}", a.unit))?;
-        let mut out = HashMap::new();
-        if let (Some((b, _)), Some(full)) = (&u.frozen, &a.frozen) {
-            out.extend(b.names.iter().cloned().zip(b.layout.unflatten(full)?));
-        }
-        for (tb, full) in u.trainable.iter().zip(&a.trainable) {
-            for (n, t) in tb
-                .bucket
-                .names
-                .iter()
-                .cloned()
-                .zip(tb.bucket.layout.unflatten(full)?)
-            {
-                out.insert(n, t.to_dtype(self.dtype)?);
-            }
-        }
-        Ok(out)
+        self.cut(a.unit, a.frozen.as_ref(), &a.trainable)
     }
 
     /// A prefetched unit nobody asked for: joined (its buffers are freed on the compute stream, which

@@ -199,6 +199,20 @@ fn take_unit(
     Ok(out)
 }
 
+/// A copy of `model` whose weights named in `weights` are replaced by them (the others as they are).
+fn with_weights(model: &Transformer, mut weights: HashMap<String, Tensor>) -> Result<Transformer> {
+    let mut copy = model.clone();
+    let mut err = None;
+    copy.visit_mut("", &mut |name, p| {
+        if let Some(t) = weights.remove(name) {
+            if let Err(e) = p.replace(t) {
+                err.get_or_insert(e);
+            }
+        }
+    });
+    err.map_or(Ok(copy), Err)
+}
+
 impl Fsdp {
     /// Shards `model` over the group of `comm` as `mode` says and releases the model's own weights.
     /// Every rank must call it with the same model (same weights: same init seed or same checkpoint).
@@ -318,17 +332,56 @@ impl Fsdp {
     /// shards, cast to the compute dtype). A collective: every rank must gather the same units in the
     /// same order.
     pub fn gather(&self, unit: Unit) -> Result<HashMap<String, Tensor>> {
+        let (frozen, trainable) = self.unit_flats(unit, &|slice| self.gather_flat(slice))?;
+        self.cut(unit, frozen.as_ref(), &trainable)
+    }
+
+    /// `f` of each of `unit`'s flat shards (1-D): the frozen bucket's, then the trainable ones in order.
+    fn unit_flats(
+        &self,
+        unit: Unit,
+        f: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Option<Tensor>, Vec<Tensor>)> {
+        let u = self
+            .units
+            .get(&unit)
+            .with_context(|| format!("FSDP has no unit {unit:?}"))?;
+        let frozen = match &u.frozen {
+            Some((_, shard)) => Some(f(&shard.flatten_all()?)?),
+            None => None,
+        };
+        let trainable = u
+            .trainable
+            .iter()
+            .map(|tb| f(&tb.shard.tensor().flatten_all()?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((frozen, trainable))
+    }
+
+    /// `unit`'s tensors by name from its gathered flat vectors ([`Fsdp::unit_flats`] order), the
+    /// trainable ones cast to the compute dtype.
+    fn cut(
+        &self,
+        unit: Unit,
+        frozen: Option<&Tensor>,
+        trainable: &[Tensor],
+    ) -> Result<HashMap<String, Tensor>> {
         let u = self
             .units
             .get(&unit)
             .with_context(|| format!("FSDP has no unit {unit:?}"))?;
         let mut out = HashMap::new();
-        if let Some((b, shard)) = &u.frozen {
-            out.extend(self.gather_bucket(b, shard)?);
+        if let (Some((b, _)), Some(full)) = (&u.frozen, frozen) {
+            out.extend(b.names.iter().cloned().zip(b.layout.unflatten(full)?));
         }
-        for tb in &u.trainable {
-            for (n, t) in self.gather_bucket(&tb.bucket, tb.shard.tensor())? {
-                out.insert(n, t.to_dtype(self.dtype)?);
+        for (tb, full) in u.trainable.iter().zip(trainable) {
+            for (n, t) in tb
+                .bucket
+                .names
+                .iter()
+                .zip(tb.bucket.layout.unflatten(full)?)
+            {
+                out.insert(n.clone(), t.to_dtype(self.dtype)?);
             }
         }
         Ok(out)
@@ -408,16 +461,7 @@ impl Fsdp {
                 self.gather_ahead(n)?;
             }
         }
-        let mut copy = model.clone();
-        let mut err = None;
-        copy.visit_mut("", &mut |name, p| {
-            if let Some(t) = full.remove(name) {
-                if let Err(e) = p.replace(t) {
-                    err.get_or_insert(e);
-                }
-            }
-        });
-        err.map_or(Ok(copy), Err)
+        with_weights(model, full)
     }
 
     /// The shards were updated: weights gathered for the step ([`Sharding::GradOp`]) are stale.

@@ -2,7 +2,7 @@
 //! way) and back, cut to this rank's shards (resuming on any world size).
 
 use super::Fsdp;
-use crate::model::{ParamGroup, Transformer, VisitParams};
+use crate::model::{ParamGroup, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
@@ -38,16 +38,7 @@ impl Fsdp {
                 }
             }
         }
-        let mut copy = model.clone();
-        let mut err = None;
-        copy.visit_mut("", &mut |name, p| {
-            if let Some(t) = host.remove(name) {
-                if let Err(e) = p.replace(t) {
-                    err.get_or_insert(e);
-                }
-            }
-        });
-        err.map_or(Ok(copy), Err)
+        super::with_weights(model, host)
     }
 
     /// The optimiser state of the shards (`m.<key>`, `v.<key>`, as [`crate::train::optim::AdamW::state`]

@@ -74,6 +74,11 @@ fn adapter_reload_eval_merge_and_plot() {
     let val_ce = r.val.unwrap().ce;
     let v = eval_checkpoint(&r.last_checkpoint, None, None).unwrap();
     let (ce, loss) = (v.ce, v.loss);
+    // per-head CE: every head has tokens, and the mean over heads is near the batch-averaged `ce`
+    assert_eq!(v.ce_heads.len(), 2);
+    let mean = v.ce_heads.iter().sum::<f64>() / 2.0;
+    assert!(v.ce_heads.iter().all(|c| c.is_finite() && *c > 0.0));
+    assert!((mean - ce).abs() < 0.05 * ce, "{:?} vs {ce}", v.ce_heads);
     assert_eq!(
         ce, val_ce,
         "reloaded adapter must give the same validation CE"
@@ -112,6 +117,22 @@ fn adapter_reload_eval_merge_and_plot() {
     let b = lora_model.forward(&tokens, &ForwardCtx::eval()).unwrap();
     let d = common::max_abs_diff(&a[0], &b[0]);
     assert!(d < 1e-4, "merged vs adapter logits differ by {d}");
+    // `--model CHECKPOINT` (generate, eval --humaneval): the base with the adapter merged, byte tokenizer
+    let inf = wmtp_host::model::adapter::load_trained_for_inference(
+        &r.last_checkpoint,
+        "tiny",
+        &LoadOptions {
+            seed: 42,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(inf.tokenizer.is_some());
+    let c = inf.model.forward(&tokens, &ForwardCtx::eval()).unwrap();
+    for (k, (x, y)) in c.iter().zip(&b).enumerate() {
+        let d = common::max_abs_diff(x, y);
+        assert!(d < 1e-4, "head {k}: inference loader vs adapter differ by {d}");
+    }
     assert!(lora_model
         .named_params()
         .iter()

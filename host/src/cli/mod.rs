@@ -7,7 +7,7 @@ mod model_cmds;
 mod plugin_cmds;
 mod plugin_template;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use wmtp_host::model::load::ExtraHeadsInit;
@@ -120,7 +120,8 @@ pub struct RunCli {
 /// Where the model comes from (`info`, `generate`, `perplexity`).
 #[derive(Debug, Args)]
 pub struct ModelArgsCli {
-    /// A preset (tiny, 7b_1t_4, 1b_mtp, smollm2-135m), a .gguf file, or a Meta / HF checkpoint directory.
+    /// A preset (tiny, 7b_1t_4, 1b_mtp, smollm2-135m), a .gguf file, a Meta / HF checkpoint directory, or a
+    /// training checkpoint (runs/…/checkpoints/step-N: LoRA merged).
     #[arg(long)]
     pub model: String,
     /// Number of prediction heads; widens a next-token checkpoint (extra heads copied from head 0).
@@ -182,20 +183,7 @@ pub fn run(cli: Cli) -> Result<()> {
             wmtp_host::train::run::run(&opts).map(|_| ())
         }
         Command::Eval(a) if a.humaneval.is_some() => model_cmds::humaneval(&a),
-        Command::Eval(model_cmds::EvalArgs {
-            checkpoint, data, ..
-        }) => {
-            let checkpoint = checkpoint.context("--checkpoint is required (or --humaneval)")?;
-            let v =
-                wmtp_host::train::evaluate::eval_checkpoint(&checkpoint, data.as_deref(), None)?;
-            println!(
-                "validation: ce {:.4} nats (perplexity {:.2}), pipeline loss {:.4}",
-                v.ce,
-                v.ce.exp(),
-                v.loss
-            );
-            Ok(())
-        }
+        Command::Eval(a) => model_cmds::eval_ce(&a),
         Command::Merge { checkpoint, out } => {
             wmtp_host::train::tools::merge_checkpoint(&checkpoint, &out)?;
             println!(

@@ -128,9 +128,24 @@ pub struct EvalArgs {
     /// Seconds each program may run.
     #[arg(long, default_value_t = 5.0)]
     pub timeout_s: f64,
-    /// Per-problem results (completions and outcomes) as JSONL.
+    /// Per-problem results (completions and outcomes) as JSONL with --humaneval; without it, the
+    /// validation result (ce, ce_heads, loss, metrics) as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Device to evaluate on: cpu, cuda or cuda:N (default: the checkpoint's `model.device`, or cpu for
+    /// --model).
+    #[arg(long)]
+    pub device: Option<wmtp_host::model::DeviceSpec>,
+}
+
+impl EvalArgs {
+    /// The config overrides of the checkpoint's session (`--device`).
+    pub fn overrides(&self) -> Vec<String> {
+        self.device
+            .iter()
+            .map(|d| format!("model.device=\"{d}\""))
+            .collect()
+    }
 }
 
 /// `--template`: `raw` (None: the prompt as given) or a `data.template` name.
@@ -142,6 +157,49 @@ fn parse_template(s: &str) -> Result<Option<wmtp_host::data::dataset::Template>>
             .map(Some)
             .map_err(|e: String| anyhow::anyhow!("--template: {e}, or raw")),
     }
+}
+
+/// `wmtp eval --checkpoint`: validation CE (mean over heads and per head) and the pipeline's loss.
+pub fn eval_ce(a: &EvalArgs) -> Result<()> {
+    let ck = a
+        .checkpoint
+        .as_ref()
+        .context("--checkpoint is required (or --humaneval)")?;
+    let data: Vec<String> = a
+        .data
+        .iter()
+        .map(|d| format!("data.validation={}", toml::Value::String(d.clone())))
+        .collect();
+    let overrides = [a.overrides(), data].concat();
+    let mut s = evaluate::checkpoint_session(ck, &overrides, None)?;
+    let v = s
+        .validate()?
+        .context("no validation data (set data.validation or data.val_fraction)")?;
+    println!(
+        "validation: ce {:.4} nats (perplexity {:.2}), pipeline loss {:.4}",
+        v.ce,
+        v.ce.exp(),
+        v.loss
+    );
+    let heads: Vec<String> = v
+        .ce_heads
+        .iter()
+        .enumerate()
+        .map(|(k, c)| format!("head {k} {c:.4}"))
+        .collect();
+    println!("per head ce: {}", heads.join(", "));
+    if let Some(out) = &a.out {
+        let json = serde_json::json!({
+            "checkpoint": ck,
+            "ce": v.ce,
+            "ce_heads": v.ce_heads,
+            "loss": v.loss,
+            "metrics": v.metrics.iter().cloned().collect::<BTreeMap<_, _>>(),
+        });
+        std::fs::write(out, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
 }
 
 /// `wmtp eval --humaneval`: pass@1 (and pass@10 with ≥ 10 samples) of a checkpoint or a model.
@@ -164,7 +222,7 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
     let (session, loaded);
     let (model, tok) = match (&a.checkpoint, &a.model) {
         (Some(ck), None) => {
-            session = wmtp_host::train::evaluate::checkpoint_session(ck, &[], None)?;
+            session = wmtp_host::train::evaluate::checkpoint_session(ck, &a.overrides(), None)?;
             if a.held_out {
                 let d = &session.cfg.data;
                 anyhow::ensure!(
@@ -183,7 +241,7 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
                 n_future_tokens: None,
                 extra_heads_init: Default::default(),
                 dtype: Default::default(),
-                device: Default::default(),
+                device: a.device.unwrap_or_default(),
             })?;
             let Some(t) = &loaded.tokenizer else {
                 bail!("model `{m}` has no tokenizer")
@@ -242,10 +300,21 @@ pub struct PerplexityArgs {
     pub file: Option<std::path::PathBuf>,
 }
 
+/// The model `--model` names: a preset, a GGUF file, a Meta / HF directory, or a training checkpoint
+/// (`runs/…/checkpoints/step-N`: its base model with the trained adapter merged, or its full model).
 fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
+    let device = m.device.open()?;
+    let ckpt = std::path::Path::new(&m.model);
+    if ckpt.join("trainer_state.json").is_file() {
+        let (cfg, _) = wmtp_host::train::checkpoint::read_meta(ckpt, &[])?;
+        let mut opts = wmtp_host::train::session::load_options(&cfg, &device)?;
+        opts.dtype = m.dtype.into();
+        return wmtp_host::model::adapter::load_trained_for_inference(ckpt, &cfg.model.path, &opts)
+            .with_context(|| format!("checkpoint {}", ckpt.display()));
+    }
     let opts = LoadOptions {
-        device: m.device.open()?,
         dtype: m.dtype.into(),
+        device,
         n_future_tokens: m.n_future_tokens,
         extra_heads: m.extra_heads_init,
         ..Default::default()

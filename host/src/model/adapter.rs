@@ -243,6 +243,45 @@ pub fn load_trained(
         let vh = load_adapter(&adapter, &mut model)?;
         return Ok((model, vh));
     }
+    load_full_trained(ckpt, opts, value_head)
+}
+
+/// A trained checkpoint's model for inference (`wmtp generate`, `eval --humaneval`): as [`load_trained`],
+/// LoRA merged into the weights, with the base model's tokenizer (the byte tokenizer for presets, as in
+/// training); `source` names the checkpoint.
+pub fn load_trained_for_inference(
+    ckpt: &Path,
+    base: &str,
+    opts: &super::load::LoadOptions,
+) -> Result<super::load::LoadedModel> {
+    let mut lm = if ckpt.join("adapter").exists() {
+        let mut lm = super::load::load_model(base, opts)?;
+        load_adapter(&ckpt.join("adapter"), &mut lm.model)?;
+        lm
+    } else {
+        let model = load_full_trained(ckpt, opts, &ValueHeadConfig::default())?.0;
+        // a full model directory has no tokenizer of its own: the base model's
+        let tokenizer = super::load::load_model(base, opts)?.tokenizer;
+        super::load::LoadedModel {
+            model,
+            tokenizer,
+            source: String::new(),
+        }
+    };
+    lm.model.set_lora_merged(true)?;
+    lm.source = ckpt.display().to_string();
+    // a preset base trains with the byte tokenizer (as `Session` does)
+    lm.tokenizer
+        .get_or_insert_with(crate::data::tokenizer::Tokenizer::bytes);
+    Ok(lm)
+}
+
+/// The full `model/` directory of a checkpoint (and its value head when saved).
+fn load_full_trained(
+    ckpt: &Path,
+    opts: &super::load::LoadOptions,
+    value_head: &ValueHeadConfig,
+) -> Result<(Transformer, Option<ValueHead>)> {
     let dir = ckpt.join("model");
     let full = super::load::LoadOptions {
         n_future_tokens: None,

@@ -12,14 +12,22 @@ use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor, D};
 use std::path::{Path, PathBuf};
 
-/// Unweighted CE: per-head mean over valid tokens, averaged over heads with tokens.
-pub fn plain_ce(st: &ForwardState) -> f64 {
+/// Per-head sums of the unweighted CE over valid tokens and the valid-token counts:
+/// (Σ_t m[t,k]·CE[t,k], Σ_t m[t,k]) for each head k.
+pub fn head_ce_sums(st: &ForwardState) -> (Vec<f64>, Vec<f64>) {
     let h = st.shape.2;
     let (mut s, mut n) = (vec![0f64; h], vec![0f64; h]);
     for (i, (&c, &m)) in st.ce.iter().zip(&st.ce_mask).enumerate() {
         s[i % h] += c as f64 * m as f64;
         n[i % h] += m as f64;
     }
+    (s, n)
+}
+
+/// Unweighted CE: per-head mean over valid tokens, averaged over heads with tokens.
+pub fn plain_ce(st: &ForwardState) -> f64 {
+    let (s, n) = head_ce_sums(st);
+    let h = s.len();
     let used: Vec<f64> = (0..h)
         .filter(|&k| n[k] > 0.0)
         .map(|k| s[k] / n[k])
@@ -34,8 +42,11 @@ pub fn plain_ce(st: &ForwardState) -> f64 {
 /// Validation results: plain CE, pipeline loss (train = false) and plugin metrics, averaged over batches.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Validation {
-    /// Unweighted CE.
+    /// Unweighted CE: per batch the mean over heads of each head's mean CE, averaged over batches.
     pub ce: f64,
+    /// Each head's unweighted CE over all validation tokens: ce_heads[k] = Σ m·CE[·,k] / Σ m (head 0 is
+    /// the plain next-token CE); NaN for a head without tokens.
+    pub ce_heads: Vec<f64>,
     /// The pipeline's loss.
     pub loss: f64,
     /// The plugin's metrics.
@@ -56,11 +67,19 @@ pub fn evaluate(
     };
     let n = b.batches_per_epoch();
     let mut v = Validation::default();
+    let (mut head_sum, mut head_n) = (Vec::<f64>::new(), Vec::<f64>::new());
     for _ in 0..n {
         let (samples, ids) = b.next_samples();
         let mb = collate(&samples, ids, pad, m.model.device())?;
         let (_, st, batch) = forward_and_batch(m, w, &mb, 0, 0, false)?;
         v.ce += plain_ce(&st) / n as f64;
+        let (s, c) = head_ce_sums(&st);
+        head_sum.resize(s.len(), 0.0);
+        head_n.resize(c.len(), 0.0);
+        for k in 0..s.len() {
+            head_sum[k] += s[k];
+            head_n[k] += c[k];
+        }
         let c = w.weigh(&batch, false)?;
         v.loss += c.loss / n as f64;
         for (k, x) in c.metrics {
@@ -70,6 +89,11 @@ pub fn evaluate(
             }
         }
     }
+    v.ce_heads = head_sum
+        .iter()
+        .zip(&head_n)
+        .map(|(s, n)| if *n > 0.0 { s / n } else { f64::NAN })
+        .collect();
     Ok(Some(v))
 }
 

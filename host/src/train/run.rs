@@ -287,9 +287,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-/// Adds `val_ce`, `val_loss` and the plugin's `val_plugin.<metric>` to a metrics line.
+/// Adds `val_ce`, `val_ce_h<k>` (each head's CE), `val_loss` and the plugin's `val_plugin.<metric>` to
+/// a metrics line.
 fn val_json(mut line: serde_json::Value, v: &Validation) -> serde_json::Value {
     line["val_ce"] = serde_json::json!(v.ce);
+    for (k, c) in v.ce_heads.iter().enumerate().filter(|(_, c)| c.is_finite()) {
+        line[format!("val_ce_h{k}")] = serde_json::json!(c);
+    }
     line["val_loss"] = serde_json::json!(v.loss);
     for (k, x) in &v.metrics {
         line[format!("val_plugin.{k}")] = serde_json::json!(x);

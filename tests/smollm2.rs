@@ -76,6 +76,7 @@ fn smollm2_is_a_sensible_language_model() {
         max_new: 12,
         eos: None,
         sampling: Sampling::default(),
+        batch: 1,
     };
     let t0 = std::time::Instant::now();
     let reference = greedy_continue(&lm.model, &ids, 12, None).unwrap();
@@ -117,6 +118,7 @@ fn smollm2_widened_to_four_heads_keeps_head_zero() {
         max_new: 16,
         eos: None,
         sampling: Sampling::default(),
+        batch: 1,
     };
     let prompts = vec![ids];
     let plain = generate(&wide.model, &prompts, &opts, &mut |_, _| false).unwrap();

@@ -131,7 +131,10 @@ fn adapter_reload_eval_merge_and_plot() {
     let c = inf.model.forward(&tokens, &ForwardCtx::eval()).unwrap();
     for (k, (x, y)) in c.iter().zip(&b).enumerate() {
         let d = common::max_abs_diff(x, y);
-        assert!(d < 1e-4, "head {k}: inference loader vs adapter differ by {d}");
+        assert!(
+            d < 1e-4,
+            "head {k}: inference loader vs adapter differ by {d}"
+        );
     }
     assert!(lora_model
         .named_params()

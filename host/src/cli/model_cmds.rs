@@ -80,6 +80,9 @@ pub struct GenerateArgs {
     /// tokens as plain greedy decoding); prints each head's acceptance rate.
     #[arg(long, conflicts_with = "no_cache")]
     pub speculative: bool,
+    /// Prompts decoded together as one batch (left-padded); --speculative decodes one at a time.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
 }
 
 /// `wmtp eval`.
@@ -128,6 +131,9 @@ pub struct EvalArgs {
     /// Seconds each program may run.
     #[arg(long, default_value_t = 5.0)]
     pub timeout_s: f64,
+    /// Completions generated together as one batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
     /// Per-problem results (completions and outcomes) as JSONL with --humaneval; without it, the
     /// validation result (ce, ce_heads, loss, metrics) as JSON.
     #[arg(long)]
@@ -261,6 +267,7 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
             seed: a.seed,
         },
         max_new: a.max_new_tokens,
+        batch: a.batch,
         template,
         limits: Limits {
             timeout: std::time::Duration::from_secs_f64(a.timeout_s),
@@ -269,7 +276,7 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
     };
     let t0 = std::time::Instant::now();
     let results = evaluate(model, tok, &problems, &opts, &mut |done, total| {
-        eprint!("\rHumanEval: {done}/{total} problems");
+        eprint!("\rHumanEval: {done}/{total} completions");
     })?;
     eprintln!(" ({:.0} s)", t0.elapsed().as_secs_f64());
     if let Some(out) = &a.out {
@@ -524,6 +531,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
                 top_p: a.top_p,
                 seed: a.seed,
             },
+            batch: a.batch,
         };
         let stops = &a.stop;
         let mut stop = |_: usize, new: &[u32]| {

@@ -126,6 +126,8 @@ pub struct HumanEvalOptions {
     pub sampling: Sampling,
     /// Most tokens per completion.
     pub max_new: usize,
+    /// Completions decoded together as one batch.
+    pub batch: usize,
     /// `None`: the prompt is continued as given (base models); else the prompt is the input of an
     /// instruction under this template (chat models).
     pub template: Option<Template>,
@@ -133,7 +135,9 @@ pub struct HumanEvalOptions {
     pub limits: Limits,
 }
 
-/// Generates and runs `opts.n` completions for each problem; `progress(done, total)` after each.
+/// Generates `opts.n` completions for each problem (all problems' prompts decoded `opts.batch` at a time;
+/// completion j of problem i draws from seed `sampling.seed + i·n + j`), then runs them in the sandbox,
+/// several at once; `progress(done, total)` counts completions generated.
 pub fn evaluate(
     model: &Transformer,
     tok: &Tokenizer,
@@ -146,8 +150,8 @@ pub fn evaluate(
     } else {
         opts.n
     };
-    let mut out = Vec::with_capacity(problems.len());
-    for (i, p) in problems.iter().enumerate() {
+    let mut prompts = Vec::with_capacity(problems.len() * n);
+    for p in problems {
         let prompt = match opts.template {
             None => tok.encode(&p.prompt, true)?,
             Some(t) => t.resolve(tok).encode_prompt(
@@ -156,17 +160,23 @@ pub fn evaluate(
                 &p.prompt,
             )?,
         };
-        let prompts = vec![prompt; n];
-        let mut gen = GenerateOptions {
+        prompts.extend(std::iter::repeat_n(prompt, n));
+    }
+    // a base model's continuation ends at a stop sequence; a chat answer at EOS (or the closing fence)
+    let chat = opts.template.is_some();
+    let mut texts = Vec::with_capacity(prompts.len());
+    let batch = opts.batch.max(1);
+    for (c, chunk) in prompts.chunks(batch).enumerate() {
+        let gen = GenerateOptions {
             max_new: opts.max_new,
             eos: tok.eos_id,
-            sampling: opts.sampling,
+            sampling: Sampling {
+                seed: opts.sampling.seed.wrapping_add((c * batch) as u64),
+                ..opts.sampling
+            },
+            batch,
         };
-        // the same problem gets the same draws whatever else is evaluated
-        gen.sampling.seed = opts.sampling.seed.wrapping_add(1_000_003 * i as u64);
-        // a base model's continuation ends at a stop sequence; a chat answer at EOS (or the closing fence)
-        let chat = opts.template.is_some();
-        let outs = generate(model, &prompts, &gen, &mut |_, new| {
+        let outs = generate(model, chunk, &gen, &mut |_, new| {
             tok.decode(new).is_ok_and(|t| {
                 if chat {
                     t.matches("```").count() >= 2
@@ -175,34 +185,76 @@ pub fn evaluate(
                 }
             })
         })?;
+        for ids in outs {
+            texts.push(tok.decode(&ids)?);
+        }
+        progress(texts.len(), prompts.len());
+    }
+    let runs: Vec<(String, String)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let p = &problems[i / n];
+            match opts.template {
+                None => {
+                    let c = cut_completion(text).to_string();
+                    let prog = program(p, &c);
+                    (c, prog)
+                }
+                Some(_) => (text.clone(), chat_program(p, text)),
+            }
+        })
+        .collect();
+    let outcomes = run_all(&runs, &opts.limits)?;
+    let mut out = Vec::with_capacity(problems.len());
+    for (i, p) in problems.iter().enumerate() {
         let mut r = ProblemResult {
             task_id: p.task_id.clone(),
             n,
             passed: 0,
             samples: Vec::with_capacity(n),
         };
-        for ids in outs {
-            let text = tok.decode(&ids)?;
-            let (completion, prog) = match opts.template {
-                None => {
-                    let c = cut_completion(&text).to_string();
-                    let prog = program(p, &c);
-                    (c, prog)
-                }
-                Some(_) => (text.clone(), chat_program(p, &text)),
-            };
-            let outcome = match python_sandbox::run(&prog, &opts.limits)? {
-                Outcome::Passed => "passed",
-                Outcome::Failed { .. } => "failed",
-                Outcome::TimedOut => "timeout",
-            };
-            r.passed += (outcome == "passed") as usize;
-            r.samples.push((completion, outcome.to_string()));
+        for j in i * n..(i + 1) * n {
+            r.passed += (outcomes[j] == "passed") as usize;
+            r.samples.push((runs[j].0.clone(), outcomes[j].to_string()));
         }
         out.push(r);
-        progress(i + 1, problems.len());
     }
     Ok(out)
+}
+
+/// Each program of `runs` (completion, program) run in the sandbox, as many at once as there are cores:
+/// `passed`, `failed` or `timeout` for each.
+fn run_all(runs: &[(String, String)], limits: &Limits) -> Result<Vec<&'static str>> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = runs.len().div_ceil(workers).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = runs
+            .chunks(per)
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(_, prog)| {
+                            Ok(match python_sandbox::run(prog, limits)? {
+                                Outcome::Passed => "passed",
+                                Outcome::Failed { .. } => "failed",
+                                Outcome::TimedOut => "timeout",
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(runs.len());
+        for h in handles {
+            match h.join() {
+                Ok(r) => all.extend(r?),
+                Err(_) => anyhow::bail!("a sandbox worker panicked"),
+            }
+        }
+        Ok(all)
+    })
 }
 
 /// pass@k for each k in `ks` that every problem has samples for.
@@ -225,6 +277,45 @@ mod tests {
                 .into(),
             entry_point: "add".into(),
         }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_batch_and_keep_each_problems_samples() -> Result<()> {
+        use crate::model::ModelArgs;
+        let args = ModelArgs::preset("tiny").expect("tiny preset");
+        let m = Transformer::random(args, 5, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let tok = Tokenizer::bytes();
+        let mut q = problem();
+        q.task_id = "Test/1".into();
+        q.prompt = "def add(a, b):\n".into();
+        let problems = [problem(), q];
+        let run = |batch| {
+            let opts = HumanEvalOptions {
+                n: 3,
+                sampling: Sampling {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    seed: 11,
+                },
+                max_new: 12,
+                batch,
+                template: None,
+                limits: Limits::default(),
+            };
+            evaluate(&m, &tok, &problems, &opts, &mut |_, _| {})
+        };
+        let (a, b) = (run(1)?, run(4)?);
+        assert_eq!(a.len(), 2);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((x.n, x.samples.len()), (3, 3));
+            assert_eq!(x.task_id, y.task_id);
+            assert_eq!(x.samples, y.samples);
+            // random bytes do not add two numbers
+            assert_eq!(x.passed, 0);
+        }
+        // three draws of one problem differ (a seed per completion)
+        assert!(a[0].samples[0].0 != a[0].samples[1].0 || a[0].samples[1].0 != a[0].samples[2].0);
+        Ok(())
     }
 
     #[test]

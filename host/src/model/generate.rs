@@ -117,43 +117,97 @@ pub struct GenerateOptions {
     pub eos: Option<u32>,
     /// Greedy or sampled.
     pub sampling: Sampling,
+    /// Prompts decoded together as one batch (left-padded; 1: one after another). A batch ends when all
+    /// its rows have, or when its longest padded row reaches the model's max_seq_len.
+    pub batch: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new: 32,
+            eos: None,
+            sampling: Sampling::default(),
+            batch: 1,
+        }
+    }
 }
 
 /// Continues each of `prompts` with head 0, KV-cached (prefill, then one position per token): the new
 /// tokens of each. A sequence ends at `max_new` tokens, at EOS, at the model's max_seq_len, or when
-/// `stop(prompt index, new tokens)` says so (stop strings). Prompts run one after another.
+/// `stop(prompt index, new tokens)` says so (stop strings). Prompts run `opts.batch` at a time; prompt
+/// i's draws come from seed `sampling.seed + i` whatever the batching.
 pub fn generate(
     model: &Transformer,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
     stop: &mut dyn FnMut(usize, &[u32]) -> bool,
 ) -> Result<Vec<Vec<u32>>> {
-    use rand::SeedableRng;
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        bail!("prompt {i} is empty");
+    }
     let mut out = Vec::with_capacity(prompts.len());
-    for (i, prompt) in prompts.iter().enumerate() {
-        if prompt.is_empty() {
-            bail!("prompt {i} is empty");
-        }
-        let mut rng =
-            rand_chacha::ChaCha8Rng::seed_from_u64(opts.sampling.seed.wrapping_add(i as u64));
-        let mut dec = super::kv_cache::Decoder::new(model);
-        let mut logits = dec.feed(prompt)?;
-        let mut new = Vec::new();
-        while new.len() < opts.max_new {
-            let next = pick(&logits.to_vec1::<f32>()?, &opts.sampling, &mut rng)?;
-            new.push(next);
-            if Some(next) == opts.eos
-                || stop(i, &new)
-                || dec.len() >= model.args.max_seq_len
-                || new.len() == opts.max_new
-            {
-                break;
-            }
-            logits = dec.feed(&[next])?;
-        }
-        out.push(new);
+    for (c, chunk) in prompts.chunks(opts.batch.max(1)).enumerate() {
+        let first = c * opts.batch.max(1);
+        out.extend(generate_batch(model, chunk, first, opts, stop)?);
     }
     Ok(out)
+}
+
+/// [`generate`] of one batch of prompts, the first being prompt `first`.
+fn generate_batch(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    first: usize,
+    opts: &GenerateOptions,
+    stop: &mut dyn FnMut(usize, &[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>> {
+    use rand::SeedableRng;
+    let b = prompts.len();
+    let mut new = vec![Vec::new(); b];
+    if opts.max_new == 0 {
+        return Ok(new);
+    }
+    let mut rngs: Vec<_> = (0..b)
+        .map(|r| {
+            rand_chacha::ChaCha8Rng::seed_from_u64(
+                opts.sampling.seed.wrapping_add((first + r) as u64),
+            )
+        })
+        .collect();
+    let (mut dec, mut logits) = super::kv_cache::Decoder::new_batch(model, prompts)?;
+    let mut done = vec![false; b];
+    loop {
+        // greedy: the argmax on the device, only B ids come back
+        let greedy = opts.sampling.temperature <= 0.0;
+        let picked: Vec<u32> = if greedy {
+            logits.argmax(candle_core::D::Minus1)?.to_vec1()?
+        } else {
+            let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+            rows.iter()
+                .zip(&mut rngs)
+                .map(|(l, rng)| pick(l, &opts.sampling, rng))
+                .collect::<Result<_>>()?
+        };
+        let mut next = vec![0u32; b];
+        for r in 0..b {
+            if done[r] {
+                // a finished row keeps being fed (its output is ignored)
+                next[r] = new[r].last().copied().unwrap_or(prompts[r][0]);
+                continue;
+            }
+            let t = picked[r];
+            new[r].push(t);
+            next[r] = t;
+            done[r] =
+                Some(t) == opts.eos || new[r].len() == opts.max_new || stop(first + r, &new[r]);
+        }
+        if done.iter().all(|&d| d) || dec.len() >= model.args.max_seq_len {
+            break;
+        }
+        logits = dec.feed_rows(&next)?;
+    }
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -171,11 +225,73 @@ mod tests {
             let reference = greedy_continue(&m, &prompt, 24, None)?;
             let opts = GenerateOptions {
                 max_new: 24,
-                eos: None,
-                sampling: Sampling::default(),
+                ..Default::default()
             };
             let cached = generate(&m, std::slice::from_ref(&prompt), &opts, &mut |_, _| false)?;
             assert_eq!(cached[0], reference[prompt.len()..], "prompt {prompt:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_of_prompts_of_different_lengths_decodes_as_each_alone() -> Result<()> {
+        let args = ModelArgs::preset("tiny").expect("tiny preset");
+        let m = Transformer::random(args, 3, DType::F32, &Device::Cpu)?;
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![5],
+            (0..40).collect(),
+            vec![1, 2, 3, 4, 5, 6, 7],
+            vec![9, 9],
+        ];
+        // the logits of each row equal the row's own decoder's
+        let (mut dec, logits) = crate::model::kv_cache::Decoder::new_batch(&m, &prompts)?;
+        let mut alone: Vec<_> = prompts
+            .iter()
+            .map(|_| crate::model::kv_cache::Decoder::new(&m))
+            .collect();
+        let mut want: Vec<Tensor> = prompts
+            .iter()
+            .zip(&mut alone)
+            .map(|(p, d)| d.feed(p))
+            .collect::<Result<_>>()?;
+        let mut got = logits;
+        for step in 0..6u32 {
+            for (r, w) in want.iter().enumerate() {
+                let d = (got.get(r)? - w)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(d < 1e-4, "step {step}, row {r}: logits differ by {d}");
+            }
+            let next: Vec<u32> = (0..prompts.len() as u32)
+                .map(|r| (7 * r + step) % 200)
+                .collect();
+            got = dec.feed_rows(&next)?;
+            want = alone
+                .iter_mut()
+                .zip(&next)
+                .map(|(d, &t)| d.feed(&[t]))
+                .collect::<Result<_>>()?;
+        }
+        // greedy and sampled generation: the same tokens batched as one at a time, stops per row
+        for sampling in [
+            Sampling::default(),
+            Sampling {
+                temperature: 0.8,
+                top_p: 0.9,
+                seed: 3,
+            },
+        ] {
+            let one = GenerateOptions {
+                max_new: 16,
+                eos: Some(17),
+                sampling,
+                batch: 1,
+            };
+            let four = GenerateOptions { batch: 4, ..one };
+            let three = GenerateOptions { batch: 3, ..one };
+            let stop = |i: usize, new: &[u32]| i == 2 && new.len() == 5;
+            let a = generate(&m, &prompts, &one, &mut |i, n| stop(i, n))?;
+            assert_eq!(a[2].len(), 5);
+            assert_eq!(generate(&m, &prompts, &four, &mut |i, n| stop(i, n))?, a);
+            assert_eq!(generate(&m, &prompts, &three, &mut |i, n| stop(i, n))?, a);
         }
         Ok(())
     }

@@ -1,7 +1,10 @@
 //! Incremental decoding with a key/value cache: each trunk block and head 0 keep the rotated keys and
 //! the values of every position seen, so a new token costs one position's work instead of the whole
 //! sequence's. [`Decoder::feed`] runs new tokens (the prompt at once — prefill —, then one at a time)
-//! and returns head 0's logits at the last position.
+//! and returns head 0's logits at the last position. [`Decoder::new_batch`] decodes several prompts as
+//! one batch: prompts are left-padded to the longest, a row's pad keys are masked out (each pad query
+//! sees only itself, so nothing is undefined), and as RoPE scores depend only on the distance between
+//! positions, a padded row computes what it would alone.
 
 use super::block::TransformerBlock;
 use super::rope::Rope;
@@ -45,7 +48,33 @@ fn offset_causal_mask(start: usize, tn: usize, dev: &candle_core::Device) -> Res
     Ok(Tensor::from_vec(m, (tn, all), dev)?)
 }
 
-/// One block on new positions x [B, Tn, D] at `start`.., reading and extending `cache`.
+/// Additive mask [B, Tn, start + Tn] of left-padded rows (row b's first `pads[b]` positions are
+/// padding): [`offset_causal_mask`], and no query sees a pad key but a pad query its own.
+fn padded_causal_mask(
+    pads: &[usize],
+    start: usize,
+    tn: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let all = start + tn;
+    let mut m = Vec::with_capacity(pads.len() * tn * all);
+    for &pad in pads {
+        for i in 0..tn {
+            let q = start + i;
+            m.extend((0..all).map(|k| {
+                if k > q || (k < pad && k != q) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            }));
+        }
+    }
+    Ok(Tensor::from_vec(m, (pads.len(), tn, all), dev)?)
+}
+
+/// One block on new positions x [B, Tn, D] at `start`.., reading and extending `cache`; `mask` is
+/// [Tn, all] (every row alike) or [B, Tn, all].
 pub(crate) fn block_cached(
     block: &TransformerBlock,
     x: &Tensor,
@@ -79,9 +108,10 @@ pub(crate) fn block_cached(
         .contiguous()?
         .reshape((b, nkv, rep * tn, hd))?;
     let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.to_dtype(DType::F32)?;
+    let mask_rows = if mask.rank() == 3 { mask.dim(0)? } else { 1 };
     let scores = scores
         .reshape((b, nkv, rep, tn, all))?
-        .broadcast_add(&mask.reshape((1, 1, 1, tn, all))?)?;
+        .broadcast_add(&mask.reshape((mask_rows, 1, 1, tn, all))?)?;
     let max = scores.max_keepdim(D::Minus1)?;
     let e = scores.broadcast_sub(&max)?.exp()?;
     let p = e
@@ -101,23 +131,71 @@ pub(crate) fn block_cached(
             .forward(&block.ffn_norm.forward(&h)?, ctx)?)?)
 }
 
-/// A decoding session of one sequence (batch 1) with head 0 and a cache per block.
+/// A decoding session with head 0 and a cache per block: one sequence ([`Decoder::new`]), or a batch of
+/// left-padded rows ([`Decoder::new_batch`]).
 pub struct Decoder<'a> {
     model: &'a Transformer,
     caches: Vec<BlockCache>,
     pos: usize,
     ctx: ForwardCtx,
+    /// Pad positions at the start of each row (one row of 0 for a single sequence).
+    pads: Vec<usize>,
 }
 
 impl<'a> Decoder<'a> {
-    /// An empty session.
+    /// An empty session of one sequence.
     pub fn new(model: &'a Transformer) -> Self {
         Decoder {
             model,
             caches: vec![BlockCache::default(); model.layers.len()],
             pos: 0,
             ctx: ForwardCtx::eval(),
+            pads: vec![0],
         }
+    }
+
+    /// A session of `prompts` as one batch (each left-padded to the longest), prefilled: returns it and
+    /// head 0's logits [B, V] (f32) at each prompt's last position.
+    pub fn new_batch(model: &'a Transformer, prompts: &[Vec<u32>]) -> Result<(Self, Tensor)> {
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if prompts.iter().any(Vec::is_empty) {
+            bail!("a prompt is empty");
+        }
+        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let mut ids = Vec::with_capacity(prompts.len() * longest);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            // the pad id is never seen by a real position: the prompt's first token serves
+            ids.extend(std::iter::repeat_n(p[0], pad).chain(p.iter().copied()));
+        }
+        let mut dec = Decoder {
+            pads,
+            ..Decoder::new(model)
+        };
+        let input = Tensor::from_vec(ids, (prompts.len(), longest), model.device())?;
+        let (_, z) = dec.feed_input(&input)?;
+        let logits = dec.last_logits(&z)?;
+        Ok((dec, logits))
+    }
+
+    /// Feeds one next token per row of a batch session; head 0's logits [B, V] (f32) for each row.
+    pub fn feed_rows(&mut self, next: &[u32]) -> Result<Tensor> {
+        if next.len() != self.pads.len() {
+            bail!("{} tokens for {} rows", next.len(), self.pads.len());
+        }
+        let input = Tensor::from_vec(next.to_vec(), (next.len(), 1), self.model.device())?;
+        let (_, z) = self.feed_input(&input)?;
+        self.last_logits(&z)
+    }
+
+    /// Head 0's logits [B, V] (f32) at the last of z's positions.
+    fn last_logits(&self, z: &Tensor) -> Result<Tensor> {
+        let (b, tn, _) = z.dims3()?;
+        let last = z.narrow(1, tn - 1, 1)?.contiguous()?;
+        Ok(self
+            .model
+            .logits(&last, &self.ctx)?
+            .reshape((b, ()))?
+            .to_dtype(DType::F32)?)
     }
 
     /// The model it decodes with.
@@ -139,22 +217,27 @@ impl<'a> Decoder<'a> {
     /// returns head 0's logits [V] (f32) at the last of them.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let (_, z) = self.feed_blocks(tokens)?;
-        let last = z.narrow(1, tokens.len() - 1, 1)?.contiguous()?;
-        Ok(self
-            .model
-            .logits(&last, &self.ctx)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?)
+        Ok(self.last_logits(&z)?.flatten_all()?)
     }
 
     /// Runs `tokens` (the next positions) through the trunk and head 0, extending the caches; returns
     /// the trunk's output and head 0's, each [1, Tn, D].
     pub(crate) fn feed_blocks(&mut self, tokens: &[u32]) -> Result<(Tensor, Tensor)> {
-        let m = self.model;
         if tokens.is_empty() {
             bail!("nothing to feed");
         }
-        let (start, tn) = (self.pos, tokens.len());
+        if self.pads.len() != 1 {
+            bail!("feed runs one sequence; a batch session takes feed_rows");
+        }
+        let input = Tensor::new(tokens, self.model.device())?.unsqueeze(0)?;
+        self.feed_input(&input)
+    }
+
+    /// Runs token ids [B, Tn] (the next positions of every row) through the trunk and head 0, extending
+    /// the caches; returns the trunk's output and head 0's, each [B, Tn, D].
+    fn feed_input(&mut self, input: &Tensor) -> Result<(Tensor, Tensor)> {
+        let m = self.model;
+        let (start, tn) = (self.pos, input.dim(1)?);
         if start + tn > m.args.max_seq_len {
             bail!(
                 "{} positions exceed the model's max_seq_len {}",
@@ -162,9 +245,11 @@ impl<'a> Decoder<'a> {
                 m.args.max_seq_len
             );
         }
-        let dev = m.device();
-        let (rope, mask) = positions(m, start, tn)?;
-        let mut x = m.embed(&Tensor::new(tokens, dev)?.unsqueeze(0)?)?;
+        let (rope, mut mask) = positions(m, start, tn)?;
+        if self.pads.iter().any(|&p| p > 0) {
+            mask = padded_causal_mask(&self.pads, start, tn, m.device())?;
+        }
+        let mut x = m.embed(input)?;
         // the trunk blocks, then head 0 (the last block of `layers`)
         let n_trunk = m.layers.len() - 1;
         let (trunk, head0) = self.caches.split_at_mut(n_trunk);
@@ -212,6 +297,25 @@ mod tests {
         let m: Vec<Vec<f32>> = offset_causal_mask(2, 2, &Device::Cpu)?.to_vec2()?;
         let inf = f32::NEG_INFINITY;
         assert_eq!(m, vec![vec![0.0, 0.0, 0.0, inf], vec![0.0, 0.0, 0.0, 0.0]]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_padded_row_hides_its_pad_keys_but_from_the_pad_itself() -> Result<()> {
+        let m: Vec<Vec<Vec<f32>>> = padded_causal_mask(&[0, 2], 0, 3, &Device::Cpu)?.to_vec3()?;
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(
+            m[0],
+            offset_causal_mask(0, 3, &Device::Cpu)?.to_vec2::<f32>()?
+        );
+        assert_eq!(
+            m[1],
+            vec![
+                vec![0.0, inf, inf],
+                vec![inf, 0.0, inf],
+                vec![inf, inf, 0.0]
+            ]
+        );
         Ok(())
     }
 }

@@ -170,6 +170,7 @@ mod tests {
             max_new,
             eos: None,
             sampling: Sampling::default(),
+            batch: 1,
         }
     }
 

@@ -145,3 +145,57 @@ fn adapter_reload_eval_merge_and_plot() {
     let text = std::fs::read_to_string(svg).unwrap();
     assert!(text.starts_with("<svg") && text.contains("loss and cross-entropy"));
 }
+
+#[test]
+fn a_checkpoint_is_scored_by_another_pipeline_on_that_pipelines_samples() {
+    // a verifiable run (pairs of correct and incorrect samples, weighted loss), scored by baseline:
+    // the baseline plugin's validation (correct samples only, loss = plain CE) of the trained weights
+    let dir = common::tempdir();
+    let r = run(&RunOptions {
+        pipeline: Some(root().join("plugins/verifiable.wasm")),
+        set: vec![
+            format!("checkpoint.dir={}", dir.path().display()),
+            "training.use_lora=true".into(),
+            "training.steps=3".into(),
+            "training.lr=0.01".into(),
+        ],
+        quiet: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let own = eval_checkpoint(&r.last_checkpoint, None, None).unwrap();
+    let by_baseline = eval_checkpoint(
+        &r.last_checkpoint,
+        None,
+        Some(root().join("plugins/baseline.wasm")),
+    )
+    .unwrap();
+    assert!((by_baseline.loss - by_baseline.ce).abs() < 1e-9);
+    assert!(
+        (own.loss - own.ce).abs() > 1e-3,
+        "verifiable weighs its loss"
+    );
+    // the trained weights are loaded: the untrained model (step 0 of a baseline run on the same data)
+    // scores differently on the same samples
+    let baseline_run = run(&RunOptions {
+        pipeline: Some(root().join("plugins/baseline.wasm")),
+        set: vec![
+            format!("checkpoint.dir={}", dir.path().join("b").display()),
+            "training.use_lora=true".into(),
+            "training.steps=1".into(),
+            "runtime.eval_every=1".into(),
+        ],
+        quiet: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let first = std::fs::read_to_string(baseline_run.run_dir.join("metrics.jsonl")).unwrap();
+    let step0: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(step0["step"], 0);
+    let fresh = step0["val_ce"].as_f64().unwrap();
+    assert!(
+        (fresh - by_baseline.ce).abs() > 1e-4,
+        "trained {} vs untrained {fresh}",
+        by_baseline.ce
+    );
+}

@@ -138,6 +138,11 @@ pub struct EvalArgs {
     /// validation result (ce, ce_heads, loss, metrics) as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Without --humaneval: score the checkpoint with this pipeline plugin instead of its own (its own
+    /// defaults, only the model's weights loaded), e.g. plugins/baseline.wasm to compare runs of different
+    /// pipelines on the same validation samples.
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
     /// Device to evaluate on: cpu, cuda or cuda:N (default: the checkpoint's `model.device`, or cpu for
     /// --model).
     #[arg(long)]
@@ -177,7 +182,7 @@ pub fn eval_ce(a: &EvalArgs) -> Result<()> {
         .map(|d| format!("data.validation={}", toml::Value::String(d.clone())))
         .collect();
     let overrides = [a.overrides(), data].concat();
-    let mut s = evaluate::checkpoint_session(ck, &overrides, None)?;
+    let mut s = evaluate::checkpoint_session(ck, &overrides, a.pipeline.clone())?;
     let v = s
         .validate()?
         .context("no validation data (set data.validation or data.val_fraction)")?;

@@ -261,25 +261,8 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     if ckpt.join(super::checkpoint_sharded::INDEX).exists() {
         return super::checkpoint_sharded::load_into(ckpt, s, st);
     }
+    load_model_weights(ckpt, s)?;
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
-    if s.model.lora.is_some() {
-        let f = ckpt.join("adapter/adapter_model.safetensors");
-        restore_params(
-            &mut s.model,
-            "",
-            &[ParamGroup::Lora],
-            &mut read(&f)?,
-            &|n| format!("base_model.model.{n}"),
-        )
-        .with_context(|| format!("restoring from {}", f.display()))?;
-    } else {
-        let f = ckpt.join("model/model.safetensors");
-        let groups = [ParamGroup::Trunk, ParamGroup::Heads];
-        restore_params(&mut s.model, "", &groups, &mut read(&f)?, &|n| {
-            n.to_string()
-        })
-        .with_context(|| format!("restoring from {}", f.display()))?;
-    }
     if let Some(vh) = &mut s.value_head {
         let f = if s.model.lora.is_some() {
             ckpt.join("adapter/value_head.safetensors")
@@ -304,6 +287,37 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         s.optimizer.load_state(HashMap::new(), st.step)?;
     }
     load_plugin_and_position(ckpt, s, st)
+}
+
+/// Loads only a checkpoint's model weights (the adapter, or the full model) into `s` (a session of the
+/// same model): `load_into`'s first part, and all of it when another pipeline evaluates the model.
+pub fn load_model_weights(ckpt: &Path, s: &mut Session) -> Result<()> {
+    if ckpt.join(super::checkpoint_sharded::INDEX).exists() {
+        bail!(
+            "{}: a sharded checkpoint is loaded whole (load_into), not weights only",
+            ckpt.display()
+        );
+    }
+    let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
+    if s.model.lora.is_some() {
+        let f = ckpt.join("adapter/adapter_model.safetensors");
+        restore_params(
+            &mut s.model,
+            "",
+            &[ParamGroup::Lora],
+            &mut read(&f)?,
+            &|n| format!("base_model.model.{n}"),
+        )
+        .with_context(|| format!("restoring from {}", f.display()))?;
+    } else {
+        let f = ckpt.join("model/model.safetensors");
+        let groups = [ParamGroup::Trunk, ParamGroup::Heads];
+        restore_params(&mut s.model, "", &groups, &mut read(&f)?, &|n| {
+            n.to_string()
+        })
+        .with_context(|| format!("restoring from {}", f.display()))?;
+    }
+    Ok(())
 }
 
 /// The last part of every load: the plugin's state and the data position.

@@ -2,7 +2,7 @@
 //! `train = false`, its metrics) over held-out items, the same for a saved checkpoint (`wmtp eval`), and
 //! next-token cross-entropy / perplexity of a text under head 0 (`wmtp perplexity`).
 
-use super::checkpoint::{load_into, read_meta};
+use super::checkpoint::{load_into, load_model_weights, read_meta};
 use super::engine::ForwardState;
 use super::session::Session;
 use super::step::{forward_and_batch, Models, Weigher};
@@ -110,17 +110,33 @@ impl Session {
 }
 
 /// The session of checkpoint `ckpt` (its config with `overrides`, its pipeline plugin or `pipeline`),
-/// weights and state loaded: its model and tokenizer are the trained ones.
+/// weights and state loaded: its model and tokenizer are the trained ones. Another `pipeline` than the
+/// run's gets its own defaults (the run's `[plugin]` table is for the run's plugin) and only the model's
+/// weights are loaded (no value head, optimiser or plugin state): that is how pipelines trained
+/// differently are scored on the same data and measure.
 pub fn checkpoint_session(
     ckpt: &Path,
     overrides: &[String],
     pipeline: Option<PathBuf>,
 ) -> Result<Session> {
-    let (cfg, st) = read_meta(ckpt, overrides)?;
-    let pipeline = pipeline.unwrap_or_else(|| PathBuf::from(&st.pipeline));
-    let mut s = Session::new(cfg, &pipeline)?;
-    load_into(ckpt, &mut s, &st)?;
-    Ok(s)
+    let (mut cfg, st) = read_meta(ckpt, overrides)?;
+    let same = |p: &Path| {
+        let canon = |q: &Path| std::fs::canonicalize(q).unwrap_or_else(|_| q.to_path_buf());
+        canon(p) == canon(Path::new(&st.pipeline))
+    };
+    match pipeline {
+        Some(p) if !same(&p) => {
+            cfg.plugin = Default::default();
+            let mut s = Session::new(cfg, &p)?;
+            load_model_weights(ckpt, &mut s)?;
+            Ok(s)
+        }
+        _ => {
+            let mut s = Session::new(cfg, Path::new(&st.pipeline))?;
+            load_into(ckpt, &mut s, &st)?;
+            Ok(s)
+        }
+    }
 }
 
 /// Validation of checkpoint `ckpt` (optionally on another JSONL file, or with another pipeline plugin).

@@ -12,22 +12,54 @@ use super::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 
-/// Rotated keys and values of one block for the positions seen so far: [B, n_kv, T, head_dim].
+/// Rotated keys and values of one block for the positions seen so far: buffers [B, n_kv, capacity,
+/// head_dim] written in place (`slice_set`) and read as their first `len` positions. Growing by whole
+/// chunks instead of concatenating at every token keeps the allocations few and of few sizes (a CUDA
+/// memory pool that keeps freed blocks would otherwise hold one block per length seen).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct BlockCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    len: usize,
 }
+
+/// Positions a cache buffer grows by (small in unit tests, so that their sequences cross it).
+const CACHE_CHUNK: usize = if cfg!(test) { 16 } else { 256 };
 
 impl BlockCache {
     /// Keeps the first `n` positions (speculative decoding drops the rejected drafts' positions).
     pub(crate) fn truncate(&mut self, n: usize) -> Result<()> {
-        for t in [&mut self.k, &mut self.v] {
-            if let Some(x) = t.take() {
-                *t = Some(x.narrow(2, 0, n.min(x.dim(2)?))?);
-            }
-        }
+        self.len = self.len.min(n);
         Ok(())
+    }
+
+    /// Appends new keys and values [B, n_kv, Tn, head_dim]; returns all of them, [B, n_kv, len, head_dim].
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, nkv, tn, hd) = k.dims4()?;
+        let need = self.len + tn;
+        let cap = self.k.as_ref().map_or(Ok(0), |t| t.dim(2))?;
+        if need > cap {
+            let new_cap = need.div_ceil(CACHE_CHUNK) * CACHE_CHUNK;
+            let grow = |old: &Option<Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, nkv, new_cap, hd), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    if self.len > 0 {
+                        buf.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            self.k = Some(grow(&self.k)?);
+            self.v = Some(grow(&self.v)?);
+        }
+        let (kb, vb) = match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => bail!("cache buffers missing"),
+        };
+        kb.slice_set(k, 2, self.len)?;
+        vb.slice_set(v, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 }
 
@@ -92,14 +124,7 @@ pub(crate) fn block_cached(
     let v = a.wv.forward(&n, ctx)?.reshape((b, tn, nkv, hd))?;
     let k = k.transpose(1, 2)?.contiguous()?;
     let v = v.transpose(1, 2)?.contiguous()?;
-    let k = match cache.k.take() {
-        Some(old) => Tensor::cat(&[&old, &k], 2)?,
-        None => k,
-    };
-    let v = match cache.v.take() {
-        Some(old) => Tensor::cat(&[&old, &v], 2)?,
-        None => v,
-    };
+    let (k, v) = cache.append(&k, &v)?;
     let all = k.dim(2)?;
     // query heads of one kv head stacked along time, as in the uncached attention
     let rep = nh / nkv;
@@ -122,8 +147,6 @@ pub(crate) fn block_cached(
         .reshape((b, nh, tn, hd))?
         .transpose(1, 2)?
         .reshape((b, tn, nh * hd))?;
-    cache.k = Some(k);
-    cache.v = Some(v);
     let h = (x + a.wo.forward(&out, ctx)?)?;
     Ok((&h
         + block

@@ -94,7 +94,7 @@ fn adapter_reload_eval_merge_and_plot() {
         .exists());
 
     let merged = dir.path().join("merged");
-    merge_checkpoint(&r.last_checkpoint, &merged).unwrap();
+    merge_checkpoint(&r.last_checkpoint, &merged, Default::default()).unwrap();
     let m = load_model(merged.to_str().unwrap(), &LoadOptions::default())
         .unwrap()
         .model;

@@ -39,9 +39,25 @@ pub enum Command {
         /// Checkpoint directory.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Output directory (params.json + model.safetensors).
+        /// Output directory.
         #[arg(long)]
         out: PathBuf,
+        /// meta: params.json + model.safetensors (Meta names); hf: config.json + model.safetensors for
+        /// transformers (head 0's LlamaForCausalLM; extra heads in wmtp_extra_heads.safetensors).
+        #[arg(long, value_enum, default_value_t = wmtp_host::train::tools::MergeFormat::Meta)]
+        format: wmtp_host::train::tools::MergeFormat,
+    },
+    /// Export a checkpoint's LoRA adapter for other tools (peft: `PeftModel.from_pretrained` on the HF model).
+    Export {
+        /// Checkpoint directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The layout: peft (adapter_config.json + adapter_model.safetensors with HF module names).
+        #[arg(long, default_value = "peft")]
+        format: String,
     },
     /// Plot a run's metrics (loss, cross-entropy, plugin metrics) to RUN_DIR/plots.svg.
     Plot {
@@ -184,8 +200,28 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(a) if a.humaneval.is_some() => model_cmds::humaneval(&a),
         Command::Eval(a) => model_cmds::eval_ce(&a),
-        Command::Merge { checkpoint, out } => {
-            wmtp_host::train::tools::merge_checkpoint(&checkpoint, &out)?;
+        Command::Export {
+            checkpoint,
+            out,
+            format,
+        } => {
+            anyhow::ensure!(
+                format == "peft",
+                "--format {format}: only peft is supported"
+            );
+            wmtp_host::train::tools::export_peft_adapter(&checkpoint, &out)?;
+            println!(
+                "PEFT adapter written to {} (peft.PeftModel.from_pretrained, or [lora] init_from)",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Merge {
+            checkpoint,
+            out,
+            format,
+        } => {
+            wmtp_host::train::tools::merge_checkpoint(&checkpoint, &out, format)?;
             println!(
                 "merged model written to {} (use it with --model {})",
                 out.display(),

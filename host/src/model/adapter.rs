@@ -55,6 +55,7 @@ impl AdapterConfig {
             dropout: self.lora_dropout,
             target_modules: self.target_modules.clone(),
             rslora: self.use_rslora,
+            init_from: String::new(),
         }
     }
 }

@@ -16,6 +16,17 @@ use serde::{Deserialize, Serialize};
 pub const ALL_TARGETS: [&str; 7] = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"];
 /// The default targets (attention projections).
 pub const DEFAULT_TARGETS: [&str; 4] = ["wq", "wk", "wv", "wo"];
+/// Hugging Face's names of [`ALL_TARGETS`], in the same order (accepted as synonyms; PEFT exports use
+/// them).
+pub const HF_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "down_proj",
+    "up_proj",
+];
 
 /// LoRA hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +45,11 @@ pub struct LoraConfig {
     /// Rank-stabilised scaling α/√r.
     #[serde(default)]
     pub rslora: bool,
+    /// Start from this PEFT adapter directory (`adapter_config.json` + `adapter_model.safetensors`, HF
+    /// module names, e.g. trained with `peft` or written by `wmtp export --format peft`) instead of B = 0;
+    /// its r, α, rslora and targets must equal these. Empty: a fresh adapter.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub init_from: String,
 }
 
 fn default_targets() -> Vec<String> {
@@ -48,6 +64,7 @@ impl Default for LoraConfig {
             dropout: 0.0,
             target_modules: default_targets(),
             rslora: false,
+            init_from: String::new(),
         }
     }
 }
@@ -62,16 +79,21 @@ impl LoraConfig {
         }
     }
 
-    /// The expanded, validated target list (`all-linear` → all seven), in block order.
+    /// The expanded, validated target list (`all-linear` → all seven; HF names such as `q_proj` →
+    /// their Meta names), in block order.
     pub fn targets(&self) -> Result<Vec<&'static str>> {
         let mut on = [false; 7];
         for t in &self.target_modules {
             if t == "all-linear" {
                 on = [true; 7];
-            } else if let Some(i) = ALL_TARGETS.iter().position(|a| a == t) {
+            } else if let Some(i) = ALL_TARGETS
+                .iter()
+                .position(|a| a == t)
+                .or_else(|| HF_TARGETS.iter().position(|a| a == t))
+            {
                 on[i] = true;
             } else {
-                bail!("unknown LoRA target module `{t}` (expected one of {ALL_TARGETS:?} or `all-linear`)");
+                bail!("unknown LoRA target module `{t}` (expected one of {ALL_TARGETS:?}, their HF names {HF_TARGETS:?}, or `all-linear`)");
             }
         }
         if !on.iter().any(|&b| b) {
@@ -452,11 +474,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.targets().unwrap().len(), 7);
+        // HF names are synonyms
         let c = LoraConfig {
-            target_modules: vec!["wq".into(), "q_proj".into()],
+            target_modules: vec![
+                "q_proj".into(),
+                "wq".into(),
+                "down_proj".into(),
+                "up_proj".into(),
+            ],
             ..Default::default()
         };
-        assert!(c.targets().unwrap_err().to_string().contains("q_proj"));
+        assert_eq!(c.targets().unwrap(), vec!["wq", "w2", "w3"]);
+        let c = LoraConfig {
+            target_modules: vec!["wq".into(), "qproj".into()],
+            ..Default::default()
+        };
+        assert!(c.targets().unwrap_err().to_string().contains("qproj"));
     }
 
     #[test]

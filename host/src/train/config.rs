@@ -413,9 +413,9 @@ mod tests {
         assert!(e.contains("training.lr"), "{e}");
         let e = format!(
             "{:#}",
-            RunConfig::load(None, &["lora.target_modules=[\"q_proj\"]".into()]).unwrap_err()
+            RunConfig::load(None, &["lora.target_modules=[\"qkv\"]".into()]).unwrap_err()
         );
-        assert!(e.contains("q_proj"), "{e}");
+        assert!(e.contains("qkv"), "{e}");
         let back: RunConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(back.training.steps, 5);
     }

@@ -165,6 +165,10 @@ impl Session {
         let groups = trained_groups(&cfg, &manifest);
         if groups.contains(&ParamGroup::Lora) {
             model.add_lora(&cfg.lora, cfg.training.seed)?;
+            if !cfg.lora.init_from.is_empty() {
+                crate::model::hf_export::import_peft(Path::new(&cfg.lora.init_from), &mut model)
+                    .context("lora.init_from")?;
+            }
         }
         let model_groups: Vec<ParamGroup> = groups
             .iter()

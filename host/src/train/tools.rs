@@ -1,16 +1,52 @@
 //! `wmtp merge`: a checkpoint's adapter folded into its base model (or its full weights), written as a
-//! full safetensors checkpoint.
+//! full checkpoint in Meta or Hugging Face layout; `wmtp export --format peft`: its adapter as a PEFT
+//! adapter.
 
 use super::checkpoint::read_meta;
 use crate::model::adapter::{load_trained, save_full};
-use anyhow::Result;
+use crate::model::hf_export::{export_peft, save_hf_merged};
+use crate::model::{Transformer, ValueHead};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
-/// Writes the checkpoint's model with its LoRA adapter merged (or its full weights) to `out` as
-/// `params.json` + `model.safetensors` (+ `value_head.safetensors`), loadable by `--model out`.
-pub fn merge_checkpoint(ckpt: &Path, out: &Path) -> Result<()> {
+/// The layout `wmtp merge` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MergeFormat {
+    /// `params.json` + `model.safetensors`, Meta names, q/k interleaved (wmtp's own; `--model` reads it).
+    #[default]
+    Meta,
+    /// `config.json` + `model.safetensors` for `transformers` (LlamaForCausalLM = head 0; the extra heads
+    /// in `wmtp_extra_heads.safetensors`).
+    Hf,
+}
+
+/// The checkpoint's trained model (adapter not merged) and value head, on the CPU, and its base model id.
+fn trained(ckpt: &Path) -> Result<(Transformer, Option<ValueHead>, String)> {
     let (cfg, _) = read_meta(ckpt, &[])?;
     let opts = super::session::load_options(&cfg, &candle_core::Device::Cpu)?;
-    let (model, vh) = load_trained(ckpt, &cfg.model.path, &opts, &cfg.value_head)?;
-    save_full(out, &model, vh.as_ref())
+    let (model, vh) = load_trained(ckpt, &cfg.model.path, &opts, &cfg.value_head)
+        .with_context(|| format!("checkpoint {}", ckpt.display()))?;
+    Ok((model, vh, cfg.model.path))
+}
+
+/// Writes the checkpoint's model with its LoRA adapter merged (or its full weights) to `out` in
+/// `format` (with `value_head.safetensors` when the run had one); both load with `--model out`.
+pub fn merge_checkpoint(ckpt: &Path, out: &Path, format: MergeFormat) -> Result<()> {
+    let (model, vh, _) = trained(ckpt)?;
+    match format {
+        MergeFormat::Meta => save_full(out, &model, vh.as_ref()),
+        MergeFormat::Hf => save_hf_merged(out, &model, vh.as_ref()),
+    }
+}
+
+/// Writes the checkpoint's LoRA adapter to `out` as a PEFT adapter (HF module names, rotate-half q/k).
+pub fn export_peft_adapter(ckpt: &Path, out: &Path) -> Result<()> {
+    let (model, vh, base) = trained(ckpt)?;
+    if model.lora.is_none() {
+        bail!(
+            "checkpoint {}: a full fine-tuning run has no adapter (use `wmtp merge --format hf`)",
+            ckpt.display()
+        );
+    }
+    export_peft(out, &model, vh.as_ref(), &base)
 }

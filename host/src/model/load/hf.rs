@@ -117,7 +117,16 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
         );
     }
     let mut out = HashMap::new();
+    let wmtp_files = [
+        crate::model::hf_export::EXTRA_HEADS_FILE,
+        "value_head.safetensors",
+    ];
     for f in &files {
+        if f.file_name()
+            .is_some_and(|n| wmtp_files.iter().any(|w| n == *w))
+        {
+            continue;
+        }
         for (k, t) in read_safetensors(f)? {
             if let Some(name) = meta_name(&k) {
                 let t = if name.ends_with("attention.wq.weight") {
@@ -134,6 +143,21 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
     if cfg.tie_word_embeddings && !out.contains_key("output.weight") {
         if let Some(e) = out.get("tok_embeddings.weight") {
             out.insert("output.weight".into(), e.copy()?);
+        }
+    }
+    // a wmtp HF export: its extra MTP heads beside the Llama (wmtp names and layout)
+    let wmtp_cfg = dir.join(crate::model::hf_export::WMTP_CONFIG_FILE);
+    let extra = dir.join(crate::model::hf_export::EXTRA_HEADS_FILE);
+    let mut args = args;
+    if wmtp_cfg.exists() && extra.exists() {
+        let text = std::fs::read_to_string(&wmtp_cfg)
+            .with_context(|| format!("reading {}", wmtp_cfg.display()))?;
+        let w: crate::model::hf_export::WmtpExportConfig = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", wmtp_cfg.display()))?;
+        if w.n_future_tokens > 1 {
+            args.n_future_tokens = w.n_future_tokens;
+            args.n_layers += w.n_future_tokens - 1;
+            out.extend(read_safetensors(&extra)?);
         }
     }
     Ok((args, out))

@@ -608,7 +608,7 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
     let ids = tok.encode(&text, true)?;
     let ce = evaluate::next_token_ce(&lm.model, &ids)?;
     println!(
-        "tokens {}  cross-entropy {ce:.4} nats  perplexity {:.2}",
+        "tokens {}  cross-entropy {ce:.6} nats  perplexity {:.4}",
         ids.len(),
         ce.exp()
     );

@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod dataset;
 pub mod sentencepiece;
+pub mod sp_model;
 pub mod tokenizer;
 
 pub use batcher::MicroBatch;

@@ -31,7 +31,10 @@ fn varint(b: &[u8], pos: &mut usize) -> Result<u64> {
 }
 
 /// Visits the (field, wire type, payload) triples of one message; returns Err on malformed input.
-fn fields<'a>(b: &'a [u8], mut f: impl FnMut(u64, &'a [u8], u64) -> Result<()>) -> Result<()> {
+pub(crate) fn fields<'a>(
+    b: &'a [u8],
+    mut f: impl FnMut(u64, &'a [u8], u64) -> Result<()>,
+) -> Result<()> {
     let mut pos = 0;
     while pos < b.len() {
         let key = varint(b, &mut pos)?;
@@ -109,7 +112,11 @@ pub(crate) mod tests {
             out.push(m.len() as u8);
             out.extend(m);
         }
-        out.extend_from_slice(&[0x12, 0x02, 0x08, 0x01]); // a trainer_spec field, skipped
+        // trainer_spec: an input field (skipped), model_type = UNIGRAM, byte_fallback = true
+        out.extend_from_slice(&[0x12, 0x07, 0x0a, 0x00, 0x18, 0x01, 0x98, 0x02, 0x01]);
+        // normalizer_spec: name = "identity"
+        out.extend_from_slice(&[0x1a, 0x0a, 0x0a, 0x08]);
+        out.extend_from_slice(b"identity");
         out
     }
 

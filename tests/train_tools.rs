@@ -199,3 +199,136 @@ fn a_checkpoint_is_scored_by_another_pipeline_on_that_pipelines_samples() {
         by_baseline.ce
     );
 }
+
+/// Reads a protobuf varint at `*pos`.
+fn varint(b: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = b[*pos];
+        *pos += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    v
+}
+
+/// The (field, varint or fixed value, bytes) of one protobuf message.
+fn proto_fields(b: &[u8]) -> Vec<(u64, u64, Vec<u8>)> {
+    let (mut pos, mut out) = (0, Vec::new());
+    while pos < b.len() {
+        let key = varint(b, &mut pos);
+        match key & 7 {
+            0 => out.push((key >> 3, varint(b, &mut pos), vec![])),
+            1 => {
+                out.push((key >> 3, 0, b[pos..pos + 8].to_vec()));
+                pos += 8
+            }
+            5 => {
+                out.push((key >> 3, 0, b[pos..pos + 4].to_vec()));
+                pos += 4
+            }
+            2 => {
+                let n = varint(b, &mut pos) as usize;
+                out.push((key >> 3, 0, b[pos..pos + n].to_vec()));
+                pos += n
+            }
+            w => panic!("wire type {w}"),
+        }
+    }
+    out
+}
+
+/// TFRecord's masked CRC-32C.
+fn masked_crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let crc = !crc;
+    (crc.rotate_right(15)).wrapping_add(0xa282_ead8)
+}
+
+#[test]
+fn tensorboard_events_hold_the_metrics() {
+    let dir = common::tempdir();
+    let r = run(&RunOptions {
+        pipeline: Some(root().join("plugins/baseline.wasm")),
+        set: vec![
+            format!("checkpoint.dir={}", dir.path().display()),
+            "training.steps=3".into(),
+            "runtime.eval_every=1".into(),
+            "runtime.tensorboard=true".into(),
+        ],
+        quiet: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let tb = r.run_dir.join("tensorboard");
+    let files: Vec<_> = std::fs::read_dir(&tb)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("events.out.tfevents."));
+    let bytes = std::fs::read(&files[0]).unwrap();
+    // TFRecord framing: length, its CRC, the Event, its CRC
+    let (mut pos, mut scalars) = (0, Vec::new());
+    while pos < bytes.len() {
+        let len_bytes = &bytes[pos..pos + 8];
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap());
+        assert_eq!(crc, masked_crc32c(len_bytes));
+        let data = &bytes[pos + 12..pos + 12 + len];
+        let dcrc = u32::from_le_bytes(bytes[pos + 12 + len..pos + 16 + len].try_into().unwrap());
+        assert_eq!(dcrc, masked_crc32c(data));
+        pos += 16 + len;
+        // Event { step = 2; summary = 5 { value = 1 { tag = 1; simple_value = 2 } } }
+        let ev = proto_fields(data);
+        let step = ev.iter().find(|f| f.0 == 2).map_or(0, |f| f.1);
+        for (_, _, summary) in ev.iter().filter(|f| f.0 == 5) {
+            for (_, _, value) in proto_fields(summary).iter().filter(|f| f.0 == 1) {
+                let v = proto_fields(value);
+                let tag =
+                    String::from_utf8(v.iter().find(|f| f.0 == 1).unwrap().2.clone()).unwrap();
+                let x = f32::from_le_bytes(
+                    v.iter().find(|f| f.0 == 2).unwrap().2[..4]
+                        .try_into()
+                        .unwrap(),
+                );
+                scalars.push((step, tag, x));
+            }
+        }
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(r.run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for key in ["loss", "val_ce", "lr", "plugin.ce_h0"] {
+        let want: Vec<(u64, f32)> = lines
+            .iter()
+            .filter_map(|l| Some((l["step"].as_u64()?, l.get(key)?.as_f64()? as f32)))
+            .collect();
+        let got: Vec<(u64, f32)> = scalars
+            .iter()
+            .filter(|s| s.1 == key)
+            .map(|s| (s.0, s.2))
+            .collect();
+        assert!(!want.is_empty(), "{key}");
+        assert_eq!(got, want, "{key}");
+    }
+}

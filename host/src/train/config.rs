@@ -245,6 +245,8 @@ pub struct RuntimeSection {
     pub plugin_fuel: u64,
     /// Show a progress bar (off when not a terminal).
     pub progress: bool,
+    /// Also write the metrics as TensorBoard scalars (RUN_DIR/tensorboard/): `tensorboard --logdir runs/`.
+    pub tensorboard: bool,
     /// `blocks`: keep only each block's input in the forward and recompute the block in the backward
     /// (least memory); `none`: keep every block's activations from forward to backward (no recomputation,
     /// about a block's activations × blocks more memory).
@@ -262,6 +264,7 @@ impl Default for RuntimeSection {
             plugin_memory_mb: 512,
             plugin_fuel: 0,
             progress: true,
+            tensorboard: false,
             fused_kernels: true,
             activation_checkpointing: ActivationCheckpointing::Blocks,
         }

@@ -8,7 +8,6 @@ use super::evaluate::Validation;
 use super::session::Session;
 use super::step::train_step;
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -170,16 +169,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
     // rank 0 writes the metrics; the others' lines (the same global figures) go nowhere
-    let mut metrics: Box<dyn Write> = if rank == 0 {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(run_dir.join("metrics.jsonl"))?,
-        )
-    } else {
-        Box::new(std::io::sink())
-    };
+    let mut metrics =
+        super::metrics_log::MetricsLog::open(&run_dir, rank, s.cfg.runtime.tensorboard)?;
     let total = s.cfg.training.steps;
     let bar = progress_bar(total, state.step, opts.quiet || !s.cfg.runtime.progress);
     let (mut losses, mut ces) = (Vec::new(), Vec::new());
@@ -192,7 +183,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let mut last_ckpt = PathBuf::new();
     if state.step == 0 && s.cfg.runtime.eval_every > 0 {
         if let Some(v) = s.validate()? {
-            writeln!(metrics, "{}", val_json(serde_json::json!({"step": 0}), &v))?;
+            metrics.write(&val_json(serde_json::json!({"step": 0}), &v))?;
         }
     }
     while state.step < total {
@@ -242,7 +233,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 }
             }
         }
-        writeln!(metrics, "{line}")?;
+        metrics.write(&line)?;
         bar.set_message(format!(
             "loss {:.4}  ce {:.4}  {:.0} tok/s",
             rep.loss, rep.ce, tok_s

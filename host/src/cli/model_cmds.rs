@@ -362,14 +362,23 @@ pub fn info(a: &InfoArgs) -> Result<()> {
             let mut m = load(&a.model)?.model;
             if a.lora {
                 m.add_lora(&lora, 0)?;
-            } else {
-                m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
             }
             let mut by_group: BTreeMap<ParamGroup, u64> = BTreeMap::new();
             m.visit("", &mut |_, p| {
                 *by_group.entry(p.group()).or_default() += p.numel() as u64
             });
-            (m.args.clone(), Some((m.param_counts(), by_group)))
+            // full fine-tuning trains the trunk and the heads: counted, not made trainable (that would
+            // copy every weight)
+            let counts = if a.lora {
+                m.param_counts()
+            } else {
+                let get = |g| by_group.get(&g).copied().unwrap_or(0);
+                (
+                    by_group.values().sum(),
+                    get(ParamGroup::Trunk) + get(ParamGroup::Heads),
+                )
+            };
+            (m.args.clone(), Some((counts, by_group)))
         }
     };
     let c = args.param_counts();

@@ -71,19 +71,21 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-fn save_tensors(path: &Path, tensors: HashMap<String, Tensor>) -> Result<()> {
+/// Writes `tensors` to a safetensors file atomically.
+pub(crate) fn save_tensors(path: &Path, tensors: HashMap<String, Tensor>) -> Result<()> {
     write_atomic(path, |tmp| {
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })
 }
 
-fn save_json(path: &Path, value: &impl Serialize) -> Result<()> {
+/// Writes `value` as pretty JSON atomically.
+pub(crate) fn save_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     write_atomic(path, |tmp| Ok(std::fs::write(tmp, text)?))
 }
 
 /// Writes `dir/value_head.safetensors` with keys `value_head.{i}.weight|bias`.
-fn save_value_head(dir: &Path, vh: &ValueHead) -> Result<()> {
+pub(crate) fn save_value_head(dir: &Path, vh: &ValueHead) -> Result<()> {
     let t = vh
         .named_params()
         .into_iter()

@@ -11,6 +11,7 @@
 //! Layout: wmtp keeps q/k rows interleaved per head ([heads, hd/2, 2]); HF groups them rotate-half
 //! ([heads, 2, hd/2]). For a q/k LoRA ΔW = s·B·A, only B's rows are permuted (B_hf = P·B); A is untouched.
 
+use super::adapter::{save_json, save_tensors, save_value_head};
 use super::load::hf::unpermute_rotate_half;
 use super::param::{ParamGroup, VisitParams};
 use super::{LoraConfig, Transformer, ValueHead};
@@ -129,15 +130,59 @@ fn cpu(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_device(&Device::Cpu)?)
 }
 
-fn save(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    super::adapter::write_atomic(path, |tmp| {
-        Ok(candle_core::safetensors::save(tensors, tmp)?)
-    })
+/// `model`'s parameters of `groups`, on the CPU, split into those with an HF name (renamed, q/k rows
+/// rotate-half) and the extra heads' (wmtp names and layout).
+fn split_for_hf(
+    model: &Transformer,
+    groups: &[ParamGroup],
+) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>)> {
+    let (mut hf, mut extra) = (HashMap::new(), HashMap::new());
+    let mut err = None;
+    model.visit("", &mut |name, p| {
+        if !groups.contains(&p.group()) || err.is_some() {
+            return;
+        }
+        let hf_key = hf_name(name);
+        let t = match (cpu(p.tensor()), rope_heads(name, model)) {
+            (Ok(t), Some(h)) if hf_key.is_some() => permute_rotate_half(&t, h),
+            (t, _) => t,
+        };
+        match (t, hf_key) {
+            (Ok(t), Some(k)) => {
+                hf.insert(k, t);
+            }
+            (Ok(t), None) => {
+                extra.insert(name.to_string(), t);
+            }
+            (Err(e), _) => err = Some(e),
+        }
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok((hf, extra)),
+    }
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)? + "\n";
-    super::adapter::write_atomic(path, |tmp| Ok(std::fs::write(tmp, text)?))
+/// The extra heads' tensors, the value head and `wmtp_config.json`: what goes beside an HF export.
+fn save_beside(
+    dir: &Path,
+    model: &Transformer,
+    extra: HashMap<String, Tensor>,
+    value_head: Option<&ValueHead>,
+) -> Result<()> {
+    if !extra.is_empty() {
+        save_tensors(&dir.join(EXTRA_HEADS_FILE), extra)?;
+    }
+    if let Some(vh) = value_head {
+        save_value_head(dir, vh)?;
+    }
+    save_json(
+        &dir.join(WMTP_CONFIG_FILE),
+        &WmtpExportConfig {
+            n_future_tokens: model.args.n_future_tokens,
+            value_head: value_head.map(|v| v.config.clone()),
+        },
+    )
 }
 
 /// Writes `model`'s LoRA adapter as a PEFT adapter into `dir` (see the module docs), with the value head
@@ -152,35 +197,12 @@ pub fn export_peft(
         bail!("the model has no LoRA adapters to export")
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (mut peft, mut extra) = (HashMap::new(), HashMap::new());
-    let mut err = None;
-    model.visit("", &mut |name, p| {
-        if p.group() != ParamGroup::Lora || err.is_some() {
-            return;
-        }
-        // HF-named tensors in HF's layout; the extra heads' under wmtp's names, in wmtp's layout
-        let hf = hf_name(name);
-        let t = match (cpu(p.tensor()), rope_heads(name, model)) {
-            (Ok(t), Some(h)) if hf.is_some() => permute_rotate_half(&t, h),
-            (t, _) => t,
-        };
-        match (t, hf) {
-            (Ok(t), Some(hf)) => {
-                peft.insert(format!("{PEFT_PREFIX}{hf}"), t);
-            }
-            (Ok(t), None) => {
-                extra.insert(name.to_string(), t);
-            }
-            (Err(e), _) => err = Some(e),
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    save(&dir.join("adapter_model.safetensors"), &peft)?;
-    if !extra.is_empty() {
-        save(&dir.join(EXTRA_HEADS_FILE), &extra)?;
-    }
+    let (hf, extra) = split_for_hf(model, &[ParamGroup::Lora])?;
+    let peft = hf
+        .into_iter()
+        .map(|(k, t)| (format!("{PEFT_PREFIX}{k}"), t))
+        .collect();
+    save_tensors(&dir.join("adapter_model.safetensors"), peft)?;
     let targets = cfg.targets()?;
     let hf_targets = targets
         .iter()
@@ -192,7 +214,7 @@ pub fn export_peft(
             super::lora::HF_TARGETS[i].to_string()
         })
         .collect();
-    write_json(
+    save_json(
         &dir.join("adapter_config.json"),
         &PeftConfig {
             peft_type: "LORA".into(),
@@ -209,21 +231,7 @@ pub fn export_peft(
             layers_to_transform: None,
         },
     )?;
-    if let Some(vh) = value_head {
-        let t = vh
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| Ok((format!("value_head.{n}"), cpu(p.tensor())?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        save(&dir.join("value_head.safetensors"), &t)?;
-    }
-    write_json(
-        &dir.join(WMTP_CONFIG_FILE),
-        &WmtpExportConfig {
-            n_future_tokens: model.args.n_future_tokens,
-            value_head: value_head.map(|v| v.config.clone()),
-        },
-    )
+    save_beside(dir, model, extra, value_head)
 }
 
 /// Reads a PEFT adapter's `adapter_config.json` from `dir` as wmtp LoRA settings (refusing what wmtp
@@ -371,43 +379,16 @@ pub fn save_hf_merged(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut merged = model.clone();
     merged.set_lora_merged(true)?;
-    let (mut hf_tensors, mut extra) = (HashMap::new(), HashMap::new());
-    let mut err = None;
-    let mut dtype = None;
-    merged.visit("", &mut |name, p| {
-        if p.group() == ParamGroup::Lora || err.is_some() {
-            return;
-        }
-        dtype.get_or_insert(p.tensor().dtype());
-        let hf = hf_name(name);
-        let t = match (cpu(p.tensor()), rope_heads(name, &merged)) {
-            (Ok(t), Some(h)) if hf.is_some() => permute_rotate_half(&t, h),
-            (t, _) => t,
-        };
-        match (t, hf) {
-            (Ok(t), Some(n)) => {
-                hf_tensors.insert(n, t);
-            }
-            (Ok(t), None) => {
-                extra.insert(name.to_string(), t);
-            }
-            (Err(e), _) => err = Some(e),
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    save(&dir.join("model.safetensors"), &hf_tensors)?;
-    if !extra.is_empty() {
-        save(&dir.join(EXTRA_HEADS_FILE), &extra)?;
-    }
+    let (hf, extra) = split_for_hf(&merged, &[ParamGroup::Trunk, ParamGroup::Heads])?;
+    let dtype = hf.values().next().map(|t| t.dtype());
+    save_tensors(&dir.join("model.safetensors"), hf)?;
     let a = &model.args;
     let torch_dtype = match dtype {
         Some(candle_core::DType::BF16) => "bfloat16",
         Some(candle_core::DType::F16) => "float16",
         _ => "float32",
     };
-    write_json(
+    save_json(
         &dir.join("config.json"),
         &serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
@@ -428,19 +409,5 @@ pub fn save_hf_merged(
             "torch_dtype": torch_dtype,
         }),
     )?;
-    if let Some(vh) = value_head {
-        let t = vh
-            .named_params()
-            .into_iter()
-            .map(|(n, p)| Ok((format!("value_head.{n}"), cpu(p.tensor())?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        save(&dir.join("value_head.safetensors"), &t)?;
-    }
-    write_json(
-        &dir.join(WMTP_CONFIG_FILE),
-        &WmtpExportConfig {
-            n_future_tokens: model.args.n_future_tokens,
-            value_head: value_head.map(|v| v.config.clone()),
-        },
-    )
+    save_beside(dir, model, extra, value_head)
 }

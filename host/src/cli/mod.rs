@@ -3,6 +3,7 @@
 //! folded into the base), `plot` (a run's metrics), `info`, `generate`, `perplexity` (model checks) and
 //! `plugin` (`describe`, `check`, `new`, `build` for pipeline plugins).
 
+mod eval_cmds;
 mod model_cmds;
 mod plugin_cmds;
 mod plugin_template;
@@ -33,7 +34,7 @@ pub enum Command {
     Run(RunCli),
     /// Validation cross-entropy of a checkpoint (plain, and weighted by its pipeline), or with
     /// --humaneval pass@k of a checkpoint or a model on HumanEval problems.
-    Eval(model_cmds::EvalArgs),
+    Eval(eval_cmds::EvalArgs),
     /// Write a checkpoint's model with its LoRA merged, as a full safetensors checkpoint.
     Merge {
         /// Checkpoint directory.
@@ -198,8 +199,8 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             wmtp_host::train::run::run(&opts).map(|_| ())
         }
-        Command::Eval(a) if a.humaneval.is_some() => model_cmds::humaneval(&a),
-        Command::Eval(a) => model_cmds::eval_ce(&a),
+        Command::Eval(a) if a.humaneval.is_some() => eval_cmds::humaneval(&a),
+        Command::Eval(a) => eval_cmds::eval_ce(&a),
         Command::Export {
             checkpoint,
             out,

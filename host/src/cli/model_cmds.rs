@@ -5,7 +5,6 @@ use super::ModelArgsCli;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use wmtp_host::model::activation_memory::ActivationEstimate;
 use wmtp_host::model::load::{load_model, preset_args, LoadOptions, LoadedModel};
 use wmtp_host::model::memory::{human_bytes, Counts, MemoryEstimate};
@@ -85,82 +84,8 @@ pub struct GenerateArgs {
     pub batch: usize,
 }
 
-/// `wmtp eval`.
-#[derive(Debug, Args)]
-pub struct EvalArgs {
-    /// Checkpoint directory (runs/…/checkpoints/step-N): its model, LoRA included.
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
-    /// Evaluate on this JSONL instead of the run's validation split.
-    #[arg(long)]
-    pub data: Option<String>,
-    /// HumanEval pass@k on these problems ({task_id, prompt, test, entry_point} JSONL;
-    /// scripts/make-humaneval-data.py writes .cache/data/humaneval_problems.jsonl).
-    #[arg(long)]
-    pub humaneval: Option<PathBuf>,
-    /// With --humaneval and no --checkpoint: the model (GGUF, safetensors folder or preset).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Samples per problem (temperature 0 takes one: greedy).
-    #[arg(long, default_value_t = 1)]
-    pub samples: usize,
-    /// Sampling temperature of the completions (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f64,
-    /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f64,
-    /// Seed of the draws.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Most tokens per completion.
-    #[arg(long, default_value_t = 384)]
-    pub max_new_tokens: usize,
-    /// raw (continue the function as given: base models) or a template the prompt is put in as an
-    /// instruction (auto, alpaca, chatml, none: chat models; the code of the answer's first fenced block
-    /// is run).
-    #[arg(long, default_value = "raw")]
-    pub template: String,
-    /// With --checkpoint: only the problems its run held out for validation (`data.val_fraction` of
-    /// the problems, by problem id), so pass@1 is measured on problems it never trained on.
-    #[arg(long, requires = "checkpoint")]
-    pub held_out: bool,
-    /// Only the first N problems.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Seconds each program may run.
-    #[arg(long, default_value_t = 5.0)]
-    pub timeout_s: f64,
-    /// Completions generated together as one batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Per-problem results (completions and outcomes) as JSONL with --humaneval; without it, the
-    /// validation result (ce, ce_heads, loss, metrics) as JSON.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Without --humaneval: score the checkpoint with this pipeline plugin instead of its own (its own
-    /// defaults, only the model's weights loaded), e.g. plugins/baseline.wasm to compare runs of different
-    /// pipelines on the same validation samples.
-    #[arg(long)]
-    pub pipeline: Option<PathBuf>,
-    /// Device to evaluate on: cpu, cuda or cuda:N (default: the checkpoint's `model.device`, or cpu for
-    /// --model).
-    #[arg(long)]
-    pub device: Option<wmtp_host::model::DeviceSpec>,
-}
-
-impl EvalArgs {
-    /// The config overrides of the checkpoint's session (`--device`).
-    pub fn overrides(&self) -> Vec<String> {
-        self.device
-            .iter()
-            .map(|d| format!("model.device=\"{d}\""))
-            .collect()
-    }
-}
-
 /// `--template`: `raw` (None: the prompt as given) or a `data.template` name.
-fn parse_template(s: &str) -> Result<Option<wmtp_host::data::dataset::Template>> {
+pub(super) fn parse_template(s: &str) -> Result<Option<wmtp_host::data::dataset::Template>> {
     match s {
         "raw" => Ok(None),
         t => t
@@ -168,134 +93,6 @@ fn parse_template(s: &str) -> Result<Option<wmtp_host::data::dataset::Template>>
             .map(Some)
             .map_err(|e: String| anyhow::anyhow!("--template: {e}, or raw")),
     }
-}
-
-/// `wmtp eval --checkpoint`: validation CE (mean over heads and per head) and the pipeline's loss.
-pub fn eval_ce(a: &EvalArgs) -> Result<()> {
-    let ck = a
-        .checkpoint
-        .as_ref()
-        .context("--checkpoint is required (or --humaneval)")?;
-    let data: Vec<String> = a
-        .data
-        .iter()
-        .map(|d| format!("data.validation={}", toml::Value::String(d.clone())))
-        .collect();
-    let overrides = [a.overrides(), data].concat();
-    let mut s = evaluate::checkpoint_session(ck, &overrides, a.pipeline.clone())?;
-    let v = s
-        .validate()?
-        .context("no validation data (set data.validation or data.val_fraction)")?;
-    println!(
-        "validation: ce {:.4} nats (perplexity {:.2}), pipeline loss {:.4}",
-        v.ce,
-        v.ce.exp(),
-        v.loss
-    );
-    let heads: Vec<String> = v
-        .ce_heads
-        .iter()
-        .enumerate()
-        .map(|(k, c)| format!("head {k} {c:.4}"))
-        .collect();
-    println!("per head ce: {}", heads.join(", "));
-    if let Some(out) = &a.out {
-        let json = serde_json::json!({
-            "checkpoint": ck,
-            "ce": v.ce,
-            "ce_heads": v.ce_heads,
-            "loss": v.loss,
-            "metrics": v.metrics.iter().cloned().collect::<BTreeMap<_, _>>(),
-        });
-        std::fs::write(out, serde_json::to_string_pretty(&json)? + "\n")
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
-    Ok(())
-}
-
-/// `wmtp eval --humaneval`: pass@1 (and pass@10 with ≥ 10 samples) of a checkpoint or a model.
-pub fn humaneval(a: &EvalArgs) -> Result<()> {
-    use wmtp_host::eval::humaneval::{evaluate, read_problems, summary, HumanEvalOptions};
-    use wmtp_host::eval::python_sandbox::Limits;
-    use wmtp_host::model::generate::Sampling;
-    let Some(path) = &a.humaneval else {
-        bail!("--humaneval PROBLEMS is required")
-    };
-    anyhow::ensure!(a.samples >= 1, "--samples must be ≥ 1");
-    anyhow::ensure!(
-        a.temperature >= 0.0 && a.temperature.is_finite(),
-        "--temperature must be ≥ 0"
-    );
-    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
-    anyhow::ensure!(a.timeout_s > 0.0, "--timeout-s must be > 0");
-    let template = parse_template(&a.template)?;
-    let mut problems = read_problems(path)?;
-    let (session, loaded);
-    let (model, tok) = match (&a.checkpoint, &a.model) {
-        (Some(ck), None) => {
-            session = wmtp_host::train::evaluate::checkpoint_session(ck, &a.overrides(), None)?;
-            if a.held_out {
-                let d = &session.cfg.data;
-                anyhow::ensure!(
-                    d.validation.is_empty() && d.val_fraction > 0.0,
-                    "--held-out: the checkpoint's run validated on a file or held nothing out"
-                );
-                problems
-                    .retain(|p| wmtp_host::train::session::is_held_out(&p.task_id, d.val_fraction));
-                anyhow::ensure!(!problems.is_empty(), "--held-out: no problem is held out");
-            }
-            (&session.model, &session.tokenizer)
-        }
-        (None, Some(m)) => {
-            loaded = load(&ModelArgsCli {
-                model: m.clone(),
-                n_future_tokens: None,
-                extra_heads_init: Default::default(),
-                dtype: Default::default(),
-                device: a.device.unwrap_or_default(),
-            })?;
-            let Some(t) = &loaded.tokenizer else {
-                bail!("model `{m}` has no tokenizer")
-            };
-            (&loaded.model, t)
-        }
-        _ => bail!("give --checkpoint or --model (one of them)"),
-    };
-    if let Some(n) = a.limit {
-        problems.truncate(n);
-    }
-    let opts = HumanEvalOptions {
-        n: a.samples,
-        sampling: Sampling {
-            temperature: a.temperature,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
-        max_new: a.max_new_tokens,
-        batch: a.batch,
-        template,
-        limits: Limits {
-            timeout: std::time::Duration::from_secs_f64(a.timeout_s),
-            ..Default::default()
-        },
-    };
-    let t0 = std::time::Instant::now();
-    let results = evaluate(model, tok, &problems, &opts, &mut |done, total| {
-        eprint!("\rHumanEval: {done}/{total} completions");
-    })?;
-    eprintln!(" ({:.0} s)", t0.elapsed().as_secs_f64());
-    if let Some(out) = &a.out {
-        let mut text = String::new();
-        for r in &results {
-            text.push_str(&serde_json::to_string(r)?);
-            text.push('\n');
-        }
-        std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
-    }
-    for (k, v) in summary(&results, &[1, 10, 100]) {
-        println!("pass@{k} {:.4} over {} problems", v, results.len());
-    }
-    Ok(())
 }
 
 /// `wmtp perplexity`.
@@ -314,7 +111,7 @@ pub struct PerplexityArgs {
 
 /// The model `--model` names: a preset, a GGUF file, a Meta / HF directory, or a training checkpoint
 /// (`runs/…/checkpoints/step-N`: its base model with the trained adapter merged, or its full model).
-fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
+pub(super) fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
     let device = m.device.open()?;
     let ckpt = std::path::Path::new(&m.model);
     if ckpt.join("trainer_state.json").is_file() {

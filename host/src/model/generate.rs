@@ -177,9 +177,9 @@ fn generate_batch(
         .collect();
     let (mut dec, mut logits) = super::kv_cache::Decoder::new_batch(model, prompts)?;
     let mut done = vec![false; b];
+    // greedy: the argmax on the device, only B ids come back
+    let greedy = opts.sampling.temperature <= 0.0;
     loop {
-        // greedy: the argmax on the device, only B ids come back
-        let greedy = opts.sampling.temperature <= 0.0;
         let picked: Vec<u32> = if greedy {
             logits.argmax(candle_core::D::Minus1)?.to_vec1()?
         } else {

@@ -66,12 +66,12 @@ pub fn hf_name(ours: &str) -> Option<String> {
 
 /// How many heads' rows a q/k tensor (or its LoRA B) is grouped by: n_heads for wq, n_kv_heads for wk;
 /// None for any other tensor (and for LoRA A, whose rows are the rank).
-fn rope_heads(ours: &str, model: &Transformer) -> Option<usize> {
+fn rope_heads(ours: &str, args: &super::ModelArgs) -> Option<usize> {
     let lora_a = ours.ends_with("lora_A.weight");
     if ours.contains("attention.wq.") && !lora_a {
-        Some(model.args.n_heads)
+        Some(args.n_heads)
     } else if ours.contains("attention.wk.") && !lora_a {
-        Some(model.args.kv_heads())
+        Some(args.kv_heads())
     } else {
         None
     }
@@ -143,7 +143,7 @@ fn split_for_hf(
             return;
         }
         let hf_key = hf_name(name);
-        let t = match (cpu(p.tensor()), rope_heads(name, model)) {
+        let t = match (cpu(p.tensor()), rope_heads(name, &model.args)) {
             (Ok(t), Some(h)) if hf_key.is_some() => permute_rotate_half(&t, h),
             (t, _) => t,
         };
@@ -308,15 +308,13 @@ pub fn import_peft(dir: &Path, model: &mut Transformer) -> Result<()> {
     } else {
         HashMap::new()
     };
-    let (heads, kv_heads) = (model.args.n_heads, model.args.kv_heads());
+    let args = model.args.clone();
     let mut err: Option<anyhow::Error> = None;
     model.visit_mut("", &mut |name, p| {
         if p.group() != ParamGroup::Lora || err.is_some() {
             return;
         }
-        let hf = hf_name(name);
-        let from_hf = hf.is_some();
-        let got = match hf {
+        let got = match hf_name(name) {
             Some(hf) => match peft.remove(&format!("{PEFT_PREFIX}{hf}")) {
                 Some(t) => Some(t),
                 None => {
@@ -330,13 +328,10 @@ pub fn import_peft(dir: &Path, model: &mut Transformer) -> Result<()> {
             None => extra.remove(name),
         };
         let Some(t) = got else { return };
-        let lora_a = name.ends_with("lora_A.weight");
-        let t = if from_hf && name.contains("attention.wq.") && !lora_a {
-            unpermute_rotate_half(&t, heads)
-        } else if from_hf && name.contains("attention.wk.") && !lora_a {
-            unpermute_rotate_half(&t, kv_heads)
-        } else {
-            Ok(t)
+        // HF-named tensors come in HF's rotate-half rows; the extra heads' in wmtp's layout already
+        let t = match rope_heads(name, &args) {
+            Some(h) if hf_name(name).is_some() => unpermute_rotate_half(&t, h),
+            _ => Ok(t),
         };
         let set = t.and_then(|t| {
             if t.dims() != p.tensor().dims() {

@@ -121,6 +121,26 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
 
 #[test]
 #[ignore = "needs a CUDA device"]
+fn gpu_dropout_masks_equal_the_cpu_ones() -> Result<()> {
+    let dev = cuda();
+    for dt in [DType::F32, DType::BF16] {
+        for (shape, key, p) in [((7usize, 333usize), 1u64, 0.05f32), ((64, 576), 99, 0.5)] {
+            let g = kernels::dropout::dropout_mask(shape, dt, &dev, key, p)?;
+            let c = kernels::dropout::dropout_mask(shape, dt, &Device::Cpu, key, p)?;
+            let g = g.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let c = c.to_dtype(DType::F32)?;
+            assert_eq!(
+                g.flatten_all()?.to_vec1::<f32>()?,
+                c.flatten_all()?.to_vec1::<f32>()?,
+                "{dt:?} {shape:?} p={p}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
 fn gpu_flash_attention_matches_the_plain_path() -> Result<()> {
     let dev = cuda();
     // partial tiles (T not a multiple of 64), grouped-query heads, both head sizes

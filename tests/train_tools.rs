@@ -141,9 +141,18 @@ fn adapter_reload_eval_merge_and_plot() {
         .iter()
         .any(|(n, _)| n.contains("lora_B")));
 
-    let svg = wmtp_host::train::plot::plot_run(&r.run_dir).unwrap();
-    let text = std::fs::read_to_string(svg).unwrap();
+    let files = wmtp_host::train::plot::plot_run(&r.run_dir).unwrap();
+    let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.starts_with("<svg") && text.contains("loss and cross-entropy"));
+    // the PNG: a 1200-pixel-wide image whose pixels are not all the white background (curves and text)
+    let png = std::fs::read(&files[1]).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1200);
+    assert!(
+        png.len() > 10_000,
+        "a {}-byte PNG is too small to hold the charts",
+        png.len()
+    );
 }
 
 #[test]

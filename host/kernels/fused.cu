@@ -6,6 +6,7 @@
 //   softmax-CE per row: lse, CE = lse − z[target]; backward dz = c·(softmax − onehot)
 //   attention causal, grouped-query, flash-style tiles (attention.cuh: bf16 mma.sync, f32 statistics)
 //   AdamW     one launch for many tensors (pointer table), f32 master weights and moments
+//   dropout   mask[i] = 0 if u(key, i) < p else 1/(1−p), u a SplitMix64 hash of (key, i) (same bits on the CPU)
 #include <cuda_bf16.h>
 #include <stdint.h>
 
@@ -232,6 +233,22 @@ __device__ void scatter_rows(const T* src, const uint32_t* idx, T* dst, long row
   }
 }
 
+// The dropout mask's uniform number for element i under `key`: SplitMix64's finaliser of key + (i+1)·φ,
+// top 24 bits as a float in [0, 1). host/src/kernels/dropout.rs computes the same bits on the CPU.
+__device__ __forceinline__ float dropout_uniform(unsigned long long key, unsigned long long i) {
+  unsigned long long z = key + (i + 1ull) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+template <typename T>
+__device__ void dropout_mask(T* mask, long n, unsigned long long key, float p, float keep) {
+  long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) mask[i] = from_f<T>(dropout_uniform(key, (unsigned long long)i) < p ? 0.f : keep);
+}
+
 extern "C" __global__ void f32_to_bf16(const float* x, bf16* y, long n) {
   long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) y[i] = __float2bfloat16(x[i]);
@@ -263,6 +280,10 @@ extern "C" __global__ void f32_to_bf16(const float* x, bf16* y, long n) {
   extern "C" __global__ void scatter_rows_##NAME(const T* src, const uint32_t* idx, T* dst, long rows,      \
                                                  int dim) {                                                \
     scatter_rows<T>(src, idx, dst, rows, dim);                                                            \
+  }                                                                                                       \
+  extern "C" __global__ void dropout_mask_##NAME(T* mask, long n, unsigned long long key, float p,       \
+                                                 float keep) {                                             \
+    dropout_mask<T>(mask, n, key, p, keep);                                                               \
   }                                                                                                       \
   extern "C" __global__ void ce_bwd_##NAME(const T* z, const uint32_t* tg, const float* lse,               \
                                            const float* coef, T* dz, int v) {                             \

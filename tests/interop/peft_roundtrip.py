@@ -122,26 +122,26 @@ eval_every = 0
                     if c.startswith("step-"))[-1]
         adapter = os.path.join(d, "peft")
         sh(a.wmtp, "export", "--format", "peft", "--checkpoint", ck, "--out", adapter)
-        base_model = transformers.AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval()
+        base_model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
         pm = peft.PeftModel.from_pretrained(base_model, adapter).eval()
         ce_wmtp, n = wmtp_ce(a.wmtp, ck, TEXT)
         ids = with_bos(ids, n)
         ce_peft, logits_peft = hf_ce(pm, ids)
-        ce_base, _ = hf_ce(transformers.AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval(), ids)
+        ce_base, _ = hf_ce(transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval(), ids)
         d1 = abs(ce_peft - ce_wmtp)
         print(f"wmtp → PEFT: CE peft {ce_peft:.6f}, wmtp {ce_wmtp:.6f} (|Δ| {d1:.2e}); the base model's {ce_base:.6f}")
         if d1 > TOL or abs(ce_peft - ce_base) < 1e-3:
             fails.append("wmtp → PEFT CE" if d1 > TOL else "the adapter changes nothing")
         merged = os.path.join(d, "merged")
         sh(a.wmtp, "merge", "--format", "hf", "--checkpoint", ck, "--out", merged)
-        mm = transformers.AutoModelForCausalLM.from_pretrained(merged, torch_dtype=torch.float32).eval()
+        mm = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
         _, logits_merged = hf_ce(mm, ids)
         d2 = (logits_merged - logits_peft).abs().max().item()
         print(f"wmtp merge --format hf vs PEFT: max |Δ logit| {d2:.2e}")
         if d2 > TOL:
             fails.append("merge --format hf logits")
         # 3. PEFT → wmtp
-        fresh = transformers.AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+        fresh = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         lcfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                                   "up_proj", "down_proj"],
                                init_lora_weights=False, task_type="CAUSAL_LM")

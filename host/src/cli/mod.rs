@@ -60,7 +60,7 @@ pub enum Command {
         #[arg(long, default_value = "peft")]
         format: String,
     },
-    /// Plot a run's metrics (loss, cross-entropy, plugin metrics) to RUN_DIR/plots.svg.
+    /// Plot a run's metrics (loss, cross-entropy, plugin metrics) to RUN_DIR/plots.svg and plots.png.
     Plot {
         /// The run directory (holds metrics.jsonl).
         run_dir: PathBuf,
@@ -231,8 +231,9 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plot { run_dir } => {
-            let p = wmtp_host::train::plot::plot_run(&run_dir)?;
-            println!("wrote {}", p.display());
+            for p in wmtp_host::train::plot::plot_run(&run_dir)? {
+                println!("wrote {}", p.display());
+            }
             Ok(())
         }
         Command::Info(a) => model_cmds::info(&a),

@@ -9,6 +9,7 @@
 //! - [`attention`]: causal grouped-query attention, flash-style: [T, T] scores never stored; the
 //!   log-sum-exp is kept for the backward (bf16, head_dim 64 or 128, tensor-core mma).
 //! - [`scatter_rows`]: rows back to their positions (replaces candle's slow CUDA `index_add`).
+//! - [`dropout::dropout_mask`]: inverted-dropout masks from a counter-based hash, drawn on the device.
 //! - [`adamw`]: one launch of AdamW (f32 masters and moments) and one of Σg² for all trainable tensors.
 //!
 //! The model uses them where [`use_fused`] says so: on CUDA for f32/bf16 unless turned off
@@ -20,6 +21,7 @@ mod cpu;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod dropout;
 pub mod rms_norm;
 pub mod rope;
 pub mod scatter;

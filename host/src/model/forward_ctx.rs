@@ -1,9 +1,8 @@
 //! `ForwardCtx`: what a forward pass needs besides inputs — training or evaluation, and the seeded
 //! randomness for dropout (so a run, and a resumed run, draw the same masks).
 
+use crate::kernels::dropout::{dropout_mask, stream_key};
 use candle_core::{Result, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Forward-pass settings: `train` turns dropout on; masks come from `seed` and a per-call counter.
@@ -53,15 +52,17 @@ impl ForwardCtx {
             return Ok(None);
         }
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let keep = if p >= 1.0 { 0.0 } else { 1.0 / (1.0 - p) };
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-            .collect();
-        Ok(Some(
-            Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?,
-        ))
+        if p >= 1.0 {
+            return Ok(Some(x.zeros_like()?));
+        }
+        // drawn where x lives (a kernel on CUDA): no host loop, no copy per LoRA target
+        Ok(Some(dropout_mask(
+            x.shape(),
+            x.dtype(),
+            x.device(),
+            stream_key(self.seed, call),
+            p,
+        )?))
     }
 }
 

@@ -1,10 +1,32 @@
-//! `wmtp plot RUN_DIR`: an SVG of a run's metrics (metrics.jsonl) — the loss and cross-entropy curves
-//! (with validation points) first, then one small chart per plugin metric.
+//! `wmtp plot RUN_DIR`: a run's metrics (metrics.jsonl) as `plots.svg` and `plots.png` — the loss and
+//! cross-entropy curves (with validation points) first, then one small chart per plugin metric.
+//!
+//! Text is measured (both files) and drawn (PNG) with an embedded font, `assets/plot-sans.ttf` (a subset
+//! of DejaVu Sans; licence in `assets/plot-sans.LICENSE`), so the output does not depend on the fonts a
+//! machine has.
 
 use anyhow::{bail, Context, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// The embedded font, registered as plotters' "sans-serif".
+static FONT: &[u8] = include_bytes!("../../assets/plot-sans.ttf");
+
+/// Registers [`FONT`] once per process.
+fn register_font() -> Result<()> {
+    static ONCE: Once = Once::new();
+    let mut bad = false;
+    ONCE.call_once(|| {
+        bad = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_err();
+    });
+    if bad {
+        bail!("the embedded plot font (assets/plot-sans.ttf) is not a valid TrueType font");
+    }
+    Ok(())
+}
 
 /// Series by metric name: (step, value) points.
 pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
@@ -38,8 +60,8 @@ pub fn read_metrics(path: &Path) -> Result<Series> {
     Ok(out)
 }
 
-fn chart(
-    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+fn chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
     title: &str,
     lines: &[(&str, &[(f64, f64)])],
 ) -> Result<()> {
@@ -80,30 +102,32 @@ fn chart(
     Ok(())
 }
 
-/// Writes `run_dir/plots.svg`; returns its path.
-pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
-    let series = read_metrics(&run_dir.join("metrics.jsonl"))?;
-    let main: Vec<&str> = ["loss", "ce", "val_ce", "val_loss"]
+/// The metrics of the top chart.
+const MAIN: [&str; 4] = ["loss", "ce", "val_ce", "val_loss"];
+
+/// The metrics that get a chart of their own: all but the top chart's and the bookkeeping ones.
+fn others(series: &Series) -> Vec<&String> {
+    const SKIP: [&str; 3] = ["tokens", "tokens_per_s", "lr"];
+    series
+        .keys()
+        .filter(|k| !MAIN.contains(&k.as_str()) && !SKIP.contains(&k.as_str()))
+        .collect()
+}
+
+/// Pixel size of the figure for `charts` plugin metrics: a 1200-wide top chart and rows of three.
+fn figure_size(charts: usize) -> (u32, u32) {
+    (1200, 320 * (1 + charts.div_ceil(3)) as u32)
+}
+
+/// Draws the figure on `root`: the loss/CE chart, then one chart per other metric.
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &Series) -> Result<()> {
+    let main: Vec<&str> = MAIN
         .into_iter()
         .filter(|k| series.contains_key(*k))
         .collect();
-    let skip = [
-        "loss",
-        "ce",
-        "val_ce",
-        "val_loss",
-        "tokens",
-        "tokens_per_s",
-        "lr",
-    ];
-    let others: Vec<&String> = series
-        .keys()
-        .filter(|k| !skip.contains(&k.as_str()))
-        .collect();
+    let others = others(series);
     let cols = 3usize;
     let rows = 1 + others.len().div_ceil(cols);
-    let out = run_dir.join("plots.svg");
-    let root = SVGBackend::new(&out, (1200, 320 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (top, rest) = root.split_vertically(320);
     let lines: Vec<(&str, &[(f64, f64)])> =
@@ -115,7 +139,20 @@ pub fn plot_run(run_dir: &Path) -> Result<PathBuf> {
             chart(cell, k, &[(k.as_str(), series[*k].as_slice())])?;
         }
     }
-    root.present()
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
-    Ok(run_dir.join("plots.svg"))
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Writes `run_dir/plots.svg` and `run_dir/plots.png` (the same figure); returns their paths.
+pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    let series = read_metrics(&run_dir.join("metrics.jsonl"))?;
+    let size = figure_size(others(&series).len());
+    let svg = run_dir.join("plots.svg");
+    draw(SVGBackend::new(&svg, size).into_drawing_area(), &series)
+        .with_context(|| format!("writing {}", svg.display()))?;
+    let png = run_dir.join("plots.png");
+    draw(BitMapBackend::new(&png, size).into_drawing_area(), &series)
+        .with_context(|| format!("writing {}", png.display()))?;
+    Ok(vec![svg, png])
 }

@@ -88,15 +88,30 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> 
         .map(|(i, &l)| (i, ((l as f64 - max) / s.temperature).exp()))
         .collect();
     let z: f64 = p.iter().map(|x| x.1).sum();
-    p.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // the nucleus is the most likely tokens (ties: lower id first) up to mass top_p; rather than sorting
+    // the whole vocabulary, sort the top k (found in linear time) and double k until they hold the mass
+    let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut k = 64.min(p.len());
     let mut kept = Vec::new();
-    let mut mass = 0.0;
-    for (i, w) in p {
-        kept.push((i, w / z));
-        mass += w / z;
-        if mass >= s.top_p {
+    let mut mass;
+    loop {
+        if k < p.len() {
+            p.select_nth_unstable_by(k - 1, order);
+        }
+        p[..k].sort_by(order);
+        kept.clear();
+        mass = 0.0;
+        for &(i, w) in &p[..k] {
+            kept.push((i, w / z));
+            mass += w / z;
+            if mass >= s.top_p {
+                break;
+            }
+        }
+        if mass >= s.top_p || k == p.len() {
             break;
         }
+        k = (2 * k).min(p.len());
     }
     let mut u = rng.random::<f64>() * mass;
     for &(i, q) in &kept {
@@ -183,9 +198,11 @@ fn generate_batch(
         let picked: Vec<u32> = if greedy {
             logits.argmax(candle_core::D::Minus1)?.to_vec1()?
         } else {
+            // rows are independent (each has its own generator): picked on all cores
+            use rayon::prelude::*;
             let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-            rows.iter()
-                .zip(&mut rngs)
+            rows.par_iter()
+                .zip(rngs.par_iter_mut())
                 .map(|(l, rng)| pick(l, &opts.sampling, rng))
                 .collect::<Result<_>>()?
         };
@@ -292,6 +309,67 @@ mod tests {
             assert_eq!(a[2].len(), 5);
             assert_eq!(generate(&m, &prompts, &four, &mut |i, n| stop(i, n))?, a);
             assert_eq!(generate(&m, &prompts, &three, &mut |i, n| stop(i, n))?, a);
+        }
+        Ok(())
+    }
+
+    /// The nucleus by sorting the whole vocabulary (ties by id), as `pick` did before its top-k search.
+    fn pick_by_full_sort(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> u32 {
+        use rand::Rng;
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let mut p: Vec<(usize, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, ((l as f64 - max) / s.temperature).exp()))
+            .collect();
+        let z: f64 = p.iter().map(|x| x.1).sum();
+        p.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (mut kept, mut mass) = (Vec::new(), 0.0);
+        for (i, w) in p {
+            kept.push((i, w / z));
+            mass += w / z;
+            if mass >= s.top_p {
+                break;
+            }
+        }
+        let mut u = rng.random::<f64>() * mass;
+        for &(i, q) in &kept {
+            if u < q {
+                return i as u32;
+            }
+            u -= q;
+        }
+        kept.last().map_or(0, |x| x.0) as u32
+    }
+
+    #[test]
+    fn top_k_nucleus_search_picks_what_a_full_sort_picks() -> Result<()> {
+        use rand::Rng;
+        let mut g = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (v, spread, top_p, t) in [
+            (1000usize, 8.0f32, 0.95, 0.8),
+            (5000, 2.0, 0.9, 1.0), // flat: the nucleus needs far more than 64 tokens
+            (300, 20.0, 0.5, 0.7), // peaked
+            (100, 0.0, 0.99, 1.0), // all tied: ties go to the lower id
+            (49152, 12.0, 1.0, 0.8), // whole vocabulary
+        ] {
+            let logits: Vec<f32> = (0..v).map(|_| g.random::<f32>() * spread).collect();
+            let s = Sampling {
+                temperature: t,
+                top_p,
+                seed: 0,
+            };
+            let (mut r1, mut r2) = (
+                rand_chacha::ChaCha8Rng::seed_from_u64(9),
+                rand_chacha::ChaCha8Rng::seed_from_u64(9),
+            );
+            for _ in 0..20 {
+                assert_eq!(
+                    pick(&logits, &s, &mut r1)?,
+                    pick_by_full_sort(&logits, &s, &mut r2),
+                    "V {v}, top_p {top_p}"
+                );
+            }
         }
         Ok(())
     }

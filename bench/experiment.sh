@@ -20,7 +20,7 @@
 #   bench/experiment.sh                       # 3 seeds, 100 steps, on cuda
 #   SEEDS="1 2 3 4 5" STEPS=200 DEVICE=cuda:0 WMTP=target/release/wmtp OUT=runs/experiment bench/experiment.sh
 # Runs go one after another (PARALLEL=1, the default): processes sharing one GPU time-slice it; with four
-# at once each step took 3.4× as long as alone (2.2 vs 0.65 s, H200), no gain. PARALLEL=N runs N seeds
+# at once each step took 3.4× as long as alone (2.2 vs 0.65 s, H200, measured when steps were host-bound), no gain. PARALLEL=N runs N seeds
 # at a time. ARMS: the arms to run (default all four); TRAIN_ONLY=1 skips the untrained, speculative
 # and report parts.
 set -euo pipefail

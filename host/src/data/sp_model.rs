@@ -104,6 +104,20 @@ impl SpModel {
                 normalizer.name
             );
         }
+        Self::from_parts(pieces, model_type, byte_fallback, normalizer, false)
+    }
+
+    /// A model from its parts (e.g. a GGUF `llama` vocabulary: pieces, scores and types, no protobuf).
+    /// `match_control`: control pieces (type 3, e.g. `<s>`) written in the text are matched whole like
+    /// user-defined ones — what llama.cpp and HF tokenizers do with special tokens; the `sentencepiece`
+    /// library does not.
+    pub fn from_parts(
+        pieces: Vec<Piece>,
+        model_type: SpModelType,
+        byte_fallback: bool,
+        normalizer: SpNormalizer,
+        match_control: bool,
+    ) -> Result<Self> {
         let ids: HashMap<String, u32> = pieces
             .iter()
             .enumerate()
@@ -114,7 +128,7 @@ impl SpModel {
         let mut user_defined: Vec<(String, u32)> = pieces
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.kind == 4)
+            .filter(|(_, p)| p.kind == 4 || (match_control && p.kind == 3 && !p.piece.is_empty()))
             .map(|(i, p)| (p.piece.clone(), i as u32))
             .collect();
         // longest first, so the longest user-defined piece wins

@@ -3,22 +3,20 @@
 //! `tokenizer.model` (its protobuf read here, see `sentencepiece.rs`).
 //!
 //! A `tokenizer.model` is run exactly as the `sentencepiece` library runs it (`sp_model.rs`: BPE or
-//! Unigram per the model, its normaliser settings, byte fallback). A GGUF `llama` vocabulary (pieces and
-//! scores, no model type or normaliser) is run as a Unigram model over the scores with byte fallback and
-//! `▁` for spaces: for Llama-2's BPE vocabulary that gives the same pieces on ordinary text but is not
-//! guaranteed identical on every input.
+//! Unigram per the model, its normaliser settings, byte fallback). A GGUF `llama` vocabulary (pieces,
+//! scores and types; no model type or normaliser) is run as llama.cpp runs it: SentencePiece BPE over the
+//! scores (`sp_model.rs`), byte fallback when it has byte pieces, `▁` for spaces with one in front
+//! (`tokenizer.ggml.add_space_prefix`, default true), other whitespace kept, and control tokens written
+//! in the text matched whole.
 
+use super::sentencepiece::Piece;
+use super::sp_model::{SpModel, SpModelType, SpNormalizer};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use std::path::Path;
-use tokenizers::decoders::{
-    byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence, strip::Strip,
-};
 use tokenizers::models::bpe::BPE;
-use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::{Prepend, Replace};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
+use tokenizers::AddedToken;
 
 /// A tokenizer with the model's BOS/EOS ids.
 pub struct Tokenizer {
@@ -113,16 +111,54 @@ impl Tokenizer {
                 tk
             }
             "llama" => {
-                let scores: Vec<f64> = match md.get("tokenizer.ggml.scores") {
+                let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
                     Some(v) => v
                         .to_vec()?
                         .iter()
-                        .map(|s| s.to_f32().map(f64::from))
+                        .map(|s| s.to_f32())
                         .collect::<candle_core::Result<_>>()?,
                     None => vec![0.0; tokens.len()],
                 };
-                let unk = id("tokenizer.ggml.unknown_token_id").map(|u| u as usize);
-                sentencepiece_tokenizer(tokens.iter().cloned().zip(scores).collect(), unk)?
+                if scores.len() != tokens.len() || types.len() != tokens.len() {
+                    bail!(
+                        "{source}: {} tokens but {} scores and {} token types",
+                        tokens.len(),
+                        scores.len(),
+                        types.len()
+                    );
+                }
+                let pieces: Vec<Piece> = tokens
+                    .iter()
+                    .zip(&scores)
+                    .zip(&types)
+                    .map(|((t, &score), &kind)| Piece {
+                        piece: t.clone(),
+                        score,
+                        kind,
+                    })
+                    .collect();
+                let byte_fallback = types.contains(&6);
+                let add_space_prefix = md
+                    .get("tokenizer.ggml.add_space_prefix")
+                    .and_then(|v| v.to_bool().ok())
+                    .unwrap_or(true);
+                // llama.cpp's SentencePiece tokenizer: BPE over the piece scores, spaces as ▁, a space
+                // in front unless the file says otherwise, whitespace otherwise kept as written
+                let normalizer = SpNormalizer {
+                    name: "identity".into(),
+                    add_dummy_prefix: add_space_prefix,
+                    remove_extra_whitespaces: false,
+                    escape_whitespaces: true,
+                };
+                let sp =
+                    SpModel::from_parts(pieces, SpModelType::Bpe, byte_fallback, normalizer, true)
+                        .with_context(|| format!("{source}: the llama vocabulary"))?;
+                return Ok(Tokenizer {
+                    sp: Some(sp),
+                    inner: None,
+                    bos_id,
+                    eos_id,
+                });
             }
             other => bail!(
                 "{source}: unsupported GGUF tokenizer model `{other}` (supported: gpt2, llama)"
@@ -238,36 +274,6 @@ impl Tokenizer {
             .into_owned()),
         }
     }
-}
-
-/// A SentencePiece-style tokenizer: Unigram over (piece, score) with byte fallback, spaces as `▁`
-/// and a `▁` prepended to the text.
-fn sentencepiece_tokenizer(
-    vocab: Vec<(String, f64)>,
-    unk: Option<usize>,
-) -> Result<tokenizers::Tokenizer> {
-    let byte_fallback = vocab.iter().any(|(p, _)| p == "<0x00>");
-    let model = Unigram::from(vocab, unk, byte_fallback)
-        .map_err(|e| anyhow!("building SentencePiece vocabulary: {e}"))?;
-    let mut tk = tokenizers::Tokenizer::new(model);
-    let replace = Replace::new(" ", "▁").map_err(|e| anyhow!("{e}"))?;
-    tk.with_normalizer(Some(NormalizerWrapper::Sequence(
-        tokenizers::normalizers::Sequence::new(vec![
-            NormalizerWrapper::Prepend(Prepend::new("▁".into())),
-            NormalizerWrapper::Replace(replace),
-        ]),
-    )))
-    .map_err(|e| anyhow!("building SentencePiece normalizer: {e}"))?;
-    let space = tokenizers::decoders::DecoderWrapper::Replace(
-        Replace::new("▁", " ").map_err(|e| anyhow!("{e}"))?,
-    );
-    tk.with_decoder(Some(DecoderWrapper::Sequence(Sequence::new(vec![
-        space,
-        DecoderWrapper::ByteFallback(ByteFallback::new()),
-        DecoderWrapper::Fuse(Fuse::new()),
-        DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
-    ]))));
-    Ok(tk)
 }
 
 #[cfg(test)]

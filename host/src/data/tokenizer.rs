@@ -127,7 +127,7 @@ impl Tokenizer {
                         types.len()
                     );
                 }
-                let pieces: Vec<Piece> = tokens
+                let mut pieces: Vec<Piece> = tokens
                     .iter()
                     .zip(&scores)
                     .zip(&types)
@@ -137,7 +137,13 @@ impl Tokenizer {
                         kind,
                     })
                     .collect();
-                let byte_fallback = types.contains(&6);
+                // files without token types still name their unknown token and have byte pieces
+                if let Some(p) =
+                    id("tokenizer.ggml.unknown_token_id").and_then(|u| pieces.get_mut(u as usize))
+                {
+                    p.kind = 2;
+                }
+                let byte_fallback = types.contains(&6) || tokens.iter().any(|t| t == "<0x00>");
                 let add_space_prefix = md
                     .get("tokenizer.ggml.add_space_prefix")
                     .and_then(|v| v.to_bool().ok())

@@ -10,19 +10,18 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::OnceLock;
 
 /// The embedded font, registered as plotters' "sans-serif".
 static FONT: &[u8] = include_bytes!("../../assets/plot-sans.ttf");
 
-/// Registers [`FONT`] once per process.
+/// Registers [`FONT`] once per process (every call reports whether that worked).
 fn register_font() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut bad = false;
-    ONCE.call_once(|| {
-        bad = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_err();
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok()
     });
-    if bad {
+    if !ok {
         bail!("the embedded plot font (assets/plot-sans.ttf) is not a valid TrueType font");
     }
     Ok(())
@@ -114,9 +113,12 @@ fn others(series: &Series) -> Vec<&String> {
         .collect()
 }
 
-/// Pixel size of the figure for `charts` plugin metrics: a 1200-wide top chart and rows of three.
+/// Charts per row below the top chart.
+const COLS: usize = 3;
+
+/// Pixel size of the figure for `charts` plugin metrics: a 1200-wide top chart and rows of [`COLS`].
 fn figure_size(charts: usize) -> (u32, u32) {
-    (1200, 320 * (1 + charts.div_ceil(3)) as u32)
+    (1200, 320 * (1 + charts.div_ceil(COLS)) as u32)
 }
 
 /// Draws the figure on `root`: the loss/CE chart, then one chart per other metric.
@@ -126,15 +128,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &Series) -> Re
         .filter(|k| series.contains_key(*k))
         .collect();
     let others = others(series);
-    let cols = 3usize;
-    let rows = 1 + others.len().div_ceil(cols);
+    let rows = 1 + others.len().div_ceil(COLS);
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (top, rest) = root.split_vertically(320);
     let lines: Vec<(&str, &[(f64, f64)])> =
         main.iter().map(|k| (*k, series[*k].as_slice())).collect();
     chart(&top, "loss and cross-entropy", &lines)?;
     if !others.is_empty() {
-        let cells = rest.split_evenly((rows - 1, cols));
+        let cells = rest.split_evenly((rows - 1, COLS));
         for (cell, k) in cells.iter().zip(&others) {
             chart(cell, k, &[(k.as_str(), series[*k].as_slice())])?;
         }

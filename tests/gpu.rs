@@ -108,6 +108,54 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
             |t| cross_entropy::cross_entropy_rows_plain(&t[0], &tg),
         )?;
     }
+    // the vectorised kernels' other paths: lengths that are not a multiple of 8, rows of a width that
+    // is not, and inputs that start off a 16-byte boundary (element by element)
+    for (dt, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
+        let x = randn(&[3, 7, 100], dt, &dev)?;
+        let w = (Tensor::randn(0f32, 0.1, 100, &dev)? + 1.0)?;
+        compare(
+            &format!("rms_norm width 100 {dt:?}"),
+            &[x, w],
+            tol,
+            |t| rms_norm(&t[0], &t[1], 1e-5),
+            |t| rms_norm::rms_norm_plain(&t[0], &t[1], 1e-5),
+        )?;
+        let table = wmtp_host::model::rope::Rope::new(6, 1e4, 0, 3, &dev)?;
+        let (c, s) = table.tables();
+        compare(
+            &format!("rope 9 pairs {dt:?}"),
+            &[randn(&[1, 3, 1, 6], dt, &dev)?],
+            tol,
+            |t| rope(&t[0], c, s),
+            |t| table.apply_plain(&t[0]),
+        )?;
+        let (a, b) = (randn(&[5, 1001], dt, &dev)?, randn(&[5, 1001], dt, &dev)?);
+        compare(
+            &format!("swiglu 5005 {dt:?}"),
+            &[(a * 3.0)?, b],
+            tol * 2.0,
+            |t| swiglu(&t[0], &t[1]),
+            |t| swiglu::swiglu_plain(&t[0], &t[1]),
+        )?;
+        let long = randn(&[4 * 2048 + 1], dt, &dev)?;
+        let (a, b) = (long.narrow(0, 1, 4 * 2048)?, randn(&[4 * 2048], dt, &dev)?);
+        let (c, d) = (randn(&[1001], dt, &dev)?, randn(&[1001], dt, &dev)?);
+        for (a, b) in [(&a, &b), (&b, &b), (&c, &d)] {
+            assert_eq!(rel(&kernels::add(a, b)?, &(a + b)?), 0.0, "add {dt:?}");
+        }
+        // acc + a·bᵀ and acc + a·b with the sum in cuBLAS's epilogue (bf16), against the plain sum in f32
+        let (acc, a) = (randn(&[300, 2048], dt, &dev)?, randn(&[300, 8], dt, &dev)?);
+        let (bt, b) = (randn(&[2048, 8], dt, &dev)?, randn(&[8, 2048], dt, &dev)?);
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32);
+        for (m, transposed) in [(&bt, true), (&b, false)] {
+            let want = (f32s(&acc)?
+                + f32s(&a)?.matmul(&if transposed { f32s(m)?.t()? } else { f32s(m)? })?)?;
+            let got = kernels::matmul_acc(acc.copy()?, &a, m, transposed)?;
+            let e = rel(&got, &want);
+            println!("matmul_acc {dt:?} transposed {transposed}: {e:.2e}");
+            assert!(e <= tol, "matmul_acc {dt:?} transposed {transposed}: {e}");
+        }
+    }
     for dt in [DType::F32, DType::BF16] {
         let src = randn(&[300, 2048], dt, &dev)?;
         let idx: Vec<u32> = (0..300u32).map(|i| (i * 11) % 301).collect(); // unique: gcd(11, 301) = 1

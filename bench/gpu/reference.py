@@ -23,6 +23,9 @@ reduced in f32 (`MixedPrecisionPolicy`), fused AdamW on the local shards. `--bat
 draws its own tokens); rank 0 prints the row, tokens/s counting all ranks, memory its own peak:
 
     torchrun --nproc-per-node 2 bench/gpu/reference.py --fsdp --preset 1b_mtp --batch 8 --lora
+
+`--profile FILE` adds one untimed step under torch.profiler and writes its per-kernel CUDA times to FILE
+(the same table as bench/gpu/ncu_summary.py makes of wmtp's kernels).
 """
 import argparse
 import json
@@ -157,7 +160,26 @@ def shard_fsdp(model):
     return model
 
 
-def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False):
+def kernel_table(prof, top=30):
+    """Per-kernel CUDA time of a torch.profiler run, grouped like bench/gpu/ncu_summary.py (template
+    arguments cut), largest first, as a Markdown table."""
+    import re
+    from collections import defaultdict
+    total, count = defaultdict(float), defaultdict(int)
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            name = re.sub(r"<.*", "", e.name).strip()
+            total[name] += e.device_time / 1e3
+            count[name] += 1
+    all_ms = sum(total.values())
+    lines = [f"{sum(count.values())} launches, {all_ms:.1f} ms of kernel time",
+             "| kernel | ms | launches | share |", "|---|---|---|---|"]
+    for name, ms in sorted(total.items(), key=lambda x: -x[1])[:top]:
+        lines.append(f"| {name[:60]} | {ms:.1f} | {count[name]} | {100 * ms / all_ms:.1f}% |")
+    return "\n".join(lines)
+
+
+def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False, profile=None):
     a = dict(PRESETS[preset])
     world = dist.get_world_size() if fsdp else 1
     dev = torch.device("cuda", torch.cuda.current_device())
@@ -190,7 +212,11 @@ def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False):
     g = torch.Generator(device=dev).manual_seed(dist.get_rank() if fsdp else 0)
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
     times, first_step_at = [], None
-    for s in range(warmup + steps):
+    for s in range(warmup + steps + (1 if profile else 0)):
+        prof = None
+        if s == warmup + steps:  # one more, untimed step, kernel by kernel
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            prof.__enter__()
         tokens = torch.randint(0, a["vocab_size"], (batch, seq), device=dev, generator=g)
         ev[0].record()
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -203,9 +229,13 @@ def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False):
         opt.zero_grad(set_to_none=True)
         ev[3].record()
         torch.cuda.synchronize()
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            with open(profile, "w") as f:
+                f.write(kernel_table(prof) + "\n")
         if first_step_at is None:
             first_step_at = time.time() - t_start
-        if s >= warmup:
+        if warmup <= s < warmup + steps:
             times.append([ev[i].elapsed_time(ev[i + 1]) / 1e3 for i in range(3)])
     fwd, bwd, opt_s = (sum(x[i] for x in times) / len(times) for i in range(3))
     step = fwd + bwd + opt_s
@@ -231,12 +261,15 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--fsdp", action="store_true", help="FSDP2 over NCCL (start it with torchrun)")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="write the first timed step's per-kernel CUDA times (torch.profiler) to FILE")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.fsdp:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")
-    row = run_row(args.preset, args.batch, args.seq, args.lora, args.steps, args.warmup, args.fsdp)
+    row = run_row(args.preset, args.batch, args.seq, args.lora, args.steps, args.warmup, args.fsdp,
+                  args.profile)
     if not args.fsdp or dist.get_rank() == 0:
         print(json.dumps(row), flush=True)
     if args.fsdp:

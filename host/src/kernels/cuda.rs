@@ -80,6 +80,11 @@ pub fn elems_cfg(n: usize) -> LaunchConfig {
     }
 }
 
+/// One thread per 8 elements (the vectorised elementwise kernels), 256 per block.
+pub fn elems8_cfg(n: usize) -> LaunchConfig {
+    elems_cfg(n.div_ceil(8))
+}
+
 /// `$body` with `$t` the element type of dtype `$dt`: f32, else bf16 (the fused kernels' two types).
 macro_rules! by_dtype {
     ($dt:expr, $t:ident => $body:expr) => {

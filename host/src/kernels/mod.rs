@@ -8,6 +8,8 @@
 //!   dz = dCE·(softmax(z) − onehot), written straight in the logits' dtype.
 //! - [`attention`]: causal grouped-query attention, flash-style: [T, T] scores never stored; the
 //!   log-sum-exp is kept for the backward (bf16, head_dim 64 or 128, tensor-core mma).
+//! - [`add`]: a + b in one vectorised kernel (residuals, adapter terms, gradient sums).
+//! - [`matmul_acc`]: acc + a·b(ᵀ) with the sum in the product's epilogue (LoRA's adapter terms).
 //! - [`scatter_rows`]: rows back to their positions (replaces candle's slow CUDA `index_add`).
 //! - [`dropout::dropout_mask`]: inverted-dropout masks from a counter-based hash, drawn on the device.
 //! - [`adamw`]: one launch of AdamW (f32 masters and moments) and one of Σg² for all trainable tensors.
@@ -16,19 +18,23 @@
 //! (`runtime.fused_kernels = false`); on the CPU the plain candle path runs (it is faster there).
 
 pub mod adamw;
+pub mod add;
 pub mod attention;
 mod cpu;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod dropout;
+pub mod matmul_acc;
 pub mod rms_norm;
 pub mod rope;
 pub mod scatter;
 pub mod swiglu;
 
+pub use add::add;
 pub use attention::attention;
 pub use cross_entropy::cross_entropy_rows;
+pub use matmul_acc::matmul_acc;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use scatter::scatter_rows;

@@ -65,7 +65,7 @@ impl CustomOp1 for RopeOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{by_dtype, elems_cfg, hold, launch, suffix, view};
+        use super::cuda::{by_dtype, elems8_cfg, hold, launch, suffix, view};
         let dev = &s.device;
         let (_, t, h, d) = l.shape().dims4()?;
         let n = l.shape().elem_count();
@@ -83,7 +83,7 @@ impl CustomOp1 for RopeOp {
         let out = by_dtype!(s.dtype(), T => {
             let x = view::<T>(s, l)?;
             let y = unsafe { dev.alloc::<T>(n) }?;
-            launch!(dev, name, elems_cfg(n / 2); &x, &cv, &sv, &y, &pairs, &t_i, &h_i, &half, &sign);
+            launch!(dev, name, elems8_cfg(n); &x, &cv, &sv, &y, &pairs, &t_i, &h_i, &half, &sign);
             candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
         });
         Ok((out, l.shape().clone()))

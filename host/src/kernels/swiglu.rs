@@ -88,7 +88,7 @@ impl CustomOp2 for SwiGluOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{by_dtype, elems_cfg, launch, suffix, view};
+        use super::cuda::{by_dtype, elems8_cfg, launch, suffix, view};
         let dev = &s1.device;
         let n = l1.shape().elem_count();
         let name = format!("swiglu_fwd_{}", suffix(s1.dtype())?);
@@ -96,7 +96,7 @@ impl CustomOp2 for SwiGluOp {
         let out = by_dtype!(s1.dtype(), T => {
             let (a, b) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?);
             let y = unsafe { dev.alloc::<T>(n) }?;
-            launch!(dev, name, elems_cfg(n); &a, &b, &y, &n_i);
+            launch!(dev, name, elems8_cfg(n); &a, &b, &y, &n_i);
             candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone())
         });
         Ok((out, l1.shape().clone()))
@@ -121,7 +121,7 @@ impl CustomOp2 for SwiGluOp {
 
 #[cfg(feature = "cuda")]
 fn cuda_bwd(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    use super::cuda::{by_dtype, elems_cfg, hold, launch, suffix, view, wrap};
+    use super::cuda::{by_dtype, elems8_cfg, hold, launch, suffix, view, wrap};
     let (a, b) = (a.contiguous()?, b.contiguous()?);
     let (ha, hb, hd) = (hold(&a), hold(&b), hold(dy));
     let ((sa, la), (sb, lb), (sd, ld)) = (ha.cuda()?, hb.cuda()?, hd.cuda()?);
@@ -133,7 +133,7 @@ fn cuda_bwd(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Opti
         let (av, bv, dv) = (view::<T>(sa, la)?, view::<T>(sb, lb)?, view::<T>(sd, ld)?);
         let da = unsafe { dev.alloc::<T>(n) }?;
         let db = unsafe { dev.alloc::<T>(n) }?;
-        launch!(dev, name, elems_cfg(n); &dv, &av, &bv, &da, &db, &n_i);
+        launch!(dev, name, elems8_cfg(n); &dv, &av, &bv, &da, &db, &n_i);
         (wrap(da, dev, la.shape().clone()), wrap(db, dev, la.shape().clone()))
     });
     Ok((Some(da), Some(db)))

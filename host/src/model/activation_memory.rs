@@ -6,7 +6,9 @@
 //!   residual, k and v, the three FFN tensors, and the attention's log-sum-exp in f32):
 //!   A = N·(7D + 2K + 3F)·d + N·heads·4;
 //! - `runtime.activation_checkpointing = "blocks"`: the trunk blocks' inputs (n_trunk + 1)·N·D·d, and
-//!   one block's A while it is recomputed; `"none"`: A for every block (trunk and heads);
+//!   one block's A while it is recomputed; `"none"`: A for every block (trunk and heads), and every
+//!   head's logits with its gathered and normed rows, H·N·(V + 2D)·d (the backward reads them instead of
+//!   projecting again);
 //! - working memory: one block's A again for the gradients flowing through it, the f32 gradient of the
 //!   trunk output N·D·4, a vocabulary chunk of `chunk_rows` rows (bf16 logits, f32 probabilities and
 //!   gradient: chunk_rows·V·10 bytes), and the CUDA context and libraries (0.5 GiB).
@@ -49,6 +51,7 @@ impl ActivationEstimate {
             (n_trunk + 1.0) * n * dm * d + block
         } else {
             blocks * block
+                + args.n_future_tokens as f64 * n * (args.vocab_size as f64 + 2.0 * dm) * d
         };
         let chunk = chunk_rows.min(batch * seq) as f64 * args.vocab_size as f64 * 10.0;
         ActivationEstimate {
@@ -98,7 +101,7 @@ mod tests {
         // bench/gpu/run.py on one H200, bf16, seq 2048 (README, section GPU): nvidia-smi peak above idle
         let measured = [
             ("1b_mtp", 8, true, true, 7.3),
-            ("1b_mtp", 8, true, false, 27.8),
+            ("1b_mtp", 8, true, false, 32.2),
             ("1b_mtp", 8, false, true, 28.3),
             ("1b_mtp", 8, false, false, 48.6),
             ("7b_1t_4", 1, true, true, 15.5),

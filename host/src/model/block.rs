@@ -55,16 +55,11 @@ pub struct TransformerBlock {
 
 /// Additive causal mask [T, T]: 0 on and below the diagonal, −∞ above.
 pub fn causal_mask(t: usize, dev: &candle_core::Device) -> candle_core::Result<Tensor> {
-    let m: Vec<f32> = (0..t * t)
-        .map(|i| {
-            if i % t > i / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(m, (t, t), dev)
+    // built where it is used (a [T, T] comparison), not on the host and copied (16 MB for T = 2048)
+    let pos = Tensor::arange(0u32, t as u32, dev)?;
+    let future = pos.unsqueeze(0)?.broadcast_gt(&pos.unsqueeze(1)?)?; // [i, j] = j > i
+    let neg = Tensor::full(f32::NEG_INFINITY, (t, t), dev)?;
+    future.where_cond(&neg, &Tensor::zeros((t, t), DType::F32, dev)?)
 }
 
 impl Attention {
@@ -230,5 +225,23 @@ impl VisitParams for TransformerBlock {
         self.attention_norm
             .visit_mut(&format!("{p}attention_norm."), f);
         self.ffn_norm.visit_mut(&format!("{p}ffn_norm."), f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_is_zero_on_and_below_the_diagonal_and_minus_infinity_above() -> Result<()> {
+        let t = 5;
+        let m = causal_mask(t, &candle_core::Device::Cpu)?.to_vec2::<f32>()?;
+        for (i, row) in m.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let want = if j > i { f32::NEG_INFINITY } else { 0.0 };
+                assert_eq!(v, want, "[{i}, {j}]");
+            }
+        }
+        Ok(())
     }
 }

@@ -71,13 +71,13 @@ impl TransformerBlock {
         let (o, lse) = kernels::attention::attention_forward(&q, &k, &v)?;
         let o = o.reshape((bs, t, nh * hd))?;
         let (ao, lo) = at.wo.forward_saved(&o, ctx)?;
-        let h = (&x + ao)?;
+        let h = kernels::add(&x, &ao)?;
         let n2 = self.ffn_norm.forward_nograd(&h)?;
         let (a, l1) = ff.w1.forward_saved(&n2, ctx)?;
         let (b, l3) = ff.w3.forward_saved(&n2, ctx)?;
         let s = kernels::swiglu::gate(&a, &b)?;
         let (f, l2) = ff.w2.forward_saved(&s, ctx)?;
-        let out = (&h + f)?;
+        let out = kernels::add(&h, &f)?;
         Ok(BlockSaved {
             x,
             out,
@@ -133,13 +133,15 @@ impl TransformerBlock {
         // feed-forward
         let ds = lin(&ff.w2, "w2", &sv.s, l2, &dout, &mut g)?;
         let (da, db) = kernels::swiglu::swiglu_backward(&sv.a, &sv.b, &ds)?;
-        let dn2 = (lin(&ff.w1, "w1", &sv.n2, l1, &da, &mut g)?
-            + lin(&ff.w3, "w3", &sv.n2, l3, &db, &mut g)?)?;
+        let dn2 = kernels::add(
+            &lin(&ff.w1, "w1", &sv.n2, l1, &da, &mut g)?,
+            &lin(&ff.w3, "w3", &sv.n2, l3, &db, &mut g)?,
+        )?;
         let (dhn, dg2) = self.ffn_norm.backward(&sv.h, &dn2)?;
         if let Some(d) = dg2 {
             g.push((format!("{prefix}ffn_norm.weight"), d));
         }
-        let dh = (&dout + dhn)?;
+        let dh = kernels::add(&dout, &dhn)?;
         // attention
         let d_o = lin(&at.wo, "wo", &sv.o, lo, &dh, &mut g)?.reshape((bs, t, nh, hd))?;
         let (dq, dk, dv) = kernels::attention::attention_backward(
@@ -154,14 +156,22 @@ impl TransformerBlock {
         let dq = kernels::rope::rope_backward(&dq, cos, sin)?.reshape((bs, t, nh * hd))?;
         let dk = kernels::rope::rope_backward(&dk, cos, sin)?.reshape((bs, t, nkv * hd))?;
         let dv = dv.reshape((bs, t, nkv * hd))?;
-        let dn1 = ((lin(&at.wq, "wq", &sv.n1, lq, &dq, &mut g)?
-            + lin(&at.wk, "wk", &sv.n1, lk, &dk, &mut g)?)?
-            + lin(&at.wv, "wv", &sv.n1, lv, &dv, &mut g)?)?;
+        let dn1 = kernels::add(
+            &kernels::add(
+                &lin(&at.wq, "wq", &sv.n1, lq, &dq, &mut g)?,
+                &lin(&at.wk, "wk", &sv.n1, lk, &dk, &mut g)?,
+            )?,
+            &lin(&at.wv, "wv", &sv.n1, lv, &dv, &mut g)?,
+        )?;
         let (dxn, dg1) = self.attention_norm.backward(&sv.x, &dn1)?;
         if let Some(d) = dg1 {
             g.push((format!("{prefix}attention_norm.weight"), d));
         }
-        let dx = if need_dx { Some((dh + dxn)?) } else { None };
+        let dx = if need_dx {
+            Some(kernels::add(&dh, &dxn)?)
+        } else {
+            None
+        };
         Ok(BlockGrads { dx, params: g })
     }
 }

@@ -62,7 +62,20 @@ impl DeviceSpec {
                 let dev = candle_core::Device::new_cuda(i)
                     .map_err(|e| anyhow::anyhow!("opening device {self}: {e}"))?;
                 #[cfg(feature = "cuda")]
-                keep_freed_memory(i).map_err(|e| anyhow::anyhow!("device {self}: {e}"))?;
+                {
+                    keep_freed_memory(i).map_err(|e| anyhow::anyhow!("device {self}: {e}"))?;
+                    // candle queues everything on its one stream, so cudarc's per-buffer events (two
+                    // created per allocation, recorded and waited on at every kernel launch because
+                    // candle's stream puts the context in multi-stream mode) order nothing: they only
+                    // cost host time between launches. A second stream (FSDP's prefetch) orders its
+                    // work by hand (dist/fsdp/ahead.rs).
+                    if let candle_core::Device::Cuda(c) = &dev {
+                        // SAFETY: nothing has been allocated or queued on this device yet, and all
+                        // later work of this process goes to candle's stream, or is ordered by events
+                        // by hand.
+                        unsafe { c.disable_event_tracking() };
+                    }
+                }
                 dev
             }
         })

@@ -270,7 +270,7 @@ impl LoraLinear {
             let a = l.a.tensor().detach().to_dtype(dt)?;
             let bs = (l.b.tensor().detach() * l.scale)?.to_dtype(dt)?;
             let ax = xd.matmul(&a.t()?)?;
-            y = (y + ax.matmul(&bs.t()?)?)?;
+            y = crate::kernels::matmul_acc(y, &ax, &bs, true)?;
             saved = LinearSaved {
                 ax: Some(ax),
                 xd: mask.is_some().then_some(xd),
@@ -316,13 +316,12 @@ impl LoraLinear {
                 let xd = saved.xd.as_ref().unwrap_or(&x2);
                 grads.push((format!("{prefix}lora_A.weight"), dyb.t()?.matmul(xd)?));
             }
-            if let Some(d) = dx.as_mut() {
+            if let Some(d) = dx.take() {
                 let a = l.a.tensor().detach().to_dtype(dt)?;
-                let mut da = dyb.matmul(&a)?;
-                if let Some(m) = &saved.mask {
-                    da = (da * m)?;
-                }
-                *d = (&*d + da)?;
+                dx = Some(match &saved.mask {
+                    Some(m) => crate::kernels::add(&d, &(dyb.matmul(&a)? * m)?)?,
+                    None => crate::kernels::matmul_acc(d, &dyb, &a, false)?,
+                });
             }
         }
         match dx {

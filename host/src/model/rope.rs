@@ -2,6 +2,7 @@
 //! are rotated by the angle t·θ^(−2i/head_dim) at position t.
 
 use candle_core::{DType, Device, Result, Tensor, D};
+use std::sync::Mutex;
 
 /// cos/sin tables for positions 0..T, shaped [T, head_dim/2].
 #[derive(Debug, Clone)]
@@ -10,7 +11,46 @@ pub struct Rope {
     sin: Tensor,
 }
 
+/// Tables already built, per (device, head_dim, θ bits, T), most recent last, at most
+/// [`CACHED_TABLES`]: a training step asks for the same tables in every forward and backward, and
+/// building them (~131k sin/cos for T = 2048) took host time while the GPU waited.
+static CACHE: Mutex<Vec<CachedTables>> = Mutex::new(Vec::new());
+/// (device, head_dim, θ bits, T, tables).
+type CachedTables = (Device, usize, u64, usize, Rope);
+/// How many sets of tables [`Rope::shared`] keeps.
+const CACHED_TABLES: usize = 8;
+
 impl Rope {
+    /// The tables for positions 0..`seq_len` on `dev`: [`Rope::new`]'s, built once and then shared
+    /// (the tensors are immutable, so sharing them is the same as building them again).
+    pub fn shared(head_dim: usize, theta: f64, seq_len: usize, dev: &Device) -> Result<Self> {
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let key = |d: &Device, hd: usize, th: u64, t: usize| {
+            d.same_device(dev) && hd == head_dim && th == theta.to_bits() && t == seq_len
+        };
+        if let Some(i) = cache
+            .iter()
+            .position(|(d, hd, th, t, _)| key(d, *hd, *th, *t))
+        {
+            let hit = cache.remove(i);
+            let rope = hit.4.clone();
+            cache.push(hit);
+            return Ok(rope);
+        }
+        let rope = Rope::new(head_dim, theta, 0, seq_len, dev)?;
+        if cache.len() >= CACHED_TABLES {
+            cache.remove(0);
+        }
+        cache.push((
+            dev.clone(),
+            head_dim,
+            theta.to_bits(),
+            seq_len,
+            rope.clone(),
+        ));
+        Ok(rope)
+    }
+
     /// Tables for `seq_len` positions starting at `start`.
     pub fn new(
         head_dim: usize,

@@ -119,22 +119,27 @@ impl Transformer {
 
     /// RoPE tables and causal mask for sequences of length `t`.
     pub fn block_inputs(&self, t: usize) -> Result<BlockInputs> {
+        Ok(BlockInputs {
+            rope: self.rope(t)?,
+            mask: causal_mask(t, self.device())?,
+        })
+    }
+
+    /// The RoPE tables for `t` positions (shared between calls: [`Rope::shared`]) — what the
+    /// block-wise engine needs; its attention is causal by construction, so it builds no mask.
+    pub fn rope(&self, t: usize) -> Result<Rope> {
         if t > self.args.max_seq_len {
             bail!(
                 "sequence length {t} exceeds the model's max_seq_len {}",
                 self.args.max_seq_len
             );
         }
-        Ok(BlockInputs {
-            rope: Rope::new(
-                self.args.head_dim(),
-                self.args.rope_theta,
-                0,
-                t,
-                self.device(),
-            )?,
-            mask: causal_mask(t, self.device())?,
-        })
+        Ok(Rope::shared(
+            self.args.head_dim(),
+            self.args.rope_theta,
+            t,
+            self.device(),
+        )?)
     }
 
     /// Token embedding: tokens [B, T] (u32) → [B, T, D].

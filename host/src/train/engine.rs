@@ -10,7 +10,6 @@ use crate::dist::fsdp::{Fsdp, Unit};
 use crate::kernels;
 use crate::model::block_grad::BlockSaved;
 use crate::model::lora::LinearSaved;
-use crate::model::transformer::BlockInputs;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -38,6 +37,19 @@ pub struct ForwardState {
     saved_heads: Vec<Option<BlockSaved>>,
     /// Log-sum-exp of each head's logits on its valid rows (None for a head without any).
     head_lse: Vec<Option<Tensor>>,
+    /// Each head's vocabulary chunks as the forward computed them (activation checkpointing off),
+    /// else empty: the backward then recomputes them.
+    saved_chunks: Vec<Vec<ChunkSaved>>,
+}
+
+/// One chunk of a head's valid rows through the shared norm and output projection: its rows z, the
+/// normed rows, the logits, and what the output layer's backward needs.
+#[derive(Debug)]
+struct ChunkSaved {
+    z: Tensor,
+    normed: Tensor,
+    logits: Tensor,
+    out: LinearSaved,
 }
 
 /// Runs the model unit by unit.
@@ -154,7 +166,7 @@ impl<'a> Engine<'a> {
                 mb.target_mask.len()
             );
         }
-        let bi = m.block_inputs(t)?;
+        let rope = m.rope(t)?;
         let tokens: Vec<u32> = mb.tokens.flatten_all()?.to_vec1()?;
         let mut inputs = Vec::with_capacity(m.layers.len());
         let mut saved_trunk = Vec::new();
@@ -179,7 +191,7 @@ impl<'a> Engine<'a> {
         for i in 0..n_trunk {
             inputs.push(x.clone());
             let mu = self.with_units_next(&[Unit::Layer(i)], after_trunk(i))?;
-            let sv = mu.layers[i].forward_saved(&x, &bi.rope, &self.ctx(1 + i as u64))?;
+            let sv = mu.layers[i].forward_saved(&x, &rope, &self.ctx(1 + i as u64))?;
             x = sv.out.clone();
             if self.keep_activations {
                 saved_trunk.push(sv);
@@ -194,6 +206,7 @@ impl<'a> Engine<'a> {
         let mut ce_parts = Vec::new();
         let mut saved_heads = Vec::with_capacity(h);
         let mut head_lse = Vec::with_capacity(h);
+        let mut saved_chunks = Vec::with_capacity(h);
         let om = self.with_units_next(&[Unit::Output], Some(Unit::head(m, 0)))?;
         for (k, hr) in heads.iter().enumerate() {
             let next = (k + 1 < h).then(|| Unit::head(m, k + 1));
@@ -201,23 +214,34 @@ impl<'a> Engine<'a> {
             if hr.rows.is_empty() {
                 saved_heads.push(None);
                 head_lse.push(None);
+                saved_chunks.push(Vec::new());
                 continue;
             }
             let sv = hm
                 .head(k)
-                .forward_saved(&x, &bi.rope, &self.ctx(1000 + k as u64))?;
+                .forward_saved(&x, &rope, &self.ctx(1000 + k as u64))?;
             let zf = sv.out.reshape((b * t, m.args.dim))?;
             let mut lse_parts = Vec::new();
+            let mut chunks = Vec::new();
             for (start, len) in hr.chunks(self.chunk_rows) {
                 let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
-                let (_, logits, _) = rows_logits(&om, &zc)?;
+                let (normed, logits, out) = rows_logits(&om, &zc)?;
                 let (ce, lse) = kernels::cross_entropy::ce_forward(
                     &logits,
                     &hr.targets.narrow(0, start, len)?,
                 )?;
                 ce_parts.push(ce);
                 lse_parts.push(lse);
+                if self.keep_activations {
+                    chunks.push(ChunkSaved {
+                        z: zc,
+                        normed,
+                        logits,
+                        out,
+                    });
+                }
             }
+            saved_chunks.push(chunks);
             // the backward recomputes the same logits: their log-sum-exp is kept, not recomputed
             head_lse.push(Some(Tensor::cat(&lse_parts, 0)?));
             saved_heads.push(self.keep_activations.then_some(sv));
@@ -250,6 +274,7 @@ impl<'a> Engine<'a> {
             saved_trunk,
             saved_heads,
             head_lse,
+            saved_chunks,
         })
     }
 
@@ -265,7 +290,7 @@ impl<'a> Engine<'a> {
         let m = self.model;
         let (b, t, h) = st.shape;
         let d = m.args.dim;
-        let bi: BlockInputs = m.block_inputs(t)?;
+        let rope = m.rope(t)?;
         let n_trunk = m.layers.len() - 1;
         let trunk_trainable = any_trainable(&m.tok_embeddings)
             || m.layers[..n_trunk].iter().any(|b| has_trainable(b));
@@ -320,8 +345,7 @@ impl<'a> Engine<'a> {
             let sv = match st.saved_heads.get(k).and_then(Option::as_ref) {
                 Some(sv) => sv,
                 None => {
-                    recomputed =
-                        head.forward_saved(h_trunk, &bi.rope, &self.ctx(1000 + k as u64))?;
+                    recomputed = head.forward_saved(h_trunk, &rope, &self.ctx(1000 + k as u64))?;
                     &recomputed
                 }
             };
@@ -332,24 +356,42 @@ impl<'a> Engine<'a> {
             let coef_rows = Tensor::new(coef_rows.as_slice(), self.dev())?;
             let mut dz_rows = Vec::new();
             let mut pg = Vec::new();
-            for (start, len) in hr.chunks(self.chunk_rows) {
-                let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
+            for (i, (start, len)) in hr.chunks(self.chunk_rows).enumerate() {
                 let tc = hr.targets.narrow(0, start, len)?;
-                let (nc, logits, lsv) = rows_logits(&om, &zc)?;
+                let recomputed;
+                let ChunkSaved {
+                    z: zc,
+                    normed: nc,
+                    logits,
+                    out: lsv,
+                } = match st.saved_chunks.get(k).and_then(|c| c.get(i)) {
+                    Some(c) => c,
+                    None => {
+                        let z = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
+                        let (normed, logits, out) = rows_logits(&om, &z)?;
+                        recomputed = ChunkSaved {
+                            z,
+                            normed,
+                            logits,
+                            out,
+                        };
+                        &recomputed
+                    }
+                };
                 let Some(lse) = &st.head_lse[k] else {
                     bail!("head {k} has coefficients but no valid rows");
                 };
                 let dlogits = kernels::cross_entropy::ce_backward(
-                    &logits,
+                    logits,
                     &tc,
                     &lse.narrow(0, start, len)?,
                     &coef_rows.narrow(0, start, len)?,
                 )?;
                 let dn = om
                     .output
-                    .backward(&nc, &lsv, &dlogits, true, "output.", &mut pg)?
+                    .backward(nc, lsv, &dlogits, true, "output.", &mut pg)?
                     .expect("dx was asked for");
-                let (dzc, dg) = om.norm.backward(&zc, &dn)?;
+                let (dzc, dg) = om.norm.backward(zc, &dn)?;
                 if let Some(dg) = dg {
                     pg.push(("norm.weight".to_string(), dg));
                 }
@@ -363,7 +405,7 @@ impl<'a> Engine<'a> {
             let hg = head.backward(
                 sv,
                 &dz.reshape((b, t, d))?,
-                &bi.rope,
+                &rope,
                 trunk_trainable,
                 &head_prefix,
             )?;
@@ -401,16 +443,13 @@ impl<'a> Engine<'a> {
             let sv = match st.saved_trunk.get(i) {
                 Some(sv) => sv,
                 None => {
-                    recomputed = block.forward_saved(
-                        &st.unit_inputs[i],
-                        &bi.rope,
-                        &self.ctx(1 + i as u64),
-                    )?;
+                    recomputed =
+                        block.forward_saved(&st.unit_inputs[i], &rope, &self.ctx(1 + i as u64))?;
                     &recomputed
                 }
             };
             let need_dx = i > 0 || any_trainable(&m.tok_embeddings);
-            let bg = block.backward(sv, &dh, &bi.rope, need_dx, &format!("layers.{i}."))?;
+            let bg = block.backward(sv, &dh, &rope, need_dx, &format!("layers.{i}."))?;
             for (name, g) in bg.params {
                 grads.add(&name, &g)?;
             }

@@ -1,7 +1,7 @@
 //! GPU micro-benchmark of one Transformer block's pieces at the `1b_mtp` shape (B·T = 8×2048 tokens, dim
 //! 2048, 16 heads of 128, LoRA r = 8 on wq wk wv wo, bf16): forward and forward+backward time of each
 //! piece, synchronised CUDA timings, median of 5. `bench/gpu/ops_reference.py` times the same pieces in
-//! PyTorch; `bench/gpu/run.py --ops` prints both side by side.
+//! PyTorch (run both and compare the lines of the same name).
 //!
 //!     cargo bench --features cuda --bench gpu_ops        (needs a CUDA device)
 

@@ -143,6 +143,26 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
         for (a, b) in [(&a, &b), (&b, &b), (&c, &d)] {
             assert_eq!(rel(&kernels::add(a, b)?, &(a + b)?), 0.0, "add {dt:?}");
         }
+        // the residual gradient added in the RMSNorm backward's epilogue, on both widths' paths
+        for dim in [2048, 100] {
+            let (x, dy, res) = (
+                randn(&[2, 9, dim], dt, &dev)?,
+                randn(&[2, 9, dim], dt, &dev)?,
+                randn(&[2, 9, dim], dt, &dev)?,
+            );
+            let w = (Tensor::randn(0f32, 0.1, dim, &dev)? + 1.0)?;
+            let (dx, dw) = rms_norm::rms_norm_backward(&x, &w, &dy, 1e-5, true)?;
+            let (dxr, dwr) = rms_norm::rms_norm_backward_add(&x, &w, &dy, 1e-5, true, Some(&res))?;
+            let want = (dx.to_dtype(DType::F32)? + res.to_dtype(DType::F32)?)?;
+            let e = rel(&dxr, &want);
+            assert!(e <= tol, "rms_norm_backward_add {dt:?} width {dim}: {e}");
+            // dw: the same sums, in an order the blocks' atomics decide
+            let e = rel(&dwr.expect("dw"), &dw.expect("dw"));
+            assert!(
+                e <= 1e-5,
+                "rms_norm_backward_add {dt:?} width {dim}: dw differs by {e}"
+            );
+        }
         // acc + a·bᵀ and acc + a·b with the sum in cuBLAS's epilogue (bf16), against the plain sum in f32
         let (acc, a) = (randn(&[300, 2048], dt, &dev)?, randn(&[300, 8], dt, &dev)?);
         let (bt, b) = (randn(&[2048, 8], dt, &dev)?, randn(&[8, 2048], dt, &dev)?);

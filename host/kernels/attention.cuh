@@ -95,7 +95,8 @@ __device__ void flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* o, 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int LD = D + PAD, TILE = 64 * LD;
   bf16* sm = reinterpret_cast<bf16*>(smem_raw);  // [buf][K | V]
-  const int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (NH / NKV);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tq = lane & 3;
   const int row_a = qt * BR + warp * 16 + (lane >> 2), row_b = row_a + 8;
@@ -136,7 +137,7 @@ __device__ void flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* o, 
         int key = kt * BC + nt * 8 + 2 * tq + (e & 1);
         int row = e < 2 ? row_a : row_b;
         float val = s[nt][e] * scale_log2;
-        s[nt][e] = (key > row || key >= T) ? -INFINITY : val;
+        s[nt][e] = (kt == last && (key > row || key >= T)) ? -INFINITY : val;  // only the diagonal tile
       }
       mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
       mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
@@ -330,7 +331,8 @@ __device__ void flash_bwd_dq(const bf16* q, const bf16* k, const bf16* v, const 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int LD = D + PAD, TILE = 64 * LD;
   bf16* sm = reinterpret_cast<bf16*>(smem_raw);
-  const int qt = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (NH / NKV);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tq = lane & 3;
   const int row_a = qt * BR + warp * 16 + (lane >> 2), row_b = row_a + 8;
@@ -379,7 +381,7 @@ __device__ void flash_bwd_dq(const bf16* q, const bf16* k, const bf16* v, const 
         int key = kt * BC + nt * 8 + 2 * tq + (e & 1);
         int row = e < 2 ? row_a : row_b;
         float l = e < 2 ? lse_a : lse_b, dl = e < 2 ? dl_a : dl_b;
-        float p = (key > row || key >= T || row >= T) ? 0.f : exp2f(s[nt][e] * scale_log2 - l);
+        float p = ((kt == last && (key > row || key >= T)) || row >= T) ? 0.f : exp2f(s[nt][e] * scale_log2 - l);
         sv[e] = p * (dp[nt][e] - dl);
       }
       sf[nt / 2][(nt & 1) * 2 + 0] = pack2(sv[0], sv[1]);

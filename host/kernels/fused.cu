@@ -108,11 +108,11 @@ __device__ void rmsnorm_fwd(const T* x, const T* w, T* y, int dim, float eps) {
   }
 }
 
-// dx = r·(g − n·mean(g·n)), g = dy·w, n = x·r. `rows_per_block` rows per block; when dw != 0 the block adds
+// dx = r·(g − n·mean(g·n)) (+ resid when given), g = dy·w, n = x·r. `rows_per_block` rows per block; when dw != 0 the block adds
 // Σ_rows dy·bf(n) to dw (f32) once per column.
 template <typename T>
-__device__ void rmsnorm_bwd(const T* dy, const T* x, const T* w, T* dx, float* dw, int rows, int dim,
-                            float eps, int rows_per_block) {
+__device__ void rmsnorm_bwd(const T* dy, const T* x, const T* w, const T* resid, T* dx, float* dw, int rows,
+                            int dim, float eps, int rows_per_block) {
   __shared__ float scratch[32];
   extern __shared__ float dw_part[];  // [dim] when dw != 0
   if (dw)
@@ -123,7 +123,9 @@ __device__ void rmsnorm_bwd(const T* dy, const T* x, const T* w, T* dx, float* d
     const T* xr = x + (long)row * dim;
     const T* dyr = dy + (long)row * dim;
     T* dxr = dx + (long)row * dim;
-    const bool vec = dim % 8 == 0 && aligned16(xr) && aligned16(dyr) && aligned16(dxr) && aligned16(w);
+    const T* rr = resid ? resid + (long)row * dim : nullptr;  // added to dx when given
+    const bool vec = dim % 8 == 0 && aligned16(xr) && aligned16(dyr) && aligned16(dxr) && aligned16(w) &&
+                     (!rr || aligned16(rr));
     float ss = 0.f, xv[8], gv[8], wv[8];
     for (int i = threadIdx.x * 8; i < dim; i += blockDim.x * 8) {
       get8(xr, i, dim, vec, xv);
@@ -148,10 +150,12 @@ __device__ void rmsnorm_bwd(const T* dy, const T* x, const T* w, T* dx, float* d
       get8(xr, i, dim, vec, xv);
       get8(dyr, i, dim, vec, gv);
       get8(w, i, dim, vec, wv);
+      float rv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      if (rr) get8(rr, i, dim, vec, rv);
 #pragma unroll
       for (int k = 0; k < 8; k++) {
         float n = xv[k] * r;
-        xv[k] = r * (gv[k] * wv[k] - n * dot);
+        xv[k] = r * (gv[k] * wv[k] - n * dot) + rv[k];
       }
       put8(dxr, i, dim, vec, xv);
     }
@@ -174,12 +178,19 @@ __device__ void rope(const T* x, const float* cos_t, const float* sin_t, T* y, l
   const bool vec = i0 + 4 <= pairs && aligned16(x) && aligned16(y);
   float v[8], o[8];
   get8(x, 2 * i0, n, vec, v);
+  // the row (b, t, head) and pair of i0, divided once: the 4 pairs share the row when half % 4 == 0
+  long row = i0 / half;
+  int p0 = (int)(i0 - row * half);
+  int t0 = (int)((row / heads) % t_len);
 #pragma unroll
   for (int k = 0; k < 4; k++) {
     long i = i0 + k;
     if (i < pairs) {
-      int p = i % half;
-      int t = (i / half / heads) % t_len;
+      int p = p0 + k, t = t0;
+      if (p >= half) {  // only when half % 4 != 0
+        p = i % half;
+        t = (i / half / heads) % t_len;
+      }
       float c = cos_t[t * half + p], s = sign * sin_t[t * half + p];
       o[2 * k] = v[2 * k] * c - v[2 * k + 1] * s;
       o[2 * k + 1] = v[2 * k] * s + v[2 * k + 1] * c;
@@ -376,9 +387,9 @@ extern "C" __global__ void f32_to_bf16(const float* x, bf16* y, long n) {
   extern "C" __global__ void rmsnorm_fwd_##NAME(const T* x, const T* w, T* y, int dim, float eps) {       \
     rmsnorm_fwd<T>(x, w, y, dim, eps);                                                                    \
   }                                                                                                       \
-  extern "C" __global__ void rmsnorm_bwd_##NAME(const T* dy, const T* x, const T* w, T* dx, float* dw,     \
-                                                int rows, int dim, float eps, int rpb) {                  \
-    rmsnorm_bwd<T>(dy, x, w, dx, dw, rows, dim, eps, rpb);                                                \
+  extern "C" __global__ void rmsnorm_bwd_##NAME(const T* dy, const T* x, const T* w, const T* resid, T* dx, \
+                                                float* dw, int rows, int dim, float eps, int rpb) {       \
+    rmsnorm_bwd<T>(dy, x, w, resid, dx, dw, rows, dim, eps, rpb);                                         \
   }                                                                                                       \
   extern "C" __global__ void rope_##NAME(const T* x, const float* c, const float* s, T* y, long pairs,     \
                                          int t_len, int heads, int half, float sign) {                    \

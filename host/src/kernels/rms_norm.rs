@@ -36,16 +36,37 @@ pub fn rms_norm_backward(
     eps: f64,
     want_dw: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    rms_norm_backward_add(x, w, dy, eps, want_dw, None)
+}
+
+/// [`rms_norm_backward`] with `resid` (the gradient reaching x around the norm, through the residual
+/// connection) added to dL/dx: in the kernel's epilogue on the GPU, one rounding, no separate pass.
+pub fn rms_norm_backward_add(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+    want_dw: bool,
+    resid: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let op = RmsNormOp { eps: eps as f32 };
     let w = w.detach().to_dtype(x.dtype())?;
     let dy = dy.to_dtype(x.dtype())?.contiguous()?;
     #[cfg(feature = "cuda")]
     if super::use_fused(x.device(), x.dtype()) {
-        let (dx, dw) = op.cuda_bwd(x, &w, &dy, want_dw)?;
-        return Ok((dx.expect("dx"), dw));
+        let resid = match resid {
+            Some(r) => Some(r.to_dtype(x.dtype())?.contiguous()?),
+            None => None,
+        };
+        let (dx, dw) = op.cuda_bwd(x, &w, &dy, want_dw, resid.as_ref())?;
+        let dx = dx.ok_or_else(|| candle_core::Error::Msg("rms_norm_backward: no dx".into()))?;
+        return Ok((dx, dw));
     }
     let (dx, dw) = op.plain_bwd(x, &w, &dy, want_dw)?;
-    Ok((dx, dw))
+    match resid {
+        Some(r) => Ok(((dx + r.to_dtype(x.dtype())?)?, dw)),
+        None => Ok((dx, dw)),
+    }
 }
 
 impl RmsNormOp {
@@ -139,7 +160,7 @@ impl CustomOp2 for RmsNormOp {
         let dy = dy.contiguous()?;
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let (dx, dw) = self.cuda_bwd(x, w, &dy, want_dw)?;
+            let (dx, dw) = self.cuda_bwd(x, w, &dy, want_dw, None)?;
             return Ok((dx, dw.map(|g| g.to_dtype(w.dtype())).transpose()?));
         }
         let (dx, dw) = self.plain_bwd(x, w, &dy, want_dw)?;
@@ -155,12 +176,27 @@ impl RmsNormOp {
         w: &Tensor,
         dy: &Tensor,
         want_dw: bool,
+        resid: Option<&Tensor>,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         use super::cuda::{by_dtype, hold, launch, rows_cfg, suffix, view, wrap};
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
         let x = x.contiguous()?;
         let (hx, hw, hd) = (hold(&x), hold(w), hold(dy));
         let ((sx, lx), (sw, lw), (sd, ld)) = (hx.cuda()?, hw.cuda()?, hd.cuda()?);
         let dev = &sx.device;
+        let hr = resid.map(hold);
+        let rs = match &hr {
+            Some(h) => {
+                let (s, l) = h.cuda()?;
+                if l.shape() != lx.shape() || s.dtype() != sx.dtype() {
+                    candle_core::bail!(
+                        "rms_norm_backward: the residual gradient differs from x in shape or dtype"
+                    );
+                }
+                Some((s, l))
+            }
+            None => None,
+        };
         let dim = lw.shape().elem_count();
         let rows = lx.shape().elem_count() / dim;
         // rows per block: one without dw; with dw about 1024 blocks, each adding its partial sums once per column
@@ -178,16 +214,23 @@ impl RmsNormOp {
         };
         let smem = if want_dw { dim as u32 * 4 } else { 0 };
         let cfg = rows_cfg(rows.div_ceil(rpb_n), 256, smem);
+        let stream = dev.cuda_stream();
         let dx = by_dtype!(x.dtype(), T => {
             let (xv, wv, dv) = (view::<T>(sx, lx)?, view::<T>(sw, lw)?, view::<T>(sd, ld)?);
+            let rv = rs.map(|(s, l)| view::<T>(s, l)).transpose()?;
+            // the residual gradient's address, or null (the kernel then adds nothing)
+            let rp: u64 = match &rv {
+                Some(v) => v.device_ptr(&stream).0,
+                None => 0,
+            };
             let dx = unsafe { dev.alloc::<T>(rows * dim) }?;
             match &dw {
                 Some(dwb) => {
-                    launch!(dev, name, cfg, smem = smem; &dv, &xv, &wv, &dx, dwb, &rows_i, &dim_i, &eps, &rpb)
+                    launch!(dev, name, cfg, smem = smem; &dv, &xv, &wv, &rp, &dx, dwb, &rows_i, &dim_i, &eps, &rpb)
                 }
                 None => {
                     let null: u64 = 0;
-                    launch!(dev, name, cfg; &dv, &xv, &wv, &dx, &null, &rows_i, &dim_i, &eps, &rpb)
+                    launch!(dev, name, cfg; &dv, &xv, &wv, &rp, &dx, &null, &rows_i, &dim_i, &eps, &rpb)
                 }
             }
             wrap(dx, dev, lx.shape().clone())

@@ -115,11 +115,13 @@ impl TransformerBlock {
         let (bs, t, _) = sv.x.dims3()?;
         let [lq, lk, lv, lo, l1, l2, l3] = &sv.lin;
         let mut g = Vec::new();
+        // dL/dx of one linear layer, added to `acc` when given (layers sharing an input)
         let lin = |l: &LoraLinear,
                    name: &str,
                    x: &Tensor,
                    s: &LinearSaved,
                    dy: &Tensor,
+                   acc: Option<Tensor>,
                    g: &mut Vec<(String, Tensor)>|
          -> Result<Tensor> {
             let part = if matches!(name, "wq" | "wk" | "wv" | "wo") {
@@ -127,23 +129,27 @@ impl TransformerBlock {
             } else {
                 "feed_forward"
             };
-            let dx = l.backward(x, s, dy, true, &format!("{prefix}{part}.{name}."), g)?;
-            Ok(dx.expect("dx was asked for"))
+            let prefix = format!("{prefix}{part}.{name}.");
+            match acc {
+                Some(acc) => l.backward_add(x, s, dy, acc, &prefix, g),
+                None => {
+                    let dx = l.backward(x, s, dy, true, &prefix, g)?;
+                    dx.ok_or_else(|| anyhow::anyhow!("{prefix}: no input gradient"))
+                }
+            }
         };
         // feed-forward
-        let ds = lin(&ff.w2, "w2", &sv.s, l2, &dout, &mut g)?;
+        let ds = lin(&ff.w2, "w2", &sv.s, l2, &dout, None, &mut g)?;
         let (da, db) = kernels::swiglu::swiglu_backward(&sv.a, &sv.b, &ds)?;
-        let dn2 = kernels::add(
-            &lin(&ff.w1, "w1", &sv.n2, l1, &da, &mut g)?,
-            &lin(&ff.w3, "w3", &sv.n2, l3, &db, &mut g)?,
-        )?;
-        let (dhn, dg2) = self.ffn_norm.backward(&sv.h, &dn2)?;
+        let dn2 = lin(&ff.w1, "w1", &sv.n2, l1, &da, None, &mut g)?;
+        let dn2 = lin(&ff.w3, "w3", &sv.n2, l3, &db, Some(dn2), &mut g)?;
+        // dh = dout + rms′(h, dn2): the residual's gradient added inside the norm's backward
+        let (dh, dg2) = self.ffn_norm.backward_add(&sv.h, &dn2, &dout)?;
         if let Some(d) = dg2 {
             g.push((format!("{prefix}ffn_norm.weight"), d));
         }
-        let dh = kernels::add(&dout, &dhn)?;
         // attention
-        let d_o = lin(&at.wo, "wo", &sv.o, lo, &dh, &mut g)?.reshape((bs, t, nh, hd))?;
+        let d_o = lin(&at.wo, "wo", &sv.o, lo, &dh, None, &mut g)?.reshape((bs, t, nh, hd))?;
         let (dq, dk, dv) = kernels::attention::attention_backward(
             &sv.q,
             &sv.k,
@@ -156,22 +162,14 @@ impl TransformerBlock {
         let dq = kernels::rope::rope_backward(&dq, cos, sin)?.reshape((bs, t, nh * hd))?;
         let dk = kernels::rope::rope_backward(&dk, cos, sin)?.reshape((bs, t, nkv * hd))?;
         let dv = dv.reshape((bs, t, nkv * hd))?;
-        let dn1 = kernels::add(
-            &kernels::add(
-                &lin(&at.wq, "wq", &sv.n1, lq, &dq, &mut g)?,
-                &lin(&at.wk, "wk", &sv.n1, lk, &dk, &mut g)?,
-            )?,
-            &lin(&at.wv, "wv", &sv.n1, lv, &dv, &mut g)?,
-        )?;
-        let (dxn, dg1) = self.attention_norm.backward(&sv.x, &dn1)?;
+        let dn1 = lin(&at.wq, "wq", &sv.n1, lq, &dq, None, &mut g)?;
+        let dn1 = lin(&at.wk, "wk", &sv.n1, lk, &dk, Some(dn1), &mut g)?;
+        let dn1 = lin(&at.wv, "wv", &sv.n1, lv, &dv, Some(dn1), &mut g)?;
+        let (dx, dg1) = self.attention_norm.backward_add(&sv.x, &dn1, &dh)?;
         if let Some(d) = dg1 {
             g.push((format!("{prefix}attention_norm.weight"), d));
         }
-        let dx = if need_dx {
-            Some(kernels::add(&dh, &dxn)?)
-        } else {
-            None
-        };
+        let dx = need_dx.then_some(dx);
         Ok(BlockGrads { dx, params: g })
     }
 }

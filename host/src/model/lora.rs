@@ -294,11 +294,53 @@ impl LoraLinear {
         prefix: &str,
         grads: &mut Vec<(String, Tensor)>,
     ) -> Result<Option<Tensor>> {
+        let acc = if need_dx {
+            Accumulate::Fresh
+        } else {
+            Accumulate::NoDx
+        };
+        self.backward_into(x, saved, dy, acc, prefix, grads)
+    }
+
+    /// [`LoraLinear::backward`] with dL/dx added to `acc` (consumed; nothing else may hold it): the
+    /// products' epilogues do the sum on the GPU ([`crate::kernels::matmul_acc`]), so the gradients of
+    /// layers that share an input (wq wk wv; w1 w3) are summed without a separate pass.
+    pub fn backward_add(
+        &self,
+        x: &Tensor,
+        saved: &LinearSaved,
+        dy: &Tensor,
+        acc: Tensor,
+        prefix: &str,
+        grads: &mut Vec<(String, Tensor)>,
+    ) -> Result<Tensor> {
+        self.backward_into(x, saved, dy, Accumulate::Into(acc), prefix, grads)?
+            .ok_or_else(|| anyhow::anyhow!("backward_add: no input gradient"))
+    }
+
+    fn backward_into(
+        &self,
+        x: &Tensor,
+        saved: &LinearSaved,
+        dy: &Tensor,
+        acc: Accumulate,
+        prefix: &str,
+        grads: &mut Vec<(String, Tensor)>,
+    ) -> Result<Option<Tensor>> {
         let (x2, lead) = flat(x)?;
         let dt = x.dtype();
         let (dy2, _) = flat(&dy.to_dtype(dt)?)?;
         let w = self.weight.tensor().detach().to_dtype(dt)?;
-        let mut dx = if need_dx { Some(dy2.matmul(&w)?) } else { None };
+        let mut dx = match acc {
+            Accumulate::NoDx => None,
+            Accumulate::Fresh => Some(dy2.matmul(&w)?),
+            Accumulate::Into(a) => Some(crate::kernels::matmul_acc(
+                flat(&a.to_dtype(dt)?)?.0,
+                &dy2,
+                &w,
+                false,
+            )?),
+        };
         if self.weight.is_trainable() {
             grads.push((format!("{prefix}weight"), dy2.t()?.matmul(&x2)?));
         }
@@ -333,6 +375,13 @@ impl LoraLinear {
             None => Ok(None),
         }
     }
+}
+
+/// Where [`LoraLinear::backward_into`] puts dL/dx: nowhere, a fresh tensor, or added to one.
+enum Accumulate {
+    NoDx,
+    Fresh,
+    Into(Tensor),
 }
 
 /// What [`LoraLinear::backward`] needs from the forward besides the input: A·x̃, and the dropout mask and

@@ -35,6 +35,24 @@ impl RmsNorm {
         )
     }
 
+    /// [`RmsNorm::backward`] with `resid` (the gradient reaching x through the residual connection)
+    /// added to dL/dx in the same kernel.
+    pub fn backward_add(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        resid: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        crate::kernels::rms_norm::rms_norm_backward_add(
+            x,
+            self.weight.tensor(),
+            dy,
+            self.eps,
+            self.weight.is_trainable(),
+            Some(resid),
+        )
+    }
+
     fn apply(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if crate::kernels::use_fused(x.device(), x.dtype()) {
             return crate::kernels::rms_norm(x, w, self.eps);

@@ -201,10 +201,10 @@ __device__ void rope(const T* x, const float* cos_t, const float* sin_t, T* y, l
   put8(y, 2 * i0, n, vec, o);
 }
 
-// ----------------------------------------------------------------------------------------------- SwiGLU
-// One thread per 8 elements (vector access when aligned).
-template <typename T>
-__device__ void swiglu_fwd(const T* a, const T* b, T* y, long n) {
+// ------------------------------------------------------------------------------ SwiGLU, sums
+// y = f(a, b) elementwise, one thread per 8 elements (vector access when aligned), f32 maths, one rounding.
+template <typename T, typename F>
+__device__ void binary8(const T* a, const T* b, T* y, long n, F f) {
   long i0 = ((long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
   if (i0 >= n) return;
   const bool vec = i0 + 8 <= n && aligned16(a) && aligned16(b) && aligned16(y);
@@ -212,9 +212,18 @@ __device__ void swiglu_fwd(const T* a, const T* b, T* y, long n) {
   get8(a, i0, n, vec, av);
   get8(b, i0, n, vec, bv);
 #pragma unroll
-  for (int k = 0; k < 8; k++) av[k] = av[k] / (1.f + __expf(-av[k])) * bv[k];
+  for (int k = 0; k < 8; k++) av[k] = f(av[k], bv[k]);
   put8(y, i0, n, vec, av);
 }
+struct SiluMul {
+  __device__ float operator()(float a, float b) const { return a / (1.f + __expf(-a)) * b; }
+};
+struct Sum {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+template <typename T>
+__device__ void swiglu_fwd(const T* a, const T* b, T* y, long n) { binary8(a, b, y, n, SiluMul()); }
 
 // da = dy·b·σ(a)(1 + a(1 − σ(a))), db = dy·silu(a)
 template <typename T>
@@ -237,19 +246,9 @@ __device__ void swiglu_bwd(const T* dy, const T* a, const T* b, T* da, T* db, lo
   put8(db, i0, n, vec, av);
 }
 
-// y = a + b (f32 maths, one rounding): candle's bf16 add moves about a third of the memory bandwidth.
+// y = a + b: candle's bf16 add moves about a third of the memory bandwidth.
 template <typename T>
-__device__ void add(const T* a, const T* b, T* y, long n) {
-  long i0 = ((long)blockIdx.x * blockDim.x + threadIdx.x) * 8;
-  if (i0 >= n) return;
-  const bool vec = i0 + 8 <= n && aligned16(a) && aligned16(b) && aligned16(y);
-  float av[8], bv[8];
-  get8(a, i0, n, vec, av);
-  get8(b, i0, n, vec, bv);
-#pragma unroll
-  for (int k = 0; k < 8; k++) av[k] += bv[k];
-  put8(y, i0, n, vec, av);
-}
+__device__ void add(const T* a, const T* b, T* y, long n) { binary8(a, b, y, n, Sum()); }
 
 // ------------------------------------------------------------------------------------------ softmax-CE
 // One block per row of z [rows, V]: lse = log Σ exp z, ce = lse − z[target] (f32).

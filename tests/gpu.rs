@@ -69,34 +69,42 @@ fn randn(shape: &[usize], dt: DType, dev: &Device) -> Result<Tensor> {
 #[ignore = "needs a CUDA device"]
 fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
     let dev = cuda();
+    // shapes of the model, then shapes that take the vectorised kernels' other paths: rows of a width
+    // that is not a multiple of 8, pair and element counts that are not (element by element)
+    let shapes: [([usize; 3], [usize; 4], [usize; 2]); 2] = [
+        ([3, 77, 2048], [2, 77, 4, 128], [5, 1000]),
+        ([3, 7, 100], [1, 3, 1, 6], [5, 1001]),
+    ];
     for (dt, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
-        let x = randn(&[3, 77, 2048], dt, &dev)?;
-        let w = (Tensor::randn(0f32, 0.1, 2048, &dev)? + 1.0)?;
-        compare(
-            &format!("rms_norm {dt:?}"),
-            &[x, w],
-            tol,
-            |t| rms_norm(&t[0], &t[1], 1e-5),
-            |t| rms_norm::rms_norm_plain(&t[0], &t[1], 1e-5),
-        )?;
-        let table = wmtp_host::model::rope::Rope::new(128, 1e4, 0, 77, &dev)?;
-        let x = randn(&[2, 77, 4, 128], dt, &dev)?;
-        let (c, s) = table.tables();
-        compare(
-            &format!("rope {dt:?}"),
-            &[x],
-            tol,
-            |t| rope(&t[0], c, s),
-            |t| table.apply_plain(&t[0]),
-        )?;
-        let (a, b) = (randn(&[5, 1000], dt, &dev)?, randn(&[5, 1000], dt, &dev)?);
-        compare(
-            &format!("swiglu {dt:?}"),
-            &[(a * 3.0)?, b],
-            tol * 2.0,
-            |t| swiglu(&t[0], &t[1]),
-            |t| swiglu::swiglu_plain(&t[0], &t[1]),
-        )?;
+        for (norm, rope_shape, glu) in shapes {
+            let x = randn(&norm, dt, &dev)?;
+            let w = (Tensor::randn(0f32, 0.1, norm[2], &dev)? + 1.0)?;
+            compare(
+                &format!("rms_norm {norm:?} {dt:?}"),
+                &[x, w],
+                tol,
+                |t| rms_norm(&t[0], &t[1], 1e-5),
+                |t| rms_norm::rms_norm_plain(&t[0], &t[1], 1e-5),
+            )?;
+            let [_, t_len, _, hd] = rope_shape;
+            let table = wmtp_host::model::rope::Rope::new(hd, 1e4, 0, t_len, &dev)?;
+            let (c, s) = table.tables();
+            compare(
+                &format!("rope {rope_shape:?} {dt:?}"),
+                &[randn(&rope_shape, dt, &dev)?],
+                tol,
+                |t| rope(&t[0], c, s),
+                |t| table.apply_plain(&t[0]),
+            )?;
+            let (a, b) = (randn(&glu, dt, &dev)?, randn(&glu, dt, &dev)?);
+            compare(
+                &format!("swiglu {glu:?} {dt:?}"),
+                &[(a * 3.0)?, b],
+                tol * 2.0,
+                |t| swiglu(&t[0], &t[1]),
+                |t| swiglu::swiglu_plain(&t[0], &t[1]),
+            )?;
+        }
         let z = (randn(&[37, 32000], dt, &dev)? * 4.0)?;
         let tg: Vec<u32> = (0..37u32).map(|i| (i * 7919) % 32000).collect();
         let tg = Tensor::new(tg.as_slice(), &dev)?;
@@ -107,36 +115,7 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
             |t| cross_entropy::cross_entropy_rows(&t[0], &tg),
             |t| cross_entropy::cross_entropy_rows_plain(&t[0], &tg),
         )?;
-    }
-    // the vectorised kernels' other paths: lengths that are not a multiple of 8, rows of a width that
-    // is not, and inputs that start off a 16-byte boundary (element by element)
-    for (dt, tol) in [(DType::F32, 1e-5f32), (DType::BF16, 2e-2)] {
-        let x = randn(&[3, 7, 100], dt, &dev)?;
-        let w = (Tensor::randn(0f32, 0.1, 100, &dev)? + 1.0)?;
-        compare(
-            &format!("rms_norm width 100 {dt:?}"),
-            &[x, w],
-            tol,
-            |t| rms_norm(&t[0], &t[1], 1e-5),
-            |t| rms_norm::rms_norm_plain(&t[0], &t[1], 1e-5),
-        )?;
-        let table = wmtp_host::model::rope::Rope::new(6, 1e4, 0, 3, &dev)?;
-        let (c, s) = table.tables();
-        compare(
-            &format!("rope 9 pairs {dt:?}"),
-            &[randn(&[1, 3, 1, 6], dt, &dev)?],
-            tol,
-            |t| rope(&t[0], c, s),
-            |t| table.apply_plain(&t[0]),
-        )?;
-        let (a, b) = (randn(&[5, 1001], dt, &dev)?, randn(&[5, 1001], dt, &dev)?);
-        compare(
-            &format!("swiglu 5005 {dt:?}"),
-            &[(a * 3.0)?, b],
-            tol * 2.0,
-            |t| swiglu(&t[0], &t[1]),
-            |t| swiglu::swiglu_plain(&t[0], &t[1]),
-        )?;
+        // sums, also of inputs that start off a 16-byte boundary
         let long = randn(&[4 * 2048 + 1], dt, &dev)?;
         let (a, b) = (long.narrow(0, 1, 4 * 2048)?, randn(&[4 * 2048], dt, &dev)?);
         let (c, d) = (randn(&[1001], dt, &dev)?, randn(&[1001], dt, &dev)?);

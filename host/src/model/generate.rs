@@ -63,7 +63,6 @@ impl Default for Sampling {
 /// The next token from logits [V] (f32): argmax at temperature 0, else a draw from
 /// softmax(logits / temperature) cut to its top-p nucleus.
 pub fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> Result<u32> {
-    use rand::Rng;
     if logits.is_empty() {
         bail!("no logits to pick from");
     }
@@ -81,13 +80,7 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> 
                 });
         return Ok(best as u32);
     }
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut p: Vec<(usize, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i, ((l as f64 - max) / s.temperature).exp()))
-        .collect();
-    let z: f64 = p.iter().map(|x| x.1).sum();
+    let (mut p, z) = softmax_weights(logits, s.temperature);
     // the nucleus is the most likely tokens (ties: lower id first) up to mass top_p; rather than sorting
     // the whole vocabulary, sort the top k (found in linear time) and double k until they hold the mass
     let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
@@ -113,14 +106,33 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> 
         }
         k = (2 * k).min(p.len());
     }
+    Ok(draw(&kept, mass, rng))
+}
+
+/// (token, exp((logit − max) / temperature)) for every token, and their sum z: softmax = weight / z.
+fn softmax_weights(logits: &[f32], temperature: f64) -> (Vec<(usize, f64)>, f64) {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let p: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i, ((l as f64 - max) / temperature).exp()))
+        .collect();
+    let z = p.iter().map(|x| x.1).sum();
+    (p, z)
+}
+
+/// A token drawn from `kept` ((token, probability), most likely first) in proportion to probability;
+/// `mass` is their total.
+fn draw(kept: &[(usize, f64)], mass: f64, rng: &mut rand_chacha::ChaCha8Rng) -> u32 {
+    use rand::Rng;
     let mut u = rng.random::<f64>() * mass;
-    for &(i, q) in &kept {
+    for &(i, q) in kept {
         if u < q {
-            return Ok(i as u32);
+            return i as u32;
         }
         u -= q;
     }
-    Ok(kept.last().map_or(0, |x| x.0) as u32)
+    kept.last().map_or(0, |x| x.0) as u32
 }
 
 /// What [`generate`] does.
@@ -315,14 +327,7 @@ mod tests {
 
     /// The nucleus by sorting the whole vocabulary (ties by id), as `pick` did before its top-k search.
     fn pick_by_full_sort(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> u32 {
-        use rand::Rng;
-        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let mut p: Vec<(usize, f64)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i, ((l as f64 - max) / s.temperature).exp()))
-            .collect();
-        let z: f64 = p.iter().map(|x| x.1).sum();
+        let (mut p, z) = softmax_weights(logits, s.temperature);
         p.sort_by(|a, b| b.1.total_cmp(&a.1));
         let (mut kept, mut mass) = (Vec::new(), 0.0);
         for (i, w) in p {
@@ -332,14 +337,7 @@ mod tests {
                 break;
             }
         }
-        let mut u = rng.random::<f64>() * mass;
-        for &(i, q) in &kept {
-            if u < q {
-                return i as u32;
-            }
-            u -= q;
-        }
-        kept.last().map_or(0, |x| x.0) as u32
+        draw(&kept, mass, rng)
     }
 
     #[test]

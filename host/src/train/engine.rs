@@ -74,12 +74,19 @@ pub struct Engine<'a> {
 
 use wmtp_plugin_host::ce_mask;
 
-/// Logits of rows z [N, D] (shared final norm, then the output projection) with no autograd, and what
-/// the backward of the projection needs.
-fn rows_logits(model: &Transformer, z_rows: &Tensor) -> Result<(Tensor, Tensor, LinearSaved)> {
-    let n = model.norm.forward_nograd(z_rows)?;
-    let (logits, saved) = model.output.forward_saved(&n, &ForwardCtx::eval())?;
-    Ok((n, logits, saved))
+impl ChunkSaved {
+    /// Rows `idx` of z [B·T, D] through the shared final norm and the output projection.
+    fn compute(model: &Transformer, z: &Tensor, idx: &Tensor) -> Result<Self> {
+        let z = z.index_select(idx, 0)?;
+        let normed = model.norm.forward_nograd(&z)?;
+        let (logits, out) = model.output.forward_saved(&normed, &ForwardCtx::eval())?;
+        Ok(ChunkSaved {
+            z,
+            normed,
+            logits,
+            out,
+        })
+    }
 }
 
 /// The valid rows of one head, on the host and on the device, computed once per micro-batch.
@@ -224,25 +231,20 @@ impl<'a> Engine<'a> {
             let mut lse_parts = Vec::new();
             let mut chunks = Vec::new();
             for (start, len) in hr.chunks(self.chunk_rows) {
-                let zc = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
-                let (normed, logits, out) = rows_logits(&om, &zc)?;
+                let c = ChunkSaved::compute(&om, &zf, &hr.idx.narrow(0, start, len)?)?;
                 let (ce, lse) = kernels::cross_entropy::ce_forward(
-                    &logits,
+                    &c.logits,
                     &hr.targets.narrow(0, start, len)?,
                 )?;
                 ce_parts.push(ce);
                 lse_parts.push(lse);
                 if self.keep_activations {
-                    chunks.push(ChunkSaved {
-                        z: zc,
-                        normed,
-                        logits,
-                        out,
-                    });
+                    chunks.push(c);
                 }
             }
             saved_chunks.push(chunks);
-            // the backward recomputes the same logits: their log-sum-exp is kept, not recomputed
+            // the log-sum-exp is kept for the backward (which recomputes the logits when they
+            // are not kept)
             head_lse.push(Some(Tensor::cat(&lse_parts, 0)?));
             saved_heads.push(self.keep_activations.then_some(sv));
         }
@@ -367,14 +369,7 @@ impl<'a> Engine<'a> {
                 } = match st.saved_chunks.get(k).and_then(|c| c.get(i)) {
                     Some(c) => c,
                     None => {
-                        let z = zf.index_select(&hr.idx.narrow(0, start, len)?, 0)?;
-                        let (normed, logits, out) = rows_logits(&om, &z)?;
-                        recomputed = ChunkSaved {
-                            z,
-                            normed,
-                            logits,
-                            out,
-                        };
+                        recomputed = ChunkSaved::compute(&om, &zf, &hr.idx.narrow(0, start, len)?)?;
                         &recomputed
                     }
                 };

@@ -421,7 +421,9 @@ impl<'a> Engine<'a> {
                 grads.absorb(vh, "value_head.", &store)?;
                 grads.absorb(&om.norm, "norm.", &store)?;
                 if let Some(g) = store.get(hvar.as_tensor()) {
-                    dh = (dh + g.to_dtype(DType::F32)?)?;
+                    // detached: autograd's dL/dh still refers to this step's forward graph, which
+                    // would otherwise flow into every trunk gradient and the optimiser's state
+                    dh = (dh + g.to_dtype(DType::F32)?.detach())?;
                 }
             }
         }

@@ -35,9 +35,14 @@ impl Grads {
         Ok(())
     }
 
-    /// Adds `g` (converted to f32) to the gradient of `name`.
+    /// Adds `g` (converted to f32, detached) to the gradient of `name`.
+    ///
+    /// Detached, because a gradient that candle's autograd returns for a leaf (a `Var`) can still carry
+    /// the graph it was computed through (e.g. the value head's dL/dh refers to the step's forward
+    /// tensors); kept in the sum, and from there in AdamW's moments, it would keep every step's graph
+    /// alive: +145 MB of host memory per step for verifiable's joint value head (issue 22).
     pub fn add(&mut self, name: &str, g: &Tensor) -> Result<()> {
-        let g = g.to_dtype(candle_core::DType::F32)?;
+        let g = g.to_dtype(candle_core::DType::F32)?.detach();
         let sum = match self.by_name.remove(name) {
             Some(prev) => (prev + g)?,
             None => g,

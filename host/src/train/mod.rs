@@ -8,6 +8,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod grads;
 pub mod guard;
+pub mod host_memory;
 pub mod metrics_log;
 pub mod optim;
 pub mod plot;

@@ -152,13 +152,15 @@ impl AdamW {
         };
         let update = ((&m / c1)? / ((&v / c2)?.sqrt()? + self.cfg.eps)?)?;
         let decay = if w.rank() >= 2 { gs.weight_decay } else { 0.0 };
-        let new = ((&w * (1.0 - lr * decay))? - (update * lr)?)?;
+        // detached: `w` may be the Var itself, and the master copy kept below must not hold a graph
+        // back to it (each step's would chain to the last one's)
+        let new = ((&w * (1.0 - lr * decay))? - (update * lr)?)?.detach();
         var.set(&new.to_dtype(var.dtype())?)?;
         if narrow {
             self.master.insert(name.to_string(), new);
         }
-        self.m.insert(name.to_string(), m);
-        self.v.insert(name.to_string(), v);
+        self.m.insert(name.to_string(), m.detach());
+        self.v.insert(name.to_string(), v.detach());
         Ok(())
     }
 

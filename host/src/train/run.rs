@@ -217,6 +217,10 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             // launch → end of the first step (start-up included)
             line["time.first_step_done_s"] = serde_json::json!(started.elapsed().as_secs_f64());
         }
+        if let Some(rss) = super::host_memory::host_rss_mib() {
+            // this process's resident host memory now (not a high-water mark): flat across steps
+            line["mem.host_rss_mib"] = serde_json::json!(rss);
+        }
         if let Some((used, reserved)) = s.cfg.model.device.memory_high_water() {
             // this rank's GPU memory pool, highest so far (rank 0's in a sharded run)
             line["mem.peak_used_gib"] = serde_json::json!(used);

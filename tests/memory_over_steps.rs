@@ -1,0 +1,147 @@
+//! Nothing grows without bound: every shipped pipeline, with full fine-tuning and with LoRA, trains the
+//! embedded default for 2N steps in a `wmtp run` process of its own, and the host memory it holds at
+//! the end (`mem.host_rss_mib` of metrics.jsonl, resident set size after each step) is within 5% (or
+//! [`ALLOWED_MIB`]) of what it held at step N. A leak of ~0.5 MB a step or more fails it; verifiable's
+//! joint value head once leaked 145 MB a step (issue 22). The figures are printed
+//! (`cargo test --test memory_over_steps -- --nocapture`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Steps in each half of a run.
+const N: u64 = 10;
+/// Growth allowed besides 5%: the allocator's own noise (a leak-free run's floor moves by ±3 MiB;
+/// measured on the tiny default).
+const ALLOWED_MIB: f64 = 6.0;
+/// Steps at the end of each half whose lowest RSS is compared: a leak raises every step's RSS, while
+/// the allocator's transient peaks (+11 MiB for one step, seen with critic's LoRA) do not last.
+const WINDOW: u64 = 5;
+
+/// Runs `pipeline` for 2N steps with `sets` and returns the RSS (MiB) after each step, by step.
+fn rss_per_step(dir: &Path, pipeline: &str, sets: &[&str]) -> Vec<(u64, f64)> {
+    let plugin =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{pipeline}.wasm"));
+    let run_dir = dir.join("run");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wmtp"));
+    c.arg("run").arg("--pipeline").arg(&plugin);
+    let steps = format!("training.steps={}", 2 * N);
+    let ckpt = format!("checkpoint.dir={:?}", run_dir.display().to_string());
+    for s in [
+        steps.as_str(),
+        ckpt.as_str(),
+        "runtime.eval_every=0",
+        "runtime.progress=false",
+        "reference.baseline_steps=2",
+    ]
+    .iter()
+    .chain(sets)
+    {
+        c.arg("--set").arg(s);
+    }
+    let out = c.output().expect("starting wmtp");
+    assert!(
+        out.status.success(),
+        "{pipeline} {sets:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v["step"].as_u64()?, v["mem.host_rss_mib"].as_f64()?))
+        })
+        .collect()
+}
+
+/// Lowest RSS over the [`WINDOW`] steps ending at `end`.
+fn floor_to(rss: &[(u64, f64)], end: u64) -> f64 {
+    let xs: Vec<f64> = rss
+        .iter()
+        .filter(|(s, _)| *s + WINDOW > end && *s <= end)
+        .map(|(_, r)| *r)
+        .collect();
+    assert_eq!(xs.len() as u64, WINDOW, "steps up to {end} in {rss:?}");
+    xs.into_iter().fold(f64::INFINITY, f64::min)
+}
+
+fn check(pipeline: &str, lora: bool) {
+    if !cfg!(target_os = "linux") {
+        eprintln!("skipped: host RSS is read from /proc (Linux only)");
+        return;
+    }
+    let dir = common::tempdir();
+    let sets: &[&str] = if lora {
+        &["training.use_lora=true"]
+    } else {
+        &[]
+    };
+    let rss = rss_per_step(dir.path(), pipeline, sets);
+    let (mid, end) = (floor_to(&rss, N), floor_to(&rss, 2 * N));
+    let allowed = (0.05 * mid).max(ALLOWED_MIB);
+    let mode = if lora { "LoRA" } else { "full" };
+    println!(
+        "{pipeline} ({mode}): host RSS {mid:.1} MiB at step {N}, {end:.1} MiB at step {} (+{:.1}, allowed {allowed:.1})",
+        2 * N,
+        end - mid
+    );
+    assert!(
+        end - mid <= allowed,
+        "{pipeline} ({mode}) grows: {mid:.1} MiB at step {N} → {end:.1} MiB at step {}; per step: {rss:?}",
+        2 * N
+    );
+}
+
+#[test]
+fn baseline_full_fine_tuning_holds_its_memory() {
+    check("baseline", false);
+}
+
+#[test]
+fn baseline_lora_holds_its_memory() {
+    check("baseline", true);
+}
+
+#[test]
+fn critic_full_fine_tuning_holds_its_memory() {
+    check("critic", false);
+}
+
+#[test]
+fn critic_lora_holds_its_memory() {
+    check("critic", true);
+}
+
+#[test]
+fn verifiable_full_fine_tuning_holds_its_memory() {
+    check("verifiable", false);
+}
+
+#[test]
+fn verifiable_lora_holds_its_memory() {
+    check("verifiable", true);
+}
+
+#[test]
+fn rho1_full_fine_tuning_holds_its_memory() {
+    check("rho1", false);
+}
+
+#[test]
+fn rho1_lora_holds_its_memory() {
+    check("rho1", true);
+}
+
+#[test]
+fn critic_with_a_trainable_trunk_holds_its_memory() {
+    let dir = common::tempdir();
+    let rss = rss_per_step(
+        dir.path(),
+        "critic",
+        &[r#"training.trainable=["value_head","trunk","heads"]"#],
+    );
+    let (mid, end) = (floor_to(&rss, N), floor_to(&rss, 2 * N));
+    println!("critic (trunk trainable): {mid:.1} → {end:.1} MiB");
+    assert!(end - mid <= (0.05 * mid).max(ALLOWED_MIB), "{rss:?}");
+}

@@ -20,7 +20,7 @@ cp "$out/wmtp_example_focal.wasm" examples/focal.wasm
 
 # test plugins: one hostile build per behaviour, plus the foreign-import and old-contract ones
 mkdir -p .cache/test-plugins
-for b in spin oom panic bad_len nan flood metric_escape many_metrics spoof_metrics huge_error bad_version big_all_reduce huge_coef max_coef; do
+for b in spin oom panic bad_len nan flood metric_escape many_metrics spoof_metrics huge_error bad_version big_all_reduce huge_coef max_coef many_trains bad_default fresh_metrics; do
   cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-hostile --features "$b"
   cp "$out/wmtp_hostile.wasm" ".cache/test-plugins/hostile_$b.wasm"
 done

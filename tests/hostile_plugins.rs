@@ -426,6 +426,36 @@ fn a_version_with_escape_sequences_is_not_semver() {
     good_plugin_still_runs(&rt);
 }
 
+#[test]
+fn a_manifest_listing_ten_million_groups_is_refused() {
+    // the guest's memory cap (256 MiB here) bounds what is lifted; the check refuses it before anything
+    // is printed or kept
+    let rt = runtime();
+    let t = Instant::now();
+    let err = load_error(&rt, &test_plugin("hostile_many_trains"));
+    assert!(
+        err.contains("`trains` lists 10000000 entries of which 1 differ"),
+        "{err}"
+    );
+    assert!(err.len() < 1024, "{} bytes of error", err.len());
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    good_plugin_still_runs(&rt);
+}
+
+#[test]
+fn a_default_value_that_draws_on_the_terminal_is_refused() {
+    let rt = runtime();
+    let err = load_error(&rt, &test_plugin("hostile_bad_default"));
+    assert!(err.contains("default of config key `motto`"), "{err}");
+    // the quoted default is neutralised: no C1 CSI, no bidi override, no forged line
+    assert!(
+        !err.contains('\u{9b}') && !err.contains('\u{202e}'),
+        "{err:?}"
+    );
+    assert!(!err.contains('\n'), "{err:?}");
+    good_plugin_still_runs(&rt);
+}
+
 /// A runtime whose compiled-plugin cache is `dir`.
 fn cached_runtime(dir: &std::path::Path) -> Arc<PluginRuntime> {
     Arc::new(

@@ -3,7 +3,8 @@
 //! the end (`mem.host_rss_mib` of metrics.jsonl, resident set size after each step) is within 5% (or
 //! [`ALLOWED_MIB`]) of what it held at step N. A leak of ~0.5 MB a step or more fails it; verifiable's
 //! joint value head once leaked 145 MB a step (issue 22). The figures are printed
-//! (`cargo test --test memory_over_steps -- --nocapture`).
+//! (`cargo test --test memory_over_steps -- --nocapture`). Also bounded: the metric names one step
+//! merges from its micro-batches, and a plugin state file, refused by its size before it is read.
 
 mod common;
 
@@ -144,4 +145,83 @@ fn critic_with_a_trainable_trunk_holds_its_memory() {
     let (mid, end) = (floor_to(&rss, N), floor_to(&rss, 2 * N));
     println!("critic (trunk trainable): {mid:.1} → {end:.1} MiB");
     assert!(end - mid <= (0.05 * mid).max(ALLOWED_MIB), "{rss:?}");
+}
+
+/// `wmtp run` with `args`; returns (success, stderr).
+fn wmtp(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wmtp"))
+        .args(args)
+        .output()
+        .expect("starting wmtp");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_step_merging_too_many_metric_names_is_refused() {
+    // each call returns 200 names no other call uses: within the per-call cap of 256, but a step of
+    // two micro-batches would write 400 keys into one metrics line
+    let dir = common::tempdir();
+    let plugin = common::fixture("test-plugins/hostile_fresh_metrics.wasm");
+    let ckpt = format!(
+        "checkpoint.dir={:?}",
+        dir.path().join("run").display().to_string()
+    );
+    let (ok, err) = wmtp(&[
+        "run",
+        "--pipeline",
+        plugin.to_str().unwrap(),
+        "--set",
+        &ckpt,
+        "--set",
+        "training.steps=1",
+        "--set",
+        "training.grad_accum=2",
+        "--set",
+        "runtime.eval_every=0",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("400 different metric names in one step (at most 256 per step)")
+            && err.contains("plugin `hostile`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_huge_plugin_state_file_is_refused_before_it_is_read() {
+    let dir = common::tempdir();
+    let run_dir = dir.path().join("run");
+    let plugin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/baseline.wasm");
+    let ckpt = format!("checkpoint.dir={:?}", run_dir.display().to_string());
+    let (ok, err) = wmtp(&[
+        "run",
+        "--pipeline",
+        plugin.to_str().unwrap(),
+        "--set",
+        &ckpt,
+        "--set",
+        "training.steps=1",
+        "--set",
+        "runtime.eval_every=0",
+    ]);
+    assert!(ok, "{err}");
+    let state = run_dir.join("checkpoints/step-000001/plugin_state.bin");
+    // 1 GiB, sparse: it takes no disk, and reading it whole would take 1 GiB of memory
+    std::fs::File::options()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let (ok, err) = wmtp(&["run", "--resume", run_dir.to_str().unwrap()]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(
+            "plugin_state.bin: 1024 MiB of plugin state; a plugin's state is at most 64 MiB"
+        ),
+        "{err}"
+    );
 }

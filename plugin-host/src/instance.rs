@@ -24,6 +24,7 @@ pub struct Plugin {
     path: PathBuf,
     label: String,
     component: Component,
+    sha256: String,
     live: Option<(Store<HostState>, Pipeline)>,
     manifest: Manifest,
     config: Option<String>,
@@ -38,13 +39,14 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     /// Compiles and instantiates the plugin at `path`, reads and validates its manifest.
     pub fn load(runtime: &Arc<PluginRuntime>, path: &Path) -> Result<Self> {
-        let component = runtime.compile(path)?;
+        let (component, sha256) = runtime.compile(path)?;
         let label = format!("plugin {}", path.display());
         let mut p = Plugin {
             runtime: runtime.clone(),
             path: path.to_path_buf(),
             label,
             component,
+            sha256,
             live: None,
             manifest: Manifest {
                 name: String::new(),
@@ -66,6 +68,11 @@ impl Plugin {
         }
         p.manifest = cleaned_manifest(m);
         Ok(p)
+    }
+
+    /// Hex SHA-256 of the bytes that were compiled (what a checkpoint records as the plugin's identity).
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// The plugin's manifest.

@@ -122,10 +122,16 @@ impl PluginRuntime {
         &self.limits
     }
 
-    /// Compiles (or loads from the cache) the component in `path` and checks its imports.
-    pub fn compile(&self, path: &Path) -> Result<Component> {
+    /// Compiles (or loads from the cache) the component in `path` and checks its imports; returns it
+    /// with the hex SHA-256 of the bytes compiled (the file is read once, so the digest a checkpoint
+    /// records is that of the code that ran, even if the file is replaced meanwhile).
+    pub fn compile(&self, path: &Path) -> Result<(Component, String)> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let sha256 = {
+            use sha2::{Digest, Sha256};
+            format!("{:x}", Sha256::digest(&bytes))
+        };
         let compiled = match &self.cache {
             Some(cache) => cache.compile(&self.engine, &bytes),
             None => Component::new(&self.engine, &bytes).map_err(|e| anyhow!("{e:?}")),
@@ -138,7 +144,7 @@ impl PluginRuntime {
         })?;
         self.check_imports(&component)
             .with_context(|| format!("plugin {}", path.display()))?;
-        Ok(component)
+        Ok((component, sha256))
     }
 
     /// Refuses imports outside the contract and the allowed WASI interfaces, and contracts of another

@@ -3,6 +3,7 @@
 //! declare them, metric names the host can file safely; and manifest sanity (strict semver, names as
 //! identifiers, texts cleaned and capped).
 
+use crate::bindings::{group_name, input_name};
 use crate::bindings::{Batch, Coefficients, Manifest};
 use crate::text::{clean, is_identifier, snippet};
 use anyhow::{bail, Result};
@@ -18,6 +19,8 @@ pub const MAX_METRICS: usize = 256;
 pub const MAX_METRIC_NAME: usize = 64;
 /// Most config keys a manifest may declare.
 pub const MAX_CONFIG_KEYS: usize = 256;
+/// The cap on one config key's default value (a one-line TOML value), in bytes.
+pub const MAX_DEFAULT_BYTES: usize = 1024;
 
 /// Whether `name` may name a metric: 1–64 of `[A-Za-z0-9_.]`.
 pub fn valid_metric_name(name: &str) -> bool {
@@ -133,6 +136,25 @@ pub fn check_manifest(m: &Manifest) -> Result<()> {
             snippet(&m.version)
         );
     }
+    // each kind at most once: the lists are bounded by the contract's enums (4 inputs, 4 groups), so a
+    // manifest cannot make the host hold or print millions of entries
+    let distinct = |names: Vec<&'static str>| names.into_iter().collect::<HashSet<_>>().len();
+    for (what, n, unique) in [
+        (
+            "needs",
+            m.needs.len(),
+            distinct(m.needs.iter().map(|k| input_name(*k)).collect()),
+        ),
+        (
+            "trains",
+            m.trains.len(),
+            distinct(m.trains.iter().map(|g| group_name(*g)).collect()),
+        ),
+    ] {
+        if n != unique {
+            bail!("manifest `{what}` lists {n} entries of which {unique} differ: name each at most once");
+        }
+    }
     if m.config_keys.len() > MAX_CONFIG_KEYS {
         bail!(
             "declares {} config keys (at most {MAX_CONFIG_KEYS})",
@@ -150,11 +172,12 @@ pub fn check_manifest(m: &Manifest) -> Result<()> {
         if !seen.insert(&k.name) {
             bail!("config key `{}` is declared twice", k.name);
         }
-        if k.default_value.len() > crate::text::MAX_TEXT_BYTES
+        if k.default_value.len() > MAX_DEFAULT_BYTES
+            || crate::text::clean_line(&k.default_value) != k.default_value
             || toml::from_str::<toml::Table>(&format!("v = {}", k.default_value)).is_err()
         {
             bail!(
-                "default of config key `{}` is not a TOML value: {}",
+                "default of config key `{}` is not a one-line TOML value of at most {MAX_DEFAULT_BYTES} bytes without control characters: {}",
                 k.name,
                 snippet(&k.default_value)
             );

@@ -327,6 +327,19 @@ pub(crate) fn load_plugin_and_position(
     st: &TrainerState,
 ) -> Result<()> {
     let f = ckpt.join("plugin_state.bin");
+    // the size first: a state file over the plugin's cap is refused without reading it into memory
+    let cap = wmtp_plugin_host::PluginLimits::default().state_bytes;
+    let len = std::fs::metadata(&f)
+        .with_context(|| format!("reading {}", f.display()))?
+        .len();
+    if len > cap as u64 {
+        bail!(
+            "{}: {} MiB of plugin state; a plugin's state is at most {} MiB",
+            f.display(),
+            len >> 20,
+            cap >> 20
+        );
+    }
     let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
     s.weigher.load_state(&bytes)?;
     s.batcher.seek(st.epoch, st.index);

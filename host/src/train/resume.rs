@@ -36,6 +36,15 @@ pub fn plugin_identity(path: &Path) -> Result<(String, String)> {
     Ok((abs.display().to_string(), file_sha256(&abs)?))
 }
 
+/// `identity` with the digest of the bytes the session's plugin compiled (read once, so a file replaced
+/// after `identity` was hashed is caught and never recorded under the old digest).
+pub fn compiled_identity(s: &Session, identity: (String, String)) -> Result<(String, String)> {
+    match s.weigher.code_sha256() {
+        Some(sha) => Ok((identity.0, sha.to_string())),
+        None => Ok(identity),
+    }
+}
+
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
@@ -93,6 +102,15 @@ pub fn resume_session(
     let (cfg, mut st) = checkpoint::read_meta(&ckpt, overrides)?;
     let (plugin, identity) = resume_plugin(&st, pipeline, allow_plugin_change)?;
     let mut s = Session::new_for(cfg, &plugin, for_sharding)?;
+    let identity = compiled_identity(&s, identity)?;
+    if !st.pipeline_sha256.is_empty() && !allow_plugin_change && identity.1 != st.pipeline_sha256 {
+        bail!(
+            "pipeline plugin {} changed while it was being loaded (sha256 {}… when checked, {}… when compiled): resume again",
+            plugin.display(),
+            short(&st.pipeline_sha256),
+            short(&identity.1)
+        );
+    }
     checkpoint::load_into(&ckpt, &mut s, &st)?;
     (st.pipeline, st.pipeline_sha256) = identity;
     Ok((s, st, ckpt))

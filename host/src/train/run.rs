@@ -100,7 +100,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             let cfg = RunConfig::load(opts.config.as_deref(), &set)?;
             // a sharded run builds its policy in host memory: only the shards reach the device
             let s = Session::new_for(cfg, &pipeline, dist.is_some())?;
-            let (pipeline, pipeline_sha256) = super::resume::plugin_identity(&pipeline)?;
+            let identity = super::resume::plugin_identity(&pipeline)?;
+            let (pipeline, pipeline_sha256) = super::resume::compiled_identity(&s, identity)?;
             let st = TrainerState {
                 format: CHECKPOINT_FORMAT,
                 step: 0,

@@ -30,6 +30,10 @@ pub trait Weigher {
     fn needs(&self, k: InputKind) -> bool {
         self.manifest().needs.contains(&k)
     }
+    /// Hex SHA-256 of the plugin code that runs (None for a native pipeline).
+    fn code_sha256(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl Weigher for Plugin {
@@ -47,6 +51,9 @@ impl Weigher for Plugin {
     }
     fn load_state(&mut self, state: &[u8]) -> Result<()> {
         Plugin::load_state(self, state)
+    }
+    fn code_sha256(&self) -> Option<&str> {
+        Some(self.sha256())
     }
 }
 
@@ -311,6 +318,16 @@ pub fn accumulate(
                 None => metric_sums.push((k, v / accum as f64)),
             }
         }
+    }
+    // each call is capped (plugin-host's MAX_METRICS); the step's line merges the micro-batches' names,
+    // so a plugin naming new metrics in every call is capped here too
+    if metric_sums.len() > wmtp_plugin_host::validate::MAX_METRICS {
+        anyhow::bail!(
+            "plugin `{}`: its micro-batches returned {} different metric names in one step (at most {} per step)",
+            w.manifest().name,
+            metric_sums.len(),
+            wmtp_plugin_host::validate::MAX_METRICS
+        );
     }
     rep.metrics = metric_sums;
     if let Some(f) = m.fsdp {

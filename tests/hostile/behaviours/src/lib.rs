@@ -8,18 +8,43 @@ use wmtp_sdk::*;
 #[derive(Default)]
 pub struct Hostile;
 
+/// `bad_default`: one config key whose default is a multi-line TOML string holding a C1 CSI, a bidi
+/// override and a forged output line; otherwise no keys.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct HostileSettings {}
+
+impl Settings for HostileSettings {
+    fn docs() -> Vec<(String, String)> {
+        Vec::new()
+    }
+    #[cfg(feature = "bad_default")]
+    fn keys() -> Vec<ConfigKey> {
+        vec![ConfigKey {
+            name: "motto".into(),
+            default_value: "\"\"\"ok\u{9b}31m\u{202e}red\nFAKE line: training finished\n\"\"\""
+                .into(),
+            doc: "a default that tries to draw on the terminal".into(),
+        }]
+    }
+}
+
 impl Pipeline for Hostile {
-    type Settings = NoSettings;
+    type Settings = HostileSettings;
 
     fn manifest() -> Manifest {
         #[cfg(not(feature = "bad_version"))]
         let version = "0.1.0";
         #[cfg(feature = "bad_version")]
         let version = "0.1.0+\x1b[31mred";
-        ManifestBuilder::new("hostile", version)
+        #[allow(unused_mut)]
+        let mut m = ManifestBuilder::new("hostile", version)
             .describe("misbehaves on purpose")
             .trains(&[ParamGroup::Lora])
-            .build()
+            .build();
+        // ten million entries (10 MB in the guest): refused before the host prints or keeps them
+        #[cfg(feature = "many_trains")]
+        m.trains.resize(10_000_000, ParamGroup::Lora);
+        m
     }
 
     #[allow(unreachable_code, unused_mut, unused_variables)]
@@ -74,6 +99,15 @@ impl Pipeline for Hostile {
         #[cfg(feature = "spoof_metrics")]
         for k in ["loss", "grad_norm", "ce", "val_loss", "lr", "step"] {
             metrics.push((k.to_string(), -1.0));
+        }
+        // 200 names no other call uses: every call is within the cap, a step of 2 micro-batches is not
+        #[cfg(feature = "fresh_metrics")]
+        {
+            static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let c = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for i in 0..200 {
+                metrics.push((format!("c{c}_m{i}"), 1.0));
+            }
         }
         #[cfg(feature = "many_metrics")]
         for i in 0..1_000_000 {

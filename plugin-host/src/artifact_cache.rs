@@ -88,6 +88,7 @@ fn create_private(dir: &Path) -> std::io::Result<()> {
 }
 
 /// A verified on-disk cache of compiled plugins.
+#[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
 }

@@ -6,6 +6,7 @@
 pub mod artifact_cache;
 pub mod bindings;
 pub mod budget;
+pub mod compile_budget;
 pub mod conformance;
 pub mod deadline_poll;
 pub mod describe;

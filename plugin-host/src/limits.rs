@@ -20,6 +20,8 @@ pub struct PluginLimits {
     pub all_reduce_values: usize,
     /// Largest plugin state (`save-state`) the host keeps and writes into a checkpoint.
     pub state_bytes: usize,
+    /// What a plugin's code may look like and how long compiling it may take.
+    pub compile: crate::compile_budget::CompileBudget,
 }
 
 impl Default for PluginLimits {
@@ -32,6 +34,7 @@ impl Default for PluginLimits {
             log_bytes_per_call: 256 << 10,
             all_reduce_values: 1 << 20,
             state_bytes: 64 << 20,
+            compile: Default::default(),
         }
     }
 }

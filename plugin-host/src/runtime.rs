@@ -132,19 +132,45 @@ impl PluginRuntime {
             use sha2::{Digest, Sha256};
             format!("{:x}", Sha256::digest(&bytes))
         };
-        let compiled = match &self.cache {
-            Some(cache) => cache.compile(&self.engine, &bytes),
-            None => Component::new(&self.engine, &bytes).map_err(|e| anyhow!("{e:?}")),
+        crate::compile_budget::measure(&bytes, &self.limits.compile)
+            .with_context(|| format!("plugin {}", path.display()))?;
+        let component = self.compile_in_time(bytes, path)?;
+        self.check_imports(&component)
+            .with_context(|| format!("plugin {}", path.display()))?;
+        Ok((component, sha256))
+    }
+
+    /// Compiles (or loads from the cache) `bytes` on a thread of its own, waiting at most the compile
+    /// budget's time: past it the load fails with an error naming the plugin and the compile is
+    /// abandoned (cranelift cannot be interrupted; the caller reports the error and exits).
+    fn compile_in_time(&self, bytes: Vec<u8>, path: &Path) -> Result<Component> {
+        let (engine, cache) = (self.engine.clone(), self.cache.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("wmtp-plugin-compile".into())
+            .spawn(move || {
+                let r = match &cache {
+                    Some(cache) => cache.compile(&engine, &bytes),
+                    None => Component::new(&engine, &bytes).map_err(|e| anyhow!("{e:?}")),
+                };
+                let _ = tx.send(r);
+            })
+            .context("starting the plugin compile thread")?;
+        let limit = self.limits.compile.time;
+        let compiled = match rx.recv_timeout(limit) {
+            Ok(r) => r,
+            Err(_) => bail!(
+                "plugin {}: compiling took longer than {:.0} s (runtime.plugin_compile_s); a plugin this costly to compile is refused",
+                path.display(),
+                limit.as_secs_f64()
+            ),
         };
-        let component = compiled.with_context(|| {
+        compiled.with_context(|| {
             format!(
                 "plugin {}: not a valid Wasm component (build it with the wmtp SDK as a component)",
                 path.display()
             )
-        })?;
-        self.check_imports(&component)
-            .with_context(|| format!("plugin {}", path.display()))?;
-        Ok((component, sha256))
+        })
     }
 
     /// Refuses imports outside the contract and the allowed WASI interfaces, and contracts of another

@@ -239,6 +239,8 @@ pub struct RuntimeSection {
     pub eval_every: u64,
     /// Plugin wall-clock cap per call, seconds.
     pub plugin_timeout_s: f64,
+    /// Wall-clock cap on compiling the plugin, seconds (cached compiles load in milliseconds).
+    pub plugin_compile_s: f64,
     /// Plugin memory cap, MiB.
     pub plugin_memory_mb: usize,
     /// Deterministic instruction budget per plugin call (wasmtime fuel); 0 = no fuel metering.
@@ -261,6 +263,7 @@ impl Default for RuntimeSection {
         RuntimeSection {
             eval_every: 20,
             plugin_timeout_s: 10.0,
+            plugin_compile_s: 60.0,
             plugin_memory_mb: 512,
             plugin_fuel: 0,
             progress: true,
@@ -339,7 +342,7 @@ impl RunConfig {
     /// Range checks that serde cannot express; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.training;
-        let checks: [(bool, &str); 10] = [
+        let checks: [(bool, &str); 12] = [
             (
                 t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite(),
                 "training.max_grad_norm must be ≥ 0 (0: no clipping)",
@@ -365,6 +368,14 @@ impl RunConfig {
                 "data.val_fraction must be in [0, 1)",
             ),
             (self.data.max_length >= 2, "data.max_length must be ≥ 2"),
+            (
+                self.runtime.plugin_timeout_s > 0.0 && self.runtime.plugin_timeout_s < 1e9,
+                "runtime.plugin_timeout_s must be > 0 (seconds)",
+            ),
+            (
+                self.runtime.plugin_compile_s > 0.0 && self.runtime.plugin_compile_s < 1e9,
+                "runtime.plugin_compile_s must be > 0 (seconds)",
+            ),
         ];
         for (ok, msg) in checks {
             if !ok {

@@ -288,3 +288,69 @@ fn gpu_nccl_collectives_on_one_rank_are_the_identity() -> anyhow::Result<()> {
     c.barrier()?;
     Ok(())
 }
+
+/// Steps in each half of the memory-over-steps runs below.
+const MEM_HALF: u64 = 10;
+
+/// The GPU pool's high-water mark (`mem.peak_used_gib`) and the host RSS after each step of a 2N-step
+/// CUDA run of `pipeline` on the embedded default.
+fn cuda_memory_per_step(pipeline: &str, lora: bool) -> Vec<(u64, f64, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let plugin =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{pipeline}.wasm"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+        .arg("run")
+        .arg("--pipeline")
+        .arg(&plugin)
+        .args(["--set", "model.device=\"cuda\""])
+        .args(["--set", &format!("training.steps={}", 2 * MEM_HALF)])
+        .args(["--set", &format!("training.use_lora={lora}")])
+        .args(["--set", "runtime.eval_every=0", "--set", "reference.baseline_steps=2"])
+        .args(["--set", &format!("checkpoint.dir={:?}", run_dir.display().to_string())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((
+                v["step"].as_u64()?,
+                v["mem.peak_used_gib"].as_f64()?,
+                v["mem.host_rss_mib"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_memory_does_not_grow_over_steps() {
+    for pipeline in ["baseline", "critic", "verifiable", "rho1"] {
+        for lora in [false, true] {
+            let rows = cuda_memory_per_step(pipeline, lora);
+            let at = |s: u64| *rows.iter().find(|r| r.0 == s).unwrap();
+            let floor = |end: u64| {
+                rows.iter()
+                    .filter(|r| r.0 + 5 > end && r.0 <= end)
+                    .map(|r| r.2)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (mid, end) = (at(MEM_HALF), at(2 * MEM_HALF));
+            println!(
+                "{pipeline} lora={lora}: GPU peak {:.4} → {:.4} GiB, host {:.1} → {:.1} MiB",
+                mid.1,
+                end.1,
+                floor(MEM_HALF),
+                floor(2 * MEM_HALF)
+            );
+            assert!(end.1 - mid.1 <= (0.05 * mid.1).max(0.05), "{pipeline}: {rows:?}");
+            assert!(
+                floor(2 * MEM_HALF) - floor(MEM_HALF) <= (0.05 * floor(MEM_HALF)).max(6.0),
+                "{pipeline}: {rows:?}"
+            );
+        }
+    }
+}

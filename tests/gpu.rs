@@ -297,8 +297,8 @@ const MEM_HALF: u64 = 10;
 fn cuda_memory_per_step(pipeline: &str, lora: bool) -> Vec<(u64, f64, f64)> {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
-    let plugin =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{pipeline}.wasm"));
+    let plugin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../plugins/{pipeline}.wasm"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
         .arg("run")
         .arg("--pipeline")
@@ -306,11 +306,23 @@ fn cuda_memory_per_step(pipeline: &str, lora: bool) -> Vec<(u64, f64, f64)> {
         .args(["--set", "model.device=\"cuda\""])
         .args(["--set", &format!("training.steps={}", 2 * MEM_HALF)])
         .args(["--set", &format!("training.use_lora={lora}")])
-        .args(["--set", "runtime.eval_every=0", "--set", "reference.baseline_steps=2"])
-        .args(["--set", &format!("checkpoint.dir={:?}", run_dir.display().to_string())])
+        .args([
+            "--set",
+            "runtime.eval_every=0",
+            "--set",
+            "reference.baseline_steps=2",
+        ])
+        .args([
+            "--set",
+            &format!("checkpoint.dir={:?}", run_dir.display().to_string()),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -346,7 +358,10 @@ fn gpu_memory_does_not_grow_over_steps() {
                 floor(MEM_HALF),
                 floor(2 * MEM_HALF)
             );
-            assert!(end.1 - mid.1 <= (0.05 * mid.1).max(0.05), "{pipeline}: {rows:?}");
+            assert!(
+                end.1 - mid.1 <= (0.05 * mid.1).max(0.05),
+                "{pipeline}: {rows:?}"
+            );
             assert!(
                 floor(2 * MEM_HALF) - floor(MEM_HALF) <= (0.05 * floor(MEM_HALF)).max(6.0),
                 "{pipeline}: {rows:?}"

@@ -28,7 +28,10 @@ def run(a, pipeline, lora, tmp):
         cmd += ["--config", a.config]
     for s in sets:
         cmd += ["--set", s]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    # fixed glibc malloc thresholds: freed memory goes back at once, so RSS follows what is live
+    # (tests/memory_over_steps.rs says why)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-4000:]}")
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]

@@ -13,12 +13,20 @@ use std::process::Command;
 
 /// Steps in each half of a run.
 const N: u64 = 10;
-/// Growth allowed besides 5%: the allocator's own noise (a leak-free run's floor moves by ±3 MiB;
-/// measured on the tiny default).
+/// Growth allowed besides 5%. With the allocator settings of [`STEADY_MALLOC`] a leak-free run's RSS
+/// moves by ≤ 0.5 MiB over 20 steps (measured on the tiny default).
 const ALLOWED_MIB: f64 = 6.0;
-/// Steps at the end of each half whose lowest RSS is compared: a leak raises every step's RSS, while
-/// the allocator's transient peaks (+11 MiB for one step, seen with critic's LoRA) do not last.
+/// Steps at the end of each half whose lowest RSS is compared: a leak raises every step's RSS, while a
+/// transient peak does not last.
 const WINDOW: u64 = 5;
+/// glibc's malloc adapts its mmap threshold to the sizes freed, so a step's large temporaries land on
+/// the heap one step and in mmaps the next: without these settings a leak-free rho1 run's RSS jumps
+/// between 41 and 58 MiB from step to step (five high steps in a row failed CI once). Fixed thresholds
+/// give freed memory back at once, so RSS follows what is live (±0.1 MiB); a leak still shows in full.
+const STEADY_MALLOC: [(&str, &str); 2] = [
+    ("MALLOC_MMAP_THRESHOLD_", "131072"),
+    ("MALLOC_TRIM_THRESHOLD_", "131072"),
+];
 
 /// Runs `pipeline` for 2N steps with `sets` and returns the RSS (MiB) after each step, by step.
 fn rss_per_step(dir: &Path, pipeline: &str, sets: &[&str]) -> Vec<(u64, f64)> {
@@ -26,6 +34,7 @@ fn rss_per_step(dir: &Path, pipeline: &str, sets: &[&str]) -> Vec<(u64, f64)> {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{pipeline}.wasm"));
     let run_dir = dir.join("run");
     let mut c = Command::new(env!("CARGO_BIN_EXE_wmtp"));
+    c.envs(STEADY_MALLOC);
     c.arg("run").arg("--pipeline").arg(&plugin);
     let steps = format!("training.steps={}", 2 * N);
     let ckpt = format!("checkpoint.dir={:?}", run_dir.display().to_string());

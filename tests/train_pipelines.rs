@@ -282,3 +282,83 @@ fn verifiable_takes_values_from_a_frozen_critic_checkpoint() {
     );
     assert!(e.contains("value_coef"), "{e}");
 }
+
+/// The per-step rows of a run's metrics.jsonl.
+fn metric_rows(run_dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Head-0-preserving recipes: `training.trainable_prefixes = ["extra_heads."]` leaves head 0's held-out CE
+/// bit-identical while head 1's falls (LoRA, and whole head blocks without LoRA); `head_weights` makes the
+/// plugin's loss the λ-weighted mean of the heads' CEs (checked against the per-head CE metrics of the same
+/// step); bad values are errors naming the key.
+#[test]
+fn head_recipes_keep_head_0_or_weight_the_heads() {
+    for extra in [
+        vec!["training.use_lora=true", "training.lr=0.01"],
+        vec![
+            "training.use_lora=false",
+            "training.lr=0.003",
+            "training.trainable=[\"heads\"]",
+        ],
+    ] {
+        let dir = common::tempdir();
+        let mut set = vec![
+            "training.steps=6",
+            "runtime.eval_every=3",
+            "training.trainable_prefixes=[\"extra_heads.\"]",
+        ];
+        set.extend(extra.iter().copied());
+        let r = train("baseline", dir.path(), &set).unwrap_or_else(|e| panic!("{extra:?}: {e:#}"));
+        let val: Vec<(f64, f64)> = metric_rows(&r.run_dir)
+            .iter()
+            .filter_map(|m| Some((m["val_ce_h0"].as_f64()?, m["val_ce_h1"].as_f64()?)))
+            .collect();
+        assert!(val.len() >= 3, "{extra:?}: {val:?}");
+        assert!(
+            val.iter().all(|v| v.0 == val[0].0),
+            "{extra:?}: head 0 moved: {val:?}"
+        );
+        assert!(
+            val[val.len() - 1].1 < val[0].1 - 1e-3,
+            "{extra:?}: head 1 did not learn: {val:?}"
+        );
+    }
+    // λ = [1, 0.25]: loss = (ce_h0 + 0.25·ce_h1) / 1.25 at every step
+    let dir = common::tempdir();
+    let r = train(
+        "baseline",
+        dir.path(),
+        &["training.steps=3", "plugin.head_weights=[1.0, 0.25]"],
+    )
+    .unwrap();
+    let rows: Vec<serde_json::Value> = metric_rows(&r.run_dir)
+        .into_iter()
+        .filter(|m| m.get("loss").is_some())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for m in rows {
+        let (l, h0, h1) = (
+            m["loss"].as_f64().unwrap(),
+            m["plugin.ce_h0"].as_f64().unwrap(),
+            m["plugin.ce_h1"].as_f64().unwrap(),
+        );
+        let want = (h0 + 0.25 * h1) / 1.25;
+        assert!((l - want).abs() < 1e-5 * want, "loss {l} vs {want}");
+    }
+    for (bad, says) in [
+        ("plugin.head_weights=[1.0, 0.5, 0.25]", "head_weights"),
+        (
+            "training.trainable_prefixes=[\"extra_head.\"]",
+            "extra_head.",
+        ),
+    ] {
+        let dir = common::tempdir();
+        let e = train("baseline", dir.path(), &["training.steps=1", bad]).unwrap_err();
+        assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+    }
+}

@@ -24,6 +24,12 @@ draws its own tokens); rank 0 prints the row, tokens/s counting all ranks, memor
 
     torchrun --nproc-per-node 2 bench/gpu/reference.py --fsdp --preset 1b_mtp --batch 8 --lora
 
+`--compile`: every block (trunk, head 0, extra heads) compiled with `torch.compile` (default mode,
+inductor), as torchtune's `compile=True` does; the loss head stays eager. The warm-up steps absorb the
+compilation; `first_step_s` includes it:
+
+    python3 bench/gpu/reference.py --preset 1b_mtp --batch 8 --lora --compile
+
 `--profile FILE` adds one untimed step under torch.profiler and writes its per-kernel CUDA times to FILE
 (the same table as bench/gpu/ncu_summary.py makes of wmtp's kernels).
 """
@@ -179,7 +185,7 @@ def kernel_table(prof, top=30):
     return "\n".join(lines)
 
 
-def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False, profile=None):
+def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False, profile=None, compile_blocks=False):
     a = dict(PRESETS[preset])
     world = dist.get_world_size() if fsdp else 1
     dev = torch.device("cuda", torch.cuda.current_device())
@@ -206,6 +212,9 @@ def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False, profile=None):
                     p.fill_(1.0)
                 else:
                     p.normal_(0, 0.02)
+    if compile_blocks:
+        for blk in [*model.layers, *model.extra_heads]:
+            blk.compile()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=True)
     cis = rope_tables(a["dim"] // a["n_heads"], a["rope_theta"], seq, dev)
@@ -242,7 +251,7 @@ def run_row(preset, batch, seq, lora, steps, warmup, fsdp=False, profile=None):
     ntrain = sum(p.numel() for p in params)  # a DTensor counts its global size
     flops = step_flops(a, batch, seq, lora)
     return {
-        "side": "pytorch-fsdp" if fsdp else "pytorch", "preset": preset, "batch": batch, "seq": seq,
+        "side": ("pytorch-fsdp" if fsdp else "pytorch") + ("-compile" if compile_blocks else ""), "preset": preset, "batch": batch, "seq": seq,
         "lora": lora, "world": world, "tokens_per_s": world * batch * seq / step, "step_s": step, "forward_s": fwd, "backward_s": bwd,
         "optimizer_s": opt_s, "plugin_s": 0.0,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -263,13 +272,14 @@ def main():
     ap.add_argument("--fsdp", action="store_true", help="FSDP2 over NCCL (start it with torchrun)")
     ap.add_argument("--profile", metavar="FILE",
                     help="write the first timed step's per-kernel CUDA times (torch.profiler) to FILE")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every block (as torchtune's compile=True)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.fsdp:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")
     row = run_row(args.preset, args.batch, args.seq, args.lora, args.steps, args.warmup, args.fsdp,
-                  args.profile)
+                  args.profile, args.compile)
     if not args.fsdp or dist.get_rank() == 0:
         print(json.dumps(row), flush=True)
     if args.fsdp:

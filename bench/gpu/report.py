@@ -48,6 +48,10 @@ def table(rows):
             out.append(f"ours/PyTorch: tokens/s {w['tokens_per_s']/p['tokens_per_s']:.3f}×, "
                        f"peak memory {w['smi_peak_gib']/max(p['smi_peak_gib'], 1e-9):.2f}× (nvidia-smi); "
                        f"plugin {100*w['plugin_s']/w['step_s']:.2f}% of our step")
+        if "wmtp" in by and "pytorch-compile" in by:
+            w, c = by["wmtp"], by["pytorch-compile"]
+            out.append(f"ours/torch.compile: tokens/s {w['tokens_per_s']/c['tokens_per_s']:.3f}×, "
+                       f"peak memory {w['smi_peak_gib']/max(c['smi_peak_gib'], 1e-9):.2f}× (nvidia-smi)")
         if "wmtp" in by and "wmtp-fsdp" in by:
             w, f = by["wmtp"], by["wmtp-fsdp"]
             out.append(f"FSDP on one rank / plain: tokens/s {f['tokens_per_s']/w['tokens_per_s']:.3f}× "

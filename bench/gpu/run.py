@@ -2,6 +2,7 @@
 """Side-by-side GPU benchmark: wmtp and its PyTorch reference (bench/gpu/reference.py) on the same MTP
 training step, row by row, in ONE process tree on one GPU; prints a table with the ratios ours/PyTorch.
 
+Sides (default): wmtp, PyTorch eager and PyTorch with every block torch.compile'd.
 Rows (default): 1b_mtp LoRA b8×2048, 1b_mtp full fine-tuning b8×2048, 7b_1t_4 LoRA b1×2048 and b4×2048.
 For each side: tokens/s (B·T positions per second of step time), the step split (forward / backward /
 optimiser / plugin), peak GPU memory — sampled with nvidia-smi every 50 ms for BOTH sides (device memory
@@ -118,8 +119,9 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
     }
 
 
-def torch_row(args, preset, batch, lora, fsdp=False):
-    """The PyTorch reference's row; `fsdp`: FSDP2 under torchrun with --nproc ranks (batch per rank)."""
+def torch_row(args, preset, batch, lora, fsdp=False, compile_blocks=False):
+    """The PyTorch reference's row; `fsdp`: FSDP2 under torchrun with --nproc ranks (batch per rank);
+    `compile_blocks`: every block torch.compile'd (side `pytorch-compile`)."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
               "--master-port", "29518"] if fsdp else [sys.executable]
     cmd = launch + [os.path.join(HERE, "reference.py"), "--preset", preset, "--batch", str(batch),
@@ -128,10 +130,12 @@ def torch_row(args, preset, batch, lora, fsdp=False):
         cmd.append("--lora")
     if fsdp:
         cmd.append("--fsdp")
+    if compile_blocks:
+        cmd.append("--compile")
     with MemorySampler() as mem:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"side": "pytorch-fsdp" if fsdp else "pytorch", "preset": preset, "batch": batch, "lora": lora,
+        return {"side": ("pytorch-fsdp" if fsdp else "pytorch") + ("-compile" if compile_blocks else ""), "preset": preset, "batch": batch, "lora": lora,
                 "error": (proc.stderr or proc.stdout)[-2000:]}
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     row["smi_peak_gib"] = mem.peak_gib()
@@ -148,9 +152,10 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per row")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    ap.add_argument("--sides", default="wmtp,pytorch",
+    ap.add_argument("--sides", default="wmtp,pytorch,pytorch-compile",
                     help="comma-separated: wmtp, wmtp-fsdp (launched as --nproc sharded ranks), pytorch, "
-                         "pytorch-fsdp (FSDP2 under torchrun, --nproc ranks)")
+                         "pytorch-compile (every block torch.compile'd), pytorch-fsdp (FSDP2 under torchrun, "
+                         "--nproc ranks)")
     ap.add_argument("--nproc", type=int, default=1, help="ranks (GPUs) of the -fsdp sides; batch is per rank")
     ap.add_argument("--wmtp-set", action="append", default=[], help="extra --set for wmtp (repeatable)")
     ap.add_argument("--out", default=None, help="folder for results.jsonl and the runs")
@@ -167,7 +172,8 @@ def main():
             if side in ("wmtp", "wmtp-fsdp"):
                 r = wmtp_row(args, preset, int(batch), mode == "lora", data, out, fsdp=side == "wmtp-fsdp")
             else:
-                r = torch_row(args, preset, int(batch), mode == "lora", fsdp=side == "pytorch-fsdp")
+                r = torch_row(args, preset, int(batch), mode == "lora", fsdp=side == "pytorch-fsdp",
+                              compile_blocks=side == "pytorch-compile")
             r["wall_s"] = time.time() - t0
             results.append(r)
             with open(os.path.join(out, "results.jsonl"), "a") as f:

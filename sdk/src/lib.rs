@@ -38,6 +38,7 @@
 extern crate self as wmtp_sdk;
 
 pub mod config;
+pub mod head_weights;
 pub mod maths;
 pub mod runtime;
 pub mod state;
@@ -59,6 +60,7 @@ pub use bindings::wmtp::pipeline::types::{
     Batch, Coefficients, ConfigKey, InputKind, Manifest, ParamGroup,
 };
 pub use config::{check_range, NoSettings, SettingValue, Settings};
+pub use head_weights::HeadWeights;
 pub use maths::*;
 #[doc(hidden)]
 pub use serde;

@@ -2,14 +2,15 @@
 
 use crate::BatchView;
 
-/// The MTP CE with per-token weights w (design.md §5):
-/// L = mean over heads k with n_k = Σ_{b,t} M > 0 of [ Σ_{b,t} w·CE·M / n_k ].
+/// The MTP CE with per-token weights w and the view's head weights λ (design.md §5):
+/// L = Σ_{k: n_k>0} λ_k·L_k / Σ_{k: n_k>0} λ_k with L_k = Σ_{b,t} w·CE·M / n_k and n_k = Σ_{b,t} M
+/// (with uniform λ: the mean over heads with tokens).
 /// Returns (∂L/∂CE as [B,T,H], L); `w` is evaluated only where M = 1.
 pub fn weighted_ce(v: &BatchView, w: impl Fn(usize, usize, usize) -> f64) -> (Vec<f32>, f64) {
     weighted_ce_with_denominators(v, &v.valid_counts(), w)
 }
 
-/// A loss that is a function of each token's CE: L = mean over heads k with n_k > 0 of
+/// A loss that is a function of each token's CE: L = the λ-weighted mean over heads k with n_k > 0 of
 /// [ Σ_{b,t} ℓ(CE[b,t,k])·M / n_k ], where `f(ce)` returns (ℓ(ce), dℓ/dce). Returns (∂L/∂CE as [B,T,H], L);
 /// e.g. the plain loss is `f = |ce| (ce, 1.0)`, a focal loss `(q^γ·ce, q^γ + γ·ce·(1−q)·q^{γ−1})`.
 pub fn per_token_loss(v: &BatchView, f: impl Fn(f64) -> (f64, f64)) -> (Vec<f32>, f64) {
@@ -30,24 +31,29 @@ pub fn per_token_loss(v: &BatchView, f: impl Fn(f64) -> (f64, f64)) -> (Vec<f32>
     (coef, loss)
 }
 
-/// As [`weighted_ce`] but with a given denominator per head (e.g. Σ w for "normalize by weights");
-/// heads whose denominator is 0 are left out of the mean.
+/// As [`weighted_ce`] but with a given denominator d_k per head (e.g. Σ w for "normalize by weights"):
+/// L = Σ_{k: d_k>0} λ_k·[Σ w·CE·M / d_k] / Σ_{k: d_k>0} λ_k; heads whose denominator is 0 are left out.
 pub fn weighted_ce_with_denominators(
     v: &BatchView,
     denom: &[f64],
     w: impl Fn(usize, usize, usize) -> f64,
 ) -> (Vec<f32>, f64) {
     let mut coef = vec![0f32; v.b * v.t * v.h];
-    let used = denom.iter().filter(|&&d| d > 0.0).count();
+    let denom: Vec<f64> = (0..v.h)
+        .map(|k| denom.get(k).copied().unwrap_or(0.0))
+        .collect();
+    let lambda_used: f64 = (0..v.h)
+        .filter(|&k| denom[k] > 0.0)
+        .map(|k| v.head_weight(k))
+        .sum();
     let mut loss = 0.0;
-    if used == 0 || v.h == 0 {
+    if lambda_used <= 0.0 || v.h == 0 {
         return (coef, 0.0);
     }
-    let scale: Vec<f64> = denom
-        .iter()
-        .map(|&d| {
-            if d > 0.0 {
-                1.0 / (d * used as f64)
+    let scale: Vec<f64> = (0..v.h)
+        .map(|k| {
+            if denom[k] > 0.0 {
+                v.head_weight(k) / (denom[k] * lambda_used)
             } else {
                 0.0
             }
@@ -335,6 +341,49 @@ impl EmaStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Batch;
+
+    /// B = 1, T = 2, H = 2: head 0 CE [2, 4] both valid, head 1 CE [6, 8] with only t = 0 valid.
+    fn two_head_batch() -> Batch {
+        Batch {
+            sequences: 1,
+            positions: 2,
+            heads: 2,
+            step: 0,
+            ce: vec![2.0, 6.0, 4.0, 8.0],
+            ce_mask: vec![1, 1, 1, 0],
+            target_mask: vec![1, 1],
+            values: None,
+            ref_ce: None,
+            rewards: None,
+            pair_ids: None,
+        }
+    }
+
+    #[test]
+    fn head_weights_make_a_weighted_mean_of_the_heads_losses() {
+        let batch = two_head_batch();
+        let v = BatchView::new(&batch).unwrap();
+        // uniform: L = (3 + 6) / 2, coefficients M / (n_k · 2)
+        let (c, l) = weighted_ce(&v, |_, _, _| 1.0);
+        assert_eq!((c, l), (vec![0.25, 0.5, 0.25, 0.0], 4.5));
+        // λ = [1, 0.25]: L = (1·3 + 0.25·6) / 1.25 = 3.6; head 0 coefficients 1/(2·1.25), head 1 0.25/1.25
+        let lambda = [1.0, 0.25];
+        let v = v.with_head_weights(&lambda).unwrap();
+        let (c, l) = weighted_ce(&v, |_, _, _| 1.0);
+        assert!((l - 3.6).abs() < 1e-12, "{l}");
+        assert_eq!(c, vec![0.4, 0.2, 0.4, 0.0]);
+        // per_token_loss and the per-head mean CE metric see the same weights / ignore them
+        let (c2, l2) = per_token_loss(&v, |ce| (ce, 1.0));
+        assert_eq!(c2, c);
+        assert!((l2 - l).abs() < 1e-6, "{l2}");
+        assert_eq!(v.head_mean_ce(), vec![Some(3.0), Some(6.0)]);
+        // λ = [1, 0]: next-token training of head 0 alone
+        let only0 = [1.0, 0.0];
+        let (c, l) = weighted_ce(&v.with_head_weights(&only0).unwrap(), |_, _, _| 1.0);
+        assert_eq!((c, l), (vec![0.5, 0.0, 0.5, 0.0], 3.0));
+        assert!(v.with_head_weights(&[1.0]).is_err());
+    }
 
     #[test]
     fn mc_advantages_are_the_reward_minus_the_values() {

@@ -13,6 +13,8 @@ pub struct BatchView<'a> {
     pub t: usize,
     /// H.
     pub h: usize,
+    /// λ_k, the heads' loss weights ([`HeadWeights`](crate::HeadWeights)); empty = every head weighs 1.
+    pub head_weights: &'a [f64],
 }
 
 fn check<T>(name: &str, v: &[T], n: usize) -> Result<(), String> {
@@ -48,7 +50,61 @@ impl<'a> BatchView<'a> {
         if let Some(v) = &batch.pair_ids {
             check("pair-ids", v, b)?;
         }
-        Ok(BatchView { batch, b, t, h })
+        Ok(BatchView {
+            batch,
+            b,
+            t,
+            h,
+            head_weights: &[],
+        })
+    }
+
+    /// The same view with the heads' loss weights λ (one per head, from
+    /// [`HeadWeights::resolve`](crate::HeadWeights::resolve)), which every loss helper of [`crate::maths`]
+    /// applies.
+    pub fn with_head_weights(self, weights: &'a [f64]) -> Result<Self, String> {
+        if weights.len() != self.h {
+            return Err(format!(
+                "{} head weights for a batch of {} heads",
+                weights.len(),
+                self.h
+            ));
+        }
+        Ok(BatchView {
+            head_weights: weights,
+            ..self
+        })
+    }
+
+    /// λ_k (1 when no weights were given).
+    pub fn head_weight(&self, k: usize) -> f64 {
+        self.head_weights.get(k).copied().unwrap_or(1.0)
+    }
+
+    /// Plain mean CE of every head over its valid tokens, Σ CE·M / Σ M (None for a head without any):
+    /// the `ce_h{k}` metric, whatever the weighting.
+    pub fn head_mean_ce(&self) -> Vec<Option<f64>> {
+        let mut sum = vec![0f64; self.h];
+        let mut n = vec![0u32; self.h];
+        if self.h > 0 {
+            let rows = self
+                .batch
+                .ce
+                .chunks_exact(self.h)
+                .zip(self.batch.ce_mask.chunks_exact(self.h));
+            for (ce, m) in rows {
+                for k in 0..self.h {
+                    if m[k] != 0 {
+                        sum[k] += ce[k] as f64;
+                        n[k] += 1;
+                    }
+                }
+            }
+        }
+        sum.iter()
+            .zip(&n)
+            .map(|(&s, &c)| (c > 0).then(|| s / c as f64))
+            .collect()
     }
 
     /// Flat index of (b, t, k) in [B,T,H] arrays.

@@ -142,6 +142,11 @@ pub struct TrainingSection {
     /// Parameter groups to train (lora, value_head, heads, trunk); empty = the plugin's manifest (LoRA
     /// replaces trunk/heads when on).
     pub trainable: Vec<crate::model::ParamGroup>,
+    /// Parameter-name prefixes (Meta names: `extra_heads.`, `layers.29.`, `output`, …) that narrow the
+    /// trained groups to the parameters whose names start with one of them; empty = no narrowing.
+    /// E.g. `["extra_heads."]` trains heads 1..H−1 only (through LoRA, or whole blocks with
+    /// `use_lora = false` and `trainable = ["heads"]`), so the trunk and head 0 keep their weights.
+    pub trainable_prefixes: Vec<String>,
     /// Rows per vocabulary-projection chunk.
     pub chunk_rows: usize,
 }
@@ -162,6 +167,7 @@ impl Default for TrainingSection {
             max_skipped_steps: 5,
             seed: 42,
             trainable: vec![],
+            trainable_prefixes: vec![],
             chunk_rows: 2048,
         }
     }

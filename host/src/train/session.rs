@@ -180,6 +180,7 @@ impl Session {
             .filter(|g| *g != ParamGroup::ValueHead)
             .collect();
         model.set_trainable_groups(&model_groups)?;
+        narrow_trainable(&mut model, &cfg.training.trainable_prefixes)?;
         let (value_head, critic) = setup_values(&cfg, &manifest, &groups, &model, &opts.device)?;
         let data = setup_data(&cfg, &tokenizer, sampling_for(&manifest))?;
         let optimizer = setup_optimizer(&cfg.training);
@@ -277,6 +278,42 @@ fn load_policy(cfg: &RunConfig, opts: &LoadOptions) -> Result<(Transformer, Toke
         );
     }
     Ok((lm.model, tokenizer, lm.source))
+}
+
+/// Freezes every trainable parameter whose name starts with none of `prefixes` (`training.
+/// trainable_prefixes`; empty: nothing changes). A prefix that matches no trainable parameter is an error
+/// naming it, so a typo cannot silently train nothing.
+pub fn narrow_trainable(model: &mut Transformer, prefixes: &[String]) -> Result<()> {
+    if prefixes.is_empty() {
+        return Ok(());
+    }
+    let mut hits = vec![0usize; prefixes.len()];
+    let mut result = Ok(());
+    model.visit_mut("", &mut |name, p| {
+        if !p.is_trainable() {
+            return;
+        }
+        let mut keep = false;
+        for (i, prefix) in prefixes.iter().enumerate() {
+            if name.starts_with(prefix.as_str()) {
+                hits[i] += 1;
+                keep = true;
+            }
+        }
+        if !keep {
+            if let Err(e) = p.set_trainable(false) {
+                result = Err(e.context(format!("parameter {name}")));
+            }
+        }
+    });
+    result?;
+    if let Some((prefix, _)) = prefixes.iter().zip(&hits).find(|(_, &n)| n == 0) {
+        bail!(
+            "training.trainable_prefixes: `{prefix}` matches no trained parameter (names start with \
+             tok_embeddings, layers.N., extra_heads.N., norm, output; trained groups: training.trainable)"
+        );
+    }
+    Ok(())
 }
 
 /// The trained groups: the config's list, else the manifest's; with LoRA on, trunk and heads are trained

@@ -1,40 +1,49 @@
-//! Baseline pipeline (design.md §5.1): every valid token weighs 1,
-//! L = mean over heads k with n_k > 0 of Σ_{b,t} CE·M / n_k, so ∂L/∂CE[b,t,k] = M / (n_k · H_valid).
+//! Baseline pipeline (design.md §5.1): every valid token weighs 1, and head k's mean CE weighs λ_k
+//! (`head_weights`, uniform by default):
+//! L = Σ_{k: n_k>0} λ_k·L_k / Σ_{k: n_k>0} λ_k with L_k = Σ_{b,t} CE·M / n_k,
+//! so ∂L/∂CE[b,t,k] = λ_k·M / (n_k·Σλ) (with uniform λ: M / (n_k·H_valid)).
 
 use wmtp_sdk::*;
 
+settings! {
+    /// The `[plugin]` table of baseline.
+    pub struct BaselineSettings {
+        /// per-head loss weights λ, head 0 first ([] = uniform; or { decay = d } for λ_k = d^k)
+        head_weights: HeadWeights = HeadWeights::default(),
+    }
+}
+
 /// The baseline pipeline (stateless).
 #[derive(Default)]
-pub struct Baseline;
+pub struct Baseline {
+    s: BaselineSettings,
+}
 
 impl Pipeline for Baseline {
-    type Settings = NoSettings;
+    type Settings = BaselineSettings;
 
     fn manifest() -> Manifest {
         ManifestBuilder::new("baseline", env!("CARGO_PKG_VERSION"))
-            .describe("plain MTP loss: mean per-head cross-entropy over valid tokens")
+            .describe("plain MTP loss: (λ-weighted) mean per-head cross-entropy over valid tokens")
             .trains(&[ParamGroup::Lora, ParamGroup::Heads, ParamGroup::Trunk])
             .build()
     }
 
+    fn configure(&mut self, s: BaselineSettings) -> Result<(), String> {
+        s.head_weights.check()?;
+        self.s = s;
+        Ok(())
+    }
+
     fn weigh(&mut self, batch: &Batch, _train: bool) -> Result<Coefficients, String> {
-        let v = BatchView::new(batch)?;
+        let lambda = self.s.head_weights.resolve(batch.heads as usize)?;
+        let v = BatchView::new(batch)?.with_head_weights(&lambda)?;
         let (ce, loss) = weighted_ce(&v, |_, _, _| 1.0);
-        // per-head mean CE: head k's coefficients are 1/(n_k·H_valid) on its valid tokens
-        let n = v.valid_counts();
-        let used = n.iter().filter(|&&c| c > 0.0).count() as f64;
-        let mut sums = vec![0f64; v.h];
-        for (c, x) in ce
-            .chunks_exact(v.h.max(1))
-            .zip(batch.ce.chunks_exact(v.h.max(1)))
-        {
-            for k in 0..v.h {
-                sums[k] += c[k] as f64 * x[k] as f64;
-            }
-        }
-        let metrics = (0..v.h)
-            .filter(|&k| n[k] > 0.0)
-            .map(|k| (format!("ce_h{k}"), sums[k] * used))
+        let metrics = v
+            .head_mean_ce()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(k, m)| Some((format!("ce_h{k}"), m?)))
             .collect();
         Ok(Coefficients {
             ce,

@@ -2,7 +2,7 @@
 //! R_k[b,t] = R[b, t+k]; the excess is e = CE − R_k (`signed`), |CE − R_k| (`absolute`) or R_k
 //! (`difficult`). Per head, over the batch's valid tokens, thr_k = quantile(e, 1 − k_percent) with linear
 //! interpolation, and w = 1[e ≥ thr_k]·M. Training keeps the denominator n_k = Σ M; validation reports the
-//! CE over the selected tokens (denominator Σ w).
+//! CE over the selected tokens (denominator Σ w). Heads combine with the weights λ of `head_weights`.
 
 use wmtp_sdk::*;
 
@@ -25,6 +25,8 @@ settings! {
         k_percent: f64 = 0.6,
         /// excess: signed (CE − ref), absolute (|CE − ref|) or difficult (ref)
         mode: Mode = Mode::Signed,
+        /// per-head loss weights λ, head 0 first ([] = uniform; or { decay = d } for λ_k = d^k)
+        head_weights: HeadWeights = HeadWeights::default(),
     }
 }
 
@@ -52,12 +54,14 @@ impl Pipeline for Rho1 {
         if s.k_percent == 0.0 {
             return Err("plugin config key `k_percent` must be > 0".into());
         }
+        s.head_weights.check()?;
         self.s = s;
         Ok(())
     }
 
     fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients, String> {
-        let v = BatchView::new(batch)?;
+        let lambda = self.s.head_weights.resolve(batch.heads as usize)?;
+        let v = BatchView::new(batch)?.with_head_weights(&lambda)?;
         let r = v.ref_ce()?;
         let excess = |b: usize, t: usize, k: usize| {
             let rk = r[v.idx2(b, t + k)] as f64;

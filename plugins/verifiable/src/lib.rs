@@ -6,7 +6,8 @@
 //! 2. Â = (A − μ)/(σ + 1e−8) with (μ, σ) the EMA taken before this batch (training) or the batch's
 //!    statistics (validation, or EMA off; unbiased std; ≤ 1 valid token → w = m);
 //!    w = clamp(exp(Â/β), w_min, w_max)·m (a constant: no gradient flows through the weights).
-//! 3. Head k at position t uses its target token's weight w[b, t+k+1].
+//! 3. Head k at position t uses its target token's weight w[b, t+k+1]; the heads' losses combine with
+//!    the weights λ of `head_weights` (uniform by default).
 //! 4. after_step: the EMA takes the step's advantages (Σx, Σx², n all-reduced over ranks), with warm-up.
 //!
 //! Optional joint value loss (`value_coef` > 0, the policy's own value head): mc_mse or λ-return.
@@ -31,6 +32,7 @@ pub struct Verifiable {
     normalize_by_weights: bool,
     ema: EmaStats,
     step_sums: [f64; 3],
+    head_weights: HeadWeights,
 }
 
 const TAG: &[u8; 4] = b"vrf1";
@@ -95,6 +97,8 @@ settings! {
         value_loss: JointValueLoss = JointValueLoss::default(),
         /// CE denominator: tokens (Σ M) or weights (Σ w·M)
         normalize: Normalize = Normalize::Tokens,
+        /// per-head loss weights λ, head 0 first ([] = uniform; or { decay = d } for λ_k = d^k)
+        head_weights: HeadWeights = HeadWeights::default(),
     }
 }
 
@@ -130,11 +134,14 @@ impl Pipeline for Verifiable {
         self.value_coef = s.value_coef;
         self.value_lambda_return = s.value_loss.r#type == JointLoss::LambdaReturn;
         self.normalize_by_weights = s.normalize == Normalize::Weights;
+        s.head_weights.check()?;
+        self.head_weights = s.head_weights;
         Ok(())
     }
 
     fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients, String> {
-        let v = BatchView::new(batch)?;
+        let head_lambda = self.head_weights.resolve(batch.heads as usize)?;
+        let v = BatchView::new(batch)?.with_head_weights(&head_lambda)?;
         let (values, rewards) = (v.values()?, v.rewards()?);
         // 1. advantages on target tokens
         let mut adv = vec![0f64; v.b * v.t];

@@ -6,12 +6,12 @@ mod common;
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
 use wmtp_host::data::MicroBatch;
+use wmtp_host::model::grads::Grads;
 use wmtp_host::model::{
     ForwardCtx, LoraConfig, ModelArgs, ParamGroup, Transformer, ValueHead, ValueHeadConfig,
     VisitParams,
 };
 use wmtp_host::train::engine::Engine;
-use wmtp_host::train::grads::Grads;
 use wmtp_plugin_host::ce_mask;
 
 struct Case {

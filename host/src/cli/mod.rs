@@ -45,8 +45,8 @@ pub enum Command {
         out: PathBuf,
         /// meta: params.json + model.safetensors (Meta names); hf: config.json + model.safetensors for
         /// transformers (head 0's LlamaForCausalLM; extra heads in wmtp_extra_heads.safetensors).
-        #[arg(long, value_enum, default_value_t = wmtp_host::train::tools::MergeFormat::Meta)]
-        format: wmtp_host::train::tools::MergeFormat,
+        #[arg(long, value_enum, default_value_t = MergeFormatArg::Meta)]
+        format: MergeFormatArg,
     },
     /// Export a checkpoint's LoRA adapter for other tools (peft: `PeftModel.from_pretrained` on the HF model).
     Export {
@@ -222,6 +222,10 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             format,
         } => {
+            let format = match format {
+                MergeFormatArg::Meta => wmtp_host::train::tools::MergeFormat::Meta,
+                MergeFormatArg::Hf => wmtp_host::train::tools::MergeFormat::Hf,
+            };
             wmtp_host::train::tools::merge_checkpoint(&checkpoint, &out, format)?;
             println!(
                 "merged model written to {} (use it with --model {})",
@@ -241,4 +245,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(a) => model_cmds::perplexity(&a),
         Command::Plugin(c) => plugin_cmds::run(c),
     }
+}
+
+/// `wmtp merge --format`: the command line's name for [`wmtp_host::train::tools::MergeFormat`] (the library
+/// does not depend on clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MergeFormatArg {
+    /// Meta names (wmtp's own layout).
+    Meta,
+    /// Hugging Face transformers layout.
+    Hf,
 }

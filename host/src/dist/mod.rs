@@ -1,5 +1,5 @@
 //! Collective communication for sharded training: the [`Communicator`] trait that FSDP ([`fsdp`]) and
-//! the plugins' `all-reduce-sum` ([`PluginRanks`]) use, a one-rank identity ([`Single`]) and an
+//! the plugins' `all-reduce-sum` (`train::plugin_ranks`) use, a one-rank identity ([`Single`]) and an
 //! in-process group of threads ([`local::group`], what the CPU tests of sharded training run on).
 //!
 //! Conventions: collectives work on 1-D tensors (flattened parameter shards); every rank calls the same
@@ -15,7 +15,6 @@ pub mod shard;
 pub mod tcp;
 
 use candle_core::{Result, Tensor};
-use std::sync::{Arc, OnceLock};
 
 /// The collectives FSDP needs. Every method is a collective: all ranks of the group must call it.
 pub trait Communicator: Send + Sync {
@@ -76,42 +75,5 @@ impl Communicator for Single {
     }
     fn barrier(&self) -> Result<()> {
         Ok(())
-    }
-}
-
-/// The ranks a plugin's `all-reduce-sum` sums over: none (one rank, the identity) until a communicator
-/// is connected, then that communicator's group. The plugin runtime is made before the session is
-/// sharded, so the reducer it holds reads this slot at each call.
-#[derive(Clone, Default)]
-pub struct PluginRanks(Arc<OnceLock<Arc<dyn Communicator>>>);
-
-impl std::fmt::Debug for PluginRanks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.get() {
-            Some(c) => write!(f, "PluginRanks({} of {})", c.rank(), c.world_size()),
-            None => write!(f, "PluginRanks(single)"),
-        }
-    }
-}
-
-impl PluginRanks {
-    /// From now on plugins' sums go over `comm`'s group (once; a second call is refused).
-    pub fn connect(&self, comm: Arc<dyn Communicator>) -> anyhow::Result<()> {
-        self.0
-            .set(comm)
-            .map_err(|_| anyhow::anyhow!("the plugin's ranks are already connected"))
-    }
-
-    /// The reducer the plugin runtime calls: Σ over ranks in f64 (a CPU tensor through the
-    /// communicator), the identity before [`PluginRanks::connect`].
-    pub fn reducer(&self) -> wmtp_plugin_host::host_state::AllReduce {
-        let slot = self.0.clone();
-        Arc::new(move |xs: &[f64]| match slot.get() {
-            None => Ok(xs.to_vec()),
-            Some(c) => Tensor::new(xs, &candle_core::Device::Cpu)
-                .and_then(|t| c.all_reduce_sum(&t))
-                .and_then(|t| t.to_vec1::<f64>())
-                .map_err(|e| e.to_string()),
-        })
     }
 }

@@ -17,6 +17,15 @@ struct AttentionOp {
 }
 
 /// Whether the fused kernel handles this case on CUDA: bf16 and a head dimension of 64 or 128.
+/// Additive causal mask [T, T]: 0 on and below the diagonal, −∞ above.
+pub fn causal_mask(t: usize, dev: &candle_core::Device) -> candle_core::Result<Tensor> {
+    // built where it is used (a [T, T] comparison), not on the host and copied (16 MB for T = 2048)
+    let pos = Tensor::arange(0u32, t as u32, dev)?;
+    let future = pos.unsqueeze(0)?.broadcast_gt(&pos.unsqueeze(1)?)?; // [i, j] = j > i
+    let neg = Tensor::full(f32::NEG_INFINITY, (t, t), dev)?;
+    future.where_cond(&neg, &Tensor::zeros((t, t), DType::F32, dev)?)
+}
+
 pub fn supported(dtype: DType, head_dim: usize) -> bool {
     dtype == DType::BF16 && matches!(head_dim, 64 | 128)
 }
@@ -65,7 +74,7 @@ fn plain_probs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Te
             .reshape((b, nh, t, d))
     };
     let (qh, kh, vh) = (f(q)?, expand(f(k)?)?, expand(f(v)?)?);
-    let mask = crate::model::block::causal_mask(t, q.device())?;
+    let mask = causal_mask(t, q.device())?;
     let s = (qh.matmul(&kh.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(&mask)?;
     let max = s.max_keepdim(D::Minus1)?.detach();
     let e = s.broadcast_sub(&max)?.exp()?;

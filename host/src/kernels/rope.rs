@@ -93,34 +93,3 @@ impl CustomOp1 for RopeOp {
         Ok(Some(rotate(dy, &self.cos, &self.sin, -self.sign)?))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::rope::Rope;
-    use candle_core::{Device, Var};
-
-    #[test]
-    fn fused_rope_matches_the_plain_path_forward_and_backward_on_cpu() -> Result<()> {
-        let dev = Device::Cpu;
-        let (t, h, d) = (7, 3, 8);
-        let table = Rope::new(d, 1e4, 0, t, &dev)?;
-        let (cos, sin) = table.tables();
-        for (dt, tol) in [(DType::F32, 1e-6f32), (DType::BF16, 1e-2)] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, t, h, d), &dev)?.to_dtype(dt)?)?;
-            let dy = Tensor::randn(0f32, 1.0, (2, t, h, d), &dev)?;
-            let a = rope(x.as_tensor(), cos, sin)?;
-            let b = table.apply_plain(x.as_tensor())?;
-            let diff = super::cpu::max_abs_diff;
-            assert!(diff(&a, &b)? <= tol, "{dt:?} forward");
-            let ga = (a.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
-            let gb = (b.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
-            let (p, q) = (
-                ga.get(x.as_tensor()).unwrap(),
-                gb.get(x.as_tensor()).unwrap(),
-            );
-            assert!(diff(p, q)? <= tol * 4.0, "{dt:?} backward {}", diff(p, q)?);
-        }
-        Ok(())
-    }
-}

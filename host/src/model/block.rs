@@ -10,6 +10,7 @@ use super::param::{Param, ParamGroup, VisitParams};
 use super::rope::Rope;
 use super::ModelArgs;
 use crate::kernels;
+pub use crate::kernels::attention::causal_mask;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
@@ -51,15 +52,6 @@ pub struct TransformerBlock {
     pub attention_norm: RmsNorm,
     /// Norm before the feed-forward.
     pub ffn_norm: RmsNorm,
-}
-
-/// Additive causal mask [T, T]: 0 on and below the diagonal, −∞ above.
-pub fn causal_mask(t: usize, dev: &candle_core::Device) -> candle_core::Result<Tensor> {
-    // built where it is used (a [T, T] comparison), not on the host and copied (16 MB for T = 2048)
-    let pos = Tensor::arange(0u32, t as u32, dev)?;
-    let future = pos.unsqueeze(0)?.broadcast_gt(&pos.unsqueeze(1)?)?; // [i, j] = j > i
-    let neg = Tensor::full(f32::NEG_INFINITY, (t, t), dev)?;
-    future.where_cond(&neg, &Tensor::zeros((t, t), DType::F32, dev)?)
 }
 
 impl Attention {

@@ -9,6 +9,7 @@ pub mod device;
 pub mod forward_ctx;
 pub mod frozen_linear;
 pub mod generate;
+pub mod grads;
 pub mod hf_export;
 pub mod init;
 pub mod kv_cache;

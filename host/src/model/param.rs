@@ -21,18 +21,6 @@ pub enum ParamGroup {
     Trunk,
 }
 
-impl From<wmtp_plugin_host::ParamGroup> for ParamGroup {
-    fn from(g: wmtp_plugin_host::ParamGroup) -> Self {
-        use wmtp_plugin_host::ParamGroup as G;
-        match g {
-            G::Lora => ParamGroup::Lora,
-            G::ValueHead => ParamGroup::ValueHead,
-            G::Heads => ParamGroup::Heads,
-            G::Trunk => ParamGroup::Trunk,
-        }
-    }
-}
-
 impl ParamGroup {
     /// The group's name in configs and manifests.
     pub fn name(self) -> &'static str {

@@ -110,6 +110,7 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Var;
 
     #[test]
     fn rotates_interleaved_pairs() -> Result<()> {
@@ -121,6 +122,36 @@ mod tests {
         let want = [1f32.cos(), 1f32.sin(), 0.01f32.cos(), 0.01f32.sin()];
         for (a, b) in y[4..].iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+        Ok(())
+    }
+
+    /// The fused kernel (kernels/rope.rs) against this plain path, forward and backward.
+    #[test]
+    fn fused_rope_matches_the_plain_path_forward_and_backward_on_cpu() -> Result<()> {
+        let dev = Device::Cpu;
+        let (t, h, d) = (7, 3, 8);
+        let table = Rope::new(d, 1e4, 0, t, &dev)?;
+        let (cos, sin) = table.tables();
+        for (dt, tol) in [(DType::F32, 1e-6f32), (DType::BF16, 1e-2)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, t, h, d), &dev)?.to_dtype(dt)?)?;
+            let dy = Tensor::randn(0f32, 1.0, (2, t, h, d), &dev)?;
+            let a = crate::kernels::rope::rope(x.as_tensor(), cos, sin)?;
+            let b = table.apply_plain(x.as_tensor())?;
+            let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+                (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()
+            };
+            assert!(diff(&a, &b)? <= tol, "{dt:?} forward");
+            let ga = (a.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
+            let gb = (b.to_dtype(DType::F32)? * &dy)?.sum_all()?.backward()?;
+            let (p, q) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            assert!(diff(p, q)? <= tol * 4.0, "{dt:?} backward {}", diff(p, q)?);
         }
         Ok(())
     }

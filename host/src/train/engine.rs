@@ -4,11 +4,11 @@
 //! S = Σ c_ce·CE + Σ c_v·V with recomputation. With one rank this is a single-device trainer with
 //! activation checkpointing; the same unit structure is what FSDP shards.
 
-use super::grads::Grads;
 use crate::data::MicroBatch;
 use crate::dist::fsdp::{Fsdp, Unit};
 use crate::kernels;
 use crate::model::block_grad::BlockSaved;
+use crate::model::grads::Grads;
 use crate::model::lora::LinearSaved;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Result};

@@ -3,7 +3,7 @@
 //! min_lr_ratio·peak, and global-norm gradient clipping. Moments are f32; the state is saved in
 //! checkpoints so a resumed run continues exactly.
 
-use super::grads::Grads;
+use crate::model::grads::Grads;
 use crate::model::{Param, ParamGroup, VisitParams};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};

@@ -78,7 +78,8 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
 
 /// The baseline stage's config: the run's model, data, LoRA and optimiser settings with the stage's
 /// length and schedule (5 % warm-up, cosine to 10 %), one micro-batch per step, the groups the baseline
-/// trains, no value head, critic or plugin settings.
+/// trains (no `trainable` / `trainable_prefixes` narrowing), no value head, critic or plugin settings; the
+/// run's `runtime.fused_kernels`, every other runtime key at its default.
 fn stage_config(cfg: &RunConfig) -> RunConfig {
     let mut c = cfg.clone();
     c.training.steps = cfg.reference.baseline_steps.max(1);
@@ -86,13 +87,19 @@ fn stage_config(cfg: &RunConfig) -> RunConfig {
     c.training.warmup_ratio = 0.05;
     c.training.min_lr_ratio = 0.1;
     c.training.trainable.clear();
+    c.training.trainable_prefixes.clear();
     c.training.value_head_lr = None;
     c.critic = Default::default();
     c.value_head = Default::default();
     c.reference = Default::default();
     c.plugin = Default::default();
     c.checkpoint = Default::default();
-    c.runtime = Default::default();
+    // the run's kernel choice stays (the switch is process-wide: a default here would turn fused
+    // kernels back on for the rest of a run that set `fused_kernels = false`)
+    c.runtime = crate::train::config::RuntimeSection {
+        fused_kernels: cfg.runtime.fused_kernels,
+        ..Default::default()
+    };
     c
 }
 

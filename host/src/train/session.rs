@@ -4,14 +4,15 @@
 //! the data, the optimiser, and the reference model when the pipeline needs reference losses.
 
 use super::config::{RunConfig, TrainingSection};
-use super::grads::Grads;
 use super::optim::{AdamW, AdamWConfig, GroupSettings, Schedule};
+use super::plugin_ranks::PluginRanks;
 use super::step::{Models, Weigher};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
-use crate::dist::{fsdp::Fsdp, Communicator, PluginRanks};
+use crate::dist::{fsdp::Fsdp, Communicator};
 use crate::model::adapter::load_trained;
+use crate::model::grads::Grads;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Context, Result};

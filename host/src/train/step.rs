@@ -3,11 +3,11 @@
 //! accumulation, clipping, the AdamW update, and the plugin's after-step.
 
 use super::engine::{Engine, ForwardState};
-use super::grads::Grads;
 use super::optim::{clip_global_norm, AdamW};
 use crate::data::batcher::{collate, Batcher};
 use crate::data::MicroBatch;
 use crate::dist::fsdp::Fsdp;
+use crate::model::grads::Grads;
 use crate::model::{Transformer, ValueHead, VisitParams};
 use anyhow::Result;
 use std::time::Instant;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// The layout `wmtp merge` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MergeFormat {
     /// `params.json` + `model.safetensors`, Meta names, q/k interleaved (wmtp's own; `--model` reads it).
     #[default]

@@ -2,7 +2,7 @@
 //! into the shard gradients the optimiser reads, and the global norm.
 
 use super::{Fsdp, Pending, Sharding, TrainableBucket, Unit};
-use crate::train::grads::Grads;
+use crate::model::grads::Grads;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 

@@ -41,7 +41,7 @@ impl Fsdp {
         super::with_weights(model, host)
     }
 
-    /// The optimiser state of the shards (`m.<key>`, `v.<key>`, as [`crate::train::optim::AdamW::state`]
+    /// The optimiser state of the shards (`m.<key>`, `v.<key>`, as the training optimiser's `state()`
     /// gives it) as the state of the unsharded model (`m.<name>`, `v.<name>` and, when the compute
     /// dtype is narrower than f32, `master.<name>` from the f32 shards): all-gathered bucket by bucket,
     /// each bucket copied to the host memory of rank 0 as soon as it arrives and dropped on the other

@@ -92,7 +92,7 @@ fn the_latest_checkpoint_always_loads_after_kill_9() {
         // the latest complete checkpoint loads: config, trainer state, weights, optimiser, plugin state
         let (s, st, _) = wmtp_host::train::resume::resume_session(&latest, &[], None, false, false)
             .unwrap_or_else(|e| panic!("round {round}: {} does not load: {e:#}", latest.display()));
-        assert_eq!(st.step, s.optimizer.step);
+        assert_eq!(st.step, s.optimizer.steps_taken());
         steps_seen.push(st.step);
         checked += 1;
     }

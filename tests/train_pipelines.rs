@@ -362,3 +362,96 @@ fn head_recipes_keep_head_0_or_weight_the_heads() {
         assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
     }
 }
+
+/// The optimiser seam: a plain SGD (p ← p − lr·g), written here against `train::optim::Optimizer`,
+/// replaces AdamW in a session of the embedded default (full fine-tuning) and trains it through the same
+/// step: the weights move and the CE falls.
+#[derive(Debug)]
+struct Sgd {
+    lr: f64,
+    steps: u64,
+}
+
+impl wmtp_host::train::optim::Optimizer for Sgd {
+    fn steps_taken(&self) -> u64 {
+        self.steps
+    }
+    fn lr(&self, _: wmtp_host::model::ParamGroup) -> f64 {
+        self.lr
+    }
+    fn update_module(
+        &mut self,
+        module: &mut dyn wmtp_host::model::VisitParams,
+        prefix: &str,
+        grads: &wmtp_host::model::grads::Grads,
+        gscale: f64,
+    ) -> anyhow::Result<()> {
+        let mut err = None;
+        module.visit_mut(prefix, &mut |name, p| {
+            let (Some(g), Some(var)) = (grads.by_name.get(name), p.var()) else {
+                return;
+            };
+            let w = var.as_tensor();
+            let step = g.to_dtype(w.dtype()).and_then(|g| g * (self.lr * gscale));
+            if let Err(e) = step.and_then(|s| w - s).and_then(|new| var.set(&new)) {
+                err = Some(e);
+            }
+        });
+        err.map_or(Ok(()), |e| Err(e.into()))
+    }
+    fn finish_step(&mut self) {
+        self.steps += 1;
+    }
+    fn state(&self) -> (std::collections::HashMap<String, candle_core::Tensor>, u64) {
+        (Default::default(), self.steps)
+    }
+    fn load_state(
+        &mut self,
+        _: std::collections::HashMap<String, candle_core::Tensor>,
+        step: u64,
+    ) -> anyhow::Result<()> {
+        self.steps = step;
+        Ok(())
+    }
+    fn sharded_slots(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+#[test]
+fn a_second_optimiser_trains_through_the_optimizer_trait() {
+    use wmtp_host::model::VisitParams;
+    let dir = common::tempdir();
+    let set: Vec<String> = vec![
+        format!("checkpoint.dir={}", dir.path().display()),
+        "training.use_lora=false".into(),
+        "training.batch_size=4".into(),
+        "training.max_grad_norm=0".into(),
+        "runtime.eval_every=0".into(),
+    ];
+    let cfg = wmtp_host::train::config::RunConfig::load(None, &set).unwrap();
+    let mut s = wmtp_host::train::session::Session::new(cfg, &plugin("baseline")).unwrap();
+    s.optimizer = Box::new(Sgd { lr: 0.5, steps: 0 });
+    let first = |s: &wmtp_host::train::session::Session| {
+        let (n, p) = s
+            .model
+            .named_params()
+            .into_iter()
+            .find(|(n, p)| p.is_trainable() && n.contains("wq"))
+            .unwrap();
+        (n, p.tensor().copy().unwrap()) // a copy: the update writes into the Var's storage
+    };
+    let (name, before) = first(&s);
+    let mut ces = Vec::new();
+    for step in 0..12 {
+        ces.push(wmtp_host::train::step::train_step(&mut s, step).unwrap().ce);
+    }
+    let (_, after) = first(&s);
+    assert!(
+        common::max_abs_diff(&before, &after) > 0.0,
+        "{name} did not move"
+    );
+    assert_eq!(s.optimizer.steps_taken(), 12);
+    let (a, b) = (mean(&ces[..3]), mean(&ces[9..]));
+    assert!(b < a, "SGD did not lower the CE: {ces:?}");
+}

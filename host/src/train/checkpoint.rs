@@ -137,7 +137,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
         return save_model(run_dir, name, s, st, &model, opt);
     };
     let model = f.gather_for_saving(&s.model, s.model.lora.is_some())?;
-    let opt = f.gather_optimizer_state(s.optimizer.state().0)?;
+    let opt = f.gather_optimizer_state(s.optimizer.state().0, s.optimizer.sharded_slots())?;
     let (comm, rank) = (f.comm().clone(), f.rank());
     let written = if rank == 0 {
         save_model(run_dir, name, s, st, &model, opt)

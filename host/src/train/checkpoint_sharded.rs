@@ -66,7 +66,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
     let index = f.shard_index();
     let written = (|| -> Result<()> {
         super::guard::check_finite(f, "", &label)?;
-        if let Some(t) = f.rank_tensors(&state)? {
+        if let Some(t) = f.rank_tensors(&state, s.optimizer.sharded_slots())? {
             let p = tmp.join(rank_file(rank));
             candle_core::safetensors::save(&t, &p)
                 .with_context(|| format!("writing {}", p.display()))?;
@@ -129,8 +129,8 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     let files = (0..index.slices)
         .map(|r| read(&ckpt.join(rank_file(r))))
         .collect::<Result<Vec<_>>>()?;
-    let (weights, mut state) =
-        unshard_files(&index, &files).with_context(|| format!("checkpoint {}", ckpt.display()))?;
+    let (weights, mut state) = unshard_files(&index, &files, s.optimizer.sharded_slots())
+        .with_context(|| format!("checkpoint {}", ckpt.display()))?;
     let narrow = s.model.dtype() != DType::F32;
     let mut left: HashMap<String, Tensor> = weights;
     let mut err = None;

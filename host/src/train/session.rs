@@ -4,7 +4,7 @@
 //! the data, the optimiser, and the reference model when the pipeline needs reference losses.
 
 use super::config::{RunConfig, TrainingSection};
-use super::optim::{AdamW, AdamWConfig, GroupSettings, Schedule};
+use super::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
 use super::plugin_ranks::PluginRanks;
 use super::step::{Models, Weigher};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
@@ -56,7 +56,7 @@ pub struct Session {
     /// Samples dropped by the length filter (train, validation).
     pub dropped: (usize, usize),
     /// The optimiser.
-    pub optimizer: AdamW,
+    pub optimizer: Box<dyn Optimizer>,
     /// Gradients of the step being accumulated.
     pub grads: Grads,
     /// Trained groups.
@@ -238,7 +238,7 @@ impl Session {
             &self.device,
         )?;
         f.set_prefetch(self.cfg.distributed.prefetch);
-        let state = f.shard_optimizer_state(state)?;
+        let state = f.shard_optimizer_state(state, self.optimizer.sharded_slots())?;
         self.optimizer.load_state(state, step)?;
         self.fsdp = Some(f);
         Ok(())
@@ -434,7 +434,7 @@ fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Res
 
 /// AdamW with the config's peak lr and weight decay per group (the value head may have its own lr) and
 /// its warm-up + cosine schedule.
-fn setup_optimizer(t: &TrainingSection) -> AdamW {
+fn setup_optimizer(t: &TrainingSection) -> Box<dyn Optimizer> {
     let gs = GroupSettings {
         lr: t.lr,
         weight_decay: t.weight_decay,
@@ -454,7 +454,7 @@ fn setup_optimizer(t: &TrainingSection) -> AdamW {
         warmup_ratio: t.warmup_ratio,
         min_lr_ratio: t.min_lr_ratio,
     };
-    AdamW::new(AdamWConfig::default(), groups, schedule)
+    Box::new(AdamW::new(AdamWConfig::default(), groups, schedule))
 }
 
 /// Loads a critic run's checkpoint onto `device` as a frozen critic: its model (LoRA merged) and its

@@ -1,9 +1,9 @@
 //! One optimizer step and one validation pass: micro-batches through the engine, the pipeline's
 //! coefficients (a plugin, or the native baseline used for the automatic reference stage), gradient
-//! accumulation, clipping, the AdamW update, and the plugin's after-step.
+//! accumulation, clipping, the optimiser's update, and the plugin's after-step.
 
 use super::engine::{Engine, ForwardState};
-use super::optim::{clip_global_norm, AdamW};
+use super::optim::{clip_global_norm, Optimizer};
 use crate::data::batcher::{collate, Batcher};
 use crate::data::MicroBatch;
 use crate::dist::fsdp::Fsdp;
@@ -353,14 +353,14 @@ pub fn apply(
     fsdp: Option<&mut Fsdp>,
     vh: Option<&mut ValueHead>,
     w: &mut dyn Weigher,
-    opt: &mut AdamW,
+    opt: &mut dyn Optimizer,
     grads: &mut Grads,
     max_grad_norm: f64,
     rep: &mut StepReport,
 ) -> Result<()> {
     let mut clock = Instant::now();
     if let Some(f) = fsdp {
-        let step = opt.step;
+        let step = opt.steps_taken();
         apply_sharded(f, vh, opt, grads, max_grad_norm, rep)?;
         opt.finish_step();
         grads.clear();
@@ -369,7 +369,7 @@ pub fn apply(
         return Ok(());
     }
     // on CUDA: one launch for Σg² and one per module for the update, clipping folded into it
-    let fused = AdamW::can_fuse(&*policy) && vh.as_deref().is_none_or(|v| AdamW::can_fuse(v));
+    let fused = opt.fuses(&*policy) && vh.as_deref().is_none_or(|v| opt.fuses(v));
     let gscale = if fused {
         rep.grad_norm = fused_norm(grads)?;
         if max_grad_norm > 0.0 && rep.grad_norm > max_grad_norm {
@@ -382,14 +382,14 @@ pub fn apply(
         1.0
     };
     rep.skipped = !rep.grad_norm.is_finite();
-    let step = opt.step;
+    let step = opt.steps_taken();
     if !rep.skipped {
         rep.lr = opt
             .lr(crate::model::ParamGroup::Lora)
             .max(opt.lr(crate::model::ParamGroup::Trunk));
-        update(opt, policy, "", grads, fused, gscale)?;
+        opt.update_module(policy, "", grads, gscale)?;
         if let Some(vh) = vh {
-            update(opt, vh, "value_head.", grads, fused, gscale)?;
+            opt.update_module(vh, "value_head.", grads, gscale)?;
         }
     }
     opt.finish_step();
@@ -404,7 +404,7 @@ pub fn apply(
 fn apply_sharded(
     f: &mut Fsdp,
     vh: Option<&mut ValueHead>,
-    opt: &mut AdamW,
+    opt: &mut dyn Optimizer,
     grads: &Grads,
     max_grad_norm: f64,
     rep: &mut StepReport,
@@ -432,11 +432,10 @@ fn apply_sharded(
     rep.lr = opt
         .lr(crate::model::ParamGroup::Lora)
         .max(opt.lr(crate::model::ParamGroup::Trunk));
-    let fused = AdamW::can_fuse(&*f) && vh.as_deref().is_none_or(|v| AdamW::can_fuse(v));
-    update(opt, f, "", &g, fused, 1.0)?;
+    opt.update_module(f, "", &g, 1.0)?;
     f.weights_changed();
     if let Some(vh) = vh {
-        update(opt, vh, "value_head.", &g, fused, 1.0)?;
+        opt.update_module(vh, "value_head.", &g, 1.0)?;
     }
     Ok(())
 }
@@ -452,24 +451,6 @@ fn fused_norm(grads: &Grads) -> Result<f64> {
     {
         grads.global_norm()
     }
-}
-
-/// The AdamW update of one module: multi-tensor kernel when `fused`, else per tensor (gradients
-/// already clipped, `gscale` = 1).
-fn update(
-    opt: &mut AdamW,
-    module: &mut dyn crate::model::VisitParams,
-    prefix: &str,
-    grads: &Grads,
-    fused: bool,
-    gscale: f64,
-) -> Result<()> {
-    #[cfg(feature = "cuda")]
-    if fused {
-        return opt.update_module_fused(module, prefix, grads, gscale);
-    }
-    let _ = (fused, gscale);
-    opt.update_module(module, prefix, grads)
 }
 
 /// One optimizer step of session `s` at step index `step`: `grad_accum` micro-batches forward, weighed
@@ -490,7 +471,7 @@ pub fn train_step(s: &mut super::session::Session, step: u64) -> Result<StepRepo
         s.fsdp.as_mut(),
         s.value_head.as_mut(),
         s.weigher.as_mut(),
-        &mut s.optimizer,
+        s.optimizer.as_mut(),
         &mut s.grads,
         max_norm,
         &mut rep,

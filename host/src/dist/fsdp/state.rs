@@ -41,8 +41,9 @@ impl Fsdp {
         super::with_weights(model, host)
     }
 
-    /// The optimiser state of the shards (`m.<key>`, `v.<key>`, as the training optimiser's `state()`
-    /// gives it) as the state of the unsharded model (`m.<name>`, `v.<name>` and, when the compute
+    /// The optimiser state of the shards (`<slot>.<key>` for each of `slots`, e.g. AdamW's `m.<key>` and
+    /// `v.<key>`, as the training optimiser's `state()` gives it) as the state of the unsharded model
+    /// (`<slot>.<name>` and, when the compute
     /// dtype is narrower than f32, `master.<name>` from the f32 shards): all-gathered bucket by bucket,
     /// each bucket copied to the host memory of rank 0 as soon as it arrives and dropped on the other
     /// ranks — the whole state (three f32 copies of the trainable weights: 84 GB for a 7B full
@@ -51,6 +52,7 @@ impl Fsdp {
     pub fn gather_optimizer_state(
         &self,
         mut state: HashMap<String, Tensor>,
+        slots: &[&str],
     ) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         let keep = self.rank() == 0;
@@ -61,7 +63,7 @@ impl Fsdp {
             Ok(())
         };
         for tb in self.units.values().flat_map(|u| &u.trainable) {
-            for moment in ["m", "v"] {
+            for moment in slots {
                 // every rank updated the same buckets (they agree on which have gradients)
                 if let Some(t) = state.remove(&format!("{moment}.{}", tb.key)) {
                     for (n, t) in self.gather_bucket(&tb.bucket, &t)? {
@@ -85,17 +87,18 @@ impl Fsdp {
     }
 
     /// The reverse of [`Fsdp::gather_optimizer_state`], without communication: the unsharded state's
-    /// moments of each bucket's tensors cut to this rank's shard (`m.<key>`, `v.<key>`); `master.*`
+    /// `slots` of each bucket's tensors cut to this rank's shard (`<slot>.<key>`); `master.*`
     /// entries of sharded tensors are dropped (the shards were made from them, see [`Fsdp::shard`]).
     /// A bucket whose tensors have no moments yet gets none.
     pub fn shard_optimizer_state(
         &self,
         mut state: HashMap<String, Tensor>,
+        slots: &[&str],
     ) -> Result<HashMap<String, Tensor>> {
         let rank = self.slice;
         let mut out = HashMap::new();
         for tb in self.units.values().flat_map(|u| &u.trainable) {
-            for moment in ["m", "v"] {
+            for moment in slots {
                 let keys: Vec<String> = tb
                     .bucket
                     .names
@@ -181,11 +184,12 @@ impl Fsdp {
     }
 
     /// This rank's part of a per-rank checkpoint: its trainable slices (`shard.<key>`, f32) and their
-    /// moments (`m.<key>`, `v.<key>`) from the optimiser `state`, all 1-D; None when another rank writes
+    /// optimiser `slots` (`<slot>.<key>`, e.g. `m.`, `v.`) from the optimiser `state`, all 1-D; None when another rank writes
     /// the same slice (without sharding every rank holds everything: rank 0 writes).
     pub fn rank_tensors(
         &self,
         state: &HashMap<String, Tensor>,
+        slots: &[&str],
     ) -> Result<Option<HashMap<String, Tensor>>> {
         if self.mode == super::Sharding::None && self.rank() != 0 {
             return Ok(None);
@@ -196,7 +200,7 @@ impl Fsdp {
                 format!("shard.{}", tb.key),
                 tb.shard.tensor().flatten_all()?,
             );
-            for moment in ["m", "v"] {
+            for moment in slots {
                 if let Some(t) = state.get(&format!("{moment}.{}", tb.key)) {
                     out.insert(format!("{moment}.{}", tb.key), t.flatten_all()?);
                 }
@@ -206,11 +210,12 @@ impl Fsdp {
     }
 }
 
-/// The unsharded trainable weights (f32, by name) and optimiser moments (`m.<name>`, `v.<name>`) from
-/// the files of a per-rank checkpoint, in slice order.
+/// The unsharded trainable weights (f32, by name) and optimiser `slots` (`<slot>.<name>`, e.g. `m.`,
+/// `v.`) from the files of a per-rank checkpoint, in slice order.
 pub fn unshard_files(
     index: &ShardIndex,
     files: &[HashMap<String, Tensor>],
+    slots: &[&str],
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, Tensor>)> {
     if files.len() != index.slices {
         bail!(
@@ -230,7 +235,7 @@ pub fn unshard_files(
                 b.shapes.len()
             );
         }
-        for what in ["shard", "m", "v"] {
+        for what in std::iter::once("shard").chain(slots.iter().copied()) {
             let key = format!("{what}.{}", b.key);
             let parts: Vec<&Tensor> = files.iter().filter_map(|f| f.get(&key)).collect();
             if parts.is_empty() && what != "shard" {

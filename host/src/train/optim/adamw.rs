@@ -1,8 +1,9 @@
-//! Optimisation (design.md §6): AdamW (β 0.9/0.95, decoupled weight decay on ≥ 2-D tensors only) with
-//! per-group learning rates and decay, a linear warm-up from 1e-8·peak then cosine decay to
-//! min_lr_ratio·peak, and global-norm gradient clipping. Moments are f32; the state is saved in
-//! checkpoints so a resumed run continues exactly.
+//! AdamW (β 0.9/0.95 by default, decoupled weight decay on ≥ 2-D tensors only) with per-group learning
+//! rates and decay and f32 masters of narrow (bf16/f16) parameters; moments are f32, and the state is
+//! saved in checkpoints so a resumed run continues exactly. On CUDA one multi-tensor kernel updates a
+//! module.
 
+use super::{GroupSettings, Optimizer, Schedule};
 use crate::model::grads::Grads;
 use crate::model::{Param, ParamGroup, VisitParams};
 use anyhow::{bail, Context, Result};
@@ -44,41 +45,6 @@ impl Default for AdamWConfig {
     }
 }
 
-/// Learning rate and weight decay of one parameter group.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct GroupSettings {
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Decoupled weight decay (applied to ≥ 2-D tensors only).
-    pub weight_decay: f64,
-}
-
-/// Warm-up + cosine schedule: lr(s) = peak·f(s).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Schedule {
-    /// Total optimizer steps.
-    pub total_steps: u64,
-    /// Share of steps spent warming up linearly from 1e-8·peak.
-    pub warmup_ratio: f64,
-    /// Final lr as a share of peak.
-    pub min_lr_ratio: f64,
-}
-
-impl Schedule {
-    /// The multiplier of peak lr at optimizer step `step` (0-based).
-    pub fn factor(&self, step: u64) -> f64 {
-        let warm = (self.warmup_ratio * self.total_steps as f64).round() as u64;
-        if step < warm {
-            let p = (step + 1) as f64 / warm as f64;
-            return 1e-8 + (1.0 - 1e-8) * p;
-        }
-        let rest = self.total_steps.saturating_sub(warm).max(1);
-        let p = ((step - warm) as f64 / rest as f64).min(1.0);
-        self.min_lr_ratio
-            + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
-    }
-}
-
 /// AdamW over named parameters.
 #[derive(Debug)]
 pub struct AdamW {
@@ -113,15 +79,21 @@ impl AdamW {
         }
     }
 
-    /// Peak-relative lr of the next step, times the group's peak lr.
-    pub fn lr(&self, group: ParamGroup) -> f64 {
-        self.groups.get(&group).map_or(0.0, |g| g.lr) * self.schedule.factor(self.step)
-    }
-
     /// Updates one parameter from its gradient (no-op without one):
     /// m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr·(m̂/(√v̂+ε) + wd·p) with bias-corrected m̂, v̂.
-    /// Call [`AdamW::finish_step`] once every parameter is updated.
+    /// Call [`Optimizer::finish_step`] once every parameter is updated.
     pub fn update(&mut self, name: &str, p: &mut Param, grads: &Grads) -> Result<()> {
+        self.update_scaled(name, p, grads, 1.0)
+    }
+
+    /// [`AdamW::update`] with the gradient multiplied by `gscale` first.
+    fn update_scaled(
+        &mut self,
+        name: &str,
+        p: &mut Param,
+        grads: &Grads,
+        gscale: f64,
+    ) -> Result<()> {
         let Some(g) = grads.by_name.get(name) else {
             return Ok(());
         };
@@ -137,6 +109,7 @@ impl AdamW {
             .with_context(|| format!("no optimiser group for {name}"))?;
         let lr = gs.lr * self.schedule.factor(self.step);
         let g = g.to_dtype(DType::F32)?;
+        let g = if gscale == 1.0 { g } else { (g * gscale)? };
         let m = match self.m.remove(name) {
             Some(m) => ((m * b1)? + (&g * (1.0 - b1))?)?,
             None => (&g * (1.0 - b1))?,
@@ -164,7 +137,7 @@ impl AdamW {
         Ok(())
     }
 
-    /// Whether [`AdamW::update_module_fused`] can run for `module`: every trainable parameter on one CUDA
+    /// Whether the fused update (one multi-tensor kernel) can run for `module`: every trainable parameter on one CUDA
     /// device (f32 or bf16) with the fused kernels on.
     pub fn can_fuse(module: &dyn VisitParams) -> bool {
         let mut ok = true;
@@ -179,11 +152,11 @@ impl AdamW {
         ok && any
     }
 
-    /// [`AdamW::update_module`] as one multi-tensor kernel launch (CUDA), every gradient multiplied by
+    /// [`Optimizer::update_module`] as one multi-tensor kernel launch (CUDA), every gradient multiplied by
     /// `gscale` (the clipping factor) on the way. Moments and masters are created on first use, like the
     /// per-tensor path, and hold the same values.
     #[cfg(feature = "cuda")]
-    pub fn update_module_fused(
+    fn update_module_fused(
         &mut self,
         module: &mut dyn VisitParams,
         prefix: &str,
@@ -254,23 +227,39 @@ impl AdamW {
         adamw_step(&slots, k)?;
         Ok(())
     }
+}
 
-    /// Ends an optimizer step (advances the schedule and bias correction).
-    pub fn finish_step(&mut self) {
-        self.step += 1;
+impl Optimizer for AdamW {
+    fn steps_taken(&self) -> u64 {
+        self.step
     }
 
-    /// Updates every parameter of `module` (named under `prefix`) that has a gradient.
-    pub fn update_module(
+    /// Peak-relative lr of the next step, times the group's peak lr.
+    fn lr(&self, group: ParamGroup) -> f64 {
+        self.groups.get(&group).map_or(0.0, |g| g.lr) * self.schedule.factor(self.step)
+    }
+
+    fn fuses(&self, module: &dyn VisitParams) -> bool {
+        Self::can_fuse(module)
+    }
+
+    /// Updates every parameter of `module` (named under `prefix`) that has a gradient: the multi-tensor
+    /// kernel where [`AdamW::can_fuse`] says so (CUDA builds), else tensor by tensor.
+    fn update_module(
         &mut self,
         module: &mut dyn VisitParams,
         prefix: &str,
         grads: &Grads,
+        gscale: f64,
     ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if Self::can_fuse(module) {
+            return self.update_module_fused(module, prefix, grads, gscale);
+        }
         let mut err = None;
         module.visit_mut(prefix, &mut |name, p| {
             if err.is_none() {
-                if let Err(e) = self.update(name, p, grads) {
+                if let Err(e) = self.update_scaled(name, p, grads, gscale) {
                     err = Some(e);
                 }
             }
@@ -278,9 +267,14 @@ impl AdamW {
         err.map_or(Ok(()), Err)
     }
 
+    /// Ends an optimizer step (advances the schedule and bias correction).
+    fn finish_step(&mut self) {
+        self.step += 1;
+    }
+
     /// The moments and f32 masters as named tensors (`m.<param>`, `v.<param>`, `master.<param>`) and the
     /// step, for checkpoints.
-    pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
+    fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut out = HashMap::new();
         for (k, t) in &self.master {
             out.insert(format!("master.{k}"), t.clone());
@@ -295,7 +289,7 @@ impl AdamW {
     }
 
     /// Restores [`AdamW::state`].
-    pub fn load_state(&mut self, tensors: HashMap<String, Tensor>, step: u64) -> Result<()> {
+    fn load_state(&mut self, tensors: HashMap<String, Tensor>, step: u64) -> Result<()> {
         self.m.clear();
         self.v.clear();
         self.master.clear();
@@ -313,36 +307,16 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
-}
 
-/// Scales `grads` so their global norm is at most `max_norm`; returns the norm before clipping.
-pub fn clip_global_norm(grads: &mut Grads, max_norm: f64) -> Result<f64> {
-    let norm = grads.global_norm()?;
-    // a non-finite norm is not clipped (that would multiply by 0 or NaN): the caller skips the step
-    if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
-        grads.scale(max_norm / (norm + 1e-6))?;
+    fn sharded_slots(&self) -> &'static [&'static str] {
+        &["m", "v"]
     }
-    Ok(norm)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    #[test]
-    fn schedule_warms_up_then_decays() {
-        let s = Schedule {
-            total_steps: 100,
-            warmup_ratio: 0.1,
-            min_lr_ratio: 0.1,
-        };
-        assert!((s.factor(0) - 0.1).abs() < 1e-6);
-        assert!((s.factor(9) - 1.0).abs() < 1e-9);
-        assert!((s.factor(10) - 1.0).abs() < 1e-9);
-        assert!((s.factor(55) - 0.55).abs() < 1e-9);
-        assert!((s.factor(100) - 0.1).abs() < 1e-9);
-    }
 
     #[test]
     fn adamw_matches_hand_computation_and_skips_decay_on_vectors() -> Result<()> {
@@ -418,15 +392,6 @@ mod tests {
         assert!((master - 0.99).abs() < 1e-3, "master {master}");
         let wv = w.tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?[0];
         assert!((wv - 0.99).abs() < 4e-3, "bf16 weight {wv}");
-        Ok(())
-    }
-
-    #[test]
-    fn clipping_bounds_the_global_norm() -> Result<()> {
-        let mut g = Grads::default();
-        g.add("a", &Tensor::new(&[3.0f32, 4.0], &Device::Cpu)?)?;
-        assert!((clip_global_norm(&mut g, 1.0)? - 5.0).abs() < 1e-9);
-        assert!((g.global_norm()? - 1.0).abs() < 1e-5);
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Does weighting help? SmolLM2-135M-Instruct widened to 4 heads, LoRA r=8, HumanEval data (SPEC §7), the
+# Does weighting help? SmolLM2-135M-Instruct widened to 4 heads, LoRA r=8, HumanEval data (docs/design.md §7), the
 # same steps, batch and seeds for every arm:
 #   baseline            uniform MTP cross-entropy                     (configs/baseline_lora.toml)
 #   rho1                Rho-1 selection, k = 0.6                      (configs/rho1_lora.toml; its reference

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes data/arith.jsonl, wmtp's bundled default corpus (written by this script; CC0).
 
-Small arithmetic word problems in the instruction/output format of SPEC §7: for every problem one correct
+Small arithmetic word problems in the instruction/output format of docs/design.md §7: for every problem one correct
 answer (is_correct = true) and two incorrect ones (off by one, or a wrong operation), so the pointwise
 pipelines (baseline, rho1) train on the correct samples and critic/verifiable get (correct, incorrect)
 pairs. Deterministic (seeded).

@@ -7,7 +7,7 @@ booleans negated) that really FAIL the tests when executed are incorrect samples
 problem). Execution: `python3 -I` in a temporary directory, with a time limit and a memory limit.
 
 Usage: scripts/make-humaneval-data.py [OUT.jsonl] [--mutants N]   (default .cache/data/humaneval.jsonl)
-Rows: {instruction, input, output, task_id, problem_id, is_correct} (SPEC §7). Beside it,
+Rows: {instruction, input, output, task_id, problem_id, is_correct} (docs/design.md §7). Beside it,
 OUT_problems.jsonl (default .cache/data/humaneval_problems.jsonl): the 164 problems as
 {task_id, prompt, test, entry_point}, for `wmtp eval --humaneval`.
 """

@@ -38,9 +38,10 @@ fn hf_merge_and_peft_export_round_trip() {
         seed: 42,
         ..Default::default()
     };
-    let trained = wmtp_host::model::adapter::load_trained_for_inference(ck, "tiny", &opts)
-        .unwrap()
-        .model;
+    let trained =
+        wmtp_host::train::checkpoint::trained::load_trained_for_inference(ck, "tiny", &opts)
+            .unwrap()
+            .model;
     let tokens = candle_core::Tensor::new(
         &[[256u32, 72, 105, 33, 10, 7, 99]],
         &candle_core::Device::Cpu,

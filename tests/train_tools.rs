@@ -118,7 +118,7 @@ fn adapter_reload_eval_merge_and_plot() {
     let d = common::max_abs_diff(&a[0], &b[0]);
     assert!(d < 1e-4, "merged vs adapter logits differ by {d}");
     // `--model CHECKPOINT` (generate, eval --humaneval): the base with the adapter merged, byte tokenizer
-    let inf = wmtp_host::model::adapter::load_trained_for_inference(
+    let inf = wmtp_host::train::checkpoint::trained::load_trained_for_inference(
         &r.last_checkpoint,
         "tiny",
         &LoadOptions {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference of wmtp's MTP training step, for side-by-side speed and memory (bench/gpu/run.sh).
 
-The SAME model as wmtp (../../docs/design.md, SPEC §1): Meta's MTP layout — `n_layers − H + 1` blocks in
+The SAME model as wmtp (../../docs/design.md §1): Meta's MTP layout — `n_layers − H + 1` blocks in
 `layers` (the trunk, then head 0), H − 1 extra head blocks, every head on the same trunk output, shared
 final RMSNorm and output projection; pre-norm blocks, RMSNorm in f32, interleaved-pair RoPE in f32, causal
 grouped-query attention (here through `F.scaled_dot_product_attention`), SwiGLU feed-forward. The step is

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Independent NumPy re-computation of the four pipelines (SPEC.md §5), for the plugin reference tests.
+"""Independent NumPy re-computation of the four pipelines (docs/design.md §5), for the plugin reference tests.
 
 Usage: pipelines_reference.py CASES.json OUT.json
 CASES.json: a list of {plugin, config, train, batch: {B, T, H, ce, ce_mask, target_mask, values?, ref_ce?,
 rewards?, pair_ids?}} (flat arrays as in the WIT contract). OUT.json: a list of {ce, values, loss}.
-Written from the SPEC's formulas, not from the Rust code. Plugin state is the initial one (fresh plugin).
+Written from the formulas of design.md §5, not from the Rust code. Plugin state is the initial one (fresh plugin).
 """
 import json
 import sys

@@ -114,12 +114,16 @@ pub struct PerplexityArgs {
 pub(super) fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
     let device = m.device.open()?;
     let ckpt = std::path::Path::new(&m.model);
-    if ckpt.join("trainer_state.json").is_file() {
+    if wmtp_host::train::checkpoint::layout::is_checkpoint(ckpt) {
         let (cfg, _) = wmtp_host::train::checkpoint::read_meta(ckpt, &[])?;
         let mut opts = wmtp_host::train::session::load_options(&cfg, &device)?;
         opts.dtype = m.dtype.into();
-        return wmtp_host::model::adapter::load_trained_for_inference(ckpt, &cfg.model.path, &opts)
-            .with_context(|| format!("checkpoint {}", ckpt.display()));
+        return wmtp_host::train::checkpoint::trained::load_trained_for_inference(
+            ckpt,
+            &cfg.model.path,
+            &opts,
+        )
+        .with_context(|| format!("checkpoint {}", ckpt.display()));
     }
     let opts = LoadOptions {
         dtype: m.dtype.into(),

@@ -192,7 +192,11 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueH
 
 /// The value head saved in `file` (a `value_head.safetensors`), built as `cfg` for `model`'s width and
 /// device.
-fn read_value_head(file: &Path, cfg: &ValueHeadConfig, model: &Transformer) -> Result<ValueHead> {
+pub fn read_value_head(
+    file: &Path,
+    cfg: &ValueHeadConfig,
+    model: &Transformer,
+) -> Result<ValueHead> {
     let mut t = super::load::meta::read_safetensors(file)?;
     let mut vh = ValueHead::new(cfg, model.args.dim, 0, model.device())?;
     restore_params(
@@ -229,72 +233,4 @@ pub fn save_full(dir: &Path, model: &Transformer, value_head: Option<&ValueHead>
         save_value_head(dir, vh)?;
     }
     Ok(())
-}
-
-/// A trained checkpoint's model and value head: its `adapter/` added to base model `base` (LoRA not
-/// merged), or its full `model/` directory (with `value_head.safetensors` when there is one, built as
-/// `value_head`); loaded with `opts` (the checkpoint's own head count for full models).
-pub fn load_trained(
-    ckpt: &Path,
-    base: &str,
-    opts: &super::load::LoadOptions,
-    value_head: &ValueHeadConfig,
-) -> Result<(Transformer, Option<ValueHead>)> {
-    let adapter = ckpt.join("adapter");
-    if adapter.exists() {
-        let mut model = super::load::load_model(base, opts)?.model;
-        let vh = load_adapter(&adapter, &mut model)?;
-        return Ok((model, vh));
-    }
-    load_full_trained(ckpt, opts, value_head)
-}
-
-/// A trained checkpoint's model for inference (`wmtp generate`, `eval --humaneval`): as [`load_trained`],
-/// LoRA merged into the weights, with the base model's tokenizer (the byte tokenizer for presets, as in
-/// training); `source` names the checkpoint.
-pub fn load_trained_for_inference(
-    ckpt: &Path,
-    base: &str,
-    opts: &super::load::LoadOptions,
-) -> Result<super::load::LoadedModel> {
-    let mut lm = if ckpt.join("adapter").exists() {
-        let mut lm = super::load::load_model(base, opts)?;
-        load_adapter(&ckpt.join("adapter"), &mut lm.model)?;
-        lm
-    } else {
-        let model = load_full_trained(ckpt, opts, &ValueHeadConfig::default())?.0;
-        // a full model directory has no tokenizer of its own: the base model's
-        let tokenizer = super::load::load_model(base, opts)?.tokenizer;
-        super::load::LoadedModel {
-            model,
-            tokenizer,
-            source: String::new(),
-        }
-    };
-    lm.model.set_lora_merged(true)?;
-    lm.source = ckpt.display().to_string();
-    // a preset base trains with the byte tokenizer (as `Session` does)
-    lm.tokenizer
-        .get_or_insert_with(crate::data::tokenizer::Tokenizer::bytes);
-    Ok(lm)
-}
-
-/// The full `model/` directory of a checkpoint (and its value head when saved).
-fn load_full_trained(
-    ckpt: &Path,
-    opts: &super::load::LoadOptions,
-    value_head: &ValueHeadConfig,
-) -> Result<(Transformer, Option<ValueHead>)> {
-    let dir = ckpt.join("model");
-    let full = super::load::LoadOptions {
-        n_future_tokens: None,
-        ..opts.clone()
-    };
-    let model = super::load::load_model(&dir.to_string_lossy(), &full)?.model;
-    let f = dir.join("value_head.safetensors");
-    if !f.exists() {
-        return Ok((model, None));
-    }
-    let vh = read_value_head(&f, value_head, &model)?;
-    Ok((model, Some(vh)))
 }

@@ -137,7 +137,9 @@ pub struct TrainingSection {
     /// Consecutive steps with a non-finite gradient norm (each skipped, weights unchanged) after which
     /// the run stops with an error.
     pub max_skipped_steps: u64,
-    /// Base seed (rank r uses seed + r).
+    /// Seed of the data order, LoRA A init, value-head init and dropout. Every rank uses the same seed and
+    /// the same sample stream (rank r of W takes micro-batches r, r+W, …); dropout masks are seeded per
+    /// global micro-batch.
     pub seed: u64,
     /// Parameter groups to train (lora, value_head, heads, trunk); empty = the plugin's manifest (LoRA
     /// replaces trunk/heads when on).

@@ -1,8 +1,9 @@
 //! The block-wise engine (docs/design.md, "The block-wise engine"): forward unit by unit keeping only each unit's input,
 //! per-token CE of every head computed in chunks over the valid rows (never [B,T,H,V] logits), values,
 //! reference CE; then, given the plugin's coefficients, backward unit by unit through the surrogate
-//! S = Σ c_ce·CE + Σ c_v·V with recomputation. With one rank this is a single-device trainer with
-//! activation checkpointing; the same unit structure is what FSDP shards.
+//! S = Σ c_ce·CE + Σ c_v·V — recomputing each unit from its input with `activation_checkpointing =
+//! "blocks"`, reusing the kept activations with "none". With one rank this is a single-device trainer;
+//! the same unit structure is what FSDP shards.
 
 use crate::data::MicroBatch;
 use crate::dist::fsdp::{Fsdp, Unit};

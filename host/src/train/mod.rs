@@ -2,7 +2,6 @@
 //! checkpoints and the `wmtp run` loop.
 
 pub mod checkpoint;
-pub mod checkpoint_sharded;
 pub mod config;
 pub mod engine;
 pub mod evaluate;

@@ -147,7 +147,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, series: &Series) -> Re
 /// Writes `run_dir/plots.svg` and `run_dir/plots.png` (the same figure); returns their paths.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
     register_font()?;
-    let series = read_metrics(&run_dir.join("metrics.jsonl"))?;
+    let series = read_metrics(&run_dir.join(crate::train::checkpoint::layout::METRICS))?;
     let size = figure_size(others(&series).len());
     let svg = run_dir.join("plots.svg");
     draw(SVGBackend::new(&svg, size).into_drawing_area(), &series)

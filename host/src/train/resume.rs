@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 /// The checkpoint to resume from: `path` itself, or — when `path` is a run folder — its latest
 /// complete `step-N` checkpoint.
 pub fn checkpoint_to_resume(path: &Path) -> Result<PathBuf> {
-    if path.join("trainer_state.json").exists() {
+    if crate::train::checkpoint::layout::is_checkpoint(path) {
         return Ok(path.to_path_buf());
     }
-    if path.join("checkpoints").is_dir() {
+    if crate::train::checkpoint::layout::checkpoints_dir(path).is_dir() {
         checkpoint::clean_leftovers(path)?;
         return checkpoint::latest(path).with_context(|| {
             format!(

@@ -158,7 +158,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 p.display()
             );
         }
-        std::fs::write(run_dir.join("config.toml"), s.cfg.to_toml()?)?;
+        std::fs::write(run_dir.join(checkpoint::layout::CONFIG), s.cfg.to_toml()?)?;
     }
     if !opts.quiet {
         print_start(&s, &run_dir, resumed_at);
@@ -234,7 +234,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
                 // best = lowest validation loss of the pipeline (for baseline, the plain CE)
                 if state.best_val.is_none_or(|b| v.loss < b) {
                     state.best_val = Some(v.loss);
-                    checkpoint::save(&run_dir, "best", &mut s, &state)?;
+                    checkpoint::save(&run_dir, checkpoint::layout::BEST, &mut s, &state)?;
                 }
             }
         }
@@ -252,8 +252,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             stop = f.comm().all_reduce_sum(&flag)?.to_vec1::<f32>()?[0] > 0.0;
         }
         if (every > 0 && state.step % every == 0) || stop {
-            last_ckpt =
-                checkpoint::save(&run_dir, &format!("step-{:06}", state.step), &mut s, &state)?;
+            last_ckpt = checkpoint::save(
+                &run_dir,
+                &checkpoint::layout::step_name(state.step),
+                &mut s,
+                &state,
+            )?;
         }
         if stop {
             bar.abandon_with_message(format!(
@@ -266,8 +270,13 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     }
     bar.finish_and_clear();
     let val = s.validate()?;
-    if !last_ckpt.ends_with(format!("step-{:06}", state.step)) {
-        last_ckpt = checkpoint::save(&run_dir, &format!("step-{:06}", state.step), &mut s, &state)?;
+    if !last_ckpt.ends_with(checkpoint::layout::step_name(state.step)) {
+        last_ckpt = checkpoint::save(
+            &run_dir,
+            &checkpoint::layout::step_name(state.step),
+            &mut s,
+            &state,
+        )?;
     }
     let summary = RunSummary {
         run_dir: run_dir.clone(),
@@ -403,7 +412,7 @@ fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
     if let Ok(text) = s.cfg.to_toml() {
         eprintln!(
             "  resolved config (saved as {}):",
-            run_dir.join("config.toml").display()
+            run_dir.join(checkpoint::layout::CONFIG).display()
         );
         for line in text.lines().filter(|l| !l.is_empty()) {
             eprintln!("    {line}");
@@ -448,6 +457,6 @@ fn print_end(r: &RunSummary, st: &TrainerState, resumed_at: Option<u64>) {
     eprintln!("  checkpoint: {}", r.last_checkpoint.display());
     eprintln!(
         "  metrics:    {}",
-        r.run_dir.join("metrics.jsonl").display()
+        r.run_dir.join(checkpoint::layout::METRICS).display()
     );
 }

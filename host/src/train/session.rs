@@ -3,6 +3,7 @@
 //! groups from the manifest unless the config lists them), the values (own value head or frozen critic),
 //! the data, the optimiser, and the reference model when the pipeline needs reference losses.
 
+use super::checkpoint::trained::load_trained;
 use super::config::{RunConfig, TrainingSection};
 use super::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
 use super::plugin_ranks::PluginRanks;
@@ -11,7 +12,6 @@ use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
 use crate::dist::{fsdp::Fsdp, Communicator};
-use crate::model::adapter::load_trained;
 use crate::model::grads::Grads;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};

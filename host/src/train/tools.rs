@@ -3,7 +3,8 @@
 //! adapter.
 
 use super::checkpoint::read_meta;
-use crate::model::adapter::{load_trained, save_full};
+use super::checkpoint::trained::load_trained;
+use crate::model::adapter::save_full;
 use crate::model::hf_export::{export_peft, save_hf_merged};
 use crate::model::{Transformer, ValueHead};
 use anyhow::{bail, Context, Result};

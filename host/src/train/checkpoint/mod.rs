@@ -6,6 +6,10 @@
 //! (and never damages the previous one); the next run's start cleans up what a crash left behind
 //! ([`clean_leftovers`]). A checkpoint with a non-finite trainable parameter is never written.
 
+pub mod layout;
+pub mod sharded;
+pub mod trained;
+
 use super::config::RunConfig;
 use super::session::Session;
 use crate::model::adapter::{save_adapter, save_full};
@@ -32,8 +36,8 @@ pub struct TrainerState {
     pub index: usize,
     /// Best validation loss so far.
     pub best_val: Option<f64>,
-    /// The pipeline plugin the run used (an absolute path since format 1.1; older checkpoints may hold a
-    /// relative one).
+    /// The pipeline plugin the run used: an absolute path (checkpoints written before paths were made
+    /// absolute, still format 1, may hold a relative one).
     pub pipeline: String,
     /// SHA-256 (hex) of the plugin's bytes; empty in checkpoints written before it was recorded.
     #[serde(default)]
@@ -73,7 +77,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// never finished) and `.NAME.old` folders — put back as `NAME` when the crash came between moving the
 /// old checkpoint aside and moving the new one in. Returns the folders it removed or restored.
 pub fn clean_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let root = run_dir.join("checkpoints");
+    let root = layout::checkpoints_dir(run_dir);
     let mut touched = Vec::new();
     let Ok(entries) = std::fs::read_dir(&root) else {
         return Ok(touched);
@@ -102,7 +106,7 @@ pub fn clean_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The latest complete `step-N` checkpoint in `run_dir/checkpoints`, if any.
 pub fn latest(run_dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(run_dir.join("checkpoints"))
+    std::fs::read_dir(layout::checkpoints_dir(run_dir))
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -113,7 +117,7 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
                 .parse()
                 .ok()?;
             e.path()
-                .join("trainer_state.json")
+                .join(layout::TRAINER_STATE)
                 .exists()
                 .then(|| (n, e.path()))
         })
@@ -129,7 +133,7 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 /// cuts the state to the new shards).
 pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> Result<PathBuf> {
     if s.fsdp.is_some() && s.cfg.checkpoint.sharded {
-        return super::checkpoint_sharded::save(run_dir, name, s, st);
+        return sharded::save(run_dir, name, s, st);
     }
     let Some(f) = &s.fsdp else {
         let (opt, _) = s.optimizer.state();
@@ -142,7 +146,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
     let written = if rank == 0 {
         save_model(run_dir, name, s, st, &model, opt)
     } else {
-        Ok(run_dir.join("checkpoints").join(name))
+        Ok(layout::checkpoints_dir(run_dir).join(name))
     };
     let failed = comm.all_reduce_sum(&candle_core::Tensor::new(
         &[written.is_err() as u8 as f32],
@@ -163,7 +167,7 @@ fn save_model(
     model: &crate::model::Transformer,
     opt: HashMap<String, candle_core::Tensor>,
 ) -> Result<PathBuf> {
-    let root = run_dir.join("checkpoints");
+    let root = layout::checkpoints_dir(run_dir);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let label = format!("checkpoint {name} (pipeline {})", s.pipeline_path.display());
     super::guard::check_finite(model, "", &label)?;
@@ -200,12 +204,12 @@ pub(crate) fn commit(root: &Path, tmp: &Path, name: &str) -> Result<PathBuf> {
 
 /// What every checkpoint holds besides weights: the config, the trainer state, the plugin's state.
 pub(crate) fn write_run_state(dir: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
-    std::fs::write(dir.join("config.toml"), s.cfg.to_toml()?)?;
+    std::fs::write(dir.join(layout::CONFIG), s.cfg.to_toml()?)?;
     std::fs::write(
-        dir.join("trainer_state.json"),
+        dir.join(layout::TRAINER_STATE),
         serde_json::to_string_pretty(st)?,
     )?;
-    std::fs::write(dir.join("plugin_state.bin"), s.weigher.save_state()?)?;
+    std::fs::write(dir.join(layout::PLUGIN_STATE), s.weigher.save_state()?)?;
     Ok(())
 }
 
@@ -218,17 +222,17 @@ fn write_contents(
 ) -> Result<()> {
     write_run_state(dir, s, st)?;
     if !opt.is_empty() {
-        candle_core::safetensors::save(&opt, dir.join("optimizer.safetensors"))?;
+        candle_core::safetensors::save(&opt, dir.join(layout::OPTIMIZER))?;
     }
     if model.lora.is_some() {
         save_adapter(
-            &dir.join("adapter"),
+            &dir.join(layout::ADAPTER),
             model,
             s.value_head.as_ref(),
             &s.source,
         )?;
     } else {
-        save_full(&dir.join("model"), model, s.value_head.as_ref())?;
+        save_full(&dir.join(layout::MODEL), model, s.value_head.as_ref())?;
     }
     Ok(())
 }
@@ -236,9 +240,9 @@ fn write_contents(
 /// Reads a checkpoint's config (with `overrides`, `--set key=value`, parsed and validated as for a fresh
 /// run) and trainer state.
 pub fn read_meta(ckpt: &Path, overrides: &[String]) -> Result<(RunConfig, TrainerState)> {
-    let cfg = RunConfig::load(Some(&ckpt.join("config.toml")), overrides)
+    let cfg = RunConfig::load(Some(&ckpt.join(layout::CONFIG)), overrides)
         .with_context(|| format!("checkpoint {}", ckpt.display()))?;
-    let p = ckpt.join("trainer_state.json");
+    let p = ckpt.join(layout::TRAINER_STATE);
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let st: TrainerState =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
@@ -258,8 +262,8 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     if s.fsdp.is_some() {
         bail!("load the checkpoint before sharding the session");
     }
-    if ckpt.join(super::checkpoint_sharded::INDEX).exists() {
-        return super::checkpoint_sharded::load_into(ckpt, s, st);
+    if ckpt.join(layout::SHARD_INDEX).exists() {
+        return sharded::load_into(ckpt, s, st);
     }
     load_model_weights(ckpt, s)?;
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
@@ -275,7 +279,7 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         })
         .with_context(|| format!("restoring from {}", f.display()))?;
     }
-    let f = ckpt.join("optimizer.safetensors");
+    let f = ckpt.join(layout::OPTIMIZER);
     if f.exists() {
         let dev = s.model.device().clone();
         let t = read(&f)?
@@ -292,7 +296,7 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
 /// Loads only a checkpoint's model weights (the adapter, or the full model) into `s` (a session of the
 /// same model): `load_into`'s first part, and all of it when another pipeline evaluates the model.
 pub fn load_model_weights(ckpt: &Path, s: &mut Session) -> Result<()> {
-    if ckpt.join(super::checkpoint_sharded::INDEX).exists() {
+    if ckpt.join(layout::SHARD_INDEX).exists() {
         bail!(
             "{}: a sharded checkpoint is loaded whole (load_into), not weights only",
             ckpt.display()
@@ -326,7 +330,7 @@ pub(crate) fn load_plugin_and_position(
     s: &mut Session,
     st: &TrainerState,
 ) -> Result<()> {
-    let f = ckpt.join("plugin_state.bin");
+    let f = ckpt.join(layout::PLUGIN_STATE);
     // the size first: a state file over the plugin's cap is refused without reading it into memory
     let cap = wmtp_plugin_host::PluginLimits::default().state_bytes;
     let len = std::fs::metadata(&f)

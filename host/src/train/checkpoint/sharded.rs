@@ -9,23 +9,17 @@
 //! ranks agree on the outcome: a rank that fails to write fails the save on every rank. The checkpoint
 //! folder must be on a filesystem every rank sees.
 
-use super::checkpoint::{commit, load_plugin_and_position, write_run_state, TrainerState};
-use super::session::Session;
+use super::layout;
+use super::{commit, load_plugin_and_position, write_run_state, TrainerState};
 use crate::dist::fsdp::state::{unshard_files, ShardIndex};
 use crate::dist::Communicator;
 use crate::model::param::restore_params;
 use crate::model::{ParamGroup, VisitParams};
+use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// The index of a per-rank checkpoint, relative to its folder.
-pub const INDEX: &str = "shards/index.json";
-
-fn rank_file(r: usize) -> String {
-    format!("shards/rank-{r:05}.safetensors")
-}
 
 /// Every rank learns whether every rank's `r` succeeded: this rank's error, or an error naming the
 /// rank count that failed elsewhere.
@@ -46,7 +40,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
         .as_ref()
         .context("a per-rank checkpoint needs a sharded session")?;
     let (comm, rank) = (f.comm().clone(), f.rank());
-    let root = run_dir.join("checkpoints");
+    let root = layout::checkpoints_dir(run_dir);
     let tmp = root.join(format!(".{name}.tmp"));
     let label = format!("checkpoint {name} (pipeline {})", s.pipeline_path.display());
     let prepared = if rank == 0 {
@@ -54,7 +48,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
             let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(tmp.join("shards"))
+            std::fs::create_dir_all(tmp.join(layout::SHARDS))
                 .with_context(|| format!("creating {}", tmp.display()))?;
             Ok(())
         })()
@@ -65,9 +59,9 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
     let (state, _) = s.optimizer.state();
     let index = f.shard_index();
     let written = (|| -> Result<()> {
-        super::guard::check_finite(f, "", &label)?;
+        crate::train::guard::check_finite(f, "", &label)?;
         if let Some(t) = f.rank_tensors(&state, s.optimizer.sharded_slots())? {
-            let p = tmp.join(rank_file(rank));
+            let p = tmp.join(layout::rank_file(rank));
             candle_core::safetensors::save(&t, &p)
                 .with_context(|| format!("writing {}", p.display()))?;
         }
@@ -98,7 +92,10 @@ fn write_rest(
     index: &ShardIndex,
     state: &HashMap<String, Tensor>,
 ) -> Result<()> {
-    std::fs::write(dir.join(INDEX), serde_json::to_string_pretty(index)?)?;
+    std::fs::write(
+        dir.join(layout::SHARD_INDEX),
+        serde_json::to_string_pretty(index)?,
+    )?;
     write_run_state(dir, s, st)?;
     let rest: HashMap<String, Tensor> = state
         .iter()
@@ -106,7 +103,7 @@ fn write_rest(
         .map(|(k, t)| (k.clone(), t.clone()))
         .collect();
     if !rest.is_empty() {
-        candle_core::safetensors::save(&rest, dir.join("optimizer.safetensors"))?;
+        candle_core::safetensors::save(&rest, dir.join(layout::OPTIMIZER))?;
     }
     if let Some(vh) = &s.value_head {
         let mut t = HashMap::new();
@@ -122,12 +119,12 @@ fn write_rest(
 /// on any number of ranks).
 pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
-    let p = ckpt.join(INDEX);
+    let p = ckpt.join(layout::SHARD_INDEX);
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let index: ShardIndex =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
     let files = (0..index.slices)
-        .map(|r| read(&ckpt.join(rank_file(r))))
+        .map(|r| read(&ckpt.join(layout::rank_file(r))))
         .collect::<Result<Vec<_>>>()?;
     let (weights, mut state) = unshard_files(&index, &files, s.optimizer.sharded_slots())
         .with_context(|| format!("checkpoint {}", ckpt.display()))?;
@@ -171,7 +168,7 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         )
         .with_context(|| format!("restoring from {}", f.display()))?;
     }
-    let f = ckpt.join("optimizer.safetensors");
+    let f = ckpt.join(layout::OPTIMIZER);
     if f.exists() {
         state.extend(read(&f)?);
     }

@@ -48,6 +48,9 @@ pub struct RunConfig {
     /// Passed verbatim to the plugin's `configure`.
     #[serde(default)]
     pub plugin: toml::Table,
+    /// Consecutive training stages (`[[stages]]`, train/stages.rs); empty: one stage, `[training]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<super::stages::StageSection>,
 }
 
 /// `[model]`.
@@ -339,9 +342,10 @@ impl RunConfig {
                 .ok_or_else(|| anyhow!("--set expects key=value, got `{o}`"))?;
             set_key(&mut table, k.trim(), v.trim())?;
         }
-        let cfg: RunConfig = toml::Value::Table(table)
+        let mut cfg: RunConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| anyhow!("config ({source}): {}", e.message()))?;
+        super::stages::resolve(&mut cfg).with_context(|| format!("config ({source})"))?;
         cfg.validate()
             .with_context(|| format!("config ({source})"))?;
         Ok(cfg)

@@ -15,5 +15,7 @@ pub mod reference;
 pub mod resume;
 pub mod run;
 pub mod session;
+pub mod stages;
 pub mod step;
 pub mod tools;
+pub mod trainable;

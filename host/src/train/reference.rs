@@ -93,6 +93,7 @@ fn stage_config(cfg: &RunConfig) -> RunConfig {
     c.value_head = Default::default();
     c.reference = Default::default();
     c.plugin = Default::default();
+    c.stages.clear();
     c.checkpoint = Default::default();
     // the run's kernel choice stays (the switch is process-wide: a default here would turn fused
     // kernels back on for the rest of a run that set `fused_kernels = false`)

@@ -187,7 +187,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             metrics.write(&val_json(serde_json::json!({"step": 0}), &v))?;
         }
     }
+    if let Some(line) = super::stages::describe(&s).filter(|_| !opts.quiet) {
+        bar.suspend(|| eprintln!("{line}"));
+    }
     while state.step < total {
+        if let Some(line) = super::stages::enter_stage(&mut s, state.step)? {
+            if !opts.quiet {
+                bar.suspend(|| eprintln!("{line}"));
+            }
+        }
         let t0 = Instant::now();
         let rep = train_step(&mut s, state.step)?;
         state.step += 1;
@@ -217,6 +225,9 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         if state.step == resumed_at.unwrap_or(0) + 1 {
             // launch → end of the first step (start-up included)
             line["time.first_step_done_s"] = serde_json::json!(started.elapsed().as_secs_f64());
+        }
+        if let Some(i) = s.stage {
+            line["stage"] = serde_json::json!(i + 1);
         }
         if let Some(rss) = super::host_memory::host_rss_mib() {
             // this process's resident host memory now (not a high-water mark): flat across steps

@@ -8,6 +8,7 @@ use super::config::{RunConfig, TrainingSection};
 use super::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
 use super::plugin_ranks::PluginRanks;
 use super::step::{Models, Weigher};
+use super::trainable::{narrow_trainable, trained_groups};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
@@ -68,6 +69,10 @@ pub struct Session {
     pub fsdp: Option<Fsdp>,
     /// The ranks the plugin's `all-reduce-sum` sums over (connected by [`Session::shard`]).
     pub plugin_ranks: PluginRanks,
+    /// The `[[stages]]` entry being trained (None without stages).
+    pub stage: Option<usize>,
+    /// Its first optimizer step: the optimiser counts its steps from there.
+    pub stage_start: u64,
 }
 
 /// The parts of a session one step reads and mutates (disjoint borrows).
@@ -168,7 +173,7 @@ impl Session {
         };
         let (mut model, tokenizer, source) = load_policy(&cfg, &policy_opts)?;
         let groups = trained_groups(&cfg, &manifest);
-        if groups.contains(&ParamGroup::Lora) {
+        if super::stages::any_stage_trains_lora(&cfg, &manifest) {
             model.add_lora(&cfg.lora, cfg.training.seed)?;
             if !cfg.lora.init_from.is_empty() {
                 crate::model::hf_export::import_peft(Path::new(&cfg.lora.init_from), &mut model)
@@ -184,13 +189,13 @@ impl Session {
         narrow_trainable(&mut model, &cfg.training.trainable_prefixes)?;
         let (value_head, critic) = setup_values(&cfg, &manifest, &groups, &model, &opts.device)?;
         let data = setup_data(&cfg, &tokenizer, sampling_for(&manifest))?;
-        let optimizer = setup_optimizer(&cfg.training);
+        let optimizer = optimizer_for(&cfg.training);
         let reference = if manifest.needs.contains(&InputKind::Reference) {
             Some(super::reference::reference_model(&cfg, &opts)?)
         } else {
             None
         };
-        Ok(Session {
+        let mut s = Session {
             source,
             device: opts.device.clone(),
             cfg,
@@ -209,7 +214,11 @@ impl Session {
             groups,
             fsdp: None,
             plugin_ranks: PluginRanks::default(),
-        })
+            stage: None,
+            stage_start: 0,
+        };
+        super::stages::enter_stage(&mut s, 0)?;
+        Ok(s)
     }
 
     /// Shards the policy over the group of `comm` (FSDP FULL_SHARD): every rank of the group calls it
@@ -279,62 +288,6 @@ fn load_policy(cfg: &RunConfig, opts: &LoadOptions) -> Result<(Transformer, Toke
         );
     }
     Ok((lm.model, tokenizer, lm.source))
-}
-
-/// Freezes every trainable parameter whose name starts with none of `prefixes` (`training.
-/// trainable_prefixes`; empty: nothing changes). A prefix that matches no trainable parameter is an error
-/// naming it, so a typo cannot silently train nothing.
-pub fn narrow_trainable(model: &mut Transformer, prefixes: &[String]) -> Result<()> {
-    if prefixes.is_empty() {
-        return Ok(());
-    }
-    let mut hits = vec![0usize; prefixes.len()];
-    let mut result = Ok(());
-    model.visit_mut("", &mut |name, p| {
-        if !p.is_trainable() {
-            return;
-        }
-        let mut keep = false;
-        for (i, prefix) in prefixes.iter().enumerate() {
-            if name.starts_with(prefix.as_str()) {
-                hits[i] += 1;
-                keep = true;
-            }
-        }
-        if !keep {
-            if let Err(e) = p.set_trainable(false) {
-                result = Err(e.context(format!("parameter {name}")));
-            }
-        }
-    });
-    result?;
-    if let Some((prefix, _)) = prefixes.iter().zip(&hits).find(|(_, &n)| n == 0) {
-        bail!(
-            "training.trainable_prefixes: `{prefix}` matches no trained parameter (names start with \
-             tok_embeddings, layers.N., extra_heads.N., norm, output; trained groups: training.trainable)"
-        );
-    }
-    Ok(())
-}
-
-/// The trained groups: the config's list, else the manifest's; with LoRA on, trunk and heads are trained
-/// through LoRA, and without it a `lora` request means nothing.
-pub fn trained_groups(cfg: &RunConfig, manifest: &Manifest) -> BTreeSet<ParamGroup> {
-    let wanted: Vec<ParamGroup> = if cfg.training.trainable.is_empty() {
-        manifest.trains.iter().map(|g| (*g).into()).collect()
-    } else {
-        cfg.training.trainable.clone()
-    };
-    let lora = cfg.training.use_lora;
-    wanted
-        .into_iter()
-        .filter_map(|g| match g {
-            ParamGroup::ValueHead => Some(g),
-            ParamGroup::Lora => lora.then_some(g),
-            ParamGroup::Heads | ParamGroup::Trunk if lora => Some(ParamGroup::Lora),
-            ParamGroup::Heads | ParamGroup::Trunk => Some(g),
-        })
-        .collect()
 }
 
 /// The value head (trainable when its group is trained) or, with `critic.checkpoint`, the frozen critic
@@ -434,7 +387,7 @@ fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Res
 
 /// AdamW with the config's peak lr and weight decay per group (the value head may have its own lr) and
 /// its warm-up + cosine schedule.
-fn setup_optimizer(t: &TrainingSection) -> Box<dyn Optimizer> {
+pub fn optimizer_for(t: &TrainingSection) -> Box<dyn Optimizer> {
     let gs = GroupSettings {
         lr: t.lr,
         weight_decay: t.weight_decay,

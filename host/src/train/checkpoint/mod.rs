@@ -269,9 +269,9 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
     if let Some(vh) = &mut s.value_head {
         let f = if s.model.lora.is_some() {
-            ckpt.join("adapter/value_head.safetensors")
+            ckpt.join(layout::ADAPTER).join("value_head.safetensors")
         } else {
-            ckpt.join("model/value_head.safetensors")
+            ckpt.join(layout::MODEL).join("value_head.safetensors")
         };
         let groups = [ParamGroup::ValueHead];
         restore_params(vh, "value_head.", &groups, &mut read(&f)?, &|n| {
@@ -279,16 +279,21 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         })
         .with_context(|| format!("restoring from {}", f.display()))?;
     }
+    // with [[stages]]: the checkpoint's stage (its trained parameters, a fresh optimiser), whose
+    // optimiser counts steps from the stage's start; at a stage's first step the saved state is the
+    // previous stage's, and the new stage starts afresh as in an uninterrupted run
+    crate::train::stages::enter_stage(s, st.step)?;
+    let local_step = st.step - s.stage_start;
     let f = ckpt.join(layout::OPTIMIZER);
-    if f.exists() {
+    if f.exists() && !crate::train::stages::at_stage_start(s, st.step) {
         let dev = s.model.device().clone();
         let t = read(&f)?
             .into_iter()
             .map(|(k, v)| Ok((k, v.to_device(&dev)?)))
             .collect::<Result<HashMap<_, _>>>()?;
-        s.optimizer.load_state(t, st.step)?;
+        s.optimizer.load_state(t, local_step)?;
     } else {
-        s.optimizer.load_state(HashMap::new(), st.step)?;
+        s.optimizer.load_state(HashMap::new(), local_step)?;
     }
     load_plugin_and_position(ckpt, s, st)
 }
@@ -304,7 +309,7 @@ pub fn load_model_weights(ckpt: &Path, s: &mut Session) -> Result<()> {
     }
     let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
     if s.model.lora.is_some() {
-        let f = ckpt.join("adapter/adapter_model.safetensors");
+        let f = ckpt.join(layout::ADAPTER).join("adapter_model.safetensors");
         restore_params(
             &mut s.model,
             "",
@@ -314,7 +319,7 @@ pub fn load_model_weights(ckpt: &Path, s: &mut Session) -> Result<()> {
         )
         .with_context(|| format!("restoring from {}", f.display()))?;
     } else {
-        let f = ckpt.join("model/model.safetensors");
+        let f = ckpt.join(layout::MODEL).join("model.safetensors");
         let groups = [ParamGroup::Trunk, ParamGroup::Heads];
         restore_params(&mut s.model, "", &groups, &mut read(&f)?, &|n| {
             n.to_string()

@@ -177,6 +177,9 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&dev)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    s.optimizer.load_state(state, st.step)?;
+    crate::train::stages::enter_stage(s, st.step)?;
+    if !crate::train::stages::at_stage_start(s, st.step) {
+        s.optimizer.load_state(state, st.step - s.stage_start)?;
+    }
     load_plugin_and_position(ckpt, s, st)
 }

@@ -1,7 +1,7 @@
 //! The block-wise engine's gradients equal plain candle autograd on the whole graph (f32, 1e-5), for full
 //! fine-tuning and for LoRA, with value-head coefficients too.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};

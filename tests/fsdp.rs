@@ -7,8 +7,8 @@
 //! The memory model (`wmtp info --world-size N`) matches the measured bytes per rank within 5%. The
 //! `grad-op` and `none` sharding modes train like one rank as well.
 
-mod common;
-mod fsdp_support;
+use crate::common;
+use crate::fsdp_support;
 
 use fsdp_support::*;
 use std::sync::Arc;

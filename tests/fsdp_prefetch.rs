@@ -2,8 +2,7 @@
 //! engine gather each next unit ahead — the same losses and weights as gathering on demand, and every
 //! unit gathered ahead is the one asked for next.
 
-mod common;
-mod fsdp_support;
+use crate::fsdp_support;
 
 use fsdp_support::*;
 use std::sync::Arc;

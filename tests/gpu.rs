@@ -1,6 +1,6 @@
 //! GPU suite (needs `--features cuda` and a CUDA device; ignored elsewhere):
 //!
-//!     cargo test --release --features cuda --test gpu -- --ignored
+//!     cargo test --release --features cuda -p wmtp-host --test host gpu:: -- --ignored
 //!
 //! Every fused kernel against the plain candle path ON THE GPU (forward and backward, f32 and bf16 where the
 //! kernel has both), at shapes that exercise partial tiles and grouped-query heads; and 20 training steps of

@@ -4,24 +4,19 @@
 //! the merged HF weights; `[lora] init_from` on that adapter gives the same model back; a mismatched
 //! adapter is refused. (PEFT itself: tests/interop/peft_roundtrip.py.)
 
-mod common;
+use crate::common;
 
-use std::path::PathBuf;
 use wmtp_host::model::hf_export::{import_peft, permute_rotate_half};
 use wmtp_host::model::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, LoraConfig, VisitParams};
 use wmtp_host::train::run::{run, RunOptions};
 use wmtp_host::train::tools::{export_peft_adapter, merge_checkpoint, MergeFormat};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 #[test]
 fn hf_merge_and_peft_export_round_trip() {
     let dir = common::tempdir();
     let r = run(&RunOptions {
-        pipeline: Some(root().join("plugins/baseline.wasm")),
+        pipeline: Some(common::root().join("plugins/baseline.wasm")),
         set: vec![
             format!("checkpoint.dir={}", dir.path().display()),
             "training.use_lora=true".into(),

@@ -1,8 +1,7 @@
 //! Hostile plugins (tests/hostile/): each misbehaviour ends in an error that names the plugin, and the
 //! same host then loads and runs a good plugin.
 
-#[path = "common/paths.rs"]
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

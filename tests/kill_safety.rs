@@ -2,9 +2,9 @@
 //! again — half the time at a random moment, half the time just after a save has started (a
 //! `.step-N.tmp` folder appeared) — and after every kill the latest complete checkpoint loads, and the
 //! next round resumes from the run folder (cleaning up what the kill left). The figures are printed
-//! (`cargo test --test kill_safety -- --nocapture`).
+//! (`cargo test -p wmtp-host --test host kill_safety:: -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! LoRA on the whole Transformer: trainable sets per mode, counts against design.md §3's formula, backward
 //! creating gradients for LoRA parameters only, and adapter / full-checkpoint save → load round trips.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{max_abs_diff, values};

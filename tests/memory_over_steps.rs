@@ -3,10 +3,10 @@
 //! the end (`mem.host_rss_mib` of metrics.jsonl, resident set size after each step) is within 5% (or
 //! [`ALLOWED_MIB`]) of what it held at step N. A leak of ~0.5 MB a step or more fails it; verifiable's
 //! joint value head once leaked 145 MB a step (issue 22). The figures are printed
-//! (`cargo test --test memory_over_steps -- --nocapture`). Also bounded: the metric names one step
+//! (`cargo test -p wmtp-host --test host memory_over_steps:: -- --nocapture`). Also bounded: the metric names one step
 //! merges from its micro-batches, and a plugin state file, refused by its size before it is read.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

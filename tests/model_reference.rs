@@ -2,7 +2,7 @@
 //! from a hand-written PyTorch zip checkpoint (Meta keys, a bf16 tensor) and from HF-named safetensors
 //! with rotate-half q/k; head parallelism; extra-head initialisation.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{fixture, max_abs_diff};

@@ -2,8 +2,7 @@
 //! (tests/reference/pipelines_reference.py), against design.md §5's golden facts, and coefficients checked as
 //! true derivatives of the reported loss by finite differences.
 
-#[path = "common/paths.rs"]
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! plugin: it passes the conformance kit, agrees with the Rust focal plugin on the same batch, and trains
 //! the embedded default.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;

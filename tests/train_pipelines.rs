@@ -2,22 +2,9 @@
 //! lowers its loss; checkpoints are written and reload; a resumed run reproduces the uninterrupted run's
 //! losses exactly; config and data errors are clear and leave earlier checkpoints intact.
 
-mod common;
+use crate::common;
 
-use std::path::PathBuf;
 use wmtp_host::train::run::{run, RunOptions, RunSummary};
-
-fn plugin(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/build-plugins.sh",
-        p.display()
-    );
-    p
-}
 
 fn train(pipeline: &str, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<RunSummary> {
     let mut set: Vec<String> = vec![
@@ -29,7 +16,7 @@ fn train(pipeline: &str, dir: &std::path::Path, extra: &[&str]) -> anyhow::Resul
     ];
     set.extend(extra.iter().map(|s| s.to_string()));
     run(&RunOptions {
-        pipeline: Some(plugin(pipeline)),
+        pipeline: Some(common::shipped_plugin(pipeline)),
         set,
         quiet: true,
         ..Default::default()
@@ -430,7 +417,8 @@ fn a_second_optimiser_trains_through_the_optimizer_trait() {
         "runtime.eval_every=0".into(),
     ];
     let cfg = wmtp_host::train::config::RunConfig::load(None, &set).unwrap();
-    let mut s = wmtp_host::train::session::Session::new(cfg, &plugin("baseline")).unwrap();
+    let mut s =
+        wmtp_host::train::session::Session::new(cfg, &common::shipped_plugin("baseline")).unwrap();
     s.optimizer = Box::new(Sgd { lr: 0.5, steps: 0 });
     let first = |s: &wmtp_host::train::session::Session| {
         let (n, p) = s

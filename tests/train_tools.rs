@@ -2,9 +2,8 @@
 //! adapter reloads to the same validation CE through `wmtp eval`; `wmtp merge` gives a model with the same
 //! predictions; `wmtp plot` writes an SVG.
 
-mod common;
+use crate::common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use wmtp_host::model::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, VisitParams};
@@ -14,15 +13,11 @@ use wmtp_host::train::run::{run, RunOptions};
 use wmtp_host::train::tools::merge_checkpoint;
 use wmtp_plugin_host::{Plugin, PluginLimits, PluginRuntime};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 #[test]
 fn shipped_configs_are_valid_for_their_plugins() {
     let rt = Arc::new(PluginRuntime::new(PluginLimits::default()).unwrap());
     let mut n = 0;
-    for e in std::fs::read_dir(root().join("configs")).unwrap() {
+    for e in std::fs::read_dir(common::root().join("configs")).unwrap() {
         let path = e.unwrap().path();
         let cfg = RunConfig::load(Some(&path), &[])
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
@@ -40,7 +35,8 @@ fn shipped_configs_are_valid_for_their_plugins() {
             .and_then(|r| r.split(".wasm").next())
             .unwrap()
             .to_string();
-        let mut p = Plugin::load(&rt, &root().join(format!("plugins/{plugin}.wasm"))).unwrap();
+        let mut p =
+            Plugin::load(&rt, &common::root().join(format!("plugins/{plugin}.wasm"))).unwrap();
         p.configure(&toml::to_string(&cfg.plugin).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         n += 1;
@@ -60,7 +56,7 @@ fn adapter_reload_eval_merge_and_plot() {
         "runtime.eval_every=3".into(),
     ];
     let r = run(&RunOptions {
-        pipeline: Some(root().join("plugins/baseline.wasm")),
+        pipeline: Some(common::root().join("plugins/baseline.wasm")),
         set,
         quiet: true,
         ..Default::default()
@@ -156,7 +152,7 @@ fn a_checkpoint_is_scored_by_another_pipeline_on_that_pipelines_samples() {
     // the baseline plugin's validation (correct samples only, loss = plain CE) of the trained weights
     let dir = common::tempdir();
     let r = run(&RunOptions {
-        pipeline: Some(root().join("plugins/verifiable.wasm")),
+        pipeline: Some(common::root().join("plugins/verifiable.wasm")),
         set: vec![
             format!("checkpoint.dir={}", dir.path().display()),
             "training.use_lora=true".into(),
@@ -171,7 +167,7 @@ fn a_checkpoint_is_scored_by_another_pipeline_on_that_pipelines_samples() {
     let by_baseline = eval_checkpoint(
         &r.last_checkpoint,
         None,
-        Some(root().join("plugins/baseline.wasm")),
+        Some(common::root().join("plugins/baseline.wasm")),
     )
     .unwrap();
     assert!((by_baseline.loss - by_baseline.ce).abs() < 1e-9);
@@ -182,7 +178,7 @@ fn a_checkpoint_is_scored_by_another_pipeline_on_that_pipelines_samples() {
     // the trained weights are loaded: the untrained model (step 0 of a baseline run on the same data)
     // scores differently on the same samples
     let baseline_run = run(&RunOptions {
-        pipeline: Some(root().join("plugins/baseline.wasm")),
+        pipeline: Some(common::root().join("plugins/baseline.wasm")),
         set: vec![
             format!("checkpoint.dir={}", dir.path().join("b").display()),
             "training.use_lora=true".into(),
@@ -265,7 +261,7 @@ fn masked_crc32c(data: &[u8]) -> u32 {
 fn tensorboard_events_hold_the_metrics() {
     let dir = common::tempdir();
     let r = run(&RunOptions {
-        pipeline: Some(root().join("plugins/baseline.wasm")),
+        pipeline: Some(common::root().join("plugins/baseline.wasm")),
         set: vec![
             format!("checkpoint.dir={}", dir.path().display()),
             "training.steps=3".into(),

@@ -3,7 +3,7 @@
 //! non-finite parameter, leftovers of an interrupted save are cleaned, and resume validates `--set`,
 //! checks the plugin's digest and works from any working directory.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use wmtp_host::model::VisitParams;
@@ -11,10 +11,6 @@ use wmtp_host::train::checkpoint::{self, TrainerState};
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::run::{run, RunOptions};
 use wmtp_host::train::session::Session;
-
-fn plugin(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}.wasm"))
-}
 
 /// The default job (tiny model, bundled corpus), short, writing into `dir`.
 fn short_run(dir: &Path, steps: u64) -> Vec<String> {
@@ -59,7 +55,7 @@ fn plugin_metrics_cannot_overwrite_the_hosts_keys() {
 
 fn session(dir: &Path) -> Session {
     let cfg = RunConfig::load(None, &short_run(dir, 2)).unwrap();
-    Session::new(cfg, &plugin("baseline")).unwrap()
+    Session::new(cfg, &common::shipped_plugin("baseline")).unwrap()
 }
 
 /// (name, tensor) of the first trainable parameter.
@@ -118,7 +114,7 @@ fn no_checkpoint_is_written_with_a_non_finite_parameter() {
         epoch: 0,
         index: 0,
         best_val: None,
-        pipeline: plugin("baseline").display().to_string(),
+        pipeline: common::shipped_plugin("baseline").display().to_string(),
         pipeline_sha256: String::new(),
     };
     let (name, t) = first_trainable(&s);
@@ -181,7 +177,7 @@ fn leftovers_of_an_interrupted_save_are_cleaned_up() {
 #[test]
 fn resume_validates_overrides_and_checks_the_plugin() {
     let dir = common::tempdir();
-    let r = train(dir.path(), &plugin("baseline"), 2);
+    let r = train(dir.path(), &common::shipped_plugin("baseline"), 2);
     let resume = |set: Vec<String>, pipeline: Option<PathBuf>, allow: bool| {
         run(&RunOptions {
             resume: Some(r.run_dir.clone()), // a run folder: its latest checkpoint
@@ -198,7 +194,7 @@ fn resume_validates_overrides_and_checks_the_plugin() {
     );
     assert!(e.contains("training.lr must be > 0"), "{e}");
     // the same plugin with one more custom section: other bytes, same behaviour
-    let mut bytes = std::fs::read(plugin("baseline")).unwrap();
+    let mut bytes = std::fs::read(common::shipped_plugin("baseline")).unwrap();
     bytes.extend_from_slice(&[0, 4, 3, b'w', b'h', b'y']);
     let other = dir.path().join("baseline-rebuilt.wasm");
     std::fs::write(&other, bytes).unwrap();
@@ -217,7 +213,7 @@ fn resume_validates_overrides_and_checks_the_plugin() {
 #[test]
 fn resume_works_from_another_working_directory() {
     let dir = common::tempdir();
-    let r = train(dir.path(), &plugin("baseline"), 2);
+    let r = train(dir.path(), &common::shipped_plugin("baseline"), 2);
     let elsewhere = common::tempdir();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
         .current_dir(elsewhere.path())

@@ -4,7 +4,7 @@
 #[path = "paths.rs"]
 mod paths;
 #[allow(unused_imports)]
-pub use paths::{fixture, tempdir};
+pub use paths::{fixture, root, shipped_plugin, tempdir};
 
 use candle_core::Tensor;
 

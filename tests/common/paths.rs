@@ -18,3 +18,19 @@ pub fn fixture(rel: &str) -> PathBuf {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A shipped plugin, `plugins/NAME.wasm`; fails with instructions when it has not been built.
+pub fn shipped_plugin(name: &str) -> PathBuf {
+    let p = root().join("plugins").join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} missing — run scripts/build-plugins.sh (the README's test command does)",
+        p.display()
+    );
+    p
+}

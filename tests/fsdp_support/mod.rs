@@ -14,8 +14,9 @@ use wmtp_host::train::step::train_step;
 
 pub const STEPS: u64 = 20;
 
+/// A shipped plugin (see `common::shipped_plugin`).
 pub fn plugin(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}.wasm"))
+    crate::common::shipped_plugin(name)
 }
 
 pub fn config(accum: usize, lora: bool, extra: &[&str]) -> RunConfig {

@@ -1,0 +1,8 @@
+//! The plugin host's integration tests as ONE test binary: the shipped plugins against their references,
+//! and the hostile plugins. `cargo test -p wmtp-plugin-host --test plugin_host hostile_plugins::`.
+
+#[path = "common/paths.rs"]
+mod common;
+
+mod hostile_plugins;
+mod plugin_pipelines;

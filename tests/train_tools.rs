@@ -332,3 +332,71 @@ fn tensorboard_events_hold_the_metrics() {
         assert_eq!(got, want, "{key}");
     }
 }
+
+/// `wmtp distill`: one answer row per distinct instruction of the dataset (with its task id), a file that
+/// training then reads; an existing --out is not overwritten.
+#[test]
+fn distill_writes_the_models_answers_as_training_rows() {
+    let dir = common::tempdir();
+    let data = dir.path().join("in.jsonl");
+    std::fs::write(
+        &data,
+        "{\"instruction\": \"add 2 and 3\", \"output\": \"5\", \"task_id\": \"p1\"}\n\
+         {\"instruction\": \"add 4 and 4\", \"output\": \"8\", \"task_id\": \"p2\"}\n\
+         {\"instruction\": \"add 2 and 3\", \"output\": \"five\", \"task_id\": \"p1\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("distilled.jsonl");
+    let wmtp = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let args = [
+        "distill",
+        "--model",
+        "tiny",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "6",
+        "--batch",
+        "2",
+    ];
+    let r = wmtp(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["p1", "p2"]);
+    for r in &rows {
+        assert!(r["output"].is_string() && r["is_correct"] == true, "{r}");
+    }
+    // what it wrote is training data
+    let train = run(&RunOptions {
+        pipeline: Some(common::shipped_plugin("baseline")),
+        set: vec![
+            format!("checkpoint.dir={}", dir.path().join("run").display()),
+            format!("data.train={}", out.display()),
+            "data.val_fraction=0".into(),
+            "training.steps=2".into(),
+            "training.batch_size=2".into(),
+            "runtime.eval_every=0".into(),
+        ],
+        quiet: true,
+        ..Default::default()
+    });
+    assert!(train.is_ok(), "{:#}", train.unwrap_err());
+    let again = wmtp(&args);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+}

@@ -98,6 +98,8 @@ def main():
                    f"{fmt(passes, 4) if passes else '–'} ({len(passes)} seed{'s' if len(passes) != 1 else ''}) | "
                    f"{'yes' if ok_h0 else 'no'} | {'yes' if ok_heads else 'no'} | {ok_pass} |")
     rep.append("")
+    rep.append("pass@1: greedy, all problems; bench/recipes/run.sh scores the untrained model and the checkpoints "
+               "in f32 (runs of 2026-12-06 scored the checkpoints in bf16: see bench/recipes/README.md).")
     rep.append(f"CE: nats per token on the held-out problems' correct solutions (val_ce_h{{k}}, steps "
                f"{first['steps']}); mean ± sample std over seeds; 'heads 1+ < init' needs every extra head "
                f"at least 1 nat below its copied-init CE.")

@@ -11,7 +11,11 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("model", &["kernels", "data"]),
     ("dist", &["kernels", "model"]),
     ("eval", &["kernels", "data", "model"]),
-    ("train", &["kernels", "data", "model", "dist", "eval"]),
+    ("infer", &["kernels", "data", "model"]),
+    (
+        "train",
+        &["kernels", "data", "model", "dist", "eval", "infer"],
+    ),
 ];
 
 /// Folders that may use the plugin runtime (crate `wmtp_plugin_host`) and the command-line parser (clap).

@@ -7,6 +7,7 @@ pub mod data;
 pub mod dist;
 pub mod eval;
 pub mod fuzzing;
+pub mod infer;
 pub mod kernels;
 pub mod layers;
 pub mod model;

@@ -3,6 +3,7 @@
 //! folded into the base), `plot` (a run's metrics), `info`, `generate`, `perplexity` (model checks) and
 //! `plugin` (`describe`, `check`, `new`, `build` for pipeline plugins).
 
+mod distill_cmd;
 mod eval_cmds;
 mod model_cmds;
 mod plugin_cmds;
@@ -71,6 +72,9 @@ pub enum Command {
     Generate(model_cmds::GenerateArgs),
     /// Next-token perplexity (head 0) of a text.
     Perplexity(model_cmds::PerplexityArgs),
+    /// Self-distillation data: a model's own answers to a dataset's instructions, as JSONL rows to train
+    /// the extra heads on (Medusa-2).
+    Distill(distill_cmd::DistillArgs),
     /// Write, build, inspect and check pipeline plugins.
     #[command(subcommand)]
     Plugin(plugin_cmds::PluginCommand),
@@ -243,6 +247,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => model_cmds::info(&a),
         Command::Generate(a) => model_cmds::generate(&a),
         Command::Perplexity(a) => model_cmds::perplexity(&a),
+        Command::Distill(a) => distill_cmd::run(&a),
         Command::Plugin(c) => plugin_cmds::run(c),
     }
 }

@@ -1,0 +1,3 @@
+//! Using a model to make something other than a training step: self-distillation data.
+
+pub mod distill;

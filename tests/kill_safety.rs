@@ -125,3 +125,32 @@ fn the_latest_checkpoint_always_loads_after_kill_9() {
         "too few kills landed in a save ({during_save}) to prove anything"
     );
 }
+
+/// Ctrl-C (SIGINT) saves a checkpoint at the step reached, says so on stderr (outside a terminal too),
+/// and exits 130 — not 0 — so schedulers and scripts see the run did not finish; the checkpoint resumes.
+#[test]
+fn ctrl_c_saves_says_so_and_exits_130() {
+    let dir = common::tempdir();
+    let run_dir = dir.path().join("run");
+    let child = start(&run_dir, false);
+    // wait until it is training (a first complete checkpoint exists), then interrupt
+    let t = Instant::now();
+    while checkpoint::latest(&run_dir).is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no checkpoint within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling our own child process
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted at step"), "{err}");
+    let latest = checkpoint::latest(&run_dir).expect("a checkpoint");
+    assert!(err.contains(&latest.display().to_string()), "{err}");
+    wmtp_host::train::resume::resume_session(&latest, &[], None, false, false)
+        .unwrap_or_else(|e| panic!("{} does not load: {e:#}", latest.display()));
+}

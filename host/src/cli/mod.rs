@@ -201,7 +201,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 allow_plugin_change: r.allow_plugin_change,
                 quiet: false,
             };
-            wmtp_host::train::run::run(&opts).map(|_| ())
+            let summary = wmtp_host::train::run::run(&opts)?;
+            if summary.interrupted {
+                // 128 + SIGINT, as shells report a Ctrl-C: schedulers and scripts see it did not finish
+                std::process::exit(130);
+            }
+            Ok(())
         }
         Command::Eval(a) if a.humaneval.is_some() => eval_cmds::humaneval(&a),
         Command::Eval(a) => eval_cmds::eval_ce(&a),

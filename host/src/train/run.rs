@@ -28,6 +28,9 @@ pub struct RunSummary {
     pub last_checkpoint: PathBuf,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Stopped by Ctrl-C (SIGINT) before `training.steps`: a checkpoint was saved at the step reached,
+    /// and no final validation ran. The command exits 130 then.
+    pub interrupted: bool,
 }
 
 /// Options of one run.
@@ -182,6 +185,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         s.pipeline_path.display()
     );
     let mut last_ckpt = PathBuf::new();
+    let mut interrupted_at = None;
     if state.step == 0 && s.cfg.runtime.eval_every > 0 {
         if let Some(v) = s.validate()? {
             metrics.write(&val_json(serde_json::json!({"step": 0}), &v))?;
@@ -271,16 +275,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             )?;
         }
         if stop {
-            bar.abandon_with_message(format!(
-                "interrupted at step {}: saved {}",
-                state.step,
-                last_ckpt.display()
-            ));
+            bar.finish_and_clear();
+            interrupted_at = Some(state.step);
             break;
         }
     }
     bar.finish_and_clear();
-    let val = s.validate()?;
+    let val = match interrupted_at {
+        Some(_) => None, // stop promptly: the checkpoint is saved, validation can run on it later
+        None => s.validate()?,
+    };
     if !last_ckpt.ends_with(checkpoint::layout::step_name(state.step)) {
         last_ckpt = checkpoint::save(
             &run_dir,
@@ -296,8 +300,16 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         val,
         last_checkpoint: last_ckpt,
         seconds: started.elapsed().as_secs_f64(),
+        interrupted: interrupted_at.is_some(),
     };
-    if !opts.quiet {
+    if let Some(step) = interrupted_at.filter(|_| rank == 0) {
+        // printed even with --quiet and outside a terminal: schedulers' logs must say why it stopped
+        eprintln!(
+            "interrupted at step {step} of {total} (checkpoint {}); continue with --resume {}",
+            summary.last_checkpoint.display(),
+            summary.last_checkpoint.display()
+        );
+    } else if !opts.quiet {
         print_end(&summary, &state, resumed_at);
     }
     Ok(summary)

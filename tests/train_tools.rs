@@ -400,3 +400,40 @@ fn distill_writes_the_models_answers_as_training_rows() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 }
+
+/// What `wmtp` prints for a newcomer: the resolved config only with -v (it is saved anyway), and a CUDA
+/// device asked of a CPU build says how to build with CUDA.
+#[test]
+fn console_output_is_short_and_a_cpu_build_says_how_to_get_cuda() {
+    let dir = common::tempdir();
+    let wmtp = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let plugin = common::shipped_plugin("baseline");
+    for (verbose, run) in [(false, "a"), (true, "b")] {
+        let ck = format!("checkpoint.dir={}", dir.path().join(run).display());
+        let mut args = vec!["run", "--pipeline", plugin.to_str().unwrap(), "--set", &ck];
+        args.extend(["--set", "training.steps=1", "--set", "runtime.eval_every=0"]);
+        if verbose {
+            args.insert(0, "-v");
+        }
+        let (ok, err) = wmtp(&args);
+        assert!(ok, "{err}");
+        assert_eq!(err.contains("[training]"), verbose, "-v {verbose}: {err}");
+        assert!(dir.path().join(run).join("config.toml").exists());
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let (ok, err) = wmtp(&[
+            "generate", "--model", "tiny", "--device", "cuda", "--prompt", "x",
+        ]);
+        assert!(!ok && err.contains("--features cuda"), "{err}");
+    }
+}

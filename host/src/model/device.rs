@@ -58,6 +58,10 @@ impl DeviceSpec {
     pub fn open(self) -> Result<candle_core::Device> {
         Ok(match self {
             DeviceSpec::Cpu => candle_core::Device::Cpu,
+            DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => anyhow::bail!(
+                "device {self}: this wmtp was built without CUDA — build it with \
+                 `cargo build --release --features cuda` (a CUDA toolkit, nvcc, is needed)"
+            ),
             DeviceSpec::Cuda(i) => {
                 let dev = candle_core::Device::new_cuda(i)
                     .map_err(|e| anyhow::anyhow!("opening device {self}: {e}"))?;

@@ -432,14 +432,16 @@ fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
         );
     }
     eprintln!("  run dir   {}", run_dir.display());
-    if let Ok(text) = s.cfg.to_toml() {
-        eprintln!(
-            "  resolved config (saved as {}):",
-            run_dir.join(checkpoint::layout::CONFIG).display()
-        );
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            eprintln!("    {line}");
+    let saved = run_dir.join(checkpoint::layout::CONFIG);
+    match s.cfg.to_toml() {
+        // the whole resolved config with -v (info logging) only: it is saved anyway
+        Ok(text) if tracing::enabled!(tracing::Level::INFO) => {
+            eprintln!("  resolved config (saved as {}):", saved.display());
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                eprintln!("    {line}");
+            }
         }
+        _ => eprintln!("  config    {} (-v prints it)", saved.display()),
     }
 }
 

@@ -172,7 +172,9 @@ impl Session {
             opts.clone()
         };
         let (mut model, tokenizer, source) = load_policy(&cfg, &policy_opts)?;
-        let groups = trained_groups(&cfg, &manifest);
+        // what step 0 trains: the first stage's settings with [[stages]], else [training]
+        let t0 = super::stages::first_training(&cfg);
+        let groups = trained_groups(&t0, &manifest);
         if super::stages::any_stage_trains_lora(&cfg, &manifest) {
             model.add_lora(&cfg.lora, cfg.training.seed)?;
             if !cfg.lora.init_from.is_empty() {
@@ -186,16 +188,17 @@ impl Session {
             .filter(|g| *g != ParamGroup::ValueHead)
             .collect();
         model.set_trainable_groups(&model_groups)?;
-        narrow_trainable(&mut model, &cfg.training.trainable_prefixes)?;
+        narrow_trainable(&mut model, &t0.trainable_prefixes)?;
         let (value_head, critic) = setup_values(&cfg, &manifest, &groups, &model, &opts.device)?;
         let data = setup_data(&cfg, &tokenizer, sampling_for(&manifest))?;
-        let optimizer = optimizer_for(&cfg.training);
+        let optimizer = optimizer_for(&t0);
+        let stage = (!cfg.stages.is_empty()).then_some(0);
         let reference = if manifest.needs.contains(&InputKind::Reference) {
             Some(super::reference::reference_model(&cfg, &opts)?)
         } else {
             None
         };
-        let mut s = Session {
+        Ok(Session {
             source,
             device: opts.device.clone(),
             cfg,
@@ -214,11 +217,9 @@ impl Session {
             groups,
             fsdp: None,
             plugin_ranks: PluginRanks::default(),
-            stage: None,
+            stage,
             stage_start: 0,
-        };
-        super::stages::enter_stage(&mut s, 0)?;
-        Ok(s)
+        })
     }
 
     /// Shards the policy over the group of `comm` (FSDP FULL_SHARD): every rank of the group calls it

@@ -118,17 +118,19 @@ pub fn stage_at(stages: &[StageSection], step: u64) -> (usize, u64) {
 
 /// Whether any stage (or the run itself, without stages) trains LoRA adapters.
 pub fn any_stage_trains_lora(cfg: &RunConfig, manifest: &wmtp_plugin_host::Manifest) -> bool {
-    let with = |t: TrainingSection| {
-        let c = RunConfig {
-            training: t,
-            ..cfg.clone()
-        };
-        trained_groups(&c, manifest).contains(&ParamGroup::Lora)
-    };
+    let lora = |t: &TrainingSection| trained_groups(t, manifest).contains(&ParamGroup::Lora);
     if cfg.stages.is_empty() {
-        return with(cfg.training.clone());
+        return lora(&cfg.training);
     }
-    cfg.stages.iter().any(|s| with(s.training(&cfg.training)))
+    cfg.stages.iter().any(|s| lora(&s.training(&cfg.training)))
+}
+
+/// The `[training]` section step 0 trains with: the first stage's, or the run's without stages.
+pub fn first_training(cfg: &RunConfig) -> TrainingSection {
+    match cfg.stages.first() {
+        Some(st) => st.training(&cfg.training),
+        None => cfg.training.clone(),
+    }
 }
 
 /// Puts session `s` in the stage of optimizer step `step`: when it differs from the current one, sets
@@ -147,11 +149,7 @@ pub fn enter_stage(s: &mut Session, step: u64) -> Result<Option<String>> {
     }
     let stage = s.cfg.stages[i].clone();
     let t = stage.training(&s.cfg.training);
-    let c = RunConfig {
-        training: t.clone(),
-        ..s.cfg.clone()
-    };
-    let groups = trained_groups(&c, s.weigher.manifest());
+    let groups = trained_groups(&t, s.weigher.manifest());
     let model_groups: Vec<ParamGroup> = groups
         .iter()
         .copied()

@@ -2,7 +2,7 @@
 //! standing in for trunk and heads when on) and their narrowing by parameter-name prefix
 //! (`training.trainable_prefixes`).
 
-use super::config::RunConfig;
+use super::config::TrainingSection;
 use crate::model::{ParamGroup, Transformer, VisitParams};
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
@@ -46,13 +46,13 @@ pub fn narrow_trainable(model: &mut Transformer, prefixes: &[String]) -> Result<
 
 /// The trained groups: the config's list, else the manifest's; with LoRA on, trunk and heads are trained
 /// through LoRA, and without it a `lora` request means nothing.
-pub fn trained_groups(cfg: &RunConfig, manifest: &Manifest) -> BTreeSet<ParamGroup> {
-    let wanted: Vec<ParamGroup> = if cfg.training.trainable.is_empty() {
+pub fn trained_groups(t: &TrainingSection, manifest: &Manifest) -> BTreeSet<ParamGroup> {
+    let wanted: Vec<ParamGroup> = if t.trainable.is_empty() {
         manifest.trains.iter().map(|g| (*g).into()).collect()
     } else {
-        cfg.training.trainable.clone()
+        t.trainable.clone()
     };
-    let lora = cfg.training.use_lora;
+    let lora = t.use_lora;
     wanted
         .into_iter()
         .filter_map(|g| match g {

@@ -4,5 +4,6 @@
 #[path = "common/paths.rs"]
 mod common;
 
+mod compile_budget;
 mod hostile_plugins;
 mod plugin_pipelines;

@@ -9,7 +9,7 @@ use super::pass_at_k::mean_pass_at_k;
 use super::python_sandbox::{self, Limits, Outcome};
 use crate::data::dataset::Template;
 use crate::data::tokenizer::Tokenizer;
-use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::generate::{generate_with_progress, GenerateOptions, Sampling};
 use crate::model::Transformer;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -164,32 +164,25 @@ pub fn evaluate(
     }
     // a base model's continuation ends at a stop sequence; a chat answer at EOS (or the closing fence)
     let chat = opts.template.is_some();
-    let mut texts = Vec::with_capacity(prompts.len());
-    let batch = opts.batch.max(1);
-    for (c, chunk) in prompts.chunks(batch).enumerate() {
-        let gen = GenerateOptions {
-            max_new: opts.max_new,
-            eos: tok.eos_id,
-            sampling: Sampling {
-                seed: opts.sampling.seed.wrapping_add((c * batch) as u64),
-                ..opts.sampling
-            },
-            batch,
-        };
-        let outs = generate(model, chunk, &gen, &mut |_, new| {
-            tok.decode(new).is_ok_and(|t| {
-                if chat {
-                    t.matches("```").count() >= 2
-                } else {
-                    STOPS.iter().any(|s| t.contains(s))
-                }
-            })
-        })?;
-        for ids in outs {
-            texts.push(tok.decode(&ids)?);
-        }
-        progress(texts.len(), prompts.len());
-    }
+    let gen = GenerateOptions {
+        max_new: opts.max_new,
+        eos: tok.eos_id,
+        sampling: opts.sampling,
+        batch: opts.batch.max(1),
+    };
+    let mut stop = |_: usize, new: &[u32]| {
+        tok.decode(new).is_ok_and(|t| {
+            if chat {
+                t.matches("```").count() >= 2
+            } else {
+                STOPS.iter().any(|s| t.contains(s))
+            }
+        })
+    };
+    let texts = generate_with_progress(model, &prompts, &gen, &mut stop, progress)?
+        .iter()
+        .map(|ids| tok.decode(ids))
+        .collect::<Result<Vec<String>>>()?;
     let runs: Vec<(String, String)> = texts
         .iter()
         .enumerate()

@@ -7,7 +7,7 @@
 
 use crate::data::dataset::{Row, Template};
 use crate::data::Tokenizer;
-use crate::model::generate::{generate, GenerateOptions, Sampling};
+use crate::model::generate::{generate_with_progress, GenerateOptions, Sampling};
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 
@@ -59,39 +59,31 @@ pub fn distill(
         .iter()
         .map(|(_, ins, inp)| template.encode_prompt(tok, ins, inp))
         .collect::<Result<_>>()?;
-    let batch = opts.batch.max(1);
-    let mut out = Vec::with_capacity(prompts.len());
-    for (c, chunk) in ids.chunks(batch).enumerate() {
-        let gen = GenerateOptions {
-            max_new: opts.max_new,
-            eos: tok.eos_id,
-            sampling: Sampling {
-                seed: opts.sampling.seed.wrapping_add((c * batch) as u64),
-                ..opts.sampling
-            },
-            batch,
-        };
-        for (k, new) in generate(model, chunk, &gen, &mut |_, _| false)?
-            .into_iter()
-            .enumerate()
-        {
-            let (row, instruction, input) = &prompts[c * batch + k];
+    let gen = GenerateOptions {
+        max_new: opts.max_new,
+        eos: tok.eos_id,
+        sampling: opts.sampling,
+        batch: opts.batch.max(1),
+    };
+    let answers = generate_with_progress(model, &ids, &gen, &mut |_, _| false, progress)?;
+    prompts
+        .iter()
+        .zip(answers)
+        .map(|((row, instruction, input), new)| {
             let answer: Vec<u32> = new
                 .into_iter()
                 .take_while(|&t| Some(t) != tok.eos_id)
                 .collect();
-            out.push(serde_json::json!({
+            Ok(serde_json::json!({
                 "instruction": instruction,
                 "input": input,
                 "output": tok.decode(&answer)?,
                 "task_id": row.task_id,
                 "problem_id": row.problem_id,
                 "is_correct": true,
-            }));
-        }
-        progress(out.len(), prompts.len());
-    }
-    Ok(out)
+            }))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -170,6 +170,17 @@ pub fn generate(
     opts: &GenerateOptions,
     stop: &mut dyn FnMut(usize, &[u32]) -> bool,
 ) -> Result<Vec<Vec<u32>>> {
+    generate_with_progress(model, prompts, opts, stop, &mut |_, _| {})
+}
+
+/// [`generate`], calling `progress(done, total)` after every batch (long HumanEval or distillation runs).
+pub fn generate_with_progress(
+    model: &Transformer,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    stop: &mut dyn FnMut(usize, &[u32]) -> bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<u32>>> {
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         bail!("prompt {i} is empty");
     }
@@ -177,6 +188,7 @@ pub fn generate(
     for (c, chunk) in prompts.chunks(opts.batch.max(1)).enumerate() {
         let first = c * opts.batch.max(1);
         out.extend(generate_batch(model, chunk, first, opts, stop)?);
+        progress(out.len(), prompts.len());
     }
     Ok(out)
 }

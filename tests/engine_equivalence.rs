@@ -1,5 +1,7 @@
 //! The block-wise engine's gradients equal plain candle autograd on the whole graph (f32, 1e-5), for full
-//! fine-tuning and for LoRA, with value-head coefficients too.
+//! fine-tuning and for LoRA, with value-head coefficients too; with `detach_extra_heads`, they equal
+//! autograd of head 0's and the value's terms for everything but heads 1..H−1, and of the extra heads'
+//! terms for those heads' own parameters.
 
 use crate::common;
 
@@ -119,7 +121,52 @@ fn whole_graph(m: &Transformer, vh: &ValueHead, c: &Case) -> Grads {
     g
 }
 
-fn compare(mut m: Transformer, label: &str) {
+/// The reference gradients with the extra heads detached: every parameter outside `extra_heads.` from
+/// the terms of head 0 and the value head only, each extra head's own parameters from the heads' terms.
+fn detached_reference(m: &Transformer, vh: &ValueHead, c: &Case) -> Grads {
+    let h = m.args.n_future_tokens;
+    let only = |keep_head0: bool| Case {
+        tokens: c.tokens.clone(),
+        target: c.target.clone(),
+        c_ce: (0..c.c_ce.len())
+            .map(|i| {
+                if (i % h == 0) == keep_head0 {
+                    c.c_ce[i]
+                } else {
+                    0.0
+                }
+            })
+            .collect(),
+        c_v: if keep_head0 {
+            c.c_v.clone()
+        } else {
+            vec![0.0; c.c_v.len()]
+        },
+    };
+    let (main, heads) = (
+        whole_graph(m, vh, &only(true)),
+        whole_graph(m, vh, &only(false)),
+    );
+    let mut g = Grads::default();
+    let main_part = main
+        .by_name
+        .iter()
+        .filter(|(n, _)| !n.starts_with("extra_heads."));
+    let heads_part = heads
+        .by_name
+        .iter()
+        .filter(|(n, _)| n.starts_with("extra_heads."));
+    for (name, t) in main_part.chain(heads_part) {
+        g.add(name, t).unwrap();
+    }
+    g
+}
+
+fn compare(m: Transformer, label: &str) {
+    compare_with(m, label, false)
+}
+
+fn compare_with(mut m: Transformer, label: &str, detach_extra_heads: bool) {
     let vh = ValueHead::new(&ValueHeadConfig::default(), m.args.dim, 1, &Device::Cpu).unwrap();
     // non-zero LoRA B and value weights so every gradient path carries signal
     let mut i = 0u64;
@@ -135,7 +182,11 @@ fn compare(mut m: Transformer, label: &str) {
         }
     });
     let c = case(&m.args, 3, 14, 7);
-    let reference = whole_graph(&m, &vh, &c);
+    let reference = if detach_extra_heads {
+        detached_reference(&m, &vh, &c)
+    } else {
+        whole_graph(&m, &vh, &c)
+    };
     // with activation checkpointing ("blocks": recomputed) and without ("none": kept)
     for keep_activations in [false, true] {
         let label = format!("{label} (keep activations: {keep_activations})");
@@ -147,6 +198,7 @@ fn compare(mut m: Transformer, label: &str) {
             train: false,
             keep_activations,
             fsdp: None,
+            detach_extra_heads,
         };
         let mb = MicroBatch {
             tokens: c.tokens.clone(),
@@ -239,4 +291,34 @@ fn heads_only_gradients_match_autograd() {
     .unwrap();
     m.set_trainable_groups(&[ParamGroup::Heads]).unwrap();
     compare(m, "heads");
+}
+
+#[test]
+fn detached_extra_heads_gradients_match_autograd_of_their_own_terms() {
+    let full = |seed| {
+        let mut m = Transformer::random(
+            ModelArgs::preset("tiny").unwrap(),
+            seed,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])
+            .unwrap();
+        m
+    };
+    compare_with(full(6), "full, detached", true);
+    let mut m = full(7);
+    m.add_lora(
+        &LoraConfig {
+            target_modules: vec!["all-linear".into()],
+            ..Default::default()
+        },
+        8,
+    )
+    .unwrap();
+    // LoRA everywhere and the heads' full weights beside it (`trainable = ["lora", "heads"]`)
+    m.set_trainable_groups(&[ParamGroup::Lora, ParamGroup::Heads])
+        .unwrap();
+    compare_with(m, "lora + full heads, detached", true);
 }

@@ -487,3 +487,64 @@ fn stages_train_in_turn_and_resume_anywhere() {
     let e = train("baseline", dir.path(), &["stages=[{steps = 0}]"]).unwrap_err();
     assert!(format!("{e:#}").contains("stages[0].steps"), "{e:#}");
 }
+
+/// The next-token-for-the-model recipe: LoRA in the trunk and head 0, heads 1..H−1 as whole blocks
+/// (`trainable = ["lora", "heads"]`, `trainable_prefixes = ["*lora_", "extra_heads."]`), with
+/// `detach_extra_heads` so only head 0's loss reaches the trunk. Head 0's held-out CE follows the
+/// next-token-only run (`head_weights = [1, 0]`; clipping off, so AdamW sees the same gradient up to a
+/// constant factor) and not the joint run's, head 1's falls; the checkpoint carries the trained head
+/// blocks (`wmtp_trained_weights.safetensors`) and a resumed run reproduces the losses exactly.
+#[test]
+fn detached_heads_train_the_model_on_next_token_loss_only() {
+    let common_set = [
+        "training.steps=6",
+        "runtime.eval_every=3",
+        "training.max_grad_norm=0",
+        "training.lr=0.01",
+        "training.use_lora=true",
+        "training.trainable=[\"lora\", \"heads\"]",
+        "training.trainable_prefixes=[\"*lora_\", \"extra_heads.\"]",
+        "checkpoint.every=3",
+    ];
+    let val = |extra: &[&str]| {
+        let dir = common::tempdir();
+        let mut set = common_set.to_vec();
+        set.extend_from_slice(extra);
+        let r = train("baseline", dir.path(), &set).unwrap_or_else(|e| panic!("{extra:?}: {e:#}"));
+        let v: Vec<(f64, f64)> = metric_rows(&r.run_dir)
+            .iter()
+            .filter_map(|m| Some((m["val_ce_h0"].as_f64()?, m["val_ce_h1"].as_f64()?)))
+            .collect();
+        (dir, r, v)
+    };
+    let (dir, detached, v_det) = val(&["training.detach_extra_heads=true"]);
+    let (_d1, _, v_ntp) = val(&["plugin.head_weights=[1.0, 0.0]"]);
+    let (_d2, _, v_joint) = val(&[]);
+    assert!(v_det.len() >= 3, "{v_det:?}");
+    let last = v_det.len() - 1;
+    for (d, n) in v_det.iter().zip(&v_ntp) {
+        assert!(
+            (d.0 - n.0).abs() < 1e-4,
+            "head 0: detached {v_det:?} vs ntp {v_ntp:?}"
+        );
+    }
+    assert!(
+        (v_det[last].0 - v_joint[last].0).abs() > 1e-3,
+        "detaching changed nothing: {v_det:?} vs joint {v_joint:?}"
+    );
+    assert!(
+        v_det[last].1 < v_det[0].1 - 1e-3,
+        "head 1 did not learn: {v_det:?}"
+    );
+    let ck = dir.path().join("checkpoints/step-000003");
+    assert!(ck.join("adapter/wmtp_trained_weights.safetensors").exists());
+    let out = common::tempdir();
+    let resumed = run(&RunOptions {
+        resume: Some(ck),
+        quiet: true,
+        set: vec![format!("checkpoint.dir={}", out.path().display())],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(&detached.losses[3..], &resumed.losses[..]);
+}

@@ -60,7 +60,7 @@ def seed_runs(out, recipe):
 
 def main():
     out = sys.argv[1]
-    recipes = [r for r in ["uniform", "ntp", "weighted", "heads-lora", "heads-full"]
+    recipes = [r for r in ["uniform", "ntp", "weighted", "heads-lora", "heads-full", "ntp-heads", "staged"]
                if os.path.isdir(os.path.join(out, r))]
     all_runs = {r: seed_runs(out, r) for r in recipes}
     full = max(len(run["curve"]) for runs in all_runs.values() for run in runs)

@@ -7,6 +7,11 @@
 #   weighted     plugin.head_weights = [1, 0.1, 0.08, 0.064] (Medusa-2-style down-weighted extra heads)
 #   heads-lora   training.trainable_prefixes = ["extra_heads."]: LoRA trained in heads 1–3 only
 #   heads-full   heads 1–3 as whole blocks (use_lora = false, trainable = ["heads"], same prefixes), lr 1e-4
+#   ntp-heads    LoRA in the trunk and head 0, heads 1–3 as whole blocks (trainable = ["lora", "heads"],
+#                prefixes ["*lora_", "extra_heads."]), training.detach_extra_heads = true: the model learns
+#                from head 0's loss alone (as ntp), the extra heads from theirs (as heads-full), one run
+#   staged       stage 1 (50 steps) heads 1–3 as whole blocks + their LoRA, lr 1e-4; stage 2 (50 steps) joint:
+#                trunk LoRA too, head_weights [1, 0.1, 0.08, 0.064], not detached (Medusa-2's head warm-up)
 # Each run validates on the held-out problems (data.val_fraction, split by problem id) at steps
 # 0/25/50/75/100: per-head plain CE on their correct solutions (val_ce_h{k} in metrics.jsonl; step 0 is
 # the untrained model). SEEDS_PASS seeds of each recipe are also scored by greedy pass@1 on all 164
@@ -48,6 +53,10 @@ recipe_sets() {
   heads-lora) echo 'training.trainable_prefixes=["extra_heads."]' ;;
   heads-full) printf '%s\n' training.use_lora=false 'training.trainable=["heads"]' \
     'training.trainable_prefixes=["extra_heads."]' training.lr=1e-4 ;;
+  ntp-heads) printf '%s\n' 'training.trainable=["lora", "heads"]' \
+    'training.trainable_prefixes=["*lora_", "extra_heads."]' training.detach_extra_heads=true ;;
+  staged) printf '%s\n' 'plugin.head_weights=[1.0, 0.1, 0.08, 0.064]' \
+    'stages=[{name = "heads", steps = 50, trainable = ["lora", "heads"], trainable_prefixes = ["extra_heads."], lr = 1e-4}, {name = "joint", steps = 50, trainable = ["lora", "heads"], trainable_prefixes = ["*lora_", "extra_heads."]}]' ;;
   *) log "unknown recipe $1"; return 1 ;;
   esac
 }

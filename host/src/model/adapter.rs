@@ -1,7 +1,8 @@
 //! Saving and loading: LoRA adapters in PEFT's layout (`adapter_model.safetensors` with keys
 //! `base_model.model.<layer>.lora_A.weight`, and `adapter_config.json` with the FULL target list, the
 //! rsLoRA flag, the base model id and our format version), the value head alongside
-//! (`value_head.safetensors`), and full checkpoints (`params.json` + `model.safetensors`, Meta key names,
+//! (`value_head.safetensors`), the base weights a LoRA run also trains in full (`trainable = ["lora",
+//! "heads"]`: [`TRAINED_WEIGHTS_FILE`], Meta names, like PEFT's `modules_to_save`), and full checkpoints (`params.json` + `model.safetensors`, Meta key names,
 //! LoRA merged in) that the Meta loader reads back. Files are written to a temporary name, then renamed.
 
 use super::param::{restore_params, ParamGroup, VisitParams};
@@ -15,6 +16,9 @@ use std::path::Path;
 /// Version of wmtp's adapter layout; bumped on incompatible changes.
 pub const ADAPTER_FORMAT_VERSION: u32 = 1;
 const KEY_PREFIX: &str = "base_model.model.";
+/// Beside the adapter: the base weights (trunk or head blocks, Meta names) that the run trained in full
+/// alongside the LoRA matrices; absent when it trained only LoRA (and the value head).
+pub const TRAINED_WEIGHTS_FILE: &str = "wmtp_trained_weights.safetensors";
 
 /// `adapter_config.json`: PEFT's LoRA fields plus wmtp's own (prefixed `wmtp_`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +116,10 @@ pub fn save_adapter(
         }
     });
     save_tensors(&dir.join("adapter_model.safetensors"), tensors)?;
+    let full = trained_base_weights(model);
+    if !full.is_empty() {
+        save_tensors(&dir.join(TRAINED_WEIGHTS_FILE), full)?;
+    }
     if let Some(vh) = value_head {
         save_value_head(dir, vh)?;
     }
@@ -130,6 +138,51 @@ pub fn save_adapter(
         wmtp_value_head: value_head.map(|v| v.config.clone()),
     };
     save_json(&dir.join("adapter_config.json"), &config)
+}
+
+/// The base weights (trunk and heads groups) that are trainable beside the LoRA matrices, by Meta name.
+fn trained_base_weights(model: &Transformer) -> HashMap<String, Tensor> {
+    let mut out = HashMap::new();
+    model.visit("", &mut |name, p| {
+        if p.is_trainable() && matches!(p.group(), ParamGroup::Trunk | ParamGroup::Heads) {
+            out.insert(name.to_string(), p.tensor().clone());
+        }
+    });
+    out
+}
+
+/// Sets the base weights saved in `dir`'s [`TRAINED_WEIGHTS_FILE`] (when there is one) into `model`:
+/// every tensor must name a parameter of the model with its shape.
+pub fn load_trained_base_weights(dir: &Path, model: &mut Transformer) -> Result<()> {
+    let file = dir.join(TRAINED_WEIGHTS_FILE);
+    if !file.exists() {
+        return Ok(());
+    }
+    let mut tensors = super::load::meta::read_safetensors(&file)?;
+    let mut err = None;
+    model.visit_mut("", &mut |name, p| {
+        if err.is_some() {
+            return;
+        }
+        if let Some(t) = tensors.remove(name) {
+            let r = t
+                .to_device(p.tensor().device())
+                .and_then(|t| t.to_dtype(p.tensor().dtype()))
+                .map_err(Into::into)
+                .and_then(|t| p.set_value(t));
+            if let Err(e) = r {
+                err = Some(e.context(format!("tensor `{name}`")));
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.context(format!("loading {}", file.display())));
+    }
+    if !tensors.is_empty() {
+        let extra: BTreeSet<_> = tensors.keys().collect();
+        bail!("{}: tensors not in the model: {extra:?}", file.display());
+    }
+    Ok(())
 }
 
 /// Reads `adapter_config.json` of `dir`, checking the format version.
@@ -156,8 +209,8 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     Ok(cfg)
 }
 
-/// Adds the adapter saved in `dir` to `model` (which must not have LoRA yet) and returns the value head
-/// saved with it. Every adapter tensor must be present with the right shape, and nothing else.
+/// Adds the adapter saved in `dir` to `model` (which must not have LoRA yet), sets the base weights
+/// trained beside it, and returns the value head saved with it. Every adapter tensor must be present with the right shape, and nothing else.
 pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueHead>> {
     let cfg = read_adapter_config(dir)?;
     if cfg.wmtp_n_future_tokens != model.args.n_future_tokens {
@@ -184,6 +237,7 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueH
             file.display()
         );
     }
+    load_trained_base_weights(dir, model)?;
     let Some(vcfg) = &cfg.wmtp_value_head else {
         return Ok(None);
     };

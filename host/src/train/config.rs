@@ -148,10 +148,15 @@ pub struct TrainingSection {
     /// replaces trunk/heads when on).
     pub trainable: Vec<crate::model::ParamGroup>,
     /// Parameter-name prefixes (Meta names: `extra_heads.`, `layers.29.`, `output`, …) that narrow the
-    /// trained groups to the parameters whose names start with one of them; empty = no narrowing.
+    /// trained groups to the parameters whose names start with one of them (`*` stands for any run of
+    /// characters: `*lora_` is every LoRA matrix); empty = no narrowing.
     /// E.g. `["extra_heads."]` trains heads 1..H−1 only (through LoRA, or whole blocks with
     /// `use_lora = false` and `trainable = ["heads"]`), so the trunk and head 0 keep their weights.
     pub trainable_prefixes: Vec<String>,
+    /// Stop the gradient of heads 1..H−1 at their input: their losses train only their own blocks, so
+    /// the trunk and the shared norm/output learn from head 0's loss alone (next-token training for the
+    /// model, MTP training for the extra heads, in one run). Off: every head's loss reaches the trunk.
+    pub detach_extra_heads: bool,
     /// Rows per vocabulary-projection chunk.
     pub chunk_rows: usize,
 }
@@ -173,6 +178,7 @@ impl Default for TrainingSection {
             seed: 42,
             trainable: vec![],
             trainable_prefixes: vec![],
+            detach_extra_heads: false,
             chunk_rows: 2048,
         }
     }

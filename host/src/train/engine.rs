@@ -71,6 +71,9 @@ pub struct Engine<'a> {
     /// The policy's shards when it is sharded (FSDP): each unit is gathered before it runs, and the
     /// model's own weights are released. None: the model holds its weights.
     pub fsdp: Option<&'a Fsdp>,
+    /// `training.detach_extra_heads`: the losses of heads 1..H−1 train only those heads' own blocks
+    /// (their input h_trunk is a constant for them, and no gradient reaches the shared norm or output).
+    pub detach_extra_heads: bool,
 }
 
 use wmtp_plugin_host::ce_mask;
@@ -301,7 +304,10 @@ impl<'a> Engine<'a> {
         let mut dh = Tensor::zeros((b, t, d), DType::F32, self.dev())?;
         let shared_trainable = has_trainable(&m.norm) || has_trainable(&m.output);
         // the backward's order: output, the heads it visits, trunk blocks top down, embedding
-        let visits = |k: usize| trunk_trainable || shared_trainable || has_trainable(m.head(k));
+        let detached = |k: usize| self.detach_extra_heads && k > 0;
+        let visits = |k: usize| {
+            has_trainable(m.head(k)) || (!detached(k) && (trunk_trainable || shared_trainable))
+        };
         let embedding_trainable = any_trainable(&m.tok_embeddings);
         let below = |i: usize| -> Option<Unit> {
             match i {
@@ -393,8 +399,10 @@ impl<'a> Engine<'a> {
                 }
                 dz_rows.push(dzc);
             }
-            for (name, g) in pg {
-                grads.add(&name, &g)?;
+            if !detached(k) {
+                for (name, g) in pg {
+                    grads.add(&name, &g)?;
+                }
             }
             let dz = kernels::scatter_rows(&Tensor::cat(&dz_rows, 0)?, &hr.idx, b * t)?;
             // 3. the head block's backward
@@ -402,7 +410,7 @@ impl<'a> Engine<'a> {
                 sv,
                 &dz.reshape((b, t, d))?,
                 &rope,
-                trunk_trainable,
+                trunk_trainable && !detached(k),
                 &head_prefix,
             )?;
             for (name, g) in hg.params {

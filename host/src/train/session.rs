@@ -231,6 +231,18 @@ impl Session {
         if self.fsdp.is_some() {
             bail!("the session is already sharded");
         }
+        if self.model.lora.is_some() {
+            let mut full = false;
+            self.model.visit("", &mut |_, p| {
+                full |= p.is_trainable() && p.group() != ParamGroup::Lora;
+            });
+            if full {
+                bail!(
+                    "training.trainable lists `lora` with `heads` or `trunk` (full weights beside the \
+                     adapters): not supported in sharded (launched) runs yet"
+                );
+            }
+        }
         self.plugin_ranks.connect(comm.clone())?;
         let (state, step) = self.optimizer.state();
         let masters: HashMap<String, candle_core::Tensor> = state
@@ -267,6 +279,7 @@ impl Session {
                 keep_activations: self.cfg.runtime.activation_checkpointing
                     == super::config::ActivationCheckpointing::None,
                 fsdp: self.fsdp.as_ref(),
+                detach_extra_heads: self.cfg.training.detach_extra_heads,
             },
             weigher: self.weigher.as_mut(),
             batcher: &mut self.batcher,

@@ -142,6 +142,8 @@ pub struct Models<'a> {
     pub keep_activations: bool,
     /// The policy's FSDP shards, when the run is sharded.
     pub fsdp: Option<&'a Fsdp>,
+    /// `training.detach_extra_heads` (see [`Engine::detach_extra_heads`]).
+    pub detach_extra_heads: bool,
 }
 
 /// Forward of one micro-batch and the plugin batch built from it.
@@ -161,6 +163,7 @@ pub fn forward_and_batch<'a>(
         train,
         keep_activations: train && m.keep_activations,
         fsdp: m.fsdp,
+        detach_extra_heads: m.detach_extra_heads,
     };
     let st = engine.forward(mb)?;
     let (b, t, h) = st.shape;
@@ -174,6 +177,7 @@ pub fn forward_and_batch<'a>(
                 train: false,
                 keep_activations: false,
                 fsdp: None,
+                detach_extra_heads: false,
             };
             let rs = re.forward(mb)?;
             let hr = rs.shape.2;

@@ -318,6 +318,10 @@ pub fn load_model_weights(ckpt: &Path, s: &mut Session) -> Result<()> {
             &|n| format!("base_model.model.{n}"),
         )
         .with_context(|| format!("restoring from {}", f.display()))?;
+        crate::model::adapter::load_trained_base_weights(
+            &ckpt.join(layout::ADAPTER),
+            &mut s.model,
+        )?;
     } else {
         let f = ckpt.join(layout::MODEL).join("model.safetensors");
         let groups = [ParamGroup::Trunk, ParamGroup::Heads];

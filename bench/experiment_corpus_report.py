@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The table of bench/experiment_corpus.sh: per arm × recipe, held-out CE per head on the corpus's held-out
+split and on HumanEval's canonical solutions, greedy pass@1 on 164 problems (mean ± sample std over seeds),
+then paired differences by seed (rho1 − baseline within a recipe; ntp-heads − uniform within an arm) with
+their mean ± standard error. Standard library only.
+
+Usage: python3 bench/experiment_corpus_report.py OUT   (writes OUT/report.md and prints it)
+"""
+import json
+import math
+import os
+import statistics
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def pass_rate(path):
+    try:
+        with open(path) as f:
+            rows = [json.loads(l) for l in f if l.strip()]
+    except OSError:
+        return None
+    return statistics.fmean(r["passed"] / r["n"] for r in rows) if rows else None
+
+
+def scores(d):
+    """The scores of one scored run directory (None where missing)."""
+    c, h = load(os.path.join(d, "corpus_val_ce.json")), load(os.path.join(d, "humaneval_ce.json"))
+    return {"corpus": c and c["ce_heads"], "humaneval": h and h["ce_heads"],
+            "pass1": pass_rate(os.path.join(d, "pass1.jsonl")), "pass10": pass_rate(os.path.join(d, "pass10.jsonl"))}
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    s = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.fmean(xs):.4f} ± {s:.4f}"
+
+
+def mean_se(xs):
+    if not xs:
+        return "–"
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+    return f"{statistics.fmean(xs):+.4f} ± {se:.4f} (n={len(xs)})"
+
+
+def main():
+    out = sys.argv[1]
+    runs = {}  # (arm, recipe) -> {seed: scores}
+    for arm in sorted(os.listdir(out)):
+        if arm == "untrained" or not os.path.isdir(os.path.join(out, arm)):
+            continue
+        for recipe in sorted(os.listdir(os.path.join(out, arm))):
+            base = os.path.join(out, arm, recipe)
+            if not os.path.isdir(base):
+                continue
+            seeds = {s[5:]: scores(os.path.join(base, s)) for s in sorted(os.listdir(base)) if s.startswith("seed-")}
+            seeds = {k: v for k, v in seeds.items() if v["corpus"] is not None}
+            if seeds:
+                runs[(arm, recipe)] = seeds
+    heads = 4
+    rep = ["| run | seeds | corpus CE h0 | h1 | h2 | h3 | HumanEval CE h0 | h1 | h2 | h3 | pass@1 (164) | pass@10 |",
+           "|---|---|" + "---|" * 10]
+    u = scores(os.path.join(out, "untrained"))
+    if u["corpus"]:
+        rep.append("| untrained | – | " + " | ".join(f"{x:.4f}" for x in u["corpus"][:heads]) + " | "
+                   + " | ".join(f"{x:.4f}" for x in u["humaneval"][:heads]) + f" | {mean_std([u['pass1']])} | "
+                   f"{mean_std([u['pass10']])} |")
+    for (arm, recipe), seeds in runs.items():
+        v = list(seeds.values())
+        cols = [mean_std([r["corpus"][k] for r in v]) for k in range(heads)]
+        cols += [mean_std([r["humaneval"][k] for r in v if r["humaneval"]]) for k in range(heads)]
+        cols += [mean_std([r["pass1"] for r in v]), mean_std([r["pass10"] for r in v])]
+        rep.append(f"| {arm} {recipe} | {len(v)} | " + " | ".join(cols) + " |")
+    rep += ["", "Paired differences by seed (mean ± standard error; negative CE = better):", ""]
+    pairs = []
+    for recipe in sorted({r for _, r in runs}):
+        pairs.append((f"rho1 − baseline ({recipe})", ("rho1", recipe), ("baseline", recipe)))
+    for arm in sorted({a for a, _ in runs}):
+        pairs.append((f"ntp-heads − uniform ({arm})", (arm, "ntp-heads"), (arm, "uniform")))
+    for label, a, b in pairs:
+        if a not in runs or b not in runs:
+            continue
+        common = sorted(set(runs[a]) & set(runs[b]))
+        diff = lambda f: [f(runs[a][s]) - f(runs[b][s]) for s in common
+                          if f(runs[a][s]) is not None and f(runs[b][s]) is not None]
+        rep.append(f"- {label}: corpus CE h0 {mean_se(diff(lambda r: r['corpus'][0]))}; HumanEval CE h0 "
+                   f"{mean_se(diff(lambda r: r['humaneval'][0] if r['humaneval'] else None))}; "
+                   f"pass@1 {mean_se(diff(lambda r: r['pass1']))}")
+    text = "\n".join(rep) + "\n"
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -48,7 +48,9 @@ def mean_std(xs):
 def mean_se(xs):
     if not xs:
         return "–"
-    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
+    if len(xs) == 1:
+        return f"{xs[0]:+.4f} (n=1, no standard error)"
+    se = statistics.stdev(xs) / math.sqrt(len(xs))
     return f"{statistics.fmean(xs):+.4f} ± {se:.4f} (n={len(xs)})"
 
 

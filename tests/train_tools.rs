@@ -437,3 +437,48 @@ fn console_output_is_short_and_a_cpu_build_says_how_to_get_cuda() {
         assert!(!ok && err.contains("--features cuda"), "{err}");
     }
 }
+
+/// Off a terminal (here: stderr is a pipe) a run prints plain progress lines — every `runtime.log_every`
+/// steps and at the last step, with loss, lr, grad norm, tokens/s and ETA — and each validation; with
+/// both triggers off it prints none.
+#[test]
+fn off_a_terminal_a_run_prints_plain_progress_lines() {
+    let dir = common::tempdir();
+    let plugin = common::shipped_plugin("baseline");
+    let run = |name: &str, log_every: &str| {
+        let ck = format!("checkpoint.dir={}", dir.path().join(name).display());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+            .args(["run", "--pipeline", plugin.to_str().unwrap(), "--set", &ck])
+            .args(["--set", "training.steps=5", "--set", "runtime.eval_every=4"])
+            .args(["--set", log_every, "--set", "runtime.log_every_s=0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("a", "runtime.log_every=2");
+    let steps: Vec<&str> = err.lines().filter(|l| l.starts_with("step ")).collect();
+    // "step 2/5 (40%)  loss …" → "step 2/5 (40%)"; "step 4 validation: ce …" → "step 4 validation"
+    let heads: Vec<&str> = steps
+        .iter()
+        .map(|l| l.split(": ").next().unwrap().split("  ").next().unwrap())
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            "step 0 validation",
+            "step 2/5 (40%)",
+            "step 4/5 (80%)",
+            "step 4 validation",
+            "step 5/5 (100%)"
+        ],
+        "{err}"
+    );
+    for l in steps.iter().filter(|l| l.contains('%')) {
+        for part in ["loss ", "lr ", "grad norm ", "tok/s", "ETA "] {
+            assert!(l.contains(part), "`{part}` missing from `{l}`");
+        }
+    }
+    let quiet = run("b", "runtime.log_every=0");
+    assert!(!quiet.lines().any(|l| l.starts_with("step ")), "{quiet}");
+}

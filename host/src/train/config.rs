@@ -262,8 +262,14 @@ pub struct RuntimeSection {
     pub plugin_memory_mb: usize,
     /// Deterministic instruction budget per plugin call (wasmtime fuel); 0 = no fuel metering.
     pub plugin_fuel: u64,
-    /// Show a progress bar (off when not a terminal).
+    /// Show a progress bar on a terminal (stderr); without one (nohup, Slurm, CI, a pipe), or with
+    /// `progress = false`, the run prints plain lines instead (`log_every`, `log_every_s`).
     pub progress: bool,
+    /// Without a progress bar: a line (step, loss, CE, lr, grad norm, tokens/s, elapsed, ETA) every N
+    /// steps (0: not by steps), besides the last step and every validation.
+    pub log_every: u64,
+    /// Without a progress bar: a line at least every N seconds (0: not by time).
+    pub log_every_s: f64,
     /// Also write the metrics as TensorBoard scalars (RUN_DIR/tensorboard/): `tensorboard --logdir runs/`.
     pub tensorboard: bool,
     /// `blocks`: keep only each block's input in the forward and recompute the block in the backward
@@ -284,6 +290,8 @@ impl Default for RuntimeSection {
             plugin_memory_mb: 512,
             plugin_fuel: 0,
             progress: true,
+            log_every: 10,
+            log_every_s: 60.0,
             tensorboard: false,
             fused_kernels: true,
             activation_checkpointing: ActivationCheckpointing::Blocks,

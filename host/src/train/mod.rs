@@ -11,6 +11,7 @@ pub mod metrics_log;
 pub mod optim;
 pub mod plot;
 pub mod plugin_ranks;
+pub mod progress;
 pub mod reference;
 pub mod resume;
 pub mod run;

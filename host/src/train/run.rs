@@ -1,10 +1,11 @@
 //! `wmtp run`: a training run from a config (or the embedded default) and a pipeline plugin — start-up
-//! summary, progress bar, metrics JSONL, validation, checkpoints (periodic, best, final; Ctrl-C saves
+//! summary, progress (a bar, or plain lines off a terminal: train/progress.rs), metrics JSONL, validation, checkpoints (periodic, best, final; Ctrl-C saves
 //! one and exits), exact resume, and an end summary.
 
 use super::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
 use super::config::RunConfig;
 use super::evaluate::Validation;
+use super::progress::{Progress, StepFigures};
 use super::session::Session;
 use super::step::train_step;
 use anyhow::{Context, Result};
@@ -176,7 +177,15 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let mut metrics =
         super::metrics_log::MetricsLog::open(&run_dir, rank, s.cfg.runtime.tensorboard)?;
     let total = s.cfg.training.steps;
-    let bar = progress_bar(total, state.step, opts.quiet || !s.cfg.runtime.progress);
+    let rt = &s.cfg.runtime;
+    let mut bar = Progress::new(
+        total,
+        state.step,
+        opts.quiet || rank != 0,
+        rt.progress,
+        rt.log_every,
+        rt.log_every_s,
+    );
     let (mut losses, mut ces) = (Vec::new(), Vec::new());
     let mut guard = super::guard::SkipGuard::new(s.cfg.training.max_skipped_steps);
     let pipeline_label = format!(
@@ -188,16 +197,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let mut interrupted_at = None;
     if state.step == 0 && s.cfg.runtime.eval_every > 0 {
         if let Some(v) = s.validate()? {
+            bar.validation(0, &v);
             metrics.write(&val_json(serde_json::json!({"step": 0}), &v))?;
         }
     }
     if let Some(line) = super::stages::describe(&s).filter(|_| !opts.quiet) {
-        bar.suspend(|| eprintln!("{line}"));
+        bar.say(&line);
     }
     while state.step < total {
         if let Some(line) = super::stages::enter_stage(&mut s, state.step)? {
             if !opts.quiet {
-                bar.suspend(|| eprintln!("{line}"));
+                bar.say(&line);
             }
         }
         let t0 = Instant::now();
@@ -242,10 +252,21 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             line["mem.peak_used_gib"] = serde_json::json!(used);
             line["mem.peak_reserved_gib"] = serde_json::json!(reserved);
         }
+        bar.step(
+            state.step,
+            &StepFigures {
+                loss: rep.loss,
+                ce: rep.ce,
+                lr: rep.lr,
+                grad_norm: rep.grad_norm,
+                tokens_per_s: tok_s,
+            },
+        );
         let eval_now = s.cfg.runtime.eval_every > 0 && state.step % s.cfg.runtime.eval_every == 0;
         if eval_now {
             if let Some(v) = s.validate()? {
                 line = val_json(line, &v);
+                bar.validation(state.step, &v);
                 // best = lowest validation loss of the pipeline (for baseline, the plain CE)
                 if state.best_val.is_none_or(|b| v.loss < b) {
                     state.best_val = Some(v.loss);
@@ -254,11 +275,6 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             }
         }
         metrics.write(&line)?;
-        bar.set_message(format!(
-            "loss {:.4}  ce {:.4}  {:.0} tok/s",
-            rep.loss, rep.ce, tok_s
-        ));
-        bar.set_position(state.step);
         let every = s.cfg.checkpoint.every;
         let mut stop = interrupted.load(Ordering::SeqCst);
         if let Some(f) = &s.fsdp {
@@ -275,12 +291,12 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             )?;
         }
         if stop {
-            bar.finish_and_clear();
+            bar.finish();
             interrupted_at = Some(state.step);
             break;
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     let val = match interrupted_at {
         Some(_) => None, // stop promptly: the checkpoint is saved, validation can run on it later
         None => s.validate()?,
@@ -327,21 +343,6 @@ fn val_json(mut line: serde_json::Value, v: &Validation) -> serde_json::Value {
         line[format!("val_plugin.{k}")] = serde_json::json!(x);
     }
     line
-}
-
-fn progress_bar(total: u64, at: u64, hidden: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if hidden || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} step {pos}/{len} [{bar:30}] {msg}  ETA {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_position(at);
-    bar
 }
 
 fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {

@@ -117,7 +117,9 @@ mod tests {
                 trainable,
                 ..Default::default()
             };
-            trained_groups(&t, &manifest).into_iter().collect::<Vec<_>>()
+            trained_groups(&t, &manifest)
+                .into_iter()
+                .collect::<Vec<_>>()
         };
         assert_eq!(groups(true, vec![]), [Lora, ValueHead]);
         assert_eq!(groups(false, vec![]), [ValueHead, Heads, Trunk]);

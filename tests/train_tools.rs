@@ -482,3 +482,66 @@ fn off_a_terminal_a_run_prints_plain_progress_lines() {
     let quiet = run("b", "runtime.log_every=0");
     assert!(!quiet.lines().any(|l| l.starts_with("step ")), "{quiet}");
 }
+
+/// The end of a run tells the truth: the final validation counts for `best` (its trainer state holds
+/// the lowest validation loss, the final one included) and is printed per head; resuming a finished run
+/// says there is nothing to train (no `loss NaN → NaN`); a `training.steps` changed on resume is stated.
+#[test]
+fn best_includes_the_final_validation_and_resume_says_what_it_does() {
+    let dir = common::tempdir();
+    let plugin = common::shipped_plugin("baseline");
+    let wmtp = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let ck = format!("checkpoint.dir={}", dir.path().display());
+    // validation at step 2 and at the end (step 5); the loss falls, so the final one is the best
+    let err = wmtp(&[
+        "run",
+        "--pipeline",
+        plugin.to_str().unwrap(),
+        "--set",
+        &ck,
+        "--set",
+        "training.steps=5",
+        "--set",
+        "runtime.eval_every=2",
+    ]);
+    assert!(err.contains("CE per head h0 "), "{err}");
+    let vals: Vec<f64> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["val_loss"].as_f64())
+        .collect();
+    assert_eq!(vals.len(), 4, "steps 0, 2, 4 and the final 5: {vals:?}");
+    let best: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("checkpoints/best/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    let lowest = vals[1..].iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(best["best_val"].as_f64(), Some(lowest), "{vals:?}");
+    assert_eq!(
+        best["step"].as_u64(),
+        Some(5),
+        "the final validation was the lowest: {vals:?}"
+    );
+    let run_dir = dir.path().to_str().unwrap();
+    let again = wmtp(&["run", "--resume", run_dir]);
+    assert!(
+        again.contains("nothing to train") && !again.contains("NaN"),
+        "{again}"
+    );
+    let longer = wmtp(&["run", "--resume", run_dir, "--set", "training.steps=6"]);
+    assert!(
+        longer.contains("training.steps is 6 now, 5 in the checkpoint"),
+        "{longer}"
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod evaluate;
 pub mod guard;

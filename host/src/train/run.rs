@@ -165,7 +165,26 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         std::fs::write(run_dir.join(checkpoint::layout::CONFIG), s.cfg.to_toml()?)?;
     }
     if !opts.quiet {
-        print_start(&s, &run_dir, resumed_at);
+        super::console::print_start(&s, &run_dir, resumed_at);
+        if let Some(ckpt) = &resumed {
+            super::console::note_changed_steps(ckpt, s.cfg.training.steps);
+        }
+    }
+    if let (Some(ckpt), Some(at)) = (&resumed, resumed_at) {
+        if at >= s.cfg.training.steps {
+            if !opts.quiet {
+                super::console::nothing_left(at, s.cfg.training.steps);
+            }
+            return Ok(RunSummary {
+                run_dir,
+                losses: vec![],
+                ces: vec![],
+                val: None,
+                last_checkpoint: ckpt.clone(),
+                seconds: started.elapsed().as_secs_f64(),
+                interrupted: false,
+            });
+        }
     }
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -194,6 +213,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         s.pipeline_path.display()
     );
     let mut last_ckpt = PathBuf::new();
+    let mut last_val: Option<(u64, Validation)> = None;
     let mut interrupted_at = None;
     if state.step == 0 && s.cfg.runtime.eval_every > 0 {
         if let Some(v) = s.validate()? {
@@ -267,11 +287,8 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             if let Some(v) = s.validate()? {
                 line = val_json(line, &v);
                 bar.validation(state.step, &v);
-                // best = lowest validation loss of the pipeline (for baseline, the plain CE)
-                if state.best_val.is_none_or(|b| v.loss < b) {
-                    state.best_val = Some(v.loss);
-                    checkpoint::save(&run_dir, checkpoint::layout::BEST, &mut s, &state)?;
-                }
+                save_if_best(&run_dir, &mut s, &mut state, &v)?;
+                last_val = Some((state.step, v));
             }
         }
         metrics.write(&line)?;
@@ -297,9 +314,18 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     bar.finish();
-    let val = match interrupted_at {
-        Some(_) => None, // stop promptly: the checkpoint is saved, validation can run on it later
-        None => s.validate()?,
+    let val = match (interrupted_at, last_val) {
+        (Some(_), _) => None, // stop promptly: the checkpoint is saved, validation can run on it later
+        (None, Some((at, v))) if at == state.step => Some(v),
+        (None, _) => {
+            let v = s.validate()?;
+            if let Some(v) = &v {
+                // the final validation counts for `best` and ends the metrics' validation curve
+                save_if_best(&run_dir, &mut s, &mut state, v)?;
+                metrics.write(&val_json(serde_json::json!({"step": state.step}), v))?;
+            }
+            v
+        }
     };
     if !last_ckpt.ends_with(checkpoint::layout::step_name(state.step)) {
         last_ckpt = checkpoint::save(
@@ -326,9 +352,24 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             summary.last_checkpoint.display()
         );
     } else if !opts.quiet {
-        print_end(&summary, &state, resumed_at);
+        super::console::print_end(&summary, &state, resumed_at);
     }
     Ok(summary)
+}
+
+/// Saves the `best` checkpoint when `v` has the lowest validation loss of the pipeline so far (for
+/// baseline, the plain CE), recording it in the trainer state.
+fn save_if_best(
+    run_dir: &Path,
+    s: &mut Session,
+    st: &mut TrainerState,
+    v: &Validation,
+) -> Result<()> {
+    if st.best_val.is_none_or(|b| v.loss < b) {
+        st.best_val = Some(v.loss);
+        checkpoint::save(run_dir, checkpoint::layout::BEST, s, st)?;
+    }
+    Ok(())
 }
 
 /// Adds `val_ce`, `val_ce_h<k>` (each head's CE), `val_loss` and the plugin's `val_plugin.<metric>` to
@@ -343,146 +384,4 @@ fn val_json(mut line: serde_json::Value, v: &Validation) -> serde_json::Value {
         line[format!("val_plugin.{k}")] = serde_json::json!(x);
     }
     line
-}
-
-fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
-    // a sharded model's own weights are released: count the shards' layouts instead
-    let (total, trainable) = match &s.fsdp {
-        Some(f) => f.param_counts(),
-        None => s.model.param_counts(),
-    };
-    let vh: u64 = s.value_head.as_ref().map_or(0, |v| {
-        crate::model::VisitParams::named_params(v)
-            .iter()
-            .filter(|(_, p)| p.is_trainable())
-            .map(|(_, p)| p.numel() as u64)
-            .sum()
-    });
-    let m = s.weigher.manifest();
-    let a = &s.model.args;
-    eprintln!(
-        "wmtp run — {} {} ({})",
-        m.name,
-        m.version,
-        s.pipeline_path.display()
-    );
-    eprintln!(
-        "  model     {}: dim {}, {} trunk + {} heads, vocab {}, {:?} on {:?}",
-        s.cfg.model.path,
-        a.dim,
-        a.n_trunk(),
-        a.n_future_tokens,
-        a.vocab_size,
-        s.model.dtype(),
-        s.model.device().location()
-    );
-    let mode = if s.cfg.training.use_lora {
-        format!(
-            "LoRA r={} α={} {:?}",
-            s.cfg.lora.rank, s.cfg.lora.alpha, s.cfg.lora.target_modules
-        )
-    } else if trainable > 0 {
-        "full fine-tuning".into()
-    } else {
-        "model frozen".into()
-    };
-    eprintln!(
-        "  trainable {} of {} ({:.3}%) + value head {} — {mode}; groups {:?}",
-        trainable,
-        total,
-        100.0 * trainable as f64 / total as f64,
-        vh,
-        s.groups.iter().map(|g| g.name()).collect::<Vec<_>>()
-    );
-    eprintln!(
-        "  data      {}: {} train batches/epoch of {}, dropped (too long) {} train / {} validation",
-        s.cfg.data.train,
-        s.batcher.batches_per_epoch(),
-        s.cfg.training.batch_size,
-        s.dropped.0,
-        s.dropped.1
-    );
-    if s.reference.is_some() {
-        eprintln!(
-            "  reference {}",
-            if s.cfg.reference.model.is_empty() {
-                format!("baseline stage of {} steps", s.cfg.reference.baseline_steps)
-            } else {
-                s.cfg.reference.model.clone()
-            }
-        );
-    }
-    eprintln!(
-        "  steps     {} (lr {}, accum {}){}",
-        s.cfg.training.steps,
-        s.cfg.training.lr,
-        s.cfg.training.grad_accum,
-        resumed_at
-            .map(|step| format!(", resuming at step {step}"))
-            .unwrap_or_default()
-    );
-    if let Some(f) = &s.fsdp {
-        let (frozen, shards) = f.shard_bytes();
-        eprintln!(
-            "  ranks     {} (sharding {:?}; rank 0 holds {} of frozen weights and {} of f32 trainable shards; global batch {} sequences)",
-            f.world_size(),
-            f.mode(),
-            crate::model::memory::human_bytes(frozen as f64),
-            crate::model::memory::human_bytes(shards as f64),
-            s.cfg.training.batch_size * s.cfg.training.grad_accum * f.world_size()
-        );
-    }
-    eprintln!("  run dir   {}", run_dir.display());
-    let saved = run_dir.join(checkpoint::layout::CONFIG);
-    match s.cfg.to_toml() {
-        // the whole resolved config with -v (info logging) only: it is saved anyway
-        Ok(text) if tracing::enabled!(tracing::Level::INFO) => {
-            eprintln!("  resolved config (saved as {}):", saved.display());
-            for line in text.lines().filter(|l| !l.is_empty()) {
-                eprintln!("    {line}");
-            }
-        }
-        _ => eprintln!("  config    {} (-v prints it)", saved.display()),
-    }
-}
-
-fn print_end(r: &RunSummary, st: &TrainerState, resumed_at: Option<u64>) {
-    let first = r.losses.first().copied().unwrap_or(f64::NAN);
-    let last = r.losses.last().copied().unwrap_or(f64::NAN);
-    let steps = match resumed_at {
-        Some(from) => format!(
-            "{} steps (resumed at step {from}, now at {})",
-            r.losses.len(),
-            st.step
-        ),
-        None => format!("{} steps", r.losses.len()),
-    };
-    eprintln!(
-        "done: {steps} in {:.1} s; loss {first:.4} → {last:.4}; ce {:.4} → {:.4}",
-        r.seconds,
-        r.ces.first().copied().unwrap_or(f64::NAN),
-        r.ces.last().copied().unwrap_or(f64::NAN)
-    );
-    if let Some(v) = &r.val {
-        eprintln!(
-            "  validation: ce {:.4}, pipeline loss {:.4} (best loss {:.4})",
-            v.ce,
-            v.loss,
-            st.best_val.unwrap_or(v.loss)
-        );
-        let shown: Vec<String> = v
-            .metrics
-            .iter()
-            .take(6)
-            .map(|(k, x)| format!("{k} {x:.4}"))
-            .collect();
-        if !shown.is_empty() {
-            eprintln!("              {}", shown.join(", "));
-        }
-    }
-    eprintln!("  checkpoint: {}", r.last_checkpoint.display());
-    eprintln!(
-        "  metrics:    {}",
-        r.run_dir.join(checkpoint::layout::METRICS).display()
-    );
 }

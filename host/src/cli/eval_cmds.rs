@@ -83,7 +83,34 @@ impl EvalArgs {
     }
 }
 
-/// `wmtp eval --checkpoint`: validation CE (mean over heads and per head) and the pipeline's loss.
+/// The lines `wmtp eval` prints for a validation: head 0 (the model's next-token prediction) first,
+/// then a row per head, then the mean over heads and the pipeline's loss.
+pub fn ce_report(v: &evaluate::Validation) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(c0) = v.ce_heads.first() {
+        lines.push(format!(
+            "next-token (head 0): ce {c0:.4} nats, perplexity {:.2}",
+            c0.exp()
+        ));
+    }
+    lines.push("head  predicts  ce (nats)  perplexity".to_string());
+    for (k, c) in v.ce_heads.iter().enumerate() {
+        lines.push(format!(
+            "{k:>4}  t+{:<7} {c:>9.4}  {:>10.2}",
+            k + 1,
+            c.exp()
+        ));
+    }
+    lines.push(format!(
+        "mean over {} heads: ce {:.4}; pipeline loss {:.4}",
+        v.ce_heads.len(),
+        v.ce,
+        v.loss
+    ));
+    lines
+}
+
+/// `wmtp eval --checkpoint`: validation CE (head 0 first, per head, mean) and the pipeline's loss.
 pub fn eval_ce(a: &EvalArgs) -> Result<()> {
     let ck = a
         .checkpoint
@@ -99,19 +126,9 @@ pub fn eval_ce(a: &EvalArgs) -> Result<()> {
     let v = s
         .validate()?
         .context("no validation data (set data.validation or data.val_fraction)")?;
-    println!(
-        "validation: ce {:.4} nats (perplexity {:.2}), pipeline loss {:.4}",
-        v.ce,
-        v.ce.exp(),
-        v.loss
-    );
-    let heads: Vec<String> = v
-        .ce_heads
-        .iter()
-        .enumerate()
-        .map(|(k, c)| format!("head {k} {c:.4}"))
-        .collect();
-    println!("per head ce: {}", heads.join(", "));
+    for line in ce_report(&v) {
+        println!("{line}");
+    }
     if let Some(out) = &a.out {
         let json = serde_json::json!({
             "checkpoint": ck,
@@ -209,4 +226,31 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
         println!("pass@{k} {:.4} over {} problems", v, results.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ce_report;
+    use wmtp_host::train::evaluate::Validation;
+
+    /// Head 0 leads (not the mean over heads, whose exp is no perplexity of anything), one row per head.
+    #[test]
+    fn eval_leads_with_head_0() {
+        let v = Validation {
+            ce: 5.0,
+            loss: 5.0,
+            ce_heads: vec![1.0, 9.0],
+            ..Default::default()
+        };
+        let lines = ce_report(&v);
+        assert_eq!(
+            lines[0],
+            "next-token (head 0): ce 1.0000 nats, perplexity 2.72"
+        );
+        assert_eq!(lines[2], "   0  t+1          1.0000        2.72");
+        assert_eq!(
+            lines.last().unwrap(),
+            "mean over 2 heads: ce 5.0000; pipeline loss 5.0000"
+        );
+    }
 }

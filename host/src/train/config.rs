@@ -310,55 +310,35 @@ pub enum ActivationCheckpointing {
     None,
 }
 
-/// Sets `key` (dotted) in `table` to `value` parsed as TOML (a bare word becomes a string).
-pub fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
-    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-        Ok(mut t) => t.remove("v").ok_or_else(|| anyhow!("empty value"))?,
-        Err(_) => toml::Value::String(value.to_string()),
-    };
-    let parts: Vec<&str> = key.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        bail!("--set {key}: bad key");
-    }
-    let mut cur = table;
-    for p in &parts[..parts.len() - 1] {
-        let entry = cur
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = match entry {
-            toml::Value::Table(t) => t,
-            _ => bail!("--set {key}: `{p}` is not a table"),
-        };
-    }
-    cur.insert(parts[parts.len() - 1].to_string(), parsed);
-    Ok(())
-}
-
 impl RunConfig {
     /// Reads a config file (or the defaults when `path` is None) and applies `--set` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let (mut table, source) = match path {
+        let (mut table, source, text) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config {}", p.display()))?;
                 let t: toml::Table = toml::from_str(&text)
                     .with_context(|| format!("parsing config {}", p.display()))?;
-                (t, p.display().to_string())
+                (t, p.display().to_string(), Some(text))
             }
             None => (
                 toml::from_str(EMBEDDED_DEFAULT).context("the embedded default config")?,
                 "the embedded default (configs/default.toml)".to_string(),
+                None,
             ),
         };
         for o in overrides {
             let (k, v) = o
                 .split_once('=')
                 .ok_or_else(|| anyhow!("--set expects key=value, got `{o}`"))?;
-            set_key(&mut table, k.trim(), v.trim())?;
+            super::config_source::set_key(&mut table, k.trim(), v.trim())?;
         }
-        let mut cfg: RunConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow!("config ({source}): {}", e.message()))?;
+        let mut cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let at = super::config_source::origin_of(&key, overrides, text.as_deref(), &source);
+                anyhow!("config key `{key}` ({at}): {}", e.inner().message())
+            })?;
         super::stages::resolve(&mut cfg).with_context(|| format!("config ({source})"))?;
         cfg.validate()
             .with_context(|| format!("config ({source})"))?;

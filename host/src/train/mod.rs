@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod config_source;
 pub mod console;
 pub mod engine;
 pub mod evaluate;

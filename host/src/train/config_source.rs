@@ -1,0 +1,127 @@
+//! Where a run config's values come from: `--set key=value` overrides parsed as TOML, and for an error,
+//! the `--set` or the config file's line that gave the offending key.
+
+use anyhow::{anyhow, bail, Result};
+
+/// Sets `key` (dotted) in `table` to `value` parsed as TOML; a bare word (`cuda`, `bf16`) becomes a
+/// string, but a value that starts like a TOML array, table, string or number and does not parse is an
+/// error (`[wq, wk` must not silently become the string "[wq, wk").
+pub fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+    let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").ok_or_else(|| anyhow!("empty value"))?,
+        Err(e) if looks_like_toml(value) => bail!(
+            "--set {key}={value}: not a valid TOML value ({}); strings inside arrays and tables need \
+             quotes, e.g. --set 'lora.target_modules=[\"wq\", \"wv\"]'",
+            e.message().trim()
+        ),
+        Err(_) => toml::Value::String(value.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {key}: bad key");
+    }
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("--set {key}: `{p}` is not a table"),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), parsed);
+    Ok(())
+}
+
+/// Whether a `--set` value is meant as TOML rather than a bare word: it starts like an array, inline
+/// table, quoted string or number.
+fn looks_like_toml(value: &str) -> bool {
+    value.starts_with(['[', '{', '"', '\'', '-', '+', '.'])
+        || value.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Where a key's value came from, for error messages: the `--set` that gave it, else the line of the
+/// config file that holds it (found by section header and key name), else the file alone.
+pub fn origin_of(path: &str, overrides: &[String], text: Option<&str>, source: &str) -> String {
+    if let Some(o) = overrides.iter().rev().find(|o| {
+        o.split_once('=').is_some_and(|(k, _)| {
+            let k = k.trim();
+            path.strip_prefix(k)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }) {
+        return format!("--set {o}");
+    }
+    let (section, key) = match path.split_once('.') {
+        Some((sec, rest)) => (sec, rest.split('.').next().unwrap_or(rest)),
+        None => ("", path),
+    };
+    let line = text.and_then(|t| {
+        let mut in_section = section.is_empty();
+        t.lines().enumerate().find_map(|(i, l)| {
+            let l = l.trim();
+            if l.starts_with('[') {
+                in_section =
+                    l.trim_matches(['[', ']', ' ']) == section.split('[').next().unwrap_or(section);
+                return None;
+            }
+            let k = l.split('=').next().unwrap_or("").trim();
+            (in_section && k == key).then_some(i + 1)
+        })
+    });
+    match line {
+        Some(n) => format!("{source}, line {n}"),
+        None => source.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use crate::train::config::RunConfig;
+
+    fn err(path: Option<&std::path::Path>, set: &[&str]) -> String {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", RunConfig::load(path, &set).unwrap_err())
+    }
+
+    /// A type error names the key and where its value came from: the `--set`, or the file's line.
+    #[test]
+    fn type_errors_name_the_key_and_the_line_or_the_set() {
+        let e = err(None, &["training.steps=\"2\""]);
+        assert!(
+            e.contains("`training.steps`") && e.contains("--set training.steps=\"2\""),
+            "{e}"
+        );
+        let e = err(None, &["stages=[{steps = \"x\"}]"]);
+        assert!(
+            e.contains("`stages[0].steps`") && e.contains("--set stages="),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(
+            &file,
+            "[model]\npath = \"tiny\"\n\n[training]\nlr = 0.1\nbatch_size = \"four\"\n",
+        )
+        .unwrap();
+        let e = err(Some(&file), &[]);
+        assert!(
+            e.contains("`training.batch_size`") && e.contains("bad.toml, line 6"),
+            "{e}"
+        );
+    }
+
+    /// A `--set` value that starts like TOML but does not parse is an error, not a string; a bare word
+    /// is still a string.
+    #[test]
+    fn broken_toml_in_set_is_an_error_and_bare_words_are_strings() {
+        let e = err(None, &["lora.target_modules=[wq,wk"]);
+        assert!(
+            e.contains("not a valid TOML value") && e.contains("lora.target_modules"),
+            "{e}"
+        );
+        let c = RunConfig::load(None, &["model.device=cpu".into()]).unwrap();
+        assert_eq!(c.model.device, crate::model::DeviceSpec::Cpu);
+    }
+}

@@ -102,7 +102,8 @@ pub trait Pipeline: Default + 'static {
 }
 
 /// Builds a [`Manifest`]: `ManifestBuilder::new(name, version)`, then what differs from the defaults
-/// (no extra inputs, trains LoRA and the heads, returns ∂L/∂CE only).
+/// (no extra inputs; trains LoRA, the heads and the trunk like the baseline plugin — with LoRA on, the
+/// adapters; in full fine-tuning, every block; returns ∂L/∂CE only).
 pub struct ManifestBuilder(Manifest);
 
 impl ManifestBuilder {
@@ -113,7 +114,7 @@ impl ManifestBuilder {
             version: version.into(),
             description: String::new(),
             needs: vec![],
-            trains: vec![ParamGroup::Lora, ParamGroup::Heads],
+            trains: vec![ParamGroup::Lora, ParamGroup::Heads, ParamGroup::Trunk],
             uses_ce: true,
             uses_values_grad: false,
             config_keys: vec![],
@@ -129,7 +130,7 @@ impl ManifestBuilder {
         self.0.needs = inputs.to_vec();
         self
     }
-    /// Parameter groups the pipeline trains (default LoRA and heads).
+    /// Parameter groups the pipeline trains (default LoRA, heads and trunk, as baseline).
     pub fn trains(mut self, groups: &[ParamGroup]) -> Self {
         self.0.trains = groups.to_vec();
         self

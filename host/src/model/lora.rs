@@ -28,6 +28,22 @@ pub const HF_TARGETS: [&str; 7] = [
     "up_proj",
 ];
 
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// LoRA hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,8 +55,9 @@ pub struct LoraConfig {
     /// Dropout probability on the adapter's input.
     #[serde(default)]
     pub dropout: f32,
-    /// Target layer names (wq wk wv wo w1 w2 w3, or `all-linear`), applied in every block.
-    #[serde(default = "default_targets")]
+    /// Target layer names (wq wk wv wo w1 w2 w3, or `all-linear`), applied in every block; a single
+    /// name may be given as a string (`target_modules = "all-linear"`, as in PEFT).
+    #[serde(default = "default_targets", deserialize_with = "one_or_many")]
     pub target_modules: Vec<String>,
     /// Rank-stabilised scaling α/√r.
     #[serde(default)]

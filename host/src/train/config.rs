@@ -221,6 +221,9 @@ pub struct CheckpointSection {
     pub dir: String,
     /// Save every N optimizer steps (0: only at the end).
     pub every: u64,
+    /// Keep only the newest N `step-N` checkpoints, deleting older ones after each save (0: keep all;
+    /// `best` is always kept).
+    pub keep_last: usize,
     /// Launched runs: every rank writes its own shards (`shards/rank-NNNNN.safetensors` + an index)
     /// instead of rank 0 writing one gathered checkpoint. Either resumes on any number of ranks.
     pub sharded: bool,

@@ -123,5 +123,8 @@ mod error_tests {
         );
         let c = RunConfig::load(None, &["model.device=cpu".into()]).unwrap();
         assert_eq!(c.model.device, crate::model::DeviceSpec::Cpu);
+        // one target as a plain string, as PEFT accepts it
+        let c = RunConfig::load(None, &["lora.target_modules=\"all-linear\"".into()]).unwrap();
+        assert_eq!(c.lora.target_modules, ["all-linear"]);
     }
 }

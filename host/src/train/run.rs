@@ -300,12 +300,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
             stop = f.comm().all_reduce_sum(&flag)?.to_vec1::<f32>()?[0] > 0.0;
         }
         if (every > 0 && state.step % every == 0) || stop {
-            last_ckpt = checkpoint::save(
-                &run_dir,
-                &checkpoint::layout::step_name(state.step),
-                &mut s,
-                &state,
-            )?;
+            last_ckpt = save_step(&run_dir, &mut s, &state, rank)?;
         }
         if stop {
             bar.finish();
@@ -328,12 +323,7 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         }
     };
     if !last_ckpt.ends_with(checkpoint::layout::step_name(state.step)) {
-        last_ckpt = checkpoint::save(
-            &run_dir,
-            &checkpoint::layout::step_name(state.step),
-            &mut s,
-            &state,
-        )?;
+        last_ckpt = save_step(&run_dir, &mut s, &state, rank)?;
     }
     let summary = RunSummary {
         run_dir: run_dir.clone(),
@@ -355,6 +345,17 @@ pub fn run(opts: &RunOptions) -> Result<RunSummary> {
         super::console::print_end(&summary, &state, resumed_at);
     }
     Ok(summary)
+}
+
+/// Saves the `step-N` checkpoint of the current step, then (rank 0) deletes the step checkpoints
+/// beyond `checkpoint.keep_last`.
+fn save_step(run_dir: &Path, s: &mut Session, st: &TrainerState, rank: usize) -> Result<PathBuf> {
+    let path = checkpoint::save(run_dir, &checkpoint::layout::step_name(st.step), s, st)?;
+    if rank == 0 {
+        checkpoint::layout::prune(run_dir, s.cfg.checkpoint.keep_last)
+            .with_context(|| format!("checkpoint.keep_last: pruning {}", run_dir.display()))?;
+    }
+    Ok(path)
 }
 
 /// Saves the `best` checkpoint when `v` has the lowest validation loss of the pipeline so far (for

@@ -52,3 +52,60 @@ pub fn rank_file(r: usize) -> String {
 pub fn is_checkpoint(dir: &Path) -> bool {
     dir.join(TRAINER_STATE).exists()
 }
+
+/// The step of a `step-NNNNNN` folder name (None for `best` and anything else).
+pub fn step_of(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Deletes the oldest `step-N` checkpoints of `run_dir` so that the newest `keep_last` remain
+/// (`checkpoint.keep_last`; 0 keeps all; `best` is never touched). Returns the deleted folders.
+pub fn prune(run_dir: &Path, keep_last: usize) -> std::io::Result<Vec<PathBuf>> {
+    if keep_last == 0 {
+        return Ok(vec![]);
+    }
+    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoints_dir(run_dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((step_of(e.file_name().to_str()?)?, e.path())))
+        .filter(|(_, p)| is_checkpoint(p))
+        .collect();
+    steps.sort();
+    let n = steps.len().saturating_sub(keep_last);
+    let mut gone = Vec::new();
+    for (_, p) in steps.into_iter().take(n) {
+        std::fs::remove_dir_all(&p)?;
+        gone.push(p);
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// keep_last = 2 leaves the two newest step checkpoints and `best`; 0 deletes nothing.
+    #[test]
+    fn prune_keeps_the_newest_and_best() {
+        let run = tempfile::tempdir().unwrap();
+        for name in [
+            step_name(1),
+            step_name(2),
+            step_name(10),
+            step_name(30),
+            BEST.into(),
+        ] {
+            let d = checkpoints_dir(run.path()).join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(TRAINER_STATE), "{}").unwrap();
+        }
+        assert!(prune(run.path(), 0).unwrap().is_empty());
+        let gone = prune(run.path(), 2).unwrap();
+        assert_eq!(gone.len(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(checkpoints_dir(run.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["best", "step-000010", "step-000030"]);
+    }
+}

@@ -234,14 +234,33 @@ pub fn encode_all(
     template: Template,
 ) -> Result<(Vec<Sample>, usize)> {
     let mut out = Vec::with_capacity(rows.len());
-    let mut dropped = 0;
+    let (mut dropped, mut longest, mut unnamed) = (0, 0, 0);
     for (i, r) in rows.iter().enumerate() {
-        let s = encode_row(tok, r, template).with_context(|| format!("row {}", i + 1))?;
+        let mut s = encode_row(tok, r, template).with_context(|| format!("row {}", i + 1))?;
+        if s.problem.is_empty() {
+            // no task_id / problem_id: the row is its own problem for the validation split
+            s.problem = format!("row-{}", i + 1);
+            unnamed += 1;
+        }
+        longest = longest.max(s.ids.len());
         if s.ids.len() > max_length {
             dropped += 1;
         } else {
             out.push(s);
         }
+    }
+    if unnamed > 0 {
+        tracing::warn!(
+            "{unnamed} of {} rows have no task_id or problem_id: each is its own problem for the \
+             validation split (data.val_fraction), so variants of one problem may land on both sides",
+            rows.len()
+        );
+    }
+    if out.is_empty() && dropped > 0 {
+        bail!(
+            "all {dropped} samples are longer than data.max_length = {max_length} tokens (the longest \
+             has {longest}): raise data.max_length"
+        );
     }
     Ok((out, dropped))
 }
@@ -330,5 +349,17 @@ mod tests {
         .unwrap();
         let (kept, dropped) = encode_all(&tok, &rows, 12, Template::Alpaca).unwrap();
         assert_eq!((kept.len(), dropped), (1, 1));
+        // rows without ids are each their own problem (so val_fraction can split them)
+        assert_eq!(kept[0].problem, "row-1");
+        // nothing fits: the error says so, with the longest length and the limit
+        let e = format!(
+            "{:#}",
+            encode_all(&tok, &rows, 3, Template::Alpaca).unwrap_err()
+        );
+        assert!(
+            e.contains("all 2 samples are longer than data.max_length = 3")
+                && e.contains("the longest has 38"),
+            "{e}"
+        );
     }
 }

@@ -36,6 +36,9 @@ PROBLEMS=${PROBLEMS:-.cache/data/humaneval_problems.jsonl}
 MAX_NEW=${MAX_NEW:-384}
 UNTRAINED_SAMPLES=${UNTRAINED_SAMPLES:-10}
 GGUF=${GGUF:-.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+# TEMPLATE: the instruction template of training rows and evaluation prompts — chatml, as in the runs
+# measured before `auto` took the model's own chat template (SmolLM2's adds a default system turn)
+TEMPLATE=${TEMPLATE:-chatml}
 # EXTRA: more `--set` overrides for every run (e.g. "training.batch_size=2 data.max_length=256");
 # LIMIT: score only the first N held-out problems (smoke tests)
 read -r -a extra_sets <<<"${EXTRA:-}"
@@ -45,7 +48,7 @@ mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 # activation checkpointing off: the small model fits, and recomputing costs about a third of a step
-common=(--set "model.device=\"$DEVICE\"" --set "model.dtype=\"$DTYPE\"" --set "training.steps=$STEPS"
+common=(--set "data.template=\"$TEMPLATE\"" --set "model.device=\"$DEVICE\"" --set "model.dtype=\"$DTYPE\"" --set "training.steps=$STEPS"
   --set "data.val_fraction=$VAL_FRACTION" --set runtime.eval_every=25 --set checkpoint.every=0
   --set runtime.progress=false --set runtime.activation_checkpointing=none)
 for e in "${extra_sets[@]}"; do common+=(--set "$e"); done
@@ -68,7 +71,7 @@ train() {
   if [ "$arm" != critic ]; then
     "$WMTP" eval --checkpoint "$ck" --pipeline plugins/baseline.wasm --out "$dir/heldout_ce.json" \
       >"$dir/eval.log" 2>&1 || { log "$arm seed $seed: eval failed"; tail -5 "$dir/eval.log" >&2; return 1; }
-    "$WMTP" eval --humaneval "$PROBLEMS" --checkpoint "$ck" --held-out --template auto "${limit[@]}" \
+    "$WMTP" eval --humaneval "$PROBLEMS" --checkpoint "$ck" --held-out --template "$TEMPLATE" "${limit[@]}" \
       --max-new-tokens "$MAX_NEW" --batch 64 --out "$dir/heldout_humaneval.jsonl" \
       >"$dir/humaneval.txt" 2>"$dir/humaneval.log" ||
       { log "$arm seed $seed: humaneval failed"; tail -5 "$dir/humaneval.log" >&2; return 1; }
@@ -96,9 +99,9 @@ one_seed() {
 untrained() {
   local dir="$OUT/untrained"
   mkdir -p "$dir"
-  "$WMTP" eval --humaneval "$PROBLEMS" --model "$GGUF" --device "$DEVICE" --template auto "${limit[@]}" \
+  "$WMTP" eval --humaneval "$PROBLEMS" --model "$GGUF" --device "$DEVICE" --template "$TEMPLATE" "${limit[@]}" \
     --max-new-tokens "$MAX_NEW" --batch 64 --out "$dir/humaneval_greedy.jsonl" >"$dir/humaneval_greedy.txt" 2>"$dir/greedy.log"
-  "$WMTP" eval --humaneval "$PROBLEMS" --model "$GGUF" --device "$DEVICE" --template auto "${limit[@]}" \
+  "$WMTP" eval --humaneval "$PROBLEMS" --model "$GGUF" --device "$DEVICE" --template "$TEMPLATE" "${limit[@]}" \
     --max-new-tokens "$MAX_NEW" --batch 128 --samples "$UNTRAINED_SAMPLES" --temperature 0.8 --top-p 0.95 \
     --out "$dir/humaneval_sampled.jsonl" >"$dir/humaneval_sampled.txt" 2>"$dir/sampled.log"
   log "untrained: $(head -1 "$dir/humaneval_greedy.txt"); sampled: $(tr '\n' ' ' <"$dir/humaneval_sampled.txt")"
@@ -122,7 +125,7 @@ PY
   for mode in plain speculative; do
     local flag=()
     [ "$mode" = speculative ] && flag=(--speculative)
-    "$WMTP" generate --model "$model" "$@" --device "$DEVICE" --dtype "$DTYPE" --template auto \
+    "$WMTP" generate --model "$model" "$@" --device "$DEVICE" --dtype "$DTYPE" --template "$TEMPLATE" \
       --max-new-tokens "${SPEC_TOKENS:-256}" --batch 1 "${flag[@]}" "${args[@]}" >"$dir/$label-$mode.txt" 2>"$dir/$label-$mode.log"
     log "speculative $label $mode: $(grep -E 'tokens/s|speculative:' "$dir/$label-$mode.log" | tr '\n' ' ')"
   done

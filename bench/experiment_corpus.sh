@@ -40,6 +40,9 @@ PROBLEMS=${PROBLEMS:-.cache/data/humaneval_problems.jsonl}
 HE_ROWS=${HE_ROWS:-.cache/data/humaneval.jsonl}
 GGUF=${GGUF:-.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 MAX_NEW=${MAX_NEW:-384}
+# TEMPLATE: the instruction template of training rows and evaluation prompts — chatml, as in the runs
+# measured before `auto` took the model's own chat template (SmolLM2's adds a default system turn)
+TEMPLATE=${TEMPLATE:-chatml}
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT") # LIMIT: score only the first N problems (smoke tests)
 mkdir -p "$OUT"
@@ -66,7 +69,7 @@ with open(os.path.join(out, "humaneval_solutions.jsonl"), "w") as f:
 print(f"training subset: every {k}th row, {len(rows[::k])} rows; {len(seen)} HumanEval solutions", file=sys.stderr)
 PY
 
-common=(--set "model.device=\"$DEVICE\"" --set "model.dtype=\"$DTYPE\"" --set "training.steps=$STEPS"
+common=(--set "data.template=\"$TEMPLATE\"" --set "model.device=\"$DEVICE\"" --set "model.dtype=\"$DTYPE\"" --set "training.steps=$STEPS"
   --set "training.batch_size=$BATCH" --set "training.grad_accum=$ACCUM"
   --set "data.train=\"$OUT/train.jsonl\"" --set "data.validation=\"$OUT/val_in_run.jsonl\""
   --set runtime.eval_every=${EVAL_EVERY:-50} --set checkpoint.every=0 --set runtime.progress=false
@@ -91,11 +94,11 @@ score() {
         --out "$dir/humaneval_ce.json" >>"$dir/eval.log" 2>&1 || { log "eval failed: $dir"; tail -5 "$dir/eval.log" >&2; return 1; }
   fi
   local model=${ck:-$GGUF}
-  "$WMTP" eval --humaneval "$PROBLEMS" --model "$model" --device "$DEVICE" --template auto "${limit[@]}" \
+  "$WMTP" eval --humaneval "$PROBLEMS" --model "$model" --device "$DEVICE" --template "$TEMPLATE" "${limit[@]}" \
     --max-new-tokens "$MAX_NEW" --batch 64 --out "$dir/pass1.jsonl" >"$dir/pass1.txt" 2>"$dir/pass1.log" ||
     { log "pass@1 failed: $dir"; tail -5 "$dir/pass1.log" >&2; return 1; }
   if [ "${PASS10:-0}" = 1 ]; then
-    "$WMTP" eval --humaneval "$PROBLEMS" --model "$model" --device "$DEVICE" --template auto "${limit[@]}" \
+    "$WMTP" eval --humaneval "$PROBLEMS" --model "$model" --device "$DEVICE" --template "$TEMPLATE" "${limit[@]}" \
       --max-new-tokens "$MAX_NEW" --batch 128 --samples 10 --temperature 0.8 --top-p 0.95 \
       --out "$dir/pass10.jsonl" >"$dir/pass10.txt" 2>"$dir/pass10.log" || { log "pass@10 failed: $dir"; return 1; }
   fi

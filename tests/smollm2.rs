@@ -143,8 +143,8 @@ fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
     let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let lm = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let tok = lm.tokenizer.as_ref().unwrap();
-    // a chat model: `auto` picks ChatML, and its markers are single tokens
-    assert_eq!(Template::Auto.resolve(tok), Template::Chatml);
+    // `chatml` asked for explicitly (`auto` takes the model's own template, tested below); its markers
+    // are single tokens
     let (start, end) = (
         tok.token_id("<|im_start|>").unwrap(),
         tok.token_id("<|im_end|>").unwrap(),
@@ -171,4 +171,54 @@ fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
         .unwrap();
     assert_eq!(s.ids[..prompt_ids.len()], prompt_ids[..]);
     assert!(s.mask[..prompt_ids.len()].iter().all(|&m| m == 0));
+}
+
+/// `data.template = "auto"` takes SmolLM2's own chat template from its GGUF, and an instruction row
+/// encodes token for token as transformers' `apply_chat_template` encodes the conversation (ids from
+/// tests/reference/chat_template_smollm2.py): the prompt (user turn + generation prompt) masked, the
+/// answer and the template's closing `<|im_end|>\n` trained, nothing appended.
+#[test]
+fn the_models_chat_template_matches_transformers() {
+    use wmtp_host::data::dataset::{encode_row, parse_jsonl, Template};
+    let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let lm = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let tok = lm.tokenizer.as_ref().unwrap();
+    assert_eq!(Template::Auto.resolve(tok), Template::Model);
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::root().join("tests/reference/chat_template_smollm2.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    for r in reference["rows"].as_array().unwrap() {
+        let ids = |k: &str| -> Vec<u32> {
+            r[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let row = serde_json::json!({"instruction": r["instruction"], "input": r["input"], "output": r["output"]});
+        let rows = parse_jsonl(&row.to_string(), "ref").unwrap();
+        let s = encode_row(tok, &rows[0], Template::Model).unwrap();
+        assert_eq!(s.ids, ids("ids"), "{row}");
+        let prompt = ids("prompt_ids");
+        // training starts where the conversation's tokens leave the prompt's (the prompt's last
+        // newline may merge with an indented answer into one token, which is then trained)
+        let shared = prompt
+            .iter()
+            .zip(&s.ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let first_trained = s.mask.iter().position(|&m| m == 1).unwrap();
+        assert_eq!(first_trained, shared, "{row}");
+        assert!(shared + 1 >= prompt.len(), "{row}");
+        let gen = Template::Model
+            .encode_prompt(
+                tok,
+                r["instruction"].as_str().unwrap(),
+                r["input"].as_str().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(gen, prompt, "generation prompt of {row}");
+    }
 }

@@ -34,13 +34,16 @@ OUT=${OUT:-runs/recipes}
 PROBLEMS=${PROBLEMS:-.cache/data/humaneval_problems.jsonl}
 GGUF=${GGUF:-.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 MAX_NEW=${MAX_NEW:-384}
+# TEMPLATE: the instruction template of training rows and evaluation prompts — chatml, as in the runs
+# measured before `auto` took the model's own chat template (SmolLM2's adds a default system turn)
+TEMPLATE=${TEMPLATE:-chatml}
 RECIPES=${RECIPES-uniform ntp weighted heads-lora heads-full}
 limit=()
 [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
-common=(--set "model.device=\"$DEVICE\"" --set "model.dtype=\"$DTYPE\"" --set "training.steps=$STEPS"
+common=(--set "data.template=\"$TEMPLATE\"" --set "model.device=\"$DEVICE\"" --set "model.dtype=\"$DTYPE\"" --set "training.steps=$STEPS"
   --set data.val_fraction=0.2 --set runtime.eval_every=${EVAL_EVERY:-25} --set checkpoint.every=0
   --set runtime.progress=false --set runtime.activation_checkpointing=none)
 
@@ -65,7 +68,7 @@ recipe_sets() {
 pass_at_1() {
   local out=$1
   shift
-  "$WMTP" eval --humaneval "$PROBLEMS" "$@" --template auto "${limit[@]}" --max-new-tokens "$MAX_NEW" \
+  "$WMTP" eval --humaneval "$PROBLEMS" "$@" --template "$TEMPLATE" "${limit[@]}" --max-new-tokens "$MAX_NEW" \
     --batch 64 --out "$out.jsonl" >"$out.txt" 2>"$out.log" || { log "pass@1 failed: $out"; tail -5 "$out.log" >&2; return 1; }
 }
 
@@ -108,7 +111,7 @@ sys.stdout.write("\0".join(r["prompt"] for r in rows[::20][:8]))' "$PROBLEMS")
   for mode in plain speculative; do
     local flag=()
     [ "$mode" = speculative ] && flag=(--speculative)
-    "$WMTP" generate --model "$ck" --device "$DEVICE" --dtype "$DTYPE" --template auto \
+    "$WMTP" generate --model "$ck" --device "$DEVICE" --dtype "$DTYPE" --template "$TEMPLATE" \
       --max-new-tokens "${SPEC_TOKENS:-256}" --batch 1 "${flag[@]}" "${args[@]}" >"$dir/$recipe-$mode.txt" 2>"$dir/$recipe-$mode.log" ||
       { log "speculative $recipe $mode failed"; tail -3 "$dir/$recipe-$mode.log" >&2; return 1; }
     log "speculative $recipe $mode: $(grep -E 'tokens/s|speculative:|accept' "$dir/$recipe-$mode.log" | tr '\n' ' ')"

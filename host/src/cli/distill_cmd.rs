@@ -22,7 +22,7 @@ pub struct DistillArgs {
     /// Where the answer rows go (JSONL; refused if it exists).
     #[arg(long)]
     pub out: PathBuf,
-    /// The prompt template, as training's data.template: auto, alpaca, chatml, none.
+    /// The prompt template, as training's data.template: auto, model, alpaca, chatml, none.
     #[arg(long, default_value = "auto")]
     pub template: String,
     /// Most tokens per answer.

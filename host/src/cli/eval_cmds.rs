@@ -41,7 +41,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 384)]
     pub max_new_tokens: usize,
     /// raw (continue the function as given: base models) or a template the prompt is put in as an
-    /// instruction (auto, alpaca, chatml, none: chat models; the code of the answer's first fenced block
+    /// instruction (auto, model, alpaca, chatml, none: chat models; the code of the answer's first fenced block
     /// is run).
     #[arg(long, default_value = "raw")]
     pub template: String,

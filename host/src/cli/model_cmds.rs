@@ -71,8 +71,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub no_cache: bool,
     /// raw (the default: continue the text as given), or wrap each prompt as an instruction the way
-    /// training's `data.template` does: auto (ChatML for tokenizers with `<|im_start|>`, else Alpaca),
-    /// alpaca, chatml, none.
+    /// training's `data.template` does: auto (the model's own chat template when it ships one, else
+    /// ChatML for tokenizers with `<|im_start|>`, else Alpaca), model, alpaca, chatml, none.
     #[arg(long, default_value = "raw")]
     pub template: String,
     /// Self-speculative greedy decoding: heads 1..H−1 draft, head 0 verifies them in one pass (the same

@@ -51,9 +51,15 @@ pub struct Sample {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Template {
-    /// ChatML when the tokenizer has `<|im_start|>` (chat models such as SmolLM2-Instruct), else Alpaca.
+    /// The model's own chat template when it ships one ([`Template::Model`]); else ChatML when the
+    /// tokenizer has `<|im_start|>`, else Alpaca.
     #[default]
     Auto,
+    /// The model's own chat template (GGUF `tokenizer.chat_template`, HF `tokenizer_config.json`),
+    /// rendered as transformers' `apply_chat_template` does ([`super::chat_template`]): the prompt is
+    /// the user turn with the generation prompt, the response what the full conversation adds (the
+    /// answer and the template's closing tokens); nothing else is added (no extra BOS or EOS).
+    Model,
     /// The Alpaca instruction template ([`alpaca_prompt`]).
     Alpaca,
     /// ChatML: `<|im_start|>user\n{instruction}[\n\n{input}]<|im_end|>\n<|im_start|>assistant\n`, the
@@ -67,23 +73,39 @@ impl Template {
     /// `Auto` made concrete for tokenizer `tok`; the others unchanged.
     pub fn resolve(self, tok: &Tokenizer) -> Template {
         match self {
+            Template::Auto if tok.chat_template_source.is_some() => Template::Model,
             Template::Auto if tok.token_id("<|im_start|>").is_some() => Template::Chatml,
             Template::Auto => Template::Alpaca,
             t => t,
         }
     }
 
-    /// The prompt (everything before the response) of an instruction and its optional input.
-    /// `Auto` must be resolved first; it is taken as Alpaca.
+    /// The prompt (everything before the response) of an instruction and its optional input, for
+    /// tokenizer `tok` (whose chat template [`Template::Model`] renders). `Auto` must be resolved first;
+    /// it is taken as Alpaca.
+    pub fn prompt_text(self, tok: &Tokenizer, instruction: &str, input: &str) -> Result<String> {
+        match self {
+            Template::Model => {
+                let t = model_template(tok)?;
+                t.render(
+                    &[super::chat_template::Message {
+                        role: "user",
+                        content: &joined(instruction, input),
+                    }],
+                    true,
+                )
+            }
+            t => Ok(t.prompt(instruction, input)),
+        }
+    }
+
+    /// [`Template::prompt_text`] of the templates that need no tokenizer (`Model` is rendered as
+    /// ChatML here: use `prompt_text` for it).
     pub fn prompt(self, instruction: &str, input: &str) -> String {
-        let joined = if input.is_empty() {
-            instruction.to_string()
-        } else {
-            format!("{instruction}\n\n{input}")
-        };
+        let joined = joined(instruction, input);
         match self {
             Template::Auto | Template::Alpaca => alpaca_prompt(instruction, input),
-            Template::Chatml => {
+            Template::Chatml | Template::Model => {
                 format!("<|im_start|>user\n{joined}<|im_end|>\n<|im_start|>assistant\n")
             }
             Template::None => format!("{joined}\n"),
@@ -93,9 +115,10 @@ impl Template {
     /// Whether a prompt under this template starts with the tokenizer's BOS: not for ChatML when BOS is
     /// `<|im_start|>` itself (SmolLM2), whose prompt already opens with it.
     pub fn adds_bos(self, tok: &Tokenizer) -> bool {
-        !(self == Template::Chatml
-            && tok.bos_id.is_some()
-            && tok.bos_id == tok.token_id("<|im_start|>"))
+        self != Template::Model
+            && !(self == Template::Chatml
+                && tok.bos_id.is_some()
+                && tok.bos_id == tok.token_id("<|im_start|>"))
     }
 
     /// Token ids of the prompt of `instruction` (and `input`): what generation continues.
@@ -105,13 +128,17 @@ impl Template {
         instruction: &str,
         input: &str,
     ) -> Result<Vec<u32>> {
-        tok.encode(&self.prompt(instruction, input), self.adds_bos(tok))
+        tok.encode(
+            &self.prompt_text(tok, instruction, input)?,
+            self.adds_bos(tok),
+        )
     }
 
     /// Its name in configs.
     pub fn name(self) -> &'static str {
         match self {
             Template::Auto => "auto",
+            Template::Model => "model",
             Template::Alpaca => "alpaca",
             Template::Chatml => "chatml",
             Template::None => "none",
@@ -124,14 +151,34 @@ impl std::str::FromStr for Template {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(Template::Auto),
+            "model" => Ok(Template::Model),
             "alpaca" => Ok(Template::Alpaca),
             "chatml" => Ok(Template::Chatml),
             "none" => Ok(Template::None),
             _ => Err(format!(
-                "unknown template `{s}` (auto, alpaca, chatml, none)"
+                "unknown template `{s}` (auto, model, alpaca, chatml, none)"
             )),
         }
     }
+}
+
+/// An instruction and its optional input as one user turn (the input after a blank line).
+fn joined(instruction: &str, input: &str) -> String {
+    if input.is_empty() {
+        instruction.to_string()
+    } else {
+        format!("{instruction}\n\n{input}")
+    }
+}
+
+/// The tokenizer's chat template, or an error saying the model has none.
+fn model_template(tok: &Tokenizer) -> Result<super::chat_template::ChatTemplate> {
+    tok.chat_template().ok_or_else(|| {
+        anyhow::anyhow!(
+            "data.template = \"model\": the model ships no chat template (GGUF tokenizer.chat_template, \
+             tokenizer_config.json); use auto, chatml, alpaca or none"
+        )
+    })
 }
 
 /// The Alpaca prompt (everything before the response).
@@ -180,14 +227,16 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Row>> {
 /// response and the appended EOS are trained (ChatML: the response closed by `<|im_end|>`, then EOS
 /// when the tokenizer's EOS is another token).
 pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Sample> {
+    let input = row.input.as_deref().unwrap_or("");
     let (prompt, response) = match (&row.text, &row.instruction, &row.output) {
         (Some(t), _, _) => (String::new(), t.clone()),
-        (None, Some(ins), Some(out)) => (
-            template.prompt(ins, row.input.as_deref().unwrap_or("")),
-            out.clone(),
-        ),
+        (None, Some(ins), Some(out)) if template == Template::Model => {
+            model_template(tok)?.split(&joined(ins, input), out)?
+        }
+        (None, Some(ins), Some(out)) => (template.prompt(ins, input), out.clone()),
         _ => bail!("row has neither text nor instruction/output"),
     };
+    let by_template = template == Template::Model && row.text.is_none();
     let im_end = (template == Template::Chatml && row.text.is_none())
         .then(|| tok.token_id("<|im_end|>"))
         .flatten();
@@ -205,7 +254,8 @@ pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Samp
     if let Some(end) = im_end.filter(|&e| Some(e) != tok.eos_id) {
         ids.push(end);
     }
-    if let Some(eos) = tok.eos_id {
+    // the model's template closes the answer itself: the sample is exactly the rendered conversation
+    if let Some(eos) = tok.eos_id.filter(|_| !by_template) {
         ids.push(eos);
     }
     let mask = (0..ids.len()).map(|i| (i >= split.max(1)) as u8).collect();

@@ -1,6 +1,7 @@
 //! Data: tokenizers, JSONL datasets and the Alpaca template, sampling, pairing and batching.
 
 pub mod batcher;
+pub mod chat_template;
 pub mod dataset;
 pub mod sentencepiece;
 pub mod sp_model;

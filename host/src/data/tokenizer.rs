@@ -28,6 +28,9 @@ pub struct Tokenizer {
     pub bos_id: Option<u32>,
     /// End-of-sequence id, appended to every trained sample.
     pub eos_id: Option<u32>,
+    /// The model's chat template (Jinja source: GGUF `tokenizer.chat_template`, HF
+    /// `tokenizer_config.json`), when it ships one; [`Tokenizer::chat_template`] makes it renderable.
+    pub chat_template_source: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -56,6 +59,7 @@ impl Tokenizer {
             inner: Some(inner),
             bos_id,
             eos_id,
+            chat_template_source: None,
         })
     }
 
@@ -86,6 +90,9 @@ impl Tokenizer {
             id("tokenizer.ggml.bos_token_id"),
             id("tokenizer.ggml.eos_token_id"),
         );
+        let chat_template = md
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok().cloned());
         let mut inner = match model.as_str() {
             "gpt2" => {
                 let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
@@ -164,6 +171,7 @@ impl Tokenizer {
                     inner: None,
                     bos_id,
                     eos_id,
+                    chat_template_source: chat_template,
                 });
             }
             other => bail!(
@@ -185,6 +193,7 @@ impl Tokenizer {
             inner: Some(inner),
             bos_id,
             eos_id,
+            chat_template_source: chat_template,
         })
     }
 
@@ -198,6 +207,7 @@ impl Tokenizer {
             bos_id: sp.piece_id("<s>"),
             eos_id: sp.piece_id("</s>"),
             sp: Some(sp),
+            chat_template_source: None,
         })
     }
 
@@ -209,6 +219,7 @@ impl Tokenizer {
             sp: None,
             bos_id: Some(256),
             eos_id: Some(257),
+            chat_template_source: None,
         }
     }
 
@@ -220,6 +231,19 @@ impl Tokenizer {
         inner
             .save(path, false)
             .map_err(|e| anyhow!("writing tokenizer {}: {e}", path.display()))
+    }
+
+    /// The model's chat template, ready to render (None when the model ships none).
+    pub fn chat_template(&self) -> Option<super::chat_template::ChatTemplate> {
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.inner.as_ref()?.id_to_token(i))
+                .unwrap_or_default()
+        };
+        Some(super::chat_template::ChatTemplate {
+            source: self.chat_template_source.clone()?,
+            bos_token: text(self.bos_id),
+            eos_token: text(self.eos_id),
+        })
     }
 
     /// The id of token `piece` (a special token such as `<|im_start|>` included), if the vocabulary has it.

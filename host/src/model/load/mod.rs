@@ -150,13 +150,46 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
 fn dir_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     let json = dir.join("tokenizer.json");
     let spm = dir.join("tokenizer.model");
-    Ok(if json.exists() {
-        Some(Tokenizer::from_file(&json, None, None)?)
+    let mut tok = if json.exists() {
+        Tokenizer::from_file(&json, None, None)?
     } else if spm.exists() {
-        Some(Tokenizer::from_sentencepiece_model(&spm)?)
+        Tokenizer::from_sentencepiece_model(&spm)?
     } else {
-        None
-    })
+        return Ok(None);
+    };
+    tok.chat_template_source = hf_chat_template(dir)?;
+    Ok(Some(tok))
+}
+
+/// `chat_template` of a HF `tokenizer_config.json` in `dir` (a string, or a list of named templates of
+/// which `default` is taken), else of a `chat_template.jinja` file; None when there is neither.
+fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    let cfg = dir.join("tokenizer_config.json");
+    if cfg.exists() {
+        let text =
+            std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
+        match &v["chat_template"] {
+            serde_json::Value::String(t) => return Ok(Some(t.clone())),
+            serde_json::Value::Array(named) => {
+                let default = named
+                    .iter()
+                    .find(|t| t["name"] == "default")
+                    .and_then(|t| t["template"].as_str());
+                return Ok(default.map(str::to_string));
+            }
+            _ => {}
+        }
+    }
+    if jinja.exists() {
+        return Ok(Some(
+            std::fs::read_to_string(&jinja)
+                .with_context(|| format!("reading {}", jinja.display()))?,
+        ));
+    }
+    Ok(None)
 }
 
 /// Turns an H = 1 checkpoint into an H-head one: head 0 stays the last block of `layers`, heads 1..H−1

@@ -1,5 +1,6 @@
 //! The plugin author's kit end to end, as a newcomer runs it: `wmtp plugin new demo`, `wmtp plugin build
-//! demo`, `wmtp plugin check demo/demo.wasm`, and `wmtp plugin describe` showing the settings' keys.
+//! demo`, `wmtp plugin check demo/demo.wasm`, and `wmtp plugin describe` showing the settings' keys; the
+//! new crate names the SDK and the kit by relative paths and carries a kit test.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,6 +27,22 @@ fn wmtp(dir: &std::path::Path, args: &[&str]) -> String {
 fn new_build_check_describe() {
     let tmp = tempfile::tempdir().unwrap();
     wmtp(tmp.path(), &["plugin", "new", "demo"]);
+    // the SDK and the kit by paths relative to the crate, both real crates; a kit test ready to run
+    let cargo = std::fs::read_to_string(tmp.path().join("demo/Cargo.toml")).unwrap();
+    for dep in ["wmtp-sdk", "wmtp-plugin-host"] {
+        let line = cargo.lines().find(|l| l.starts_with(dep)).unwrap();
+        let rel = line.split('"').nth(1).unwrap();
+        assert!(rel.starts_with(".."), "{line}");
+        assert!(
+            tmp.path()
+                .join("demo")
+                .join(rel)
+                .join("Cargo.toml")
+                .exists(),
+            "{line}"
+        );
+    }
+    assert!(tmp.path().join("demo/tests/conformance.rs").exists());
     wmtp(tmp.path(), &["plugin", "build", "demo"]);
     assert!(tmp.path().join("demo/demo.wasm").exists());
     let check = wmtp(tmp.path(), &["plugin", "check", "demo/demo.wasm"]);

@@ -176,7 +176,8 @@ fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
 /// `data.template = "auto"` takes SmolLM2's own chat template from its GGUF, and an instruction row
 /// encodes token for token as transformers' `apply_chat_template` encodes the conversation (ids from
 /// tests/reference/chat_template_smollm2.py): the prompt (user turn + generation prompt) masked, the
-/// answer and the template's closing `<|im_end|>\n` trained, nothing appended.
+/// answer and the template's closing `<|im_end|>\n` trained, nothing appended; a multi-turn `{messages}`
+/// row likewise, with only its assistant turns trained.
 #[test]
 fn the_models_chat_template_matches_transformers() {
     use wmtp_host::data::dataset::{encode_row, parse_jsonl, Template};
@@ -221,4 +222,28 @@ fn the_models_chat_template_matches_transformers() {
             .unwrap();
         assert_eq!(gen, prompt, "generation prompt of {row}");
     }
+    // a `{messages}` row: the conversation's ids as transformers', the two answers (and the template's
+    // closing of each) trained
+    let conv = &reference["conversation"];
+    let row = serde_json::json!({"messages": conv["messages"]});
+    let rows = parse_jsonl(&row.to_string(), "ref").unwrap();
+    let s = encode_row(tok, &rows[0], Template::Model).unwrap();
+    let want: Vec<u32> = conv["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(s.ids, want);
+    let trained: Vec<u32> = s
+        .ids
+        .iter()
+        .zip(&s.mask)
+        .filter(|(_, &m)| m == 1)
+        .map(|(&i, _)| i)
+        .collect();
+    // decode drops special tokens: the closing <|im_end|> of both answers is among the trained ids
+    assert_eq!(tok.decode(&trained).unwrap(), "Paris\nRome\n");
+    let im_end = tok.token_id("<|im_end|>").unwrap();
+    assert_eq!(trained.iter().filter(|&&i| i == im_end).count(), 2);
 }

@@ -32,5 +32,16 @@ for ins, inp, answer in ROWS:
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt)
     full = list(full["input_ids"] if isinstance(full, dict) or hasattr(full, "keys") else full)
     out["rows"].append({"instruction": ins, "input": inp, "output": answer, "prompt_ids": prompt, "ids": full})
+# a multi-turn conversation (a `{messages}` row): the whole rendering's ids
+CONVERSATION = [
+    {"role": "system", "content": "You answer in one word."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris"},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome"},
+]
+conv = tok.apply_chat_template(CONVERSATION, tokenize=True)
+conv = list(conv["input_ids"] if isinstance(conv, dict) or hasattr(conv, "keys") else conv)
+out["conversation"] = {"messages": CONVERSATION, "ids": conv}
 json.dump(out, sys.stdout, indent=1)
 print()

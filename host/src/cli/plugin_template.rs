@@ -45,8 +45,9 @@ impl Pipeline for Pipe {
 export_pipeline!(Pipe);
 "#;
 
-/// Writes `NAME/` (Cargo.toml, src/lib.rs, .gitignore) depending on the SDK at `sdk` (default: the one
-/// this wmtp was built from); refuses an existing directory and names that are not crate names.
+/// Writes `NAME/` (Cargo.toml, src/lib.rs, tests/conformance.rs, .gitignore) depending on the SDK at
+/// `sdk` (default: the one this wmtp was built from) by a relative path, with wmtp-plugin-host (beside
+/// the SDK) as the tests' dependency; refuses an existing directory and names that are not crate names.
 pub fn write_crate(name: &str, sdk: Option<&Path>) -> Result<PathBuf> {
     let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name
@@ -74,6 +75,13 @@ pub fn write_crate(name: &str, sdk: Option<&Path>) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("tests"))
+        .with_context(|| format!("creating {}", dir.join("tests").display()))?;
+    // the SDK by a path relative to the crate, so the checkout and the crate can move together
+    let here = dir.canonicalize()?;
+    let sdk_rel = relative(&here, &sdk);
+    let plugin_host = sdk.parent().unwrap_or(&sdk).join("plugin-host");
+    let host_rel = relative(&here, &plugin_host);
     let cargo = format!(
         r#"[package]
 name = "{name}"
@@ -87,16 +95,55 @@ crate-type = ["cdylib", "rlib"]   # cdylib: the .wasm component; rlib: native un
 [dependencies]
 wmtp-sdk = {{ path = {sdk:?} }}
 
+[dev-dependencies]   # tests/conformance.rs: wmtp's conformance kit on the built .wasm
+wmtp-plugin-host = {{ path = {host:?} }}
+
 [profile.release]
 opt-level = 3
 
 # a crate of its own, even inside another workspace
 [workspace]
 "#,
-        sdk = sdk.display().to_string()
+        sdk = sdk_rel.display().to_string(),
+        host = host_rel.display().to_string()
     );
     std::fs::write(dir.join("Cargo.toml"), cargo)?;
     std::fs::write(dir.join("src/lib.rs"), LIB_RS.replace("{{name}}", name))?;
     std::fs::write(dir.join(".gitignore"), "/target/\n*.wasm\nCargo.lock\n")?;
+    std::fs::write(
+        dir.join("tests/conformance.rs"),
+        CONFORMANCE_RS.replace("{{name}}", name),
+    )?;
     Ok(dir)
+}
+
+const CONFORMANCE_RS: &str = r#"//! {{name}} passes wmtp's conformance kit (shapes, masks, determinism, state, bad configs, and that the
+//! coefficients are the derivatives of the reported loss). Build first: `wmtp plugin build .`
+use std::path::PathBuf;
+use wmtp_plugin_host::conformance::assert_conformant;
+
+#[test]
+fn the_plugin_is_conformant() {
+    let wasm = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("{{name}}.wasm");
+    assert!(wasm.exists(), "{} missing: run `wmtp plugin build .` first", wasm.display());
+    assert_conformant(&wasm, "");
+    assert_conformant(&wasm, "scale = 2.5");
+}
+"#;
+
+/// `to` as a path relative to the directory `from` (both absolute); `to` itself when they share no root.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (a, b): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return to.to_path_buf();
+    }
+    let mut out = PathBuf::new();
+    for _ in common..a.len() {
+        out.push("..");
+    }
+    for c in &b[common..] {
+        out.push(c);
+    }
+    out
 }

@@ -1,5 +1,6 @@
 //! JSONL datasets (design.md §7): rows `{instruction, input, output, task_id, is_correct, problem_id?,
-//! difficulty?}` or `{text}`; the instruction templates (Alpaca, ChatML, none); tokenisation with BOS, EOS appended, prompt tokens
+//! difficulty?}`, `{text}`, `{prompt, completion}` or `{messages}` (data/conversation.rs); the instruction
+//! templates (the model's own, Alpaca, ChatML, none); tokenisation with BOS, EOS appended, prompt tokens
 //! masked; samples longer than `max_length` dropped and counted.
 
 use super::Tokenizer;
@@ -22,6 +23,16 @@ pub struct Row {
     /// Plain text (all tokens trained on).
     #[serde(default)]
     pub text: Option<String>,
+    /// With `completion`: text continued as given, masked (no template).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The continuation of `prompt` (trained on).
+    #[serde(default)]
+    pub completion: Option<String>,
+    /// A conversation (`role`: system, user, assistant), rendered with the chat template; every
+    /// assistant turn is trained.
+    #[serde(default)]
+    pub messages: Option<Vec<super::conversation::Turn>>,
     /// Task id.
     #[serde(default)]
     pub task_id: Option<String>,
@@ -209,9 +220,16 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Row>> {
         }
         let row: Row = serde_json::from_str(line)
             .with_context(|| format!("{source}:{}: not a valid dataset row", i + 1))?;
-        if row.text.is_none() && (row.instruction.is_none() || row.output.is_none()) {
+        let forms = [
+            row.text.is_some(),
+            row.instruction.is_some() && row.output.is_some(),
+            row.prompt.is_some() && row.completion.is_some(),
+            row.messages.is_some(),
+        ];
+        if !forms.contains(&true) {
             bail!(
-                "{source}:{}: a row needs `text`, or `instruction` and `output`",
+                "{source}:{}: a row needs `text`, `instruction` and `output`, `prompt` and \
+                 `completion`, or `messages`",
                 i + 1
             );
         }
@@ -227,6 +245,27 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Row>> {
 /// response and the appended EOS are trained (ChatML: the response closed by `<|im_end|>`, then EOS
 /// when the tokenizer's EOS is another token).
 pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Sample> {
+    let other = match (&row.messages, &row.prompt, &row.completion) {
+        (Some(turns), _, _) if row.text.is_none() => {
+            Some(super::conversation::conversation(tok, turns, template)?)
+        }
+        (None, Some(p), Some(c)) if row.text.is_none() && row.instruction.is_none() => {
+            Some(super::conversation::prompt_completion(tok, p, c)?)
+        }
+        _ => None,
+    };
+    if let Some((ids, mask)) = other {
+        return Ok(Sample {
+            ids,
+            mask,
+            reward: if row.is_correct.unwrap_or(true) {
+                1.0
+            } else {
+                0.0
+            },
+            problem: row_problem(row),
+        });
+    }
     let input = row.input.as_deref().unwrap_or("");
     let (prompt, response) = match (&row.text, &row.instruction, &row.output) {
         (Some(t), _, _) => (String::new(), t.clone()),
@@ -267,12 +306,16 @@ pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Samp
         } else {
             0.0
         },
-        problem: row
-            .problem_id
-            .clone()
-            .or_else(|| row.task_id.clone())
-            .unwrap_or_default(),
+        problem: row_problem(row),
     })
+}
+
+/// The row's problem id (`problem_id`, else `task_id`; "" when neither: [`encode_all`] names it).
+fn row_problem(row: &Row) -> String {
+    row.problem_id
+        .clone()
+        .or_else(|| row.task_id.clone())
+        .unwrap_or_default()
 }
 
 /// Tokenises rows under `template` (resolved), dropping samples longer than `max_length` tokens;

@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod chat_template;
+pub mod conversation;
 pub mod dataset;
 pub mod sentencepiece;
 pub mod sp_model;

@@ -91,7 +91,7 @@ impl Settings for NoSettings {
 /// each (serde-deserialised, unknown keys refused, missing keys defaulted), or an enum of unit variants
 /// written in snake_case in TOML (`mode = "signed"`).
 ///
-/// ```ignore
+/// ```
 /// wmtp_sdk::settings! {
 ///     pub enum Mode { Signed, Absolute }
 /// }

@@ -5,7 +5,7 @@
 //! `docs/design.md`). Declare the settings with [`settings!`], implement [`Pipeline`], call
 //! [`export_pipeline!`], and build with `wmtp plugin build` (`wmtp plugin new NAME` writes a starting crate):
 //!
-//! ```ignore
+//! ```
 //! use wmtp_sdk::*;
 //!
 //! settings! {
@@ -33,6 +33,7 @@
 //!     }
 //! }
 //! export_pipeline!(Plain);
+//! # fn main() {}
 //! ```
 
 extern crate self as wmtp_sdk;

@@ -17,6 +17,8 @@ pub mod progress;
 pub mod reference;
 pub mod resume;
 pub mod run;
+pub mod run_loop;
+pub mod run_setup;
 pub mod session;
 pub mod stages;
 pub mod step;

@@ -247,3 +247,25 @@ fn the_models_chat_template_matches_transformers() {
     let im_end = tok.token_id("<|im_end|>").unwrap();
     assert_eq!(trained.iter().filter(|&&i| i == im_end).count(), 2);
 }
+
+/// What `wmtp merge` writes beside the weights: `tokenizer.json` + `tokenizer_config.json` from the GGUF's
+/// tokenizer; read back as a model folder's tokenizer it has the same ids, BOS, EOS and chat template.
+#[test]
+fn a_gguf_tokenizer_written_as_hf_files_reads_back_the_same() {
+    let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tok = wmtp_host::model::load::load_tokenizer(path.to_str().unwrap())
+        .unwrap()
+        .unwrap();
+    let dir = common::tempdir();
+    tok.save_hf_files(dir.path(), 8192).unwrap();
+    let back = wmtp_host::model::load::load_tokenizer(dir.path().to_str().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.bos_id, back.eos_id), (tok.bos_id, tok.eos_id));
+    assert_eq!(back.chat_template_source, tok.chat_template_source);
+    assert!(back.chat_template_source.is_some());
+    assert_eq!(
+        back.encode(PARAGRAPH, true).unwrap(),
+        tok.encode(PARAGRAPH, true).unwrap()
+    );
+}

@@ -233,6 +233,41 @@ impl Tokenizer {
             .map_err(|e| anyhow!("writing tokenizer {}: {e}", path.display()))
     }
 
+    /// Whether it can be written as a `tokenizer.json` (HF and GGUF-built tokenizers; not the byte
+    /// tokenizer nor a SentencePiece model).
+    pub fn has_json_form(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Writes the tokenizer as Hugging Face expects it in a model folder: `tokenizer.json` and
+    /// `tokenizer_config.json` (BOS, EOS, the chat template, `model_max_length`), so `wmtp generate
+    /// --model DIR` and transformers' `AutoTokenizer.from_pretrained(DIR)` both read it. SentencePiece
+    /// models copy no file here (an error); the byte tokenizer has none.
+    pub fn save_hf_files(&self, dir: &Path, model_max_length: usize) -> Result<()> {
+        self.save(&dir.join("tokenizer.json"))?;
+        let Some(inner) = self.inner.as_ref() else {
+            bail!("this tokenizer has no tokenizer.json form");
+        };
+        let text = |id: Option<u32>| id.and_then(|i| inner.id_to_token(i));
+        let mut cfg = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": model_max_length,
+        });
+        if let Some(b) = text(self.bos_id) {
+            cfg["bos_token"] = b.into();
+        }
+        if let Some(e) = text(self.eos_id) {
+            cfg["eos_token"] = e.into();
+        }
+        if let Some(t) = &self.chat_template_source {
+            cfg["chat_template"] = t.clone().into();
+        }
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&cfg)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
     /// The model's chat template, ready to render (None when the model ships none).
     pub fn chat_template(&self) -> Option<super::chat_template::ChatTemplate> {
         let text = |id: Option<u32>| {

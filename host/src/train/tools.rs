@@ -31,12 +31,22 @@ fn trained(ckpt: &Path) -> Result<(Transformer, Option<ValueHead>, String)> {
 }
 
 /// Writes the checkpoint's model with its LoRA adapter merged (or its full weights) to `out` in
-/// `format` (with `value_head.safetensors` when the run had one); both load with `--model out`.
+/// `format` (with `value_head.safetensors` when the run had one), and the base model's tokenizer
+/// (`tokenizer.json`, `tokenizer_config.json` with its chat template); both load with `--model out`.
 pub fn merge_checkpoint(ckpt: &Path, out: &Path, format: MergeFormat) -> Result<()> {
-    let (model, vh, _) = trained(ckpt)?;
+    let (model, vh, base) = trained(ckpt)?;
     match format {
-        MergeFormat::Meta => save_full(out, &model, vh.as_ref()),
-        MergeFormat::Hf => save_hf_merged(out, &model, vh.as_ref()),
+        MergeFormat::Meta => save_full(out, &model, vh.as_ref())?,
+        MergeFormat::Hf => save_hf_merged(out, &model, vh.as_ref())?,
+    }
+    // the base model's tokenizer beside the weights: a complete model folder
+    match crate::model::load::load_tokenizer(&base)
+        .with_context(|| format!("the tokenizer of base model `{base}`"))?
+    {
+        Some(tok) if tok.has_json_form() => tok
+            .save_hf_files(out, model.args.max_seq_len)
+            .with_context(|| format!("writing the tokenizer into {}", out.display())),
+        _ => Ok(()), // a preset's byte tokenizer (or a SentencePiece model): nothing to write
     }
 }
 

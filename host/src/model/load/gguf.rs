@@ -84,6 +84,18 @@ pub fn read_gguf(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tok
     })
 }
 
+/// The tokenizer of a GGUF file alone (its metadata; no tensor is read).
+pub fn read_gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let src = path.display().to_string();
+    super::guarded::guarded(&format!("GGUF file {src}"), || {
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("opening GGUF file {src}"))?;
+        let content = gguf_file::Content::read(&mut file)
+            .with_context(|| format!("reading GGUF file {src}"))?;
+        Tokenizer::from_gguf(&content, &src)
+    })
+}
+
 fn read_gguf_unguarded(path: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>, Tokenizer)> {
     let src = path.display().to_string();
     let mut file = std::fs::File::open(path).with_context(|| format!("opening GGUF file {src}"))?;

@@ -146,12 +146,28 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     })
 }
 
+/// The tokenizer of model `spec` without its weights: a GGUF's metadata, a model folder's tokenizer
+/// files; None for presets (the byte tokenizer) and folders without one.
+pub fn load_tokenizer(spec: &str) -> Result<Option<Tokenizer>> {
+    let path = Path::new(spec);
+    if path.is_file() && spec.ends_with(".gguf") {
+        return gguf::read_gguf_tokenizer(path).map(Some);
+    }
+    if path.is_dir() {
+        return dir_tokenizer(path);
+    }
+    Ok(None)
+}
+
 /// The tokenizer stored beside a checkpoint: `tokenizer.json`, else SentencePiece `tokenizer.model`.
 fn dir_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     let json = dir.join("tokenizer.json");
     let spm = dir.join("tokenizer.model");
     let mut tok = if json.exists() {
-        Tokenizer::from_file(&json, None, None)?
+        let (bos, eos) = hf_special_tokens(dir)?;
+        let plain = Tokenizer::from_file(&json, None, None)?;
+        let id = |t: Option<String>| t.and_then(|t| plain.token_id(&t));
+        Tokenizer::from_file(&json, id(bos), id(eos))?
     } else if spm.exists() {
         Tokenizer::from_sentencepiece_model(&spm)?
     } else {
@@ -159,6 +175,25 @@ fn dir_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     };
     tok.chat_template_source = hf_chat_template(dir)?;
     Ok(Some(tok))
+}
+
+/// `bos_token` and `eos_token` of a HF `tokenizer_config.json` in `dir` (a string, or a dict with
+/// `content`); None where absent.
+fn hf_special_tokens(dir: &Path) -> Result<(Option<String>, Option<String>)> {
+    let cfg = dir.join("tokenizer_config.json");
+    if !cfg.exists() {
+        return Ok((None, None));
+    }
+    let text =
+        std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
+    let token = |k: &str| match &v[k] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    };
+    Ok((token("bos_token"), token("eos_token")))
 }
 
 /// `chat_template` of a HF `tokenizer_config.json` in `dir` (a string, or a list of named templates of

@@ -50,7 +50,8 @@ pub fn merge_checkpoint(ckpt: &Path, out: &Path, format: MergeFormat) -> Result<
     }
 }
 
-/// Writes the checkpoint's LoRA adapter to `out` as a PEFT adapter (HF module names, rotate-half q/k).
+/// Writes the checkpoint's LoRA adapter to `out` as a PEFT adapter (HF module names, rotate-half q/k);
+/// `base_model_name_or_path` is the base model's absolute path (a preset keeps its name).
 pub fn export_peft_adapter(ckpt: &Path, out: &Path) -> Result<()> {
     let (model, vh, base) = trained(ckpt)?;
     if model.lora.is_none() {
@@ -59,5 +60,9 @@ pub fn export_peft_adapter(ckpt: &Path, out: &Path) -> Result<()> {
             ckpt.display()
         );
     }
+    // a path in the run's config is relative to where the run started: PEFT needs one it can open
+    let base = std::fs::canonicalize(&base)
+        .map(|p| p.display().to_string())
+        .unwrap_or(base);
     export_peft(out, &model, vh.as_ref(), &base)
 }

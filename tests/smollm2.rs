@@ -137,6 +137,16 @@ fn smollm2_widened_to_four_heads_keeps_head_zero() {
     );
 }
 
+/// The ids a sample trains (mask 1), in order.
+fn trained_ids(s: &wmtp_host::data::dataset::Sample) -> Vec<u32> {
+    s.ids
+        .iter()
+        .zip(&s.mask)
+        .filter(|(_, &m)| m == 1)
+        .map(|(&i, _)| i)
+        .collect()
+}
+
 #[test]
 fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
     use wmtp_host::data::dataset::{encode_row, parse_jsonl, Template};
@@ -158,13 +168,7 @@ fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
     );
     // the response ends the assistant turn with <|im_end|> (SmolLM2's EOS) and is all that is trained
     assert_eq!(*s.ids.last().unwrap(), end);
-    let trained: Vec<u32> = s
-        .ids
-        .iter()
-        .zip(&s.mask)
-        .filter(|(_, &m)| m == 1)
-        .map(|(&i, _)| i)
-        .collect();
+    let trained = trained_ids(&s);
     assert_eq!(tok.decode(&trained[..trained.len() - 1]).unwrap(), "5");
     let prompt_ids = Template::Chatml
         .encode_prompt(tok, "Add 2 and 3.", "")
@@ -235,13 +239,7 @@ fn the_models_chat_template_matches_transformers() {
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
     assert_eq!(s.ids, want);
-    let trained: Vec<u32> = s
-        .ids
-        .iter()
-        .zip(&s.mask)
-        .filter(|(_, &m)| m == 1)
-        .map(|(&i, _)| i)
-        .collect();
+    let trained = trained_ids(&s);
     // decode drops special tokens: the closing <|im_end|> of both answers is among the trained ids
     assert_eq!(tok.decode(&trained).unwrap(), "Paris\nRome\n");
     let im_end = tok.token_id("<|im_end|>").unwrap();
@@ -262,8 +260,8 @@ fn a_gguf_tokenizer_written_as_hf_files_reads_back_the_same() {
         .unwrap()
         .unwrap();
     assert_eq!((back.bos_id, back.eos_id), (tok.bos_id, tok.eos_id));
-    assert_eq!(back.chat_template_source, tok.chat_template_source);
-    assert!(back.chat_template_source.is_some());
+    assert_eq!(back.chat_template_source(), tok.chat_template_source());
+    assert!(back.chat_template_source().is_some());
     assert_eq!(
         back.encode(PARAGRAPH, true).unwrap(),
         tok.encode(PARAGRAPH, true).unwrap()

@@ -406,16 +406,7 @@ fn distill_writes_the_models_answers_as_training_rows() {
 #[test]
 fn console_output_is_short_and_a_cpu_build_says_how_to_get_cuda() {
     let dir = common::tempdir();
-    let wmtp = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let wmtp = common::wmtp;
     let plugin = common::shipped_plugin("baseline");
     for (verbose, run) in [(false, "a"), (true, "b")] {
         let ck = format!("checkpoint.dir={}", dir.path().join(run).display());
@@ -447,14 +438,21 @@ fn off_a_terminal_a_run_prints_plain_progress_lines() {
     let plugin = common::shipped_plugin("baseline");
     let run = |name: &str, log_every: &str| {
         let ck = format!("checkpoint.dir={}", dir.path().join(name).display());
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
-            .args(["run", "--pipeline", plugin.to_str().unwrap(), "--set", &ck])
-            .args(["--set", "training.steps=5", "--set", "runtime.eval_every=4"])
-            .args(["--set", log_every, "--set", "runtime.log_every_s=0"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        common::wmtp_ok(&[
+            "run",
+            "--pipeline",
+            plugin.to_str().unwrap(),
+            "--set",
+            &ck,
+            "--set",
+            "training.steps=5",
+            "--set",
+            "runtime.eval_every=4",
+            "--set",
+            log_every,
+            "--set",
+            "runtime.log_every_s=0",
+        ])
     };
     let err = run("a", "runtime.log_every=2");
     let steps: Vec<&str> = err.lines().filter(|l| l.starts_with("step ")).collect();
@@ -490,18 +488,7 @@ fn off_a_terminal_a_run_prints_plain_progress_lines() {
 fn best_includes_the_final_validation_and_resume_says_what_it_does() {
     let dir = common::tempdir();
     let plugin = common::shipped_plugin("baseline");
-    let wmtp = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let wmtp = common::wmtp_ok;
     let ck = format!("checkpoint.dir={}", dir.path().display());
     // validation at step 2 and at the end (step 5); the loss falls, so the final one is the best
     let err = wmtp(&[

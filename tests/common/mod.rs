@@ -29,3 +29,22 @@ pub fn values(t: &Tensor) -> Vec<f32> {
         .to_vec1()
         .unwrap()
 }
+
+/// Runs the `wmtp` binary with `args`: (exit status success, stderr).
+pub fn wmtp(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`wmtp`] that must succeed: its stderr.
+pub fn wmtp_ok(args: &[&str]) -> String {
+    let (ok, err) = wmtp(args);
+    assert!(ok, "wmtp {args:?} failed:\n{err}");
+    err
+}

@@ -8,7 +8,6 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use wmtp_host::infer::distill::{distill, DistillOptions};
-use wmtp_host::model::generate::Sampling;
 
 /// `wmtp distill`.
 #[derive(Debug, Args)]
@@ -31,15 +30,9 @@ pub struct DistillArgs {
     /// Prompts decoded together.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f64,
-    /// Nucleus sampling mass.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    /// Seed of the sampling draws.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    /// How answers are drawn.
+    pub sampling: super::SamplingArgs,
 }
 
 /// Runs `wmtp distill`.
@@ -47,6 +40,7 @@ pub fn run(a: &DistillArgs) -> Result<()> {
     if a.out.exists() {
         bail!("--out {}: exists (not overwritten)", a.out.display());
     }
+    let sampling = a.sampling.checked()?;
     let template = a
         .template
         .parse()
@@ -64,11 +58,7 @@ pub fn run(a: &DistillArgs) -> Result<()> {
         template,
         max_new: a.max_new_tokens,
         batch: a.batch,
-        sampling: Sampling {
-            temperature: a.temperature,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
+        sampling,
     };
     let t0 = std::time::Instant::now();
     let out = distill(&lm.model, tok, &rows, &opts, &mut |done, total| {

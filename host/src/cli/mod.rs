@@ -159,6 +159,39 @@ pub struct ModelArgsCli {
     pub device: DeviceSpec,
 }
 
+/// How continuations are drawn (`generate`, `distill`).
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed of the sampling draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The sampling settings, checked: temperature ≥ 0, top-p in (0, 1].
+    pub fn checked(&self) -> anyhow::Result<wmtp_host::model::generate::Sampling> {
+        anyhow::ensure!(
+            self.temperature >= 0.0 && self.temperature.is_finite(),
+            "--temperature must be ≥ 0"
+        );
+        anyhow::ensure!(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            "--top-p must be in (0, 1]"
+        );
+        Ok(wmtp_host::model::generate::Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        })
+    }
+}
+
 /// The tracing filter for `-v` counts (RUST_LOG, when set, wins).
 pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
     let level = match verbose {

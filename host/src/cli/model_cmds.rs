@@ -55,15 +55,9 @@ pub struct GenerateArgs {
     /// Most tokens to add.
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f64,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    /// Seed of the sampling draws.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    /// How continuations are drawn.
+    pub sampling: super::SamplingArgs,
     /// Stop a continuation when its text contains this string (repeatable; the string is cut off).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
@@ -295,18 +289,14 @@ pub fn info(a: &InfoArgs) -> Result<()> {
 
 /// `wmtp generate`.
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    use wmtp_host::model::generate::{generate, greedy_continue, GenerateOptions, Sampling};
+    use wmtp_host::model::generate::{generate, greedy_continue, GenerateOptions};
+    let sampling = a.sampling.checked()?;
     anyhow::ensure!(
-        a.temperature >= 0.0 && a.temperature.is_finite(),
-        "--temperature must be ≥ 0"
-    );
-    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
-    anyhow::ensure!(
-        !(a.no_cache && a.temperature > 0.0),
+        !(a.no_cache && sampling.temperature > 0.0),
         "--no-cache decodes greedily only"
     );
     anyhow::ensure!(
-        !(a.speculative && a.temperature > 0.0),
+        !(a.speculative && sampling.temperature > 0.0),
         "--speculative decodes greedily only (temperature 0)"
     );
     let lm = load(&a.model)?;
@@ -341,11 +331,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         let opts = GenerateOptions {
             max_new: a.max_new_tokens,
             eos: tok.eos_id,
-            sampling: Sampling {
-                temperature: a.temperature,
-                top_p: a.top_p,
-                seed: a.seed,
-            },
+            sampling,
             batch: a.batch,
         };
         let stops = &a.stop;

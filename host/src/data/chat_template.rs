@@ -7,11 +7,10 @@
 use anyhow::{anyhow, bail, Context, Result};
 use minijinja::{context, Environment, Error, ErrorKind};
 
-/// A chat template and the special tokens it may name.
-#[derive(Debug, Clone)]
+/// A chat template, compiled once, and the special tokens it may name.
+#[derive(Debug)]
 pub struct ChatTemplate {
-    /// The Jinja source.
-    pub source: String,
+    env: Environment<'static>,
     /// `bos_token` as the template sees it ("" when the tokenizer has none).
     pub bos_token: String,
     /// `eos_token` as the template sees it.
@@ -28,17 +27,27 @@ pub struct Message<'a> {
 }
 
 impl ChatTemplate {
-    /// Renders `messages`, with the assistant's opening appended when `add_generation_prompt`.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    /// Compiles the Jinja `source` (an error when it does not parse).
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_template("chat", &self.source)
+        env.add_template_owned("chat", source.to_string())
             .context("the model's chat template does not parse")?;
-        env.get_template("chat")?
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
+    }
+
+    /// Renders `messages`, with the assistant's opening appended when `add_generation_prompt`.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.env
+            .get_template("chat")?
             .render(context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
@@ -85,15 +94,15 @@ mod tests {
     /// answer is closed by `<|im_end|>\n`.
     #[test]
     fn smollm2_template_splits_prompt_and_answer() {
-        let t = ChatTemplate {
-            source: "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}\
-                     {{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}\
-                     {% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}\
-                     {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-                .into(),
-            bos_token: "<|im_start|>".into(),
-            eos_token: "<|im_end|>".into(),
-        };
+        let t = ChatTemplate::new(
+            "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}\
+             {{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}\
+             {% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}\
+             {% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+            "<|im_start|>",
+            "<|im_end|>",
+        )
+        .unwrap();
         let (p, r) = t.split("Add 2 and 3.", "5").unwrap();
         assert_eq!(
             p,
@@ -101,11 +110,10 @@ mod tests {
              <|im_start|>user\nAdd 2 and 3.<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(r, "5<|im_end|>\n");
-        let bad = ChatTemplate {
-            source: "{{ raise_exception('roles must alternate') }}".into(),
-            ..t
-        };
+        let bad =
+            ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
         let e = format!("{:#}", bad.split("x", "y").unwrap_err());
         assert!(e.contains("roles must alternate"), "{e}");
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
     }
 }

@@ -1,7 +1,6 @@
-//! The two other row formats people have: `{prompt, completion}` (the prompt masked, the completion
-//! trained, no template: BOS + prompt + completion + EOS) and `{messages: [{role, content}, …]}` (a
-//! conversation rendered with the chat template — the model's own, or ChatML — training every assistant
-//! turn and nothing else).
+//! `{messages: [{role, content}, …]}` rows: a conversation rendered with the chat template — the model's
+//! own, or ChatML — training every assistant turn and nothing else. (`{prompt, completion}` rows are
+//! [`super::dataset::prompt_and_response`] without a template.)
 
 use super::chat_template::{ChatTemplate, Message};
 use super::dataset::Template;
@@ -19,28 +18,6 @@ pub struct Turn {
     pub role: String,
     /// The turn's text.
     pub content: String,
-}
-
-/// Ids and mask of `{prompt, completion}`: BOS + prompt (masked) + completion + EOS (trained).
-pub fn prompt_completion(
-    tok: &Tokenizer,
-    prompt: &str,
-    completion: &str,
-) -> Result<(Vec<u32>, Vec<u8>)> {
-    let p = tok.encode(prompt, true)?;
-    let mut ids = tok.encode(&format!("{prompt}{completion}"), true)?;
-    // tokenizers may merge across the boundary: the shared prefix decides what is prompt
-    let split = p
-        .iter()
-        .zip(&ids)
-        .take_while(|(a, b)| a == b)
-        .count()
-        .max(1);
-    if let Some(eos) = tok.eos_id {
-        ids.push(eos);
-    }
-    let mask = (0..ids.len()).map(|i| (i >= split) as u8).collect();
-    Ok((ids, mask))
 }
 
 /// Ids and mask of a conversation under `template` (resolved): the rendering of the whole conversation,
@@ -99,17 +76,19 @@ pub fn conversation(
     Ok((ids, mask))
 }
 
-/// The chat template a `{messages}` row is rendered with.
-fn chat_template(tok: &Tokenizer, template: Template) -> Result<ChatTemplate> {
+/// The chat template a `{messages}` row is rendered with (the built-in ChatML one compiled once per
+/// process).
+fn chat_template(tok: &Tokenizer, template: Template) -> Result<&ChatTemplate> {
+    static CHATML_TEMPLATE: std::sync::OnceLock<std::result::Result<ChatTemplate, String>> =
+        std::sync::OnceLock::new();
     match template {
-        Template::Model => tok.chat_template().ok_or_else(|| {
+        Template::Model => tok.chat_template()?.ok_or_else(|| {
             anyhow::anyhow!("data.template = \"model\": the model ships no chat template")
         }),
-        Template::Chatml => Ok(ChatTemplate {
-            source: CHATML.into(),
-            bos_token: String::new(),
-            eos_token: String::new(),
-        }),
+        Template::Chatml => CHATML_TEMPLATE
+            .get_or_init(|| ChatTemplate::new(CHATML, "", "").map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the built-in ChatML template: {e}")),
         other => bail!(
             "`messages` rows need a chat template: data.template = \"model\" (or auto on a model that \
              ships one) or \"chatml\", not `{}`",
@@ -130,18 +109,6 @@ mod tests {
             .map(|(&i, _)| i)
             .collect();
         tok.decode(&t).unwrap()
-    }
-
-    #[test]
-    fn prompt_is_masked_and_completion_trained() {
-        let tok = Tokenizer::bytes();
-        let (ids, mask) = prompt_completion(&tok, "2 + 3 =", " 5").unwrap();
-        assert_eq!(ids.len(), 1 + 7 + 2 + 1, "BOS, prompt, completion, EOS");
-        assert_eq!(mask.iter().filter(|&&m| m == 1).count(), 3, "' 5' and EOS");
-        assert_eq!(
-            trained(&tok, &ids[..ids.len() - 1], &mask[..mask.len() - 1]),
-            " 5"
-        );
     }
 
     /// Every assistant turn is trained (its text and the template's closing), nothing else.

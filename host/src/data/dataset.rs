@@ -84,7 +84,7 @@ impl Template {
     /// `Auto` made concrete for tokenizer `tok`; the others unchanged.
     pub fn resolve(self, tok: &Tokenizer) -> Template {
         match self {
-            Template::Auto if tok.chat_template_source.is_some() => Template::Model,
+            Template::Auto if tok.chat_template_source().is_some() => Template::Model,
             Template::Auto if tok.token_id("<|im_start|>").is_some() => Template::Chatml,
             Template::Auto => Template::Alpaca,
             t => t,
@@ -110,9 +110,9 @@ impl Template {
         }
     }
 
-    /// [`Template::prompt_text`] of the templates that need no tokenizer (`Model` is rendered as
-    /// ChatML here: use `prompt_text` for it).
-    pub fn prompt(self, instruction: &str, input: &str) -> String {
+    /// [`Template::prompt_text`] of the templates that need no tokenizer (`Model` needs the tokenizer's
+    /// template: only `prompt_text` renders it, and it never reaches here).
+    fn prompt(self, instruction: &str, input: &str) -> String {
         let joined = joined(instruction, input);
         match self {
             Template::Auto | Template::Alpaca => alpaca_prompt(instruction, input),
@@ -183,8 +183,8 @@ fn joined(instruction: &str, input: &str) -> String {
 }
 
 /// The tokenizer's chat template, or an error saying the model has none.
-fn model_template(tok: &Tokenizer) -> Result<super::chat_template::ChatTemplate> {
-    tok.chat_template().ok_or_else(|| {
+fn model_template(tok: &Tokenizer) -> Result<&super::chat_template::ChatTemplate> {
+    tok.chat_template()?.ok_or_else(|| {
         anyhow::anyhow!(
             "data.template = \"model\": the model ships no chat template (GGUF tokenizer.chat_template, \
              tokenizer_config.json); use auto, chatml, alpaca or none"
@@ -245,59 +245,16 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Row>> {
 /// response and the appended EOS are trained (ChatML: the response closed by `<|im_end|>`, then EOS
 /// when the tokenizer's EOS is another token).
 pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Sample> {
-    let other = match (&row.messages, &row.prompt, &row.completion) {
+    let (ids, mask) = match (&row.messages, &row.prompt, &row.completion) {
         (Some(turns), _, _) if row.text.is_none() => {
-            Some(super::conversation::conversation(tok, turns, template)?)
+            super::conversation::conversation(tok, turns, template)?
         }
+        // no template: the prompt continued as given
         (None, Some(p), Some(c)) if row.text.is_none() && row.instruction.is_none() => {
-            Some(super::conversation::prompt_completion(tok, p, c)?)
+            prompt_and_response(tok, p, c, true, None, true)?
         }
-        _ => None,
+        _ => instruction_or_text(tok, row, template)?,
     };
-    if let Some((ids, mask)) = other {
-        return Ok(Sample {
-            ids,
-            mask,
-            reward: if row.is_correct.unwrap_or(true) {
-                1.0
-            } else {
-                0.0
-            },
-            problem: row_problem(row),
-        });
-    }
-    let input = row.input.as_deref().unwrap_or("");
-    let (prompt, response) = match (&row.text, &row.instruction, &row.output) {
-        (Some(t), _, _) => (String::new(), t.clone()),
-        (None, Some(ins), Some(out)) if template == Template::Model => {
-            model_template(tok)?.split(&joined(ins, input), out)?
-        }
-        (None, Some(ins), Some(out)) => (template.prompt(ins, input), out.clone()),
-        _ => bail!("row has neither text nor instruction/output"),
-    };
-    let by_template = template == Template::Model && row.text.is_none();
-    let im_end = (template == Template::Chatml && row.text.is_none())
-        .then(|| tok.token_id("<|im_end|>"))
-        .flatten();
-    let bos = row.text.is_some() || template.adds_bos(tok);
-    let prompt_ids = tok.encode(&prompt, bos)?;
-    let full = tok.encode(&format!("{prompt}{response}"), bos)?;
-    // the response's tokens are those after the prompt's (tokenizers may merge across the boundary:
-    // the shared prefix decides)
-    let split = prompt_ids
-        .iter()
-        .zip(&full)
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut ids = full;
-    if let Some(end) = im_end.filter(|&e| Some(e) != tok.eos_id) {
-        ids.push(end);
-    }
-    // the model's template closes the answer itself: the sample is exactly the rendered conversation
-    if let Some(eos) = tok.eos_id.filter(|_| !by_template) {
-        ids.push(eos);
-    }
-    let mask = (0..ids.len()).map(|i| (i >= split.max(1)) as u8).collect();
     Ok(Sample {
         ids,
         mask,
@@ -308,6 +265,55 @@ pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Samp
         },
         problem: row_problem(row),
     })
+}
+
+/// Ids and mask of an instruction row under `template`, or of a `{text}` row (trained whole).
+fn instruction_or_text(
+    tok: &Tokenizer,
+    row: &Row,
+    template: Template,
+) -> Result<(Vec<u32>, Vec<u8>)> {
+    let input = row.input.as_deref().unwrap_or("");
+    let (prompt, response) = match (&row.text, &row.instruction, &row.output) {
+        (Some(t), _, _) => (String::new(), t.clone()),
+        (None, Some(ins), Some(out)) if template == Template::Model => {
+            model_template(tok)?.split(&joined(ins, input), out)?
+        }
+        (None, Some(ins), Some(out)) => (template.prompt(ins, input), out.clone()),
+        _ => bail!("row has neither text nor instruction/output"),
+    };
+    let im_end = (template == Template::Chatml && row.text.is_none())
+        .then(|| tok.token_id("<|im_end|>"))
+        .flatten()
+        .filter(|&e| Some(e) != tok.eos_id);
+    let bos = row.text.is_some() || template.adds_bos(tok);
+    // the model's template closes the answer itself: the sample is exactly the rendered conversation
+    let append_eos = !(template == Template::Model && row.text.is_none());
+    prompt_and_response(tok, &prompt, &response, bos, im_end, append_eos)
+}
+
+/// Ids and mask of `prompt` (masked) followed by `response`, then `closing` and EOS when asked (both
+/// trained). The response's tokens are those after the prompt's: tokenizers may merge across the
+/// boundary, so the shared prefix of the prompt's and the whole text's ids decides.
+pub fn prompt_and_response(
+    tok: &Tokenizer,
+    prompt: &str,
+    response: &str,
+    bos: bool,
+    closing: Option<u32>,
+    append_eos: bool,
+) -> Result<(Vec<u32>, Vec<u8>)> {
+    let prompt_ids = tok.encode(prompt, bos)?;
+    let mut ids = tok.encode(&format!("{prompt}{response}"), bos)?;
+    let split = prompt_ids
+        .iter()
+        .zip(&ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    ids.extend(closing);
+    ids.extend(tok.eos_id.filter(|_| append_eos));
+    let mask = (0..ids.len()).map(|i| (i >= split.max(1)) as u8).collect();
+    Ok((ids, mask))
 }
 
 /// The row's problem id (`problem_id`, else `task_id`; "" when neither: [`encode_all`] names it).
@@ -430,6 +436,24 @@ mod tests {
             err.contains("d.jsonl:1") && err.contains("instruction"),
             "{err}"
         );
+    }
+
+    /// `{prompt, completion}`: BOS + prompt (masked) + completion + EOS (trained), no template.
+    #[test]
+    fn prompt_is_masked_and_completion_trained() {
+        let tok = Tokenizer::bytes();
+        let rows = parse_jsonl(r#"{"prompt": "2 + 3 =", "completion": " 5"}"#, "m").unwrap();
+        let s = encode_row(&tok, &rows[0], Template::Chatml).unwrap();
+        let (ids, mask) = (s.ids, s.mask);
+        assert_eq!(ids.len(), 1 + 7 + 2 + 1, "BOS, prompt, completion, EOS");
+        assert_eq!(mask.iter().filter(|&&m| m == 1).count(), 3, "' 5' and EOS");
+        let trained: Vec<u32> = ids[..ids.len() - 1]
+            .iter()
+            .zip(&mask)
+            .filter(|(_, &m)| m == 1)
+            .map(|(&i, _)| i)
+            .collect();
+        assert_eq!(tok.decode(&trained).unwrap(), " 5");
     }
 
     #[test]

@@ -29,8 +29,12 @@ pub struct Tokenizer {
     /// End-of-sequence id, appended to every trained sample.
     pub eos_id: Option<u32>,
     /// The model's chat template (Jinja source: GGUF `tokenizer.chat_template`, HF
-    /// `tokenizer_config.json`), when it ships one; [`Tokenizer::chat_template`] makes it renderable.
-    pub chat_template_source: Option<String>,
+    /// `tokenizer_config.json`), when it ships one.
+    chat_template_source: Option<String>,
+    /// That template compiled, on first use ([`Tokenizer::chat_template`]): once per tokenizer, not
+    /// once per rendered row.
+    chat_template:
+        std::sync::OnceLock<std::result::Result<super::chat_template::ChatTemplate, String>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -60,6 +64,7 @@ impl Tokenizer {
             bos_id,
             eos_id,
             chat_template_source: None,
+            chat_template: Default::default(),
         })
     }
 
@@ -172,6 +177,7 @@ impl Tokenizer {
                     bos_id,
                     eos_id,
                     chat_template_source: chat_template,
+                    chat_template: Default::default(),
                 });
             }
             other => bail!(
@@ -194,6 +200,7 @@ impl Tokenizer {
             bos_id,
             eos_id,
             chat_template_source: chat_template,
+            chat_template: Default::default(),
         })
     }
 
@@ -208,6 +215,7 @@ impl Tokenizer {
             eos_id: sp.piece_id("</s>"),
             sp: Some(sp),
             chat_template_source: None,
+            chat_template: Default::default(),
         })
     }
 
@@ -220,6 +228,7 @@ impl Tokenizer {
             bos_id: Some(256),
             eos_id: Some(257),
             chat_template_source: None,
+            chat_template: Default::default(),
         }
     }
 
@@ -268,17 +277,32 @@ impl Tokenizer {
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    /// The model's chat template, ready to render (None when the model ships none).
-    pub fn chat_template(&self) -> Option<super::chat_template::ChatTemplate> {
-        let text = |id: Option<u32>| {
-            id.and_then(|i| self.inner.as_ref()?.id_to_token(i))
-                .unwrap_or_default()
+    /// The model's chat template source (None when the model ships none).
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat_template_source.as_deref()
+    }
+
+    /// Sets (or clears) the chat template source, e.g. from a model folder's `tokenizer_config.json`.
+    pub fn set_chat_template_source(&mut self, source: Option<String>) {
+        self.chat_template_source = source;
+        self.chat_template = Default::default();
+    }
+
+    /// The model's chat template compiled (on the first call; None when the model ships none; an error
+    /// when it does not parse).
+    pub fn chat_template(&self) -> Result<Option<&super::chat_template::ChatTemplate>> {
+        let Some(source) = &self.chat_template_source else {
+            return Ok(None);
         };
-        Some(super::chat_template::ChatTemplate {
-            source: self.chat_template_source.clone()?,
-            bos_token: text(self.bos_id),
-            eos_token: text(self.eos_id),
-        })
+        let compiled = self.chat_template.get_or_init(|| {
+            let text = |id: Option<u32>| {
+                id.and_then(|i| self.inner.as_ref()?.id_to_token(i))
+                    .unwrap_or_default()
+            };
+            super::chat_template::ChatTemplate::new(source, &text(self.bos_id), &text(self.eos_id))
+                .map_err(|e| format!("{e:#}"))
+        });
+        compiled.as_ref().map(Some).map_err(|e| anyhow!("{e}"))
     }
 
     /// The id of token `piece` (a special token such as `<|im_start|>` included), if the vocabulary has it.

@@ -165,12 +165,7 @@ pub fn load_trained_base_weights(dir: &Path, model: &mut Transformer) -> Result<
             return;
         }
         if let Some(t) = tensors.remove(name) {
-            let r = t
-                .to_device(p.tensor().device())
-                .and_then(|t| t.to_dtype(p.tensor().dtype()))
-                .map_err(Into::into)
-                .and_then(|t| p.set_value(t));
-            if let Err(e) = r {
+            if let Err(e) = p.set_loaded(t) {
                 err = Some(e.context(format!("tensor `{name}`")));
             }
         }

@@ -125,6 +125,14 @@ impl Param {
         self.replace(empty)
     }
 
+    /// [`Param::set_value`] of a tensor read from a file: moved to the parameter's device and dtype
+    /// first.
+    pub fn set_loaded(&mut self, value: Tensor) -> Result<()> {
+        let t = self.tensor();
+        let value = value.to_device(t.device())?.to_dtype(t.dtype())?;
+        self.set_value(value)
+    }
+
     /// Replaces the value (same shape), keeping trainability.
     pub fn set_value(&mut self, value: Tensor) -> Result<()> {
         anyhow::ensure!(
@@ -175,11 +183,8 @@ pub fn restore_params(
         let k = key(name);
         let r = match tensors.remove(&k) {
             None => Err(anyhow::anyhow!("missing tensor `{k}`")),
-            Some(t) => t
-                .to_device(p.tensor().device())
-                .and_then(|t| t.to_dtype(p.tensor().dtype()))
-                .map_err(Into::into)
-                .and_then(|t| p.set_value(t))
+            Some(t) => p
+                .set_loaded(t)
                 .map_err(|e| e.context(format!("tensor `{k}`"))),
         };
         if let Err(e) = r {

@@ -305,9 +305,11 @@ impl<'a> Engine<'a> {
         let shared_trainable = has_trainable(&m.norm) || has_trainable(&m.output);
         // the backward's order: output, the heads it visits, trunk blocks top down, embedding
         let detached = |k: usize| self.detach_extra_heads && k > 0;
-        let visits = |k: usize| {
-            has_trainable(m.head(k)) || (!detached(k) && (trunk_trainable || shared_trainable))
-        };
+        // a head is visited when its block trains or its gradient flows on (into shared or trunk
+        // weights); the head scan runs once per backward, not once per visit query
+        let head_trains: Vec<bool> = (0..h).map(|k| has_trainable(m.head(k))).collect();
+        let visits =
+            |k: usize| head_trains[k] || (!detached(k) && (trunk_trainable || shared_trainable));
         let embedding_trainable = any_trainable(&m.tok_embeddings);
         let below = |i: usize| -> Option<Unit> {
             match i {

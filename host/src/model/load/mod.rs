@@ -163,68 +163,60 @@ pub fn load_tokenizer(spec: &str) -> Result<Option<Tokenizer>> {
 fn dir_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
     let json = dir.join("tokenizer.json");
     let spm = dir.join("tokenizer.model");
+    let config = hf_tokenizer_config(dir)?;
     let mut tok = if json.exists() {
-        let (bos, eos) = hf_special_tokens(dir)?;
-        let plain = Tokenizer::from_file(&json, None, None)?;
-        let id = |t: Option<String>| t.and_then(|t| plain.token_id(&t));
-        Tokenizer::from_file(&json, id(bos), id(eos))?
+        let mut tok = Tokenizer::from_file(&json, None, None)?;
+        // BOS/EOS as tokenizer_config.json names them, else the usual spellings from_file found
+        let named = |k: &str| match &config[k] {
+            serde_json::Value::String(s) => tok.token_id(s),
+            serde_json::Value::Object(o) => tok.token_id(o.get("content")?.as_str()?),
+            _ => None,
+        };
+        let (bos, eos) = (named("bos_token"), named("eos_token"));
+        tok.bos_id = bos.or(tok.bos_id);
+        tok.eos_id = eos.or(tok.eos_id);
+        tok
     } else if spm.exists() {
         Tokenizer::from_sentencepiece_model(&spm)?
     } else {
         return Ok(None);
     };
-    tok.chat_template_source = hf_chat_template(dir)?;
+    tok.set_chat_template_source(hf_chat_template(dir, &config)?);
     Ok(Some(tok))
 }
 
-/// `bos_token` and `eos_token` of a HF `tokenizer_config.json` in `dir` (a string, or a dict with
-/// `content`); None where absent.
-fn hf_special_tokens(dir: &Path) -> Result<(Option<String>, Option<String>)> {
+/// A HF `tokenizer_config.json` in `dir` (JSON null when there is none).
+fn hf_tokenizer_config(dir: &Path) -> Result<serde_json::Value> {
     let cfg = dir.join("tokenizer_config.json");
     if !cfg.exists() {
-        return Ok((None, None));
+        return Ok(serde_json::Value::Null);
     }
     let text =
         std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
-    let token = |k: &str| match &v[k] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-        _ => None,
-    };
-    Ok((token("bos_token"), token("eos_token")))
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))
 }
 
-/// `chat_template` of a HF `tokenizer_config.json` in `dir` (a string, or a list of named templates of
-/// which `default` is taken), else of a `chat_template.jinja` file; None when there is neither.
-fn hf_chat_template(dir: &Path) -> Result<Option<String>> {
-    let jinja = dir.join("chat_template.jinja");
-    let cfg = dir.join("tokenizer_config.json");
-    if cfg.exists() {
-        let text =
-            std::fs::read_to_string(&cfg).with_context(|| format!("reading {}", cfg.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", cfg.display()))?;
-        match &v["chat_template"] {
-            serde_json::Value::String(t) => return Ok(Some(t.clone())),
-            serde_json::Value::Array(named) => {
-                let default = named
-                    .iter()
-                    .find(|t| t["name"] == "default")
-                    .and_then(|t| t["template"].as_str());
-                return Ok(default.map(str::to_string));
-            }
-            _ => {}
+/// The chat template of `config` (a `tokenizer_config.json`: a string, or a list of named templates of
+/// which `default` is taken), else of `dir`'s `chat_template.jinja`; None when there is neither.
+fn hf_chat_template(dir: &Path, config: &serde_json::Value) -> Result<Option<String>> {
+    match &config["chat_template"] {
+        serde_json::Value::String(t) => return Ok(Some(t.clone())),
+        serde_json::Value::Array(named) => {
+            let default = named
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str());
+            return Ok(default.map(str::to_string));
         }
+        _ => {}
     }
-    if jinja.exists() {
-        return Ok(Some(
-            std::fs::read_to_string(&jinja)
-                .with_context(|| format!("reading {}", jinja.display()))?,
-        ));
+    let jinja = dir.join("chat_template.jinja");
+    if !jinja.exists() {
+        return Ok(None);
     }
-    Ok(None)
+    std::fs::read_to_string(&jinja)
+        .map(Some)
+        .with_context(|| format!("reading {}", jinja.display()))
 }
 
 /// Turns an H = 1 checkpoint into an H-head one: head 0 stays the last block of `layers`, heads 1..H−1

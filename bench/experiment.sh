@@ -22,7 +22,10 @@
 # Runs go one after another (PARALLEL=1, the default): processes sharing one GPU time-slice it; with four
 # at once each step took 3.4× as long as alone (2.2 vs 0.65 s, H200, measured when steps were host-bound), no gain. PARALLEL=N runs N seeds
 # at a time. ARMS: the arms to run (default all four); TRAIN_ONLY=1 skips the untrained, speculative
-# and report parts.
+# and report parts. RECIPE: what reaches the trunk (bench/recipes/sets.sh; default uniform): with
+# RECIPE=ntp-heads every arm but the critic (whose value head is all the frozen arm uses) trains LoRA in the
+# trunk and head 0 from head 0's loss alone and heads 1–3 as whole blocks from theirs; verifiable-joint
+# keeps its value head trained (training.trainable gains value_head).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WMTP=${WMTP:-target/release/wmtp}
@@ -52,6 +55,12 @@ common=(--set "data.template=\"$TEMPLATE\"" --set "model.device=\"$DEVICE\"" --s
   --set "data.val_fraction=$VAL_FRACTION" --set runtime.eval_every=25 --set checkpoint.every=0
   --set runtime.progress=false --set runtime.activation_checkpointing=none)
 for e in "${extra_sets[@]}"; do common+=(--set "$e"); done
+RECIPE=${RECIPE:-uniform}
+source bench/recipes/sets.sh
+recipe=()
+while IFS= read -r line; do [ -n "$line" ] && recipe+=(--set "$line"); done < <(recipe_sets "$RECIPE")
+# the recipe's overrides for the joint arm: its own value head stays trained
+joint_recipe=("${recipe[@]/%\"heads\"]/\"heads\", \"value_head\"]}")
 
 # train ARM SEED PLUGIN CONFIG [--set ...]: one run into $OUT/ARM/seed-SEED, then its held-out scores
 train() {
@@ -84,13 +93,14 @@ one_seed() {
   local s=$1 arm
   for arm in $ARMS; do
     case $arm in
-    baseline) train baseline "$s" baseline configs/baseline_lora.toml ;;
-    rho1) train rho1 "$s" rho1 configs/rho1_lora.toml ;;
-    verifiable-joint) train verifiable-joint "$s" verifiable configs/verifiable_lora.toml ;;
+    baseline) train baseline "$s" baseline configs/baseline_lora.toml "${recipe[@]}" ;;
+    rho1) train rho1 "$s" rho1 configs/rho1_lora.toml "${recipe[@]}" ;;
+    verifiable-joint) train verifiable-joint "$s" verifiable configs/verifiable_lora.toml "${joint_recipe[@]}" ;;
     verifiable-frozen)
       train critic "$s" critic configs/critic_lora.toml
       train verifiable-frozen "$s" verifiable configs/verifiable_lora.toml \
-        --set "critic.checkpoint=\"$(cat "$OUT/critic/seed-$s/final_checkpoint")\"" --set plugin.value_coef=0.0 ;;
+        --set "critic.checkpoint=\"$(cat "$OUT/critic/seed-$s/final_checkpoint")\"" --set plugin.value_coef=0.0 \
+        "${recipe[@]}" ;;
     *) log "unknown arm $arm"; return 1 ;;
     esac
   done

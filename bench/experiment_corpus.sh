@@ -75,14 +75,7 @@ common=(--set "data.template=\"$TEMPLATE\"" --set "model.device=\"$DEVICE\"" --s
   --set runtime.eval_every=${EVAL_EVERY:-50} --set checkpoint.every=0 --set runtime.progress=false
   --set runtime.activation_checkpointing=none)
 
-recipe_sets() {
-  case $1 in
-  uniform) ;;
-  ntp-heads) printf '%s\n' 'training.trainable=["lora", "heads"]' \
-    'training.trainable_prefixes=["*lora_", "extra_heads."]' training.detach_extra_heads=true ;;
-  *) log "unknown recipe $1"; return 1 ;;
-  esac
-}
+source bench/recipes/sets.sh # recipe_sets NAME: a recipe's overrides, one per line
 
 # score NAME DIR MODEL-ARGS...: held-out CE (corpus, HumanEval solutions) and pass@1 of a model
 score() {

@@ -48,21 +48,7 @@ common=(--set "data.template=\"$TEMPLATE\"" --set "model.device=\"$DEVICE\"" --s
   --set runtime.progress=false --set runtime.activation_checkpointing=none)
 
 # recipe_sets NAME: the recipe's overrides, one per line
-recipe_sets() {
-  case $1 in
-  uniform) ;;
-  ntp) echo 'plugin.head_weights=[1.0, 0.0, 0.0, 0.0]' ;;
-  weighted) echo 'plugin.head_weights=[1.0, 0.1, 0.08, 0.064]' ;;
-  heads-lora) echo 'training.trainable_prefixes=["extra_heads."]' ;;
-  heads-full) printf '%s\n' training.use_lora=false 'training.trainable=["heads"]' \
-    'training.trainable_prefixes=["extra_heads."]' training.lr=1e-4 ;;
-  ntp-heads) printf '%s\n' 'training.trainable=["lora", "heads"]' \
-    'training.trainable_prefixes=["*lora_", "extra_heads."]' training.detach_extra_heads=true ;;
-  staged) printf '%s\n' 'plugin.head_weights=[1.0, 0.1, 0.08, 0.064]' \
-    'stages=[{name = "heads", steps = 50, trainable = ["lora", "heads"], trainable_prefixes = ["extra_heads."], lr = 1e-4}, {name = "joint", steps = 50, trainable = ["lora", "heads"], trainable_prefixes = ["*lora_", "extra_heads."]}]' ;;
-  *) log "unknown recipe $1"; return 1 ;;
-  esac
-}
+source bench/recipes/sets.sh
 
 # pass_at_1 WHAT OUTFILE [model args]: greedy pass@1 on all problems
 pass_at_1() {

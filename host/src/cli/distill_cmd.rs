@@ -15,7 +15,8 @@ pub struct DistillArgs {
     #[command(flatten)]
     /// The model whose answers are written (normally the frozen base model).
     pub model: ModelArgsCli,
-    /// The dataset whose instructions are answered (JSONL instruction rows).
+    /// The dataset whose instructions are answered (JSONL rows with an `instruction`, and an `input`
+    /// if any; an `output` is not needed).
     #[arg(long)]
     pub data: PathBuf,
     /// Where the answer rows go (JSONL; refused if it exists).
@@ -45,7 +46,7 @@ pub fn run(a: &DistillArgs) -> Result<()> {
         .template
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--template: {e}"))?;
-    let rows = wmtp_host::data::dataset::read_jsonl(&a.data)
+    let rows = wmtp_host::data::dataset::read_instruction_rows(&a.data)
         .with_context(|| format!("--data {}", a.data.display()))?;
     let mut lm = load(&a.model)?;
     // a preset trains with the byte tokenizer (as `Session` does), so its answers use it too

@@ -315,6 +315,16 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
             Some(t) => t.resolve(tok).encode_prompt(tok, p, ""),
         })
         .collect::<Result<Vec<_>>>()?;
+    if !lm.model.device().is_cpu() && !a.no_cache {
+        // warm-up outside the timing: the first decode on a GPU loads kernels and creates handles
+        let warm = GenerateOptions {
+            max_new: 4,
+            eos: None,
+            sampling: Default::default(),
+            batch: 1,
+        };
+        generate(&lm.model, &prompts[..1], &warm, &mut |_, _| false)?;
+    }
     let t0 = std::time::Instant::now();
     let mut spec_stats = None;
     let outs: Vec<Vec<u32>> = if a.no_cache {

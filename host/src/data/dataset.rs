@@ -211,6 +211,29 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
     parse_jsonl(&text, &path.display().to_string())
 }
 
+/// Reads a JSONL file of rows to be answered (`wmtp distill`): every row needs an `instruction`, and an
+/// `output` is not needed (the model writes it).
+pub fn read_instruction_rows(path: &Path) -> Result<Vec<Row>> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {source}"))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Row = serde_json::from_str(line)
+            .with_context(|| format!("{source}:{}: not a valid dataset row", i + 1))?;
+        if row.instruction.is_none() {
+            bail!("{source}:{}: no `instruction` to answer", i + 1);
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        bail!("{source}: no rows");
+    }
+    Ok(rows)
+}
+
 /// Parses JSONL text (`source` names it in errors).
 pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
@@ -367,6 +390,23 @@ pub fn encode_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_to_answer_need_an_instruction_but_no_output() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("wmtp-instr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let ok = dir.join("ok.jsonl");
+        std::fs::write(&ok, "{\"instruction\": \"Add.\", \"input\": \"1 2\"}\n\n")?;
+        let rows = read_instruction_rows(&ok)?;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].input.as_deref(), Some("1 2"));
+        let bad = dir.join("bad.jsonl");
+        std::fs::write(&bad, "{\"instruction\": \"Add.\"}\n{\"text\": \"x\"}\n")?;
+        let err = format!("{:#}", read_instruction_rows(&bad).unwrap_err());
+        assert!(err.contains("bad.jsonl:2") && err.contains("instruction"), "{err}");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 
     #[test]
     fn alpaca_masks_prompt_and_appends_eos() {

@@ -256,6 +256,18 @@ impl<'a> Decoder<'a> {
         self.feed_input(&input)
     }
 
+    /// [`Decoder::feed_blocks`] of token ids already on the model's device ([1, Tn] u32): speculative
+    /// decoding feeds its drafts without bringing them to the host first.
+    pub(crate) fn feed_ids(&mut self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        if self.pads.len() != 1 || ids.dim(0)? != 1 {
+            bail!("feed_ids runs one sequence");
+        }
+        if ids.dim(1)? == 0 {
+            bail!("nothing to feed");
+        }
+        self.feed_input(ids)
+    }
+
     /// Runs token ids [B, Tn] (the next positions of every row) through the trunk and head 0, extending
     /// the caches; returns the trunk's output and head 0's, each [B, Tn, D].
     fn feed_input(&mut self, input: &Tensor) -> Result<(Tensor, Tensor)> {

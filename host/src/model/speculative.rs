@@ -43,6 +43,13 @@ impl SpeculativeStats {
 /// A decoding session of one sequence: the KV-cached decoder of the trunk and head 0 ([`Decoder`]),
 /// which runs on every verified position (rejected ones are cut off after), and caches for the extra
 /// heads, which run only on accepted positions, their vocabulary projection only at the last.
+///
+/// Token ids stay on the model's device between rounds: a round feeds the candidates [1, n] as a
+/// device tensor, takes head 0's greedy tokens there (argmax on the device), and the extra heads'
+/// drafts for the next round are argmaxed and concatenated there too. The host reads one small
+/// vector per round — the candidates it fed and head 0's verdicts, 2n ids — to decide how many are
+/// accepted, emit them and cut the caches back (the caches are device buffers; a cut only moves
+/// their length).
 struct HeadsDecoder<'a> {
     dec: Decoder<'a>,
     extra: Vec<BlockCache>,
@@ -58,19 +65,31 @@ impl<'a> HeadsDecoder<'a> {
         }
     }
 
-    /// Runs `tokens` (the next positions) through the trunk and head 0; returns the trunk's output
-    /// [1, Tn, D] and head 0's greedy token at each new position.
-    fn feed(&mut self, tokens: &[u32]) -> Result<(Tensor, Vec<u32>)> {
-        let (x, z) = self.dec.feed_blocks(tokens)?;
+    /// Runs token ids `ids` [1, Tn] (on the device: the next positions) through the trunk and head 0;
+    /// returns the trunk's output [1, Tn, D] and head 0's greedy token at each new position, [Tn] u32
+    /// on the device.
+    fn feed(&mut self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (x, z) = self.dec.feed_ids(ids)?;
         let logits = self.dec.model().logits(&z, &self.ctx)?;
-        let logits = logits.squeeze(0)?.to_dtype(DType::F32)?;
-        Ok((x, logits.argmax(1)?.to_vec1::<u32>()?))
+        let greedy = logits.squeeze(0)?.to_dtype(DType::F32)?.argmax(1)?;
+        Ok((x, greedy))
+    }
+
+    /// Runs the prompt `ids` [1, T] through the trunk and head 0; returns the trunk's output [1, T, D]
+    /// and head 0's greedy token after the prompt, [1] u32 on the device (the vocabulary projection
+    /// runs at the last position only).
+    fn prefill(&mut self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (x, z) = self.dec.feed_ids(ids)?;
+        let t = z.dim(1)?;
+        let last = z.narrow(1, t - 1, 1)?.contiguous()?;
+        let logits = self.dec.model().logits(&last, &self.ctx)?.flatten_all()?;
+        Ok((x, logits.to_dtype(DType::F32)?.argmax_keepdim(0)?))
     }
 
     /// Runs the extra heads over the trunk outputs `x` [1, n, D] of positions start.. (the accepted
     /// ones: their caches never hold a rejected position); returns each extra head's greedy token at
-    /// the last of them — the drafts of the next round.
-    fn draft(&mut self, x: &Tensor, start: usize) -> Result<Vec<u32>> {
+    /// the last of them — the drafts of the next round, [H−1] u32 on the device.
+    fn draft(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {
         let m = self.dec.model();
         let n = x.dim(1)?;
         let (rope, mask) = positions(m, start, n)?;
@@ -78,14 +97,27 @@ impl<'a> HeadsDecoder<'a> {
         for (head, cache) in m.extra_heads.iter().zip(self.extra.iter_mut()) {
             let z = block_cached(head, x, &rope, &mask, cache, &self.ctx)?;
             let last = z.narrow(1, n - 1, 1)?.contiguous()?;
-            let logits = m
-                .logits(&last, &self.ctx)?
-                .flatten_all()?
-                .to_dtype(DType::F32)?;
-            out.push(logits.argmax(0)?.to_scalar::<u32>()?);
+            let logits = m.logits(&last, &self.ctx)?.flatten_all()?;
+            out.push(logits.to_dtype(DType::F32)?.argmax_keepdim(0)?);
         }
-        Ok(out)
+        Ok(Tensor::cat(&out, 0)?)
     }
+}
+
+/// How many of the candidates y₁..y_n a round accepts: y₁ always (head 0's own greedy token), then
+/// y_{j+1} while it equals head 0's greedy token after y_j (`greedy[j − 1]`); counts each extra
+/// head's checked and accepted drafts into `stats`.
+fn accepted_prefix(cand: &[u32], greedy: &[u32], stats: &mut SpeculativeStats) -> usize {
+    let mut m = 1;
+    while m < cand.len() {
+        stats.checked[m - 1] += 1;
+        if cand[m] != greedy[m - 1] {
+            break;
+        }
+        stats.accepted[m - 1] += 1;
+        m += 1;
+    }
+    m
 }
 
 /// [`super::generate::generate`]'s greedy decoding done self-speculatively with the MTP heads (see the
@@ -112,50 +144,60 @@ pub fn generate_speculative(
         if prompt.is_empty() {
             bail!("prompt {i} is empty");
         }
-        let mut dec = HeadsDecoder::new(model);
-        let (x, head0) = dec.feed(prompt)?;
-        // the next token (head 0) and the drafts after it (heads 1..), at the last position
-        let mut cand = vec![head0[prompt.len() - 1]];
-        cand.extend(dec.draft(&x, 0)?);
-        let mut new: Vec<u32> = Vec::new();
-        'seq: while new.len() < opts.max_new {
-            let room = model.args.max_seq_len - dec.dec.len();
-            if room == 0 {
-                // no position left to verify in: y₁ is still head 0's greedy token, as plain decoding's last
-                new.push(cand[0]);
-                stats.tokens += 1;
-                break;
-            }
-            cand.truncate((opts.max_new - new.len()).min(room));
-            let start = dec.dec.len();
-            let (x, pred) = dec.feed(&cand)?;
-            stats.rounds += 1;
-            // accept y₁, then y_{j+1} while it is head 0's greedy token after y_j
-            let mut m = 1;
-            while m < cand.len() {
-                stats.checked[m - 1] += 1;
-                if cand[m] != pred[m - 1] {
-                    break;
-                }
-                stats.accepted[m - 1] += 1;
-                m += 1;
-            }
-            for &t in &cand[..m] {
-                new.push(t);
-                stats.tokens += 1;
-                if Some(t) == opts.eos || stop(i, &new) || new.len() == opts.max_new {
-                    break 'seq;
-                }
-            }
-            dec.dec.truncate(start + m)?;
-            cand = vec![pred[m - 1]];
-            if new.len() + 1 < opts.max_new {
-                cand.extend(dec.draft(&x.narrow(1, 0, m)?, start)?);
-            }
-        }
-        out.push(new);
+        out.push(decode_one(model, prompt, opts, &mut stats, &mut |new| {
+            stop(i, new)
+        })?);
     }
     Ok((out, stats))
+}
+
+/// One prompt's speculative decoding (see [`generate_speculative`]); one device-to-host read per round.
+fn decode_one(
+    model: &Transformer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    stats: &mut SpeculativeStats,
+    stop: &mut dyn FnMut(&[u32]) -> bool,
+) -> Result<Vec<u32>> {
+    let mut dec = HeadsDecoder::new(model);
+    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+    let (x, mut cand) = dec.prefill(&ids)?;
+    // the next token (head 0) and the drafts after it (heads 1..), at the last position
+    if !model.extra_heads.is_empty() {
+        cand = Tensor::cat(&[cand, dec.draft(&x, 0)?], 0)?;
+    }
+    let mut new: Vec<u32> = Vec::new();
+    while new.len() < opts.max_new {
+        let room = model.args.max_seq_len - dec.dec.len();
+        if room == 0 {
+            // no position left to verify in: y₁ is still head 0's greedy token, as plain decoding's last
+            new.push(cand.narrow(0, 0, 1)?.to_vec1::<u32>()?[0]);
+            stats.tokens += 1;
+            break;
+        }
+        let n = cand.dim(0)?.min(opts.max_new - new.len()).min(room);
+        let cand_n = cand.narrow(0, 0, n)?;
+        let start = dec.dec.len();
+        let (x, greedy) = dec.feed(&cand_n.unsqueeze(0)?)?;
+        stats.rounds += 1;
+        // the round's one read: the candidates fed and head 0's greedy token after each
+        let both = Tensor::cat(&[&cand_n, &greedy], 0)?.to_vec1::<u32>()?;
+        let (fed, verdict) = both.split_at(n);
+        let m = accepted_prefix(fed, verdict, stats);
+        for &t in &fed[..m] {
+            new.push(t);
+            stats.tokens += 1;
+            if Some(t) == opts.eos || stop(&new) || new.len() == opts.max_new {
+                return Ok(new);
+            }
+        }
+        dec.dec.truncate(start + m)?;
+        cand = greedy.narrow(0, m - 1, 1)?;
+        if new.len() + 1 < opts.max_new && !model.extra_heads.is_empty() {
+            cand = Tensor::cat(&[cand, dec.draft(&x.narrow(1, 0, m)?, start)?], 0)?;
+        }
+    }
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -212,6 +254,19 @@ mod tests {
         assert_eq!(spec, plain);
         let repeats = plain[0].windows(2).filter(|w| w[0] == w[1]).count() as u64;
         assert!(stats.accepted[0] <= repeats);
+        Ok(())
+    }
+
+    #[test]
+    fn a_model_without_extra_heads_decodes_one_token_a_round() -> Result<()> {
+        let mut args = ModelArgs::preset("tiny").expect("tiny preset");
+        args.n_future_tokens = 1;
+        let m = Transformer::random(args, 3, DType::F32, &Device::Cpu)?;
+        let prompts = vec![vec![3u32, 1, 4, 1, 5]];
+        let plain = generate(&m, &prompts, &opts(12), &mut |_, _| false)?;
+        let (spec, stats) = generate_speculative(&m, &prompts, &opts(12), &mut |_, _| false)?;
+        assert_eq!(spec, plain);
+        assert_eq!((stats.rounds, stats.tokens), (12, 12));
         Ok(())
     }
 

@@ -20,6 +20,7 @@ mod plugin_kit;
 mod python_plugin;
 mod sentencepiece_exact;
 mod smollm2;
+mod strategy_seam;
 mod train_pipelines;
 mod train_tools;
 mod weights_guard;

@@ -1,6 +1,7 @@
 //! Sampling and batching (design.md §7): pointwise pipelines take the correct samples; paired pipelines take
 //! (correct, incorrect) pairs per problem, shuffled and paired 1:1 up to `max_pairs_per_problem`, seeded;
-//! ranks take `all[rank::world]`; batches are right-padded. The position (epoch, index) is part of the
+//! batches are right-padded. Ranks of a data-parallel run share one batcher's stream (the step deals
+//! micro-batch r, r + W, … to rank r: `train::step`), so a batcher knows nothing of ranks. The position (epoch, index) is part of the
 //! checkpoint, so a resumed run sees the same batches.
 
 use super::dataset::Sample;
@@ -89,15 +90,13 @@ pub fn make_items(
     Ok(Items::Pairs(pairs))
 }
 
-/// Deals shuffled batches from items, for one rank of `world`.
+/// Deals shuffled batches from items.
 #[derive(Debug, Clone)]
 pub struct Batcher {
     items: Items,
     /// Items (samples or pairs) per batch.
     pub batch_items: usize,
     seed: u64,
-    rank: usize,
-    world: usize,
     /// Epoch of the next batch.
     pub epoch: u64,
     /// Index (into this epoch's order) of the next batch's first item.
@@ -106,14 +105,8 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// A batcher for rank `rank` of `world` (items sharded all[rank::world]).
-    pub fn new(
-        items: Items,
-        batch_items: usize,
-        seed: u64,
-        rank: usize,
-        world: usize,
-    ) -> Result<Self> {
+    /// A batcher over `items`, `batch_items` per batch, shuffled per epoch from `seed`.
+    pub fn new(items: Items, batch_items: usize, seed: u64) -> Result<Self> {
         if batch_items == 0 {
             bail!("batch size must be at least 1");
         }
@@ -121,14 +114,12 @@ impl Batcher {
             items,
             batch_items,
             seed,
-            rank,
-            world: world.max(1),
             epoch: 0,
             index: 0,
             order: vec![],
         };
-        if b.shard_len() == 0 {
-            bail!("rank {rank} of {world} gets no data");
+        if b.len() == 0 {
+            bail!("no samples to batch");
         }
         b.shuffle();
         Ok(b)
@@ -141,12 +132,8 @@ impl Batcher {
         }
     }
 
-    fn shard_len(&self) -> usize {
-        (self.rank..self.len()).step_by(self.world).count()
-    }
-
     fn shuffle(&mut self) {
-        let mut order: Vec<usize> = (self.rank..self.len()).step_by(self.world).collect();
+        let mut order: Vec<usize> = (0..self.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(
             self.seed ^ self.epoch.wrapping_mul(0x9E37_79B9),
         ));
@@ -160,7 +147,7 @@ impl Batcher {
         self.shuffle();
     }
 
-    /// Batches per epoch for this rank.
+    /// Batches per epoch.
     pub fn batches_per_epoch(&self) -> usize {
         self.order.len().div_ceil(self.batch_items)
     }
@@ -262,16 +249,14 @@ mod tests {
     }
 
     #[test]
-    fn shards_batches_and_resumes() {
+    fn batches_and_resumes() {
         let data: Vec<Sample> = (0..10).map(|i| s(&i.to_string(), 1.0, 2 + i)).collect();
         let items = make_items(data, Sampling::CorrectOnly, 1, 0).unwrap();
-        let mut r0 = Batcher::new(items.clone(), 2, 5, 0, 2).unwrap();
-        let r1 = Batcher::new(items.clone(), 2, 5, 1, 2).unwrap();
+        let mut r0 = Batcher::new(items.clone(), 4, 5).unwrap();
         assert_eq!(r0.batches_per_epoch(), 3);
-        assert_eq!(r1.batches_per_epoch(), 3);
         let first: Vec<_> = (0..4).map(|_| r0.next_samples().0).collect();
-        let mut again = Batcher::new(items, 2, 5, 0, 2).unwrap();
-        again.seek(first.len() as u64 / 3, 2); // after 4 batches: epoch 1, index 2
+        let mut again = Batcher::new(items, 4, 5).unwrap();
+        again.seek(first.len() as u64 / 3, 4); // after 4 batches of 4 (4, 4, 2 | 4): epoch 1, item 4
         let mut replay = Batcher::new(
             make_items(
                 (0..10).map(|i| s(&i.to_string(), 1.0, 2 + i)).collect(),
@@ -280,16 +265,14 @@ mod tests {
                 0,
             )
             .unwrap(),
-            2,
+            4,
             5,
-            0,
-            2,
         )
         .unwrap();
         for _ in 0..4 {
             replay.next_samples();
         }
-        assert_eq!((replay.epoch, replay.index), (1, 2));
+        assert_eq!((replay.epoch, replay.index), (1, 4));
         assert_eq!(again.next_samples().0, replay.next_samples().0);
         let mb = collate(&first[0], None, 0, &Device::Cpu).unwrap();
         assert_eq!(mb.tokens.dims()[0], first[0].len());

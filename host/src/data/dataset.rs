@@ -403,7 +403,10 @@ mod tests {
         let bad = dir.join("bad.jsonl");
         std::fs::write(&bad, "{\"instruction\": \"Add.\"}\n{\"text\": \"x\"}\n")?;
         let err = format!("{:#}", read_instruction_rows(&bad).unwrap_err());
-        assert!(err.contains("bad.jsonl:2") && err.contains("instruction"), "{err}");
+        assert!(
+            err.contains("bad.jsonl:2") && err.contains("instruction"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod local;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod shard;
+pub mod strategy;
 pub mod tcp;
 
 use candle_core::{Result, Tensor};

@@ -21,6 +21,7 @@ pub mod param;
 pub mod rope;
 pub mod speculative;
 pub mod transformer;
+pub mod unit;
 pub mod value_head;
 
 pub use args::ModelArgs;
@@ -29,4 +30,5 @@ pub use forward_ctx::ForwardCtx;
 pub use lora::{LoraConfig, LoraLinear};
 pub use param::{Param, ParamGroup, VisitParams};
 pub use transformer::Transformer;
+pub use unit::Unit;
 pub use value_head::{ValueHead, ValueHeadConfig, ValueHeadKind};

@@ -93,14 +93,14 @@ impl<'a> HeadsDecoder<'a> {
         let m = self.dec.model();
         let n = x.dim(1)?;
         let (rope, mask) = positions(m, start, n)?;
-        let mut out = Vec::with_capacity(self.extra.len());
+        let mut last = Vec::with_capacity(self.extra.len());
         for (head, cache) in m.extra_heads.iter().zip(self.extra.iter_mut()) {
             let z = block_cached(head, x, &rope, &mask, cache, &self.ctx)?;
-            let last = z.narrow(1, n - 1, 1)?.contiguous()?;
-            let logits = m.logits(&last, &self.ctx)?.flatten_all()?;
-            out.push(logits.to_dtype(DType::F32)?.argmax_keepdim(0)?);
+            last.push(z.narrow(1, n - 1, 1)?);
         }
-        Ok(Tensor::cat(&out, 0)?)
+        // one vocabulary projection for all heads' last states: [H−1, 1, D] → [H−1, 1, V]
+        let logits = m.logits(&Tensor::cat(&last, 0)?.contiguous()?, &self.ctx)?;
+        Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.argmax(1)?)
     }
 }
 

@@ -6,11 +6,12 @@
 //! the same unit structure is what FSDP shards.
 
 use crate::data::MicroBatch;
-use crate::dist::fsdp::{Fsdp, Unit};
+use crate::dist::strategy::Strategy;
 use crate::kernels;
 use crate::model::block_grad::BlockSaved;
 use crate::model::grads::Grads;
 use crate::model::lora::LinearSaved;
+use crate::model::Unit;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -68,9 +69,10 @@ pub struct Engine<'a> {
     /// Keep every block's activations from forward to backward (`runtime.activation_checkpointing =
     /// "none"`) instead of recomputing each block in the backward ("blocks").
     pub keep_activations: bool,
-    /// The policy's shards when it is sharded (FSDP): each unit is gathered before it runs, and the
-    /// model's own weights are released. None: the model holds its weights.
-    pub fsdp: Option<&'a Fsdp>,
+    /// How the step spreads over ranks ([`crate::dist::strategy`]): every unit is asked of it before it
+    /// runs (FSDP gathers it; [`crate::dist::strategy::NoSharding`] lends the model itself) and handed
+    /// to it once its backward is done (FSDP reduce-scatters its gradients).
+    pub strategy: &'a dyn Strategy,
     /// `training.detach_extra_heads`: the losses of heads 1..H−1 train only those heads' own blocks
     /// (their input h_trunk is a constant for them, and no gradient reaches the shared norm or output).
     pub detach_extra_heads: bool,
@@ -141,29 +143,23 @@ impl<'a> Engine<'a> {
         self.model.device()
     }
 
-    /// Under FSDP, reduce-scatters `unit`'s gradients out of `grads` into the shard sums (a collective,
-    /// called at the same points on every rank); without FSDP the gradients stay in `grads`.
+    /// Hands `unit`'s finished gradients to the strategy (FSDP reduce-scatters them out of `grads` into
+    /// the shard sums: a collective, called at the same points on every rank).
     fn flush(&self, unit: Unit, grads: &mut Grads) -> Result<()> {
-        match self.fsdp {
-            Some(f) => f.reduce_scatter_unit(unit, grads),
-            None => Ok(()),
-        }
+        self.strategy.unit_backward_done(unit, grads)
     }
 
-    /// The model with `units` holding their weights: the model itself, or under FSDP a copy with those
-    /// units gathered (dropped by the caller after use). Under FSDP this is a collective: the calls
-    /// below happen in the same order on every rank whatever its data.
+    /// The model with `units` holding their weights ([`Strategy::with_units`]): the model itself, or
+    /// under FSDP a copy with those units gathered (dropped by the caller after use). Under FSDP this
+    /// is a collective: the calls below happen in the same order on every rank whatever its data.
     fn with_units(&self, units: &[Unit]) -> Result<Cow<'a, Transformer>> {
         self.with_units_next(units, None)
     }
 
-    /// [`Engine::with_units`], naming the unit the engine asks for next, so FSDP can gather it while
-    /// these units compute (prefetch). `next` depends only on the model, never on a rank's data.
+    /// [`Engine::with_units`], naming the unit the engine asks for next, so the strategy can fetch it
+    /// while these units compute (prefetch). `next` depends only on the model, never on a rank's data.
     fn with_units_next(&self, units: &[Unit], next: Option<Unit>) -> Result<Cow<'a, Transformer>> {
-        match self.fsdp {
-            None => Ok(Cow::Borrowed(self.model)),
-            Some(f) => Ok(Cow::Owned(f.materialize_next(self.model, units, next)?)),
-        }
+        self.strategy.with_units(self.model, units, next)
     }
 
     /// Forward: unit inputs, CE of every head on its valid rows, and values.

@@ -61,7 +61,7 @@ pub fn evaluate(
     batch_items: usize,
     pad: u32,
 ) -> Result<Option<Validation>> {
-    let mut b = match Batcher::new(items.clone(), batch_items, 0, 0, 1) {
+    let mut b = match Batcher::new(items.clone(), batch_items, 0) {
         Ok(b) => b,
         Err(_) => return Ok(None),
     };

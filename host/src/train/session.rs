@@ -278,7 +278,10 @@ impl Session {
                 chunk_rows: self.cfg.training.chunk_rows,
                 keep_activations: self.cfg.runtime.activation_checkpointing
                     == super::config::ActivationCheckpointing::None,
-                fsdp: self.fsdp.as_ref(),
+                strategy: match self.fsdp.as_ref() {
+                    Some(f) => f,
+                    None => &crate::dist::strategy::NoSharding,
+                },
                 detach_extra_heads: self.cfg.training.detach_extra_heads,
             },
             weigher: self.weigher.as_mut(),
@@ -393,7 +396,7 @@ fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Res
         make_items(val, sampling, d.max_pairs_per_problem, seed).unwrap_or(Items::Single(vec![]))
     };
     Ok(DataSetup {
-        batcher: Batcher::new(items, cfg.training.batch_size, seed, 0, 1)?,
+        batcher: Batcher::new(items, cfg.training.batch_size, seed)?,
         val,
         dropped: (dropped_train, dropped_val),
     })

@@ -7,6 +7,7 @@ use super::optim::{clip_global_norm, Optimizer};
 use crate::data::batcher::{collate, Batcher};
 use crate::data::MicroBatch;
 use crate::dist::fsdp::Fsdp;
+use crate::dist::strategy::{NoSharding, Strategy};
 use crate::model::grads::Grads;
 use crate::model::{Transformer, ValueHead, VisitParams};
 use anyhow::Result;
@@ -140,8 +141,8 @@ pub struct Models<'a> {
     pub chunk_rows: usize,
     /// Keep block activations from forward to backward (no activation checkpointing) when training.
     pub keep_activations: bool,
-    /// The policy's FSDP shards, when the run is sharded.
-    pub fsdp: Option<&'a Fsdp>,
+    /// How the step spreads over ranks (FSDP, or [`NoSharding`]).
+    pub strategy: &'a dyn Strategy,
     /// `training.detach_extra_heads` (see [`Engine::detach_extra_heads`]).
     pub detach_extra_heads: bool,
 }
@@ -162,7 +163,7 @@ pub fn forward_and_batch<'a>(
         seed,
         train,
         keep_activations: train && m.keep_activations,
-        fsdp: m.fsdp,
+        strategy: m.strategy,
         detach_extra_heads: m.detach_extra_heads,
     };
     let st = engine.forward(mb)?;
@@ -176,7 +177,7 @@ pub fn forward_and_batch<'a>(
                 seed,
                 train: false,
                 keep_activations: false,
-                fsdp: None,
+                strategy: &NoSharding,
                 detach_extra_heads: false,
             };
             let rs = re.forward(mb)?;
@@ -278,7 +279,7 @@ pub fn accumulate(
     let dev = m.model.device();
     // data parallelism: rank r of W takes micro-batches r, r+W, … of the one sample stream, so W ranks
     // with `accum` micro-batches each see what one rank with W·accum would
-    let (rank, world) = m.fsdp.map_or((0, 1), |f| (f.rank(), f.world_size()));
+    let (rank, world) = (m.strategy.rank(), m.strategy.world_size());
     for micro in 0..accum {
         let mut drawn = None;
         for r in 0..world {
@@ -334,17 +335,13 @@ pub fn accumulate(
         );
     }
     rep.metrics = metric_sums;
-    if let Some(f) = m.fsdp {
-        // the step's loss, CE and tokens over all ranks (plugin metrics stay this rank's)
-        let local = candle_core::Tensor::new(
-            &[rep.loss, rep.ce, rep.tokens as f64],
-            &candle_core::Device::Cpu,
-        )?;
-        let all = f.comm().all_reduce_sum(&local)?.to_vec1::<f64>()?;
-        rep.loss = all[0] / world as f64;
-        rep.ce = all[1] / world as f64;
-        rep.tokens = all[2].round() as usize;
-    }
+    // the step's loss, CE and tokens over all ranks (plugin metrics stay this rank's)
+    let all = m
+        .strategy
+        .sum_over_ranks(&[rep.loss, rep.ce, rep.tokens as f64])?;
+    rep.loss = all[0] / world as f64;
+    rep.ce = all[1] / world as f64;
+    rep.tokens = all[2].round() as usize;
     Ok(rep)
 }
 

@@ -43,54 +43,7 @@ pub enum Sharding {
     None,
 }
 
-/// One sharding unit of the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Unit {
-    /// `tok_embeddings.weight`.
-    Embedding,
-    /// Block i of `layers` (the trunk blocks, then head 0).
-    Layer(usize),
-    /// Extra head j (head j + 1).
-    ExtraHead(usize),
-    /// The shared final norm and the output projection.
-    Output,
-}
-
-impl Unit {
-    /// The unit a checkpoint name belongs to (None for names outside the policy, e.g. the value head).
-    pub fn of(name: &str) -> Option<Unit> {
-        let index = |rest: &str| rest.split('.').next().and_then(|i| i.parse().ok());
-        if name.starts_with("tok_embeddings.") {
-            Some(Unit::Embedding)
-        } else if let Some(rest) = name.strip_prefix("layers.") {
-            index(rest).map(Unit::Layer)
-        } else if let Some(rest) = name.strip_prefix("extra_heads.") {
-            index(rest).map(Unit::ExtraHead)
-        } else if name.starts_with("norm.") || name.starts_with("output.") {
-            Some(Unit::Output)
-        } else {
-            None
-        }
-    }
-
-    /// Head block k's unit (0 = next token, the last block of `layers`).
-    pub fn head(model: &Transformer, k: usize) -> Unit {
-        if k == 0 {
-            Unit::Layer(model.layers.len() - 1)
-        } else {
-            Unit::ExtraHead(k - 1)
-        }
-    }
-
-    fn label(self) -> String {
-        match self {
-            Unit::Embedding => "tok_embeddings".into(),
-            Unit::Layer(i) => format!("layers.{i}"),
-            Unit::ExtraHead(j) => format!("extra_heads.{j}"),
-            Unit::Output => "output".into(),
-        }
-    }
-}
+pub use crate::model::Unit;
 
 /// Parameters of one unit flattened together: their names in visiting order and the layout.
 #[derive(Debug, Clone)]
@@ -570,5 +523,38 @@ impl VisitParams for Fsdp {
                 f(&format!("{prefix}{}", tb.key), &mut tb.shard);
             }
         }
+    }
+}
+
+impl super::strategy::Strategy for Fsdp {
+    fn rank(&self) -> usize {
+        Fsdp::rank(self)
+    }
+
+    fn world_size(&self) -> usize {
+        Fsdp::world_size(self)
+    }
+
+    /// A copy of the model with `units` gathered from the shards (the model's own weights stay
+    /// released), prefetching `next` ([`Fsdp::materialize_next`]).
+    fn with_units<'m>(
+        &self,
+        model: &'m Transformer,
+        units: &[Unit],
+        next: Option<Unit>,
+    ) -> Result<std::borrow::Cow<'m, Transformer>> {
+        Ok(std::borrow::Cow::Owned(
+            self.materialize_next(model, units, next)?,
+        ))
+    }
+
+    /// [`Fsdp::reduce_scatter_unit`].
+    fn unit_backward_done(&self, unit: Unit, grads: &mut crate::model::grads::Grads) -> Result<()> {
+        self.reduce_scatter_unit(unit, grads)
+    }
+
+    fn sum_over_ranks(&self, xs: &[f64]) -> Result<Vec<f64>> {
+        let local = Tensor::new(xs, &candle_core::Device::Cpu)?;
+        Ok(self.comm().all_reduce_sum(&local)?.to_vec1::<f64>()?)
     }
 }

@@ -1,0 +1,141 @@
+//! The parallel-strategy seam (`wmtp_host::dist::strategy`): the engine reaches units and hands back
+//! their gradients only through `Strategy`. A second implementation here — one that records every call
+//! and otherwise lends the model like `NoSharding` — gets the same gradients bit for bit, is asked for
+//! every unit in the forward, and is told of each trainable unit's gradients exactly once, when they are
+//! complete (what FSDP's reduce-scatter relies on).
+
+use candle_core::{DType, Device, Tensor};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use wmtp_host::data::MicroBatch;
+use wmtp_host::dist::strategy::{NoSharding, Strategy};
+use wmtp_host::model::grads::Grads;
+use wmtp_host::model::{ModelArgs, ParamGroup, Transformer, Unit, VisitParams};
+use wmtp_host::train::engine::Engine;
+
+/// Records the units asked for, and for each unit handed back the gradient names it held then.
+#[derive(Default)]
+struct Recording {
+    asked: RefCell<Vec<Unit>>,
+    done: RefCell<Vec<(Unit, BTreeSet<String>)>>,
+}
+
+impl Strategy for Recording {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn with_units<'m>(
+        &self,
+        model: &'m Transformer,
+        units: &[Unit],
+        _next: Option<Unit>,
+    ) -> anyhow::Result<Cow<'m, Transformer>> {
+        self.asked.borrow_mut().extend_from_slice(units);
+        Ok(Cow::Borrowed(model))
+    }
+    fn unit_backward_done(&self, unit: Unit, grads: &mut Grads) -> anyhow::Result<()> {
+        let held = grads
+            .by_name
+            .keys()
+            .filter(|n| Unit::of(n) == Some(unit))
+            .cloned()
+            .collect();
+        self.done.borrow_mut().push((unit, held));
+        Ok(())
+    }
+    fn sum_over_ranks(&self, xs: &[f64]) -> anyhow::Result<Vec<f64>> {
+        Ok(xs.to_vec())
+    }
+}
+
+fn grads_with(m: &Transformer, strategy: &dyn Strategy) -> Grads {
+    let (b, t) = (2, 12);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| (i * 7 % m.args.vocab_size) as u32)
+        .collect();
+    let mut target = vec![1u8; b * t];
+    target[..2].fill(0);
+    let mb = MicroBatch {
+        tokens: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+        target_mask: target,
+        rewards: None,
+        pair_ids: None,
+    };
+    let engine = Engine {
+        model: m,
+        value_head: None,
+        chunk_rows: 5,
+        seed: 0,
+        train: false,
+        keep_activations: false,
+        strategy,
+        detach_extra_heads: false,
+    };
+    let st = engine.forward(&mb).unwrap();
+    let c_ce = vec![1.0 / (b * t) as f32; st.ce.len()];
+    let mut g = Grads::default();
+    engine.backward(&st, &c_ce, None, &mut g).unwrap();
+    g
+}
+
+#[test]
+fn a_second_strategy_sees_every_unit_and_each_units_complete_gradients_once() {
+    let mut m = Transformer::random(
+        ModelArgs::preset("tiny").unwrap(),
+        3,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])
+        .unwrap();
+    let plain = grads_with(&m, &NoSharding);
+    let rec = Recording::default();
+    let recorded = grads_with(&m, &rec);
+    assert_eq!(
+        plain.by_name.keys().collect::<Vec<_>>(),
+        recorded.by_name.keys().collect::<Vec<_>>()
+    );
+    for (name, g) in &plain.by_name {
+        let d = (g - &recorded.by_name[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name}: the strategy changed a gradient");
+    }
+    // every unit of the model is asked for in the forward (and again in the backward)
+    let mut units: BTreeMap<Unit, BTreeSet<String>> = BTreeMap::new();
+    m.visit("", &mut |name, p| {
+        let u = Unit::of(name).expect("every policy parameter belongs to a unit");
+        let e = units.entry(u).or_default();
+        if p.is_trainable() {
+            e.insert(name.to_string());
+        }
+    });
+    let asked: BTreeSet<Unit> = rec.asked.borrow().iter().copied().collect();
+    assert_eq!(asked, units.keys().copied().collect());
+    // each unit with trainable weights is handed back once, holding all of its gradients by then
+    let done = rec.done.borrow();
+    let mut seen = BTreeSet::new();
+    for (unit, held) in done.iter() {
+        assert!(seen.insert(*unit), "{unit:?} handed back twice");
+        assert_eq!(
+            held, &units[unit],
+            "{unit:?}: its gradients were not complete when handed back"
+        );
+    }
+    let trainable: BTreeSet<Unit> = units
+        .iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(u, _)| *u)
+        .collect();
+    assert_eq!(seen, trainable);
+}

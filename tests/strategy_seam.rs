@@ -1,8 +1,9 @@
 //! The parallel-strategy seam (`wmtp_host::dist::strategy`): the engine reaches units and hands back
 //! their gradients only through `Strategy`. A second implementation here — one that records every call
 //! and otherwise lends the model like `NoSharding` — gets the same gradients bit for bit, is asked for
-//! every unit in the forward, and is told of each trainable unit's gradients exactly once, when they are
-//! complete (what FSDP's reduce-scatter relies on).
+//! every unit in the forward, is told of each trainable unit's gradients exactly once, when they are
+//! complete (what FSDP's reduce-scatter relies on), and every prefetch hint names the unit asked for
+//! next (the engine walks one declared schedule, train/schedule.rs).
 
 use candle_core::{DType, Device, Tensor};
 use std::borrow::Cow;
@@ -17,7 +18,7 @@ use wmtp_host::train::engine::Engine;
 /// Records the units asked for, and for each unit handed back the gradient names it held then.
 #[derive(Default)]
 struct Recording {
-    asked: RefCell<Vec<Unit>>,
+    asked: RefCell<Vec<(Unit, Option<Unit>)>>,
     done: RefCell<Vec<(Unit, BTreeSet<String>)>>,
 }
 
@@ -32,9 +33,10 @@ impl Strategy for Recording {
         &self,
         model: &'m Transformer,
         units: &[Unit],
-        _next: Option<Unit>,
+        next: Option<Unit>,
     ) -> anyhow::Result<Cow<'m, Transformer>> {
-        self.asked.borrow_mut().extend_from_slice(units);
+        assert_eq!(units.len(), 1, "the engine lends one unit at a time");
+        self.asked.borrow_mut().push((units[0], next));
         Ok(Cow::Borrowed(model))
     }
     fn unit_backward_done(&self, unit: Unit, grads: &mut Grads) -> anyhow::Result<()> {
@@ -120,8 +122,21 @@ fn a_second_strategy_sees_every_unit_and_each_units_complete_gradients_once() {
             e.insert(name.to_string());
         }
     });
-    let asked: BTreeSet<Unit> = rec.asked.borrow().iter().copied().collect();
+    let calls = rec.asked.borrow();
+    let asked: BTreeSet<Unit> = calls.iter().map(|c| c.0).collect();
     assert_eq!(asked, units.keys().copied().collect());
+    // each hint is the unit asked for next; no hint only at the end of the forward and of the backward
+    for w in calls.windows(2) {
+        if let Some(next) = w[0].1 {
+            assert_eq!(
+                w[1].0, next,
+                "prefetch hinted {next:?}, the engine asked for {:?}",
+                w[1].0
+            );
+        }
+    }
+    assert_eq!(calls.iter().filter(|c| c.1.is_none()).count(), 2);
+    assert_eq!(calls.last().map(|c| c.1), Some(None));
     // each unit with trainable weights is handed back once, holding all of its gradients by then
     let done = rec.done.borrow();
     let mut seen = BTreeSet::new();

@@ -5,6 +5,7 @@
 //! "blocks"`, reusing the kept activations with "none". With one rank this is a single-device trainer;
 //! the same unit structure is what FSDP shards.
 
+use super::schedule::Schedule;
 use crate::data::MicroBatch;
 use crate::dist::strategy::Strategy;
 use crate::kernels;
@@ -149,17 +150,13 @@ impl<'a> Engine<'a> {
         self.strategy.unit_backward_done(unit, grads)
     }
 
-    /// The model with `units` holding their weights ([`Strategy::with_units`]): the model itself, or
-    /// under FSDP a copy with those units gathered (dropped by the caller after use). Under FSDP this
-    /// is a collective: the calls below happen in the same order on every rank whatever its data.
-    fn with_units(&self, units: &[Unit]) -> Result<Cow<'a, Transformer>> {
-        self.with_units_next(units, None)
-    }
-
-    /// [`Engine::with_units`], naming the unit the engine asks for next, so the strategy can fetch it
-    /// while these units compute (prefetch). `next` depends only on the model, never on a rank's data.
-    fn with_units_next(&self, units: &[Unit], next: Option<Unit>) -> Result<Cow<'a, Transformer>> {
-        self.strategy.with_units(self.model, units, next)
+    /// The model with `unit` holding its weights ([`Strategy::with_units`]): the model itself, or under
+    /// FSDP a copy with the unit gathered (dropped by the caller after use), the schedule's next unit
+    /// named for prefetch. `unit` must be the schedule's next ([`Schedule::advance`]). Under FSDP this is
+    /// a collective: the schedule depends only on the model, so every rank makes the same calls.
+    fn lend(&self, schedule: &Schedule, unit: Unit) -> Result<Cow<'a, Transformer>> {
+        let next = schedule.advance(unit)?;
+        self.strategy.with_units(self.model, &[unit], next)
     }
 
     /// Forward: unit inputs, CE of every head on its valid rows, and values.
@@ -178,26 +175,14 @@ impl<'a> Engine<'a> {
         let mut inputs = Vec::with_capacity(m.layers.len());
         let mut saved_trunk = Vec::new();
         let n_trunk = m.layers.len() - 1;
-        // the forward's order: embedding, trunk blocks, output, heads 0..H−1
-        let after_trunk = |i: usize| {
-            Some(if i + 1 < n_trunk {
-                Unit::Layer(i + 1)
-            } else {
-                Unit::Output
-            })
-        };
-        let first = if n_trunk > 0 {
-            Unit::Layer(0)
-        } else {
-            Unit::Output
-        };
+        let schedule = Schedule::forward(m);
         let mut x = self
-            .with_units_next(&[Unit::Embedding], Some(first))?
+            .lend(&schedule, Unit::Embedding)?
             .embed(&mb.tokens)?
             .detach();
         for i in 0..n_trunk {
             inputs.push(x.clone());
-            let mu = self.with_units_next(&[Unit::Layer(i)], after_trunk(i))?;
+            let mu = self.lend(&schedule, Unit::Layer(i))?;
             let sv = mu.layers[i].forward_saved(&x, &rope, &self.ctx(1 + i as u64))?;
             x = sv.out.clone();
             if self.keep_activations {
@@ -214,10 +199,9 @@ impl<'a> Engine<'a> {
         let mut saved_heads = Vec::with_capacity(h);
         let mut head_lse = Vec::with_capacity(h);
         let mut saved_chunks = Vec::with_capacity(h);
-        let om = self.with_units_next(&[Unit::Output], Some(Unit::head(m, 0)))?;
+        let om = self.lend(&schedule, Unit::Output)?;
         for (k, hr) in heads.iter().enumerate() {
-            let next = (k + 1 < h).then(|| Unit::head(m, k + 1));
-            let hm = self.with_units_next(&[Unit::head(m, k)], next)?;
+            let hm = self.lend(&schedule, Unit::head(m, k))?;
             if hr.rows.is_empty() {
                 saved_heads.push(None);
                 head_lse.push(None);
@@ -299,34 +283,21 @@ impl<'a> Engine<'a> {
         let h_trunk = &st.unit_inputs[n_trunk];
         let mut dh = Tensor::zeros((b, t, d), DType::F32, self.dev())?;
         let shared_trainable = has_trainable(&m.norm) || has_trainable(&m.output);
-        // the backward's order: output, the heads it visits, trunk blocks top down, embedding
+        // the backward's order (train/schedule.rs): output, the heads it visits, trunk blocks top down,
+        // embedding
         let detached = |k: usize| self.detach_extra_heads && k > 0;
         // a head is visited when its block trains or its gradient flows on (into shared or trunk
         // weights); the head scan runs once per backward, not once per visit query
         let head_trains: Vec<bool> = (0..h).map(|k| has_trainable(m.head(k))).collect();
         let visits =
             |k: usize| head_trains[k] || (!detached(k) && (trunk_trainable || shared_trainable));
-        let embedding_trainable = any_trainable(&m.tok_embeddings);
-        let below = |i: usize| -> Option<Unit> {
-            match i {
-                0 => embedding_trainable.then_some(Unit::Embedding),
-                i => Some(Unit::Layer(i - 1)),
-            }
-        };
-        let after_heads = if !trunk_trainable {
-            None
-        } else if n_trunk > 0 {
-            Some(Unit::Layer(n_trunk - 1))
-        } else {
-            below(0)
-        };
-        let next_head = |k: usize| {
-            (k..h)
-                .find(|&j| visits(j))
-                .map(|j| Unit::head(m, j))
-                .or(after_heads)
-        };
-        let om = self.with_units_next(&[Unit::Output], next_head(0))?;
+        let schedule = Schedule::backward(
+            m,
+            &visits,
+            trunk_trainable,
+            any_trainable(&m.tok_embeddings),
+        );
+        let om = self.lend(&schedule, Unit::Output)?;
         for k in 0..h {
             let coef_k: Vec<f32> = if c_ce.is_empty() {
                 Vec::new()
@@ -336,7 +307,7 @@ impl<'a> Engine<'a> {
             if !visits(k) {
                 continue;
             }
-            let hm = self.with_units_next(&[Unit::head(m, k)], next_head(k + 1))?;
+            let hm = self.lend(&schedule, Unit::head(m, k))?;
             if coef_k.iter().all(|&c| c == 0.0) {
                 self.flush(Unit::head(m, k), grads)?;
                 continue;
@@ -441,7 +412,7 @@ impl<'a> Engine<'a> {
         let mut dh = dh.to_dtype(m.dtype())?;
         drop(om);
         for i in (0..n_trunk).rev() {
-            let mu = self.with_units_next(&[Unit::Layer(i)], below(i))?;
+            let mu = self.lend(&schedule, Unit::Layer(i))?;
             let block = &mu.layers[i];
             let recomputed;
             let sv = match st.saved_trunk.get(i) {
@@ -464,7 +435,7 @@ impl<'a> Engine<'a> {
             };
         }
         if any_trainable(&m.tok_embeddings) {
-            let em = self.with_units(&[Unit::Embedding])?;
+            let em = self.lend(&schedule, Unit::Embedding)?;
             let tokens = Tensor::from_slice(&st.tokens, (b, t), self.dev())?;
             let s =
                 (em.embed(&tokens)?.to_dtype(DType::F32)? * dh.to_dtype(DType::F32)?)?.sum_all()?;

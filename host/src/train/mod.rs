@@ -19,6 +19,7 @@ pub mod resume;
 pub mod run;
 pub mod run_loop;
 pub mod run_setup;
+pub mod schedule;
 pub mod session;
 pub mod stages;
 pub mod step;

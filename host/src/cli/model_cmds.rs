@@ -101,6 +101,14 @@ pub struct PerplexityArgs {
     /// A UTF-8 file to score.
     #[arg(long)]
     pub file: Option<std::path::PathBuf>,
+    /// Tokens per window (default: the model's max_seq_len); a longer text is scored by a sliding
+    /// window.
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Tokens a window moves by (default: half the context, so every token after the first window's
+    /// has at least that much earlier text as context).
+    #[arg(long)]
+    pub stride: Option<usize>,
 }
 
 /// The model `--model` names: a preset, a GGUF file, a Meta / HF directory, or a training checkpoint
@@ -412,11 +420,22 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
         bail!("model `{}` has no tokenizer", a.model.model)
     };
     let ids = tok.encode(&text, true)?;
-    let ce = evaluate::next_token_ce(&lm.model, &ids)?;
+    let context = a.context.unwrap_or(lm.model.args.max_seq_len);
+    let stride = a.stride.unwrap_or((context / 2).max(1));
+    let r = evaluate::windowed_next_token_ce(&lm.model, &ids, context, stride)?;
+    let how = if r.windows > 1 {
+        format!(
+            "  ({} windows of ≤ {context} tokens, stride {stride}; {} tokens scored)",
+            r.windows, r.scored
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "tokens {}  cross-entropy {ce:.6} nats  perplexity {:.4}",
+        "tokens {}  cross-entropy {:.6} nats  perplexity {:.4}{how}",
         ids.len(),
-        ce.exp()
+        r.ce,
+        r.ce.exp()
     );
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! ([heads, 2, hd/2]). For a q/k LoRA ΔW = s·B·A, only B's rows are permuted (B_hf = P·B); A is untouched.
 
 use super::adapter::{save_json, save_tensors, save_value_head};
+use super::hf_names::hf_name;
 use super::load::hf::unpermute_rotate_half;
 use super::param::{ParamGroup, VisitParams};
 use super::{LoraConfig, Transformer, ValueHead};
@@ -36,32 +37,6 @@ pub fn permute_rotate_half(w: &Tensor, n_heads: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .contiguous()?
         .reshape((rows, cols))?)
-}
-
-/// The HF name of a wmtp block-or-global tensor name (`layers.3.attention.wq.weight` →
-/// `model.layers.3.self_attn.q_proj.weight`; LoRA suffixes kept); None for extra heads' tensors.
-pub fn hf_name(ours: &str) -> Option<String> {
-    match ours {
-        "tok_embeddings.weight" => return Some("model.embed_tokens.weight".into()),
-        "norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = ours.strip_prefix("layers.")?;
-    let (i, sub) = rest.split_once('.')?;
-    const MAP: [(&str, &str); 9] = [
-        ("attention.wq.", "self_attn.q_proj."),
-        ("attention.wk.", "self_attn.k_proj."),
-        ("attention.wv.", "self_attn.v_proj."),
-        ("attention.wo.", "self_attn.o_proj."),
-        ("feed_forward.w1.", "mlp.gate_proj."),
-        ("feed_forward.w2.", "mlp.down_proj."),
-        ("feed_forward.w3.", "mlp.up_proj."),
-        ("attention_norm.", "input_layernorm."),
-        ("ffn_norm.", "post_attention_layernorm."),
-    ];
-    let (from, to) = MAP.iter().find(|(from, _)| sub.starts_with(from))?;
-    Some(format!("model.layers.{i}.{to}{}", &sub[from.len()..]))
 }
 
 /// How many heads' rows a q/k tensor (or its LoRA B) is grouped by: n_heads for wq, n_kv_heads for wk;

@@ -11,6 +11,7 @@ pub mod frozen_linear;
 pub mod generate;
 pub mod grads;
 pub mod hf_export;
+pub mod hf_names;
 pub mod init;
 pub mod kv_cache;
 pub mod load;

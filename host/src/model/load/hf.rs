@@ -3,6 +3,7 @@
 //! on load (never at run time).
 
 use super::meta::{files_matching, read_safetensors};
+use crate::model::hf_names::meta_name;
 use crate::model::ModelArgs;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -47,35 +48,6 @@ pub fn unpermute_rotate_half(w: &Tensor, n_heads: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .contiguous()?
         .reshape((rows, cols))?)
-}
-
-/// Meta name for an HF key, or None for keys wmtp does not use (e.g. rotary inv_freq buffers).
-fn meta_name(hf: &str) -> Option<String> {
-    if hf == "model.embed_tokens.weight" {
-        return Some("tok_embeddings.weight".into());
-    }
-    if hf == "model.norm.weight" {
-        return Some("norm.weight".into());
-    }
-    if hf == "lm_head.weight" {
-        return Some("output.weight".into());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (i, sub) = rest.split_once('.')?;
-    let ours = match sub {
-        "self_attn.q_proj.weight" => "attention.wq.weight",
-        "self_attn.k_proj.weight" => "attention.wk.weight",
-        "self_attn.v_proj.weight" => "attention.wv.weight",
-        "self_attn.o_proj.weight" => "attention.wo.weight",
-        "mlp.gate_proj.weight" => "feed_forward.w1.weight",
-        "mlp.down_proj.weight" => "feed_forward.w2.weight",
-        "mlp.up_proj.weight" => "feed_forward.w3.weight",
-        "input_layernorm.weight" => "attention_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.rotary_emb.inv_freq" => return None,
-        other => return Some(format!("layers.{i}.{other}")), // kept, so an unknown key is reported
-    };
-    Some(format!("layers.{i}.{ours}"))
 }
 
 /// Reads an HF-LLaMA directory into Meta names and layout (an H = 1 model).

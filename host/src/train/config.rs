@@ -95,9 +95,15 @@ pub struct DataSection {
     pub max_length: usize,
     /// Pairs per problem for paired pipelines.
     pub max_pairs_per_problem: usize,
-    /// How instruction rows become prompt + response: `auto` (ChatML when the tokenizer has
-    /// `<|im_start|>`, else Alpaca), `alpaca`, `chatml`, `none`. `wmtp generate --template` takes the same.
+    /// How instruction rows become prompt + response: `auto` (the model's own chat template when it
+    /// ships one, else ChatML when the tokenizer has `<|im_start|>`, else Alpaca), `model`, `alpaca`,
+    /// `chatml`, `none`. `wmtp generate --template` takes the same.
     pub template: crate::data::dataset::Template,
+    /// Pack training samples into sequences of up to `max_length` tokens (whole samples in order; see
+    /// `data::dataset::pack`): fewer pad tokens per step for short `{text}` rows. Attention crosses the
+    /// documents of a sequence. Pointwise pipelines without rewards only (baseline, rho1); validation
+    /// stays unpacked, so its numbers compare with unpacked runs.
+    pub pack: bool,
 }
 
 impl Default for DataSection {
@@ -109,6 +115,7 @@ impl Default for DataSection {
             max_length: 256,
             max_pairs_per_problem: 2,
             template: Default::default(),
+            pack: false,
         }
     }
 }

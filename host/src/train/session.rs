@@ -190,6 +190,14 @@ impl Session {
         model.set_trainable_groups(&model_groups)?;
         narrow_trainable(&mut model, &t0.trainable_prefixes)?;
         let (value_head, critic) = setup_values(&cfg, &manifest, &groups, &model, &opts.device)?;
+        if cfg.data.pack && cfg.data.max_length > model.args.max_seq_len {
+            bail!(
+                "data.pack: packed sequences of data.max_length = {} tokens exceed the model's \
+                 max_seq_len {}: lower data.max_length",
+                cfg.data.max_length,
+                model.args.max_seq_len
+            );
+        }
         let data = setup_data(&cfg, &tokenizer, sampling_for(&manifest))?;
         let optimizer = optimizer_for(&t0);
         let stage = (!cfg.stages.is_empty()).then_some(0);
@@ -389,7 +397,26 @@ fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Res
         (samples, v, dropped)
     };
     let seed = cfg.training.seed;
-    let items = make_items(train, sampling, d.max_pairs_per_problem, seed)?;
+    let mut items = make_items(train, sampling, d.max_pairs_per_problem, seed)?;
+    if d.pack {
+        items = match (items, sampling) {
+            (Items::Single(v), Sampling::CorrectOnly) => {
+                let (n, tokens) = (v.len(), v.iter().map(|s| s.ids.len()).sum::<usize>());
+                let packed = crate::data::dataset::pack(v, d.max_length);
+                tracing::info!(
+                    "data.pack: {n} samples ({tokens} tokens) in {} sequences of ≤ {} tokens ({:.0}% full)",
+                    packed.len(),
+                    d.max_length,
+                    100.0 * tokens as f64 / (packed.len() * d.max_length).max(1) as f64
+                );
+                Items::Single(packed)
+            }
+            _ => bail!(
+                "data.pack: only pipelines that train on correct samples pointwise (baseline, rho1) can \
+                 pack; this one pairs samples or uses their rewards"
+            ),
+        };
+    }
     let val = if val.is_empty() {
         Items::Single(vec![])
     } else {

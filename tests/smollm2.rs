@@ -247,7 +247,8 @@ fn the_models_chat_template_matches_transformers() {
 }
 
 /// What `wmtp merge` writes beside the weights: `tokenizer.json` + `tokenizer_config.json` from the GGUF's
-/// tokenizer; read back as a model folder's tokenizer it has the same ids, BOS, EOS and chat template.
+/// tokenizer; read back as a model folder's tokenizer it has the same ids, BOS, EOS, whether raw text
+/// gets a BOS, and chat template.
 #[test]
 fn a_gguf_tokenizer_written_as_hf_files_reads_back_the_same() {
     let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -260,6 +261,9 @@ fn a_gguf_tokenizer_written_as_hf_files_reads_back_the_same() {
         .unwrap()
         .unwrap();
     assert_eq!((back.bos_id, back.eos_id), (tok.bos_id, tok.eos_id));
+    // SmolLM2's GGUF says tokenizer.ggml.add_bos_token = false (transformers adds none either)
+    assert!(!tok.add_bos, "the GGUF's add_bos_token is false");
+    assert_eq!(back.add_bos, tok.add_bos);
     assert_eq!(back.chat_template_source(), tok.chat_template_source());
     assert!(back.chat_template_source().is_some());
     assert_eq!(

@@ -319,7 +319,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         .prompt
         .iter()
         .map(|p| match template {
-            None => tok.encode(p, true),
+            None => tok.encode(p, tok.add_bos),
             Some(t) => t.resolve(tok).encode_prompt(tok, p, ""),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -419,7 +419,7 @@ pub fn perplexity(a: &PerplexityArgs) -> Result<()> {
     let Some(tok) = &lm.tokenizer else {
         bail!("model `{}` has no tokenizer", a.model.model)
     };
-    let ids = tok.encode(&text, true)?;
+    let ids = tok.encode(&text, tok.add_bos)?;
     let context = a.context.unwrap_or(lm.model.args.max_seq_len);
     let stride = a.stride.unwrap_or((context / 2).max(1));
     let r = evaluate::windowed_next_token_ce(&lm.model, &ids, context, stride)?;

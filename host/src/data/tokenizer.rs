@@ -28,6 +28,11 @@ pub struct Tokenizer {
     pub bos_id: Option<u32>,
     /// End-of-sequence id, appended to every trained sample.
     pub eos_id: Option<u32>,
+    /// Whether the model's own tokenizer puts BOS in front of a plain text (GGUF
+    /// `tokenizer.ggml.add_bos_token`, HF `tokenizer_config.json` `add_bos_token`; true when neither
+    /// says): what raw prompts (`wmtp generate`) and scored texts (`wmtp perplexity`) get, as
+    /// llama.cpp and transformers encode them. Training samples always start with BOS (design.md §7).
+    pub add_bos: bool,
     /// The model's chat template (Jinja source: GGUF `tokenizer.chat_template`, HF
     /// `tokenizer_config.json`), when it ships one.
     chat_template_source: Option<String>,
@@ -63,6 +68,7 @@ impl Tokenizer {
             inner: Some(inner),
             bos_id,
             eos_id,
+            add_bos: true,
             chat_template_source: None,
             chat_template: Default::default(),
         })
@@ -94,6 +100,11 @@ impl Tokenizer {
         let (bos_id, eos_id) = (
             id("tokenizer.ggml.bos_token_id"),
             id("tokenizer.ggml.eos_token_id"),
+        );
+        // llama.cpp's default: BOS in front unless the file says not
+        let add_bos = !matches!(
+            md.get("tokenizer.ggml.add_bos_token"),
+            Some(gguf_file::Value::Bool(false))
         );
         let chat_template = md
             .get("tokenizer.chat_template")
@@ -176,6 +187,7 @@ impl Tokenizer {
                     inner: None,
                     bos_id,
                     eos_id,
+                    add_bos,
                     chat_template_source: chat_template,
                     chat_template: Default::default(),
                 });
@@ -199,6 +211,7 @@ impl Tokenizer {
             inner: Some(inner),
             bos_id,
             eos_id,
+            add_bos,
             chat_template_source: chat_template,
             chat_template: Default::default(),
         })
@@ -213,6 +226,7 @@ impl Tokenizer {
             inner: None,
             bos_id: sp.piece_id("<s>"),
             eos_id: sp.piece_id("</s>"),
+            add_bos: true,
             sp: Some(sp),
             chat_template_source: None,
             chat_template: Default::default(),
@@ -227,6 +241,7 @@ impl Tokenizer {
             sp: None,
             bos_id: Some(256),
             eos_id: Some(257),
+            add_bos: true,
             chat_template_source: None,
             chat_template: Default::default(),
         }
@@ -272,6 +287,7 @@ impl Tokenizer {
         if let Some(t) = &self.chat_template_source {
             cfg["chat_template"] = t.clone().into();
         }
+        cfg["add_bos_token"] = self.add_bos.into();
         let path = dir.join("tokenizer_config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&cfg)? + "\n")
             .with_context(|| format!("writing {}", path.display()))

@@ -153,7 +153,7 @@ pub fn evaluate(
     let mut prompts = Vec::with_capacity(problems.len() * n);
     for p in problems {
         let prompt = match opts.template {
-            None => tok.encode(&p.prompt, true)?,
+            None => tok.encode(&p.prompt, tok.add_bos)?,
             Some(t) => t.resolve(tok).encode_prompt(
                 tok,
                 "Complete the following Python function.",

@@ -175,6 +175,9 @@ fn dir_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
         let (bos, eos) = (named("bos_token"), named("eos_token"));
         tok.bos_id = bos.or(tok.bos_id);
         tok.eos_id = eos.or(tok.eos_id);
+        if let Some(add) = config["add_bos_token"].as_bool() {
+            tok.add_bos = add;
+        }
         tok
     } else if spm.exists() {
         Tokenizer::from_sentencepiece_model(&spm)?

@@ -532,3 +532,47 @@ fn best_includes_the_final_validation_and_resume_says_what_it_does() {
         "{longer}"
     );
 }
+
+/// Every file of a checkpoint and of a merged model is readable by others (0644), as `cp` or a
+/// notebook on a shared cluster account expects — the safetensors writer alone creates them 0600.
+#[cfg(unix)]
+#[test]
+fn checkpoints_and_merged_models_are_world_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::tempdir();
+    let r = run(&RunOptions {
+        pipeline: Some(common::root().join("plugins/baseline.wasm")),
+        set: vec![
+            format!("checkpoint.dir={}", dir.path().display()),
+            "training.steps=1".into(),
+            "training.batch_size=2".into(),
+            "runtime.eval_every=0".into(),
+        ],
+        quiet: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let merged = dir.path().join("merged");
+    merge_checkpoint(&r.last_checkpoint, &merged, Default::default()).unwrap();
+    let mut files = Vec::new();
+    for d in [r.last_checkpoint.clone(), merged] {
+        let mut stack = vec![d];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    assert!(files
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "safetensors")));
+    for p in files {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o044, 0o044, "{}: mode {mode:o}", p.display());
+    }
+}

@@ -75,10 +75,17 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// Writes `tensors` to a safetensors file atomically.
-pub(crate) fn save_tensors(path: &Path, tensors: HashMap<String, Tensor>) -> Result<()> {
+/// Writes `tensors` to a safetensors file atomically, readable by all like any other file wmtp writes
+/// (the safetensors writer creates its files owner-only, 0600).
+pub fn save_tensors(path: &Path, tensors: HashMap<String, Tensor>) -> Result<()> {
     write_atomic(path, |tmp| {
-        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+        candle_core::safetensors::save(&tensors, tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))?;
+        }
+        Ok(())
     })
 }
 

@@ -222,7 +222,10 @@ fn write_contents(
 ) -> Result<()> {
     write_run_state(dir, s, st)?;
     if !opt.is_empty() {
-        candle_core::safetensors::save(&opt, dir.join(layout::OPTIMIZER))?;
+        crate::model::adapter::save_tensors(
+            &dir.join(layout::OPTIMIZER),
+            opt.into_iter().collect(),
+        )?;
     }
     if model.lora.is_some() {
         save_adapter(

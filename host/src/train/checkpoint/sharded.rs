@@ -62,7 +62,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
         crate::train::guard::check_finite(f, "", &label)?;
         if let Some(t) = f.rank_tensors(&state, s.optimizer.sharded_slots())? {
             let p = tmp.join(layout::rank_file(rank));
-            candle_core::safetensors::save(&t, &p)
+            crate::model::adapter::save_tensors(&p, t.into_iter().collect())
                 .with_context(|| format!("writing {}", p.display()))?;
         }
         Ok(())
@@ -103,14 +103,20 @@ fn write_rest(
         .map(|(k, t)| (k.clone(), t.clone()))
         .collect();
     if !rest.is_empty() {
-        candle_core::safetensors::save(&rest, dir.join(layout::OPTIMIZER))?;
+        crate::model::adapter::save_tensors(
+            &dir.join(layout::OPTIMIZER),
+            rest.into_iter().collect(),
+        )?;
     }
     if let Some(vh) = &s.value_head {
         let mut t = HashMap::new();
         vh.visit("value_head.", &mut |n, p| {
             t.insert(n.to_string(), p.tensor().clone());
         });
-        candle_core::safetensors::save(&t, dir.join("value_head.safetensors"))?;
+        crate::model::adapter::save_tensors(
+            &dir.join("value_head.safetensors"),
+            t.into_iter().collect(),
+        )?;
     }
     Ok(())
 }

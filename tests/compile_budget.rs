@@ -10,7 +10,7 @@ use wmtp_plugin_host::{PluginLimits, PluginRuntime};
 
 #[test]
 fn the_compile_budget_leaves_ten_times_what_our_plugins_need() {
-    use wmtp_plugin_host::compile_budget::{measure, CompileBudget};
+    use wmtp_plugin_host::{measure_code as measure, CompileBudget};
     let b = CompileBudget::default();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files: Vec<PathBuf> = ["baseline", "critic", "rho1", "verifiable"]
@@ -89,7 +89,7 @@ fn compile_bombs_are_refused_before_compiling() {
 #[test]
 fn a_compile_past_its_time_limit_is_stopped() {
     let limits = PluginLimits {
-        compile: wmtp_plugin_host::compile_budget::CompileBudget {
+        compile: wmtp_plugin_host::CompileBudget {
             time: Duration::from_millis(1),
             ..Default::default()
         },

@@ -40,6 +40,7 @@ impl MemoryBudget {
         }
     }
 
+    #[cfg(test)]
     /// Bytes charged so far.
     pub fn used(&self) -> usize {
         self.used

@@ -3,23 +3,31 @@
 //! kit. It knows nothing of tensors or models (no candle, no tokenizers): the training host, a plugin
 //! author's tests and any other host use it alone. `docs/design.md` describes the contract.
 
-pub mod artifact_cache;
-pub mod bindings;
-pub mod budget;
-pub mod compile_budget;
+//!
+//! The surface is what this file re-exports, plus [`conformance`] (the kit plugin authors' tests call);
+//! every other module is private.
+
+mod artifact_cache;
+mod bindings;
+mod budget;
+mod compile_budget;
 pub mod conformance;
-pub mod deadline_poll;
-pub mod describe;
-pub mod host_state;
-pub mod instance;
-pub mod limits;
-pub mod mask;
-pub mod runtime;
-pub mod text;
-pub mod validate;
+mod deadline_poll;
+mod describe;
+mod host_state;
+mod instance;
+mod limits;
+mod mask;
+mod runtime;
+mod text;
+mod validate;
 
 pub use bindings::{Batch, Coefficients, ConfigKey, InputKind, Manifest, ParamGroup};
+pub use compile_budget::{measure as measure_code, CodeShape, CompileBudget};
+pub use describe::{describe_manifest, plugin_table_of};
+pub use host_state::AllReduce;
 pub use instance::Plugin;
 pub use limits::PluginLimits;
 pub use mask::ce_mask;
-pub use runtime::PluginRuntime;
+pub use runtime::{default_cache_dir, PluginRuntime};
+pub use validate::{MAX_CONFIG_KEYS, MAX_METRICS};

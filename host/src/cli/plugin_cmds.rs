@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use wmtp_plugin_host::conformance::check_plugin;
-use wmtp_plugin_host::describe::{describe_manifest, plugin_table_of};
+use wmtp_plugin_host::{describe_manifest, plugin_table_of};
 use wmtp_plugin_host::{Plugin, PluginLimits, PluginRuntime};
 
 /// `wmtp plugin …`.

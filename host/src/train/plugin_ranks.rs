@@ -31,7 +31,7 @@ impl PluginRanks {
 
     /// The reducer the plugin runtime calls: Σ over ranks in f64 (a CPU tensor through the
     /// communicator), the identity before [`PluginRanks::connect`].
-    pub fn reducer(&self) -> wmtp_plugin_host::host_state::AllReduce {
+    pub fn reducer(&self) -> wmtp_plugin_host::AllReduce {
         let slot = self.0.clone();
         Arc::new(move |xs: &[f64]| match slot.get() {
             None => Ok(xs.to_vec()),

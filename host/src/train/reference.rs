@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 /// Where automatic reference stages are cached: `reference/` beside the compiled-plugin cache
 /// (`$WMTP_CACHE_DIR/reference`, else `~/.cache/wmtp/reference`).
 pub fn reference_cache_dir() -> Option<PathBuf> {
-    wmtp_plugin_host::runtime::default_cache_dir()
-        .and_then(|p| p.parent().map(|q| q.join("reference")))
+    wmtp_plugin_host::default_cache_dir().and_then(|p| p.parent().map(|q| q.join("reference")))
 }
 
 /// The reference model for `cfg` (frozen, LoRA merged).

@@ -115,7 +115,7 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<
         call_timeout: Duration::from_secs_f64(cfg.runtime.plugin_timeout_s),
         memory_bytes: cfg.runtime.plugin_memory_mb << 20,
         fuel_per_call: (cfg.runtime.plugin_fuel > 0).then_some(cfg.runtime.plugin_fuel),
-        compile: wmtp_plugin_host::compile_budget::CompileBudget {
+        compile: wmtp_plugin_host::CompileBudget {
             time: Duration::from_secs_f64(cfg.runtime.plugin_compile_s),
             ..Default::default()
         },
@@ -124,7 +124,7 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<
     let runtime = Arc::new(PluginRuntime::with_options(
         limits,
         ranks.reducer(),
-        wmtp_plugin_host::runtime::default_cache_dir(),
+        wmtp_plugin_host::default_cache_dir(),
     )?);
     let mut plugin = Plugin::load(&runtime, path)?;
     plugin.configure(&toml::to_string(&cfg.plugin)?)?;

@@ -326,12 +326,12 @@ pub fn accumulate(
     }
     // each call is capped (plugin-host's MAX_METRICS); the step's line merges the micro-batches' names,
     // so a plugin naming new metrics in every call is capped here too
-    if metric_sums.len() > wmtp_plugin_host::validate::MAX_METRICS {
+    if metric_sums.len() > wmtp_plugin_host::MAX_METRICS {
         anyhow::bail!(
             "plugin `{}`: its micro-batches returned {} different metric names in one step (at most {} per step)",
             w.manifest().name,
             metric_sums.len(),
-            wmtp_plugin_host::validate::MAX_METRICS
+            wmtp_plugin_host::MAX_METRICS
         );
     }
     rep.metrics = metric_sums;

@@ -197,7 +197,7 @@ fn compare_with(mut m: Transformer, label: &str, detach_extra_heads: bool) {
             seed: 0,
             train: false,
             keep_activations,
-            strategy: &wmtp_host::dist::strategy::NoSharding,
+            strategy: &wmtp_host::parallel::strategy::NoSharding,
             detach_extra_heads,
         };
         let mb = MicroBatch {

@@ -13,8 +13,8 @@ use crate::fsdp_support;
 use fsdp_support::*;
 use std::sync::Arc;
 use std::time::Duration;
-use wmtp_host::dist::local;
 use wmtp_host::model::VisitParams;
+use wmtp_host::parallel::local;
 use wmtp_host::train::checkpoint::{self, TrainerState};
 use wmtp_host::train::session::Session;
 use wmtp_host::train::step::train_step;
@@ -116,7 +116,7 @@ fn validate_and_train(s: &mut Session, from: u64, to: u64) -> (f64, Vec<f64>) {
 /// Runs `body` on every rank of a group of `world` and returns rank 0's result.
 fn on_ranks<T: Send + 'static>(
     world: usize,
-    body: impl Fn(Arc<dyn wmtp_host::dist::Communicator>) -> T + Send + Sync + 'static,
+    body: impl Fn(Arc<dyn wmtp_host::parallel::Communicator>) -> T + Send + Sync + 'static,
 ) -> T {
     let body = Arc::new(body);
     let handles: Vec<_> = local::group(world, Duration::from_secs(120))

@@ -6,14 +6,14 @@ use crate::fsdp_support;
 
 use fsdp_support::*;
 use std::sync::Arc;
-use wmtp_host::dist::local;
+use wmtp_host::parallel::local;
 
 /// The in-process communicator claiming a second stream: its gathers "ahead" are plain gathers, so the
 /// prefetch bookkeeping (the engine naming the next unit, the stash, joins, dropping a wrong guess)
 /// runs on the CPU with results that must not change.
 struct AheadProbe(local::LocalComm);
 
-impl wmtp_host::dist::Communicator for AheadProbe {
+impl wmtp_host::parallel::Communicator for AheadProbe {
     fn rank(&self) -> usize {
         self.0.rank()
     }

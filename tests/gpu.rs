@@ -259,7 +259,7 @@ fn gpu_embedded_default_matches_the_cpu_for_20_steps() -> anyhow::Result<()> {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn gpu_nccl_collectives_on_one_rank_are_the_identity() -> anyhow::Result<()> {
-    use wmtp_host::dist::{nccl::NcclComm, tcp::TcpComm, Communicator};
+    use wmtp_host::parallel::{nccl::NcclComm, tcp::TcpComm, Communicator};
     let dev = cuda();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -1,4 +1,4 @@
-//! The parallel-strategy seam (`wmtp_host::dist::strategy`): the engine reaches units and hands back
+//! The parallel-strategy seam (`wmtp_host::parallel::strategy`): the engine reaches units and hands back
 //! their gradients only through `Strategy`. A second implementation here — one that records every call
 //! and otherwise lends the model like `NoSharding` — gets the same gradients bit for bit, is asked for
 //! every unit in the forward, is told of each trainable unit's gradients exactly once, when they are
@@ -10,9 +10,9 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use wmtp_host::data::MicroBatch;
-use wmtp_host::dist::strategy::{NoSharding, Strategy};
 use wmtp_host::model::grads::Grads;
 use wmtp_host::model::{ModelArgs, ParamGroup, Transformer, Unit, VisitParams};
+use wmtp_host::parallel::strategy::{NoSharding, Strategy};
 use wmtp_host::train::engine::Engine;
 
 /// Records the units asked for, and for each unit handed back the gradient names it held then.

@@ -9,12 +9,12 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("kernels", &[]),
     ("data", &[]),
     ("model", &["kernels", "data"]),
-    ("dist", &["kernels", "model"]),
+    ("parallel", &["kernels", "model"]),
     ("eval", &["kernels", "data", "model"]),
     ("infer", &["kernels", "data", "model"]),
     (
         "train",
-        &["kernels", "data", "model", "dist", "eval", "infer"],
+        &["kernels", "data", "model", "parallel", "eval", "infer"],
     ),
 ];
 

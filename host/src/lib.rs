@@ -1,14 +1,14 @@
 //! wmtp host: the LoRA-injected multi-token-prediction Transformer, its loaders and the `wmtp` command.
 //! The layers (docs/design.md, [`layers::LAYERS`], checked by a test): `train` (sessions, the engine, the
-//! loop) on `eval` and `dist` on `model` on `data` and `kernels`; only `train` uses the plugin host (crate
+//! loop) on `eval` and `parallel` on `model` on `data` and `kernels`; only `train` uses the plugin host (crate
 //! `wmtp-plugin-host`); nothing here depends on the command line (the `wmtp` binary's `cli`).
 
 pub mod data;
-pub mod dist;
 pub mod eval;
 pub mod fuzzing;
 pub mod infer;
 pub mod kernels;
 pub mod layers;
 pub mod model;
+pub mod parallel;
 pub mod train;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use wmtp_host::dist::local;
 use wmtp_host::model::{Transformer, ValueHead, VisitParams};
+use wmtp_host::parallel::local;
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::session::Session;
 use wmtp_host::train::step::train_step;
@@ -98,7 +98,7 @@ pub fn sharded_over(
     accum: usize,
     lora: bool,
     p: Pipeline,
-    wrap: fn(local::LocalComm) -> Arc<dyn wmtp_host::dist::Communicator>,
+    wrap: fn(local::LocalComm) -> Arc<dyn wmtp_host::parallel::Communicator>,
 ) -> Trained {
     let comms = local::group(world, Duration::from_secs(120));
     let handles: Vec<_> = comms

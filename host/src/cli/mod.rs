@@ -101,10 +101,10 @@ pub struct LaunchCli {
     #[arg(long, default_value = "127.0.0.1")]
     pub master_addr: String,
     /// Port rank 0 listens on.
-    #[arg(long, default_value_t = wmtp_host::dist::launch::DEFAULT_MASTER_PORT)]
+    #[arg(long, default_value_t = wmtp_host::parallel::launch::DEFAULT_MASTER_PORT)]
     pub master_port: u16,
     /// Seconds the rendezvous and each collective wait for the other ranks.
-    #[arg(long, default_value_t = wmtp_host::dist::launch::DEFAULT_TIMEOUT_S)]
+    #[arg(long, default_value_t = wmtp_host::parallel::launch::DEFAULT_TIMEOUT_S)]
     pub timeout_s: f64,
     /// The command each rank runs, after `--` (e.g. `run --config …`).
     #[arg(last = true, required = true)]
@@ -211,7 +211,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 l.timeout_s > 0.0 && l.timeout_s.is_finite(),
                 "--timeout-s must be a positive number of seconds"
             );
-            wmtp_host::dist::launch::launch(&wmtp_host::dist::launch::LaunchSpec {
+            wmtp_host::parallel::launch::launch(&wmtp_host::parallel::launch::LaunchSpec {
                 nproc_per_node: l.nproc_per_node,
                 nnodes: l.nnodes,
                 node_rank: l.node_rank,

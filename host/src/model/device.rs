@@ -72,7 +72,7 @@ impl DeviceSpec {
                     // created per allocation, recorded and waited on at every kernel launch because
                     // candle's stream puts the context in multi-stream mode) order nothing: they only
                     // cost host time between launches. A second stream (FSDP's prefetch) orders its
-                    // work by hand (dist/fsdp/ahead.rs).
+                    // work by hand (parallel/fsdp/ahead.rs).
                     if let candle_core::Device::Cuda(c) = &dev {
                         // SAFETY: nothing has been allocated or queued on this device yet, and all
                         // later work of this process goes to candle's stream, or is ordered by events

@@ -4,7 +4,7 @@
 //! One rank (no sharding): every weight in the run dtype; an f32 master of each trainable weight whose
 //! dtype is narrower than f32; f32 gradients and AdamW moments (2 × f32) of the trainable weights.
 //!
-//! W > 1 ranks (FSDP FULL_SHARD, `host/src/dist/fsdp.rs`): 1/W of the frozen weights in the run dtype;
+//! W > 1 ranks (FSDP FULL_SHARD, `host/src/parallel/fsdp.rs`): 1/W of the frozen weights in the run dtype;
 //! 1/W of the trainable weights as f32 shards (they are the masters; no run-dtype copy is kept);
 //! 1/W of the moments; 1/W of the gradients (the step's shard sums) plus one unit's full gradients
 //! while that unit is reduce-scattered; and the gathered copies of the units in use — at most two at a

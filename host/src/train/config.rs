@@ -243,7 +243,7 @@ pub struct DistributedSection {
     /// `full` (FSDP FULL_SHARD, the default): weights, gradients and optimiser state split over the
     /// ranks; `grad-op` (SHARD_GRAD_OP): gradients and optimiser state split, weights gathered once per
     /// step; `none`: every rank keeps everything (data parallelism).
-    pub sharding: crate::dist::fsdp::Sharding,
+    pub sharding: crate::parallel::fsdp::Sharding,
     /// Under `full` sharding over NCCL: gather the next unit's weights on a second CUDA stream while
     /// the current unit computes (one more unit's weights in memory). Default on.
     pub prefetch: bool,

@@ -7,13 +7,13 @@
 
 use super::schedule::Schedule;
 use crate::data::MicroBatch;
-use crate::dist::strategy::Strategy;
 use crate::kernels;
 use crate::model::block_grad::BlockSaved;
 use crate::model::grads::Grads;
 use crate::model::lora::LinearSaved;
 use crate::model::Unit;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
+use crate::parallel::strategy::Strategy;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use std::borrow::Cow;
@@ -70,8 +70,8 @@ pub struct Engine<'a> {
     /// Keep every block's activations from forward to backward (`runtime.activation_checkpointing =
     /// "none"`) instead of recomputing each block in the backward ("blocks").
     pub keep_activations: bool,
-    /// How the step spreads over ranks ([`crate::dist::strategy`]): every unit is asked of it before it
-    /// runs (FSDP gathers it; [`crate::dist::strategy::NoSharding`] lends the model itself) and handed
+    /// How the step spreads over ranks ([`crate::parallel::strategy`]): every unit is asked of it before it
+    /// runs (FSDP gathers it; [`crate::parallel::strategy::NoSharding`] lends the model itself) and handed
     /// to it once its backward is done (FSDP reduce-scatters its gradients).
     pub strategy: &'a dyn Strategy,
     /// `training.detach_extra_heads`: the losses of heads 1..H−1 train only those heads' own blocks

@@ -1,8 +1,8 @@
 //! Glue between the plugin runtime (wmtp-plugin-host) and the layers below train: the ranks a pipeline
 //! plugin's `all-reduce-sum` host call sums over, and the manifest's parameter groups as the model's.
 
-use crate::dist::Communicator;
 use crate::model::ParamGroup;
+use crate::parallel::Communicator;
 use candle_core::Tensor;
 use std::sync::{Arc, OnceLock};
 

@@ -25,7 +25,7 @@ pub struct Started {
 /// Builds the session of `opts`: under `wmtp launch` (RANK/WORLD_SIZE or Slurm's variables) every rank
 /// builds the same one on its own GPU (cuda:LOCAL_RANK), joins the process group and shards the policy.
 pub fn start(opts: &RunOptions) -> Result<Started> {
-    let dist = crate::dist::launch::RankEnv::from_env()?;
+    let dist = crate::parallel::launch::RankEnv::from_env()?;
     let mut set = opts.set.clone();
     if let Some(d) = &dist {
         // every rank on its own GPU of the node; a CPU run stays on the CPU

@@ -12,10 +12,10 @@ use super::trainable::{narrow_trainable, trained_groups};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
-use crate::dist::{fsdp::Fsdp, Communicator};
 use crate::model::grads::Grads;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
+use crate::parallel::{fsdp::Fsdp, Communicator};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -288,7 +288,7 @@ impl Session {
                     == super::config::ActivationCheckpointing::None,
                 strategy: match self.fsdp.as_ref() {
                     Some(f) => f,
-                    None => &crate::dist::strategy::NoSharding,
+                    None => &crate::parallel::strategy::NoSharding,
                 },
                 detach_extra_heads: self.cfg.training.detach_extra_heads,
             },

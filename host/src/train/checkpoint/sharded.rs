@@ -11,10 +11,10 @@
 
 use super::layout;
 use super::{commit, load_plugin_and_position, write_run_state, TrainerState};
-use crate::dist::fsdp::state::{unshard_files, ShardIndex};
-use crate::dist::Communicator;
 use crate::model::param::restore_params;
 use crate::model::{ParamGroup, VisitParams};
+use crate::parallel::fsdp::state::{unshard_files, ShardIndex};
+use crate::parallel::Communicator;
 use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};

@@ -226,7 +226,7 @@ pub fn unshard_files(
     }
     let (mut weights, mut state) = (HashMap::new(), HashMap::new());
     for b in &index.buckets {
-        let layout = crate::dist::shard::FlatLayout::new(&b.shapes, index.slices);
+        let layout = crate::parallel::shard::FlatLayout::new(&b.shapes, index.slices);
         if b.names.len() != b.shapes.len() {
             bail!(
                 "bucket `{}`: {} names for {} shapes",

@@ -1,5 +1,5 @@
 //! Prefetch: a unit's all-gather issued ahead of its use on the communicator's second stream
-//! ([`crate::dist::Communicator::all_gather_ahead`]), so the next unit's weights travel while the
+//! ([`crate::parallel::Communicator::all_gather_ahead`]), so the next unit's weights travel while the
 //! current unit computes. The engine names the next unit ([`Fsdp::materialize_next`]); the gathered
 //! flat vectors wait here until that unit is asked for, then the compute stream joins the second stream
 //! and they are cut into tensors. A prefetched unit that is not asked for next is joined and dropped
@@ -31,7 +31,7 @@ impl Ahead {
 
 impl Fsdp {
     /// Turns prefetching on or off; it stays off unless sharding is FULL_SHARD and the communicator
-    /// gathers on a second stream ([`crate::dist::Communicator::gathers_ahead`]).
+    /// gathers on a second stream ([`crate::parallel::Communicator::gathers_ahead`]).
     pub fn set_prefetch(&mut self, on: bool) {
         self.prefetch = on && self.mode == Sharding::Full && self.comm.gathers_ahead();
     }

@@ -313,7 +313,7 @@ impl Exchange for TcpComm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::Communicator;
+    use crate::parallel::Communicator;
     use candle_core::Device;
 
     fn free_port() -> u16 {

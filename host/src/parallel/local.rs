@@ -163,7 +163,7 @@ impl Exchange for LocalComm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::Communicator;
+    use crate::parallel::Communicator;
     use candle_core::Device;
 
     fn run<T: Send + 'static>(

@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
     // rms norm
     let gain = Tensor::ones(2048, DType::F32, &dev)?;
     for fused in [true, false] {
-        kernels::set_enabled(fused);
+        let kn = kernels::Kernels::from_flag(fused);
         let tag = if fused { "fused" } else { "plain" };
         let norm = wmtp_host::model::norm::RmsNorm {
             weight: wmtp_host::model::Param::frozen(
@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
                 wmtp_host::model::ParamGroup::Trunk,
             ),
             eps: 1e-5,
+            kernels: kn,
         };
         time(&format!("rms_norm {tag} fwd+bwd"), &mut || {
             let xv = Var::from_tensor(&x)?;
@@ -76,7 +77,10 @@ fn main() -> anyhow::Result<()> {
         let q = x.reshape((b, t, 16, 128))?;
         time(&format!("rope {tag} fwd+bwd"), &mut || {
             let qv = Var::from_tensor(&q)?;
-            back(&rope.apply(qv.as_tensor())?, &dy.reshape((b, t, 16, 128))?)
+            back(
+                &rope.apply(kn, qv.as_tensor())?,
+                &dy.reshape((b, t, 16, 128))?,
+            )
         })?;
         let a = Tensor::randn(0f32, 1.0, (bt, 5632), &dev)?.to_dtype(DType::BF16)?;
         let g = Tensor::randn(0f32, 1.0, (bt, 5632), &dev)?.to_dtype(DType::BF16)?;

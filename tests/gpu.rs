@@ -120,7 +120,11 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
         let (a, b) = (long.narrow(0, 1, 4 * 2048)?, randn(&[4 * 2048], dt, &dev)?);
         let (c, d) = (randn(&[1001], dt, &dev)?, randn(&[1001], dt, &dev)?);
         for (a, b) in [(&a, &b), (&b, &b), (&c, &d)] {
-            assert_eq!(rel(&kernels::add(a, b)?, &(a + b)?), 0.0, "add {dt:?}");
+            assert_eq!(
+                rel(&kernels::add(kernels::Kernels::Fused, a, b)?, &(a + b)?),
+                0.0,
+                "add {dt:?}"
+            );
         }
         // the residual gradient added in the RMSNorm backward's epilogue, on both widths' paths
         for dim in [2048, 100] {
@@ -130,8 +134,17 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
                 randn(&[2, 9, dim], dt, &dev)?,
             );
             let w = (Tensor::randn(0f32, 0.1, dim, &dev)? + 1.0)?;
-            let (dx, dw) = rms_norm::rms_norm_backward(&x, &w, &dy, 1e-5, true)?;
-            let (dxr, dwr) = rms_norm::rms_norm_backward_add(&x, &w, &dy, 1e-5, true, Some(&res))?;
+            let (dx, dw) =
+                rms_norm::rms_norm_backward(kernels::Kernels::Fused, &x, &w, &dy, 1e-5, true)?;
+            let (dxr, dwr) = rms_norm::rms_norm_backward_add(
+                kernels::Kernels::Fused,
+                &x,
+                &w,
+                &dy,
+                1e-5,
+                true,
+                Some(&res),
+            )?;
             let want = (dx.to_dtype(DType::F32)? + res.to_dtype(DType::F32)?)?;
             let e = rel(&dxr, &want);
             assert!(e <= tol, "rms_norm_backward_add {dt:?} width {dim}: {e}");
@@ -149,7 +162,7 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
         for (m, transposed) in [(&bt, true), (&b, false)] {
             let want = (f32s(&acc)?
                 + f32s(&a)?.matmul(&if transposed { f32s(m)?.t()? } else { f32s(m)? })?)?;
-            let got = kernels::matmul_acc(acc.copy()?, &a, m, transposed)?;
+            let got = kernels::matmul_acc(kernels::Kernels::Fused, acc.copy()?, &a, m, transposed)?;
             let e = rel(&got, &want);
             println!("matmul_acc {dt:?} transposed {transposed}: {e:.2e}");
             assert!(e <= tol, "matmul_acc {dt:?} transposed {transposed}: {e}");
@@ -159,7 +172,7 @@ fn gpu_rms_norm_rope_swiglu_cross_entropy_match_the_plain_path() -> Result<()> {
         let src = randn(&[300, 2048], dt, &dev)?;
         let idx: Vec<u32> = (0..300u32).map(|i| (i * 11) % 301).collect(); // unique: gcd(11, 301) = 1
         let idx = Tensor::new(idx.as_slice(), &dev)?;
-        let a = kernels::scatter_rows(&src, &idx, 301)?;
+        let a = kernels::scatter_rows(kernels::Kernels::Fused, &src, &idx, 301)?;
         let b = Tensor::zeros((301, 2048), dt, &dev)?.index_add(&idx, &src, 0)?;
         assert_eq!(rel(&a, &b), 0.0, "scatter_rows {dt:?}");
     }
@@ -172,8 +185,16 @@ fn gpu_dropout_masks_equal_the_cpu_ones() -> Result<()> {
     let dev = cuda();
     for dt in [DType::F32, DType::BF16] {
         for (shape, key, p) in [((7usize, 333usize), 1u64, 0.05f32), ((64, 576), 99, 0.5)] {
-            let g = kernels::dropout::dropout_mask(shape, dt, &dev, key, p)?;
-            let c = kernels::dropout::dropout_mask(shape, dt, &Device::Cpu, key, p)?;
+            let g =
+                kernels::dropout::dropout_mask(kernels::Kernels::Fused, shape, dt, &dev, key, p)?;
+            let c = kernels::dropout::dropout_mask(
+                kernels::Kernels::Fused,
+                shape,
+                dt,
+                &Device::Cpu,
+                key,
+                p,
+            )?;
             let g = g.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
             let c = c.to_dtype(DType::F32)?;
             assert_eq!(

@@ -7,9 +7,11 @@
 use candle_core::{Result, Tensor};
 
 /// a + b (same shape and dtype); gradients do not flow through it.
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub fn add(k: super::Kernels, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = k; // the fused path exists only in CUDA builds
     #[cfg(feature = "cuda")]
-    if super::use_fused(a.device(), a.dtype()) && a.dims() == b.dims() && a.dtype() == b.dtype() {
+    if k.fuse(a.device(), a.dtype()) && a.dims() == b.dims() && a.dtype() == b.dtype() {
         return cuda(a, b);
     }
     a + b
@@ -36,13 +38,14 @@ fn cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Kernels;
     use candle_core::{DType, Device};
 
     #[test]
     fn add_equals_candles_add_on_cpu() -> Result<()> {
         let a = Tensor::randn(0f32, 1.0, (3, 5), &Device::Cpu)?.to_dtype(DType::BF16)?;
         let b = Tensor::randn(0f32, 1.0, (3, 5), &Device::Cpu)?.to_dtype(DType::BF16)?;
-        let d = (add(&a, &b)? - (&a + &b)?)?
+        let d = (add(Kernels::Fused, &a, &b)? - (&a + &b)?)?
             .abs()?
             .to_dtype(DType::F32)?
             .max_all()?

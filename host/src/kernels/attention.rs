@@ -83,10 +83,15 @@ fn plain_probs(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Te
 }
 
 /// Causal attention with no autograd, keeping what [`attention_backward`] needs: (o, lse). The fused
-/// kernel where [`super::use_fused`] says so and [`supported`]; else [`attention_plain`] (lse None).
-pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+/// kernel where [`super::Kernels::fuse`] says so and [`supported`]; else [`attention_plain`] (lse None).
+pub fn attention_forward(
+    kernels: super::Kernels,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
     let d = q.dim(3)?;
-    if super::use_fused(q.device(), q.dtype()) && supported(q.dtype(), d) {
+    if kernels.fuse(q.device(), q.dtype()) && supported(q.dtype(), d) {
         let op = AttentionOp {
             lse: Mutex::new(None),
         };

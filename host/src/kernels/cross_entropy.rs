@@ -47,10 +47,10 @@ fn plain(z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// Per-row CE [N] and log-sum-exp [N] (f32) of logits z [N, V] with no autograd: the fused kernel where
-/// [`super::use_fused`] says so, else candle ops.
-pub fn ce_forward(z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+/// [`super::Kernels::fuse`] says so, else candle ops.
+pub fn ce_forward(k: super::Kernels, z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let z = z.detach();
-    if super::use_fused(z.device(), z.dtype()) {
+    if k.fuse(z.device(), z.dtype()) {
         let op = CrossEntropyOp {
             lse: Mutex::new(None),
         };
@@ -63,10 +63,18 @@ pub fn ce_forward(z: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// dL/dz = coef[r]·(softmax(z[r]) − onehot(target[r])) in z's dtype, from [`ce_forward`]'s lse.
-pub fn ce_backward(z: &Tensor, targets: &Tensor, lse: &Tensor, coef: &Tensor) -> Result<Tensor> {
+pub fn ce_backward(
+    k: super::Kernels,
+    z: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    coef: &Tensor,
+) -> Result<Tensor> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = k; // the fused path exists only in CUDA builds
     let coef = coef.to_dtype(DType::F32)?.contiguous()?;
     #[cfg(feature = "cuda")]
-    if super::use_fused(z.device(), z.dtype()) {
+    if k.fuse(z.device(), z.dtype()) {
         return cuda_bwd(z, targets, lse, &coef);
     }
     let (n, _) = z.dims2()?;

@@ -34,19 +34,22 @@ pub fn uniform(key: u64, i: u64) -> f32 {
 /// 1/(1−p). On CUDA (f32/bf16, fused kernels on) one kernel writes it on the device; elsewhere it is
 /// computed on the CPU (and copied to `dev`), with the same values.
 pub fn dropout_mask(
+    k: super::Kernels,
     shape: impl Into<Shape>,
     dtype: DType,
     dev: &Device,
     key: u64,
     p: f32,
 ) -> Result<Tensor> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = k; // the fused path exists only in CUDA builds
     let shape = shape.into();
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("dropout probability must be in [0, 1), got {p}");
     }
     let keep = 1.0 / (1.0 - p);
     #[cfg(feature = "cuda")]
-    if super::use_fused(dev, dtype) {
+    if k.fuse(dev, dtype) {
         return cuda(shape, dtype, dev, key, p, keep);
     }
     let n = shape.elem_count() as u64;
@@ -78,6 +81,7 @@ fn cuda(shape: Shape, dtype: DType, dev: &Device, key: u64, p: f32, keep: f32) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Kernels;
 
     #[test]
     fn uniform_is_spread_over_the_unit_interval() {
@@ -111,17 +115,38 @@ mod tests {
 
     #[test]
     fn mask_keeps_the_expected_fraction_and_scale() -> Result<()> {
-        let m = dropout_mask((200, 300), DType::F32, &Device::Cpu, 7, 0.25)?;
+        let m = dropout_mask(
+            Kernels::Fused,
+            (200, 300),
+            DType::F32,
+            &Device::Cpu,
+            7,
+            0.25,
+        )?;
         let v = m.flatten_all()?.to_vec1::<f32>()?;
         let zeros = v.iter().filter(|&&x| x == 0.0).count() as f64 / v.len() as f64;
         assert!((zeros - 0.25).abs() < 0.01, "dropped {zeros}");
         assert!(v.iter().all(|&x| x == 0.0 || (x - 1.0 / 0.75).abs() < 1e-6));
-        let again = dropout_mask((200, 300), DType::F32, &Device::Cpu, 7, 0.25)?;
+        let again = dropout_mask(
+            Kernels::Fused,
+            (200, 300),
+            DType::F32,
+            &Device::Cpu,
+            7,
+            0.25,
+        )?;
         assert_eq!(v, again.flatten_all()?.to_vec1::<f32>()?);
-        let bf = dropout_mask((200, 300), DType::BF16, &Device::Cpu, 7, 0.25)?;
+        let bf = dropout_mask(
+            Kernels::Fused,
+            (200, 300),
+            DType::BF16,
+            &Device::Cpu,
+            7,
+            0.25,
+        )?;
         let bf = bf.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         assert!(v.iter().zip(&bf).all(|(a, b)| (*a == 0.0) == (*b == 0.0)));
-        assert!(dropout_mask(4, DType::F32, &Device::Cpu, 7, 1.0).is_err());
+        assert!(dropout_mask(Kernels::Fused, 4, DType::F32, &Device::Cpu, 7, 1.0).is_err());
         Ok(())
     }
 }

@@ -9,9 +9,17 @@ use candle_core::{Result, Tensor};
 /// `acc + a·bᵀ` when `b_transposed` (b is [out, k], a weight's layout), else `acc + a·b` (b is
 /// [k, out]); a is [n, k], acc [n, out]. `acc` is consumed: on the fused path it is written in place,
 /// so it must be a tensor nothing else holds (a fresh matmul output).
-pub fn matmul_acc(acc: Tensor, a: &Tensor, b: &Tensor, b_transposed: bool) -> Result<Tensor> {
+pub fn matmul_acc(
+    k: super::Kernels,
+    acc: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    b_transposed: bool,
+) -> Result<Tensor> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = k; // the fused path exists only in CUDA builds
     #[cfg(feature = "cuda")]
-    if super::use_fused(acc.device(), acc.dtype())
+    if k.fuse(acc.device(), acc.dtype())
         && acc.dtype() == candle_core::DType::BF16
         && acc.is_contiguous()
         && a.is_contiguous()
@@ -112,6 +120,7 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Kernels;
     use candle_core::{DType, Device};
 
     #[test]
@@ -121,8 +130,8 @@ mod tests {
         let a = Tensor::randn(0f32, 1.0, (5, 2), &dev)?;
         let bt = Tensor::randn(0f32, 1.0, (3, 2), &dev)?;
         let want = (&acc + a.matmul(&bt.t()?)?)?;
-        let got = matmul_acc(acc.clone(), &a, &bt, true)?;
-        let got2 = matmul_acc(acc, &a, &bt.t()?.contiguous()?, false)?;
+        let got = matmul_acc(Kernels::Fused, acc.clone(), &a, &bt, true)?;
+        let got2 = matmul_acc(Kernels::Fused, acc, &a, &bt.t()?.contiguous()?, false)?;
         for g in [got, got2] {
             let d = (g - &want)?.abs()?.max_all()?.to_dtype(DType::F32)?;
             assert!(d.to_scalar::<f32>()? < 1e-6);

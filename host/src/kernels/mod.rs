@@ -14,8 +14,9 @@
 //! - [`dropout::dropout_mask`]: inverted-dropout masks from a counter-based hash, drawn on the device.
 //! - [`adamw`]: one launch of AdamW (f32 masters and moments) and one of Σg² for all trainable tensors.
 //!
-//! The model uses them where [`use_fused`] says so: on CUDA for f32/bf16 unless turned off
-//! (`runtime.fused_kernels = false`); on the CPU the plain candle path runs (it is faster there).
+//! The model uses them where [`Kernels::fuse`] says so: on CUDA for f32/bf16 unless the model's
+//! [`Kernels`] is `Plain` (`runtime.fused_kernels = false`); on the CPU the plain candle path runs (it is
+//! faster there).
 
 pub mod adamw;
 pub mod add;
@@ -41,16 +42,33 @@ pub use scatter::scatter_rows;
 pub use swiglu::swiglu;
 
 use candle_core::{DType, Device};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Turns the fused kernels on or off for this process (`runtime.fused_kernels`).
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::Relaxed);
+/// Which implementation the model's tensor ops take (`runtime.fused_kernels`): the fused kernels where
+/// they apply (CUDA, f32 or bf16), or plain candle ops everywhere. A value that each model
+/// ([`crate::model::Transformer::set_kernels`]), forward context and optimiser carries — not a
+/// process-wide switch — so two models in one process (a run and its Rho-1 reference stage, or tests
+/// running side by side) each keep their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// The fused kernels where they apply (the default).
+    #[default]
+    Fused,
+    /// Plain candle ops (the reference the fused kernels are tested against).
+    Plain,
 }
 
-/// Whether the model takes the fused path for tensors of `dtype` on `dev`: CUDA, f32 or bf16, enabled.
-pub fn use_fused(dev: &Device, dtype: DType) -> bool {
-    ENABLED.load(Ordering::Relaxed) && dev.is_cuda() && matches!(dtype, DType::F32 | DType::BF16)
+impl Kernels {
+    /// `Fused` when `on` (the config flag), else `Plain`.
+    pub fn from_flag(on: bool) -> Self {
+        if on {
+            Kernels::Fused
+        } else {
+            Kernels::Plain
+        }
+    }
+
+    /// Whether tensors of `dtype` on `dev` take the fused path: CUDA, f32 or bf16, and `Fused`.
+    pub fn fuse(self, dev: &Device, dtype: DType) -> bool {
+        self == Kernels::Fused && dev.is_cuda() && matches!(dtype, DType::F32 | DType::BF16)
+    }
 }

@@ -28,20 +28,22 @@ pub fn rms_norm_plain(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// dL/dx (and dL/dw when `want_dw`) of RMSNorm for upstream gradient dy, with no autograd: the fused
-/// kernel where [`super::use_fused`] says so, else candle ops (f32 maths).
+/// kernel where [`super::Kernels::fuse`] says so, else candle ops (f32 maths).
 pub fn rms_norm_backward(
+    k: super::Kernels,
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
     eps: f64,
     want_dw: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    rms_norm_backward_add(x, w, dy, eps, want_dw, None)
+    rms_norm_backward_add(k, x, w, dy, eps, want_dw, None)
 }
 
 /// [`rms_norm_backward`] with `resid` (the gradient reaching x around the norm, through the residual
 /// connection) added to dL/dx: in the kernel's epilogue on the GPU, one rounding, no separate pass.
 pub fn rms_norm_backward_add(
+    k: super::Kernels,
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
@@ -49,11 +51,13 @@ pub fn rms_norm_backward_add(
     want_dw: bool,
     resid: Option<&Tensor>,
 ) -> Result<(Tensor, Option<Tensor>)> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = k; // the fused path exists only in CUDA builds
     let op = RmsNormOp { eps: eps as f32 };
     let w = w.detach().to_dtype(x.dtype())?;
     let dy = dy.to_dtype(x.dtype())?.contiguous()?;
     #[cfg(feature = "cuda")]
-    if super::use_fused(x.device(), x.dtype()) {
+    if k.fuse(x.device(), x.dtype()) {
         let resid = match resid {
             Some(r) => Some(r.to_dtype(x.dtype())?.contiguous()?),
             None => None,

@@ -5,13 +5,15 @@
 use candle_core::{DType, Result, Tensor};
 
 /// Zero [total, dim] tensor with row `idx[r]` set to `src[r]`; `idx` (u32) must not repeat.
-pub fn scatter_rows(src: &Tensor, idx: &Tensor, total: usize) -> Result<Tensor> {
+pub fn scatter_rows(k: super::Kernels, src: &Tensor, idx: &Tensor, total: usize) -> Result<Tensor> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = k; // the fused path exists only in CUDA builds
     let (rows, dim) = src.dims2()?;
     if idx.dims() != [rows] || idx.dtype() != DType::U32 {
         candle_core::bail!("scatter_rows: idx must be u32 [{rows}]");
     }
     #[cfg(feature = "cuda")]
-    if super::use_fused(src.device(), src.dtype()) {
+    if k.fuse(src.device(), src.dtype()) {
         return cuda(src, idx, total, rows, dim);
     }
     Tensor::zeros((total, dim), src.dtype(), src.device())?.index_add(idx, src, 0)

@@ -15,9 +15,9 @@ pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, SwiGluOp)
 }
 
-/// silu(a)·b through the fused op where [`super::use_fused`] says so, else plain candle ops.
-pub fn gate(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if super::use_fused(a.device(), a.dtype()) {
+/// silu(a)·b through the fused op where [`super::Kernels::fuse`] says so, else plain candle ops.
+pub fn gate(k: super::Kernels, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if k.fuse(a.device(), a.dtype()) {
         return swiglu(a, b);
     }
     swiglu_plain(a, b)
@@ -29,11 +29,18 @@ pub fn swiglu_plain(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// (dL/da, dL/db) of silu(a)·b for upstream gradient dy, with no autograd: the fused kernel where
-/// [`super::use_fused`] says so, else candle ops (f32 maths).
-pub fn swiglu_backward(a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+/// [`super::Kernels::fuse`] says so, else candle ops (f32 maths).
+pub fn swiglu_backward(
+    k: super::Kernels,
+    a: &Tensor,
+    b: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = k; // the fused path exists only in CUDA builds
     let dy = dy.to_dtype(a.dtype())?.contiguous()?;
     #[cfg(feature = "cuda")]
-    if super::use_fused(a.device(), a.dtype()) {
+    if k.fuse(a.device(), a.dtype()) {
         let (da, db) = cuda_bwd(a, b, &dy)?;
         return Ok((da.expect("da"), db.expect("db")));
     }

@@ -11,6 +11,7 @@ use super::rope::Rope;
 use super::ModelArgs;
 use crate::kernels;
 pub use crate::kernels::attention::causal_mask;
+use crate::kernels::Kernels;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
@@ -28,6 +29,8 @@ pub struct Attention {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// Fused kernels or plain ops (the model's, [`crate::model::Transformer::set_kernels`]).
+    pub kernels: Kernels,
 }
 
 /// SwiGLU feed-forward: w2(silu(w1·x) ⊙ w3·x).
@@ -39,6 +42,8 @@ pub struct FeedForward {
     pub w2: LoraLinear,
     /// Up projection [hidden, dim].
     pub w3: LoraLinear,
+    /// Fused kernels or plain ops (the model's).
+    pub kernels: Kernels,
 }
 
 /// One pre-norm Transformer block.
@@ -70,10 +75,16 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let q = rope.apply(&self.wq.forward(x, ctx)?.reshape((b, t, nh, hd))?)?;
-        let k = rope.apply(&self.wk.forward(x, ctx)?.reshape((b, t, nkv, hd))?)?;
+        let q = rope.apply(
+            self.kernels,
+            &self.wq.forward(x, ctx)?.reshape((b, t, nh, hd))?,
+        )?;
+        let k = rope.apply(
+            self.kernels,
+            &self.wk.forward(x, ctx)?.reshape((b, t, nkv, hd))?,
+        )?;
         let v = self.wv.forward(x, ctx)?.reshape((b, t, nkv, hd))?;
-        if kernels::use_fused(x.device(), x.dtype()) && kernels::attention::supported(x.dtype(), hd)
+        if self.kernels.fuse(x.device(), x.dtype()) && kernels::attention::supported(x.dtype(), hd)
         {
             // flash-style kernel: causal by construction (`mask` is the causal mask on this path too)
             let out = kernels::attention(&q, &k, &v)?.reshape((b, t, nh * hd))?;
@@ -111,11 +122,27 @@ impl FeedForward {
     /// w2(silu(w1·x) ⊙ w3·x).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let (a, b) = (self.w1.forward(x, ctx)?, self.w3.forward(x, ctx)?);
-        self.w2.forward(&kernels::swiglu::gate(&a, &b)?, ctx)
+        self.w2
+            .forward(&kernels::swiglu::gate(self.kernels, &a, &b)?, ctx)
     }
 }
 
 impl TransformerBlock {
+    /// Sets the kernels of every module of the block ([`crate::model::Transformer::set_kernels`]).
+    pub fn set_kernels(&mut self, k: Kernels) {
+        let (at, ff) = (&mut self.attention, &mut self.feed_forward);
+        at.kernels = k;
+        ff.kernels = k;
+        for l in [&mut at.wq, &mut at.wk, &mut at.wv, &mut at.wo] {
+            l.kernels = k;
+        }
+        for l in [&mut ff.w1, &mut ff.w2, &mut ff.w3] {
+            l.kernels = k;
+        }
+        self.attention_norm.kernels = k;
+        self.ffn_norm.kernels = k;
+    }
+
     /// Builds a block from `weights` under `prefix` (e.g. `layers.3.`), all parameters frozen.
     pub fn load(
         w: &mut WeightMap,
@@ -137,17 +164,20 @@ impl TransformerBlock {
             n_heads: args.n_heads,
             n_kv_heads: args.kv_heads(),
             head_dim: hd,
+            kernels: Kernels::default(),
         };
         let feed_forward = FeedForward {
             w1: lin("feed_forward.w1", [f, d])?,
             w2: lin("feed_forward.w2", [d, f])?,
             w3: lin("feed_forward.w3", [f, d])?,
+            kernels: Kernels::default(),
         };
         let mut norm = |name: &str| -> Result<RmsNorm> {
             let t = w.take(&format!("{prefix}{name}.weight"), &[d])?;
             Ok(RmsNorm {
                 weight: Param::frozen(t, group),
                 eps: args.norm_eps,
+                kernels: Kernels::default(),
             })
         };
         Ok(TransformerBlock {

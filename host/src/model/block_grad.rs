@@ -65,19 +65,20 @@ impl TransformerBlock {
         let (q0, lq) = at.wq.forward_saved(&n1, ctx)?;
         let (k0, lk) = at.wk.forward_saved(&n1, ctx)?;
         let (v, lv) = at.wv.forward_saved(&n1, ctx)?;
-        let q = rope.apply(&q0.reshape((bs, t, nh, hd))?)?;
-        let k = rope.apply(&k0.reshape((bs, t, nkv, hd))?)?;
+        let kn = at.kernels;
+        let q = rope.apply(kn, &q0.reshape((bs, t, nh, hd))?)?;
+        let k = rope.apply(kn, &k0.reshape((bs, t, nkv, hd))?)?;
         let v = v.reshape((bs, t, nkv, hd))?;
-        let (o, lse) = kernels::attention::attention_forward(&q, &k, &v)?;
+        let (o, lse) = kernels::attention::attention_forward(kn, &q, &k, &v)?;
         let o = o.reshape((bs, t, nh * hd))?;
         let (ao, lo) = at.wo.forward_saved(&o, ctx)?;
-        let h = kernels::add(&x, &ao)?;
+        let h = kernels::add(kn, &x, &ao)?;
         let n2 = self.ffn_norm.forward_nograd(&h)?;
         let (a, l1) = ff.w1.forward_saved(&n2, ctx)?;
         let (b, l3) = ff.w3.forward_saved(&n2, ctx)?;
-        let s = kernels::swiglu::gate(&a, &b)?;
+        let s = kernels::swiglu::gate(kn, &a, &b)?;
         let (f, l2) = ff.w2.forward_saved(&s, ctx)?;
-        let out = kernels::add(&h, &f)?;
+        let out = kernels::add(kn, &h, &f)?;
         Ok(BlockSaved {
             x,
             out,
@@ -140,7 +141,7 @@ impl TransformerBlock {
         };
         // feed-forward
         let ds = lin(&ff.w2, "w2", &sv.s, l2, &dout, None, &mut g)?;
-        let (da, db) = kernels::swiglu::swiglu_backward(&sv.a, &sv.b, &ds)?;
+        let (da, db) = kernels::swiglu::swiglu_backward(ff.kernels, &sv.a, &sv.b, &ds)?;
         let dn2 = lin(&ff.w1, "w1", &sv.n2, l1, &da, None, &mut g)?;
         let dn2 = lin(&ff.w3, "w3", &sv.n2, l3, &db, Some(dn2), &mut g)?;
         // dh = dout + rms′(h, dn2): the residual's gradient added inside the norm's backward

@@ -2,6 +2,7 @@
 //! randomness for dropout (so a run, and a resumed run, draw the same masks).
 
 use crate::kernels::dropout::{dropout_mask, stream_key};
+use crate::kernels::Kernels;
 use candle_core::{Result, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,11 +36,13 @@ impl ForwardCtx {
 
     /// Inverted dropout: zeroes each element with probability `p`, scales the rest by 1/(1−p).
     /// Identity in evaluation or when p = 0.
-    pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+    /// The mask is drawn by a kernel on the device where `k` says so ([`Kernels::fuse`]; the same
+    /// numbers either way).
+    pub fn dropout(&self, k: Kernels, x: &Tensor, p: f32) -> Result<Tensor> {
         if p >= 1.0 && self.train {
             return x.zeros_like();
         }
-        match self.dropout_mask(x, p)? {
+        match self.dropout_mask(k, x, p)? {
             Some(mask) => x.mul(&mask),
             None => Ok(x.clone()),
         }
@@ -47,7 +50,7 @@ impl ForwardCtx {
 
     /// The mask [`ForwardCtx::dropout`] multiplies `x` by (0 or 1/(1−p), in x's dtype), drawing the same
     /// numbers; None in evaluation or when p ≤ 0 (identity).
-    pub fn dropout_mask(&self, x: &Tensor, p: f32) -> Result<Option<Tensor>> {
+    pub fn dropout_mask(&self, k: Kernels, x: &Tensor, p: f32) -> Result<Option<Tensor>> {
         if !self.train || p <= 0.0 {
             return Ok(None);
         }
@@ -57,6 +60,7 @@ impl ForwardCtx {
         }
         // drawn where x lives (a kernel on CUDA): no host loop, no copy per LoRA target
         Ok(Some(dropout_mask(
+            k,
             x.shape(),
             x.dtype(),
             x.device(),
@@ -74,12 +78,12 @@ mod tests {
     #[test]
     fn dropout_is_seeded_and_unbiased() -> Result<()> {
         let x = Tensor::ones((64, 64), candle_core::DType::F32, &Device::Cpu)?;
-        let a = ForwardCtx::train(7).dropout(&x, 0.25)?;
-        let b = ForwardCtx::train(7).dropout(&x, 0.25)?;
+        let a = ForwardCtx::train(7).dropout(Kernels::default(), &x, 0.25)?;
+        let b = ForwardCtx::train(7).dropout(Kernels::default(), &x, 0.25)?;
         assert_eq!(a.to_vec2::<f32>()?, b.to_vec2::<f32>()?);
         let mean = a.mean_all()?.to_scalar::<f32>()?;
         assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
-        let e = ForwardCtx::eval().dropout(&x, 0.25)?;
+        let e = ForwardCtx::eval().dropout(Kernels::default(), &x, 0.25)?;
         assert_eq!(e.to_vec2::<f32>()?, x.to_vec2::<f32>()?);
         Ok(())
     }

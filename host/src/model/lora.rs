@@ -174,6 +174,8 @@ pub struct LoraLinear {
     /// The adapter, when LoRA targets this layer.
     pub lora: Option<LoraAdapter>,
     merged: bool,
+    /// Fused kernels or plain ops (the model's, [`crate::model::Transformer::set_kernels`]).
+    pub kernels: crate::kernels::Kernels,
 }
 
 /// y = x·Wᵀ, taking the frozen path (no weight gradient) unless W is trainable.
@@ -192,6 +194,7 @@ impl LoraLinear {
             weight,
             lora: None,
             merged: false,
+            kernels: Default::default(),
         }
     }
 
@@ -261,7 +264,7 @@ impl LoraLinear {
         let y = apply_weight(x, &self.weight)?;
         match (&self.lora, self.merged) {
             (Some(l), false) => {
-                let h = ctx.dropout(x, l.dropout)?;
+                let h = ctx.dropout(self.kernels, x, l.dropout)?;
                 let dt = x.dtype();
                 let a = trainable_linear(&h, &l.a.tensor().to_dtype(dt)?)?;
                 let low = trainable_linear(&a, &(l.b.tensor() * l.scale)?.to_dtype(dt)?)?;
@@ -279,7 +282,7 @@ impl LoraLinear {
         let mut y = x2.matmul(&w.t()?)?;
         let mut saved = LinearSaved::default();
         if let (Some(l), false) = (&self.lora, self.merged) {
-            let mask = ctx.dropout_mask(&x2, l.dropout)?;
+            let mask = ctx.dropout_mask(self.kernels, &x2, l.dropout)?;
             let xd = match &mask {
                 Some(m) => (&x2 * m)?,
                 None => x2.clone(),
@@ -287,7 +290,7 @@ impl LoraLinear {
             let a = l.a.tensor().detach().to_dtype(dt)?;
             let bs = (l.b.tensor().detach() * l.scale)?.to_dtype(dt)?;
             let ax = xd.matmul(&a.t()?)?;
-            y = crate::kernels::matmul_acc(y, &ax, &bs, true)?;
+            y = crate::kernels::matmul_acc(self.kernels, y, &ax, &bs, true)?;
             saved = LinearSaved {
                 ax: Some(ax),
                 xd: mask.is_some().then_some(xd),
@@ -352,6 +355,7 @@ impl LoraLinear {
             Accumulate::NoDx => None,
             Accumulate::Fresh => Some(dy2.matmul(&w)?),
             Accumulate::Into(a) => Some(crate::kernels::matmul_acc(
+                self.kernels,
                 flat(&a.to_dtype(dt)?)?.0,
                 &dy2,
                 &w,
@@ -378,8 +382,8 @@ impl LoraLinear {
             if let Some(d) = dx.take() {
                 let a = l.a.tensor().detach().to_dtype(dt)?;
                 dx = Some(match &saved.mask {
-                    Some(m) => crate::kernels::add(&d, &(dyb.matmul(&a)? * m)?)?,
-                    None => crate::kernels::matmul_acc(d, &dyb, &a, false)?,
+                    Some(m) => crate::kernels::add(self.kernels, &d, &(dyb.matmul(&a)? * m)?)?,
+                    None => crate::kernels::matmul_acc(self.kernels, d, &dyb, &a, false)?,
                 });
             }
         }

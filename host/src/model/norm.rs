@@ -1,6 +1,7 @@
 //! RMSNorm: y = x / √(mean(x²) + ε) · weight, computed in f32 and cast back before the weight (as Meta).
 
 use super::param::{Param, VisitParams};
+use crate::kernels::Kernels;
 use candle_core::{Result, Tensor};
 
 /// Root-mean-square normalisation over the last dimension, with a learned per-feature weight.
@@ -10,11 +11,13 @@ pub struct RmsNorm {
     pub weight: Param,
     /// ε added to the mean square.
     pub eps: f64,
+    /// Fused kernel or plain ops ([`Kernels`]; the model's, set by `Transformer::set_kernels`).
+    pub kernels: Kernels,
 }
 
 impl RmsNorm {
     /// y = (x_f32 / √(mean(x_f32²) + ε)).to(x.dtype) · weight — one fused kernel where
-    /// [`crate::kernels::use_fused`] says so, else plain candle ops.
+    /// [`Kernels::fuse`] says so, else plain candle ops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.apply(x, self.weight.tensor())
     }
@@ -27,6 +30,7 @@ impl RmsNorm {
     /// (dL/dx, dL/dweight when the weight is trained) for upstream gradient `dy`, no autograd.
     pub fn backward(&self, x: &Tensor, dy: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         crate::kernels::rms_norm::rms_norm_backward(
+            self.kernels,
             x,
             self.weight.tensor(),
             dy,
@@ -44,6 +48,7 @@ impl RmsNorm {
         resid: &Tensor,
     ) -> Result<(Tensor, Option<Tensor>)> {
         crate::kernels::rms_norm::rms_norm_backward_add(
+            self.kernels,
             x,
             self.weight.tensor(),
             dy,
@@ -54,7 +59,7 @@ impl RmsNorm {
     }
 
     fn apply(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        if crate::kernels::use_fused(x.device(), x.dtype()) {
+        if self.kernels.fuse(x.device(), x.dtype()) {
             return crate::kernels::rms_norm(x, w, self.eps);
         }
         crate::kernels::rms_norm::rms_norm_plain(x, w, self.eps)

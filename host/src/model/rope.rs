@@ -83,9 +83,9 @@ impl Rope {
     }
 
     /// Rotates x [B, T, n_heads, head_dim] (computed in f32, returned in x's dtype): the fused kernel
-    /// where [`crate::kernels::use_fused`] says so, else [`Rope::apply_plain`].
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        if crate::kernels::use_fused(x.device(), x.dtype()) {
+    /// where `k` ([`crate::kernels::Kernels::fuse`]) says so, else [`Rope::apply_plain`].
+    pub fn apply(&self, k: crate::kernels::Kernels, x: &Tensor) -> Result<Tensor> {
+        if k.fuse(x.device(), x.dtype()) {
             return crate::kernels::rope(x, &self.cos, &self.sin);
         }
         self.apply_plain(x)
@@ -118,7 +118,10 @@ mod tests {
         // one head of dim 4 at position 1: pair 0 rotates by 1 rad, pair 1 by θ^(-1/2) = 0.01 rad
         let rope = Rope::new(4, 1e4, 0, 2, &dev)?;
         let x = Tensor::from_vec(vec![0f32, 0., 0., 0., 1., 0., 1., 0.], (1, 2, 1, 4), &dev)?;
-        let y = rope.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = rope
+            .apply(crate::kernels::Kernels::default(), &x)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let want = [1f32.cos(), 1f32.sin(), 0.01f32.cos(), 0.01f32.sin()];
         for (a, b) in y[4..].iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{y:?}");

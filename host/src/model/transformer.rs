@@ -12,6 +12,7 @@ use super::norm::RmsNorm;
 use super::param::{Param, ParamGroup, VisitParams};
 use super::rope::Rope;
 use super::ModelArgs;
+use crate::kernels::Kernels;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -75,6 +76,7 @@ impl Transformer {
         let norm = RmsNorm {
             weight: Param::frozen(w.take("norm.weight", &[d])?, ParamGroup::Heads),
             eps: args.norm_eps,
+            kernels: Default::default(),
         };
         let output = LoraLinear::new(Param::frozen(
             w.take("output.weight", &[v, d])?,
@@ -106,6 +108,22 @@ impl Transformer {
     /// The compute dtype of the weights.
     pub fn dtype(&self) -> DType {
         self.tok_embeddings.tensor().dtype()
+    }
+
+    /// Which kernels the model's ops take ([`Kernels`]; `Fused` unless [`Transformer::set_kernels`]
+    /// said otherwise).
+    pub fn kernels(&self) -> Kernels {
+        self.norm.kernels
+    }
+
+    /// Sets the kernels every module of the model uses (`runtime.fused_kernels`): its norms, linear
+    /// layers (with their adapters' dropout), attention and feed-forward blocks, head blocks included.
+    pub fn set_kernels(&mut self, k: Kernels) {
+        for b in self.layers.iter_mut().chain(self.extra_heads.iter_mut()) {
+            b.set_kernels(k);
+        }
+        self.norm.kernels = k;
+        self.output.kernels = k;
     }
 
     /// Head block k (0 = next token).
@@ -276,5 +294,64 @@ impl VisitParams for Transformer {
         }
         self.norm.visit_mut(&format!("{p}norm."), f);
         self.output.visit_mut(&format!("{p}output."), f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{LoraConfig, ModelArgs};
+
+    /// Every module's kernel choice, as (where, choice).
+    fn choices(m: &Transformer) -> Vec<(String, Kernels)> {
+        let mut out = vec![
+            ("norm".to_string(), m.norm.kernels),
+            ("output".to_string(), m.output.kernels),
+        ];
+        for (i, b) in m.layers.iter().chain(&m.extra_heads).enumerate() {
+            let (at, ff) = (&b.attention, &b.feed_forward);
+            out.extend(
+                [
+                    ("attention", at.kernels),
+                    ("feed_forward", ff.kernels),
+                    ("attention_norm", b.attention_norm.kernels),
+                    ("ffn_norm", b.ffn_norm.kernels),
+                ]
+                .map(|(n, k)| (format!("block {i} {n}"), k)),
+            );
+            for (n, l) in [
+                ("wq", &at.wq),
+                ("wk", &at.wk),
+                ("wv", &at.wv),
+                ("wo", &at.wo),
+                ("w1", &ff.w1),
+                ("w2", &ff.w2),
+                ("w3", &ff.w3),
+            ] {
+                out.push((format!("block {i} {n}"), l.kernels));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_kernel_choice_belongs_to_each_model_and_reaches_every_module() -> Result<()> {
+        let args = ModelArgs::preset("tiny").expect("tiny preset");
+        let mut a = Transformer::random(args.clone(), 1, DType::F32, &Device::Cpu)?;
+        let b = Transformer::random(args, 1, DType::F32, &Device::Cpu)?;
+        a.add_lora(&LoraConfig::default(), 0)?;
+        a.set_kernels(Kernels::Plain);
+        assert_eq!(a.kernels(), Kernels::Plain);
+        for (at, k) in choices(&a) {
+            assert_eq!(k, Kernels::Plain, "{at}");
+        }
+        // another model in the same process keeps its own (the default)
+        for (at, k) in choices(&b) {
+            assert_eq!(k, Kernels::Fused, "{at}");
+        }
+        // the fused path is for CUDA f32/bf16 only, and never for Plain
+        assert!(!Kernels::Fused.fuse(&Device::Cpu, DType::F32));
+        assert!(!Kernels::Plain.fuse(&Device::Cpu, DType::BF16));
+        Ok(())
     }
 }

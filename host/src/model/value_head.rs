@@ -62,6 +62,8 @@ pub struct ValueHead {
     /// Settings it was built with.
     pub config: ValueHeadConfig,
     layers: Vec<Affine>,
+    /// Fused kernels or plain ops (its dropout masks; set beside the policy's).
+    pub kernels: crate::kernels::Kernels,
 }
 
 impl ValueHead {
@@ -112,6 +114,7 @@ impl ValueHead {
         Ok(ValueHead {
             config: cfg.clone(),
             layers,
+            kernels: Default::default(),
         })
     }
 
@@ -127,7 +130,7 @@ impl ValueHead {
             };
             h = h.broadcast_add(l.bias.tensor())?;
             if i < last {
-                h = ctx.dropout(&h.gelu_erf()?, self.config.dropout)?;
+                h = ctx.dropout(self.kernels, &h.gelu_erf()?, self.config.dropout)?;
             }
         }
         if self.config.kind == ValueHeadKind::Sigmoid {

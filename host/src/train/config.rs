@@ -287,7 +287,8 @@ pub struct RuntimeSection {
     /// about a block's activations × blocks more memory).
     pub activation_checkpointing: ActivationCheckpointing,
     /// Use the fused CUDA kernels (RMSNorm, RoPE, SwiGLU, attention, cross-entropy) on the GPU; false runs
-    /// the plain candle ops everywhere (for comparisons). No effect on the CPU.
+    /// the plain candle ops everywhere (for comparisons). No effect on the CPU. Held by the run's models
+    /// and optimiser (`kernels::Kernels`), not by the process.
     pub fused_kernels: bool,
 }
 

@@ -217,6 +217,7 @@ impl<'a> Engine<'a> {
             for (start, len) in hr.chunks(self.chunk_rows) {
                 let c = ChunkSaved::compute(&om, &zf, &hr.idx.narrow(0, start, len)?)?;
                 let (ce, lse) = kernels::cross_entropy::ce_forward(
+                    m.kernels(),
                     &c.logits,
                     &hr.targets.narrow(0, start, len)?,
                 )?;
@@ -353,6 +354,7 @@ impl<'a> Engine<'a> {
                     bail!("head {k} has coefficients but no valid rows");
                 };
                 let dlogits = kernels::cross_entropy::ce_backward(
+                    m.kernels(),
                     logits,
                     &tc,
                     &lse.narrow(0, start, len)?,
@@ -373,7 +375,8 @@ impl<'a> Engine<'a> {
                     grads.add(&name, &g)?;
                 }
             }
-            let dz = kernels::scatter_rows(&Tensor::cat(&dz_rows, 0)?, &hr.idx, b * t)?;
+            let dz =
+                kernels::scatter_rows(m.kernels(), &Tensor::cat(&dz_rows, 0)?, &hr.idx, b * t)?;
             // 3. the head block's backward
             let hg = head.backward(
                 sv,

@@ -94,8 +94,7 @@ fn stage_config(cfg: &RunConfig) -> RunConfig {
     c.plugin = Default::default();
     c.stages.clear();
     c.checkpoint = Default::default();
-    // the run's kernel choice stays (the switch is process-wide: a default here would turn fused
-    // kernels back on for the rest of a run that set `fused_kernels = false`)
+    // the reference stage trains with the run's kernel choice (each session's models carry their own)
     c.runtime = crate::train::config::RuntimeSection {
         fused_kernels: cfg.runtime.fused_kernels,
         ..Default::default()

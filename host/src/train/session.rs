@@ -162,7 +162,6 @@ impl Session {
         label: &Path,
         policy_on_host: bool,
     ) -> Result<Self> {
-        crate::kernels::set_enabled(cfg.runtime.fused_kernels);
         let manifest = weigher.manifest().clone();
         let device = cfg.model.device.open().context("model.device")?;
         let opts = load_options(&cfg, &device)?;
@@ -189,7 +188,18 @@ impl Session {
             .collect();
         model.set_trainable_groups(&model_groups)?;
         narrow_trainable(&mut model, &t0.trainable_prefixes)?;
-        let (value_head, critic) = setup_values(&cfg, &manifest, &groups, &model, &opts.device)?;
+        // the run's kernels (runtime.fused_kernels) live in its models and optimiser, not in the process
+        let kernels = crate::kernels::Kernels::from_flag(cfg.runtime.fused_kernels);
+        model.set_kernels(kernels);
+        let (mut value_head, mut critic) =
+            setup_values(&cfg, &manifest, &groups, &model, &opts.device)?;
+        if let Some(vh) = value_head.as_mut() {
+            vh.kernels = kernels;
+        }
+        if let Some((m, vh)) = critic.as_mut() {
+            m.set_kernels(kernels);
+            vh.kernels = kernels;
+        }
         if cfg.data.pack && cfg.data.max_length > model.args.max_seq_len {
             bail!(
                 "data.pack: packed sequences of data.max_length = {} tokens exceed the model's \
@@ -199,10 +209,12 @@ impl Session {
             );
         }
         let data = setup_data(&cfg, &tokenizer, sampling_for(&manifest))?;
-        let optimizer = optimizer_for(&t0);
+        let optimizer = optimizer_for(&t0, kernels);
         let stage = (!cfg.stages.is_empty()).then_some(0);
         let reference = if manifest.needs.contains(&InputKind::Reference) {
-            Some(super::reference::reference_model(&cfg, &opts)?)
+            let mut r = super::reference::reference_model(&cfg, &opts)?;
+            r.set_kernels(kernels);
+            Some(r)
         } else {
             None
         };
@@ -431,7 +443,7 @@ fn setup_data(cfg: &RunConfig, tokenizer: &Tokenizer, sampling: Sampling) -> Res
 
 /// AdamW with the config's peak lr and weight decay per group (the value head may have its own lr) and
 /// its warm-up + cosine schedule.
-pub fn optimizer_for(t: &TrainingSection) -> Box<dyn Optimizer> {
+pub fn optimizer_for(t: &TrainingSection, kernels: crate::kernels::Kernels) -> Box<dyn Optimizer> {
     let gs = GroupSettings {
         lr: t.lr,
         weight_decay: t.weight_decay,
@@ -451,7 +463,7 @@ pub fn optimizer_for(t: &TrainingSection) -> Box<dyn Optimizer> {
         warmup_ratio: t.warmup_ratio,
         min_lr_ratio: t.min_lr_ratio,
     };
-    Box::new(AdamW::new(AdamWConfig::default(), groups, schedule))
+    Box::new(AdamW::new(AdamWConfig::default(), groups, schedule).with_kernels(kernels))
 }
 
 /// Loads a critic run's checkpoint onto `device` as a frozen critic: its model (LoRA merged) and its

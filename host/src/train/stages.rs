@@ -168,7 +168,10 @@ pub fn enter_stage(s: &mut Session, step: u64) -> Result<Option<String>> {
         });
         result?;
     }
-    s.optimizer = optimizer_for(&t);
+    s.optimizer = optimizer_for(
+        &t,
+        crate::kernels::Kernels::from_flag(s.cfg.runtime.fused_kernels),
+    );
     s.groups = groups;
     s.stage = Some(i);
     s.stage_start = start;

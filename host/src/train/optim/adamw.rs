@@ -55,6 +55,8 @@ pub struct AdamW {
     pub step: u64,
     m: BTreeMap<String, Tensor>,
     v: BTreeMap<String, Tensor>,
+    /// Whether the update may take the fused multi-tensor kernel (`runtime.fused_kernels`).
+    kernels: crate::kernels::Kernels,
     /// f32 master copies of trainable parameters whose compute dtype is narrower (bf16/f16): the update
     /// is applied to the master and the parameter is set to its rounding, so small updates accumulate
     /// instead of vanishing in bf16.
@@ -76,7 +78,14 @@ impl AdamW {
             m: BTreeMap::new(),
             v: BTreeMap::new(),
             master: BTreeMap::new(),
+            kernels: Default::default(),
         }
+    }
+
+    /// The same optimiser with kernels `k` (`Plain`: tensor-by-tensor updates even on CUDA).
+    pub fn with_kernels(mut self, k: crate::kernels::Kernels) -> Self {
+        self.kernels = k;
+        self
     }
 
     /// Updates one parameter from its gradient (no-op without one):
@@ -139,14 +148,14 @@ impl AdamW {
 
     /// Whether the fused update (one multi-tensor kernel) can run for `module`: every trainable parameter on one CUDA
     /// device (f32 or bf16) with the fused kernels on.
-    pub fn can_fuse(module: &dyn VisitParams) -> bool {
+    pub fn can_fuse(&self, module: &dyn VisitParams) -> bool {
         let mut ok = true;
         let mut any = false;
         module.visit("", &mut |_, p| {
             if p.is_trainable() {
                 any = true;
                 let t = p.tensor();
-                ok &= crate::kernels::use_fused(t.device(), t.dtype());
+                ok &= self.kernels.fuse(t.device(), t.dtype());
             }
         });
         ok && any
@@ -240,7 +249,7 @@ impl Optimizer for AdamW {
     }
 
     fn fuses(&self, module: &dyn VisitParams) -> bool {
-        Self::can_fuse(module)
+        self.can_fuse(module)
     }
 
     /// Updates every parameter of `module` (named under `prefix`) that has a gradient: the multi-tensor
@@ -253,7 +262,7 @@ impl Optimizer for AdamW {
         gscale: f64,
     ) -> Result<()> {
         #[cfg(feature = "cuda")]
-        if Self::can_fuse(module) {
+        if self.can_fuse(module) {
             return self.update_module_fused(module, prefix, grads, gscale);
         }
         let mut err = None;

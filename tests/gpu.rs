@@ -230,7 +230,7 @@ fn gpu_flash_attention_matches_the_plain_path() -> Result<()> {
 fn default_run(device: &str, dtype: &str, dir: &std::path::Path) -> anyhow::Result<Vec<f64>> {
     let plugin =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugins/baseline.wasm");
-    let r = wmtp_host::train::run::run(&wmtp_host::train::run::RunOptions {
+    let r = wmtp_host::run::run(&wmtp_host::run::RunOptions {
         pipeline: Some(plugin),
         set: vec![
             format!("model.device={device}"),

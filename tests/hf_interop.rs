@@ -9,7 +9,7 @@ use crate::common;
 use wmtp_host::model::hf_export::{import_peft, permute_rotate_half};
 use wmtp_host::model::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, LoraConfig, VisitParams};
-use wmtp_host::train::run::{run, RunOptions};
+use wmtp_host::run::{run, RunOptions};
 use wmtp_host::train::tools::{export_peft_adapter, merge_checkpoint, MergeFormat};
 
 #[test]

@@ -7,7 +7,7 @@ use crate::common;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use wmtp_host::train::run::{run, RunOptions};
+use wmtp_host::run::{run, RunOptions};
 use wmtp_plugin_host::conformance::{check_plugin, synthetic_batch};
 use wmtp_plugin_host::{Plugin, PluginLimits, PluginRuntime};
 

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use wmtp_host::train::run::{run, RunOptions, RunSummary};
+use wmtp_host::run::{run, RunOptions, RunSummary};
 
 fn train(pipeline: &str, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<RunSummary> {
     let mut set: Vec<String> = vec![

@@ -7,9 +7,9 @@ use crate::common;
 use std::sync::Arc;
 use wmtp_host::model::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, VisitParams};
+use wmtp_host::run::{run, RunOptions};
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::evaluate::eval_checkpoint;
-use wmtp_host::train::run::{run, RunOptions};
 use wmtp_host::train::tools::merge_checkpoint;
 use wmtp_plugin_host::{Plugin, PluginLimits, PluginRuntime};
 
@@ -132,7 +132,7 @@ fn adapter_reload_eval_merge_and_plot() {
         .iter()
         .any(|(n, _)| n.contains("lora_B")));
 
-    let files = wmtp_host::train::plot::plot_run(&r.run_dir).unwrap();
+    let files = wmtp_host::run::plot::plot_run(&r.run_dir).unwrap();
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.starts_with("<svg") && text.contains("loss and cross-entropy"));
     // the PNG: a 1200-pixel-wide image whose pixels are not all the white background (curves and text)

@@ -7,9 +7,9 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 use wmtp_host::model::VisitParams;
+use wmtp_host::run::{run, RunOptions};
 use wmtp_host::train::checkpoint::{self, TrainerState};
 use wmtp_host::train::config::RunConfig;
-use wmtp_host::train::run::{run, RunOptions};
 use wmtp_host::train::session::Session;
 
 /// The default job (tiny model, bundled corpus), short, writing into `dir`.
@@ -23,7 +23,7 @@ fn short_run(dir: &Path, steps: u64) -> Vec<String> {
     ]
 }
 
-fn train(dir: &Path, pipeline: &Path, steps: u64) -> wmtp_host::train::run::RunSummary {
+fn train(dir: &Path, pipeline: &Path, steps: u64) -> wmtp_host::run::RunSummary {
     run(&RunOptions {
         pipeline: Some(pipeline.to_path_buf()),
         set: short_run(dir, steps),

@@ -1,6 +1,7 @@
 //! wmtp host: the LoRA-injected multi-token-prediction Transformer, its loaders and the `wmtp` command.
-//! The layers (docs/design.md, [`layers::LAYERS`], checked by a test): `train` (sessions, the engine, the
-//! loop) on `eval` and `parallel` on `model` on `data` and `kernels`; only `train` uses the plugin host (crate
+//! The layers (docs/design.md, [`layers::LAYERS`], checked by a test): `run` (`wmtp run`'s setup and
+//! loop) on `train` (sessions, the engine, the step) on `eval` and `parallel` on `model` on `data` and
+//! `kernels`; only `train` uses the plugin host (crate
 //! `wmtp-plugin-host`); nothing here depends on the command line (the `wmtp` binary's `cli`).
 
 pub mod data;
@@ -11,4 +12,5 @@ pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod parallel;
+pub mod run;
 pub mod train;

@@ -226,7 +226,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut set = r.set;
             set.extend(r.device.map(|d| format!("model.device=\"{d}\"")));
             set.extend(r.dtype.map(|d| format!("model.dtype=\"{d}\"")));
-            let opts = wmtp_host::train::run::RunOptions {
+            let opts = wmtp_host::run::RunOptions {
                 pipeline: r.pipeline,
                 config: r.config,
                 set,
@@ -234,7 +234,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 allow_plugin_change: r.allow_plugin_change,
                 quiet: false,
             };
-            let summary = wmtp_host::train::run::run(&opts)?;
+            let summary = wmtp_host::run::run(&opts)?;
             if summary.interrupted {
                 // 128 + SIGINT, as shells report a Ctrl-C: schedulers and scripts see it did not finish
                 std::process::exit(130);
@@ -277,7 +277,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Plot { run_dir } => {
-            for p in wmtp_host::train::plot::plot_run(&run_dir)? {
+            for p in wmtp_host::run::plot::plot_run(&run_dir)? {
                 println!("wrote {}", p.display());
             }
             Ok(())

@@ -45,7 +45,7 @@ use candle_core::{DType, Device};
 
 /// Which implementation the model's tensor ops take (`runtime.fused_kernels`): the fused kernels where
 /// they apply (CUDA, f32 or bf16), or plain candle ops everywhere. A value that each model
-/// ([`crate::model::Transformer::set_kernels`]), forward context and optimiser carries — not a
+/// (`Transformer::set_kernels`), forward context and optimiser carries — not a
 /// process-wide switch — so two models in one process (a run and its Rho-1 reference stage, or tests
 /// running side by side) each keep their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -2,12 +2,12 @@
 //! `best`, periodic checkpoints (with `checkpoint.keep_last`), Ctrl-C (every rank stops at the same
 //! step), the progress display, and the end of the run (final validation, last checkpoint, summary).
 
-use super::checkpoint::{self, TrainerState};
-use super::evaluate::Validation;
 use super::progress::{Progress, StepFigures};
-use super::run::RunSummary;
-use super::session::Session;
-use super::step::{train_step, StepReport};
+use super::RunSummary;
+use crate::train::checkpoint::{self, TrainerState};
+use crate::train::evaluate::Validation;
+use crate::train::session::Session;
+use crate::train::step::{train_step, StepReport};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +24,7 @@ pub struct TrainLoop {
     interrupted: Arc<AtomicBool>,
     metrics: super::metrics_log::MetricsLog,
     bar: Progress,
-    guard: super::guard::SkipGuard,
+    guard: crate::train::guard::SkipGuard,
     pipeline_label: String,
     losses: Vec<f64>,
     ces: Vec<f64>,
@@ -65,7 +65,7 @@ impl TrainLoop {
                 rt.log_every,
                 rt.log_every_s,
             ),
-            guard: super::guard::SkipGuard::new(s.cfg.training.max_skipped_steps),
+            guard: crate::train::guard::SkipGuard::new(s.cfg.training.max_skipped_steps),
             pipeline_label: format!(
                 "plugin `{}` ({})",
                 s.weigher.manifest().name,
@@ -88,7 +88,7 @@ impl TrainLoop {
                     .write(&val_json(serde_json::json!({"step": 0}), &v))?;
             }
         }
-        if let Some(line) = super::stages::describe(s).filter(|_| !self.quiet) {
+        if let Some(line) = crate::train::stages::describe(s).filter(|_| !self.quiet) {
             self.bar.say(&line);
         }
         Ok(())
@@ -97,7 +97,7 @@ impl TrainLoop {
     /// One optimizer step and what follows it: the metrics line, validation every `eval_every` steps,
     /// a checkpoint every `checkpoint.every` steps or on Ctrl-C. Returns false when the run must stop.
     pub fn step(&mut self, s: &mut Session, state: &mut TrainerState) -> Result<bool> {
-        if let Some(line) = super::stages::enter_stage(s, state.step)? {
+        if let Some(line) = crate::train::stages::enter_stage(s, state.step)? {
             if !self.quiet {
                 self.bar.say(&line);
             }
@@ -187,7 +187,7 @@ impl TrainLoop {
         if let Some(i) = s.stage {
             line["stage"] = serde_json::json!(i + 1);
         }
-        if let Some(rss) = super::host_memory::host_rss_mib() {
+        if let Some(rss) = crate::train::host_memory::host_rss_mib() {
             // this process's resident host memory now (not a high-water mark): flat across steps
             line["mem.host_rss_mib"] = serde_json::json!(rss);
         }

@@ -3,8 +3,8 @@
 //! plugin whose bytes differ — the same path rebuilt, or another `--pipeline` — needs
 //! `--allow-plugin-change`. `--set` overrides go through the same parsing and validation as a fresh run.
 
-use super::checkpoint::{self, file_sha256, TrainerState};
-use super::session::Session;
+use crate::train::checkpoint::{self, file_sha256, TrainerState};
+use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 

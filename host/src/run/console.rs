@@ -1,9 +1,9 @@
 //! What `wmtp run` prints at the start and at the end of a run (the progress in between is
-//! train/progress.rs).
+//! run/progress.rs).
 
-use super::checkpoint::{self, TrainerState};
-use super::run::RunSummary;
-use super::session::Session;
+use super::RunSummary;
+use crate::train::checkpoint::{self, TrainerState};
+use crate::train::session::Session;
 use std::path::Path;
 
 /// The start-up summary: model, trainable parameters, data, steps, run directory, config.

@@ -2,7 +2,7 @@
 //! Slurm, CI, a pipe) — one every `runtime.log_every` steps or `runtime.log_every_s` seconds, whichever
 //! comes first, plus the last step and every validation — so a cluster user can watch a run.
 
-use super::evaluate::Validation;
+use crate::train::evaluate::Validation;
 use std::io::IsTerminal;
 use std::time::Instant;
 

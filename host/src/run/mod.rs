@@ -1,11 +1,19 @@
 //! `wmtp run`: a training run from a config (or the embedded default) and a pipeline plugin, read top
-//! down — set up (train/run_setup.rs: ranks, session, run directory), say what will run
-//! (train/console.rs), loop over [`super::step::train_step`] with its bookkeeping (train/run_loop.rs:
+//! down — set up (run/setup.rs: ranks, session, run directory), say what will run
+//! (run/console.rs), loop over [`crate::train::step::train_step`] with its bookkeeping (run/train_loop.rs:
 //! metrics, validation and `best`, checkpoints, Ctrl-C, progress), finish (final validation, last
 //! checkpoint, summary). Resume is exact.
 
-use super::evaluate::Validation;
-use super::run_loop::TrainLoop;
+pub mod console;
+pub mod metrics_log;
+pub mod plot;
+pub mod progress;
+pub mod resume;
+pub mod setup;
+pub mod train_loop;
+
+use self::train_loop::TrainLoop;
+use crate::train::evaluate::Validation;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -56,27 +64,27 @@ pub struct RunOptions {
 /// the collectives.
 pub fn run(opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let super::run_setup::Started {
+    let self::setup::Started {
         session: mut s,
         mut state,
         resumed,
         rank,
         quiet,
-    } = super::run_setup::start(opts)?;
-    let run_dir = super::run_setup::run_dir(&s, resumed.as_deref())?;
-    super::run_setup::prepare_run_dir(&run_dir, &s, rank)?;
+    } = self::setup::start(opts)?;
+    let run_dir = self::setup::run_dir(&s, resumed.as_deref())?;
+    self::setup::prepare_run_dir(&run_dir, &s, rank)?;
     let resumed_at = resumed.is_some().then_some(state.step);
     let total = s.cfg.training.steps;
     if !quiet {
-        super::console::print_start(&s, &run_dir, resumed_at);
+        self::console::print_start(&s, &run_dir, resumed_at);
         if let Some(ckpt) = &resumed {
-            super::console::note_changed_steps(ckpt, total);
+            self::console::note_changed_steps(ckpt, total);
         }
     }
     if let (Some(ckpt), Some(at)) = (&resumed, resumed_at) {
         if at >= total {
             if !quiet {
-                super::console::nothing_left(at, total);
+                self::console::nothing_left(at, total);
             }
             return Ok(RunSummary {
                 run_dir,

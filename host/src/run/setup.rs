@@ -1,10 +1,10 @@
 //! What `wmtp run` does before its first step: the rank environment (launched runs), the session (fresh
 //! or resumed), the sharding, and the run directory.
 
-use super::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
-use super::config::RunConfig;
-use super::run::RunOptions;
-use super::session::Session;
+use super::RunOptions;
+use crate::train::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
+use crate::train::config::RunConfig;
+use crate::train::session::Session;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 

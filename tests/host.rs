@@ -6,6 +6,7 @@ mod common;
 mod fsdp_support;
 
 mod bad_input;
+mod data_packing;
 mod engine_equivalence;
 mod fsdp;
 mod fsdp_prefetch;

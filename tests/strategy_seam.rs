@@ -103,14 +103,7 @@ fn a_second_strategy_sees_every_unit_and_each_units_complete_gradients_once() {
         recorded.by_name.keys().collect::<Vec<_>>()
     );
     for (name, g) in &plain.by_name {
-        let d = (g - &recorded.by_name[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::common::max_abs_diff(g, &recorded.by_name[name]);
         assert_eq!(d, 0.0, "{name}: the strategy changed a gradient");
     }
     // every unit of the model is asked for in the forward (and again in the backward)

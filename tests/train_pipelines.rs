@@ -6,31 +6,16 @@ use crate::common;
 
 use wmtp_host::run::{run, RunOptions, RunSummary};
 
-fn train(pipeline: &str, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<RunSummary> {
-    let mut set: Vec<String> = vec![
-        format!("checkpoint.dir={}", dir.display()),
-        "training.batch_size=4".into(),
-        "data.max_length=240".into(),
-        "runtime.eval_every=0".into(),
-        "reference.baseline_steps=6".into(),
-    ];
-    set.extend(extra.iter().map(|s| s.to_string()));
-    run(&RunOptions {
-        pipeline: Some(common::shipped_plugin(pipeline)),
-        set,
-        quiet: true,
-        ..Default::default()
-    })
-}
+use common::train;
 
-fn mean(x: &[f64]) -> f64 {
+pub(crate) fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len() as f64
 }
 
 /// The trained quantity falls (mean of the last quarter below the first's): the cross-entropy for the
 /// policy pipelines (their weighted losses re-weight tokens as they go, so successive values are not
 /// comparable), the value loss for the critic.
-fn assert_falls(name: &str, r: &RunSummary, series: &[f64]) {
+pub(crate) fn assert_falls(name: &str, r: &RunSummary, series: &[f64]) {
     let q = (series.len() / 4).max(1);
     let (first, last) = (mean(&series[..q]), mean(&series[series.len() - q..]));
     assert!(
@@ -547,60 +532,4 @@ fn detached_heads_train_the_model_on_next_token_loss_only() {
     })
     .unwrap();
     assert_eq!(&detached.losses[3..], &resumed.losses[..]);
-}
-
-/// Mean trained tokens per step in a run's metrics.jsonl.
-fn tokens_per_step(run_dir: &std::path::Path) -> f64 {
-    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let t: Vec<f64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("tokens").and_then(|x| x.as_f64()))
-        .collect();
-    mean(&t)
-}
-
-/// `data.pack`: the same batch size carries several samples per sequence (more tokens per step), the
-/// model still learns; pipelines that pair samples or use rewards refuse it, and so does a
-/// max_length beyond the model's context.
-#[test]
-fn packed_samples_train_more_tokens_per_step_and_pairing_pipelines_refuse_packing() {
-    let (a, b) = (common::tempdir(), common::tempdir());
-    // short {text} rows (~15 tokens): a sequence of 240 holds about fifteen
-    let data = a.path().join("sums.jsonl");
-    let rows: String = (0..96)
-        .map(|i| format!("{{\"text\": \"{} + {} = {}\"}}\n", i, i % 7, i + i % 7))
-        .collect();
-    std::fs::write(&data, rows).unwrap();
-    let train_set = format!("data.train=\"{}\"", data.display());
-    let base = ["training.steps=12", "training.lr=0.01", train_set.as_str()];
-    let plain = train("baseline", a.path(), &base).unwrap();
-    let packed = train(
-        "baseline",
-        b.path(),
-        &[base[0], base[1], base[2], "data.pack=true"],
-    )
-    .unwrap();
-    let (tp, tk) = (
-        tokens_per_step(&plain.run_dir),
-        tokens_per_step(&packed.run_dir),
-    );
-    assert!(tk > 5.0 * tp, "packed {tk} vs plain {tp} tokens per step");
-    assert_falls("baseline packed", &packed, &packed.ces);
-    let c = common::tempdir();
-    for (pipeline, extra, says) in [
-        ("critic", "data.max_length=240", "pairs samples"),
-        ("baseline", "data.max_length=4096", "max_seq_len"),
-    ] {
-        let e = format!(
-            "{:#}",
-            train(
-                pipeline,
-                c.path(),
-                &["training.steps=2", "data.pack=true", extra]
-            )
-            .unwrap_err()
-        );
-        assert!(e.contains("data.pack") && e.contains(says), "{e}");
-    }
 }

@@ -540,18 +540,7 @@ fn best_includes_the_final_validation_and_resume_says_what_it_does() {
 fn checkpoints_and_merged_models_are_world_readable() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::tempdir();
-    let r = run(&RunOptions {
-        pipeline: Some(common::root().join("plugins/baseline.wasm")),
-        set: vec![
-            format!("checkpoint.dir={}", dir.path().display()),
-            "training.steps=1".into(),
-            "training.batch_size=2".into(),
-            "runtime.eval_every=0".into(),
-        ],
-        quiet: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let r = common::train("baseline", dir.path(), &["training.steps=1"]).unwrap();
     let merged = dir.path().join("merged");
     merge_checkpoint(&r.last_checkpoint, &merged, Default::default()).unwrap();
     let mut files = Vec::new();

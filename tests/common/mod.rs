@@ -1,4 +1,4 @@
-//! Shared helpers for the host's integration tests: fixture paths and tensor comparisons.
+//! Shared helpers for the host's integration tests: fixture paths, tensor comparisons, a short training run.
 #![allow(dead_code)]
 
 #[path = "paths.rs"]
@@ -47,4 +47,28 @@ pub fn wmtp_ok(args: &[&str]) -> String {
     let (ok, err) = wmtp(args);
     assert!(ok, "wmtp {args:?} failed:\n{err}");
     err
+}
+
+/// A short training run of a shipped `pipeline` into `dir` on the embedded default (tiny preset, bundled
+/// corpus; batch 4, max_length 240, no validation, a 6-step Rho-1 reference stage), with `extra`
+/// `--set` overrides after those.
+pub fn train(
+    pipeline: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<wmtp_host::run::RunSummary> {
+    let mut set: Vec<String> = vec![
+        format!("checkpoint.dir={}", dir.display()),
+        "training.batch_size=4".into(),
+        "data.max_length=240".into(),
+        "runtime.eval_every=0".into(),
+        "reference.baseline_steps=6".into(),
+    ];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    wmtp_host::run::run(&wmtp_host::run::RunOptions {
+        pipeline: Some(shipped_plugin(pipeline)),
+        set,
+        quiet: true,
+        ..Default::default()
+    })
 }

@@ -216,45 +216,44 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>> {
 pub fn read_instruction_rows(path: &Path) -> Result<Vec<Row>> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {source}"))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: Row = serde_json::from_str(line)
-            .with_context(|| format!("{source}:{}: not a valid dataset row", i + 1))?;
-        if row.instruction.is_none() {
-            bail!("{source}:{}: no `instruction` to answer", i + 1);
-        }
-        rows.push(row);
-    }
-    if rows.is_empty() {
-        bail!("{source}: no rows");
-    }
-    Ok(rows)
+    parse_rows(&text, &source, |row| {
+        row.instruction
+            .is_none()
+            .then_some("no `instruction` to answer")
+    })
 }
 
 /// Parses JSONL text (`source` names it in errors).
 pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: Row = serde_json::from_str(line)
-            .with_context(|| format!("{source}:{}: not a valid dataset row", i + 1))?;
+    parse_rows(text, source, |row| {
         let forms = [
             row.text.is_some(),
             row.instruction.is_some() && row.output.is_some(),
             row.prompt.is_some() && row.completion.is_some(),
             row.messages.is_some(),
         ];
-        if !forms.contains(&true) {
-            bail!(
-                "{source}:{}: a row needs `text`, `instruction` and `output`, `prompt` and \
-                 `completion`, or `messages`",
-                i + 1
-            );
+        (!forms.contains(&true)).then_some(
+            "a row needs `text`, `instruction` and `output`, `prompt` and `completion`, or `messages`",
+        )
+    })
+}
+
+/// The rows of JSONL `text` (blank lines skipped); `missing` names what a row lacks (None: it will do),
+/// and the error names `source` and the line. No rows at all is an error too.
+fn parse_rows(
+    text: &str,
+    source: &str,
+    missing: impl Fn(&Row) -> Option<&'static str>,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Row = serde_json::from_str(line)
+            .with_context(|| format!("{source}:{}: not a valid dataset row", i + 1))?;
+        if let Some(what) = missing(&row) {
+            bail!("{source}:{}: {what}", i + 1);
         }
         rows.push(row);
     }

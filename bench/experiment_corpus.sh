@@ -13,7 +13,8 @@
 #   - held-out CE per head on all of CORPUS/val.jsonl (`wmtp eval --pipeline plugins/baseline.wasm --data`);
 #   - held-out CE per head on HumanEval's 164 canonical solutions (prompt + solution, never trained on);
 #   - greedy pass@1 on all 164 HumanEval problems (ChatML prompt, f32 via --model CKPT), and with
-#     PASS10=1 pass@10 of 10 samples at T 0.8.
+#     PASS10=1 pass@10 of 10 samples at T 0.8, top-p 0.95 (drawn on the device; PASS10_BATCH rows at once, 410:
+#     the 1,640 samples in 4 batches).
 # The untrained model is scored the same way (UNTRAINED=1, the default: a checkpoint of one step at lr 1e-30 —
 # the LoRA B matrices move by ~1e-30 from zero — so the same `wmtp eval` commands read it). Then bench/experiment_corpus_report.py.
 # Run (a CUDA machine; build first: cargo build --release --features cuda, scripts/build-plugins.sh,
@@ -92,7 +93,7 @@ score() {
     { log "pass@1 failed: $dir"; tail -5 "$dir/pass1.log" >&2; return 1; }
   if [ "${PASS10:-0}" = 1 ]; then
     "$WMTP" eval --humaneval "$PROBLEMS" --model "$model" --device "$DEVICE" --template "$TEMPLATE" "${limit[@]}" \
-      --max-new-tokens "$MAX_NEW" --batch 128 --samples 10 --temperature 0.8 --top-p 0.95 \
+      --max-new-tokens "$MAX_NEW" --batch "${PASS10_BATCH:-410}" --samples 10 --temperature 0.8 --top-p 0.95 \
       --out "$dir/pass10.jsonl" >"$dir/pass10.txt" 2>"$dir/pass10.log" || { log "pass@10 failed: $dir"; return 1; }
   fi
 }

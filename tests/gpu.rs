@@ -5,7 +5,7 @@
 //! Every fused kernel against the plain candle path ON THE GPU (forward and backward, f32 and bf16 where the
 //! kernel has both), at shapes that exercise partial tiles and grouped-query heads; and 20 training steps of
 //! the embedded default on CUDA f32 against the CPU (1e-5), bf16 against f32 within bf16 tolerance. With
-//! `--features nccl`, NCCL on one rank.
+//! `--features nccl`, NCCL on one rank. Device sampling draws what its CPU twin draws.
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -223,6 +223,62 @@ fn gpu_flash_attention_matches_the_plain_path() -> Result<()> {
             |x| kernels::attention(&x[0], &x[1], &x[2]),
             |x| attention::attention_plain(&x[0], &x[1], &x[2]),
         )?;
+    }
+    Ok(())
+}
+
+/// Device sampling against its CPU twin: logits shaped like a language model's (49,152 tokens, spread
+/// 3), f32 and bf16, four cuts; each row's uniform is put at the middle of the interval of a token the
+/// twin draws for that row, so the kernel's f32 sums cannot move it across a boundary: every id must
+/// be the twin's, and the twin's is the token whose interval holds it.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn gpu_sampling_draws_what_the_cpu_twin_draws() -> Result<()> {
+    use kernels::sample::{kept_tokens, sample_row, sample_rows, Cut};
+    let dev = cuda();
+    let (b, v) = (48usize, 49_152usize);
+    let cuts = [
+        (0.8, 0.95, 0),
+        (1.0, 1.0, 0),
+        (0.7, 1.0, 50),
+        (1.2, 0.9, 20),
+    ];
+    for dt in [DType::F32, DType::BF16] {
+        let z = (Tensor::randn(0f32, 3.0, (b, v), &Device::Cpu)?).to_dtype(dt)?;
+        let rows: Vec<Vec<f32>> = z.to_dtype(DType::F32)?.to_vec2()?;
+        for (t, p, k) in cuts {
+            let cut = Cut {
+                temperature: t,
+                top_p: p,
+                top_k: k,
+            };
+            let mut us = Vec::with_capacity(b);
+            let mut want = Vec::with_capacity(b);
+            for (r, row) in rows.iter().enumerate() {
+                let kept = kept_tokens(row, cut);
+                let mass: f64 = kept.iter().map(|x| x.1).sum();
+                // a token drawn by weight (a tiny token's interval is narrower than f32 rounding)
+                let u0 = (r as f32 * 0.618_034).fract();
+                let pick = sample_row(row, u0, cut);
+                let j = kept
+                    .iter()
+                    .position(|x| x.0 == pick)
+                    .expect("drawn from the kept set");
+                let before: f64 = kept[..j].iter().map(|x| x.1).sum();
+                let u = ((before + kept[j].1 / 2.0) / mass) as f32;
+                assert_eq!(
+                    sample_row(row, u, cut),
+                    kept[j].0,
+                    "the twin's own quantile"
+                );
+                us.push(u);
+                want.push(kept[j].0);
+            }
+            let u = Tensor::new(us.as_slice(), &dev)?;
+            let got: Vec<u32> = sample_rows(&z.to_device(&dev)?, &u, cut)?.to_vec1()?;
+            println!("sampling {dt:?} T {t} top_p {p} top_k {k}: {b} rows");
+            assert_eq!(got, want, "{dt:?} T {t} top_p {p} top_k {k}");
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //   attention causal, grouped-query, flash-style tiles (attention.cuh: bf16 mma.sync, f32 statistics)
 //   AdamW     one launch for many tensors (pointer table), f32 master weights and moments
 //   dropout   mask[i] = 0 if u(key, i) < p else 1/(1−p), u a SplitMix64 hash of (key, i) (same bits on the CPU)
+//   sampling  a token per row from softmax(z/T) cut to top-k and top-p, drawn with a host-given uniform
 #include <cuda_bf16.h>
 #include <stdint.h>
 
@@ -78,6 +79,18 @@ __device__ float block_sum(float v, float* scratch) {
   __syncthreads();
   float t = 0.f;
   for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += scratch[i];
+  return t;
+}
+
+// Max over a block of `blockDim.x` (≤ 1024, multiple of 32) threads; every thread gets it.
+__device__ float block_max(float v, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = -INFINITY;
+  for (int i = 0; i < (int)(blockDim.x >> 5); i++) t = fmaxf(t, scratch[i]);
   return t;
 }
 
@@ -380,6 +393,105 @@ extern "C" __global__ void f32_to_bf16(const float* x, bf16* y, long n) {
   if (i < n) y[i] = __float2bfloat16(x[i]);
 }
 
+// ------------------------------------------------------------------------------------------- sampling
+// One block of 1024 threads per row of logits z [rows, V]: a token drawn from softmax(z / temperature)
+// cut to the top-k tokens and to the top-p nucleus, with the row's uniform number u[row] ∈ [0, 1) (drawn
+// on the host from the row's seeded generator; only B floats go in and B ids come out). With weights
+// w_i = exp((z_i − max)/temperature), the kept set is {i : z_i ≥ t}, t the larger of
+//   t_p = the largest logit whose tokens {z ≥ t_p} hold Σw ≥ top_p·Σ_all w   (top_p ≥ 1: every token)
+//   t_k = the largest logit with #{z ≥ t_k} ≥ top_k                           (top_k = 0: every token)
+// each found by bisection over the order-preserving bit patterns of f32 (≤ 32 block reductions, no sort;
+// ties at the threshold are all kept). The draw walks the kept tokens in id order to where their
+// cumulative weight passes u·Σ_kept w: each thread owns a contiguous chunk of ids, thread 0 scans the
+// chunk sums, and the one thread whose interval holds the target walks its chunk.
+__device__ __forceinline__ unsigned int order_key(float x) {
+  unsigned int b = __float_as_uint(x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The largest key k in [lo, hi] with keep(k) true (keep is monotone: true at lo, false above the answer);
+// `measure(k)` is a block reduction over the row, identical on every thread, so every thread agrees.
+template <typename F>
+__device__ unsigned int largest_key(unsigned int lo, unsigned int hi, F keep) {
+  while (lo < hi) {
+    unsigned int mid = lo + (unsigned int)(((unsigned long long)hi - lo + 1) / 2);
+    if (keep(mid)) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T>
+__device__ void sample_rows(const T* z, const float* u, uint32_t* out, int v, float inv_t, float top_p, int top_k) {
+  __shared__ float scratch[32];
+  __shared__ float part[1024];
+  __shared__ int pick, last_kept;
+  const long row = blockIdx.x;
+  const T* zr = z + row * v;
+  const int nt = blockDim.x;
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < v; i += nt) m = fmaxf(m, to_f(zr[i]));
+  m = block_max(m, scratch);
+  float total = 0.f;
+  for (int i = threadIdx.x; i < v; i += nt) total += expf((to_f(zr[i]) - m) * inv_t);
+  total = block_sum(total, scratch);
+  unsigned int t = 0;
+  if (top_p < 1.f) {
+    const float need = top_p * total;
+    t = largest_key(0u, order_key(m), [&](unsigned int k) {
+      float s = 0.f;
+      for (int i = threadIdx.x; i < v; i += nt) {
+        float x = to_f(zr[i]);
+        if (order_key(x) >= k) s += expf((x - m) * inv_t);
+      }
+      return block_sum(s, scratch) >= need;
+    });
+  }
+  if (top_k > 0 && top_k < v) {
+    unsigned int tk = largest_key(0u, order_key(m), [&](unsigned int k) {
+      float c = 0.f;
+      for (int i = threadIdx.x; i < v; i += nt) c += order_key(to_f(zr[i])) >= k ? 1.f : 0.f;
+      return block_sum(c, scratch) >= (float)top_k;
+    });
+    t = max(t, tk);
+  }
+  const int chunk = (v + nt - 1) / nt, b0 = min(threadIdx.x * chunk, v), b1 = min(b0 + chunk, v);
+  float s = 0.f;
+  int last = -1;
+  for (int i = b0; i < b1; i++) {
+    float x = to_f(zr[i]);
+    if (order_key(x) >= t) {
+      s += expf((x - m) * inv_t);
+      last = i;
+    }
+  }
+  part[threadIdx.x] = s;
+  if (threadIdx.x == 0) { pick = -1; last_kept = -1; }
+  __syncthreads();
+  if (last >= 0) atomicMax(&last_kept, last);
+  if (threadIdx.x == 0) {
+    float c = 0.f;
+    for (int k = 0; k < nt; k++) { float p = part[k]; part[k] = c; c += p; }
+    scratch[0] = c;
+  }
+  __syncthreads();
+  const float target = u[row] * scratch[0];
+  const float c0 = part[threadIdx.x], c1 = threadIdx.x + 1 < nt ? part[threadIdx.x + 1] : scratch[0];
+  if (last >= 0 && target >= c0 && target < c1) {
+    float c = c0;
+    int chosen = last;
+    for (int i = b0; i < b1; i++) {
+      float x = to_f(zr[i]);
+      if (order_key(x) >= t) {
+        c += expf((x - m) * inv_t);
+        if (target < c) { chosen = i; break; }
+      }
+    }
+    pick = chosen;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) out[row] = (uint32_t)(pick >= 0 ? pick : last_kept);
+}
+
 // ------------------------------------------------------------------------------------- entry points
 #define FOR_TYPES(M) M(f32, float) M(bf16, bf16)
 #define ENTRIES(NAME, T)                                                                                    \
@@ -415,5 +527,9 @@ extern "C" __global__ void f32_to_bf16(const float* x, bf16* y, long n) {
   extern "C" __global__ void ce_bwd_##NAME(const T* z, const uint32_t* tg, const float* lse,               \
                                            const float* coef, T* dz, int v) {                             \
     ce_bwd<T>(z, tg, lse, coef, dz, v);                                                                   \
+  }                                                                                                       \
+  extern "C" __global__ void sample_rows_##NAME(const T* z, const float* u, uint32_t* out, int v,          \
+                                                float inv_t, float top_p, int top_k) {                    \
+    sample_rows<T>(z, u, out, v, inv_t, top_p, top_k);                                                    \
   }
 FOR_TYPES(ENTRIES)

@@ -34,6 +34,9 @@ pub struct EvalArgs {
     /// Nucleus sampling mass.
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f64,
+    /// Draw from the k most likely tokens only (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
     /// Seed of the draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -199,6 +202,7 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
         sampling: Sampling {
             temperature: a.temperature,
             top_p: a.top_p,
+            top_k: a.top_k,
             seed: a.seed,
         },
         max_new: a.max_new_tokens,
@@ -210,10 +214,16 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
         },
     };
     let t0 = std::time::Instant::now();
+    let mut generated = None;
     let results = evaluate(model, tok, &problems, &opts, &mut |done, total| {
         eprint!("\rHumanEval: {done}/{total} completions");
+        if done == total {
+            generated = Some(t0.elapsed().as_secs_f64());
+        }
     })?;
-    eprintln!(" ({:.0} s)", t0.elapsed().as_secs_f64());
+    let all = t0.elapsed().as_secs_f64();
+    let gen = generated.unwrap_or(all);
+    eprintln!(" (generated in {gen:.1} s, run in {:.1} s)", all - gen);
     if let Some(out) = &a.out {
         let mut text = String::new();
         for r in &results {

@@ -168,6 +168,9 @@ pub struct SamplingArgs {
     /// Nucleus sampling: keep the most likely tokens up to this probability mass.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    /// Draw from the k most likely tokens only (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
     /// Seed of the sampling draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -187,6 +190,7 @@ impl SamplingArgs {
         Ok(wmtp_host::model::generate::Sampling {
             temperature: self.temperature,
             top_p: self.top_p,
+            top_k: self.top_k,
             seed: self.seed,
         })
     }

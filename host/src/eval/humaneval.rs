@@ -288,6 +288,7 @@ mod tests {
                 sampling: Sampling {
                     temperature: 1.0,
                     top_p: 1.0,
+                    top_k: 0,
                     seed: 11,
                 },
                 max_new: 12,

@@ -12,6 +12,8 @@
 //! - [`matmul_acc`]: acc + a·b(ᵀ) with the sum in the product's epilogue (LoRA's adapter terms).
 //! - [`scatter_rows`]: rows back to their positions (replaces candle's slow CUDA `index_add`).
 //! - [`dropout::dropout_mask`]: inverted-dropout masks from a counter-based hash, drawn on the device.
+//! - [`sample::sample_rows`]: a token per row drawn from softmax(z/T) cut to top-k and top-p, on the
+//!   logits' device (only a uniform number per row in, a token id per row out).
 //! - [`adamw`]: one launch of AdamW (f32 masters and moments) and one of Σg² for all trainable tensors.
 //!
 //! The model uses them where [`Kernels::fuse`] says so: on CUDA for f32/bf16 unless the model's
@@ -29,6 +31,7 @@ pub mod dropout;
 pub mod matmul_acc;
 pub mod rms_norm;
 pub mod rope;
+pub mod sample;
 pub mod scatter;
 pub mod swiglu;
 

@@ -46,6 +46,8 @@ pub struct Sampling {
     /// Nucleus sampling: draw from the smallest set of most likely tokens whose probability reaches
     /// top_p (1: the whole vocabulary).
     pub top_p: f64,
+    /// Draw from the k most likely tokens only (0: no limit); with top_p, the smaller set.
+    pub top_k: usize,
     /// Seed of the draws (the same seed, prompt and model give the same text).
     pub seed: u64,
 }
@@ -55,14 +57,28 @@ impl Default for Sampling {
         Sampling {
             temperature: 0.0,
             top_p: 1.0,
+            top_k: 0,
             seed: 0,
         }
     }
 }
 
+impl Sampling {
+    /// The kernel's cut (temperature, top-p, top-k) for a sampled (temperature > 0) decode.
+    fn cut(&self) -> crate::kernels::sample::Cut {
+        crate::kernels::sample::Cut {
+            temperature: self.temperature as f32,
+            top_p: self.top_p as f32,
+            top_k: self.top_k,
+        }
+    }
+}
+
 /// The next token from logits [V] (f32): argmax at temperature 0, else a draw from
-/// softmax(logits / temperature) cut to its top-p nucleus.
+/// softmax(logits / temperature) cut to its top-k and top-p nucleus, with one uniform number from `rng`
+/// (what [`generate`] draws on the logits' device: [`crate::kernels::sample`]).
 pub fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> Result<u32> {
+    use rand::Rng;
     if logits.is_empty() {
         bail!("no logits to pick from");
     }
@@ -80,59 +96,11 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> 
                 });
         return Ok(best as u32);
     }
-    let (mut p, z) = softmax_weights(logits, s.temperature);
-    // the nucleus is the most likely tokens (ties: lower id first) up to mass top_p; rather than sorting
-    // the whole vocabulary, sort the top k (found in linear time) and double k until they hold the mass
-    let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut k = 64.min(p.len());
-    let mut kept = Vec::new();
-    let mut mass;
-    loop {
-        if k < p.len() {
-            p.select_nth_unstable_by(k - 1, order);
-        }
-        p[..k].sort_by(order);
-        kept.clear();
-        mass = 0.0;
-        for &(i, w) in &p[..k] {
-            kept.push((i, w / z));
-            mass += w / z;
-            if mass >= s.top_p {
-                break;
-            }
-        }
-        if mass >= s.top_p || k == p.len() {
-            break;
-        }
-        k = (2 * k).min(p.len());
-    }
-    Ok(draw(&kept, mass, rng))
-}
-
-/// (token, exp((logit − max) / temperature)) for every token, and their sum z: softmax = weight / z.
-fn softmax_weights(logits: &[f32], temperature: f64) -> (Vec<(usize, f64)>, f64) {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let p: Vec<(usize, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i, ((l as f64 - max) / temperature).exp()))
-        .collect();
-    let z = p.iter().map(|x| x.1).sum();
-    (p, z)
-}
-
-/// A token drawn from `kept` ((token, probability), most likely first) in proportion to probability;
-/// `mass` is their total.
-fn draw(kept: &[(usize, f64)], mass: f64, rng: &mut rand_chacha::ChaCha8Rng) -> u32 {
-    use rand::Rng;
-    let mut u = rng.random::<f64>() * mass;
-    for &(i, q) in kept {
-        if u < q {
-            return i as u32;
-        }
-        u -= q;
-    }
-    kept.last().map_or(0, |x| x.0) as u32
+    Ok(crate::kernels::sample::sample_row(
+        logits,
+        rng.random::<f32>(),
+        s.cut(),
+    ))
 }
 
 /// What [`generate`] does.
@@ -216,19 +184,16 @@ fn generate_batch(
         .collect();
     let (mut dec, mut logits) = super::kv_cache::Decoder::new_batch(model, prompts)?;
     let mut done = vec![false; b];
-    // greedy: the argmax on the device, only B ids come back
+    // the token is chosen on the logits' device: only B uniforms go in and B ids come back
     let greedy = opts.sampling.temperature <= 0.0;
     loop {
         let picked: Vec<u32> = if greedy {
             logits.argmax(candle_core::D::Minus1)?.to_vec1()?
         } else {
-            // rows are independent (each has its own generator): picked on all cores
-            use rayon::prelude::*;
-            let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-            rows.par_iter()
-                .zip(rngs.par_iter_mut())
-                .map(|(l, rng)| pick(l, &opts.sampling, rng))
-                .collect::<Result<_>>()?
+            use rand::Rng;
+            let u: Vec<f32> = rngs.iter_mut().map(|r| r.random::<f32>()).collect();
+            let u = Tensor::new(u.as_slice(), logits.device())?;
+            crate::kernels::sample::sample_rows(&logits, &u, opts.sampling.cut())?.to_vec1()?
         };
         let mut next = vec![0u32; b];
         for r in 0..b {
@@ -317,6 +282,7 @@ mod tests {
             Sampling {
                 temperature: 0.8,
                 top_p: 0.9,
+                top_k: 0,
                 seed: 3,
             },
         ] {
@@ -337,53 +303,6 @@ mod tests {
         Ok(())
     }
 
-    /// The nucleus by sorting the whole vocabulary (ties by id), as `pick` did before its top-k search.
-    fn pick_by_full_sort(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> u32 {
-        let (mut p, z) = softmax_weights(logits, s.temperature);
-        p.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let (mut kept, mut mass) = (Vec::new(), 0.0);
-        for (i, w) in p {
-            kept.push((i, w / z));
-            mass += w / z;
-            if mass >= s.top_p {
-                break;
-            }
-        }
-        draw(&kept, mass, rng)
-    }
-
-    #[test]
-    fn top_k_nucleus_search_picks_what_a_full_sort_picks() -> Result<()> {
-        use rand::Rng;
-        let mut g = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for (v, spread, top_p, t) in [
-            (1000usize, 8.0f32, 0.95, 0.8),
-            (5000, 2.0, 0.9, 1.0), // flat: the nucleus needs far more than 64 tokens
-            (300, 20.0, 0.5, 0.7), // peaked
-            (100, 0.0, 0.99, 1.0), // all tied: ties go to the lower id
-            (49152, 12.0, 1.0, 0.8), // whole vocabulary
-        ] {
-            let logits: Vec<f32> = (0..v).map(|_| g.random::<f32>() * spread).collect();
-            let s = Sampling {
-                temperature: t,
-                top_p,
-                seed: 0,
-            };
-            let (mut r1, mut r2) = (
-                rand_chacha::ChaCha8Rng::seed_from_u64(9),
-                rand_chacha::ChaCha8Rng::seed_from_u64(9),
-            );
-            for _ in 0..20 {
-                assert_eq!(
-                    pick(&logits, &s, &mut r1)?,
-                    pick_by_full_sort(&logits, &s, &mut r2),
-                    "V {v}, top_p {top_p}"
-                );
-            }
-        }
-        Ok(())
-    }
-
     #[test]
     fn sampling_follows_temperature_top_p_and_seed() -> Result<()> {
         let logits = [0.0f32, 2.0, 1.0, -1.0];
@@ -393,6 +312,7 @@ mod tests {
         let s = Sampling {
             temperature: 1.0,
             top_p: 0.1,
+            top_k: 0,
             seed: 0,
         };
         assert!((0..50).all(|_| pick(&logits, &s, &mut rng).unwrap() == 1));
@@ -400,6 +320,7 @@ mod tests {
         let s = Sampling {
             temperature: 1.0,
             top_p: 1.0,
+            top_k: 0,
             seed: 0,
         };
         let mut counts = [0usize; 4];

@@ -51,11 +51,13 @@ def scores(d):
 
 
 def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
+    """mean ± sample std of the values present; "(n=k)" when some runs lack the score."""
+    have = [x for x in xs if x is not None]
+    if not have:
         return "–"
-    s = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.fmean(xs):.4f} ± {s:.4f}"
+    s = statistics.stdev(have) if len(have) > 1 else 0.0
+    note = f" (n={len(have)})" if len(have) < len(xs) else ""
+    return f"{statistics.fmean(have):.4f} ± {s:.4f}{note}"
 
 
 def mean_se(xs):

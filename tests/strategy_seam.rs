@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use wmtp_host::data::MicroBatch;
 use wmtp_host::model::grads::Grads;
 use wmtp_host::model::{ModelArgs, ParamGroup, Transformer, Unit, VisitParams};
-use wmtp_host::parallel::strategy::{NoSharding, Strategy};
+use wmtp_host::optim::Optimizer;
+use wmtp_host::parallel::strategy::{NoSharding, Replicated, Strategy, Update};
 use wmtp_host::train::engine::Engine;
 
 /// Records the units asked for, and for each unit handed back the gradient names it held then.
@@ -51,6 +52,16 @@ impl Strategy for Recording {
     }
     fn sum_over_ranks(&self, xs: &[f64]) -> anyhow::Result<Vec<f64>> {
         Ok(xs.to_vec())
+    }
+    fn update(
+        &mut self,
+        policy: &mut Transformer,
+        replicated: &mut [Replicated<'_>],
+        opt: &mut dyn Optimizer,
+        grads: &mut Grads,
+        max_grad_norm: f64,
+    ) -> anyhow::Result<Update> {
+        NoSharding.update(policy, replicated, opt, grads, max_grad_norm)
     }
 }
 

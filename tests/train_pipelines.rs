@@ -335,7 +335,7 @@ fn head_recipes_keep_head_0_or_weight_the_heads() {
     }
 }
 
-/// The optimiser seam: a plain SGD (p ← p − lr·g), written here against `train::optim::Optimizer`,
+/// The optimiser seam: a plain SGD (p ← p − lr·g), written here against `optim::Optimizer`,
 /// replaces AdamW in a session of the embedded default (full fine-tuning) and trains it through the same
 /// step: the weights move and the CE falls.
 #[derive(Debug)]
@@ -344,7 +344,7 @@ struct Sgd {
     steps: u64,
 }
 
-impl wmtp_host::train::optim::Optimizer for Sgd {
+impl wmtp_host::optim::Optimizer for Sgd {
     fn steps_taken(&self) -> u64 {
         self.steps
     }

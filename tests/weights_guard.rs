@@ -88,7 +88,7 @@ fn a_non_finite_gradient_norm_skips_the_update() {
     let step_before = s.optimizer.steps_taken();
     wmtp_host::train::step::apply(
         &mut s.model,
-        None,
+        &mut wmtp_host::parallel::strategy::NoSharding,
         s.value_head.as_mut(),
         s.weigher.as_mut(),
         s.optimizer.as_mut(),

@@ -9,17 +9,20 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("kernels", &[]),
     ("data", &[]),
     ("model", &["kernels", "data"]),
-    ("parallel", &["kernels", "model"]),
+    ("optim", &["kernels", "model"]),
+    ("parallel", &["kernels", "model", "optim"]),
     ("eval", &["kernels", "data", "model"]),
     ("infer", &["kernels", "data", "model"]),
     (
         "train",
-        &["kernels", "data", "model", "parallel", "eval", "infer"],
+        &[
+            "kernels", "data", "model", "optim", "parallel", "eval", "infer",
+        ],
     ),
     (
         "run",
         &[
-            "kernels", "data", "model", "parallel", "eval", "infer", "train",
+            "kernels", "data", "model", "optim", "parallel", "eval", "infer", "train",
         ],
     ),
 ];

@@ -3,7 +3,7 @@
 //! pointers. Per element, with g scaled by the clipping factor:
 //!   m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  p ← p − lr·(m/c₁ / (√(v/c₂) + ε) + wd·p)
 //! on the f32 master p (the parameter itself when it is f32), then the bf16 compute copy is rewritten
-//! from it. The CPU (and the fallback) path is `train::optim::AdamW::update`, which the GPU suite compares
+//! from it. The CPU (and the fallback) path is `optim::AdamW::update`, which the GPU suite compares
 //! against (tests/gpu.rs, 20 steps CPU vs CUDA to 1e-5).
 
 use candle_core::Tensor;

@@ -7,9 +7,23 @@
 //! data (the engine's unit order depends only on the model).
 
 use crate::model::grads::Grads;
-use crate::model::{Transformer, Unit};
+use crate::model::{Transformer, Unit, VisitParams};
+use crate::optim::{clip_global_norm, Optimizer};
 use anyhow::Result;
 use std::borrow::Cow;
+
+/// A module every rank holds whole and updates alike (the value head), with the prefix its parameters'
+/// gradients are named under (`"value_head."`).
+pub type Replicated<'a> = (&'a str, &'a mut dyn VisitParams);
+
+/// What [`Strategy::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Update {
+    /// √Σg² over every trainable parameter of every rank, before clipping.
+    pub grad_norm: f64,
+    /// The norm was not finite, so no parameter changed.
+    pub skipped: bool,
+}
 
 /// How a step's forward, backward and reductions run over the ranks.
 pub trait Strategy {
@@ -35,6 +49,20 @@ pub trait Strategy {
 
     /// Σ over ranks of each of `xs` (the step's loss, CE and token count), on every rank.
     fn sum_over_ranks(&self, xs: &[f64]) -> Result<Vec<f64>>;
+
+    /// The optimiser step over the step's gradients `grads` (summed over micro-batches): clip them to
+    /// global norm `max_grad_norm` (0: no clipping), g ← g·min(1, max/(‖g‖ + 1e-6)) with ‖g‖ over all
+    /// ranks, then let `opt` update the parameters this rank owns — the policy's (its shards under
+    /// FSDP) and each of `replicated`. A non-finite ‖g‖ changes nothing ([`Update::skipped`]). The
+    /// caller advances the optimiser's schedule and clears `grads`.
+    fn update(
+        &mut self,
+        policy: &mut Transformer,
+        replicated: &mut [Replicated<'_>],
+        opt: &mut dyn Optimizer,
+        grads: &mut Grads,
+        max_grad_norm: f64,
+    ) -> Result<Update>;
 }
 
 /// One rank, the whole model in its memory: units are the model itself, gradients stay in place, sums
@@ -66,5 +94,53 @@ impl Strategy for NoSharding {
 
     fn sum_over_ranks(&self, xs: &[f64]) -> Result<Vec<f64>> {
         Ok(xs.to_vec())
+    }
+
+    /// On CUDA with a fused optimiser: one launch for Σg² and the clipping folded into the update's
+    /// gradient scale; else the gradients are scaled in place first.
+    fn update(
+        &mut self,
+        policy: &mut Transformer,
+        replicated: &mut [Replicated<'_>],
+        opt: &mut dyn Optimizer,
+        grads: &mut Grads,
+        max_grad_norm: f64,
+    ) -> Result<Update> {
+        let fused = opt.fuses(&*policy) && replicated.iter().all(|(_, m)| opt.fuses(&**m));
+        let (grad_norm, gscale) = if fused {
+            let norm = fused_norm(grads)?;
+            let clip = max_grad_norm > 0.0 && norm > max_grad_norm;
+            (
+                norm,
+                if clip {
+                    max_grad_norm / (norm + 1e-6)
+                } else {
+                    1.0
+                },
+            )
+        } else {
+            (clip_global_norm(grads, max_grad_norm)?, 1.0)
+        };
+        let skipped = !grad_norm.is_finite();
+        if !skipped {
+            opt.update_module(policy, "", grads, gscale)?;
+            for (prefix, m) in replicated.iter_mut() {
+                opt.update_module(&mut **m, prefix, grads, gscale)?;
+            }
+        }
+        Ok(Update { grad_norm, skipped })
+    }
+}
+
+/// √Σg² over all gradients in one kernel launch (CUDA builds; the plain sum otherwise).
+fn fused_norm(grads: &Grads) -> Result<f64> {
+    #[cfg(feature = "cuda")]
+    {
+        let all: Vec<&candle_core::Tensor> = grads.by_name.values().collect();
+        Ok(crate::kernels::adamw::sum_squares(&all)?.sqrt())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        grads.global_norm()
     }
 }

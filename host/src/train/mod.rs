@@ -8,7 +8,6 @@ pub mod engine;
 pub mod evaluate;
 pub mod guard;
 pub mod host_memory;
-pub mod optim;
 pub mod plugin_ranks;
 pub mod reference;
 pub mod schedule;

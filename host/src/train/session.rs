@@ -5,7 +5,6 @@
 
 use super::checkpoint::trained::load_trained;
 use super::config::{RunConfig, TrainingSection};
-use super::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
 use super::plugin_ranks::PluginRanks;
 use super::step::{Models, Weigher};
 use super::trainable::{narrow_trainable, trained_groups};
@@ -15,6 +14,7 @@ use crate::data::Tokenizer;
 use crate::model::grads::Grads;
 use crate::model::load::{load_model, LoadOptions};
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
+use crate::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
 use crate::parallel::{fsdp::Fsdp, Communicator};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, HashMap};

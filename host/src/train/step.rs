@@ -3,13 +3,12 @@
 //! accumulation, clipping, the optimiser's update, and the plugin's after-step.
 
 use super::engine::{Engine, ForwardState};
-use super::optim::{clip_global_norm, Optimizer};
 use crate::data::batcher::{collate, Batcher};
 use crate::data::MicroBatch;
 use crate::model::grads::Grads;
-use crate::model::{Transformer, ValueHead, VisitParams};
-use crate::parallel::fsdp::Fsdp;
-use crate::parallel::strategy::{NoSharding, Strategy};
+use crate::model::{Transformer, ValueHead};
+use crate::optim::Optimizer;
+use crate::parallel::strategy::{NoSharding, Replicated, Strategy};
 use anyhow::Result;
 use std::time::Instant;
 use wmtp_plugin_host::{Batch, Coefficients, InputKind, Manifest, Plugin};
@@ -345,13 +344,14 @@ pub fn accumulate(
     Ok(rep)
 }
 
-/// Clips, updates the policy (its FSDP shards when sharded) and value head, and tells the weigher the
-/// step is done. A non-finite gradient norm skips the update (`rep.skipped`); the caller decides how many
-/// skips to tolerate.
+/// Clips and updates the policy and value head through the session's parallel strategy (one rank's
+/// whole model, or FSDP's shards), advances the optimiser's schedule and tells the weigher the step is
+/// done. A non-finite gradient norm skips the update (`rep.skipped`); the caller decides how many skips
+/// to tolerate.
 #[allow(clippy::too_many_arguments)]
 pub fn apply(
     policy: &mut Transformer,
-    fsdp: Option<&mut Fsdp>,
+    strategy: &mut dyn Strategy,
     vh: Option<&mut ValueHead>,
     w: &mut dyn Weigher,
     opt: &mut dyn Optimizer,
@@ -360,98 +360,22 @@ pub fn apply(
     rep: &mut StepReport,
 ) -> Result<()> {
     let mut clock = Instant::now();
-    if let Some(f) = fsdp {
-        let step = opt.steps_taken();
-        apply_sharded(f, vh, opt, grads, max_grad_norm, rep)?;
-        opt.finish_step();
-        grads.clear();
-        w.after_step(step)?;
-        rep.times.optimizer += lap(policy.device(), &mut clock)?;
-        return Ok(());
+    let mut replicated: Vec<Replicated<'_>> = Vec::new();
+    if let Some(vh) = vh {
+        replicated.push(("value_head.", vh));
     }
-    // on CUDA: one launch for Σg² and one per module for the update, clipping folded into it
-    let fused = opt.fuses(&*policy) && vh.as_deref().is_none_or(|v| opt.fuses(v));
-    let gscale = if fused {
-        rep.grad_norm = fused_norm(grads)?;
-        if max_grad_norm > 0.0 && rep.grad_norm > max_grad_norm {
-            max_grad_norm / (rep.grad_norm + 1e-6)
-        } else {
-            1.0
-        }
-    } else {
-        rep.grad_norm = clip_global_norm(grads, max_grad_norm)?;
-        1.0
-    };
-    rep.skipped = !rep.grad_norm.is_finite();
     let step = opt.steps_taken();
-    if !rep.skipped {
-        rep.lr = opt
-            .lr(crate::model::ParamGroup::Lora)
-            .max(opt.lr(crate::model::ParamGroup::Trunk));
-        opt.update_module(policy, "", grads, gscale)?;
-        if let Some(vh) = vh {
-            opt.update_module(vh, "value_head.", grads, gscale)?;
-        }
-    }
+    rep.lr = opt
+        .lr(crate::model::ParamGroup::Lora)
+        .max(opt.lr(crate::model::ParamGroup::Trunk));
+    let done = strategy.update(policy, &mut replicated, opt, grads, max_grad_norm)?;
+    rep.grad_norm = done.grad_norm;
+    rep.skipped = done.skipped;
     opt.finish_step();
     grads.clear();
     w.after_step(step)?;
     rep.times.optimizer += lap(policy.device(), &mut clock)?;
     Ok(())
-}
-
-/// The FSDP update: gradients reduce-scattered into shard gradients (mean over ranks), the global norm
-/// from all-reduced local squares, clipping, AdamW on this rank's shards and on the replicated value head.
-fn apply_sharded(
-    f: &mut Fsdp,
-    vh: Option<&mut ValueHead>,
-    opt: &mut dyn Optimizer,
-    grads: &Grads,
-    max_grad_norm: f64,
-    rep: &mut StepReport,
-) -> Result<()> {
-    let replicated: Vec<(String, Vec<usize>)> = vh
-        .as_deref()
-        .map(|v| {
-            v.named_params()
-                .into_iter()
-                .filter(|(_, p)| p.is_trainable())
-                .map(|(n, p)| (format!("value_head.{n}"), p.tensor().dims().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    f.settle()?; // nothing gathered ahead may read the shards while they change
-    let mut g = f.finish_grads(grads, &replicated)?;
-    rep.grad_norm = f.global_norm(&g)?;
-    rep.skipped = !rep.grad_norm.is_finite();
-    if rep.skipped {
-        return Ok(());
-    }
-    if max_grad_norm > 0.0 && rep.grad_norm > max_grad_norm {
-        g.scale(max_grad_norm / (rep.grad_norm + 1e-6))?;
-    }
-    rep.lr = opt
-        .lr(crate::model::ParamGroup::Lora)
-        .max(opt.lr(crate::model::ParamGroup::Trunk));
-    opt.update_module(f, "", &g, 1.0)?;
-    f.weights_changed();
-    if let Some(vh) = vh {
-        opt.update_module(vh, "value_head.", &g, 1.0)?;
-    }
-    Ok(())
-}
-
-/// √Σg² over all gradients in one kernel launch (CUDA builds; never called otherwise).
-fn fused_norm(grads: &Grads) -> Result<f64> {
-    #[cfg(feature = "cuda")]
-    {
-        let all: Vec<&candle_core::Tensor> = grads.by_name.values().collect();
-        Ok(crate::kernels::adamw::sum_squares(&all)?.sqrt())
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        grads.global_norm()
-    }
 }
 
 /// One optimizer step of session `s` at step index `step`: `grad_accum` micro-batches forward, weighed
@@ -467,9 +391,14 @@ pub fn train_step(s: &mut super::session::Session, step: u64) -> Result<StepRepo
             &p.models, p.weigher, p.batcher, accum, step, seed, pad, p.grads,
         )?
     };
+    let mut one_rank = NoSharding;
+    let strategy: &mut dyn Strategy = match s.fsdp.as_mut() {
+        Some(f) => f,
+        None => &mut one_rank,
+    };
     apply(
         &mut s.model,
-        s.fsdp.as_mut(),
+        strategy,
         s.value_head.as_mut(),
         s.weigher.as_mut(),
         s.optimizer.as_mut(),

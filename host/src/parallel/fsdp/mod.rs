@@ -27,6 +27,7 @@ use std::sync::Arc;
 mod ahead;
 mod grads;
 pub mod state;
+mod update;
 
 /// `[distributed] sharding`: what is split over the ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -556,5 +557,17 @@ impl super::strategy::Strategy for Fsdp {
     fn sum_over_ranks(&self, xs: &[f64]) -> Result<Vec<f64>> {
         let local = Tensor::new(xs, &candle_core::Device::Cpu)?;
         Ok(self.comm().all_reduce_sum(&local)?.to_vec1::<f64>()?)
+    }
+
+    /// [`Fsdp::sharded_update`]: the policy's parameters are this rank's shards, not `policy`'s.
+    fn update(
+        &mut self,
+        _policy: &mut Transformer,
+        replicated: &mut [super::strategy::Replicated<'_>],
+        opt: &mut dyn crate::optim::Optimizer,
+        grads: &mut crate::model::grads::Grads,
+        max_grad_norm: f64,
+    ) -> Result<super::strategy::Update> {
+        self.sharded_update(replicated, opt, grads, max_grad_norm)
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use wmtp_host::model::generate::{generate, greedy_continue, GenerateOptions, Sampling};
+use wmtp_host::infer::generate::{generate, greedy_continue, GenerateOptions, Sampling};
 use wmtp_host::model::load::{load_model, LoadOptions};
 use wmtp_host::train::evaluate::next_token_ce;
 
@@ -122,7 +122,7 @@ fn smollm2_widened_to_four_heads_keeps_head_zero() {
     };
     let prompts = vec![ids];
     let plain = generate(&wide.model, &prompts, &opts, &mut |_, _| false).unwrap();
-    let (spec, stats) = wmtp_host::model::speculative::generate_speculative(
+    let (spec, stats) = wmtp_host::infer::speculative::generate_speculative(
         &wide.model,
         &prompts,
         &opts,

@@ -11,8 +11,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("model", &["kernels", "data"]),
     ("optim", &["kernels", "model"]),
     ("parallel", &["kernels", "model", "optim"]),
-    ("eval", &["kernels", "data", "model"]),
     ("infer", &["kernels", "data", "model"]),
+    ("eval", &["kernels", "data", "model", "infer"]),
     (
         "train",
         &[

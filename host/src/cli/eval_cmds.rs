@@ -150,7 +150,7 @@ pub fn eval_ce(a: &EvalArgs) -> Result<()> {
 pub fn humaneval(a: &EvalArgs) -> Result<()> {
     use wmtp_host::eval::humaneval::{evaluate, read_problems, summary, HumanEvalOptions};
     use wmtp_host::eval::python_sandbox::Limits;
-    use wmtp_host::model::generate::Sampling;
+    use wmtp_host::infer::generate::Sampling;
     let Some(path) = &a.humaneval else {
         bail!("--humaneval PROBLEMS is required")
     };

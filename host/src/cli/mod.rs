@@ -178,7 +178,7 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     /// The sampling settings, checked: temperature ≥ 0, top-p in (0, 1].
-    pub fn checked(&self) -> anyhow::Result<wmtp_host::model::generate::Sampling> {
+    pub fn checked(&self) -> anyhow::Result<wmtp_host::infer::generate::Sampling> {
         anyhow::ensure!(
             self.temperature >= 0.0 && self.temperature.is_finite(),
             "--temperature must be ≥ 0"
@@ -187,7 +187,7 @@ impl SamplingArgs {
             self.top_p > 0.0 && self.top_p <= 1.0,
             "--top-p must be in (0, 1]"
         );
-        Ok(wmtp_host::model::generate::Sampling {
+        Ok(wmtp_host::infer::generate::Sampling {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,

@@ -297,7 +297,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
 
 /// `wmtp generate`.
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    use wmtp_host::model::generate::{generate, greedy_continue, GenerateOptions};
+    use wmtp_host::infer::generate::{generate, greedy_continue, GenerateOptions};
     let sampling = a.sampling.checked()?;
     anyhow::ensure!(
         !(a.no_cache && sampling.temperature > 0.0),
@@ -360,7 +360,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
                     .is_ok_and(|t| stops.iter().any(|s| t.contains(s.as_str())))
         };
         if a.speculative {
-            let (outs, stats) = wmtp_host::model::speculative::generate_speculative(
+            let (outs, stats) = wmtp_host::infer::speculative::generate_speculative(
                 &lm.model, &prompts, &opts, &mut stop,
             )?;
             spec_stats = Some(stats);

@@ -7,7 +7,7 @@
 
 use crate::data::dataset::{Row, Template};
 use crate::data::Tokenizer;
-use crate::model::generate::{generate_with_progress, GenerateOptions, Sampling};
+use crate::infer::generate::{generate_with_progress, GenerateOptions, Sampling};
 use crate::model::Transformer;
 use anyhow::{bail, Result};
 

@@ -6,9 +6,9 @@
 //! sees only itself, so nothing is undefined), and as RoPE scores depend only on the distance between
 //! positions, a padded row computes what it would alone.
 
-use super::block::TransformerBlock;
-use super::rope::Rope;
-use super::{ForwardCtx, Transformer};
+use crate::model::block::TransformerBlock;
+use crate::model::rope::Rope;
+use crate::model::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 

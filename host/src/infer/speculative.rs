@@ -10,7 +10,7 @@
 
 use super::generate::GenerateOptions;
 use super::kv_cache::{block_cached, positions, BlockCache, Decoder};
-use super::{ForwardCtx, Transformer};
+use crate::model::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
@@ -203,7 +203,7 @@ fn decode_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::generate::{generate, Sampling};
+    use crate::infer::generate::{generate, Sampling};
     use crate::model::ModelArgs;
     use candle_core::Device;
 

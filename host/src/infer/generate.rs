@@ -2,7 +2,7 @@
 //! a seed, stop conditions) and [`greedy_continue`] (full recomputation per token: the reference the
 //! cached decoder is tested against).
 
-use super::{ForwardCtx, Transformer};
+use crate::model::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
 
@@ -250,10 +250,10 @@ mod tests {
             vec![9, 9],
         ];
         // the logits of each row equal the row's own decoder's
-        let (mut dec, logits) = crate::model::kv_cache::Decoder::new_batch(&m, &prompts)?;
+        let (mut dec, logits) = crate::infer::kv_cache::Decoder::new_batch(&m, &prompts)?;
         let mut alone: Vec<_> = prompts
             .iter()
-            .map(|_| crate::model::kv_cache::Decoder::new(&m))
+            .map(|_| crate::infer::kv_cache::Decoder::new(&m))
             .collect();
         let mut want: Vec<Tensor> = prompts
             .iter()

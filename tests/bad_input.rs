@@ -5,7 +5,7 @@ use crate::common;
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
-use wmtp_host::model::load::{load_model, LoadOptions};
+use wmtp_host::formats::load::{load_model, LoadOptions};
 
 fn load_err(path: &Path) -> String {
     let spec = path.to_str().unwrap();
@@ -136,7 +136,7 @@ fn adapter_dir_without_config_is_an_error() {
     .unwrap();
     let err = format!(
         "{:#}",
-        wmtp_host::model::adapter::load_adapter(dir.path(), &mut m).unwrap_err()
+        wmtp_host::formats::adapter::load_adapter(dir.path(), &mut m).unwrap_err()
     );
     assert!(err.contains("adapter_config.json"), "{err}");
 }

@@ -280,6 +280,73 @@ fn wmtp_launch_on_two_processes_trains_like_one_process() {
     }
 }
 
+/// Two nodes on one machine: two `wmtp launch --nnodes 2 --node-rank 0|1` (one CPU rank each, TCP
+/// rendezvous on localhost, one shared run folder as on a cluster's shared file system) train like one
+/// process with the same global batch.
+#[test]
+fn a_two_node_launch_on_localhost_trains_like_one_process() {
+    let dir = common::tempdir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let node = |rank: &str| {
+        vec![
+            "launch".to_string(),
+            "--nnodes".into(),
+            "2".into(),
+            "--node-rank".into(),
+            rank.into(),
+            "--nproc-per-node".into(),
+            "1".into(),
+            "--master-addr".into(),
+            "127.0.0.1".into(),
+            "--master-port".into(),
+            port.clone(),
+            "--timeout-s".into(),
+            "120".into(),
+            "--".into(),
+            "run".into(),
+        ]
+    };
+    let run_dir = dir.path().join("two-nodes");
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
+        .args(node("1"))
+        .args([
+            "--pipeline",
+            plugin("baseline").to_str().unwrap(),
+            "--set",
+            "training.steps=4",
+            "--set",
+            "runtime.eval_every=0",
+            "--set",
+        ])
+        .arg(format!("checkpoint.dir={}", run_dir.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first: Vec<String> = node("0");
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let two = losses_of(&run_dir, &first);
+    let out = second.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "node 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let one = losses_of(
+        &dir.path().join("one"),
+        &["run", "--set", "training.grad_accum=2"],
+    );
+    assert_eq!(two.len(), 4, "{two:?}");
+    for (a, b) in two.iter().zip(&one) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{two:?} vs {one:?}");
+    }
+}
+
 /// Bytes of the optimiser's tensors (moments, masters).
 fn optimizer_bytes(s: &Session) -> usize {
     s.optimizer

@@ -6,8 +6,8 @@
 
 use crate::common;
 
-use wmtp_host::model::hf_export::{import_peft, permute_rotate_half};
-use wmtp_host::model::load::{load_model, LoadOptions};
+use wmtp_host::formats::hf_export::{import_peft, permute_rotate_half};
+use wmtp_host::formats::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, LoraConfig, VisitParams};
 use wmtp_host::run::{run, RunOptions};
 use wmtp_host::train::tools::{export_peft_adapter, merge_checkpoint, MergeFormat};
@@ -89,11 +89,9 @@ fn hf_merge_and_peft_export_round_trip() {
         ]
     );
     assert_eq!(acfg["peft_type"], "LORA");
-    let ad =
-        wmtp_host::model::load::meta::read_safetensors(&peft.join("adapter_model.safetensors"))
-            .unwrap();
-    let merged =
-        wmtp_host::model::load::meta::read_safetensors(&hf.join("model.safetensors")).unwrap();
+    let ad = wmtp_host::formats::meta::read_safetensors(&peft.join("adapter_model.safetensors"))
+        .unwrap();
+    let merged = wmtp_host::formats::meta::read_safetensors(&hf.join("model.safetensors")).unwrap();
     let base = load_model("tiny", &opts).unwrap().model;
     let base_w: std::collections::HashMap<String, candle_core::Tensor> = base
         .named_params()

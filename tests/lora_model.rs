@@ -5,8 +5,8 @@ use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{max_abs_diff, values};
-use wmtp_host::model::adapter::{load_adapter, save_adapter, save_full};
-use wmtp_host::model::load::{load_model, LoadOptions};
+use wmtp_host::formats::adapter::{load_adapter, save_adapter, save_full};
+use wmtp_host::formats::load::{load_model, LoadOptions};
 use wmtp_host::model::{
     ForwardCtx, LoraConfig, ModelArgs, ParamGroup, Transformer, ValueHead, ValueHeadConfig,
     ValueHeadKind, VisitParams,

@@ -6,7 +6,7 @@ use crate::common;
 
 use candle_core::{Device, Tensor};
 use common::{fixture, max_abs_diff};
-use wmtp_host::model::load::{load_model, ExtraHeadsInit, LoadOptions};
+use wmtp_host::formats::load::{load_model, ExtraHeadsInit, LoadOptions};
 use wmtp_host::model::{ForwardCtx, VisitParams};
 
 fn reference() -> (Tensor, Vec<Tensor>) {

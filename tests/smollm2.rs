@@ -3,8 +3,8 @@
 
 use crate::common;
 
+use wmtp_host::formats::load::{load_model, LoadOptions};
 use wmtp_host::infer::generate::{generate, greedy_continue, GenerateOptions, Sampling};
-use wmtp_host::model::load::{load_model, LoadOptions};
 use wmtp_host::train::evaluate::next_token_ce;
 
 const PARAGRAPH: &str =
@@ -252,12 +252,12 @@ fn the_models_chat_template_matches_transformers() {
 #[test]
 fn a_gguf_tokenizer_written_as_hf_files_reads_back_the_same() {
     let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let tok = wmtp_host::model::load::load_tokenizer(path.to_str().unwrap())
+    let tok = wmtp_host::formats::load::load_tokenizer(path.to_str().unwrap())
         .unwrap()
         .unwrap();
     let dir = common::tempdir();
     tok.save_hf_files(dir.path(), 8192).unwrap();
-    let back = wmtp_host::model::load::load_tokenizer(dir.path().to_str().unwrap())
+    let back = wmtp_host::formats::load::load_tokenizer(dir.path().to_str().unwrap())
         .unwrap()
         .unwrap();
     assert_eq!((back.bos_id, back.eos_id), (tok.bos_id, tok.eos_id));

@@ -5,7 +5,7 @@
 use crate::common;
 
 use std::sync::Arc;
-use wmtp_host::model::load::{load_model, LoadOptions};
+use wmtp_host::formats::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, VisitParams};
 use wmtp_host::run::{run, RunOptions};
 use wmtp_host::train::config::RunConfig;
@@ -99,7 +99,7 @@ fn adapter_reload_eval_merge_and_plot() {
     )
     .unwrap()
     .model;
-    wmtp_host::model::adapter::load_adapter(&r.last_checkpoint.join("adapter"), &mut lora_model)
+    wmtp_host::formats::adapter::load_adapter(&r.last_checkpoint.join("adapter"), &mut lora_model)
         .unwrap();
     let tokens =
         candle_core::Tensor::new(&[[256u32, 72, 105, 33, 10, 257]], &candle_core::Device::Cpu)

@@ -53,19 +53,19 @@ pub fn run_target(name: &str, bytes: &[u8]) -> Result<()> {
 /// A GGUF model file, read as `--model x.gguf` reads it (metadata, shape, tokenizer, tensors).
 pub fn gguf(bytes: &[u8]) -> Result<()> {
     let p = file("model.gguf", bytes)?;
-    crate::model::load::gguf::read_gguf(&p).map(|_| ())
+    crate::formats::gguf::read_gguf(&p).map(|_| ())
 }
 
 /// A safetensors file (HF shards, adapters, optimiser state).
 pub fn safetensors(bytes: &[u8]) -> Result<()> {
     let p = file("weights.safetensors", bytes)?;
-    crate::model::load::meta::read_safetensors(&p).map(|_| ())
+    crate::formats::meta::read_safetensors(&p).map(|_| ())
 }
 
 /// A PyTorch `consolidated.pth` state dict.
 pub fn pth(bytes: &[u8]) -> Result<()> {
     let p = file("consolidated.00.pth", bytes)?;
-    crate::model::load::meta::read_pth(&p).map(|_| ())
+    crate::formats::meta::read_pth(&p).map(|_| ())
 }
 
 /// A JSONL training file.
@@ -93,5 +93,5 @@ pub fn adapter_config(bytes: &[u8]) -> Result<()> {
     let dir = scratch()?.join("adapter");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("adapter_config.json"), bytes)?;
-    crate::model::adapter::read_adapter_config(&dir).map(|_| ())
+    crate::formats::adapter::read_adapter_config(&dir).map(|_| ())
 }

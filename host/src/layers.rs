@@ -9,6 +9,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("kernels", &[]),
     ("data", &[]),
     ("model", &["kernels", "data"]),
+    ("formats", &["kernels", "data", "model"]),
     ("optim", &["kernels", "model"]),
     ("parallel", &["kernels", "model", "optim"]),
     ("infer", &["kernels", "data", "model"]),
@@ -16,13 +17,13 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     (
         "train",
         &[
-            "kernels", "data", "model", "optim", "parallel", "eval", "infer",
+            "kernels", "data", "model", "formats", "optim", "parallel", "eval", "infer",
         ],
     ),
     (
         "run",
         &[
-            "kernels", "data", "model", "optim", "parallel", "eval", "infer", "train",
+            "kernels", "data", "model", "formats", "optim", "parallel", "eval", "infer", "train",
         ],
     ),
 ];

@@ -6,6 +6,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod formats;
 pub mod fuzzing;
 pub mod infer;
 pub mod kernels;

@@ -12,7 +12,7 @@ mod plugin_template;
 use anyhow::Result;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
-use wmtp_host::model::load::ExtraHeadsInit;
+use wmtp_host::formats::load::ExtraHeadsInit;
 use wmtp_host::model::{DeviceSpec, Precision};
 
 /// wmtp — multi-token-prediction fine-tuning with LoRA and Wasm pipeline plugins.

@@ -3,11 +3,11 @@
 //! FeedForward: w2(silu(w1·x) ⊙ w3·x).
 
 use super::forward_ctx::ForwardCtx;
-use super::load::weight_map::WeightMap;
 use super::lora::LoraLinear;
 use super::norm::RmsNorm;
 use super::param::{Param, ParamGroup, VisitParams};
 use super::rope::Rope;
+use super::weight_map::WeightMap;
 use super::ModelArgs;
 use crate::kernels;
 pub use crate::kernels::attention::causal_mask;

@@ -1,7 +1,6 @@
 //! The model half of the host: the MTP Transformer, its value head, LoRA, loading and saving.
 
 pub mod activation_memory;
-pub mod adapter;
 pub mod args;
 pub mod block;
 pub mod block_grad;
@@ -9,10 +8,7 @@ pub mod device;
 pub mod forward_ctx;
 pub mod frozen_linear;
 pub mod grads;
-pub mod hf_export;
-pub mod hf_names;
 pub mod init;
-pub mod load;
 pub mod lora;
 pub mod memory;
 pub mod norm;
@@ -21,6 +17,7 @@ pub mod rope;
 pub mod transformer;
 pub mod unit;
 pub mod value_head;
+pub mod weight_map;
 
 pub use args::ModelArgs;
 pub use device::{DeviceSpec, Precision};

@@ -6,11 +6,11 @@
 
 use super::block::{causal_mask, TransformerBlock};
 use super::forward_ctx::ForwardCtx;
-use super::load::weight_map::WeightMap;
 use super::lora::{LoraConfig, LoraLinear};
 use super::norm::RmsNorm;
 use super::param::{Param, ParamGroup, VisitParams};
 use super::rope::Rope;
+use super::weight_map::WeightMap;
 use super::ModelArgs;
 use crate::kernels::Kernels;
 use anyhow::{bail, Result};

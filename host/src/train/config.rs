@@ -62,7 +62,7 @@ pub struct ModelSection {
     /// Number of heads (widens a next-token checkpoint).
     pub n_future_tokens: Option<usize>,
     /// `copy` or `random` for heads the checkpoint lacks.
-    pub extra_heads_init: crate::model::load::ExtraHeadsInit,
+    pub extra_heads_init: crate::formats::load::ExtraHeadsInit,
     /// Compute dtype: f32 | bf16 | f16.
     pub dtype: crate::model::Precision,
     /// cpu | cuda | cuda:N.

@@ -10,7 +10,7 @@
 use super::config::RunConfig;
 use super::session::Session;
 use super::step::{train_step, NativeBaseline};
-use crate::model::load::{load_model, LoadOptions};
+use crate::formats::load::{load_model, LoadOptions};
 use crate::model::Transformer;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -61,7 +61,7 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
         Some(d) => {
             let tmp = d.with_extension("tmp");
             let _ = std::fs::remove_dir_all(&tmp);
-            crate::model::adapter::save_full(&tmp, &model, None)?;
+            crate::formats::adapter::save_full(&tmp, &model, None)?;
             let _ = std::fs::remove_dir_all(d);
             std::fs::rename(&tmp, d)
                 .with_context(|| format!("caching the reference in {}", d.display()))?;

@@ -11,8 +11,8 @@ use super::trainable::{narrow_trainable, trained_groups};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
+use crate::formats::load::{load_model, LoadOptions};
 use crate::model::grads::Grads;
-use crate::model::load::{load_model, LoadOptions};
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
 use crate::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
 use crate::parallel::{fsdp::Fsdp, Communicator};
@@ -177,7 +177,7 @@ impl Session {
         if super::stages::any_stage_trains_lora(&cfg, &manifest) {
             model.add_lora(&cfg.lora, cfg.training.seed)?;
             if !cfg.lora.init_from.is_empty() {
-                crate::model::hf_export::import_peft(Path::new(&cfg.lora.init_from), &mut model)
+                crate::formats::hf_export::import_peft(Path::new(&cfg.lora.init_from), &mut model)
                     .context("lora.init_from")?;
             }
         }

@@ -4,8 +4,8 @@
 
 use super::checkpoint::read_meta;
 use super::checkpoint::trained::load_trained;
-use crate::model::adapter::save_full;
-use crate::model::hf_export::{export_peft, save_hf_merged};
+use crate::formats::adapter::save_full;
+use crate::formats::hf_export::{export_peft, save_hf_merged};
 use crate::model::{Transformer, ValueHead};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -40,7 +40,7 @@ pub fn merge_checkpoint(ckpt: &Path, out: &Path, format: MergeFormat) -> Result<
         MergeFormat::Hf => save_hf_merged(out, &model, vh.as_ref())?,
     }
     // the base model's tokenizer beside the weights: a complete model folder
-    match crate::model::load::load_tokenizer(&base)
+    match crate::formats::load::load_tokenizer(&base)
         .with_context(|| format!("the tokenizer of base model `{base}`"))?
     {
         Some(tok) if tok.has_json_form() => tok

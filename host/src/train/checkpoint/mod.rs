@@ -12,7 +12,7 @@ pub mod trained;
 
 use super::config::RunConfig;
 use super::session::Session;
-use crate::model::adapter::{save_adapter, save_full};
+use crate::formats::adapter::{save_adapter, save_full};
 use crate::model::param::restore_params;
 use crate::model::ParamGroup;
 use anyhow::{bail, Context, Result};
@@ -222,7 +222,7 @@ fn write_contents(
 ) -> Result<()> {
     write_run_state(dir, s, st)?;
     if !opt.is_empty() {
-        crate::model::adapter::save_tensors(
+        crate::formats::adapter::save_tensors(
             &dir.join(layout::OPTIMIZER),
             opt.into_iter().collect(),
         )?;
@@ -269,7 +269,7 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         return sharded::load_into(ckpt, s, st);
     }
     load_model_weights(ckpt, s)?;
-    let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
+    let read = |p: &Path| crate::formats::meta::read_safetensors(p);
     if let Some(vh) = &mut s.value_head {
         let f = if s.model.lora.is_some() {
             ckpt.join(layout::ADAPTER).join("value_head.safetensors")
@@ -310,7 +310,7 @@ pub fn load_model_weights(ckpt: &Path, s: &mut Session) -> Result<()> {
             ckpt.display()
         );
     }
-    let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
+    let read = |p: &Path| crate::formats::meta::read_safetensors(p);
     if s.model.lora.is_some() {
         let f = ckpt.join(layout::ADAPTER).join("adapter_model.safetensors");
         restore_params(
@@ -321,7 +321,7 @@ pub fn load_model_weights(ckpt: &Path, s: &mut Session) -> Result<()> {
             &|n| format!("base_model.model.{n}"),
         )
         .with_context(|| format!("restoring from {}", f.display()))?;
-        crate::model::adapter::load_trained_base_weights(
+        crate::formats::adapter::load_trained_base_weights(
             &ckpt.join(layout::ADAPTER),
             &mut s.model,
         )?;

@@ -62,7 +62,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
         crate::train::guard::check_finite(f, "", &label)?;
         if let Some(t) = f.rank_tensors(&state, s.optimizer.sharded_slots())? {
             let p = tmp.join(layout::rank_file(rank));
-            crate::model::adapter::save_tensors(&p, t.into_iter().collect())
+            crate::formats::adapter::save_tensors(&p, t.into_iter().collect())
                 .with_context(|| format!("writing {}", p.display()))?;
         }
         Ok(())
@@ -103,7 +103,7 @@ fn write_rest(
         .map(|(k, t)| (k.clone(), t.clone()))
         .collect();
     if !rest.is_empty() {
-        crate::model::adapter::save_tensors(
+        crate::formats::adapter::save_tensors(
             &dir.join(layout::OPTIMIZER),
             rest.into_iter().collect(),
         )?;
@@ -113,7 +113,7 @@ fn write_rest(
         vh.visit("value_head.", &mut |n, p| {
             t.insert(n.to_string(), p.tensor().clone());
         });
-        crate::model::adapter::save_tensors(
+        crate::formats::adapter::save_tensors(
             &dir.join("value_head.safetensors"),
             t.into_iter().collect(),
         )?;
@@ -124,7 +124,7 @@ fn write_rest(
 /// Loads a per-rank checkpoint into an unsharded session built from its config (shard it afterwards,
 /// on any number of ranks).
 pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
-    let read = |p: &Path| crate::model::load::meta::read_safetensors(p);
+    let read = |p: &Path| crate::formats::meta::read_safetensors(p);
     let p = ckpt.join(layout::SHARD_INDEX);
     let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
     let index: ShardIndex =

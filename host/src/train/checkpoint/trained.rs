@@ -2,7 +2,7 @@
 //! tools (`wmtp merge`/`export`, a frozen critic) and for inference (`wmtp generate`, HumanEval).
 
 use super::layout;
-use crate::model::adapter::{load_adapter, read_value_head};
+use crate::formats::adapter::{load_adapter, read_value_head};
 use crate::model::ValueHeadConfig;
 use crate::model::{Transformer, ValueHead};
 use anyhow::Result;
@@ -14,12 +14,12 @@ use std::path::Path;
 pub fn load_trained(
     ckpt: &Path,
     base: &str,
-    opts: &crate::model::load::LoadOptions,
+    opts: &crate::formats::load::LoadOptions,
     value_head: &ValueHeadConfig,
 ) -> Result<(Transformer, Option<ValueHead>)> {
     let adapter = ckpt.join(layout::ADAPTER);
     if adapter.exists() {
-        let mut model = crate::model::load::load_model(base, opts)?.model;
+        let mut model = crate::formats::load::load_model(base, opts)?.model;
         let vh = load_adapter(&adapter, &mut model)?;
         return Ok((model, vh));
     }
@@ -32,17 +32,17 @@ pub fn load_trained(
 pub fn load_trained_for_inference(
     ckpt: &Path,
     base: &str,
-    opts: &crate::model::load::LoadOptions,
-) -> Result<crate::model::load::LoadedModel> {
+    opts: &crate::formats::load::LoadOptions,
+) -> Result<crate::formats::load::LoadedModel> {
     let mut lm = if ckpt.join(layout::ADAPTER).exists() {
-        let mut lm = crate::model::load::load_model(base, opts)?;
+        let mut lm = crate::formats::load::load_model(base, opts)?;
         load_adapter(&ckpt.join(layout::ADAPTER), &mut lm.model)?;
         lm
     } else {
         let model = load_full_trained(ckpt, opts, &ValueHeadConfig::default())?.0;
         // a full model directory has no tokenizer of its own: the base model's
-        let tokenizer = crate::model::load::load_model(base, opts)?.tokenizer;
-        crate::model::load::LoadedModel {
+        let tokenizer = crate::formats::load::load_model(base, opts)?.tokenizer;
+        crate::formats::load::LoadedModel {
             model,
             tokenizer,
             source: String::new(),
@@ -59,15 +59,15 @@ pub fn load_trained_for_inference(
 /// The full `model/` directory of a checkpoint (and its value head when saved).
 fn load_full_trained(
     ckpt: &Path,
-    opts: &crate::model::load::LoadOptions,
+    opts: &crate::formats::load::LoadOptions,
     value_head: &ValueHeadConfig,
 ) -> Result<(Transformer, Option<ValueHead>)> {
     let dir = ckpt.join(layout::MODEL);
-    let full = crate::model::load::LoadOptions {
+    let full = crate::formats::load::LoadOptions {
         n_future_tokens: None,
         ..opts.clone()
     };
-    let model = crate::model::load::load_model(&dir.to_string_lossy(), &full)?.model;
+    let model = crate::formats::load::load_model(&dir.to_string_lossy(), &full)?.model;
     let f = dir.join("value_head.safetensors");
     if !f.exists() {
         return Ok((model, None));

@@ -12,10 +12,10 @@
 //! ([heads, 2, hd/2]). For a q/k LoRA ΔW = s·B·A, only B's rows are permuted (B_hf = P·B); A is untouched.
 
 use super::adapter::{save_json, save_tensors, save_value_head};
+use super::hf::unpermute_rotate_half;
 use super::hf_names::hf_name;
-use super::load::hf::unpermute_rotate_half;
-use super::param::{ParamGroup, VisitParams};
-use super::{LoraConfig, Transformer, ValueHead};
+use crate::model::param::{ParamGroup, VisitParams};
+use crate::model::{LoraConfig, Transformer, ValueHead};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,7 @@ pub fn permute_rotate_half(w: &Tensor, n_heads: usize) -> Result<Tensor> {
 
 /// How many heads' rows a q/k tensor (or its LoRA B) is grouped by: n_heads for wq, n_kv_heads for wk;
 /// None for any other tensor (and for LoRA A, whose rows are the rank).
-fn rope_heads(ours: &str, args: &super::ModelArgs) -> Option<usize> {
+fn rope_heads(ours: &str, args: &crate::model::ModelArgs) -> Option<usize> {
     let lora_a = ours.ends_with("lora_A.weight");
     if ours.contains("attention.wq.") && !lora_a {
         Some(args.n_heads)
@@ -58,7 +58,7 @@ pub struct WmtpExportConfig {
     /// Heads of the model (1 + extra heads).
     pub n_future_tokens: usize,
     /// The value head saved in `value_head.safetensors`, if any.
-    pub value_head: Option<super::ValueHeadConfig>,
+    pub value_head: Option<crate::model::ValueHeadConfig>,
 }
 
 /// PEFT's `adapter_config.json` (only fields PEFT knows).
@@ -182,11 +182,11 @@ pub fn export_peft(
     let hf_targets = targets
         .iter()
         .map(|t| {
-            let i = super::lora::ALL_TARGETS
+            let i = crate::model::lora::ALL_TARGETS
                 .iter()
                 .position(|a| a == t)
                 .unwrap_or(0);
-            super::lora::HF_TARGETS[i].to_string()
+            crate::model::lora::HF_TARGETS[i].to_string()
         })
         .collect();
     save_json(
@@ -276,10 +276,10 @@ pub fn import_peft(dir: &Path, model: &mut Transformer) -> Result<()> {
         );
     }
     let file = dir.join("adapter_model.safetensors");
-    let mut peft = super::load::meta::read_safetensors(&file)?;
+    let mut peft = super::meta::read_safetensors(&file)?;
     let extra_file = dir.join(EXTRA_HEADS_FILE);
     let mut extra = if extra_file.exists() {
-        super::load::meta::read_safetensors(&extra_file)?
+        super::meta::read_safetensors(&extra_file)?
     } else {
         HashMap::new()
     };

@@ -5,8 +5,8 @@
 //! "heads"]`: [`TRAINED_WEIGHTS_FILE`], Meta names, like PEFT's `modules_to_save`), and full checkpoints (`params.json` + `model.safetensors`, Meta key names,
 //! LoRA merged in) that the Meta loader reads back. Files are written to a temporary name, then renamed.
 
-use super::param::{restore_params, ParamGroup, VisitParams};
-use super::{LoraConfig, Transformer, ValueHead, ValueHeadConfig};
+use crate::model::param::{restore_params, ParamGroup, VisitParams};
+use crate::model::{LoraConfig, Transformer, ValueHead, ValueHeadConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -165,7 +165,7 @@ pub fn load_trained_base_weights(dir: &Path, model: &mut Transformer) -> Result<
     if !file.exists() {
         return Ok(());
     }
-    let mut tensors = super::load::meta::read_safetensors(&file)?;
+    let mut tensors = super::meta::read_safetensors(&file)?;
     let mut err = None;
     model.visit_mut("", &mut |name, p| {
         if err.is_some() {
@@ -224,7 +224,7 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<Option<ValueH
         );
     }
     let file = dir.join("adapter_model.safetensors");
-    let mut tensors = super::load::meta::read_safetensors(&file)?;
+    let mut tensors = super::meta::read_safetensors(&file)?;
     model
         .add_lora(&cfg.lora_config(), 0)
         .with_context(|| format!("{}: bad LoRA settings", dir.display()))?;
@@ -253,7 +253,7 @@ pub fn read_value_head(
     cfg: &ValueHeadConfig,
     model: &Transformer,
 ) -> Result<ValueHead> {
-    let mut t = super::load::meta::read_safetensors(file)?;
+    let mut t = super::meta::read_safetensors(file)?;
     let mut vh = ValueHead::new(cfg, model.args.dim, 0, model.device())?;
     restore_params(
         &mut vh,

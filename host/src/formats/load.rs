@@ -2,14 +2,10 @@
 //! an HF-LLaMA directory (`config.json` + safetensors), or a `.gguf` file. Next-token sources (H = 1) can
 //! be widened to H heads, the extra heads initialised as copies of head 0 (or randomly).
 
-pub mod gguf;
-pub mod guarded;
-pub mod hf;
-pub mod meta;
-pub mod weight_map;
-
+use super::{gguf, hf, meta};
 use crate::data::Tokenizer;
 use crate::model::init::random_block;
+use crate::model::weight_map::WeightMap;
 use crate::model::{ModelArgs, Transformer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -17,7 +13,6 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
-use weight_map::WeightMap;
 
 /// How heads that the checkpoint does not have are initialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

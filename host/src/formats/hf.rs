@@ -3,7 +3,7 @@
 //! on load (never at run time).
 
 use super::meta::{files_matching, read_safetensors};
-use crate::model::hf_names::meta_name;
+use crate::formats::hf_names::meta_name;
 use crate::model::ModelArgs;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -90,7 +90,7 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
     }
     let mut out = HashMap::new();
     let wmtp_files = [
-        crate::model::hf_export::EXTRA_HEADS_FILE,
+        crate::formats::hf_export::EXTRA_HEADS_FILE,
         "value_head.safetensors",
     ];
     for f in &files {
@@ -118,13 +118,13 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
         }
     }
     // a wmtp HF export: its extra MTP heads beside the Llama (wmtp names and layout)
-    let wmtp_cfg = dir.join(crate::model::hf_export::WMTP_CONFIG_FILE);
-    let extra = dir.join(crate::model::hf_export::EXTRA_HEADS_FILE);
+    let wmtp_cfg = dir.join(crate::formats::hf_export::WMTP_CONFIG_FILE);
+    let extra = dir.join(crate::formats::hf_export::EXTRA_HEADS_FILE);
     let mut args = args;
     if wmtp_cfg.exists() && extra.exists() {
         let text = std::fs::read_to_string(&wmtp_cfg)
             .with_context(|| format!("reading {}", wmtp_cfg.display()))?;
-        let w: crate::model::hf_export::WmtpExportConfig = serde_json::from_str(&text)
+        let w: crate::formats::hf_export::WmtpExportConfig = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", wmtp_cfg.display()))?;
         if w.n_future_tokens > 1 {
             args.n_future_tokens = w.n_future_tokens;

@@ -1,7 +1,7 @@
 //! Where a run's metrics go: one JSON line per step (and per validation) in `metrics.jsonl`, and with
 //! `runtime.tensorboard = true` the same numbers as TensorBoard scalars (tag = the metrics key, e.g.
-//! `loss`, `val_ce_h0`, `plugin.ce_h1`), in `RUN_DIR/tensorboard/events.out.tfevents.*` (written by the
-//! `syntaxdot-summary` crate): `tensorboard --logdir runs/` shows every run. Only rank 0 writes.
+//! `loss`, `val_ce_h0`, `plugin.ce_h1`), in `RUN_DIR/tensorboard/events.out.tfevents.*` ([`super::tensorboard`]):
+//! `tensorboard --logdir runs/` shows every run. Only rank 0 writes.
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -10,7 +10,7 @@ use std::path::Path;
 /// The metrics sinks of a run.
 pub struct MetricsLog {
     jsonl: Box<dyn Write>,
-    tensorboard: Option<syntaxdot_summary::SummaryWriter<std::io::BufWriter<std::fs::File>>>,
+    tensorboard: Option<super::tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
@@ -30,12 +30,9 @@ impl MetricsLog {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         let tensorboard = if tensorboard {
-            let prefix = run_dir.join("tensorboard").join("events");
-            Some(
-                syntaxdot_summary::SummaryWriter::from_prefix(&prefix).with_context(|| {
-                    format!("creating a TensorBoard event file at {}", prefix.display())
-                })?,
-            )
+            Some(super::tensorboard::EventWriter::create(
+                &run_dir.join("tensorboard"),
+            )?)
         } else {
             None
         };
@@ -50,19 +47,20 @@ impl MetricsLog {
         writeln!(self.jsonl, "{line}").context("writing metrics.jsonl")?;
         if let (Some(tb), Some(obj)) = (&mut self.tensorboard, line.as_object()) {
             let step = obj.get("step").and_then(|s| s.as_i64()).unwrap_or(0);
-            for (k, v) in obj {
-                if k == "step" {
-                    continue;
-                }
-                let x = match v {
-                    serde_json::Value::Number(n) => n.as_f64(),
-                    serde_json::Value::Bool(b) => Some(*b as u8 as f64),
-                    _ => None,
-                };
-                if let Some(x) = x {
-                    tb.write_scalar(k.as_str(), step, x as f32)
-                        .context("writing TensorBoard events")?;
-                }
+            let values: Vec<(&str, f32)> = obj
+                .iter()
+                .filter(|(k, _)| k.as_str() != "step")
+                .filter_map(|(k, v)| {
+                    let x = match v {
+                        serde_json::Value::Number(n) => n.as_f64(),
+                        serde_json::Value::Bool(b) => Some(*b as u8 as f64),
+                        _ => None,
+                    }?;
+                    Some((k.as_str(), x as f32))
+                })
+                .collect();
+            if !values.is_empty() {
+                tb.scalars(step, &values)?;
             }
         }
         Ok(())

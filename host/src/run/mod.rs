@@ -10,6 +10,7 @@ pub mod plot;
 pub mod progress;
 pub mod resume;
 pub mod setup;
+pub mod tensorboard;
 pub mod train_loop;
 
 use self::train_loop::TrainLoop;

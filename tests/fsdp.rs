@@ -221,10 +221,11 @@ fn a_per_rank_checkpoint_saved_on_four_ranks_resumes_on_two_and_on_one_exactly()
     resume_on_fewer_ranks("per-rank checkpoint", &["checkpoint.sharded=true"]);
 }
 
-/// Per-step losses of a `wmtp` command's run (its metrics.jsonl in `dir`).
-fn losses_of(dir: &std::path::Path, args: &[&str]) -> Vec<f64> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
-        .args(args)
+/// A `wmtp` command (`args`, e.g. `run` or `launch … -- run`) training the baseline plugin for 4 steps
+/// into run folder `dir`.
+fn wmtp_run(dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"));
+    cmd.args(args)
         .args([
             "--pipeline",
             plugin("baseline").to_str().unwrap(),
@@ -234,9 +235,13 @@ fn losses_of(dir: &std::path::Path, args: &[&str]) -> Vec<f64> {
             "runtime.eval_every=0",
             "--set",
         ])
-        .arg(format!("checkpoint.dir={}", dir.display()))
-        .output()
-        .unwrap();
+        .arg(format!("checkpoint.dir={}", dir.display()));
+    cmd
+}
+
+/// Per-step losses of a `wmtp` command's run (its metrics.jsonl in `dir`).
+fn losses_of(dir: &std::path::Path, args: &[&str]) -> Vec<f64> {
+    let out = wmtp_run(dir, args).output().unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -249,15 +254,29 @@ fn losses_of(dir: &std::path::Path, args: &[&str]) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn wmtp_launch_on_two_processes_trains_like_one_process() {
-    let dir = common::tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port free on localhost now (for a rendezvous).
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-        .to_string();
+        .to_string()
+}
+
+/// `two` (the 4 losses of a run over two ranks) equals one process with grad_accum 2, run in `dir`.
+fn assert_trains_like_one_process(dir: &std::path::Path, two: &[f64]) {
+    let one = losses_of(dir, &["run", "--set", "training.grad_accum=2"]);
+    assert_eq!(two.len(), 4, "{two:?}");
+    for (a, b) in two.iter().zip(&one) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{two:?} vs {one:?}");
+    }
+}
+
+#[test]
+fn wmtp_launch_on_two_processes_trains_like_one_process() {
+    let dir = common::tempdir();
+    let port = free_port();
     let two = losses_of(
         &dir.path().join("two"),
         &[
@@ -270,14 +289,7 @@ fn wmtp_launch_on_two_processes_trains_like_one_process() {
             "run",
         ],
     );
-    let one = losses_of(
-        &dir.path().join("one"),
-        &["run", "--set", "training.grad_accum=2"],
-    );
-    assert_eq!(two.len(), 4, "{two:?}");
-    for (a, b) in two.iter().zip(&one) {
-        assert!((a - b).abs() <= 1e-6 * b.abs(), "{two:?} vs {one:?}");
-    }
+    assert_trains_like_one_process(&dir.path().join("one"), &two);
 }
 
 /// Two nodes on one machine: two `wmtp launch --nnodes 2 --node-rank 0|1` (one CPU rank each, TCP
@@ -286,65 +298,40 @@ fn wmtp_launch_on_two_processes_trains_like_one_process() {
 #[test]
 fn a_two_node_launch_on_localhost_trains_like_one_process() {
     let dir = common::tempdir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let node = |rank: &str| {
+    let port = free_port();
+    let node = |rank: &'static str| -> Vec<&str> {
         vec![
-            "launch".to_string(),
-            "--nnodes".into(),
-            "2".into(),
-            "--node-rank".into(),
-            rank.into(),
-            "--nproc-per-node".into(),
-            "1".into(),
-            "--master-addr".into(),
-            "127.0.0.1".into(),
-            "--master-port".into(),
-            port.clone(),
-            "--timeout-s".into(),
-            "120".into(),
-            "--".into(),
-            "run".into(),
+            "launch",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            rank,
+            "--nproc-per-node",
+            "1",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            &port,
+            "--timeout-s",
+            "120",
+            "--",
+            "run",
         ]
     };
     let run_dir = dir.path().join("two-nodes");
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_wmtp"))
-        .args(node("1"))
-        .args([
-            "--pipeline",
-            plugin("baseline").to_str().unwrap(),
-            "--set",
-            "training.steps=4",
-            "--set",
-            "runtime.eval_every=0",
-            "--set",
-        ])
-        .arg(format!("checkpoint.dir={}", run_dir.display()))
+    let second = wmtp_run(&run_dir, &node("1"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let first: Vec<String> = node("0");
-    let first: Vec<&str> = first.iter().map(String::as_str).collect();
-    let two = losses_of(&run_dir, &first);
+    let two = losses_of(&run_dir, &node("0"));
     let out = second.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "node 1: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let one = losses_of(
-        &dir.path().join("one"),
-        &["run", "--set", "training.grad_accum=2"],
-    );
-    assert_eq!(two.len(), 4, "{two:?}");
-    for (a, b) in two.iter().zip(&one) {
-        assert!((a - b).abs() <= 1e-6 * b.abs(), "{two:?} vs {one:?}");
-    }
+    assert_trains_like_one_process(&dir.path().join("one"), &two);
 }
 
 /// Bytes of the optimiser's tensors (moments, masters).

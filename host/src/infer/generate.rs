@@ -74,33 +74,22 @@ impl Sampling {
     }
 }
 
-/// The next token from logits [V] (f32): argmax at temperature 0, else a draw from
-/// softmax(logits / temperature) cut to its top-k and top-p nucleus, with one uniform number from `rng`
-/// (what [`generate`] draws on the logits' device: [`crate::kernels::sample`]).
-pub fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> Result<u32> {
+/// The next token of every row of logits [B, V], chosen on the logits' device: the argmax at temperature
+/// 0, else a draw from softmax(logits / temperature) cut to its top-k and top-p nucleus
+/// ([`crate::kernels::sample`]) with one uniform number from each row's generator in `rngs`. Only those
+/// B numbers go to the device and B ids come back.
+pub fn pick_rows(
+    logits: &Tensor,
+    s: &Sampling,
+    rngs: &mut [rand_chacha::ChaCha8Rng],
+) -> Result<Vec<u32>> {
     use rand::Rng;
-    if logits.is_empty() {
-        bail!("no logits to pick from");
-    }
     if s.temperature <= 0.0 {
-        let (best, _) =
-            logits
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv {
-                        (i, v)
-                    } else {
-                        (bi, bv)
-                    }
-                });
-        return Ok(best as u32);
+        return Ok(logits.argmax(candle_core::D::Minus1)?.to_vec1()?);
     }
-    Ok(crate::kernels::sample::sample_row(
-        logits,
-        rng.random::<f32>(),
-        s.cut(),
-    ))
+    let u: Vec<f32> = rngs.iter_mut().map(|r| r.random::<f32>()).collect();
+    let u = Tensor::new(u.as_slice(), logits.device())?;
+    Ok(crate::kernels::sample::sample_rows(logits, &u, s.cut())?.to_vec1()?)
 }
 
 /// What [`generate`] does.
@@ -184,17 +173,8 @@ fn generate_batch(
         .collect();
     let (mut dec, mut logits) = super::kv_cache::Decoder::new_batch(model, prompts)?;
     let mut done = vec![false; b];
-    // the token is chosen on the logits' device: only B uniforms go in and B ids come back
-    let greedy = opts.sampling.temperature <= 0.0;
     loop {
-        let picked: Vec<u32> = if greedy {
-            logits.argmax(candle_core::D::Minus1)?.to_vec1()?
-        } else {
-            use rand::Rng;
-            let u: Vec<f32> = rngs.iter_mut().map(|r| r.random::<f32>()).collect();
-            let u = Tensor::new(u.as_slice(), logits.device())?;
-            crate::kernels::sample::sample_rows(&logits, &u, opts.sampling.cut())?.to_vec1()?
-        };
+        let picked = pick_rows(&logits, &opts.sampling, &mut rngs)?;
         let mut next = vec![0u32; b];
         for r in 0..b {
             if done[r] {
@@ -301,6 +281,12 @@ mod tests {
             assert_eq!(generate(&m, &prompts, &three, &mut |i, n| stop(i, n))?, a);
         }
         Ok(())
+    }
+
+    /// [`pick_rows`] for one row of logits.
+    fn pick(logits: &[f32], s: &Sampling, rng: &mut rand_chacha::ChaCha8Rng) -> Result<u32> {
+        let t = Tensor::new(logits, &Device::Cpu)?.unsqueeze(0)?;
+        Ok(pick_rows(&t, s, std::slice::from_mut(rng))?[0])
     }
 
     #[test]

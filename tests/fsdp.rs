@@ -362,7 +362,11 @@ fn the_memory_model_matches_the_measured_bytes_per_rank() {
                     s.shard(comm).unwrap();
                 }
                 train_step(&mut s, 0).unwrap(); // the moments exist after a step
-                let weights = match &s.fsdp {
+                let weights = match s
+                    .strategy
+                    .as_any()
+                    .downcast_ref::<wmtp_host::parallel::fsdp::Fsdp>()
+                {
                     Some(f) => {
                         let (frozen, shards) = f.shard_bytes();
                         frozen + shards

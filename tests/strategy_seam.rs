@@ -63,6 +63,9 @@ impl Strategy for Recording {
     ) -> anyhow::Result<Update> {
         NoSharding.update(policy, replicated, opt, grads, max_grad_norm)
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 fn grads_with(m: &Transformer, strategy: &dyn Strategy) -> Grads {

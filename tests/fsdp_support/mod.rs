@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wmtp_host::model::{Transformer, ValueHead, VisitParams};
+use wmtp_host::parallel::fsdp::Fsdp;
 use wmtp_host::parallel::local;
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::session::Session;
@@ -110,7 +111,7 @@ pub fn sharded_over(
                 let losses = (0..STEPS)
                     .map(|i| train_step(&mut s, i).unwrap().loss)
                     .collect();
-                let f = s.fsdp.as_ref().unwrap();
+                let f = s.strategy.as_any().downcast_ref::<Fsdp>().unwrap();
                 let full = f.materialize_all(&s.model).unwrap();
                 let weights = trained_weights(&full, s.value_head.as_ref());
                 Trained {

@@ -6,11 +6,14 @@
 //! Every method may be a collective: all ranks call the same methods in the same order, whatever their
 //! data (the engine's unit order depends only on the model).
 
+use super::fsdp::state::ShardIndex;
 use crate::model::grads::Grads;
 use crate::model::{Transformer, Unit, VisitParams};
 use crate::optim::{clip_global_norm, Optimizer};
-use anyhow::Result;
+use anyhow::{bail, Result};
+use candle_core::Tensor;
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// A module every rank holds whole and updates alike (the value head), with the prefix its parameters'
 /// gradients are named under (`"value_head."`).
@@ -25,7 +28,16 @@ pub struct Update {
     pub skipped: bool,
 }
 
-/// How a step's forward, backward and reductions run over the ranks.
+/// This rank's part of a per-rank checkpoint (`checkpoint.sharded`), from [`Strategy::rank_part`].
+pub struct RankPart {
+    /// The layout every rank shares (`shards/index.json`).
+    pub index: ShardIndex,
+    /// This rank's slices and their optimiser slots; None when another rank writes the same slices.
+    pub tensors: Option<HashMap<String, Tensor>>,
+}
+
+/// How a step's forward, backward and reductions run over the ranks, and what the rest of a run (the
+/// checkpoint writer, the console) asks about the model's placement.
 pub trait Strategy {
     /// This rank, 0-based.
     fn rank(&self) -> usize;
@@ -63,6 +75,49 @@ pub trait Strategy {
         grads: &mut Grads,
         max_grad_norm: f64,
     ) -> Result<Update>;
+
+    /// Whether the policy's weights are spread over ranks (the model's own weights then released):
+    /// loading a checkpoint into the model and switching `[[stages]]` need it whole.
+    fn sharded(&self) -> bool {
+        false
+    }
+
+    /// (all, trainable) parameters of the whole policy, not this rank's share.
+    fn param_counts(&self, model: &Transformer) -> (u64, u64) {
+        model.param_counts()
+    }
+
+    /// One line for the run's start-up summary saying how the model is spread (None: one rank).
+    fn describe(&self) -> Option<String> {
+        None
+    }
+
+    /// What a full checkpoint stores of the policy and of the optimiser state `opt_state` (its
+    /// per-parameter `slots`, e.g. `m`, `v`, cut to this rank's shards): on rank 0, which writes, the
+    /// whole of both; elsewhere what passed through. A collective: every rank calls it.
+    fn gather_for_saving(
+        &self,
+        model: &Transformer,
+        opt_state: HashMap<String, Tensor>,
+        _slots: &[&str],
+    ) -> Result<(Transformer, HashMap<String, Tensor>)> {
+        Ok((model.clone(), opt_state)) // a clone shares the tensors
+    }
+
+    /// This rank's part of a per-rank checkpoint, with the optimiser state `opt_state` and its
+    /// `slots`. Only a sharded strategy has one.
+    fn rank_part(&self, _opt_state: &HashMap<String, Tensor>, _slots: &[&str]) -> Result<RankPart> {
+        bail!("a per-rank checkpoint (checkpoint.sharded) needs a sharded (launched) run")
+    }
+
+    /// The parameters this rank updates when they are not the model's own (its shards), for the
+    /// checks a checkpoint makes before writing; None: the model's.
+    fn owned_params(&self) -> Option<&dyn VisitParams> {
+        None
+    }
+
+    /// The implementation itself, for tests and tools that read a strategy's own figures.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// One rank, the whole model in its memory: units are the model itself, gradients stay in place, sums
@@ -129,6 +184,10 @@ impl Strategy for NoSharding {
             }
         }
         Ok(Update { grad_norm, skipped })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

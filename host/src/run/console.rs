@@ -9,10 +9,7 @@ use std::path::Path;
 /// The start-up summary: model, trainable parameters, data, steps, run directory, config.
 pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
     // a sharded model's own weights are released: count the shards' layouts instead
-    let (total, trainable) = match &s.fsdp {
-        Some(f) => f.param_counts(),
-        None => s.model.param_counts(),
-    };
+    let (total, trainable) = s.strategy.param_counts(&s.model);
     let vh: u64 = s.value_head.as_ref().map_or(0, |v| {
         crate::model::VisitParams::named_params(v)
             .iter()
@@ -83,15 +80,10 @@ pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
             .map(|step| format!(", resuming at step {step}"))
             .unwrap_or_default()
     );
-    if let Some(f) = &s.fsdp {
-        let (frozen, shards) = f.shard_bytes();
+    if let Some(spread) = s.strategy.describe() {
         eprintln!(
-            "  ranks     {} (sharding {:?}; rank 0 holds {} of frozen weights and {} of f32 trainable shards; global batch {} sequences)",
-            f.world_size(),
-            f.mode(),
-            crate::model::memory::human_bytes(frozen as f64),
-            crate::model::memory::human_bytes(shards as f64),
-            s.cfg.training.batch_size * s.cfg.training.grad_accum * f.world_size()
+            "  ranks     {spread}; global batch {} sequences",
+            s.cfg.training.batch_size * s.cfg.training.grad_accum * s.strategy.world_size()
         );
     }
     eprintln!("  run dir   {}", run_dir.display());

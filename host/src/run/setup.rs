@@ -112,16 +112,13 @@ pub fn run_dir(s: &Session, resumed: Option<&Path>) -> Result<PathBuf> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let secs = match &s.fsdp {
-                Some(f) => f
-                    .comm()
-                    .broadcast(
-                        &candle_core::Tensor::new(&[secs as f64], &candle_core::Device::Cpu)?,
-                        0,
-                    )?
-                    .to_vec1::<f64>()?[0] as u64,
-                None => secs,
+            // every rank names the folder by rank 0's clock (the sum of rank 0's time and zeros)
+            let mine = if s.strategy.rank() == 0 {
+                secs as f64
+            } else {
+                0.0
             };
+            let secs = s.strategy.sum_over_ranks(&[mine])?[0] as u64;
             PathBuf::from("runs").join(format!("{}-{secs}", pipeline_name(&s.pipeline_path)))
         }
     })

@@ -144,11 +144,7 @@ impl TrainLoop {
     /// collectives).
     fn stop_requested(&self, s: &Session) -> Result<bool> {
         let stop = self.interrupted.load(Ordering::SeqCst);
-        let Some(f) = &s.fsdp else {
-            return Ok(stop);
-        };
-        let flag = candle_core::Tensor::new(&[stop as u8 as f32], &candle_core::Device::Cpu)?;
-        Ok(f.comm().all_reduce_sum(&flag)?.to_vec1::<f32>()?[0] > 0.0)
+        Ok(s.strategy.sum_over_ranks(&[stop as u8 as f64])?[0] > 0.0)
     }
 
     /// The metrics.jsonl line of a step: loss, CE, lr, norm, tokens, the plugin's metrics (under

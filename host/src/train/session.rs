@@ -15,6 +15,7 @@ use crate::formats::load::{load_model, LoadOptions};
 use crate::model::grads::Grads;
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
 use crate::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
+use crate::parallel::strategy::{NoSharding, Strategy};
 use crate::parallel::{fsdp::Fsdp, Communicator};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, HashMap};
@@ -64,9 +65,10 @@ pub struct Session {
     pub groups: BTreeSet<ParamGroup>,
     /// Where the model came from (adapter base id).
     pub source: String,
-    /// The policy's shards when the run is sharded over ranks (FSDP); the model's own weights are then
-    /// released. None: one rank, the model holds its weights.
-    pub fsdp: Option<Fsdp>,
+    /// How the step spreads over ranks: [`NoSharding`] (one rank, the model holds its weights) until
+    /// [`Session::shard`] hands the policy to FSDP, whose shards then hold them (the model's own weights
+    /// are released).
+    pub strategy: Box<dyn Strategy>,
     /// The ranks the plugin's `all-reduce-sum` sums over (connected by [`Session::shard`]).
     pub plugin_ranks: PluginRanks,
     /// The `[[stages]]` entry being trained (None without stages).
@@ -235,7 +237,7 @@ impl Session {
             optimizer,
             grads: Grads::default(),
             groups,
-            fsdp: None,
+            strategy: Box::new(NoSharding),
             plugin_ranks: PluginRanks::default(),
             stage,
             stage_start: 0,
@@ -248,7 +250,7 @@ impl Session {
     /// shards go to `model.device` wherever the policy was built (host memory for
     /// [`Session::new_for`]).
     pub fn shard(&mut self, comm: std::sync::Arc<dyn Communicator>) -> Result<()> {
-        if self.fsdp.is_some() {
+        if self.strategy.sharded() {
             bail!("the session is already sharded");
         }
         if self.model.lora.is_some() {
@@ -282,7 +284,7 @@ impl Session {
         f.set_prefetch(self.cfg.distributed.prefetch);
         let state = f.shard_optimizer_state(state, self.optimizer.sharded_slots())?;
         self.optimizer.load_state(state, step)?;
-        self.fsdp = Some(f);
+        self.strategy = Box::new(f);
         Ok(())
     }
 
@@ -298,10 +300,7 @@ impl Session {
                 chunk_rows: self.cfg.training.chunk_rows,
                 keep_activations: self.cfg.runtime.activation_checkpointing
                     == super::config::ActivationCheckpointing::None,
-                strategy: match self.fsdp.as_ref() {
-                    Some(f) => f,
-                    None => &crate::parallel::strategy::NoSharding,
-                },
+                strategy: self.strategy.as_ref(),
                 detach_extra_heads: self.cfg.training.detach_extra_heads,
             },
             weigher: self.weigher.as_mut(),

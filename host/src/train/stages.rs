@@ -144,7 +144,7 @@ pub fn enter_stage(s: &mut Session, step: u64) -> Result<Option<String>> {
     if s.stage == Some(i) {
         return Ok(None);
     }
-    if s.fsdp.is_some() {
+    if s.strategy.sharded() {
         bail!("[[stages]] is not supported in sharded (launched) runs yet");
     }
     let stage = s.cfg.stages[i].clone();

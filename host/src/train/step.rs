@@ -391,14 +391,9 @@ pub fn train_step(s: &mut super::session::Session, step: u64) -> Result<StepRepo
             &p.models, p.weigher, p.batcher, accum, step, seed, pad, p.grads,
         )?
     };
-    let mut one_rank = NoSharding;
-    let strategy: &mut dyn Strategy = match s.fsdp.as_mut() {
-        Some(f) => f,
-        None => &mut one_rank,
-    };
     apply(
         &mut s.model,
-        strategy,
+        s.strategy.as_mut(),
         s.value_head.as_mut(),
         s.weigher.as_mut(),
         s.optimizer.as_mut(),

@@ -570,4 +570,56 @@ impl super::strategy::Strategy for Fsdp {
     ) -> Result<super::strategy::Update> {
         self.sharded_update(replicated, opt, grads, max_grad_norm)
     }
+
+    fn sharded(&self) -> bool {
+        true
+    }
+
+    /// [`Fsdp::param_counts`], from the shards' layouts.
+    fn param_counts(&self, _model: &Transformer) -> (u64, u64) {
+        Fsdp::param_counts(self)
+    }
+
+    fn describe(&self) -> Option<String> {
+        let (frozen, shards) = self.shard_bytes();
+        Some(format!(
+            "{} (sharding {:?}; rank 0 holds {} of frozen weights and {} of f32 trainable shards)",
+            self.world_size(),
+            self.mode(),
+            crate::model::memory::human_bytes(frozen as f64),
+            crate::model::memory::human_bytes(shards as f64),
+        ))
+    }
+
+    /// [`Fsdp::gather_for_saving`] (the LoRA factors only when the model has adapters) and
+    /// [`Fsdp::gather_optimizer_state`].
+    fn gather_for_saving(
+        &self,
+        model: &Transformer,
+        opt_state: std::collections::HashMap<String, Tensor>,
+        slots: &[&str],
+    ) -> Result<(Transformer, std::collections::HashMap<String, Tensor>)> {
+        let gathered = Fsdp::gather_for_saving(self, model, model.lora.is_some())?;
+        Ok((gathered, self.gather_optimizer_state(opt_state, slots)?))
+    }
+
+    /// [`Fsdp::shard_index`] and [`Fsdp::rank_tensors`].
+    fn rank_part(
+        &self,
+        opt_state: &std::collections::HashMap<String, Tensor>,
+        slots: &[&str],
+    ) -> Result<super::strategy::RankPart> {
+        Ok(super::strategy::RankPart {
+            index: self.shard_index(),
+            tensors: self.rank_tensors(opt_state, slots)?,
+        })
+    }
+
+    fn owned_params(&self) -> Option<&dyn VisitParams> {
+        Some(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }

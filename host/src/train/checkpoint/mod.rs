@@ -132,27 +132,23 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 /// ranks agree on the outcome, so a failed save fails on every rank. Such a checkpoint resumes on any world size ([`crate::train::session::Session::shard`]
 /// cuts the state to the new shards).
 pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> Result<PathBuf> {
-    if s.fsdp.is_some() && s.cfg.checkpoint.sharded {
+    if s.strategy.sharded() && s.cfg.checkpoint.sharded {
         return sharded::save(run_dir, name, s, st);
     }
-    let Some(f) = &s.fsdp else {
-        let (opt, _) = s.optimizer.state();
-        let model = s.model.clone();
-        return save_model(run_dir, name, s, st, &model, opt);
-    };
-    let model = f.gather_for_saving(&s.model, s.model.lora.is_some())?;
-    let opt = f.gather_optimizer_state(s.optimizer.state().0, s.optimizer.sharded_slots())?;
-    let (comm, rank) = (f.comm().clone(), f.rank());
-    let written = if rank == 0 {
+    let (model, opt) = s.strategy.gather_for_saving(
+        &s.model,
+        s.optimizer.state().0,
+        s.optimizer.sharded_slots(),
+    )?;
+    let written = if s.strategy.rank() == 0 {
         save_model(run_dir, name, s, st, &model, opt)
     } else {
         Ok(layout::checkpoints_dir(run_dir).join(name))
     };
-    let failed = comm.all_reduce_sum(&candle_core::Tensor::new(
-        &[written.is_err() as u8 as f32],
-        &candle_core::Device::Cpu,
-    )?)?;
-    if written.is_ok() && failed.to_vec1::<f32>()?[0] > 0.0 {
+    let failed = s
+        .strategy
+        .sum_over_ranks(&[written.is_err() as u8 as f64])?[0];
+    if written.is_ok() && failed > 0.0 {
         bail!("checkpoint {name}: rank 0 could not write it");
     }
     written
@@ -262,7 +258,7 @@ pub fn read_meta(ckpt: &Path, overrides: &[String]) -> Result<(RunConfig, Traine
 /// Loads a checkpoint's weights, optimiser, plugin state and data position into a session built from
 /// the checkpoint's config (before it is sharded: [`crate::train::session::Session::shard`] after).
 pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> {
-    if s.fsdp.is_some() {
+    if s.strategy.sharded() {
         bail!("load the checkpoint before sharding the session");
     }
     if ckpt.join(layout::SHARD_INDEX).exists() {

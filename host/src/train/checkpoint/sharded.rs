@@ -14,7 +14,7 @@ use super::{commit, load_plugin_and_position, write_run_state, TrainerState};
 use crate::model::param::restore_params;
 use crate::model::{ParamGroup, VisitParams};
 use crate::parallel::fsdp::state::{unshard_files, ShardIndex};
-use crate::parallel::Communicator;
+use crate::parallel::strategy::Strategy;
 use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -23,11 +23,10 @@ use std::path::{Path, PathBuf};
 
 /// Every rank learns whether every rank's `r` succeeded: this rank's error, or an error naming the
 /// rank count that failed elsewhere.
-fn agree<T>(comm: &dyn Communicator, r: Result<T>, what: &str) -> Result<T> {
-    let flag = Tensor::new(&[r.is_err() as u8 as f32], &candle_core::Device::Cpu)?;
-    let failed = comm.all_reduce_sum(&flag)?.to_vec1::<f32>()?[0];
+fn agree<T>(strategy: &dyn Strategy, r: Result<T>, what: &str) -> Result<T> {
+    let failed = strategy.sum_over_ranks(&[r.is_err() as u8 as f64])?[0];
     match r {
-        Err(e) => Err(e.context(format!("{what} (rank {})", comm.rank()))),
+        Err(e) => Err(e.context(format!("{what} (rank {})", strategy.rank()))),
         Ok(_) if failed > 0.0 => bail!("{what}: {failed} other rank(s) failed"),
         Ok(v) => Ok(v),
     }
@@ -35,11 +34,7 @@ fn agree<T>(comm: &dyn Communicator, r: Result<T>, what: &str) -> Result<T> {
 
 /// Writes checkpoint `name` of a sharded session as per-rank files; every rank calls it.
 pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> Result<PathBuf> {
-    let f = s
-        .fsdp
-        .as_ref()
-        .context("a per-rank checkpoint needs a sharded session")?;
-    let (comm, rank) = (f.comm().clone(), f.rank());
+    let rank = s.strategy.rank();
     let root = layout::checkpoints_dir(run_dir);
     let tmp = root.join(format!(".{name}.tmp"));
     let label = format!("checkpoint {name} (pipeline {})", s.pipeline_path.display());
@@ -55,19 +50,26 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
     } else {
         Ok(())
     };
-    agree(&*comm, prepared, "preparing the checkpoint folder")?;
+    agree(
+        s.strategy.as_ref(),
+        prepared,
+        "preparing the checkpoint folder",
+    )?;
     let (state, _) = s.optimizer.state();
-    let index = f.shard_index();
+    let part = s.strategy.rank_part(&state, s.optimizer.sharded_slots())?;
+    let index = part.index;
     let written = (|| -> Result<()> {
-        crate::train::guard::check_finite(f, "", &label)?;
-        if let Some(t) = f.rank_tensors(&state, s.optimizer.sharded_slots())? {
+        if let Some(p) = s.strategy.owned_params() {
+            crate::train::guard::check_finite(p, "", &label)?;
+        }
+        if let Some(t) = part.tensors {
             let p = tmp.join(layout::rank_file(rank));
             crate::formats::adapter::save_tensors(&p, t.into_iter().collect())
                 .with_context(|| format!("writing {}", p.display()))?;
         }
         Ok(())
     })();
-    let written = agree(&*comm, written, "writing the shards");
+    let written = agree(s.strategy.as_ref(), written, "writing the shards");
     if written.is_err() && rank == 0 {
         let _ = std::fs::remove_dir_all(&tmp); // a failed save leaves nothing behind
     }
@@ -81,7 +83,7 @@ pub fn save(run_dir: &Path, name: &str, s: &mut Session, st: &TrainerState) -> R
     } else {
         Ok(root.join(name))
     };
-    agree(&*comm, done, "finishing the checkpoint")
+    agree(s.strategy.as_ref(), done, "finishing the checkpoint")
 }
 
 /// Rank 0's part: index, config, trainer and plugin state, value head, the replicated optimiser state.

@@ -5,7 +5,7 @@
 Both sides: the same GGUF weights (transformers dequantises them through the `gguf` package; wmtp reads
 the file itself), the same `{text}` rows (bench/parity/make_data.py: HumanEval prompt + canonical solution,
 131 training / 33 held-out problems split by id), token ids [BOS] + text + [EOS] with BOS/EOS from the
-GGUF's metadata, samples longer than --max-length dropped, LoRA r8 α16 dropout 0 on q/k/v/o (wmtp: wq wk
+GGUF's metadata, the BOS only when its `tokenizer.ggml.add_bos_token` says so (SmolLM2: it does not), samples longer than --max-length dropped, LoRA r8 α16 dropout 0 on q/k/v/o (wmtp: wq wk
 wv wo), A Kaiming-uniform and B zero, AdamW β 0.9/0.95 ε 1e-8 weight decay 0.01 (every LoRA matrix is
 2-D), a linear warm-up over 5% of the steps then cosine to 0.1·peak (wmtp's schedule, written out below),
 global-norm clip 1.0, batch 8, f32, next-token loss only (`n_future_tokens = 1`): the mean CE over the
@@ -97,18 +97,23 @@ def wmtp_run(a, seed, out_dir):
 # ---------------------------------------------------------------- PEFT side
 
 def gguf_bos_eos(path):
-    """BOS and EOS ids from the GGUF's metadata (what wmtp's tokenizer reads)."""
+    """BOS (None when `tokenizer.ggml.add_bos_token` is false: no BOS is added) and EOS ids from the
+    GGUF's metadata (what wmtp's tokenizer reads)."""
     import gguf
     r = gguf.GGUFReader(path)
 
     def field(name):
         f = r.fields.get(name)
         return None if f is None else int(f.parts[f.data[0]][0])
-    return field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")
+    add = r.fields.get("tokenizer.ggml.add_bos_token")
+    adds_bos = add is None or bool(add.parts[add.data[0]][0])  # wmtp's default: add one
+    bos = field("tokenizer.ggml.bos_token_id") if adds_bos else None
+    return bos, field("tokenizer.ggml.eos_token_id")
 
 
 def encode(tok, rows, bos, eos, max_length):
-    """[BOS] + ids(text) + [EOS] per row (wmtp's data/dataset.rs for `{text}` rows), dropping longer ones."""
+    """[BOS] (bos not None) + ids(text) + [EOS] per row (wmtp's data/dataset.rs for `{text}` rows),
+    dropping longer ones."""
     out = []
     for r in rows:
         ids = ([bos] if bos is not None else []) + tok.encode(r["text"], add_special_tokens=False)

@@ -1,7 +1,7 @@
 //! JSONL datasets (design.md §7): rows `{instruction, input, output, task_id, is_correct, problem_id?,
 //! difficulty?}`, `{text}`, `{prompt, completion}` or `{messages}` (data/conversation.rs); the instruction
-//! templates (the model's own, Alpaca, ChatML, none); tokenisation with BOS, EOS appended, prompt tokens
-//! masked; samples longer than `max_length` dropped and counted.
+//! templates (the model's own, Alpaca, ChatML, none); tokenisation with BOS (raw text and
+//! `{prompt, completion}`: when the tokenizer adds one), EOS appended, prompt tokens masked; samples longer than `max_length` dropped and counted.
 
 use super::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -47,7 +47,7 @@ pub struct Row {
 /// A tokenised sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
-    /// BOS + prompt + response + EOS.
+    /// BOS (when added) + prompt + response + EOS.
     pub ids: Vec<u32>,
     /// 1 on trained tokens (response and EOS), 0 on BOS and prompt.
     pub mask: Vec<u8>,
@@ -271,9 +271,9 @@ pub fn encode_row(tok: &Tokenizer, row: &Row, template: Template) -> Result<Samp
         (Some(turns), _, _) if row.text.is_none() => {
             super::conversation::conversation(tok, turns, template)?
         }
-        // no template: the prompt continued as given
+        // no template: the prompt continued as given, BOS as the tokenizer adds it
         (None, Some(p), Some(c)) if row.text.is_none() && row.instruction.is_none() => {
-            prompt_and_response(tok, p, c, true, None, true)?
+            prompt_and_response(tok, p, c, tok.add_bos, None, true)?
         }
         _ => instruction_or_text(tok, row, template)?,
     };
@@ -308,7 +308,12 @@ fn instruction_or_text(
         .then(|| tok.token_id("<|im_end|>"))
         .flatten()
         .filter(|&e| Some(e) != tok.eos_id);
-    let bos = row.text.is_some() || template.adds_bos(tok);
+    // raw text starts with BOS when the tokenizer adds one (GGUF `tokenizer.ggml.add_bos_token`, HF
+    // `add_bos_token`), as transformers tokenises it; a templated prompt as its template says
+    let bos = match row.text {
+        Some(_) => tok.add_bos,
+        None => template.adds_bos(tok),
+    };
     // the model's template closes the answer itself: the sample is exactly the rendered conversation
     let append_eos = !(template == Template::Model && row.text.is_none());
     prompt_and_response(tok, &prompt, &response, bos, im_end, append_eos)
@@ -390,7 +395,7 @@ pub fn encode_all(
 /// order and appended whole (ids and masks, each keeping its BOS and EOS) to the current sequence while
 /// it has room, else they start the next one; no sample is split. Attention and the extra heads'
 /// targets cross the documents of a sequence, as in GPT-style packed pretraining: the boundary is
-/// marked only by the EOS and BOS between them (BOS is never a target). Each sequence takes the
+/// marked only by the EOS between them, and the BOS when the tokenizer adds one (BOS is never a target). Each sequence takes the
 /// first sample's problem id and reward. Samples longer than `max_length` are already dropped.
 pub fn pack(samples: Vec<Sample>, max_length: usize) -> Vec<Sample> {
     let mut out: Vec<Sample> = Vec::new();
@@ -546,6 +551,30 @@ mod tests {
             .map(|(&i, _)| i)
             .collect();
         assert_eq!(tok.decode(&trained).unwrap(), " 5");
+    }
+
+    /// Raw text and `{prompt, completion}` rows start with BOS exactly when the tokenizer adds one
+    /// (SmolLM2's GGUF says it does not: its BOS is `<|im_start|>`), as transformers tokenises them.
+    #[test]
+    fn raw_rows_follow_the_tokenizers_add_bos() {
+        let rows = parse_jsonl(
+            "{\"text\": \"def f(): pass\"}\n{\"prompt\": \"2 + 3 =\", \"completion\": \" 5\"}",
+            "m",
+        )
+        .unwrap();
+        let with = Tokenizer::bytes();
+        let mut without = Tokenizer::bytes();
+        without.add_bos = false;
+        let bos = with.bos_id.unwrap();
+        for row in &rows {
+            let a = encode_row(&with, row, Template::Chatml).unwrap();
+            let b = encode_row(&without, row, Template::Chatml).unwrap();
+            assert_eq!(a.ids[0], bos);
+            assert_ne!(b.ids[0], bos);
+            assert_eq!(&a.ids[1..], &b.ids[..], "the same tokens after the BOS");
+            // (a first token is never a target: nothing before it predicts it)
+            assert_eq!(&a.mask[2..], &b.mask[1..]);
+        }
     }
 
     #[test]

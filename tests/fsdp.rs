@@ -13,9 +13,9 @@ use crate::fsdp_support;
 use fsdp_support::*;
 use std::sync::Arc;
 use std::time::Duration;
+use wmtp_host::checkpoint::{self, TrainerState};
 use wmtp_host::model::VisitParams;
 use wmtp_host::parallel::local;
-use wmtp_host::train::checkpoint::{self, TrainerState};
 use wmtp_host::train::session::Session;
 use wmtp_host::train::step::train_step;
 

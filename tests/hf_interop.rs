@@ -6,11 +6,11 @@
 
 use crate::common;
 
+use wmtp_host::checkpoint::export::{export_peft_adapter, merge_checkpoint, MergeFormat};
 use wmtp_host::formats::hf_export::{import_peft, permute_rotate_half};
 use wmtp_host::formats::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, LoraConfig, VisitParams};
 use wmtp_host::run::{run, RunOptions};
-use wmtp_host::train::tools::{export_peft_adapter, merge_checkpoint, MergeFormat};
 
 #[test]
 fn hf_merge_and_peft_export_round_trip() {
@@ -33,10 +33,9 @@ fn hf_merge_and_peft_export_round_trip() {
         seed: 42,
         ..Default::default()
     };
-    let trained =
-        wmtp_host::train::checkpoint::trained::load_trained_for_inference(ck, "tiny", &opts)
-            .unwrap()
-            .model;
+    let trained = wmtp_host::formats::checkpoint::load_trained_for_inference(ck, "tiny", &opts)
+        .unwrap()
+        .model;
     let tokens = candle_core::Tensor::new(
         &[[256u32, 72, 105, 33, 10, 7, 99]],
         &candle_core::Device::Cpu,

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use wmtp_host::train::checkpoint;
+use wmtp_host::checkpoint;
 
 const ROUNDS: usize = 24;
 

@@ -5,12 +5,12 @@
 use crate::common;
 
 use std::sync::Arc;
+use wmtp_host::checkpoint::evaluate::eval_checkpoint;
+use wmtp_host::checkpoint::export::merge_checkpoint;
 use wmtp_host::formats::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, VisitParams};
 use wmtp_host::run::{run, RunOptions};
 use wmtp_host::train::config::RunConfig;
-use wmtp_host::train::evaluate::eval_checkpoint;
-use wmtp_host::train::tools::merge_checkpoint;
 use wmtp_plugin_host::{Plugin, PluginLimits, PluginRuntime};
 
 #[test]
@@ -109,7 +109,7 @@ fn adapter_reload_eval_merge_and_plot() {
     let d = common::max_abs_diff(&a[0], &b[0]);
     assert!(d < 1e-4, "merged vs adapter logits differ by {d}");
     // `--model CHECKPOINT` (generate, eval --humaneval): the base with the adapter merged, byte tokenizer
-    let inf = wmtp_host::train::checkpoint::trained::load_trained_for_inference(
+    let inf = wmtp_host::formats::checkpoint::load_trained_for_inference(
         &r.last_checkpoint,
         "tiny",
         &LoadOptions {

@@ -6,9 +6,9 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
+use wmtp_host::checkpoint::{self, TrainerState};
 use wmtp_host::model::VisitParams;
 use wmtp_host::run::{run, RunOptions};
-use wmtp_host::train::checkpoint::{self, TrainerState};
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::session::Session;
 

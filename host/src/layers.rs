@@ -21,15 +21,30 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "run",
+        "checkpoint",
         &[
             "kernels", "data", "model", "formats", "optim", "parallel", "eval", "infer", "train",
+        ],
+    ),
+    (
+        "run",
+        &[
+            "kernels",
+            "data",
+            "model",
+            "formats",
+            "optim",
+            "parallel",
+            "eval",
+            "infer",
+            "train",
+            "checkpoint",
         ],
     ),
 ];
 
 /// Folders that may use the plugin runtime (crate `wmtp_plugin_host`) and the command-line parser (clap).
-pub const PLUGIN_HOST_USERS: &[&str] = &["train"];
+pub const PLUGIN_HOST_USERS: &[&str] = &["train", "checkpoint"];
 
 #[cfg(test)]
 mod tests {

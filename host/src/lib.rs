@@ -4,6 +4,7 @@
 //! `model` on `data` and `kernels`; only `train` uses the plugin host (crate
 //! `wmtp-plugin-host`); nothing here depends on the command line (the `wmtp` binary's `cli`).
 
+pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod formats;

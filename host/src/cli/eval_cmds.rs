@@ -125,7 +125,8 @@ pub fn eval_ce(a: &EvalArgs) -> Result<()> {
         .map(|d| format!("data.validation={}", toml::Value::String(d.clone())))
         .collect();
     let overrides = [a.overrides(), data].concat();
-    let mut s = evaluate::checkpoint_session(ck, &overrides, a.pipeline.clone())?;
+    let mut s =
+        wmtp_host::checkpoint::evaluate::checkpoint_session(ck, &overrides, a.pipeline.clone())?;
     let v = s
         .validate()?
         .context("no validation data (set data.validation or data.val_fraction)")?;
@@ -166,7 +167,8 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
     let (session, loaded);
     let (model, tok) = match (&a.checkpoint, &a.model) {
         (Some(ck), None) => {
-            session = wmtp_host::train::evaluate::checkpoint_session(ck, &a.overrides(), None)?;
+            session =
+                wmtp_host::checkpoint::evaluate::checkpoint_session(ck, &a.overrides(), None)?;
             if a.held_out {
                 let d = &session.cfg.data;
                 anyhow::ensure!(

@@ -256,7 +256,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 format == "peft",
                 "--format {format}: only peft is supported"
             );
-            wmtp_host::train::tools::export_peft_adapter(&checkpoint, &out)?;
+            wmtp_host::checkpoint::export::export_peft_adapter(&checkpoint, &out)?;
             println!(
                 "PEFT adapter written to {} (peft.PeftModel.from_pretrained, or [lora] init_from)",
                 out.display()
@@ -269,10 +269,10 @@ pub fn run(cli: Cli) -> Result<()> {
             format,
         } => {
             let format = match format {
-                MergeFormatArg::Meta => wmtp_host::train::tools::MergeFormat::Meta,
-                MergeFormatArg::Hf => wmtp_host::train::tools::MergeFormat::Hf,
+                MergeFormatArg::Meta => wmtp_host::checkpoint::export::MergeFormat::Meta,
+                MergeFormatArg::Hf => wmtp_host::checkpoint::export::MergeFormat::Hf,
             };
-            wmtp_host::train::tools::merge_checkpoint(&checkpoint, &out, format)?;
+            wmtp_host::checkpoint::export::merge_checkpoint(&checkpoint, &out, format)?;
             println!(
                 "merged model written to {} (use it with --model {})",
                 out.display(),
@@ -294,7 +294,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `wmtp merge --format`: the command line's name for [`wmtp_host::train::tools::MergeFormat`] (the library
+/// `wmtp merge --format`: the command line's name for [`wmtp_host::checkpoint::export::MergeFormat`] (the library
 /// does not depend on clap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MergeFormatArg {

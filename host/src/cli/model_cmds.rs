@@ -116,11 +116,11 @@ pub struct PerplexityArgs {
 pub(super) fn load(m: &ModelArgsCli) -> Result<LoadedModel> {
     let device = m.device.open()?;
     let ckpt = std::path::Path::new(&m.model);
-    if wmtp_host::train::checkpoint::layout::is_checkpoint(ckpt) {
-        let (cfg, _) = wmtp_host::train::checkpoint::read_meta(ckpt, &[])?;
+    if wmtp_host::checkpoint::layout::is_checkpoint(ckpt) {
+        let (cfg, _) = wmtp_host::checkpoint::read_meta(ckpt, &[])?;
         let mut opts = wmtp_host::train::session::load_options(&cfg, &device)?;
         opts.dtype = m.dtype.into();
-        return wmtp_host::train::checkpoint::trained::load_trained_for_inference(
+        return wmtp_host::formats::checkpoint::load_trained_for_inference(
             ckpt,
             &cfg.model.path,
             &opts,

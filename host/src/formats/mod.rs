@@ -7,6 +7,8 @@
 //! the file).
 
 pub mod adapter;
+pub mod checkpoint;
+pub mod checkpoint_layout;
 pub mod gguf;
 pub mod guarded;
 pub mod hf;

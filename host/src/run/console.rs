@@ -2,7 +2,7 @@
 //! run/progress.rs).
 
 use super::RunSummary;
-use crate::train::checkpoint::{self, TrainerState};
+use crate::checkpoint::{self, TrainerState};
 use crate::train::session::Session;
 use std::path::Path;
 

@@ -23,7 +23,7 @@ impl MetricsLog {
                 tensorboard: None,
             });
         }
-        let path = run_dir.join(crate::train::checkpoint::layout::METRICS);
+        let path = run_dir.join(crate::checkpoint::layout::METRICS);
         let jsonl = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

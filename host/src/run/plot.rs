@@ -388,7 +388,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, panels: &[Panel]) -> R
 /// Writes `run_dir/plots.svg` and `run_dir/plots.png` (the same figure); returns their paths.
 pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
     register_font()?;
-    let series = read_metrics(&run_dir.join(crate::train::checkpoint::layout::METRICS))?;
+    let series = read_metrics(&run_dir.join(crate::checkpoint::layout::METRICS))?;
     let panels = panels(&series);
     let size = figure_size(panels.len());
     let svg = run_dir.join("plots.svg");

@@ -3,7 +3,7 @@
 //! plugin whose bytes differ — the same path rebuilt, or another `--pipeline` — needs
 //! `--allow-plugin-change`. `--set` overrides go through the same parsing and validation as a fresh run.
 
-use crate::train::checkpoint::{self, file_sha256, TrainerState};
+use crate::checkpoint::{self, file_sha256, TrainerState};
 use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 /// The checkpoint to resume from: `path` itself, or — when `path` is a run folder — its latest
 /// complete `step-N` checkpoint.
 pub fn checkpoint_to_resume(path: &Path) -> Result<PathBuf> {
-    if crate::train::checkpoint::layout::is_checkpoint(path) {
+    if crate::checkpoint::layout::is_checkpoint(path) {
         return Ok(path.to_path_buf());
     }
-    if crate::train::checkpoint::layout::checkpoints_dir(path).is_dir() {
+    if crate::checkpoint::layout::checkpoints_dir(path).is_dir() {
         checkpoint::clean_leftovers(path)?;
         return checkpoint::latest(path).with_context(|| {
             format!(

@@ -2,7 +2,7 @@
 //! or resumed), the sharding, and the run directory.
 
 use super::RunOptions;
-use crate::train::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
+use crate::checkpoint::{self, TrainerState, CHECKPOINT_FORMAT};
 use crate::train::config::RunConfig;
 use crate::train::session::Session;
 use anyhow::{Context, Result};

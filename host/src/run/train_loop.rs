@@ -4,7 +4,7 @@
 
 use super::progress::{Progress, StepFigures};
 use super::RunSummary;
-use crate::train::checkpoint::{self, TrainerState};
+use crate::checkpoint::{self, TrainerState};
 use crate::train::evaluate::Validation;
 use crate::train::session::Session;
 use crate::train::step::{train_step, StepReport};

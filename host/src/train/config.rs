@@ -410,6 +410,21 @@ impl RunConfig {
     }
 }
 
+/// Reads a checkpoint's config (with `overrides`, `--set key=value`, parsed and validated as for a fresh
+/// run) and trainer state.
+pub fn read_meta(
+    ckpt: &std::path::Path,
+    overrides: &[String],
+) -> anyhow::Result<(RunConfig, crate::formats::checkpoint::TrainerState)> {
+    use anyhow::Context;
+    let cfg = RunConfig::load(
+        Some(&ckpt.join(crate::formats::checkpoint_layout::CONFIG)),
+        overrides,
+    )
+    .with_context(|| format!("checkpoint {}", ckpt.display()))?;
+    Ok((cfg, crate::formats::checkpoint::read_trainer_state(ckpt)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

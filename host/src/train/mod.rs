@@ -1,7 +1,6 @@
-//! Training: the block-wise engine, gradients, the optimiser, configuration, sessions, steps,
-//! checkpoints and the `wmtp run` loop.
+//! Training: the block-wise engine, configuration, sessions, stages, the step and validation (saving
+//! and restoring a session is `host/src/checkpoint/`, the `wmtp run` loop `host/src/run/`).
 
-pub mod checkpoint;
 pub mod config;
 pub mod config_source;
 pub mod engine;
@@ -14,5 +13,4 @@ pub mod schedule;
 pub mod session;
 pub mod stages;
 pub mod step;
-pub mod tools;
 pub mod trainable;

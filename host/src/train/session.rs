@@ -3,7 +3,6 @@
 //! groups from the manifest unless the config lists them), the values (own value head or frozen critic),
 //! the data, the optimiser, and the reference model when the pipeline needs reference losses.
 
-use super::checkpoint::trained::load_trained;
 use super::config::{RunConfig, TrainingSection};
 use super::plugin_ranks::PluginRanks;
 use super::step::{Models, Weigher};
@@ -11,6 +10,7 @@ use super::trainable::{narrow_trainable, trained_groups};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
+use crate::formats::checkpoint::load_trained;
 use crate::formats::load::{load_model, LoadOptions};
 use crate::model::grads::Grads;
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
@@ -471,7 +471,7 @@ pub fn frozen_critic(
     ckpt: &Path,
     device: &candle_core::Device,
 ) -> Result<(Transformer, ValueHead)> {
-    let (cfg, _) = super::checkpoint::read_meta(ckpt, &[]).context("critic.checkpoint")?;
+    let (cfg, _) = super::config::read_meta(ckpt, &[]).context("critic.checkpoint")?;
     let opts = load_options(&cfg, device)?;
     let (mut model, vh) =
         load_trained(ckpt, &cfg.model.path, &opts, &cfg.value_head).context("critic.checkpoint")?;

@@ -6,49 +6,26 @@
 //! (and never damages the previous one); the next run's start cleans up what a crash left behind
 //! ([`clean_leftovers`]). A checkpoint with a non-finite trainable parameter is never written.
 
-pub mod layout;
+pub mod evaluate;
+pub mod export;
 pub mod sharded;
-pub mod trained;
 
-use super::config::RunConfig;
-use super::session::Session;
 use crate::formats::adapter::{save_adapter, save_full};
+pub use crate::formats::checkpoint::{TrainerState, CHECKPOINT_FORMAT};
+pub use crate::formats::checkpoint_layout as layout;
 use crate::model::param::restore_params;
 use crate::model::ParamGroup;
+pub use crate::train::config::read_meta;
+use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// Version of the checkpoint layout.
-pub const CHECKPOINT_FORMAT: u32 = 1;
-
-/// `trainer_state.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TrainerState {
-    /// Layout version.
-    pub format: u32,
-    /// Optimizer steps done.
-    pub step: u64,
-    /// Data position: epoch of the next batch.
-    pub epoch: u64,
-    /// Data position: index of the next batch's first item.
-    pub index: usize,
-    /// Best validation loss so far.
-    pub best_val: Option<f64>,
-    /// The pipeline plugin the run used: an absolute path (checkpoints written before paths were made
-    /// absolute, still format 1, may hold a relative one).
-    pub pipeline: String,
-    /// SHA-256 (hex) of the plugin's bytes; empty in checkpoints written before it was recorded.
-    #[serde(default)]
-    pub pipeline_sha256: String,
-}
 
 /// Hex SHA-256 of the file at `path`.
 pub fn file_sha256(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    super::reference::hash_file(&mut h, path)?;
+    crate::train::reference::hash_file(&mut h, path)?;
     Ok(format!("{:x}", h.finalize()))
 }
 
@@ -166,9 +143,9 @@ fn save_model(
     let root = layout::checkpoints_dir(run_dir);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let label = format!("checkpoint {name} (pipeline {})", s.pipeline_path.display());
-    super::guard::check_finite(model, "", &label)?;
+    crate::train::guard::check_finite(model, "", &label)?;
     if let Some(vh) = &s.value_head {
-        super::guard::check_finite(vh, "value_head.", &label)?;
+        crate::train::guard::check_finite(vh, "value_head.", &label)?;
     }
     let tmp = root.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -234,25 +211,6 @@ fn write_contents(
         save_full(&dir.join(layout::MODEL), model, s.value_head.as_ref())?;
     }
     Ok(())
-}
-
-/// Reads a checkpoint's config (with `overrides`, `--set key=value`, parsed and validated as for a fresh
-/// run) and trainer state.
-pub fn read_meta(ckpt: &Path, overrides: &[String]) -> Result<(RunConfig, TrainerState)> {
-    let cfg = RunConfig::load(Some(&ckpt.join(layout::CONFIG)), overrides)
-        .with_context(|| format!("checkpoint {}", ckpt.display()))?;
-    let p = ckpt.join(layout::TRAINER_STATE);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let st: TrainerState =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
-    if st.format > CHECKPOINT_FORMAT {
-        bail!(
-            "{}: checkpoint format {} is newer than this wmtp reads",
-            p.display(),
-            st.format
-        );
-    }
-    Ok((cfg, st))
 }
 
 /// Loads a checkpoint's weights, optimiser, plugin state and data position into a session built from

@@ -2,9 +2,9 @@
 //! full checkpoint in Meta or Hugging Face layout; `wmtp export --format peft`: its adapter as a PEFT
 //! adapter.
 
-use super::checkpoint::read_meta;
-use super::checkpoint::trained::load_trained;
+use super::read_meta;
 use crate::formats::adapter::save_full;
+use crate::formats::checkpoint::load_trained;
 use crate::formats::hf_export::{export_peft, save_hf_merged};
 use crate::model::{Transformer, ValueHead};
 use anyhow::{bail, Context, Result};
@@ -24,7 +24,7 @@ pub enum MergeFormat {
 /// The checkpoint's trained model (adapter not merged) and value head, on the CPU, and its base model id.
 fn trained(ckpt: &Path) -> Result<(Transformer, Option<ValueHead>, String)> {
     let (cfg, _) = read_meta(ckpt, &[])?;
-    let opts = super::session::load_options(&cfg, &candle_core::Device::Cpu)?;
+    let opts = crate::train::session::load_options(&cfg, &candle_core::Device::Cpu)?;
     let (model, vh) = load_trained(ckpt, &cfg.model.path, &opts, &cfg.value_head)
         .with_context(|| format!("checkpoint {}", ckpt.display()))?;
     Ok((model, vh, cfg.model.path))

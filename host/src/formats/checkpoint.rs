@@ -1,12 +1,55 @@
-//! A checkpoint's trained model: its adapter on the base model, or its full model folder, for training
-//! tools (`wmtp merge`/`export`, a frozen critic) and for inference (`wmtp generate`, HumanEval).
+//! A wmtp checkpoint folder read as a model format (its file names: [`super::checkpoint_layout`]): its
+//! trainer state, and its trained model — its adapter on the base model, or its full model folder — for
+//! training tools (`wmtp merge`/`export`, a frozen critic) and for inference (`wmtp generate`,
+//! HumanEval). Writing one, and restoring a training session from one, is `host/src/checkpoint/`.
 
-use super::layout;
+use super::checkpoint_layout as layout;
 use crate::formats::adapter::{load_adapter, read_value_head};
 use crate::model::ValueHeadConfig;
 use crate::model::{Transformer, ValueHead};
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// Version of the checkpoint layout.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+/// `trainer_state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Layout version.
+    pub format: u32,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Data position: epoch of the next batch.
+    pub epoch: u64,
+    /// Data position: index of the next batch's first item.
+    pub index: usize,
+    /// Best validation loss so far.
+    pub best_val: Option<f64>,
+    /// The pipeline plugin the run used: an absolute path (checkpoints written before paths were made
+    /// absolute, still format 1, may hold a relative one).
+    pub pipeline: String,
+    /// SHA-256 (hex) of the plugin's bytes; empty in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub pipeline_sha256: String,
+}
+
+/// A checkpoint's `trainer_state.json`, refused when its format is newer than this wmtp reads.
+pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
+    let p = ckpt.join(layout::TRAINER_STATE);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let st: TrainerState =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    if st.format > CHECKPOINT_FORMAT {
+        bail!(
+            "{}: checkpoint format {} is newer than this wmtp reads",
+            p.display(),
+            st.format
+        );
+    }
+    Ok(st)
+}
 
 /// A trained checkpoint's model and value head: its `adapter/` added to base model `base` (LoRA not
 /// merged), or its full `model/` directory (with `value_head.safetensors` when there is one, built as

@@ -17,7 +17,7 @@ use wmtp_host::checkpoint::{self, TrainerState};
 use wmtp_host::model::VisitParams;
 use wmtp_host::parallel::local;
 use wmtp_host::train::session::Session;
-use wmtp_host::train::step::train_step;
+use wmtp_host::train::session_step::train_step;
 
 fn frozen_bytes(lora: bool) -> usize {
     let s = Session::new(config(1, lora, &[]), &plugin("baseline")).unwrap();

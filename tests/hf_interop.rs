@@ -7,7 +7,8 @@
 use crate::common;
 
 use wmtp_host::checkpoint::export::{export_peft_adapter, merge_checkpoint, MergeFormat};
-use wmtp_host::formats::hf_export::{import_peft, permute_rotate_half};
+use wmtp_host::formats::hf_export::import_peft;
+use wmtp_host::formats::hf_layout::permute_rotate_half;
 use wmtp_host::formats::load::{load_model, LoadOptions};
 use wmtp_host::model::{ForwardCtx, LoraConfig, VisitParams};
 use wmtp_host::run::{run, RunOptions};

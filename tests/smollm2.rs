@@ -149,7 +149,8 @@ fn trained_ids(s: &wmtp_host::data::dataset::Sample) -> Vec<u32> {
 
 #[test]
 fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
-    use wmtp_host::data::dataset::{encode_row, parse_jsonl, Template};
+    use wmtp_host::data::dataset::{encode_row, parse_jsonl};
+    use wmtp_host::data::template::Template;
     let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let lm = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let tok = lm.tokenizer.as_ref().unwrap();
@@ -184,7 +185,8 @@ fn smollm2_instruction_rows_use_chatml_with_the_prompt_masked() {
 /// row likewise, with only its assistant turns trained.
 #[test]
 fn the_models_chat_template_matches_transformers() {
-    use wmtp_host::data::dataset::{encode_row, parse_jsonl, Template};
+    use wmtp_host::data::dataset::{encode_row, parse_jsonl};
+    use wmtp_host::data::template::Template;
     let path = common::fixture("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let lm = load_model(path.to_str().unwrap(), &LoadOptions::default()).unwrap();
     let tok = lm.tokenizer.as_ref().unwrap();

@@ -417,7 +417,11 @@ fn a_second_optimiser_trains_through_the_optimizer_trait() {
     let (name, before) = first(&s);
     let mut ces = Vec::new();
     for step in 0..12 {
-        ces.push(wmtp_host::train::step::train_step(&mut s, step).unwrap().ce);
+        ces.push(
+            wmtp_host::train::session_step::train_step(&mut s, step)
+                .unwrap()
+                .ce,
+        );
     }
     let (_, after) = first(&s);
     assert!(

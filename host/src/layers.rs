@@ -49,6 +49,7 @@ pub const PLUGIN_HOST_USERS: &[&str] = &["train", "checkpoint"];
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::path::{Path, PathBuf};
 
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -122,6 +123,133 @@ mod tests {
             "imports against the layer table:\n{}",
             bad.join("\n")
         );
+    }
+
+    /// The files (and sub-folders) of `folder` that `text` refers to: `super::name` from a file directly
+    /// in the folder (`from_sub`: from a sub-folder's `mod.rs`, whose `super` is the folder too) and
+    /// `crate::<folder>::name` from anywhere in it. Test modules are left out (their `super` is the file).
+    fn sibling_refs(text: &str, folder: &str, direct: bool) -> Vec<String> {
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let own = format!("crate::{folder}::");
+        let mut out = Vec::new();
+        let mut prefixes = vec![own.as_str()];
+        if direct {
+            prefixes.push("super::");
+        }
+        for pre in prefixes {
+            for (i, m) in code.match_indices(pre) {
+                if i > 0
+                    && (code.as_bytes()[i - 1].is_ascii_alphanumeric()
+                        || code.as_bytes()[i - 1] == b'_'
+                        || code.as_bytes()[i - 1] == b':')
+                {
+                    continue;
+                }
+                let name: String = code[i + m.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// The import graph between the files of `folder` (a sub-folder counts as one node).
+    fn file_graph(src: &Path, folder: &str) -> BTreeMap<String, BTreeSet<String>> {
+        let dir = src.join(folder);
+        let mut nodes: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            if p.is_dir() {
+                let mut files = Vec::new();
+                rust_files(&p, &mut files);
+                let texts = files
+                    .iter()
+                    .map(|f| {
+                        let sub_mod = f.parent() == Some(p.as_path())
+                            && f.file_name().is_some_and(|n| n == "mod.rs");
+                        (std::fs::read_to_string(f).unwrap(), sub_mod)
+                    })
+                    .collect();
+                nodes.insert(stem, texts);
+            } else if p.extension().is_some_and(|x| x == "rs") && stem != "mod" {
+                nodes.insert(stem, vec![(std::fs::read_to_string(&p).unwrap(), true)]);
+            }
+        }
+        let names: BTreeSet<String> = nodes.keys().cloned().collect();
+        nodes
+            .iter()
+            .map(|(n, texts)| {
+                let deps = texts
+                    .iter()
+                    .flat_map(|(t, direct)| sibling_refs(t, folder, *direct))
+                    .filter(|d| d != n && names.contains(d))
+                    .collect();
+                (n.clone(), deps)
+            })
+            .collect()
+    }
+
+    /// A circle in `g` (a list of nodes, the first repeated at the end), if any.
+    fn find_circle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+        fn visit(
+            n: &str,
+            g: &BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<String>,
+            done: &mut BTreeSet<String>,
+        ) -> Option<Vec<String>> {
+            if let Some(i) = path.iter().position(|p| p == n) {
+                let mut c = path[i..].to_vec();
+                c.push(n.to_string());
+                return Some(c);
+            }
+            if done.contains(n) {
+                return None;
+            }
+            path.push(n.to_string());
+            for d in &g[n] {
+                if let Some(c) = visit(d, g, path, done) {
+                    return Some(c);
+                }
+            }
+            path.pop();
+            done.insert(n.to_string());
+            None
+        }
+        let mut done = BTreeSet::new();
+        g.keys()
+            .find_map(|n| visit(n, g, &mut Vec::new(), &mut done))
+    }
+
+    #[test]
+    fn the_files_of_every_folder_import_each_other_without_circles() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut bad = Vec::new();
+        for folder in LAYERS.iter().map(|(f, _)| *f).chain(["cli"]) {
+            if let Some(c) = find_circle(&file_graph(&src, folder)) {
+                bad.push(format!("{folder}/: {}", c.join(" → ")));
+            }
+        }
+        assert!(bad.is_empty(), "circles between files:\n{}", bad.join("\n"));
+    }
+
+    #[test]
+    fn the_circle_check_sees_a_circle() {
+        let g: BTreeMap<String, BTreeSet<String>> = [
+            ("a", vec!["b"]),
+            ("b", vec!["c"]),
+            ("c", vec!["a"]),
+            ("d", vec![]),
+        ]
+        .into_iter()
+        .map(|(n, d)| (n.to_string(), d.into_iter().map(String::from).collect()))
+        .collect();
+        assert_eq!(find_circle(&g).unwrap(), ["a", "b", "c", "a"]);
+        let mut refs = sibling_refs("use super::x; crate::m::y; s::super::z", "m", true);
+        refs.sort();
+        assert_eq!(refs, ["x", "y"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use wmtp_host::parallel::fsdp::Fsdp;
 use wmtp_host::parallel::local;
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::session::Session;
-use wmtp_host::train::step::train_step;
+use wmtp_host::train::session_step::train_step;
 
 pub const STEPS: u64 = 20;
 

@@ -15,7 +15,7 @@ pub use crate::formats::checkpoint::{TrainerState, CHECKPOINT_FORMAT};
 pub use crate::formats::checkpoint_layout as layout;
 use crate::model::param::restore_params;
 use crate::model::ParamGroup;
-pub use crate::train::config::read_meta;
+pub use crate::train::config_source::read_meta;
 use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -239,10 +239,10 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
     // with [[stages]]: the checkpoint's stage (its trained parameters, a fresh optimiser), whose
     // optimiser counts steps from the stage's start; at a stage's first step the saved state is the
     // previous stage's, and the new stage starts afresh as in an uninterrupted run
-    crate::train::stages::enter_stage(s, st.step)?;
+    crate::train::stage_switch::enter_stage(s, st.step)?;
     let local_step = st.step - s.stage_start;
     let f = ckpt.join(layout::OPTIMIZER);
-    if f.exists() && !crate::train::stages::at_stage_start(s, st.step) {
+    if f.exists() && !crate::train::stage_switch::at_stage_start(s, st.step) {
         let dev = s.model.device().clone();
         let t = read(&f)?
             .into_iter()

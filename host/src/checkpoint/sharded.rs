@@ -13,7 +13,8 @@ use super::layout;
 use super::{commit, load_plugin_and_position, write_run_state, TrainerState};
 use crate::model::param::restore_params;
 use crate::model::{ParamGroup, VisitParams};
-use crate::parallel::fsdp::state::{unshard_files, ShardIndex};
+use crate::parallel::fsdp::state::unshard_files;
+use crate::parallel::shard::ShardIndex;
 use crate::parallel::strategy::Strategy;
 use crate::train::session::Session;
 use anyhow::{bail, Context, Result};
@@ -185,8 +186,8 @@ pub fn load_into(ckpt: &Path, s: &mut Session, st: &TrainerState) -> Result<()> 
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_device(&dev)?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    crate::train::stages::enter_stage(s, st.step)?;
-    if !crate::train::stages::at_stage_start(s, st.step) {
+    crate::train::stage_switch::enter_stage(s, st.step)?;
+    if !crate::train::stage_switch::at_stage_start(s, st.step) {
         s.optimizer.load_state(state, st.step - s.stage_start)?;
     }
     load_plugin_and_position(ckpt, s, st)

@@ -79,7 +79,7 @@ pub struct GenerateArgs {
 }
 
 /// `--template`: `raw` (None: the prompt as given) or a `data.template` name.
-pub(super) fn parse_template(s: &str) -> Result<Option<wmtp_host::data::dataset::Template>> {
+pub(super) fn parse_template(s: &str) -> Result<Option<wmtp_host::data::template::Template>> {
     match s {
         "raw" => Ok(None),
         t => t

@@ -1,9 +1,9 @@
 //! `{messages: [{role, content}, …]}` rows: a conversation rendered with the chat template — the model's
 //! own, or ChatML — training every assistant turn and nothing else. (`{prompt, completion}` rows are
-//! [`super::dataset::prompt_and_response`] without a template.)
+//! `prompt_and_response` (dataset.rs) without a template.)
 
 use super::chat_template::{ChatTemplate, Message};
-use super::dataset::Template;
+use super::template::Template;
 use super::Tokenizer;
 use anyhow::{bail, Result};
 

@@ -6,6 +6,7 @@ pub mod conversation;
 pub mod dataset;
 pub mod sentencepiece;
 pub mod sp_model;
+pub mod template;
 pub mod tokenizer;
 
 pub use batcher::MicroBatch;

@@ -7,7 +7,7 @@
 
 use super::pass_at_k::mean_pass_at_k;
 use super::python_sandbox::{self, Limits, Outcome};
-use crate::data::dataset::Template;
+use crate::data::template::Template;
 use crate::data::tokenizer::Tokenizer;
 use crate::infer::generate::{generate_with_progress, GenerateOptions, Sampling};
 use crate::model::Transformer;

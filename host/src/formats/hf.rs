@@ -2,6 +2,7 @@
 //! keys renamed to Meta's, and q/k rows converted from the rotate-half RoPE layout to the interleaved one
 //! on load (never at run time).
 
+use super::hf_layout::unpermute_rotate_half;
 use super::meta::{files_matching, read_safetensors};
 use crate::formats::hf_names::meta_name;
 use crate::model::ModelArgs;
@@ -38,16 +39,6 @@ fn theta() -> f64 {
 }
 fn max_pos() -> usize {
     2048
-}
-
-/// Inverse of HF's `permute`: rows grouped [heads, 2, hd/2] (rotate-half) → [heads, hd/2, 2] (interleaved).
-pub fn unpermute_rotate_half(w: &Tensor, n_heads: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    let hd = rows / n_heads;
-    Ok(w.reshape((n_heads, 2, hd / 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?)
 }
 
 /// Reads an HF-LLaMA directory into Meta names and layout (an H = 1 model).
@@ -90,7 +81,7 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
     }
     let mut out = HashMap::new();
     let wmtp_files = [
-        crate::formats::hf_export::EXTRA_HEADS_FILE,
+        crate::formats::hf_layout::EXTRA_HEADS_FILE,
         "value_head.safetensors",
     ];
     for f in &files {
@@ -118,13 +109,13 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
         }
     }
     // a wmtp HF export: its extra MTP heads beside the Llama (wmtp names and layout)
-    let wmtp_cfg = dir.join(crate::formats::hf_export::WMTP_CONFIG_FILE);
-    let extra = dir.join(crate::formats::hf_export::EXTRA_HEADS_FILE);
+    let wmtp_cfg = dir.join(crate::formats::hf_layout::WMTP_CONFIG_FILE);
+    let extra = dir.join(crate::formats::hf_layout::EXTRA_HEADS_FILE);
     let mut args = args;
     if wmtp_cfg.exists() && extra.exists() {
         let text = std::fs::read_to_string(&wmtp_cfg)
             .with_context(|| format!("reading {}", wmtp_cfg.display()))?;
-        let w: crate::formats::hf_export::WmtpExportConfig = serde_json::from_str(&text)
+        let w: crate::formats::hf_layout::WmtpExportConfig = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", wmtp_cfg.display()))?;
         if w.n_future_tokens > 1 {
             args.n_future_tokens = w.n_future_tokens;

@@ -12,7 +12,10 @@
 //! ([heads, 2, hd/2]). For a q/k LoRA ΔW = s·B·A, only B's rows are permuted (B_hf = P·B); A is untouched.
 
 use super::adapter::{save_json, save_tensors, save_value_head};
-use super::hf::unpermute_rotate_half;
+use super::hf_layout::{
+    permute_rotate_half, unpermute_rotate_half, WmtpExportConfig, EXTRA_HEADS_FILE,
+    WMTP_CONFIG_FILE,
+};
 use super::hf_names::hf_name;
 use crate::model::param::{ParamGroup, VisitParams};
 use crate::model::{LoraConfig, Transformer, ValueHead};
@@ -23,22 +26,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 const PEFT_PREFIX: &str = "base_model.model.";
-/// Extra heads' weights or LoRA, under wmtp's names.
-pub const EXTRA_HEADS_FILE: &str = "wmtp_extra_heads.safetensors";
-/// wmtp's own fields of an HF / PEFT export.
-pub const WMTP_CONFIG_FILE: &str = "wmtp_config.json";
-
-/// Interleaved → rotate-half rows (HF's `permute`): rows [heads, hd/2, 2] regrouped as [heads, 2, hd/2].
-/// The inverse of [`unpermute_rotate_half`].
-pub fn permute_rotate_half(w: &Tensor, n_heads: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    let hd = rows / n_heads;
-    Ok(w.reshape((n_heads, hd / 2, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?)
-}
-
 /// How many heads' rows a q/k tensor (or its LoRA B) is grouped by: n_heads for wq, n_kv_heads for wk;
 /// None for any other tensor (and for LoRA A, whose rows are the rank).
 fn rope_heads(ours: &str, args: &crate::model::ModelArgs) -> Option<usize> {
@@ -50,15 +37,6 @@ fn rope_heads(ours: &str, args: &crate::model::ModelArgs) -> Option<usize> {
     } else {
         None
     }
-}
-
-/// `wmtp_config.json`: what an HF / PEFT export needs to come back as the same MTP model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WmtpExportConfig {
-    /// Heads of the model (1 + extra heads).
-    pub n_future_tokens: usize,
-    /// The value head saved in `value_head.safetensors`, if any.
-    pub value_head: Option<crate::model::ValueHeadConfig>,
 }
 
 /// PEFT's `adapter_config.json` (only fields PEFT knows).

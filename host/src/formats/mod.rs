@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod guarded;
 pub mod hf;
 pub mod hf_export;
+pub mod hf_layout;
 pub mod hf_names;
 pub mod load;
 pub mod meta;

@@ -5,7 +5,8 @@
 //! validation split by problem stays the same) and `is_correct = true`; the `output` is the model's
 //! continuation of the templated prompt, cut at EOS.
 
-use crate::data::dataset::{Row, Template};
+use crate::data::dataset::Row;
+use crate::data::template::Template;
 use crate::data::Tokenizer;
 use crate::infer::generate::{generate_with_progress, GenerateOptions, Sampling};
 use crate::model::Transformer;

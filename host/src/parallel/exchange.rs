@@ -1,6 +1,6 @@
 //! Collectives built on one primitive, the exchange: every rank hands in a tensor and gets every rank's
-//! tensor back, in rank order. The in-process group ([`super::local`]) and the TCP group
-//! ([`super::tcp`]) are exchanges; each rank then computes its own result from the set, summing in rank
+//! tensor back, in rank order. The in-process group (local.rs) and the TCP group
+//! (tcp.rs) implement it; each rank then computes its own result from the set, summing in rank
 //! order, so all ranks agree bit for bit. (NCCL does the collectives itself and needs none of this.)
 
 use super::Communicator;

@@ -107,6 +107,27 @@ impl FlatLayout {
     }
 }
 
+/// How the flat vectors of a per-rank checkpoint split into tensors: enough to read the files back on
+/// any world size (`shards/index.json`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardIndex {
+    /// Slices each flat vector was cut into: one file per slice (`rank-00000.safetensors`, …).
+    pub slices: usize,
+    /// The trainable buckets.
+    pub buckets: Vec<BucketEntry>,
+}
+
+/// One trainable bucket of a [`ShardIndex`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BucketEntry {
+    /// Its key (`fsdp.<unit>.<group>.<decay|no_decay>`).
+    pub key: String,
+    /// The tensors flattened into it, in order.
+    pub names: Vec<String>,
+    /// Their shapes.
+    pub shapes: Vec<Vec<usize>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

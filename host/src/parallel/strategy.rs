@@ -1,12 +1,12 @@
 //! The parallel-strategy seam: how one training step spreads over ranks. The engine and the step call
 //! only [`Strategy`]; [`NoSharding`] (one rank holding the whole model) and FSDP
-//! ([`super::fsdp::Fsdp`]) are its implementations, so a new strategy (e.g. tensor parallelism) is a
+//! (`Fsdp`, in fsdp/) are its implementations, so a new strategy (e.g. tensor parallelism) is a
 //! new implementation, not a new `Option` threaded through the training code.
 //!
 //! Every method may be a collective: all ranks call the same methods in the same order, whatever their
 //! data (the engine's unit order depends only on the model).
 
-use super::fsdp::state::ShardIndex;
+use super::shard::ShardIndex;
 use crate::model::grads::Grads;
 use crate::model::{Transformer, Unit, VisitParams};
 use crate::optim::{clip_global_norm, Optimizer};

@@ -1,6 +1,6 @@
 //! `wmtp run`: a training run from a config (or the embedded default) and a pipeline plugin, read top
 //! down — set up (run/setup.rs: ranks, session, run directory), say what will run
-//! (run/console.rs), loop over [`crate::train::step::train_step`] with its bookkeeping (run/train_loop.rs:
+//! (run/console.rs), loop over [`crate::train::session_step::train_step`] with its bookkeeping (run/train_loop.rs:
 //! metrics, validation and `best`, checkpoints, Ctrl-C, progress), finish (final validation, last
 //! checkpoint, summary). Resume is exact.
 

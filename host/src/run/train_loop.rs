@@ -7,7 +7,8 @@ use super::RunSummary;
 use crate::checkpoint::{self, TrainerState};
 use crate::train::evaluate::Validation;
 use crate::train::session::Session;
-use crate::train::step::{train_step, StepReport};
+use crate::train::session_step::train_step;
+use crate::train::step::StepReport;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +89,7 @@ impl TrainLoop {
                     .write(&val_json(serde_json::json!({"step": 0}), &v))?;
             }
         }
-        if let Some(line) = crate::train::stages::describe(s).filter(|_| !self.quiet) {
+        if let Some(line) = crate::train::stage_switch::describe(s).filter(|_| !self.quiet) {
             self.bar.say(&line);
         }
         Ok(())
@@ -97,7 +98,7 @@ impl TrainLoop {
     /// One optimizer step and what follows it: the metrics line, validation every `eval_every` steps,
     /// a checkpoint every `checkpoint.every` steps or on Ctrl-C. Returns false when the run must stop.
     pub fn step(&mut self, s: &mut Session, state: &mut TrainerState) -> Result<bool> {
-        if let Some(line) = crate::train::stages::enter_stage(s, state.step)? {
+        if let Some(line) = crate::train::stage_switch::enter_stage(s, state.step)? {
             if !self.quiet {
                 self.bar.say(&line);
             }

@@ -3,10 +3,9 @@
 //! values are errors naming the key; `--set a.b=v` overrides any key; the resolved config is printed and
 //! saved with every checkpoint.
 
-use crate::model::{LoraConfig, ValueHeadConfig};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::model::{LoraConfig, ParamGroup, ValueHeadConfig};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// `configs/default.toml`, used when `wmtp run` gets no config.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/default.toml");
@@ -50,7 +49,7 @@ pub struct RunConfig {
     pub plugin: toml::Table,
     /// Consecutive training stages (`[[stages]]`, train/stages.rs); empty: one stage, `[training]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stages: Vec<super::stages::StageSection>,
+    pub stages: Vec<StageSection>,
 }
 
 /// `[model]`.
@@ -98,7 +97,7 @@ pub struct DataSection {
     /// How instruction rows become prompt + response: `auto` (the model's own chat template when it
     /// ships one, else ChatML when the tokenizer has `<|im_start|>`, else Alpaca), `model`, `alpaca`,
     /// `chatml`, `none`. `wmtp generate --template` takes the same.
-    pub template: crate::data::dataset::Template,
+    pub template: crate::data::template::Template,
     /// Pack training samples into sequences of up to `max_length` tokens (whole samples in order; see
     /// `data::dataset::pack`): fewer pad tokens per step for short `{text}` rows. Attention crosses the
     /// documents of a sequence. Pointwise pipelines without rewards only (baseline, rho1); validation
@@ -322,40 +321,6 @@ pub enum ActivationCheckpointing {
 }
 
 impl RunConfig {
-    /// Reads a config file (or the defaults when `path` is None) and applies `--set` overrides.
-    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let (mut table, source, text) = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config {}", p.display()))?;
-                let t: toml::Table = toml::from_str(&text)
-                    .with_context(|| format!("parsing config {}", p.display()))?;
-                (t, p.display().to_string(), Some(text))
-            }
-            None => (
-                toml::from_str(EMBEDDED_DEFAULT).context("the embedded default config")?,
-                "the embedded default (configs/default.toml)".to_string(),
-                None,
-            ),
-        };
-        for o in overrides {
-            let (k, v) = o
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--set expects key=value, got `{o}`"))?;
-            super::config_source::set_key(&mut table, k.trim(), v.trim())?;
-        }
-        let mut cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let key = e.path().to_string();
-                let at = super::config_source::origin_of(&key, overrides, text.as_deref(), &source);
-                anyhow!("config key `{key}` ({at}): {}", e.inner().message())
-            })?;
-        super::stages::resolve(&mut cfg).with_context(|| format!("config ({source})"))?;
-        cfg.validate()
-            .with_context(|| format!("config ({source})"))?;
-        Ok(cfg)
-    }
-
     /// Range checks that serde cannot express; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.training;
@@ -410,19 +375,48 @@ impl RunConfig {
     }
 }
 
-/// Reads a checkpoint's config (with `overrides`, `--set key=value`, parsed and validated as for a fresh
-/// run) and trainer state.
-pub fn read_meta(
-    ckpt: &std::path::Path,
-    overrides: &[String],
-) -> anyhow::Result<(RunConfig, crate::formats::checkpoint::TrainerState)> {
-    use anyhow::Context;
-    let cfg = RunConfig::load(
-        Some(&ckpt.join(crate::formats::checkpoint_layout::CONFIG)),
-        overrides,
-    )
-    .with_context(|| format!("checkpoint {}", ckpt.display()))?;
-    Ok((cfg, crate::formats::checkpoint::read_trainer_state(ckpt)?))
+/// One `[[stages]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    /// A name for logs (default `stage-N`, 1-based).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Optimizer steps of this stage (≥ 1).
+    pub steps: u64,
+    /// Trained groups (default: `training.trainable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<Vec<ParamGroup>>,
+    /// Parameter-name prefixes narrowing them (default: `training.trainable_prefixes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_prefixes: Option<Vec<String>>,
+    /// Peak learning rate (default: `training.lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Warm-up share of the stage's steps (default: `training.warmup_ratio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f64>,
+    /// Final lr / peak lr of the stage (default: `training.min_lr_ratio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lr_ratio: Option<f64>,
+}
+
+impl StageSection {
+    /// The `[training]` section this stage trains with: its own keys over the run's, `steps` the stage's.
+    pub fn training(&self, base: &TrainingSection) -> TrainingSection {
+        let mut t = base.clone();
+        t.steps = self.steps;
+        if let Some(g) = &self.trainable {
+            t.trainable = g.clone();
+        }
+        if let Some(p) = &self.trainable_prefixes {
+            t.trainable_prefixes = p.clone();
+        }
+        t.lr = self.lr.unwrap_or(t.lr);
+        t.warmup_ratio = self.warmup_ratio.unwrap_or(t.warmup_ratio);
+        t.min_lr_ratio = self.min_lr_ratio.unwrap_or(t.min_lr_ratio);
+        t
+    }
 }
 
 #[cfg(test)]

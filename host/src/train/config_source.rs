@@ -1,7 +1,58 @@
-//! Where a run config's values come from: `--set key=value` overrides parsed as TOML, and for an error,
-//! the `--set` or the config file's line that gave the offending key.
+//! Where a run config's values come from: a config file or the embedded default, `--set key=value`
+//! overrides parsed as TOML (for an error, the `--set` or the file's line that gave the offending key),
+//! or a checkpoint's saved config ([`read_meta`]).
 
-use anyhow::{anyhow, bail, Result};
+use super::config::{RunConfig, EMBEDDED_DEFAULT};
+use crate::formats::checkpoint::TrainerState;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+
+impl RunConfig {
+    /// Reads a config file (or the defaults when `path` is None) and applies `--set` overrides.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let (mut table, source, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                let t: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("parsing config {}", p.display()))?;
+                (t, p.display().to_string(), Some(text))
+            }
+            None => (
+                toml::from_str(EMBEDDED_DEFAULT).context("the embedded default config")?,
+                "the embedded default (configs/default.toml)".to_string(),
+                None,
+            ),
+        };
+        for o in overrides {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--set expects key=value, got `{o}`"))?;
+            set_key(&mut table, k.trim(), v.trim())?;
+        }
+        let mut cfg: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let at = origin_of(&key, overrides, text.as_deref(), &source);
+                anyhow!("config key `{key}` ({at}): {}", e.inner().message())
+            })?;
+        super::stages::resolve(&mut cfg).with_context(|| format!("config ({source})"))?;
+        cfg.validate()
+            .with_context(|| format!("config ({source})"))?;
+        Ok(cfg)
+    }
+}
+
+/// Reads a checkpoint's config (with `overrides`, `--set key=value`, parsed and validated as for a fresh
+/// run) and trainer state.
+pub fn read_meta(ckpt: &Path, overrides: &[String]) -> Result<(RunConfig, TrainerState)> {
+    let cfg = RunConfig::load(
+        Some(&ckpt.join(crate::formats::checkpoint_layout::CONFIG)),
+        overrides,
+    )
+    .with_context(|| format!("checkpoint {}", ckpt.display()))?;
+    Ok((cfg, crate::formats::checkpoint::read_trainer_state(ckpt)?))
+}
 
 /// Sets `key` (dotted) in `table` to `value` parsed as TOML; a bare word (`cuda`, `bf16`) becomes a
 /// string, but a value that starts like a TOML array, table, string or number and does not parse is an

@@ -2,40 +2,13 @@
 //! `train = false`, its metrics) over held-out items (a saved checkpoint's: `host/src/checkpoint/evaluate.rs`),
 //! and next-token cross-entropy / perplexity of a text under head 0 (`wmtp perplexity`).
 
-use super::engine::ForwardState;
+use super::head_ce::{head_ce_sums, plain_ce};
 use super::session::Session;
 use super::step::{forward_and_batch, Models, Weigher};
 use crate::data::batcher::{collate, Batcher, Items};
 use crate::model::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor, D};
-
-/// Per-head sums of the unweighted CE over valid tokens and the valid-token counts:
-/// (Σ_t m[t,k]·CE[t,k], Σ_t m[t,k]) for each head k.
-pub fn head_ce_sums(st: &ForwardState) -> (Vec<f64>, Vec<f64>) {
-    let h = st.shape.2;
-    let (mut s, mut n) = (vec![0f64; h], vec![0f64; h]);
-    for (i, (&c, &m)) in st.ce.iter().zip(&st.ce_mask).enumerate() {
-        s[i % h] += c as f64 * m as f64;
-        n[i % h] += m as f64;
-    }
-    (s, n)
-}
-
-/// Unweighted CE: per-head mean over valid tokens, averaged over heads with tokens.
-pub fn plain_ce(st: &ForwardState) -> f64 {
-    let (s, n) = head_ce_sums(st);
-    let h = s.len();
-    let used: Vec<f64> = (0..h)
-        .filter(|&k| n[k] > 0.0)
-        .map(|k| s[k] / n[k])
-        .collect();
-    if used.is_empty() {
-        0.0
-    } else {
-        used.iter().sum::<f64>() / used.len() as f64
-    }
-}
 
 /// Validation results: plain CE, pipeline loss (train = false) and plugin metrics, averaged over batches.
 #[derive(Debug, Clone, Default, PartialEq)]

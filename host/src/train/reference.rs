@@ -9,7 +9,8 @@
 
 use super::config::RunConfig;
 use super::session::Session;
-use super::step::{train_step, NativeBaseline};
+use super::session_step::train_step;
+use super::step::NativeBaseline;
 use crate::formats::load::{load_model, LoadOptions};
 use crate::model::Transformer;
 use anyhow::{Context, Result};
@@ -47,10 +48,14 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
     }
     let steps = stage.training.steps;
     eprintln!("reference: training a {steps}-step baseline stage (cached for later runs)");
-    let mut s = Session::with_weigher(
+    // the native baseline needs no reference itself: the session is assembled directly
+    let mut s = Session::assemble(
         stage,
         Box::new(NativeBaseline::default()),
         Path::new("native-baseline"),
+        false,
+        &opts.device,
+        None,
     )
     .context("building the reference stage")?;
     for step in 0..steps {

@@ -134,39 +134,20 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<
 }
 
 impl Session {
-    /// Builds a session for the pipeline plugin at `pipeline_path`.
-    pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
-        Self::new_for(cfg, pipeline_path, false)
-    }
-
-    /// [`Session::new`]; `for_sharding`: the session will be sharded ([`Session::shard`]), so the
-    /// policy is built in host memory and only this rank's shards ever reach `model.device` — no rank
-    /// holds the whole model on its GPU, not even while starting (the value head and reference models
-    /// go to the device as usual).
-    pub fn new_for(cfg: RunConfig, pipeline_path: &Path, for_sharding: bool) -> Result<Self> {
-        let ranks = PluginRanks::default();
-        let plugin = load_plugin(&cfg, pipeline_path, &ranks)?;
-        let mut s = Self::with_weigher_on(cfg, Box::new(plugin), pipeline_path, for_sharding)?;
-        s.plugin_ranks = ranks;
-        Ok(s)
-    }
-
-    /// Builds a session around any pipeline (`label` names it in summaries and checkpoints).
-    pub fn with_weigher(cfg: RunConfig, weigher: Box<dyn Weigher>, label: &Path) -> Result<Self> {
-        Self::with_weigher_on(cfg, weigher, label, false)
-    }
-
-    /// [`Session::with_weigher`]; `policy_on_host`: the policy model is built in host memory (see
-    /// [`Session::new_for`]).
-    fn with_weigher_on(
+    /// Puts a session together around `weigher` (`label` names it in summaries and checkpoints) in the
+    /// order a recipe reads, on `device` (`cfg.model.device`, opened once); `policy_on_host`: the policy
+    /// model is built in host memory (see [`Session::new_for`]). `reference`: the frozen reference
+    /// model, built beforehand (train/build.rs), when the pipeline needs reference losses.
+    pub fn assemble(
         cfg: RunConfig,
         weigher: Box<dyn Weigher>,
         label: &Path,
         policy_on_host: bool,
+        device: &candle_core::Device,
+        reference: Option<Transformer>,
     ) -> Result<Self> {
         let manifest = weigher.manifest().clone();
-        let device = cfg.model.device.open().context("model.device")?;
-        let opts = load_options(&cfg, &device)?;
+        let opts = load_options(&cfg, device)?;
         let policy_opts = if policy_on_host {
             load_options(&cfg, &candle_core::Device::Cpu)?
         } else {
@@ -213,12 +194,16 @@ impl Session {
         let data = setup_data(&cfg, &tokenizer, sampling_for(&manifest))?;
         let optimizer = optimizer_for(&t0, kernels);
         let stage = (!cfg.stages.is_empty()).then_some(0);
-        let reference = if manifest.needs.contains(&InputKind::Reference) {
-            let mut r = super::reference::reference_model(&cfg, &opts)?;
-            r.set_kernels(kernels);
-            Some(r)
-        } else {
-            None
+        let reference = match (manifest.needs.contains(&InputKind::Reference), reference) {
+            (true, Some(mut r)) => {
+                r.set_kernels(kernels);
+                Some(r)
+            }
+            (true, None) => bail!(
+                "pipeline {} needs reference losses, but no reference model was given",
+                label.display()
+            ),
+            (false, _) => None,
         };
         Ok(Session {
             source,
@@ -471,7 +456,7 @@ pub fn frozen_critic(
     ckpt: &Path,
     device: &candle_core::Device,
 ) -> Result<(Transformer, ValueHead)> {
-    let (cfg, _) = super::config::read_meta(ckpt, &[]).context("critic.checkpoint")?;
+    let (cfg, _) = super::config_source::read_meta(ckpt, &[]).context("critic.checkpoint")?;
     let opts = load_options(&cfg, device)?;
     let (mut model, vh) =
         load_trained(ckpt, &cfg.model.path, &opts, &cfg.value_head).context("critic.checkpoint")?;

@@ -22,56 +22,10 @@
 //! stage as it starts. `training.use_lora` is the run's (adapters are added when any stage trains them).
 //! Not yet: sharded (launched) runs, and per-stage plugin settings.
 
-use super::config::{RunConfig, TrainingSection};
-use super::session::{optimizer_for, Session};
-use super::trainable::{narrow_trainable, trained_groups};
-use crate::model::{ParamGroup, VisitParams};
+use super::config::{RunConfig, StageSection, TrainingSection};
+use super::trainable::trained_groups;
+use crate::model::ParamGroup;
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
-
-/// One `[[stages]]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageSection {
-    /// A name for logs (default `stage-N`, 1-based).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    /// Optimizer steps of this stage (≥ 1).
-    pub steps: u64,
-    /// Trained groups (default: `training.trainable`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trainable: Option<Vec<ParamGroup>>,
-    /// Parameter-name prefixes narrowing them (default: `training.trainable_prefixes`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trainable_prefixes: Option<Vec<String>>,
-    /// Peak learning rate (default: `training.lr`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f64>,
-    /// Warm-up share of the stage's steps (default: `training.warmup_ratio`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warmup_ratio: Option<f64>,
-    /// Final lr / peak lr of the stage (default: `training.min_lr_ratio`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_lr_ratio: Option<f64>,
-}
-
-impl StageSection {
-    /// The `[training]` section this stage trains with: its own keys over the run's, `steps` the stage's.
-    pub fn training(&self, base: &TrainingSection) -> TrainingSection {
-        let mut t = base.clone();
-        t.steps = self.steps;
-        if let Some(g) = &self.trainable {
-            t.trainable = g.clone();
-        }
-        if let Some(p) = &self.trainable_prefixes {
-            t.trainable_prefixes = p.clone();
-        }
-        t.lr = self.lr.unwrap_or(t.lr);
-        t.warmup_ratio = self.warmup_ratio.unwrap_or(t.warmup_ratio);
-        t.min_lr_ratio = self.min_lr_ratio.unwrap_or(t.min_lr_ratio);
-        t
-    }
-}
 
 /// Checks the stages (errors name `stages[i].key`) and sets `training.steps` to their sum.
 pub fn resolve(cfg: &mut RunConfig) -> Result<()> {
@@ -131,74 +85,6 @@ pub fn first_training(cfg: &RunConfig) -> TrainingSection {
         Some(st) => st.training(&cfg.training),
         None => cfg.training.clone(),
     }
-}
-
-/// Puts session `s` in the stage of optimizer step `step`: when it differs from the current one, sets
-/// the trained parameters and a fresh optimiser for it, and returns a line naming it (None otherwise,
-/// and always without stages).
-pub fn enter_stage(s: &mut Session, step: u64) -> Result<Option<String>> {
-    if s.cfg.stages.is_empty() {
-        return Ok(None);
-    }
-    let (i, start) = stage_at(&s.cfg.stages, step);
-    if s.stage == Some(i) {
-        return Ok(None);
-    }
-    if s.strategy.sharded() {
-        bail!("[[stages]] is not supported in sharded (launched) runs yet");
-    }
-    let stage = s.cfg.stages[i].clone();
-    let t = stage.training(&s.cfg.training);
-    let groups = trained_groups(&t, s.weigher.manifest());
-    let model_groups: Vec<ParamGroup> = groups
-        .iter()
-        .copied()
-        .filter(|g| *g != ParamGroup::ValueHead)
-        .collect();
-    s.model.set_trainable_groups(&model_groups)?;
-    narrow_trainable(&mut s.model, &t.trainable_prefixes)
-        .map_err(|e| anyhow::anyhow!("stages[{i}] ({}): {e:#}", stage.name))?;
-    if let Some(vh) = s.value_head.as_mut() {
-        let on = groups.contains(&ParamGroup::ValueHead);
-        let mut result = Ok(());
-        vh.visit_mut("value_head.", &mut |name, p| {
-            if let Err(e) = p.set_trainable(on) {
-                result = Err(e.context(format!("parameter {name}")));
-            }
-        });
-        result?;
-    }
-    s.optimizer = optimizer_for(
-        &t,
-        crate::kernels::Kernels::from_flag(s.cfg.runtime.fused_kernels),
-    );
-    s.groups = groups;
-    s.stage = Some(i);
-    s.stage_start = start;
-    Ok(describe(s))
-}
-
-/// Whether optimizer step `step` is the first of a stage after the first (the optimiser state saved at
-/// that step belongs to the stage before).
-pub fn at_stage_start(s: &Session, step: u64) -> bool {
-    s.stage.is_some_and(|i| i > 0) && step == s.stage_start
-}
-
-/// A line naming the session's current stage: its index, name, steps, lr and trainable count.
-pub fn describe(s: &Session) -> Option<String> {
-    let i = s.stage?;
-    let stage = &s.cfg.stages[i];
-    let (_, trainable) = s.model.param_counts();
-    Some(format!(
-        "stage {}/{} `{}`: steps {}–{}, lr {}, {} trainable parameters",
-        i + 1,
-        s.cfg.stages.len(),
-        stage.name,
-        s.stage_start + 1,
-        s.stage_start + stage.steps,
-        stage.training(&s.cfg.training).lr,
-        trainable
-    ))
 }
 
 #[cfg(test)]

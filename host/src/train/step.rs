@@ -314,7 +314,7 @@ pub fn accumulate(
         engine.backward(&st, &cce, cv.as_deref(), grads)?;
         rep.times.backward += lap(dev, &mut clock)?;
         rep.loss += c.loss / accum as f64;
-        rep.ce += super::evaluate::plain_ce(&st) / accum as f64;
+        rep.ce += super::head_ce::plain_ce(&st) / accum as f64;
         rep.tokens += mb.target_mask.iter().filter(|&&x| x != 0).count();
         for (k, v) in c.metrics {
             match metric_sums.iter_mut().find(|(n, _)| *n == k) {
@@ -376,30 +376,4 @@ pub fn apply(
     w.after_step(step)?;
     rep.times.optimizer += lap(policy.device(), &mut clock)?;
     Ok(())
-}
-
-/// One optimizer step of session `s` at step index `step`: `grad_accum` micro-batches forward, weighed
-/// and backward, then clipping, the update and the pipeline's after-step. The one step that `wmtp run`
-/// and the automatic reference stage both loop over.
-pub fn train_step(s: &mut super::session::Session, step: u64) -> Result<StepReport> {
-    let t = &s.cfg.training;
-    let (accum, seed, max_norm) = (t.grad_accum, t.seed, t.max_grad_norm);
-    let pad = s.tokenizer.eos_id.unwrap_or(0);
-    let mut rep = {
-        let p = s.step_parts();
-        accumulate(
-            &p.models, p.weigher, p.batcher, accum, step, seed, pad, p.grads,
-        )?
-    };
-    apply(
-        &mut s.model,
-        s.strategy.as_mut(),
-        s.value_head.as_mut(),
-        s.weigher.as_mut(),
-        s.optimizer.as_mut(),
-        &mut s.grads,
-        max_norm,
-        &mut rep,
-    )?;
-    Ok(rep)
 }

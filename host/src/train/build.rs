@@ -1,0 +1,52 @@
+//! Building a session the way a run does: the pipeline plugin loaded; then, when the pipeline needs
+//! reference losses, the reference model — a model the config names, or the automatic baseline stage
+//! (reference.rs), trained before the session exists; then the session itself (session.rs) around both.
+
+use super::config::RunConfig;
+use super::plugin_ranks::PluginRanks;
+use super::reference::reference_model;
+use super::session::{load_options, load_plugin, Session};
+use super::step::Weigher;
+use anyhow::{Context, Result};
+use std::path::Path;
+use wmtp_plugin_host::InputKind;
+
+impl Session {
+    /// Builds a session for the pipeline plugin at `pipeline_path`.
+    pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
+        Self::new_for(cfg, pipeline_path, false)
+    }
+
+    /// [`Session::new`]; `for_sharding`: the session will be sharded ([`Session::shard`]), so the
+    /// policy is built in host memory and only this rank's shards ever reach `model.device` — no rank
+    /// holds the whole model on its GPU, not even while starting (the value head and reference models
+    /// go to the device as usual).
+    pub fn new_for(cfg: RunConfig, pipeline_path: &Path, for_sharding: bool) -> Result<Self> {
+        let ranks = PluginRanks::default();
+        let plugin = load_plugin(&cfg, pipeline_path, &ranks)?;
+        let mut s = build(cfg, Box::new(plugin), pipeline_path, for_sharding)?;
+        s.plugin_ranks = ranks;
+        Ok(s)
+    }
+
+    /// Builds a session around any pipeline (`label` names it in summaries and checkpoints).
+    pub fn with_weigher(cfg: RunConfig, weigher: Box<dyn Weigher>, label: &Path) -> Result<Self> {
+        build(cfg, weigher, label, false)
+    }
+}
+
+/// The reference model first (when the pipeline needs one), then the session, both on one device.
+fn build(
+    cfg: RunConfig,
+    weigher: Box<dyn Weigher>,
+    label: &Path,
+    policy_on_host: bool,
+) -> Result<Session> {
+    let device = cfg.model.device.open().context("model.device")?;
+    let reference = if weigher.manifest().needs.contains(&InputKind::Reference) {
+        Some(reference_model(&cfg, &load_options(&cfg, &device)?)?)
+    } else {
+        None
+    };
+    Session::assemble(cfg, weigher, label, policy_on_host, &device, reference)
+}

@@ -165,7 +165,7 @@ mod tests {
             if p.is_dir() {
                 let mut files = Vec::new();
                 rust_files(&p, &mut files);
-                let texts = files
+                let texts: Vec<(String, bool)> = files
                     .iter()
                     .map(|f| {
                         let sub_mod = f.parent() == Some(p.as_path())
@@ -173,9 +173,13 @@ mod tests {
                         (std::fs::read_to_string(f).unwrap(), sub_mod)
                     })
                     .collect();
-                nodes.insert(stem, texts);
+                nodes.entry(stem).or_default().extend(texts);
             } else if p.extension().is_some_and(|x| x == "rs") && stem != "mod" {
-                nodes.insert(stem, vec![(std::fs::read_to_string(&p).unwrap(), true)]);
+                // `engine.rs` and its sub-modules in `engine/` are one node
+                nodes
+                    .entry(stem)
+                    .or_default()
+                    .push((std::fs::read_to_string(&p).unwrap(), true));
             }
         }
         let names: BTreeSet<String> = nodes.keys().cloned().collect();

@@ -15,7 +15,7 @@ use crate::model::Unit;
 use crate::model::{ForwardCtx, Param, Transformer, ValueHead, VisitParams};
 use crate::parallel::strategy::Strategy;
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use std::borrow::Cow;
 
 /// What the forward pass keeps: unit inputs, the per-token scalars and, without activation checkpointing,
@@ -80,6 +80,8 @@ pub struct Engine<'a> {
 }
 
 use wmtp_plugin_host::ce_mask;
+
+mod backward;
 
 impl ChunkSaved {
     /// Rows `idx` of z [B·T, D] through the shared final norm and the output projection.
@@ -263,192 +265,6 @@ impl<'a> Engine<'a> {
             head_lse,
             saved_chunks,
         })
-    }
-
-    /// Backward of S = Σ c_ce·CE + Σ c_v·V unit by unit (recomputing each unit from its input), adding
-    /// the trainable parameters' gradients to `grads`. `c_ce` may be empty (all zero).
-    pub fn backward(
-        &self,
-        st: &ForwardState,
-        c_ce: &[f32],
-        c_v: Option<&[f32]>,
-        grads: &mut Grads,
-    ) -> Result<()> {
-        let m = self.model;
-        let (b, t, h) = st.shape;
-        let d = m.args.dim;
-        let rope = m.rope(t)?;
-        let n_trunk = m.layers.len() - 1;
-        let trunk_trainable = any_trainable(&m.tok_embeddings)
-            || m.layers[..n_trunk].iter().any(|b| has_trainable(b));
-        let h_trunk = &st.unit_inputs[n_trunk];
-        let mut dh = Tensor::zeros((b, t, d), DType::F32, self.dev())?;
-        let shared_trainable = has_trainable(&m.norm) || has_trainable(&m.output);
-        // the backward's order (train/schedule.rs): output, the heads it visits, trunk blocks top down,
-        // embedding
-        let detached = |k: usize| self.detach_extra_heads && k > 0;
-        // a head is visited when its block trains or its gradient flows on (into shared or trunk
-        // weights); the head scan runs once per backward, not once per visit query
-        let head_trains: Vec<bool> = (0..h).map(|k| has_trainable(m.head(k))).collect();
-        let visits =
-            |k: usize| head_trains[k] || (!detached(k) && (trunk_trainable || shared_trainable));
-        let schedule = Schedule::backward(
-            m,
-            &visits,
-            trunk_trainable,
-            any_trainable(&m.tok_embeddings),
-        );
-        let om = self.lend(&schedule, Unit::Output)?;
-        for k in 0..h {
-            let coef_k: Vec<f32> = if c_ce.is_empty() {
-                Vec::new()
-            } else {
-                (0..b * t).map(|r| c_ce[r * h + k]).collect()
-            };
-            if !visits(k) {
-                continue;
-            }
-            let hm = self.lend(&schedule, Unit::head(m, k))?;
-            if coef_k.iter().all(|&c| c == 0.0) {
-                self.flush(Unit::head(m, k), grads)?;
-                continue;
-            }
-            let head = hm.head(k);
-            let head_prefix = if k == 0 {
-                format!("layers.{n_trunk}.")
-            } else {
-                format!("extra_heads.{}.", k - 1)
-            };
-            // 1. the head block's activations: kept from the forward, or recomputed
-            let recomputed;
-            let sv = match st.saved_heads.get(k).and_then(Option::as_ref) {
-                Some(sv) => sv,
-                None => {
-                    recomputed = head.forward_saved(h_trunk, &rope, &self.ctx(1000 + k as u64))?;
-                    &recomputed
-                }
-            };
-            // 2. vocabulary projection + CE backward, chunked: dz of the valid rows
-            let zf = sv.out.reshape((b * t, d))?;
-            let hr = &st.heads[k];
-            let coef_rows: Vec<f32> = hr.rows.iter().map(|&r| coef_k[r as usize]).collect();
-            let coef_rows = Tensor::new(coef_rows.as_slice(), self.dev())?;
-            let mut dz_rows = Vec::new();
-            let mut pg = Vec::new();
-            for (i, (start, len)) in hr.chunks(self.chunk_rows).enumerate() {
-                let tc = hr.targets.narrow(0, start, len)?;
-                let recomputed;
-                let ChunkSaved {
-                    z: zc,
-                    normed: nc,
-                    logits,
-                    out: lsv,
-                } = match st.saved_chunks.get(k).and_then(|c| c.get(i)) {
-                    Some(c) => c,
-                    None => {
-                        recomputed = ChunkSaved::compute(&om, &zf, &hr.idx.narrow(0, start, len)?)?;
-                        &recomputed
-                    }
-                };
-                let Some(lse) = &st.head_lse[k] else {
-                    bail!("head {k} has coefficients but no valid rows");
-                };
-                let dlogits = kernels::cross_entropy::ce_backward(
-                    m.kernels(),
-                    logits,
-                    &tc,
-                    &lse.narrow(0, start, len)?,
-                    &coef_rows.narrow(0, start, len)?,
-                )?;
-                let dn = om
-                    .output
-                    .backward(nc, lsv, &dlogits, true, "output.", &mut pg)?
-                    .expect("dx was asked for");
-                let (dzc, dg) = om.norm.backward(zc, &dn)?;
-                if let Some(dg) = dg {
-                    pg.push(("norm.weight".to_string(), dg));
-                }
-                dz_rows.push(dzc);
-            }
-            if !detached(k) {
-                for (name, g) in pg {
-                    grads.add(&name, &g)?;
-                }
-            }
-            let dz =
-                kernels::scatter_rows(m.kernels(), &Tensor::cat(&dz_rows, 0)?, &hr.idx, b * t)?;
-            // 3. the head block's backward
-            let hg = head.backward(
-                sv,
-                &dz.reshape((b, t, d))?,
-                &rope,
-                trunk_trainable && !detached(k),
-                &head_prefix,
-            )?;
-            for (name, g) in hg.params {
-                grads.add(&name, &g)?;
-            }
-            self.flush(Unit::head(m, k), grads)?;
-            if let Some(g) = hg.dx {
-                dh = (dh + g.to_dtype(DType::F32)?)?;
-            }
-        }
-        if let (Some(vh), Some(cv)) = (self.value_head, c_v) {
-            if cv.iter().any(|&c| c != 0.0) {
-                let hvar = Var::from_tensor(h_trunk)?;
-                let v = vh.forward(&om.norm.forward(hvar.as_tensor())?, &self.ctx(3000))?;
-                let s = (v * Tensor::from_slice(cv, (b, t), self.dev())?)?.sum_all()?;
-                let store = s.backward()?;
-                grads.absorb(vh, "value_head.", &store)?;
-                grads.absorb(&om.norm, "norm.", &store)?;
-                if let Some(g) = store.get(hvar.as_tensor()) {
-                    // detached: autograd's dL/dh still refers to this step's forward graph, which
-                    // would otherwise flow into every trunk gradient and the optimiser's state
-                    dh = (dh + g.to_dtype(DType::F32)?.detach())?;
-                }
-            }
-        }
-        self.flush(Unit::Output, grads)?;
-        if !trunk_trainable {
-            return Ok(());
-        }
-        let mut dh = dh.to_dtype(m.dtype())?;
-        drop(om);
-        for i in (0..n_trunk).rev() {
-            let mu = self.lend(&schedule, Unit::Layer(i))?;
-            let block = &mu.layers[i];
-            let recomputed;
-            let sv = match st.saved_trunk.get(i) {
-                Some(sv) => sv,
-                None => {
-                    recomputed =
-                        block.forward_saved(&st.unit_inputs[i], &rope, &self.ctx(1 + i as u64))?;
-                    &recomputed
-                }
-            };
-            let need_dx = i > 0 || any_trainable(&m.tok_embeddings);
-            let bg = block.backward(sv, &dh, &rope, need_dx, &format!("layers.{i}."))?;
-            for (name, g) in bg.params {
-                grads.add(&name, &g)?;
-            }
-            self.flush(Unit::Layer(i), grads)?;
-            dh = match bg.dx {
-                Some(g) => g,
-                None => return Ok(()), // nothing below needs this block's input gradient
-            };
-        }
-        if any_trainable(&m.tok_embeddings) {
-            let em = self.lend(&schedule, Unit::Embedding)?;
-            let tokens = Tensor::from_slice(&st.tokens, (b, t), self.dev())?;
-            let s =
-                (em.embed(&tokens)?.to_dtype(DType::F32)? * dh.to_dtype(DType::F32)?)?.sum_all()?;
-            let store = s.backward()?;
-            if let Some(g) = store.get(em.tok_embeddings.tensor()) {
-                grads.add("tok_embeddings.weight", g)?;
-            }
-            self.flush(Unit::Embedding, grads)?;
-        }
-        Ok(())
     }
 }
 

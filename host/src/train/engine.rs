@@ -174,24 +174,9 @@ impl<'a> Engine<'a> {
         }
         let rope = m.rope(t)?;
         let tokens: Vec<u32> = mb.tokens.flatten_all()?.to_vec1()?;
-        let mut inputs = Vec::with_capacity(m.layers.len());
-        let mut saved_trunk = Vec::new();
-        let n_trunk = m.layers.len() - 1;
         let schedule = Schedule::forward(m);
-        let mut x = self
-            .lend(&schedule, Unit::Embedding)?
-            .embed(&mb.tokens)?
-            .detach();
-        for i in 0..n_trunk {
-            inputs.push(x.clone());
-            let mu = self.lend(&schedule, Unit::Layer(i))?;
-            let sv = mu.layers[i].forward_saved(&x, &rope, &self.ctx(1 + i as u64))?;
-            x = sv.out.clone();
-            if self.keep_activations {
-                saved_trunk.push(sv);
-            }
-        }
-        inputs.push(x.clone());
+        let (inputs, saved_trunk) = self.trunk_forward(&schedule, &mb.tokens, &rope)?;
+        let x = inputs.last().expect("the trunk's output").clone();
         let mask = ce_mask(&mb.target_mask, b, t, h);
         let heads = (0..h)
             .map(|k| HeadRows::new(&tokens, &mask, h, k, self.dev()))
@@ -213,26 +198,11 @@ impl<'a> Engine<'a> {
             let sv = hm
                 .head(k)
                 .forward_saved(&x, &rope, &self.ctx(1000 + k as u64))?;
-            let zf = sv.out.reshape((b * t, m.args.dim))?;
-            let mut lse_parts = Vec::new();
-            let mut chunks = Vec::new();
-            for (start, len) in hr.chunks(self.chunk_rows) {
-                let c = ChunkSaved::compute(&om, &zf, &hr.idx.narrow(0, start, len)?)?;
-                let (ce, lse) = kernels::cross_entropy::ce_forward(
-                    m.kernels(),
-                    &c.logits,
-                    &hr.targets.narrow(0, start, len)?,
-                )?;
-                ce_parts.push(ce);
-                lse_parts.push(lse);
-                if self.keep_activations {
-                    chunks.push(c);
-                }
-            }
+            let (lse, chunks) = self.head_ce_forward(&om, &sv.out, hr, &mut ce_parts)?;
             saved_chunks.push(chunks);
             // the log-sum-exp is kept for the backward (which recomputes the logits when they
             // are not kept)
-            head_lse.push(Some(Tensor::cat(&lse_parts, 0)?));
+            head_lse.push(Some(lse));
             saved_heads.push(self.keep_activations.then_some(sv));
         }
         let mut ce = vec![0f32; b * t * h];
@@ -265,6 +235,64 @@ impl<'a> Engine<'a> {
             head_lse,
             saved_chunks,
         })
+    }
+
+    /// The embedding and the trunk blocks over `tokens`: each trunk block's input and the trunk's
+    /// output h_trunk (last), and each block's activations when they are kept.
+    fn trunk_forward(
+        &self,
+        schedule: &Schedule,
+        tokens: &Tensor,
+        rope: &crate::model::rope::Rope,
+    ) -> Result<(Vec<Tensor>, Vec<BlockSaved>)> {
+        let n_trunk = self.model.layers.len() - 1;
+        let mut inputs = Vec::with_capacity(n_trunk + 1);
+        let mut saved = Vec::new();
+        let mut x = self
+            .lend(schedule, Unit::Embedding)?
+            .embed(tokens)?
+            .detach();
+        for i in 0..n_trunk {
+            inputs.push(x.clone());
+            let mu = self.lend(schedule, Unit::Layer(i))?;
+            let sv = mu.layers[i].forward_saved(&x, rope, &self.ctx(1 + i as u64))?;
+            x = sv.out.clone();
+            if self.keep_activations {
+                saved.push(sv);
+            }
+        }
+        inputs.push(x);
+        Ok((inputs, saved))
+    }
+
+    /// One head's CE on its valid rows `hr` of its block output `z` [B, T, D], through the shared norm
+    /// and output projection of `om` in chunks: each chunk's per-row CE appended to `ce_parts`; returns
+    /// the rows' log-sum-exp and, when activations are kept, the chunks.
+    fn head_ce_forward(
+        &self,
+        om: &Transformer,
+        z: &Tensor,
+        hr: &HeadRows,
+        ce_parts: &mut Vec<Tensor>,
+    ) -> Result<(Tensor, Vec<ChunkSaved>)> {
+        let (b, t, d) = z.dims3()?;
+        let zf = z.reshape((b * t, d))?;
+        let mut lse_parts = Vec::new();
+        let mut chunks = Vec::new();
+        for (start, len) in hr.chunks(self.chunk_rows) {
+            let c = ChunkSaved::compute(om, &zf, &hr.idx.narrow(0, start, len)?)?;
+            let (ce, lse) = kernels::cross_entropy::ce_forward(
+                self.model.kernels(),
+                &c.logits,
+                &hr.targets.narrow(0, start, len)?,
+            )?;
+            ce_parts.push(ce);
+            lse_parts.push(lse);
+            if self.keep_activations {
+                chunks.push(c);
+            }
+        }
+        Ok((Tensor::cat(&lse_parts, 0)?, chunks))
     }
 }
 

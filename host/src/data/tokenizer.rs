@@ -110,80 +110,10 @@ impl Tokenizer {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok().cloned());
         let mut inner = match model.as_str() {
-            "gpt2" => {
-                let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
-                    .to_vec()?
-                    .iter()
-                    .map(|m| {
-                        let s = m.to_string()?;
-                        s.split_once(' ')
-                            .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .ok_or_else(|| candle_core::Error::Msg(format!("bad merge `{s}`")))
-                    })
-                    .collect::<candle_core::Result<_>>()
-                    .with_context(|| format!("{source}: tokenizer.ggml.merges"))?;
-                let vocab = tokens
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (t.clone(), i as u32))
-                    .collect();
-                let bpe = BPE::new(vocab, merges);
-                let mut tk = tokenizers::Tokenizer::new(bpe);
-                tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-                tk.with_decoder(Some(ByteLevel::default()));
-                tk
-            }
+            "gpt2" => gguf_byte_level_bpe(md, &tokens, source)?,
             "llama" => {
-                let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
-                    Some(v) => v
-                        .to_vec()?
-                        .iter()
-                        .map(|s| s.to_f32())
-                        .collect::<candle_core::Result<_>>()?,
-                    None => vec![0.0; tokens.len()],
-                };
-                if scores.len() != tokens.len() || types.len() != tokens.len() {
-                    bail!(
-                        "{source}: {} tokens but {} scores and {} token types",
-                        tokens.len(),
-                        scores.len(),
-                        types.len()
-                    );
-                }
-                let mut pieces: Vec<Piece> = tokens
-                    .iter()
-                    .zip(&scores)
-                    .zip(&types)
-                    .map(|((t, &score), &kind)| Piece {
-                        piece: t.clone(),
-                        score,
-                        kind,
-                    })
-                    .collect();
-                // files without token types still name their unknown token and have byte pieces
-                if let Some(p) =
-                    id("tokenizer.ggml.unknown_token_id").and_then(|u| pieces.get_mut(u as usize))
-                {
-                    p.kind = 2;
-                }
-                let byte_fallback = types.contains(&6) || tokens.iter().any(|t| t == "<0x00>");
-                let add_space_prefix = md
-                    .get("tokenizer.ggml.add_space_prefix")
-                    .and_then(|v| v.to_bool().ok())
-                    .unwrap_or(true);
-                // llama.cpp's SentencePiece tokenizer: BPE over the piece scores, spaces as ▁, a space
-                // in front unless the file says otherwise, whitespace otherwise kept as written
-                let normalizer = SpNormalizer {
-                    name: "identity".into(),
-                    add_dummy_prefix: add_space_prefix,
-                    remove_extra_whitespaces: false,
-                    escape_whitespaces: true,
-                };
-                let sp =
-                    SpModel::from_parts(pieces, SpModelType::Bpe, byte_fallback, normalizer, true)
-                        .with_context(|| format!("{source}: the llama vocabulary"))?;
                 return Ok(Tokenizer {
-                    sp: Some(sp),
+                    sp: Some(gguf_sentencepiece(md, &tokens, &types, source)?),
                     inner: None,
                     bos_id,
                     eos_id,
@@ -379,6 +309,99 @@ impl Tokenizer {
             .into_owned()),
         }
     }
+}
+
+/// GGUF metadata, by key.
+type GgufMetadata = std::collections::HashMap<String, gguf_file::Value>;
+
+/// A GGUF `gpt2` vocabulary (`tokenizer.ggml.tokens` + `merges`) as a byte-level BPE tokenizer.
+fn gguf_byte_level_bpe(
+    md: &GgufMetadata,
+    tokens: &[String],
+    source: &str,
+) -> Result<tokenizers::Tokenizer> {
+    let get = |k: &str| {
+        md.get(k)
+            .ok_or_else(|| anyhow!("{source}: GGUF metadata lacks `{k}`"))
+    };
+    let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+        .to_vec()?
+        .iter()
+        .map(|m| {
+            let s = m.to_string()?;
+            s.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| candle_core::Error::Msg(format!("bad merge `{s}`")))
+        })
+        .collect::<candle_core::Result<_>>()
+        .with_context(|| format!("{source}: tokenizer.ggml.merges"))?;
+    let vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::new(vocab, merges);
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tk.with_decoder(Some(ByteLevel::default()));
+    Ok(tk)
+}
+
+/// A GGUF `llama` vocabulary (pieces, scores, token types) as llama.cpp's SentencePiece tokenizer.
+fn gguf_sentencepiece(
+    md: &GgufMetadata,
+    tokens: &[String],
+    types: &[i32],
+    source: &str,
+) -> Result<SpModel> {
+    let id = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
+    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|s| s.to_f32())
+            .collect::<candle_core::Result<_>>()?,
+        None => vec![0.0; tokens.len()],
+    };
+    if scores.len() != tokens.len() || types.len() != tokens.len() {
+        bail!(
+            "{source}: {} tokens but {} scores and {} token types",
+            tokens.len(),
+            scores.len(),
+            types.len()
+        );
+    }
+    let mut pieces: Vec<Piece> = tokens
+        .iter()
+        .zip(&scores)
+        .zip(types)
+        .map(|((t, &score), &kind)| Piece {
+            piece: t.clone(),
+            score,
+            kind,
+        })
+        .collect();
+    // files without token types still name their unknown token and have byte pieces
+    if let Some(p) = id("tokenizer.ggml.unknown_token_id").and_then(|u| pieces.get_mut(u as usize))
+    {
+        p.kind = 2;
+    }
+    let byte_fallback = types.contains(&6) || tokens.iter().any(|t| t == "<0x00>");
+    let add_space_prefix = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(true);
+    // llama.cpp's SentencePiece tokenizer: BPE over the piece scores, spaces as ▁, a space
+    // in front unless the file says otherwise, whitespace otherwise kept as written
+    let normalizer = SpNormalizer {
+        name: "identity".into(),
+        add_dummy_prefix: add_space_prefix,
+        remove_extra_whitespaces: false,
+        escape_whitespaces: true,
+    };
+    let sp = SpModel::from_parts(pieces, SpModelType::Bpe, byte_fallback, normalizer, true)
+        .with_context(|| format!("{source}: the llama vocabulary"))?;
+    Ok(sp)
 }
 
 #[cfg(test)]

@@ -43,6 +43,107 @@ pub struct InfoArgs {
     pub activation_checkpointing: String,
 }
 
+/// Allocated (all, trainable) counts and the count per group of a loaded model.
+type AllocatedCounts = ((u64, u64), BTreeMap<ParamGroup, u64>);
+
+/// The model's shape, and for a model that is loaded (not a preset) its allocated counts (LoRA added
+/// when `--lora`), which `info` checks against the formula.
+fn shape_and_allocated_counts(
+    a: &InfoArgs,
+    lora: &LoraConfig,
+) -> Result<(wmtp_host::model::ModelArgs, Option<AllocatedCounts>)> {
+    // presets are described from their shape alone (a 7B model is never allocated for `info`)
+    Ok(match preset_args(&a.model.model, a.model.n_future_tokens) {
+        Some(args) => (args?, None),
+        None => {
+            let mut m = load(&a.model)?.model;
+            if a.lora {
+                m.add_lora(lora, 0)?;
+            }
+            let mut by_group: BTreeMap<ParamGroup, u64> = BTreeMap::new();
+            m.visit("", &mut |_, p| {
+                *by_group.entry(p.group()).or_default() += p.numel() as u64
+            });
+            // full fine-tuning trains the trunk and the heads: counted, not made trainable (that would
+            // copy every weight)
+            let counts = if a.lora {
+                m.param_counts()
+            } else {
+                let get = |g| by_group.get(&g).copied().unwrap_or(0);
+                (
+                    by_group.values().sum(),
+                    get(ParamGroup::Trunk) + get(ParamGroup::Heads),
+                )
+            };
+            (m.args.clone(), Some((counts, by_group)))
+        }
+    })
+}
+
+/// `info`'s memory table: weights, masters, gradients, AdamW state, gathered units and activations per
+/// rank, for full fine-tuning and LoRA.
+fn print_memory_estimate(
+    a: &InfoArgs,
+    args: &wmtp_host::model::ModelArgs,
+    lora: &LoraConfig,
+) -> Result<()> {
+    let c = args.param_counts();
+    let bytes = candle_core::DType::from(a.model.dtype).size_in_bytes();
+    let seq = a.seq.unwrap_or(args.max_seq_len.min(2048));
+    let blocks = match a.activation_checkpointing.as_str() {
+        "blocks" => true,
+        "none" => false,
+        other => bail!("--activation-checkpointing {other}: blocks or none"),
+    };
+    let acts = ActivationEstimate::new(args, a.batch, seq, bytes, blocks, 2048);
+    println!(
+        "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {}):",
+        a.world_size, a.model.dtype, a.batch, a.activation_checkpointing
+    );
+    println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
+    let lt = lora.trainable_count(args)?;
+    let largest = args.block_params().max(c.embedding).max(c.norm_and_output);
+    let full = MemoryEstimate::new(
+        Counts {
+            total: c.total(),
+            trainable: c.total(),
+            largest_unit: largest,
+            largest_unit_trainable: largest,
+        },
+        bytes,
+        a.world_size,
+    );
+    // LoRA: the adapters spread over the blocks
+    let lt_unit = lt.div_ceil(args.n_layers.max(1) as u64);
+    let lo = MemoryEstimate::new(
+        Counts {
+            total: c.total() + lt,
+            trainable: lt,
+            largest_unit: largest + lt_unit,
+            largest_unit_trainable: lt_unit,
+        },
+        bytes,
+        a.world_size,
+    );
+    for (name, f, l) in [
+        ("weights", full.weights, lo.weights),
+        ("f32 masters / shards", full.masters, lo.masters),
+        ("gradients (f32)", full.grads, lo.grads),
+        ("AdamW state (2×f32)", full.adam_state, lo.adam_state),
+        ("gathered units", full.gathered, lo.gathered),
+        ("activations (saved)", acts.saved, acts.saved),
+        ("working + CUDA context", acts.working, acts.working),
+        (
+            "total",
+            full.total() + acts.total(),
+            lo.total() + acts.total(),
+        ),
+    ] {
+        println!("  {name:<22}{:>14}{:>14}", human_bytes(f), human_bytes(l));
+    }
+    Ok(())
+}
+
 /// `wmtp generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -158,32 +259,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
         ..Default::default()
     };
     lora.validate()?;
-    // presets are described from their shape alone (a 7B model is never allocated for `info`)
-    let (args, counted) = match preset_args(&a.model.model, a.model.n_future_tokens) {
-        Some(args) => (args?, None),
-        None => {
-            let mut m = load(&a.model)?.model;
-            if a.lora {
-                m.add_lora(&lora, 0)?;
-            }
-            let mut by_group: BTreeMap<ParamGroup, u64> = BTreeMap::new();
-            m.visit("", &mut |_, p| {
-                *by_group.entry(p.group()).or_default() += p.numel() as u64
-            });
-            // full fine-tuning trains the trunk and the heads: counted, not made trainable (that would
-            // copy every weight)
-            let counts = if a.lora {
-                m.param_counts()
-            } else {
-                let get = |g| by_group.get(&g).copied().unwrap_or(0);
-                (
-                    by_group.values().sum(),
-                    get(ParamGroup::Trunk) + get(ParamGroup::Heads),
-                )
-            };
-            (m.args.clone(), Some((counts, by_group)))
-        }
-    };
+    let (args, counted) = shape_and_allocated_counts(a, &lora)?;
     let c = args.param_counts();
     println!("model       {}", a.model.model);
     println!("shape       dim {}  blocks {} ({} trunk + {} heads)  attention heads {} (kv {})  head_dim {}",
@@ -239,60 +315,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
             g.join(", ")
         );
     }
-    let bytes = candle_core::DType::from(a.model.dtype).size_in_bytes();
-    let seq = a.seq.unwrap_or(args.max_seq_len.min(2048));
-    let blocks = match a.activation_checkpointing.as_str() {
-        "blocks" => true,
-        "none" => false,
-        other => bail!("--activation-checkpointing {other}: blocks or none"),
-    };
-    let acts = ActivationEstimate::new(&args, a.batch, seq, bytes, blocks, 2048);
-    println!(
-        "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {}):",
-        a.world_size, a.model.dtype, a.batch, a.activation_checkpointing
-    );
-    println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
-    let lt = lora.trainable_count(&args)?;
-    let largest = args.block_params().max(c.embedding).max(c.norm_and_output);
-    let full = MemoryEstimate::new(
-        Counts {
-            total: c.total(),
-            trainable: c.total(),
-            largest_unit: largest,
-            largest_unit_trainable: largest,
-        },
-        bytes,
-        a.world_size,
-    );
-    // LoRA: the adapters spread over the blocks
-    let lt_unit = lt.div_ceil(args.n_layers.max(1) as u64);
-    let lo = MemoryEstimate::new(
-        Counts {
-            total: c.total() + lt,
-            trainable: lt,
-            largest_unit: largest + lt_unit,
-            largest_unit_trainable: lt_unit,
-        },
-        bytes,
-        a.world_size,
-    );
-    for (name, f, l) in [
-        ("weights", full.weights, lo.weights),
-        ("f32 masters / shards", full.masters, lo.masters),
-        ("gradients (f32)", full.grads, lo.grads),
-        ("AdamW state (2×f32)", full.adam_state, lo.adam_state),
-        ("gathered units", full.gathered, lo.gathered),
-        ("activations (saved)", acts.saved, acts.saved),
-        ("working + CUDA context", acts.working, acts.working),
-        (
-            "total",
-            full.total() + acts.total(),
-            lo.total() + acts.total(),
-        ),
-    ] {
-        println!("  {name:<22}{:>14}{:>14}", human_bytes(f), human_bytes(l));
-    }
-    Ok(())
+    print_memory_estimate(a, &args, &lora)
 }
 
 /// `wmtp generate`.

@@ -16,6 +16,7 @@ mod hf_interop;
 mod kill_safety;
 mod lora_model;
 mod memory_over_steps;
+mod model_info;
 mod model_reference;
 mod plugin_kit;
 mod python_plugin;

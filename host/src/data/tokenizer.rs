@@ -77,10 +77,7 @@ impl Tokenizer {
     /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).
     pub fn from_gguf(content: &gguf_file::Content, source: &str) -> Result<Self> {
         let md = &content.metadata;
-        let get = |k: &str| {
-            md.get(k)
-                .ok_or_else(|| anyhow!("{source}: GGUF metadata lacks `{k}`"))
-        };
+        let get = |k: &str| required(md, k, source);
         let model = get("tokenizer.ggml.model")?.to_string()?.clone();
         let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
             .to_vec()?
@@ -314,16 +311,19 @@ impl Tokenizer {
 /// GGUF metadata, by key.
 type GgufMetadata = std::collections::HashMap<String, gguf_file::Value>;
 
+/// The metadata value of `key`, or an error naming `source` and the key.
+fn required<'m>(md: &'m GgufMetadata, key: &str, source: &str) -> Result<&'m gguf_file::Value> {
+    md.get(key)
+        .ok_or_else(|| anyhow!("{source}: GGUF metadata lacks `{key}`"))
+}
+
 /// A GGUF `gpt2` vocabulary (`tokenizer.ggml.tokens` + `merges`) as a byte-level BPE tokenizer.
 fn gguf_byte_level_bpe(
     md: &GgufMetadata,
     tokens: &[String],
     source: &str,
 ) -> Result<tokenizers::Tokenizer> {
-    let get = |k: &str| {
-        md.get(k)
-            .ok_or_else(|| anyhow!("{source}: GGUF metadata lacks `{k}`"))
-    };
+    let get = |k: &str| required(md, k, source);
     let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
         .to_vec()?
         .iter()

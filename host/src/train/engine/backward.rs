@@ -60,8 +60,9 @@ impl Engine<'_> {
         let mut dh = Tensor::zeros((b, t, m.args.dim), DType::F32, self.dev())?;
         let om = self.lend(&pass.schedule, Unit::Output)?;
         for k in (0..h).filter(|&k| visits(k)) {
+            // no coefficients (c_ce empty): an empty, all-zero slice, so the head only flushes
             let coef_k: Vec<f32> = if c_ce.is_empty() {
-                vec![0.0; b * t]
+                Vec::new()
             } else {
                 (0..b * t).map(|r| c_ce[r * h + k]).collect()
             };
@@ -69,7 +70,7 @@ impl Engine<'_> {
                 dh = (dh + g.to_dtype(DType::F32)?)?;
             }
         }
-        if let (Some(cv), true) = (c_v, self.value_head.is_some()) {
+        if let Some(cv) = c_v {
             if let Some(g) = self.value_backward(st, &om, cv, grads)? {
                 dh = (dh + g)?;
             }
@@ -87,7 +88,7 @@ impl Engine<'_> {
         self.detach_extra_heads && k > 0
     }
 
-    /// Head `k`'s part of the backward (coefficients `coef_k`, [B·T]): its CE through the output
+    /// Head `k`'s part of the backward (coefficients `coef_k`, [B·T], or empty for none): its CE through the output
     /// projection (`om`, the lent output unit), then its block; returns dS/dh_trunk through this head
     /// (None when nothing below needs it, or the head's coefficients are all zero).
     fn head_backward(
@@ -208,8 +209,8 @@ impl Engine<'_> {
     }
 
     /// The value head's part (coefficients `cv`, [B·T]; autograd through the shared norm of `om` and
-    /// the value head): its gradients into `grads`; returns dS/dh_trunk in f32 (None when `cv` is all
-    /// zero).
+    /// the value head): its gradients into `grads`; returns dS/dh_trunk in f32 (None without a value
+    /// head or when `cv` is all zero).
     fn value_backward(
         &self,
         st: &ForwardState,
@@ -233,10 +234,10 @@ impl Engine<'_> {
         grads.absorb(&om.norm, "norm.", &store)?;
         // detached: autograd's dL/dh still refers to this step's forward graph, which would otherwise
         // flow into every trunk gradient and the optimiser's state
-        Ok(match store.get(hvar.as_tensor()) {
-            Some(g) => Some(g.to_dtype(DType::F32)?.detach()),
-            None => None,
-        })
+        Ok(store
+            .get(hvar.as_tensor())
+            .map(|g| g.to_dtype(DType::F32).map(|g| g.detach()))
+            .transpose()?)
     }
 
     /// The trunk blocks top down from dS/dh_trunk `dh` (in the model's dtype), then the embedding when

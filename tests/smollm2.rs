@@ -122,19 +122,24 @@ fn smollm2_widened_to_four_heads_keeps_head_zero() {
     };
     let prompts = vec![ids];
     let plain = generate(&wide.model, &prompts, &opts, &mut |_, _| false).unwrap();
-    let (spec, stats) = wmtp_host::infer::speculative::generate_speculative(
-        &wide.model,
-        &prompts,
-        &opts,
-        &mut |_, _| false,
-    )
-    .unwrap();
-    assert_eq!(spec, plain);
-    eprintln!(
-        "speculative, copied heads: {:.2} tokens per pass; acceptance {:?}",
-        stats.tokens_per_round(),
-        (1..4).map(|k| stats.acceptance(k)).collect::<Vec<_>>()
-    );
+    use wmtp_host::infer::draft_tree::DraftTree;
+    for tree in [DraftTree::chain(3), DraftTree::wide(3)] {
+        let (spec, stats) = wmtp_host::infer::speculative::generate_speculative(
+            &wide.model,
+            &prompts,
+            &opts,
+            &tree,
+            &mut |_, _| false,
+        )
+        .unwrap();
+        assert_eq!(spec, plain, "{} nodes", tree.len());
+        eprintln!(
+            "speculative, copied heads, {} nodes: {:.2} tokens per pass; acceptance {:?}",
+            tree.len(),
+            stats.tokens_per_round(),
+            (1..4).map(|k| stats.acceptance(k)).collect::<Vec<_>>()
+        );
+    }
 }
 
 /// The ids a sample trains (mask 1), in order.

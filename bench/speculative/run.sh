@@ -10,14 +10,17 @@
 #      trainable = ["heads"], prefixes ["extra_heads."]), STEPS steps of BATCH rows, for each lr in LRS —
 #      head 0's greedy tokens are the untrained model's, so the drafts are judged against what they learned;
 #   4. decoding: SPEC_PROMPTS HumanEval prompts (every 10th problem; never trained on), SPEC_TOKENS new
-#      tokens each, plain cached greedy vs --speculative with each run's heads: tokens/s, each head's
-#      acceptance, and the speed ratio; how many continuations the two decodings share (CHECK_F32=1: also
-#      both in f32 with the first lr's heads, where they must be identical).
+#      tokens each, plain cached greedy vs --speculative with each run's heads and each draft tree of
+#      TREES (chain: each head's top token; wide: Medusa-style tree of top-k drafts), interleaved REPS
+#      times: tokens/s, each head's acceptance, and the speed ratio of each speculative run to the plain
+#      run before it (the report gives the median and range); how many continuations the two decodings
+#      share (CHECK_F32=1: also both in f32 with the first lr's heads, where they must be identical).
 # Run (a CUDA machine; build first: cargo build --release --features cuda, scripts/build-plugins.sh,
 # scripts/fixtures.sh, python3 scripts/make-humaneval-data.py, scripts/make-code-corpus.py):
 #   bench/speculative/run.sh
 #   DEVICE=cpu DTYPE=f32 PROMPTS_LIMIT=8 DISTILL_TOKENS=16 STEPS=2 BATCH=2 SPEC_PROMPTS=1 SPEC_TOKENS=8 \
-#     bench/speculative/run.sh        # smoke
+#     REPS=1 bench/speculative/run.sh        # smoke
+#   SKIP_TRAIN=1 ...                           # decode the heads already in OUT again
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WMTP=${WMTP:-target/release/wmtp}
@@ -34,6 +37,8 @@ BATCH=${BATCH:-16}
 LRS=${LRS:-1e-3}
 SPEC_PROMPTS=${SPEC_PROMPTS:-16}
 SPEC_TOKENS=${SPEC_TOKENS:-256}
+REPS=${REPS:-3}
+TREES=${TREES:-chain wide}
 mkdir -p "$OUT"
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
@@ -92,6 +97,7 @@ PY
 fail=0
 pids=()
 for lr in $LRS; do
+  [ "${SKIP_TRAIN:-0}" = 1 ] && break
   train "$lr" &
   pids+=($!)
 done
@@ -100,18 +106,28 @@ first=1
 for lr in $LRS; do
   ck=$(ls -d "$OUT/heads-lr$lr"/checkpoints/step-* 2>/dev/null | sort | tail -1)
   [ -n "$ck" ] || continue
-  # plain decoding of the same checkpoint (its head 0 is the untrained model's) and speculative
-  decode "plain-lr$lr" "$ck" || fail=1
-  decode "speculative-lr$lr" "$ck" --speculative || fail=1
-  # in bf16 a verification pass over 4 positions rounds differently from 4 one-position steps, so a
-  # near-tie can flip the greedy token and the continuations part there; in f32 (CHECK_F32=1, first lr)
-  # they must agree
-  log "lr $lr, $DTYPE: $(same "plain-lr$lr" "speculative-lr$lr")"
+  # plain decoding of the same checkpoint (its head 0 is the untrained model's) and speculative with
+  # each draft tree, interleaved REPS times: the host's speed drifts, and each ratio pairs a
+  # speculative run with the plain run just before it
+  for rep in $(seq 1 "$REPS"); do
+    decode "plain-lr$lr-r$rep" "$ck" || fail=1
+    for tree in $TREES; do
+      decode "spec-$tree-lr$lr-r$rep" "$ck" --speculative --draft-tree "$tree" || fail=1
+    done
+  done
+  # in bf16 a verification pass over several positions rounds differently from one-position steps, so
+  # a near-tie can flip the greedy token and the continuations part there; in f32 (CHECK_F32=1, first
+  # lr) they must agree
+  for tree in $TREES; do
+    log "lr $lr, $DTYPE, $tree: $(same "plain-lr$lr-r1" "spec-$tree-lr$lr-r1")"
+  done
   if [ "${CHECK_F32:-0}" = 1 ] && [ $first = 1 ]; then
     DECODE_DTYPE=f32 decode "plain-f32-lr$lr" "$ck" || fail=1
-    DECODE_DTYPE=f32 decode "speculative-f32-lr$lr" "$ck" --speculative || fail=1
-    log "lr $lr, f32: $(same "plain-f32-lr$lr" "speculative-f32-lr$lr")"
-    cmp -s "$OUT/plain-f32-lr$lr.txt" "$OUT/speculative-f32-lr$lr.txt" || fail=1
+    for tree in $TREES; do
+      DECODE_DTYPE=f32 decode "spec-f32-$tree-lr$lr" "$ck" --speculative --draft-tree "$tree" || fail=1
+      log "lr $lr, f32, $tree: $(same "plain-f32-lr$lr" "spec-f32-$tree-lr$lr")"
+      cmp -s "$OUT/plain-f32-lr$lr.txt" "$OUT/spec-f32-$tree-lr$lr.txt" || fail=1
+    done
   fi
   first=0
 done

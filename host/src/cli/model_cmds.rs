@@ -174,6 +174,11 @@ pub struct GenerateArgs {
     /// tokens as plain greedy decoding); prints each head's acceptance rate.
     #[arg(long, conflicts_with = "no_cache")]
     pub speculative: bool,
+    /// With --speculative, which drafts a round verifies: chain (each extra head's top token), wide
+    /// (head 1's top 3, head 2's top 2–3 after them, … : 17 positions with 3 extra heads, more drafts
+    /// accepted for a wider pass), or the nodes as rank paths, e.g. "0;1;0,0;1,0;0,0,0".
+    #[arg(long, default_value = "chain", requires = "speculative")]
+    pub draft_tree: String,
     /// Prompts decoded together as one batch (left-padded); --speculative decodes one at a time.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -383,8 +388,13 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
                     .is_ok_and(|t| stops.iter().any(|s| t.contains(s.as_str())))
         };
         if a.speculative {
+            let tree = wmtp_host::infer::draft_tree::DraftTree::parse(
+                &a.draft_tree,
+                lm.model.extra_heads.len(),
+            )
+            .context("--draft-tree")?;
             let (outs, stats) = wmtp_host::infer::speculative::generate_speculative(
-                &lm.model, &prompts, &opts, &mut stop,
+                &lm.model, &prompts, &opts, &tree, &mut stop,
             )?;
             spec_stats = Some(stats);
             outs
@@ -420,10 +430,12 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
             })
             .collect();
         eprintln!(
-            "speculative: {:.2} tokens per forward pass over {} passes; drafts accepted: {}",
+            "speculative: {:.2} tokens per forward pass over {} passes; drafts accepted: {}; \
+             {} passes accepted a draft off the top chain",
             st.tokens_per_round(),
             st.rounds,
-            heads.join(", ")
+            heads.join(", "),
+            st.off_chain
         );
     }
     Ok(())

@@ -33,6 +33,21 @@ impl BlockCache {
         Ok(())
     }
 
+    /// Keeps the positions `start..start + j0` and moves the entries at `moved` (absolute positions,
+    /// [m − j0] u32 on the device) to `start + j0..`: a tree round's accepted path, whose first `j0`
+    /// nodes were already in place. The cache then holds `start + m` positions.
+    pub(crate) fn keep_path(&mut self, start: usize, j0: usize, moved: &Tensor) -> Result<()> {
+        let n = moved.dim(0)?;
+        if n > 0 {
+            for buf in [&self.k, &self.v].into_iter().flatten() {
+                let rows = buf.index_select(moved, 2)?;
+                buf.slice_set(&rows, 2, start + j0)?;
+            }
+        }
+        self.len = start + j0 + n;
+        Ok(())
+    }
+
     /// Appends new keys and values [B, n_kv, Tn, head_dim]; returns all of them, [B, n_kv, len, head_dim].
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (b, nkv, tn, hd) = k.dims4()?;
@@ -284,23 +299,61 @@ impl<'a> Decoder<'a> {
         if self.pads.iter().any(|&p| p > 0) {
             mask = padded_causal_mask(&self.pads, start, tn, m.device())?;
         }
+        self.feed_positions(input, &rope, &mask)
+    }
+
+    /// Runs token ids [1, Tn] on the device through the trunk and head 0 at the positions of `rope`
+    /// under the additive `mask` [Tn, len + Tn] (a draft tree's: [`super::draft_tree`]), appending
+    /// them to the caches at len..len + Tn; returns the trunk's output and head 0's, each [1, Tn, D].
+    pub(crate) fn feed_tree(
+        &mut self,
+        ids: &Tensor,
+        rope: &Rope,
+        mask: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let tn = ids.dim(1)?;
+        if self.pads.len() != 1 || ids.dim(0)? != 1 || tn == 0 {
+            bail!("feed_tree runs one sequence of at least one token");
+        }
+        if self.pos + tn > self.model.args.max_seq_len {
+            bail!(
+                "{} positions exceed the model's max_seq_len {}",
+                self.pos + tn,
+                self.model.args.max_seq_len
+            );
+        }
+        self.feed_positions(ids, rope, mask)
+    }
+
+    /// The trunk and head 0 over `input` [B, Tn] with the given tables and mask (see `feed_input`).
+    fn feed_positions(
+        &mut self,
+        input: &Tensor,
+        rope: &Rope,
+        mask: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let m = self.model;
+        let tn = input.dim(1)?;
         let mut x = m.embed(input)?;
         // the trunk blocks, then head 0 (the last block of `layers`)
         let n_trunk = m.layers.len() - 1;
         let (trunk, head0) = self.caches.split_at_mut(n_trunk);
         for (block, cache) in m.layers.iter().zip(trunk.iter_mut()) {
-            x = block_cached(block, &x, &rope, &mask, cache, &self.ctx)?;
+            x = block_cached(block, &x, rope, mask, cache, &self.ctx)?;
         }
-        let z = block_cached(
-            &m.layers[n_trunk],
-            &x,
-            &rope,
-            &mask,
-            &mut head0[0],
-            &self.ctx,
-        )?;
+        let z = block_cached(&m.layers[n_trunk], &x, rope, mask, &mut head0[0], &self.ctx)?;
         self.pos += tn;
         Ok((x, z))
+    }
+
+    /// After a tree round at `start`: keeps the accepted nodes, the first `j0` of which are in place
+    /// and the rest at the absolute positions `moved` ([`BlockCache::keep_path`]), in every cache.
+    pub(crate) fn keep_path(&mut self, start: usize, j0: usize, moved: &Tensor) -> Result<()> {
+        for c in &mut self.caches {
+            c.keep_path(start, j0, moved)?;
+        }
+        self.pos = start + j0 + moved.dim(0)?;
+        Ok(())
     }
 
     /// Keeps the first `n` positions of every cache (speculative decoding drops rejected drafts).

@@ -3,6 +3,7 @@
 //! ([`speculative`]), and self-distillation data, a model's own answers ([`distill`]).
 
 pub mod distill;
+pub mod draft_tree;
 pub mod generate;
 pub mod kv_cache;
 pub mod speculative;

@@ -1,15 +1,20 @@
 //! Self-speculative greedy decoding with the MTP heads (Gloeckle et al. 2024, §3.2; blockwise parallel
-//! decoding, Stern et al. 2018): from the trunk's output at the last accepted position, head 0 gives
-//! the next token y₁ (greedy, certain) and heads 1..H−1 draft y₂..y_H. One forward pass over y₁..y_H
-//! (trunk and every head, KV-cached) verifies them: head 0 at the position of y_i gives the greedy token
-//! after it, p_i, and draft y_{i+1} is accepted while y_{i+1} = p_i. The accepted prefix y₁..y_m is
-//! kept, the caches are cut back to it, and p_m with the heads' drafts at y_m's position start the next
-//! round. Every token emitted is head 0's greedy choice given the tokens before it, so the output is
-//! plain greedy decoding's; a round costs one pass of the trunk and head 0 over H positions (on a GPU
-//! about the price of one position) and the extra heads over the accepted ones, and emits 1..H tokens.
+//! decoding, Stern et al. 2018; tree verification as in Medusa, Cai et al. 2024): from the trunk's
+//! output at the last accepted position, head 0 gives the next token y₁ (greedy, certain) and heads
+//! 1..H−1 draft the tokens after it — the top token each (a chain), or the top few, arranged as a
+//! [`DraftTree`]. One forward pass over the tree's nodes (trunk and head 0, KV-cached, each node seeing
+//! the past and its own ancestors) verifies them: head 0 at a node gives the greedy token after it, and
+//! a child is accepted when its token is that one. The accepted path y₁..y_m is kept (the caches cut
+//! back to it, its entries moved into place when it left the top chain), and head 0's token after y_m
+//! with the heads' drafts at y_m's position start the next round. Every token emitted is head 0's
+//! greedy choice given the tokens before it, so the output is plain greedy decoding's; a round costs
+//! one pass of the trunk and head 0 over the tree's nodes (on a GPU at batch 1 about the price of one
+//! position) and the extra heads over the accepted ones, and emits 1..H tokens.
 
+use super::draft_tree::DraftTree;
 use super::generate::GenerateOptions;
 use super::kv_cache::{block_cached, positions, BlockCache, Decoder};
+use crate::model::rope::Rope;
 use crate::model::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -25,6 +30,9 @@ pub struct SpeculativeStats {
     pub checked: Vec<u64>,
     /// See `checked`.
     pub accepted: Vec<u64>,
+    /// Rounds whose accepted path left the top chain (a draft other than a head's top token was
+    /// accepted: what a wider [`DraftTree`] is for).
+    pub off_chain: u64,
 }
 
 impl SpeculativeStats {
@@ -44,16 +52,18 @@ impl SpeculativeStats {
 /// which runs on every verified position (rejected ones are cut off after), and caches for the extra
 /// heads, which run only on accepted positions, their vocabulary projection only at the last.
 ///
-/// Token ids stay on the model's device between rounds: a round feeds the candidates [1, n] as a
-/// device tensor, takes head 0's greedy tokens there (argmax on the device), and the extra heads'
-/// drafts for the next round are argmaxed and concatenated there too. The host reads one small
-/// vector per round — the candidates it fed and head 0's verdicts, 2n ids — to decide how many are
-/// accepted, emit them and cut the caches back (the caches are device buffers; a cut only moves
-/// their length).
+/// Token ids stay on the model's device between rounds: a round gathers the tree's nodes [1, n] from
+/// y₁ and the heads' top tokens there, takes head 0's greedy tokens there (argmax on the device), and
+/// the extra heads' drafts for the next round are picked there too. The host reads one small vector
+/// per round — the nodes it fed and head 0's verdicts, 2n ids — to find the accepted path, emit it
+/// and cut the caches back (the caches are device buffers; a cut only moves their length, and a path
+/// off the top chain moves its few entries into place).
 struct HeadsDecoder<'a> {
     dec: Decoder<'a>,
     extra: Vec<BlockCache>,
     ctx: ForwardCtx,
+    /// For top-k drafts (k > 1): the column indices [1, V] u32 and a −∞ fill [H−1, V] f32, made once.
+    top_k_scratch: Option<(Tensor, Tensor)>,
 }
 
 impl<'a> HeadsDecoder<'a> {
@@ -62,15 +72,22 @@ impl<'a> HeadsDecoder<'a> {
             dec: Decoder::new(model),
             extra: vec![BlockCache::default(); model.extra_heads.len()],
             ctx: ForwardCtx::eval(),
+            top_k_scratch: None,
         }
     }
 
-    /// Runs token ids `ids` [1, Tn] (on the device: the next positions) through the trunk and head 0;
-    /// returns the trunk's output [1, Tn, D] and head 0's greedy token at each new position, [Tn] u32
-    /// on the device.
-    fn feed(&mut self, ids: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (x, z) = self.dec.feed_ids(ids)?;
-        let logits = self.dec.model().logits(&z, &self.ctx)?;
+    /// Runs a round's tree nodes `ids` [1, n] (on the device) through the trunk and head 0 at
+    /// positions `start` + depth under the tree's mask; returns the trunk's output [1, n, D] and head
+    /// 0's greedy token after each node, [n] u32 on the device.
+    fn feed(&mut self, ids: &Tensor, tree: &DraftTree, start: usize) -> Result<(Tensor, Tensor)> {
+        let m = self.dec.model();
+        let dev = m.device();
+        let at: Vec<usize> = tree.depths().iter().map(|d| start + d).collect();
+        let rope = Rope::at(m.args.head_dim(), m.args.rope_theta, &at, dev)?;
+        let n = tree.len();
+        let mask = Tensor::from_vec(tree.mask(start), (n, start + n), dev)?;
+        let (x, z) = self.dec.feed_tree(ids, &rope, &mask)?;
+        let logits = m.logits(&z, &self.ctx)?;
         let greedy = logits.squeeze(0)?.to_dtype(DType::F32)?.argmax(1)?;
         Ok((x, greedy))
     }
@@ -87,9 +104,9 @@ impl<'a> HeadsDecoder<'a> {
     }
 
     /// Runs the extra heads over the trunk outputs `x` [1, n, D] of positions start.. (the accepted
-    /// ones: their caches never hold a rejected position); returns each extra head's greedy token at
-    /// the last of them — the drafts of the next round, [H−1] u32 on the device.
-    fn draft(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {
+    /// ones: their caches never hold a rejected position); returns each extra head's `k` likeliest
+    /// tokens at the last of them, best first — the next round's drafts, [H−1, k] u32 on the device.
+    fn draft(&mut self, x: &Tensor, start: usize, k: usize) -> Result<Tensor> {
         let m = self.dec.model();
         let n = x.dim(1)?;
         let (rope, mask) = positions(m, start, n)?;
@@ -100,43 +117,67 @@ impl<'a> HeadsDecoder<'a> {
         }
         // one vocabulary projection for all heads' last states: [H−1, 1, D] → [H−1, 1, V]
         let logits = m.logits(&Tensor::cat(&last, 0)?.contiguous()?, &self.ctx)?;
-        Ok(logits.squeeze(1)?.to_dtype(DType::F32)?.argmax(1)?)
-    }
-}
-
-/// How many of the candidates y₁..y_n a round accepts: y₁ always (head 0's own greedy token), then
-/// y_{j+1} while it equals head 0's greedy token after y_j (`greedy[j − 1]`); counts each extra
-/// head's checked and accepted drafts into `stats`.
-fn accepted_prefix(cand: &[u32], greedy: &[u32], stats: &mut SpeculativeStats) -> usize {
-    let mut m = 1;
-    while m < cand.len() {
-        stats.checked[m - 1] += 1;
-        if cand[m] != greedy[m - 1] {
-            break;
+        let logits = logits.squeeze(1)?.to_dtype(DType::F32)?;
+        if k == 1 {
+            return Ok(logits.argmax_keepdim(1)?);
         }
-        stats.accepted[m - 1] += 1;
-        m += 1;
+        self.top_k(logits, k)
     }
-    m
+
+    /// The `k` largest columns of each row of `logits` [R, V], best first ([R, k] u32): k argmaxes,
+    /// each after the previous winners are set to −∞ (on the device; k is small).
+    fn top_k(&mut self, mut logits: Tensor, k: usize) -> Result<Tensor> {
+        let (rows, v) = logits.dims2()?;
+        let dev = logits.device().clone();
+        let (cols, fill) = match &self.top_k_scratch {
+            Some(s) if s.1.dims2()? == (rows, v) => s.clone(),
+            _ => {
+                let s = (
+                    Tensor::arange(0u32, v as u32, &dev)?.unsqueeze(0)?,
+                    Tensor::full(f32::NEG_INFINITY, (rows, v), &dev)?,
+                );
+                self.top_k_scratch = Some(s.clone());
+                s
+            }
+        };
+        let mut picks = Vec::with_capacity(k);
+        for i in 0..k {
+            let best = logits.argmax_keepdim(1)?;
+            if i + 1 < k {
+                let hit = cols.broadcast_eq(&best)?;
+                logits = hit.where_cond(&fill, &logits)?;
+            }
+            picks.push(best);
+        }
+        Ok(Tensor::cat(&picks, 1)?)
+    }
 }
 
 /// [`super::generate::generate`]'s greedy decoding done self-speculatively with the MTP heads (see the
-/// module doc): the same tokens, fewer forward passes when the heads' drafts are right. Greedy only
-/// (`opts.sampling.temperature` must be 0); stop conditions as `generate`'s. Returns the new tokens of
-/// each prompt and the acceptance counts over all of them.
+/// module doc), verifying the drafts of `tree` each round ([`DraftTree::chain`]: one continuation;
+/// [`DraftTree::wide`]: several): the same tokens, fewer forward passes when the heads' drafts are
+/// right. Greedy only (`opts.sampling.temperature` must be 0); stop conditions as `generate`'s.
+/// Returns the new tokens of each prompt and the acceptance counts over all of them.
 pub fn generate_speculative(
     model: &Transformer,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
+    tree: &DraftTree,
     stop: &mut dyn FnMut(usize, &[u32]) -> bool,
 ) -> Result<(Vec<Vec<u32>>, SpeculativeStats)> {
     if opts.sampling.temperature > 0.0 {
         bail!("speculative decoding is greedy: use temperature 0");
     }
-    let h = model.args.n_future_tokens;
+    let extra = model.extra_heads.len();
+    if tree.depth() > extra {
+        bail!(
+            "the draft tree is {} deep, but the model has {extra} extra heads",
+            tree.depth()
+        );
+    }
     let mut stats = SpeculativeStats {
-        checked: vec![0; h.saturating_sub(1)],
-        accepted: vec![0; h.saturating_sub(1)],
+        checked: vec![0; extra],
+        accepted: vec![0; extra],
         ..Default::default()
     };
     let mut out = Vec::with_capacity(prompts.len());
@@ -144,9 +185,14 @@ pub fn generate_speculative(
         if prompt.is_empty() {
             bail!("prompt {i} is empty");
         }
-        out.push(decode_one(model, prompt, opts, &mut stats, &mut |new| {
-            stop(i, new)
-        })?);
+        out.push(decode_one(
+            model,
+            prompt,
+            opts,
+            tree,
+            &mut stats,
+            &mut |new| stop(i, new),
+        )?);
     }
     Ok((out, stats))
 }
@@ -156,45 +202,78 @@ fn decode_one(
     model: &Transformer,
     prompt: &[u32],
     opts: &GenerateOptions,
+    tree: &DraftTree,
     stats: &mut SpeculativeStats,
     stop: &mut dyn FnMut(&[u32]) -> bool,
 ) -> Result<Vec<u32>> {
+    let dev = model.device();
     let mut dec = HeadsDecoder::new(model);
-    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
-    let (x, mut cand) = dec.prefill(&ids)?;
-    // the next token (head 0) and the drafts after it (heads 1..), at the last position
-    if !model.extra_heads.is_empty() {
-        cand = Tensor::cat(&[cand, dec.draft(&x, 0)?], 0)?;
-    }
+    let ids = Tensor::new(prompt, dev)?.unsqueeze(0)?;
+    let (x, mut y1) = dec.prefill(&ids)?;
+    let k = tree.top_k();
+    let drafting = tree.len() > 1;
+    // the drafts after y₁ (heads 1.., at the prompt's last position)
+    let mut top = if drafting {
+        Some(dec.draft(&x, 0, k)?)
+    } else {
+        None
+    };
+    let sources = Tensor::new(tree.token_sources().as_slice(), dev)?;
     let mut new: Vec<u32> = Vec::new();
     while new.len() < opts.max_new {
-        let room = model.args.max_seq_len - dec.dec.len();
+        let start = dec.dec.len();
+        let room = model.args.max_seq_len - start;
         if room == 0 {
             // no position left to verify in: y₁ is still head 0's greedy token, as plain decoding's last
-            new.push(cand.narrow(0, 0, 1)?.to_vec1::<u32>()?[0]);
+            new.push(y1.to_vec1::<u32>()?[0]);
             stats.tokens += 1;
             break;
         }
-        let n = cand.dim(0)?.min(opts.max_new - new.len()).min(room);
-        let cand_n = cand.narrow(0, 0, n)?;
-        let start = dec.dec.len();
-        let (x, greedy) = dec.feed(&cand_n.unsqueeze(0)?)?;
+        // at most the tokens still wanted (a node at depth d is the (d + 1)-th) and the room left
+        let round = tree.limited(opts.max_new - new.len() - 1, room);
+        let tokens = match &top {
+            Some(top) if round.len() > 1 => {
+                let flat = Tensor::cat(&[&y1, &top.flatten_all()?], 0)?;
+                let src = if round.len() == tree.len() {
+                    sources.clone()
+                } else {
+                    Tensor::new(round.token_sources().as_slice(), dev)?
+                };
+                flat.index_select(&src, 0)?
+            }
+            _ => y1.clone(),
+        };
+        let n = round.len();
+        let (x, greedy) = dec.feed(&tokens.unsqueeze(0)?, &round, start)?;
         stats.rounds += 1;
-        // the round's one read: the candidates fed and head 0's greedy token after each
-        let both = Tensor::cat(&[&cand_n, &greedy], 0)?.to_vec1::<u32>()?;
+        // the round's one read: the nodes fed and head 0's greedy token after each
+        let both = Tensor::cat(&[&tokens, &greedy], 0)?.to_vec1::<u32>()?;
         let (fed, verdict) = both.split_at(n);
-        let m = accepted_prefix(fed, verdict, stats);
-        for &t in &fed[..m] {
-            new.push(t);
+        let path = round.accept(fed, verdict, &mut stats.checked, &mut stats.accepted);
+        for &node in &path {
+            new.push(fed[node]);
             stats.tokens += 1;
-            if Some(t) == opts.eos || stop(&new) || new.len() == opts.max_new {
+            if Some(fed[node]) == opts.eos || stop(&new) || new.len() == opts.max_new {
                 return Ok(new);
             }
         }
-        dec.dec.truncate(start + m)?;
-        cand = greedy.narrow(0, m - 1, 1)?;
-        if new.len() + 1 < opts.max_new && !model.extra_heads.is_empty() {
-            cand = Tensor::cat(&[cand, dec.draft(&x.narrow(1, 0, m)?, start)?], 0)?;
+        let m = path.len();
+        // nodes already in place (the top chain's prefix), then those to move down to them
+        let j0 = path.iter().enumerate().take_while(|(j, p)| j == *p).count();
+        stats.off_chain += u64::from(j0 < m);
+        let x_path = if j0 == m {
+            dec.dec.truncate(start + m)?;
+            x.narrow(1, 0, m)?
+        } else {
+            let at: Vec<u32> = path[j0..].iter().map(|&p| (start + p) as u32).collect();
+            dec.dec
+                .keep_path(start, j0, &Tensor::new(at.as_slice(), dev)?)?;
+            let nodes: Vec<u32> = path.iter().map(|&p| p as u32).collect();
+            x.index_select(&Tensor::new(nodes.as_slice(), dev)?, 1)?
+        };
+        y1 = greedy.narrow(0, path[m - 1], 1)?;
+        if new.len() + 1 < opts.max_new && drafting {
+            top = Some(dec.draft(&x_path, start, k)?);
         }
     }
     Ok(new)
@@ -216,23 +295,36 @@ mod tests {
         }
     }
 
+    /// The tiny preset with 4 heads (3 extra heads: trees 3 deep).
+    fn four_heads() -> ModelArgs {
+        let mut args = ModelArgs::preset("tiny").expect("tiny preset");
+        args.n_future_tokens = 4;
+        args
+    }
+
+    fn trees(m: &Transformer) -> [DraftTree; 2] {
+        let extra = m.extra_heads.len();
+        [DraftTree::chain(extra), DraftTree::wide(extra)]
+    }
+
     #[test]
     fn speculative_greedy_decoding_gives_plain_greedy_decodings_tokens() -> Result<()> {
-        let args = ModelArgs::preset("tiny").expect("tiny preset");
-        let m = Transformer::random(args, 3, DType::F32, &Device::Cpu)?;
+        let m = Transformer::random(four_heads(), 3, DType::F32, &Device::Cpu)?;
         let prompts = vec![vec![5u32], vec![1, 2, 3, 4, 5, 6, 7], (0..40).collect()];
-        for max_new in [1, 7, 30] {
-            let plain = generate(&m, &prompts, &opts(max_new), &mut |_, _| false)?;
-            let (spec, stats) =
-                generate_speculative(&m, &prompts, &opts(max_new), &mut |_, _| false)?;
-            assert_eq!(spec, plain, "max_new {max_new}");
-            assert_eq!(
-                stats.tokens as usize,
-                spec.iter().map(Vec::len).sum::<usize>()
-            );
-            assert!(stats.rounds <= stats.tokens);
-            for k in 1..m.args.n_future_tokens {
-                assert!(stats.accepted[k - 1] <= stats.checked[k - 1]);
+        for tree in trees(&m) {
+            for max_new in [1, 7, 30] {
+                let plain = generate(&m, &prompts, &opts(max_new), &mut |_, _| false)?;
+                let (spec, stats) =
+                    generate_speculative(&m, &prompts, &opts(max_new), &tree, &mut |_, _| false)?;
+                assert_eq!(spec, plain, "max_new {max_new}, {} nodes", tree.len());
+                assert_eq!(
+                    stats.tokens as usize,
+                    spec.iter().map(Vec::len).sum::<usize>()
+                );
+                assert!(stats.rounds <= stats.tokens);
+                for k in 1..m.args.n_future_tokens {
+                    assert!(stats.accepted[k - 1] <= stats.checked[k - 1]);
+                }
             }
         }
         Ok(())
@@ -242,18 +334,91 @@ mod tests {
     fn heads_that_copy_head_zero_get_their_drafts_accepted_on_a_repeated_token() -> Result<()> {
         // extra heads identical to head 0 draft the same token again: accepted exactly when head 0
         // repeats itself, as a model stuck on one token does
-        let args = ModelArgs::preset("tiny").expect("tiny preset");
-        let mut m = Transformer::random(args, 3, DType::F32, &Device::Cpu)?;
+        let mut m = Transformer::random(four_heads(), 3, DType::F32, &Device::Cpu)?;
         let head0 = m.layers[m.layers.len() - 1].clone();
         for h in m.extra_heads.iter_mut() {
             *h = head0.clone();
         }
         let prompts = vec![vec![9u32, 9, 9, 9]];
         let plain = generate(&m, &prompts, &opts(24), &mut |_, _| false)?;
-        let (spec, stats) = generate_speculative(&m, &prompts, &opts(24), &mut |_, _| false)?;
+        let [chain, wide] = trees(&m);
+        let (spec, stats) =
+            generate_speculative(&m, &prompts, &opts(24), &chain, &mut |_, _| false)?;
         assert_eq!(spec, plain);
         let repeats = plain[0].windows(2).filter(|w| w[0] == w[1]).count() as u64;
         assert!(stats.accepted[0] <= repeats);
+        let (spec, wide_stats) =
+            generate_speculative(&m, &prompts, &opts(24), &wide, &mut |_, _| false)?;
+        assert_eq!(spec, plain);
+        // the wide tree verifies the chain's drafts among others
+        assert!(wide_stats.accepted[0] >= stats.accepted[0]);
+        Ok(())
+    }
+
+    #[test]
+    fn paths_off_the_top_chain_still_give_plain_greedy_decodings_tokens() -> Result<()> {
+        // a vocabulary of 5: head 1's top 3 hold the right token most of the time, so many rounds
+        // accept a draft that is not a head's top token and move cache entries into place
+        let mut args = four_heads();
+        args.vocab_size = 5;
+        let m = Transformer::random(args, 29, DType::F32, &Device::Cpu)?;
+        let prompts = vec![vec![1u32, 4, 2], vec![3u32; 20]];
+        let plain = generate(&m, &prompts, &opts(40), &mut |_, _| false)?;
+        let [chain, wide] = trees(&m);
+        let (spec, chain_stats) =
+            generate_speculative(&m, &prompts, &opts(40), &chain, &mut |_, _| false)?;
+        assert_eq!(spec, plain);
+        let (spec, stats) =
+            generate_speculative(&m, &prompts, &opts(40), &wide, &mut |_, _| false)?;
+        assert_eq!(spec, plain);
+        assert!(stats.off_chain > 0, "{stats:?}");
+        assert!(
+            stats.rounds < chain_stats.rounds,
+            "{stats:?} {chain_stats:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_tree_pass_then_keeping_a_path_equals_feeding_that_path_alone() -> Result<()> {
+        let m = Transformer::random(four_heads(), 3, DType::F32, &Device::Cpu)?;
+        let tree = DraftTree::wide(m.extra_heads.len());
+        let prompt = [1u32, 2, 3, 4, 5];
+        let nodes: Vec<u32> = (0..tree.len() as u32).map(|i| 10 + 3 * i).collect();
+        // off the top chain: root → head 1's second token → head 2's top token after it
+        let path = [0, tree.node(&[1]).unwrap(), tree.node(&[1, 0]).unwrap()];
+        assert!(path[1] != 1);
+
+        let mut hd = HeadsDecoder::new(&m);
+        hd.dec.feed(&prompt)?;
+        let ids = Tensor::new(nodes.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let (_, greedy) = hd.feed(&ids, &tree, prompt.len())?;
+        let greedy = greedy.to_vec1::<u32>()?;
+        let moved: Vec<u32> = path[1..]
+            .iter()
+            .map(|&p| (prompt.len() + p) as u32)
+            .collect();
+        hd.dec.keep_path(
+            prompt.len(),
+            1,
+            &Tensor::new(moved.as_slice(), &Device::Cpu)?,
+        )?;
+        let after_tree = hd.dec.feed(&[77])?.to_vec1::<f32>()?;
+
+        let mut alone = Decoder::new(&m);
+        alone.feed(&prompt)?;
+        for &p in &path {
+            let logits = alone.feed(&[nodes[p]])?;
+            assert_eq!(logits.argmax(0)?.to_scalar::<u32>()?, greedy[p], "node {p}");
+        }
+        let after_path = alone.feed(&[77])?.to_vec1::<f32>()?;
+        assert_eq!(hd.dec.len(), alone.len());
+        let diff = after_tree
+            .iter()
+            .zip(&after_path)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "logits differ by {diff}");
         Ok(())
     }
 
@@ -264,18 +429,24 @@ mod tests {
         let m = Transformer::random(args, 3, DType::F32, &Device::Cpu)?;
         let prompts = vec![vec![3u32, 1, 4, 1, 5]];
         let plain = generate(&m, &prompts, &opts(12), &mut |_, _| false)?;
-        let (spec, stats) = generate_speculative(&m, &prompts, &opts(12), &mut |_, _| false)?;
-        assert_eq!(spec, plain);
-        assert_eq!((stats.rounds, stats.tokens), (12, 12));
+        for tree in trees(&m) {
+            let (spec, stats) =
+                generate_speculative(&m, &prompts, &opts(12), &tree, &mut |_, _| false)?;
+            assert_eq!(spec, plain);
+            assert_eq!((stats.rounds, stats.tokens), (12, 12));
+        }
         Ok(())
     }
 
     #[test]
-    fn speculative_decoding_refuses_sampling() {
-        let args = ModelArgs::preset("tiny").expect("tiny preset");
-        let m = Transformer::random(args, 3, DType::F32, &Device::Cpu).unwrap();
+    fn speculative_decoding_refuses_sampling_and_trees_deeper_than_its_heads() {
+        let m = Transformer::random(four_heads(), 3, DType::F32, &Device::Cpu).unwrap();
+        let chain = DraftTree::chain(m.extra_heads.len());
         let mut o = opts(4);
         o.sampling.temperature = 0.7;
-        assert!(generate_speculative(&m, &[vec![1]], &o, &mut |_, _| false).is_err());
+        assert!(generate_speculative(&m, &[vec![1]], &o, &chain, &mut |_, _| false).is_err());
+        let deep = DraftTree::chain(m.extra_heads.len() + 1);
+        let e = generate_speculative(&m, &[vec![1]], &opts(4), &deep, &mut |_, _| false);
+        assert!(e.unwrap_err().to_string().contains("extra heads"));
     }
 }

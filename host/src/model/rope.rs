@@ -59,10 +59,17 @@ impl Rope {
         seq_len: usize,
         dev: &Device,
     ) -> Result<Self> {
-        let half = head_dim / 2;
+        let positions: Vec<usize> = (start..start + seq_len).collect();
+        Self::at(head_dim, theta, &positions, dev)
+    }
+
+    /// Tables for the given positions, in their order (row i rotates by position `positions[i]`): a
+    /// speculative draft tree's nodes sit at the round's start plus their depth.
+    pub fn at(head_dim: usize, theta: f64, positions: &[usize], dev: &Device) -> Result<Self> {
+        let (half, seq_len) = (head_dim / 2, positions.len());
         let mut cos = Vec::with_capacity(seq_len * half);
         let mut sin = Vec::with_capacity(seq_len * half);
-        for t in start..start + seq_len {
+        for &t in positions {
             for i in 0..half {
                 // Meta computes the frequencies in f32; the angle is rounded to f32 likewise.
                 let freq = (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32;

@@ -174,10 +174,10 @@ pub struct GenerateArgs {
     /// tokens as plain greedy decoding); prints each head's acceptance rate.
     #[arg(long, conflicts_with = "no_cache")]
     pub speculative: bool,
-    /// With --speculative, which drafts a round verifies: chain (each extra head's top token), wide
-    /// (head 1's top 3, head 2's top 2–3 after them, … : 17 positions with 3 extra heads, more drafts
-    /// accepted for a wider pass), or the nodes as rank paths, e.g. "0;1;0,0;1,0;0,0,0".
-    #[arg(long, default_value = "chain", requires = "speculative")]
+    /// With --speculative, which drafts a round verifies: wide (Medusa-style tree of the heads' top
+    /// 1–4 tokens, 21 positions with 3 extra heads: more drafts accepted for a wider pass), chain (each
+    /// extra head's top token), or the nodes as rank paths, e.g. "0;1;0,0;1,0;0,0,0".
+    #[arg(long, default_value = "wide", requires = "speculative")]
     pub draft_tree: String,
     /// Prompts decoded together as one batch (left-padded); --speculative decodes one at a time.
     #[arg(long, default_value_t = 8)]

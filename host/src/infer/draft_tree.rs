@@ -32,21 +32,24 @@ impl DraftTree {
             .expect("a chain is a valid tree")
     }
 
-    /// The default wide tree for `extra_heads` extra heads: head 1's top 3, head 2's top 3 after head
-    /// 1's first and top 2 after its second and third, and head 3's top token after the likeliest
-    /// pairs (17 nodes with 3 extra heads); deeper heads continue the top chain.
+    /// The wide tree for `extra_heads` extra heads (21 nodes with 3; the best of the trees measured in
+    /// bench/results/speculative-tree-h100-2026-12-06.md): head 1's top 4; head 2's top 3 after head
+    /// 1's first, top 2 after its second, top 1 after its third and fourth; head 3's top token after
+    /// the seven likeliest pairs, and its second and third after the top chain. Deeper heads continue
+    /// the top chain.
     pub fn wide(extra_heads: usize) -> Self {
-        let mut paths: Vec<Vec<usize>> = Vec::new();
-        let wide: [&[usize]; 16] = [
+        let wide: [&[usize]; 20] = [
             &[0],
             &[1],
             &[2],
+            &[3],
             &[0, 0],
             &[0, 1],
             &[0, 2],
             &[1, 0],
             &[1, 1],
             &[2, 0],
+            &[3, 0],
             &[0, 0, 0],
             &[0, 1, 0],
             &[1, 0, 0],
@@ -54,12 +57,14 @@ impl DraftTree {
             &[0, 2, 0],
             &[2, 0, 0],
             &[1, 1, 0],
+            &[0, 0, 2],
+            &[3, 0, 0],
         ];
-        paths.extend(
-            wide.iter()
-                .filter(|p| p.len() <= extra_heads)
-                .map(|p| p.to_vec()),
-        );
+        let mut paths: Vec<Vec<usize>> = wide
+            .iter()
+            .filter(|p| p.len() <= extra_heads)
+            .map(|p| p.to_vec())
+            .collect();
         paths.extend((4..=extra_heads).map(|d| vec![0; d]));
         Self::from_paths(paths).expect("the wide tree is valid")
     }
@@ -261,17 +266,17 @@ mod tests {
     #[test]
     fn the_wide_tree_puts_the_top_chain_first_and_ancestors_before_descendants() {
         let t = DraftTree::wide(3);
-        assert_eq!(t.len(), 17);
+        assert_eq!(t.len(), 21);
         assert_eq!(t.paths[..4], [vec![], vec![0], vec![0, 0], vec![0, 0, 0]]);
         for i in 1..t.len() {
             assert!(t.parent[i] < i, "node {i}");
             assert_eq!(t.paths[t.parent[i]], t.paths[i][..t.paths[i].len() - 1]);
         }
-        assert_eq!(t.top_k(), 3);
-        // head 2's second token after head 1's first: 1 + (2 − 1)·3 + 1
+        assert_eq!(t.top_k(), 4);
+        // head 2's second token after head 1's first: 1 + (2 − 1)·4 + 1
         let i = t.paths.iter().position(|p| p == &[0, 1]).unwrap();
-        assert_eq!(t.token_sources()[i], 5);
-        assert_eq!(DraftTree::wide(1).len(), 4);
+        assert_eq!(t.token_sources()[i], 6);
+        assert_eq!(DraftTree::wide(1).len(), 5);
         assert_eq!(DraftTree::wide(5).depth(), 5);
     }
 
@@ -308,7 +313,7 @@ mod tests {
     fn a_limited_tree_keeps_a_tree() {
         let t = DraftTree::wide(3);
         let l = t.limited(1, 100);
-        assert_eq!(l.depths(), vec![0, 1, 1, 1]);
+        assert_eq!(l.depths(), vec![0, 1, 1, 1, 1]);
         assert!(l.parent.iter().all(|&p| p == 0));
         let l = t.limited(3, 2);
         assert_eq!(l.len(), 2);

@@ -37,6 +37,7 @@ fn to_sdk(b: &Batch) -> wmtp_sdk::Batch {
         ref_ce: b.ref_ce.clone(),
         rewards: b.rewards.clone(),
         pair_ids: b.pair_ids.clone(),
+        tokens: b.tokens.clone(),
     }
 }
 

@@ -15,8 +15,9 @@ for p in "${shipped[@]}"; do args+=(-p "wmtp-plugin-$p"); done
 cargo build --release --target wasm32-unknown-unknown "${args[@]}"
 for p in "${shipped[@]}"; do cp "$out/wmtp_plugin_$p.wasm" "plugins/$p.wasm"; done
 echo "plugins: built ${shipped[*]}"
-cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-example-focal
+cargo build --quiet --release --target wasm32-unknown-unknown -p wmtp-example-focal -p wmtp-example-inverse-frequency
 cp "$out/wmtp_example_focal.wasm" examples/focal.wasm
+cp "$out/wmtp_example_inverse_frequency.wasm" examples/inverse_frequency.wasm
 
 # test plugins: one hostile build per behaviour, plus the foreign-import and old-contract ones
 mkdir -p .cache/test-plugins

@@ -19,6 +19,7 @@ mod memory_over_steps;
 mod model_info;
 mod model_reference;
 mod plugin_kit;
+mod plugin_tokens;
 mod python_plugin;
 mod sentencepiece_exact;
 mod smollm2;

@@ -152,6 +152,7 @@ fn an_incompatible_contract_version_is_refused() {
     assert!(
         err.contains("hostile_old_contract.wasm")
             && err.contains("wmtp:pipeline@0.0.9")
+            && err.contains("@0.2.0")
             && err.contains("@0.1.0"),
         "{err}"
     );

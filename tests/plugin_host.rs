@@ -6,4 +6,5 @@ mod common;
 
 mod compile_budget;
 mod hostile_plugins;
+mod plugin_contract;
 mod plugin_pipelines;

@@ -76,9 +76,81 @@ pub const SHAPES: [(u32, u32, u32); 9] = [
     (5, 12, 4),
 ];
 
+/// The vocabulary the kit gives plugins (`vocabulary` import) and draws `batch.tokens` from: 64 pieces
+/// in byte-level BPE's spelling — words with and without a leading space (`Ġ`), newlines (`Ċ`),
+/// indentation, punctuation, digits and a special token — so that a plugin classifying pieces meets
+/// each kind.
+pub const KIT_VOCABULARY: [&str; 64] = [
+    "<|endoftext|>",
+    "Ċ",
+    "ĊĊ",
+    "Ġ",
+    "ĠĠ",
+    "ĠĠĠ",
+    "ĠĠĠĠ",
+    "ĉ",
+    "def",
+    "Ġdef",
+    "return",
+    "Ġreturn",
+    "if",
+    "Ġif",
+    "else",
+    "Ġfor",
+    "Ġin",
+    "Ġwhile",
+    "Ġimport",
+    "class",
+    "(",
+    ")",
+    ":",
+    ",",
+    ".",
+    "[",
+    "]",
+    "=",
+    "Ġ=",
+    "+",
+    "Ġ+",
+    "-",
+    "*",
+    "/",
+    "0",
+    "1",
+    "2",
+    "10",
+    "#",
+    "Ġ#",
+    "\"\"\"",
+    "'",
+    "\"",
+    "x",
+    "Ġx",
+    "self",
+    "Ġself",
+    "Ġthe",
+    "Ġa",
+    "Ġof",
+    "Ġto",
+    "Ġis",
+    "Ġlist",
+    "Ġnumber",
+    "Ġreturns",
+    "Ġvalue",
+    "_",
+    "__",
+    "init",
+    "Ġprint",
+    "True",
+    "ĠNone",
+    "Ġ#:",
+    "é",
+];
+
 /// A synthetic batch: each sequence has a prompt prefix, a response, then padding; some rows fully
 /// masked (`masked_rows`); CE in [0.2, 8]; values in (0, 1); reference CE; rewards alternating 1/0 with
-/// consecutive sequences paired. Only the inputs in `needs` are filled.
+/// consecutive sequences paired; token ids drawn from [`KIT_VOCABULARY`]'s. Only the inputs in `needs`
+/// are filled.
 pub fn synthetic_batch(
     b: u32,
     t: u32,
@@ -141,6 +213,11 @@ pub fn synthetic_batch(
             })
             .collect()
     });
+    let tokens = needs.contains(&InputKind::Tokens).then(|| {
+        (0..bu * tu)
+            .map(|_| rng.random_range(0..KIT_VOCABULARY.len() as u32))
+            .collect()
+    });
     Batch {
         sequences: b,
         positions: t,
@@ -153,7 +230,13 @@ pub fn synthetic_batch(
         ref_ce,
         rewards,
         pair_ids,
+        tokens,
     }
+}
+
+/// [`KIT_VOCABULARY`] as the pieces a plugin's `vocabulary` import returns.
+pub fn kit_vocabulary() -> Arc<Vec<String>> {
+    Arc::new(KIT_VOCABULARY.iter().map(|p| p.to_string()).collect())
 }
 
 fn same_answer(a: &crate::Coefficients, b: &crate::Coefficients) -> bool {
@@ -180,6 +263,7 @@ pub fn check_plugin(path: &Path, config: &str, budget: Duration) -> Result<Confo
         }
     };
     push("loads, with a valid manifest", Ok(()));
+    plugin.set_vocabulary(kit_vocabulary());
     let label = plugin.label().to_string();
     let needs = plugin.manifest().needs.clone();
 

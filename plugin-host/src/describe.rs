@@ -1,7 +1,7 @@
 //! What `wmtp plugin describe` prints, and the plugin table a run config hands to a plugin.
 
-use crate::bindings::{group_name, input_name, CONTRACT_VERSION};
-use crate::Manifest;
+use crate::bindings::{group_name, input_name};
+use crate::{ContractVersion, Manifest};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write;
 use std::path::Path;
@@ -19,9 +19,9 @@ pub fn plugin_table_of(path: &Path) -> Result<String> {
     })
 }
 
-/// A manifest as text: name, version, description, contract, needed inputs, trained groups, gradients
-/// and every config key with its default and doc.
-pub fn describe_manifest(m: &Manifest) -> String {
+/// A manifest as text: name, version, description, the contract version it was built against, needed
+/// inputs, trained groups, gradients and every config key with its default and doc.
+pub fn describe_manifest(m: &Manifest, contract: ContractVersion) -> String {
     let mut out = String::new();
     let list = |xs: Vec<&str>| {
         if xs.is_empty() {
@@ -31,7 +31,7 @@ pub fn describe_manifest(m: &Manifest) -> String {
         }
     };
     let _ = writeln!(out, "{} {} — {}", m.name, m.version, m.description);
-    let _ = writeln!(out, "contract  wmtp:pipeline@{CONTRACT_VERSION}");
+    let _ = writeln!(out, "contract  wmtp:pipeline@{}", contract.as_str());
     let _ = writeln!(
         out,
         "needs     {}",

@@ -58,6 +58,8 @@ pub struct HostState {
     pub last_error: Option<String>,
     reducer: AllReduce,
     max_reduce: usize,
+    /// The tokenizer's pieces by id, for the `vocabulary` import (empty without a tokenizer).
+    pub vocabulary: Arc<Vec<String>>,
 }
 
 impl HostState {
@@ -84,6 +86,7 @@ impl HostState {
             last_error: None,
             reducer,
             max_reduce: limits.all_reduce_values,
+            vocabulary: Arc::new(Vec::new()),
         }
     }
 
@@ -143,5 +146,9 @@ impl PipelineImports for HostState {
             );
         }
         (self.reducer)(&xs).map_err(|e| wasmtime::format_err!("all-reduce-sum across ranks: {e}"))
+    }
+
+    fn vocabulary(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.vocabulary.as_ref().clone())
     }
 }

@@ -5,7 +5,8 @@
 //! call gets a fresh one with the last configuration re-applied (state since the last `load_state` is
 //! lost, which the error says).
 
-use crate::bindings::{Batch, Coefficients, Manifest, Pipeline};
+use crate::bindings::{Batch, Coefficients, Manifest};
+use crate::contract::{ContractVersion, Exports};
 use crate::deadline_poll::BlockedPastDeadline;
 use crate::host_state::HostState;
 use crate::runtime::{PluginRuntime, EPOCH_TICK};
@@ -25,9 +26,11 @@ pub struct Plugin {
     label: String,
     component: Component,
     sha256: String,
-    live: Option<(Store<HostState>, Pipeline)>,
+    contract: ContractVersion,
+    live: Option<(Store<HostState>, Exports)>,
     manifest: Manifest,
     config: Option<String>,
+    vocabulary: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -39,7 +42,7 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     /// Compiles and instantiates the plugin at `path`, reads and validates its manifest.
     pub fn load(runtime: &Arc<PluginRuntime>, path: &Path) -> Result<Self> {
-        let (component, sha256) = runtime.compile(path)?;
+        let (component, sha256, contract) = runtime.compile(path)?;
         let label = format!("plugin {}", path.display());
         let mut p = Plugin {
             runtime: runtime.clone(),
@@ -47,6 +50,7 @@ impl Plugin {
             label,
             component,
             sha256,
+            contract,
             live: None,
             manifest: Manifest {
                 name: String::new(),
@@ -59,8 +63,9 @@ impl Plugin {
                 config_keys: vec![],
             },
             config: None,
+            vocabulary: Arc::new(Vec::new()),
         };
-        let m = p.call("describe", |pl, st| pl.call_describe(st))?;
+        let m = p.call("describe", |pl, st| pl.describe(st))?;
         check_manifest(&m).map_err(|e| anyhow!("{}: invalid manifest: {e}", p.label))?;
         p.label = format!("plugin `{}` ({})", m.name, path.display());
         if let Some((st, _)) = &mut p.live {
@@ -73,6 +78,20 @@ impl Plugin {
     /// Hex SHA-256 of the bytes that were compiled (what a checkpoint records as the plugin's identity).
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The contract version the plugin was built against.
+    pub fn contract(&self) -> ContractVersion {
+        self.contract
+    }
+
+    /// Makes the tokenizer's pieces (by token id) what the plugin's `vocabulary` import returns, in
+    /// this instance and in any fresh one after a restart. Set it before `configure`.
+    pub fn set_vocabulary(&mut self, pieces: Arc<Vec<String>>) {
+        if let Some((st, _)) = &mut self.live {
+            st.data_mut().vocabulary = pieces.clone();
+        }
+        self.vocabulary = pieces;
     }
 
     /// The plugin's manifest.
@@ -90,7 +109,7 @@ impl Plugin {
         &self.path
     }
 
-    fn instantiate(&self) -> Result<(Store<HostState>, Pipeline)> {
+    fn instantiate(&self) -> Result<(Store<HostState>, Exports)> {
         let rt = &self.runtime;
         let name = if self.manifest.name.is_empty() {
             self.path.display().to_string()
@@ -101,6 +120,7 @@ impl Plugin {
             &rt.engine,
             HostState::new(&name, &rt.limits, rt.reducer.clone()),
         );
+        store.data_mut().vocabulary = self.vocabulary.clone();
         store.limiter(|s| &mut s.budget);
         // instantiation runs the component's start functions: plugin code, under the same caps as a call
         arm(&mut store, rt)?;
@@ -109,7 +129,7 @@ impl Plugin {
         let pl = rt
             .linker
             .instantiate(&mut store, &self.component)
-            .and_then(|instance| Pipeline::new(&mut store, &instance))
+            .and_then(|instance| Exports::new(self.contract, &mut store, &instance))
             .map_err(|e| {
                 if trapped(&e, store.data()) {
                     let msg = describe_trap(&e, store.data(), rt);
@@ -118,7 +138,7 @@ impl Plugin {
                     anyhow!(
                         "{}: does not implement the wmtp:pipeline@{} world: {}",
                         self.label,
-                        crate::bindings::CONTRACT_VERSION,
+                        self.contract.as_str(),
                         clean(&format!("{e:#}"))
                     )
                 }
@@ -130,14 +150,14 @@ impl Plugin {
     fn call<R>(
         &mut self,
         export: &str,
-        f: impl FnOnce(&Pipeline, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
         if self.live.is_none() {
             let mut fresh = self.instantiate()?;
             if let Some(cfg) = self.config.clone() {
                 let (st, pl) = &mut fresh;
                 arm(st, &self.runtime)?;
-                match pl.call_configure(&mut *st, &cfg) {
+                match pl.configure(&mut *st, &cfg) {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         return self.refused("configure (re-applied after a restart)", Err(e))
@@ -175,7 +195,7 @@ impl Plugin {
 
     /// Applies the `[plugin]` TOML table; rejected settings leave the plugin as it was.
     pub fn configure(&mut self, toml: &str) -> Result<()> {
-        let r = self.call("configure", |pl, st| pl.call_configure(st, toml))?;
+        let r = self.call("configure", |pl, st| pl.configure(st, toml))?;
         self.refused("configure rejected the settings", r)?;
         self.config = Some(toml.to_string());
         Ok(())
@@ -183,7 +203,7 @@ impl Plugin {
 
     /// Coefficients for one micro-batch, validated against it.
     pub fn weigh(&mut self, batch: &Batch, train: bool) -> Result<Coefficients> {
-        let r = self.call("weigh", |pl, st| pl.call_weigh(st, batch, train))?;
+        let r = self.call("weigh", |pl, st| pl.weigh(st, batch, train))?;
         let c = self.refused("weigh returned an error", r)?;
         check_coefficients(&c, batch, &self.manifest)
             .map_err(|e| anyhow!("{}: weigh: {e}", self.label))?;
@@ -192,13 +212,13 @@ impl Plugin {
 
     /// Notifies the plugin that optimizer step `step` finished.
     pub fn after_step(&mut self, step: u64) -> Result<()> {
-        let r = self.call("after-step", |pl, st| pl.call_after_step(st, step))?;
+        let r = self.call("after-step", |pl, st| pl.after_step(st, step))?;
         self.refused("after-step returned an error", r)
     }
 
     /// The plugin's state bytes, for a checkpoint.
     pub fn save_state(&mut self) -> Result<Vec<u8>> {
-        let state = self.call("save-state", |pl, st| pl.call_save_state(st))?;
+        let state = self.call("save-state", |pl, st| pl.save_state(st))?;
         let cap = self.runtime.limits.state_bytes;
         if state.len() > cap {
             anyhow::bail!(
@@ -213,7 +233,7 @@ impl Plugin {
 
     /// Restores state bytes from [`Plugin::save_state`].
     pub fn load_state(&mut self, state: &[u8]) -> Result<()> {
-        let r = self.call("load-state", |pl, st| pl.call_load_state(st, state))?;
+        let r = self.call("load-state", |pl, st| pl.load_state(st, state))?;
         self.refused("load-state rejected the state", r)
     }
 }

@@ -12,6 +12,7 @@ mod bindings;
 mod budget;
 mod compile_budget;
 pub mod conformance;
+mod contract;
 mod deadline_poll;
 mod describe;
 mod host_state;
@@ -23,7 +24,9 @@ mod text;
 mod validate;
 
 pub use bindings::{Batch, Coefficients, ConfigKey, InputKind, Manifest, ParamGroup};
+pub use bindings::{COMPATIBLE_VERSIONS, CONTRACT_VERSION};
 pub use compile_budget::{measure as measure_code, CodeShape, CompileBudget};
+pub use contract::ContractVersion;
 pub use describe::{describe_manifest, plugin_table_of};
 pub use host_state::AllReduce;
 pub use instance::Plugin;

@@ -3,7 +3,8 @@
 //! ask for), and the verified cache of compiled artifacts (`artifact_cache`).
 
 use crate::artifact_cache::ArtifactCache;
-use crate::bindings::{Pipeline, CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::bindings::{Pipeline, COMPATIBLE_VERSIONS, CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::contract::ContractVersion;
 use crate::deadline_poll::{DeadlinePoll, HasDeadlinePoll};
 use crate::host_state::{AllReduce, HostState};
 use crate::limits::PluginLimits;
@@ -83,6 +84,10 @@ impl PluginRuntime {
         let mut linker = Linker::new(&engine);
         Pipeline::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("linking host imports: {e}"))?;
+        // plugins of the 0.1 contract import its (type-only) interface under its own version
+        linker
+            .instance(&format!("{CONTRACT_PACKAGE}/types@0.1.0"))
+            .map_err(|e| anyhow!("linking the 0.1 contract's types: {e}"))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow!("linking WASI: {e}"))?;
         // wasi:io/poll again, over wasmtime-wasi's: the waits honour the call's wall-clock deadline
@@ -124,8 +129,9 @@ impl PluginRuntime {
 
     /// Compiles (or loads from the cache) the component in `path` and checks its imports; returns it
     /// with the hex SHA-256 of the bytes compiled (the file is read once, so the digest a checkpoint
-    /// records is that of the code that ran, even if the file is replaced meanwhile).
-    pub fn compile(&self, path: &Path) -> Result<(Component, String)> {
+    /// records is that of the code that ran, even if the file is replaced meanwhile) and the contract
+    /// version it was built against.
+    pub fn compile(&self, path: &Path) -> Result<(Component, String, ContractVersion)> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
         let sha256 = {
@@ -135,9 +141,10 @@ impl PluginRuntime {
         crate::compile_budget::measure(&bytes, &self.limits.compile)
             .with_context(|| format!("plugin {}", path.display()))?;
         let component = self.compile_in_time(bytes, path)?;
-        self.check_imports(&component)
+        let version = self
+            .check_imports(&component)
             .with_context(|| format!("plugin {}", path.display()))?;
-        Ok((component, sha256))
+        Ok((component, sha256, version))
     }
 
     /// Compiles (or loads from the cache) `bytes` on a thread of its own, waiting at most the compile
@@ -173,18 +180,25 @@ impl PluginRuntime {
         })
     }
 
-    /// Refuses imports outside the contract and the allowed WASI interfaces, and contracts of another
-    /// version, with a message naming the import.
-    fn check_imports(&self, component: &Component) -> Result<()> {
+    /// Refuses imports outside the contract and the allowed WASI interfaces, and contract versions the
+    /// host does not speak, with a message naming the import; returns the contract version the
+    /// component was built against (the current one when it names none).
+    fn check_imports(&self, component: &Component) -> Result<ContractVersion> {
         let ty = component.component_type();
+        let mut found = None;
         for (name, _) in ty.imports(&self.engine) {
-            if name == "log" || name == "all-reduce-sum" {
+            if name == "log" || name == "all-reduce-sum" || name == "vocabulary" {
                 continue;
             }
             if let Some(rest) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/")) {
                 let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(none)");
-                if version != CONTRACT_VERSION {
-                    bail!("built against contract {CONTRACT_PACKAGE}@{version}, but this host speaks @{CONTRACT_VERSION}: rebuild it with a matching wmtp-sdk");
+                match ContractVersion::parse(version) {
+                    Some(v) if found.is_none_or(|f| f == v) => found = Some(v),
+                    Some(_) => bail!("imports two versions of the contract {CONTRACT_PACKAGE}"),
+                    None => bail!(
+                        "built against contract {CONTRACT_PACKAGE}@{version}, but this host speaks @{CONTRACT_VERSION} (and runs plugins of @{}): rebuild it with a matching wmtp-sdk",
+                        COMPATIBLE_VERSIONS.join(", @")
+                    ),
                 }
                 continue;
             }
@@ -193,6 +207,6 @@ impl PluginRuntime {
             }
             bail!("imports `{name}`, which the sandbox does not provide (plugins get no network, files, environment or clock)");
         }
-        Ok(())
+        Ok(found.unwrap_or(ContractVersion::V0_2))
     }
 }

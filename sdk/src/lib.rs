@@ -70,7 +70,7 @@ pub use view::BatchView;
 pub use wit_bindgen;
 
 /// The version of the contract this SDK speaks (the WIT package version).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 
 /// What a pipeline plugin implements. The host calls `configure` once (a call that comes first gets an
 /// instance configured with the default settings), then `weigh` per micro-batch and `after_step` per
@@ -126,7 +126,7 @@ impl ManifestBuilder {
         self.0.description = text.into();
         self
     }
-    /// Inputs the host must send besides CE (values, reference losses, rewards, pairs).
+    /// Inputs the host must send besides CE (values, reference losses, rewards, pairs, token ids).
     pub fn needs(mut self, inputs: &[InputKind]) -> Self {
         self.0.needs = inputs.to_vec();
         self
@@ -185,6 +185,31 @@ pub fn all_reduce_sum(xs: &[f64]) -> Vec<f64> {
     return bindings::all_reduce_sum(xs);
     #[cfg(not(target_arch = "wasm32"))]
     xs.to_vec()
+}
+
+/// The tokenizer's pieces by token id (`vocabulary()[x]` is token x's piece, spelled as the vocabulary
+/// spells it: `Ġdef`, `▁def`, `<0x0A>`); empty when the run has no tokenizer. Ask from `configure` on
+/// (the host sets it before). Outside Wasm (native tests) it returns what [`set_native_vocabulary`]
+/// gave this thread, else nothing.
+pub fn vocabulary() -> Vec<String> {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::vocabulary();
+    #[cfg(not(target_arch = "wasm32"))]
+    NATIVE_VOCABULARY.with(|v| v.borrow().clone())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+thread_local! {
+    static NATIVE_VOCABULARY: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What [`vocabulary`] returns on this thread outside Wasm (for a plugin's native unit tests; no effect
+/// in Wasm, where the host gives the model's vocabulary).
+pub fn set_native_vocabulary(pieces: Vec<String>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    NATIVE_VOCABULARY.with(|v| *v.borrow_mut() = pieces);
+    #[cfg(target_arch = "wasm32")]
+    let _ = pieces;
 }
 
 /// Exports a [`Pipeline`] type as the plugin's implementation of the contract.

@@ -357,6 +357,7 @@ mod tests {
             ref_ce: None,
             rewards: None,
             pair_ids: None,
+            tokens: None,
         }
     }
 

@@ -50,6 +50,9 @@ impl<'a> BatchView<'a> {
         if let Some(v) = &batch.pair_ids {
             check("pair-ids", v, b)?;
         }
+        if let Some(v) = &batch.tokens {
+            check("tokens", v, b * t)?;
+        }
         Ok(BatchView {
             batch,
             b,
@@ -154,6 +157,23 @@ impl<'a> BatchView<'a> {
             .rewards
             .as_deref()
             .ok_or_else(|| "batch has no rewards (manifest must need `rewards`)".into())
+    }
+
+    /// The token ids x[b,t] ([B,T]), or an error saying the plugin needs them.
+    pub fn tokens(&self) -> Result<&'a [u32], String> {
+        self.batch
+            .tokens
+            .as_deref()
+            .ok_or_else(|| "batch has no tokens (manifest must need `tokens`)".into())
+    }
+
+    /// The token head k predicts at position t, x[b, t+k+1] (None past the sequence's end or without
+    /// `tokens` in the batch): the target whose CE is `ce(b, t, k)`.
+    pub fn target_token(&self, b: usize, t: usize, k: usize) -> Option<u32> {
+        let at = t + k + 1;
+        (at < self.t)
+            .then(|| self.batch.tokens.as_ref().map(|x| x[self.idx2(b, at)]))
+            .flatten()
     }
 
     /// Number of valid tokens of head k: Σ_{b,t} M[b,t,k].

@@ -55,7 +55,7 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
         PluginCommand::Describe { plugin } => {
             let rt = Arc::new(PluginRuntime::new(PluginLimits::default())?);
             let p = Plugin::load(&rt, &plugin)?;
-            print!("{}", describe_manifest(p.manifest()));
+            print!("{}", describe_manifest(p.manifest(), p.contract()));
             Ok(())
         }
         PluginCommand::Check {

@@ -256,6 +256,24 @@ impl Tokenizer {
         self.inner.as_ref()?.token_to_id(piece)
     }
 
+    /// Every token's piece by id, as the vocabulary spells it (`Ġdef` in byte-level BPE, `▁def` in
+    /// SentencePiece; the built-in byte tokenizer's bytes as `<0xXX>` and its BOS/EOS as `<s>`/`</s>`):
+    /// what a pipeline plugin's `vocabulary` import returns. An id the vocabulary skips gets "".
+    pub fn pieces(&self) -> Vec<String> {
+        if let Some(sp) = &self.sp {
+            return sp.pieces.iter().map(|p| p.piece.clone()).collect();
+        }
+        match &self.inner {
+            Some(t) => (0..self.vocab_size() as u32)
+                .map(|id| t.id_to_token(id).unwrap_or_default())
+                .collect(),
+            None => (0..256)
+                .map(|b| format!("<0x{b:02X}>"))
+                .chain(["<s>".to_string(), "</s>".to_string()])
+                .collect(),
+        }
+    }
+
     /// Vocabulary size, special tokens included.
     pub fn vocab_size(&self) -> usize {
         if let Some(sp) = &self.sp {

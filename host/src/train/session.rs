@@ -110,8 +110,8 @@ pub fn dataset_rows(spec: &str) -> Result<Vec<Row>> {
     }
 }
 
-/// Loads the pipeline plugin at `path` under the config's limits and configures it with `[plugin]`; its
-/// `all-reduce-sum` sums over `ranks`.
+/// Loads the pipeline plugin at `path` under the config's limits, gives it the model's vocabulary and
+/// configures it with `[plugin]`; its `all-reduce-sum` sums over `ranks`.
 pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<Plugin> {
     let limits = PluginLimits {
         call_timeout: Duration::from_secs_f64(cfg.runtime.plugin_timeout_s),
@@ -129,6 +129,11 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<
         wmtp_plugin_host::default_cache_dir(),
     )?);
     let mut plugin = Plugin::load(&runtime, path)?;
+    // the model's vocabulary, for the plugin's `vocabulary` import (from configure on)
+    let tokenizer = crate::formats::load::load_tokenizer(&cfg.model.path)
+        .with_context(|| format!("the tokenizer of {} (for the plugin)", cfg.model.path))?
+        .unwrap_or_else(Tokenizer::bytes);
+    plugin.set_vocabulary(Arc::new(tokenizer.pieces()));
     plugin.configure(&toml::to_string(&cfg.plugin)?)?;
     Ok(plugin)
 }

@@ -209,6 +209,11 @@ pub fn forward_and_batch<'a>(
         } else {
             None
         },
+        tokens: if w.needs(InputKind::Tokens) {
+            Some(mb.tokens.flatten_all()?.to_vec1::<u32>()?)
+        } else {
+            None
+        },
     };
     Ok((engine, st, batch))
 }

@@ -254,19 +254,55 @@ pub fn check_plugin(path: &Path, config: &str, budget: Duration) -> Result<Confo
         ..Default::default()
     };
     let mut outcomes: Vec<(String, Result<()>, bool)> = Vec::new();
-    let mut push = |name: &str, r: Result<()>| outcomes.push((name.into(), r, false));
     let mut plugin = match Plugin::load(&runtime, path) {
         Ok(p) => p,
         Err(e) => {
-            push("loads, with a valid manifest", Err(e));
+            outcomes.push(("loads, with a valid manifest".into(), Err(e), false));
             return Ok(finish(report, outcomes));
         }
     };
-    push("loads, with a valid manifest", Ok(()));
+    outcomes.push(("loads, with a valid manifest".into(), Ok(()), false));
     plugin.set_vocabulary(kit_vocabulary());
     let label = plugin.label().to_string();
     let needs = plugin.manifest().needs.clone();
+    let configured = configuration_checks(&mut plugin, config, &mut outcomes);
+    if !configured {
+        report.plugin = label;
+        return Ok(finish(report, outcomes));
+    }
+    let mut push = |name: &str, r: Result<()>| outcomes.push((name.into(), r, false));
+    push(
+        "valid answers on every shape (lengths, finite, zero off-mask)",
+        every_shape(&mut plugin, &needs),
+    );
+    let batch = synthetic_batch(4, 24, 3, &needs, 7, true);
+    push(
+        "deterministic (same batch twice → same bits)",
+        deterministic(&mut plugin, &batch),
+    );
+    push(
+        "state save → load → same answer",
+        state_round_trip(&mut plugin, &batch, &needs),
+    );
+    derivative_checks(&mut plugin, &needs, &mut outcomes);
+    let (timed, median) = time_budget(&mut plugin, &needs, budget);
+    outcomes.push((
+        format!("time budget ({budget:?} for 64k tokens × 4 heads)"),
+        timed,
+        false,
+    ));
+    report.big_batch_time = median;
+    report.plugin = label;
+    Ok(finish(report, outcomes))
+}
 
+/// Garbage TOML and an unknown key refused, the defaults and `config` accepted; whether `config` was.
+fn configuration_checks(
+    plugin: &mut Plugin,
+    config: &str,
+    outcomes: &mut Vec<(String, Result<()>, bool)>,
+) -> bool {
+    let mut push = |name: &str, r: Result<()>| outcomes.push((name.into(), r, false));
     push(
         "rejects invalid TOML",
         expect_err(plugin.configure("this is = = not toml")),
@@ -279,83 +315,81 @@ pub fn check_plugin(path: &Path, config: &str, budget: Duration) -> Result<Confo
     let configured = plugin.configure(config);
     let ok = configured.is_ok();
     push("accepts the given config", configured);
-    if !ok {
-        report.plugin = label;
-        return Ok(finish(report, outcomes));
-    }
+    ok
+}
 
-    let mut shapes_result = Ok(());
-    'outer: for (i, &(b, t, h)) in SHAPES.iter().enumerate() {
+/// Valid answers (checked by `Plugin::weigh`) on every shape of [`SHAPES`], with and without fully
+/// masked rows, in validation and training.
+fn every_shape(plugin: &mut Plugin, needs: &[InputKind]) -> Result<()> {
+    for (i, &(b, t, h)) in SHAPES.iter().enumerate() {
         for masked in [false, true] {
-            let batch = synthetic_batch(b, t, h, &needs, 100 + i as u64, masked);
+            let batch = synthetic_batch(b, t, h, needs, 100 + i as u64, masked);
             for train in [false, true] {
-                if let Err(e) = plugin.weigh(&batch, train) {
-                    shapes_result = Err(e.context(format!(
+                plugin.weigh(&batch, train).map_err(|e| {
+                    e.context(format!(
                         "shape B={b} T={t} H={h}, masked rows {masked}, train {train}"
-                    )));
-                    break 'outer;
-                }
+                    ))
+                })?;
             }
         }
     }
-    push(
-        "valid answers on every shape (lengths, finite, zero off-mask)",
-        shapes_result,
-    );
+    Ok(())
+}
 
-    let batch = synthetic_batch(4, 24, 3, &needs, 7, true);
-    push(
-        "deterministic (same batch twice → same bits)",
-        (|| {
-            for train in [false, true] {
-                let a = plugin.weigh(&batch, train)?;
-                let b = plugin.weigh(&batch, train)?;
-                if !same_answer(&a, &b) {
-                    bail!("two calls with the same batch (train = {train}) gave different answers");
-                }
-            }
-            Ok(())
-        })(),
-    );
+/// The same batch twice gives the same bits, in validation and in training.
+fn deterministic(plugin: &mut Plugin, batch: &Batch) -> Result<()> {
+    for train in [false, true] {
+        let a = plugin.weigh(batch, train)?;
+        let b = plugin.weigh(batch, train)?;
+        if !same_answer(&a, &b) {
+            bail!("two calls with the same batch (train = {train}) gave different answers");
+        }
+    }
+    Ok(())
+}
 
-    push(
-        "state save → load → same answer",
-        (|| {
-            let saved = plugin.save_state()?;
-            let before = plugin.weigh(&batch, true)?;
-            for step in 0..3 {
-                let other = synthetic_batch(4, 24, 3, &needs, 50 + step, false);
-                plugin.weigh(&other, true)?;
-                plugin.after_step(step)?;
-            }
-            plugin.load_state(&saved)?;
-            let after = plugin.weigh(&batch, true)?;
-            if !same_answer(&before, &after) {
-                bail!(
-                    "after load-state the answer differs from the one given right after save-state"
-                );
-            }
-            if plugin
-                .load_state(b"\xffnot a state of this plugin\x00")
-                .is_ok()
-                && !saved.is_empty()
-            {
-                bail!("load-state accepted garbage bytes");
-            }
-            plugin.load_state(&saved)?;
-            Ok(())
-        })(),
-    );
+/// Saved state, three steps of other batches, the state loaded: the first answer again; garbage state
+/// refused.
+fn state_round_trip(plugin: &mut Plugin, batch: &Batch, needs: &[InputKind]) -> Result<()> {
+    let saved = plugin.save_state()?;
+    let before = plugin.weigh(batch, true)?;
+    for step in 0..3 {
+        let other = synthetic_batch(4, 24, 3, needs, 50 + step, false);
+        plugin.weigh(&other, true)?;
+        plugin.after_step(step)?;
+    }
+    plugin.load_state(&saved)?;
+    let after = plugin.weigh(batch, true)?;
+    if !same_answer(&before, &after) {
+        bail!("after load-state the answer differs from the one given right after save-state");
+    }
+    if plugin
+        .load_state(b"\xffnot a state of this plugin\x00")
+        .is_ok()
+        && !saved.is_empty()
+    {
+        bail!("load-state accepted garbage bytes");
+    }
+    plugin.load_state(&saved)?;
+    Ok(())
+}
 
+/// ∂L/∂CE against central differences (when the plugin trains CE), and ∂L/∂V as an advisory check.
+fn derivative_checks(
+    plugin: &mut Plugin,
+    needs: &[InputKind],
+    outcomes: &mut Vec<(String, Result<()>, bool)>,
+) {
     let manifest = plugin.manifest().clone();
     if manifest.uses_ce {
-        push(
-            "∂L/∂CE are the derivatives of the reported loss (central differences)",
-            derivatives_match(&mut plugin, &needs, false),
-        );
+        outcomes.push((
+            "∂L/∂CE are the derivatives of the reported loss (central differences)".into(),
+            derivatives_match(plugin, needs, false),
+            false,
+        ));
     }
     if manifest.uses_values_grad {
-        let r = derivatives_match(&mut plugin, &needs, true).map_err(|e| {
+        let r = derivatives_match(plugin, needs, true).map_err(|e| {
             e.context("expected for semi-gradients (targets or weights computed from V without a gradient)")
         });
         outcomes.push((
@@ -364,10 +398,16 @@ pub fn check_plugin(path: &Path, config: &str, budget: Duration) -> Result<Confo
             true,
         ));
     }
+}
 
-    let big = synthetic_batch(16, 4096, 4, &needs, 9, false);
+/// Five weighs of a 64k-token × 4-head batch: whether the median is within `budget`, and the median.
+fn time_budget(
+    plugin: &mut Plugin,
+    needs: &[InputKind],
+    budget: Duration,
+) -> (Result<()>, Option<Duration>) {
+    let big = synthetic_batch(16, 4096, 4, needs, 9, false);
     let mut times = Vec::new();
-    let mut push = |name: &str, r: Result<()>| outcomes.push((name.into(), r, false));
     let timed = (|| {
         for _ in 0..5 {
             let s = Instant::now();
@@ -381,13 +421,7 @@ pub fn check_plugin(path: &Path, config: &str, budget: Duration) -> Result<Confo
         }
         Ok(())
     })();
-    push(
-        &format!("time budget ({budget:?} for 64k tokens × 4 heads)"),
-        timed,
-    );
-    report.big_batch_time = times.get(times.len() / 2).copied();
-    report.plugin = label;
-    Ok(finish(report, outcomes))
+    (timed, times.get(times.len() / 2).copied())
 }
 
 fn finish(

@@ -325,7 +325,7 @@ pub fn info(a: &InfoArgs) -> Result<()> {
 
 /// `wmtp generate`.
 pub fn generate(a: &GenerateArgs) -> Result<()> {
-    use wmtp_host::infer::generate::{generate, greedy_continue, GenerateOptions};
+    use wmtp_host::infer::generate::{generate, GenerateOptions};
     let sampling = a.sampling.checked()?;
     anyhow::ensure!(
         !(a.no_cache && sampling.temperature > 0.0),
@@ -362,46 +362,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         generate(&lm.model, &prompts[..1], &warm, &mut |_, _| false)?;
     }
     let t0 = std::time::Instant::now();
-    let mut spec_stats = None;
-    let outs: Vec<Vec<u32>> = if a.no_cache {
-        prompts
-            .iter()
-            .map(|p| {
-                Ok(
-                    greedy_continue(&lm.model, p, a.max_new_tokens, tok.eos_id)?[p.len()..]
-                        .to_vec(),
-                )
-            })
-            .collect::<Result<_>>()?
-    } else {
-        let opts = GenerateOptions {
-            max_new: a.max_new_tokens,
-            eos: tok.eos_id,
-            sampling,
-            batch: a.batch,
-        };
-        let stops = &a.stop;
-        let mut stop = |_: usize, new: &[u32]| {
-            !stops.is_empty()
-                && tok
-                    .decode(new)
-                    .is_ok_and(|t| stops.iter().any(|s| t.contains(s.as_str())))
-        };
-        if a.speculative {
-            let tree = wmtp_host::infer::draft_tree::DraftTree::parse(
-                &a.draft_tree,
-                lm.model.extra_heads.len(),
-            )
-            .context("--draft-tree")?;
-            let (outs, stats) = wmtp_host::infer::speculative::generate_speculative(
-                &lm.model, &prompts, &opts, &tree, &mut stop,
-            )?;
-            spec_stats = Some(stats);
-            outs
-        } else {
-            generate(&lm.model, &prompts, &opts, &mut stop)?
-        }
-    };
+    let (outs, spec_stats) = decode_prompts(a, &lm.model, tok, &prompts, sampling)?;
     let secs = t0.elapsed().as_secs_f64();
     let total: usize = outs.iter().map(Vec::len).sum();
     for (p, new) in a.prompt.iter().zip(&outs) {
@@ -423,22 +384,75 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
         }
     );
     if let Some(st) = spec_stats {
-        let heads: Vec<String> = (1..lm.model.args.n_future_tokens)
-            .map(|k| match st.acceptance(k) {
-                Some(r) => format!("head {k} {:.0}%", 100.0 * r),
-                None => format!("head {k} -"),
-            })
-            .collect();
-        eprintln!(
-            "speculative: {:.2} tokens per forward pass over {} passes; drafts accepted: {}; \
-             {} passes accepted a draft off the top chain",
-            st.tokens_per_round(),
-            st.rounds,
-            heads.join(", "),
-            st.off_chain
-        );
+        print_speculative_stats(&st, lm.model.args.n_future_tokens);
     }
     Ok(())
+}
+
+/// The new tokens of every prompt as `a` asks: recomputed without a cache, plain (batched, greedy or
+/// sampled) or self-speculative (with its acceptance counts).
+fn decode_prompts(
+    a: &GenerateArgs,
+    model: &wmtp_host::model::Transformer,
+    tok: &wmtp_host::data::tokenizer::Tokenizer,
+    prompts: &[Vec<u32>],
+    sampling: wmtp_host::infer::generate::Sampling,
+) -> Result<(
+    Vec<Vec<u32>>,
+    Option<wmtp_host::infer::speculative::SpeculativeStats>,
+)> {
+    use wmtp_host::infer::generate::{generate, greedy_continue, GenerateOptions};
+    if a.no_cache {
+        let outs = prompts
+            .iter()
+            .map(|p| {
+                Ok(greedy_continue(model, p, a.max_new_tokens, tok.eos_id)?[p.len()..].to_vec())
+            })
+            .collect::<Result<_>>()?;
+        return Ok((outs, None));
+    }
+    let opts = GenerateOptions {
+        max_new: a.max_new_tokens,
+        eos: tok.eos_id,
+        sampling,
+        batch: a.batch,
+    };
+    let stops = &a.stop;
+    let mut stop = |_: usize, new: &[u32]| {
+        !stops.is_empty()
+            && tok
+                .decode(new)
+                .is_ok_and(|t| stops.iter().any(|s| t.contains(s.as_str())))
+    };
+    if !a.speculative {
+        return Ok((generate(model, prompts, &opts, &mut stop)?, None));
+    }
+    let tree =
+        wmtp_host::infer::draft_tree::DraftTree::parse(&a.draft_tree, model.extra_heads.len())
+            .context("--draft-tree")?;
+    let (outs, stats) = wmtp_host::infer::speculative::generate_speculative(
+        model, prompts, &opts, &tree, &mut stop,
+    )?;
+    Ok((outs, Some(stats)))
+}
+
+/// The line `--speculative` ends with: tokens per pass, each extra head's acceptance, passes off the
+/// top chain.
+fn print_speculative_stats(st: &wmtp_host::infer::speculative::SpeculativeStats, heads: usize) {
+    let accepted: Vec<String> = (1..heads)
+        .map(|k| match st.acceptance(k) {
+            Some(r) => format!("head {k} {:.0}%", 100.0 * r),
+            None => format!("head {k} -"),
+        })
+        .collect();
+    eprintln!(
+        "speculative: {:.2} tokens per forward pass over {} passes; drafts accepted: {}; \
+         {} passes accepted a draft off the top chain",
+        st.tokens_per_round(),
+        st.rounds,
+        accepted.join(", "),
+        st.off_chain
+    );
 }
 
 /// `wmtp perplexity`.

@@ -189,100 +189,17 @@ const NOT_CURVES: [&str; 5] = [
 /// validation counterpart as dots). Series that never change (e.g. a step count that stays 0) are left
 /// out.
 fn panels(series: &Series) -> Vec<Panel<'_>> {
-    let get = |k: &str| series.get(k).map(Vec::as_slice);
-    let mut used: std::collections::BTreeSet<String> =
-        NOT_CURVES.iter().map(|s| s.to_string()).collect();
-    let mut out = Vec::new();
-    let mut panel = |title: &str,
-                     keys: &[(&str, &str, usize, bool)],
-                     used: &mut std::collections::BTreeSet<String>| {
-        let lines: Vec<Line> = keys
-            .iter()
-            .filter_map(|&(k, name, color, validation)| {
-                used.insert(k.to_string());
-                get(k).map(|pts| Line {
-                    name: name.to_string(),
-                    pts,
-                    color,
-                    validation,
-                })
-            })
-            .collect();
-        if !lines.is_empty() {
-            out.push(Panel {
-                title: title.to_string(),
-                lines,
-            });
-        }
+    let mut b = Panels {
+        series,
+        used: NOT_CURVES.iter().map(|s| s.to_string()).collect(),
+        out: Vec::new(),
     };
-    // the run's loss; the mean CE too when the pipeline's loss is something else
-    let same = |a: &str, b: &str| match (get(a), get(b)) {
-        (Some(x), Some(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .zip(y)
-                    .all(|(p, q)| (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(1.0))
-        }
-        _ => true,
-    };
-    let mut main = vec![
-        ("loss", "loss", 0, false),
-        ("val_loss", "validation loss", 0, true),
-    ];
-    if !same("loss", "ce") {
-        main.extend([
-            ("ce", "CE (mean over heads)", 1, false),
-            ("val_ce", "validation CE", 1, true),
-        ]);
-    }
-    used.extend(["ce".to_string(), "val_ce".to_string()]);
-    panel("loss and cross-entropy", &main, &mut used);
-    let heads = (0..)
-        .take_while(|k| {
-            series.contains_key(&format!("plugin.ce_h{k}"))
-                || series.contains_key(&format!("val_ce_h{k}"))
-        })
-        .count();
-    let names: Vec<(String, String, String, String)> = (0..heads)
-        .map(|k| {
-            (
-                format!("plugin.ce_h{k}"),
-                format!("head {k}"),
-                format!("val_ce_h{k}"),
-                format!("head {k} validation"),
-            )
-        })
-        .collect();
-    let keys: Vec<(&str, &str, usize, bool)> = names
-        .iter()
-        .enumerate()
-        .flat_map(|(k, (t, tn, v, vn))| {
-            [
-                (t.as_str(), tn.as_str(), k, false),
-                (v.as_str(), vn.as_str(), k, true),
-            ]
-        })
-        .collect();
-    for (_, _, v, _) in &names {
-        used.insert(format!("val_plugin.{}", &v[4..]));
-    }
-    panel(
-        "cross-entropy per head (nats; dots: validation)",
-        &keys,
-        &mut used,
-    );
-    panel("learning rate", &[("lr", "lr", 0, false)], &mut used);
-    panel(
-        "tokens/s",
-        &[("tokens_per_s", "tokens/s", 0, false)],
-        &mut used,
-    );
-    panel(
-        "gradient norm",
-        &[("grad_norm", "grad norm", 0, false)],
-        &mut used,
-    );
-    panel(
+    b.loss();
+    b.heads();
+    b.add("learning rate", &[("lr", "lr", 0, false)]);
+    b.add("tokens/s", &[("tokens_per_s", "tokens/s", 0, false)]);
+    b.add("gradient norm", &[("grad_norm", "grad norm", 0, false)]);
+    b.add(
         "seconds per step",
         &[
             ("time.step_s", "step", 0, false),
@@ -291,74 +208,174 @@ fn panels(series: &Series) -> Vec<Panel<'_>> {
             ("time.optimizer_s", "optimizer", 3, false),
             ("time.plugin_s", "plugin", 4, false),
         ],
-        &mut used,
     );
-    panel(
+    b.add(
         "memory (GiB)",
         &[
             ("mem.peak_used_gib", "GPU peak used", 0, false),
             ("mem.peak_reserved_gib", "GPU peak reserved", 1, false),
         ],
-        &mut used,
     );
-    panel(
+    b.add(
         "host memory (MiB RSS)",
         &[("mem.host_rss_mib", "host RSS", 0, false)],
-        &mut used,
     );
-    // everything else (a plugin's metrics), grouped by name stem — `plugin.w_mean`, `plugin.w_max` … in
-    // one chart "plugin.w_*" — each with its validation counterpart as dots; series that never change
-    // and have no validation counterpart are left out
-    let mut groups: BTreeMap<String, Vec<&String>> = BTreeMap::new();
-    for k in series
-        .keys()
-        .filter(|k| !used.contains(*k) && !k.starts_with("val_"))
-    {
-        let flat = series[k].iter().all(|p| p.1 == series[k][0].1);
-        if !flat || series.contains_key(&format!("val_{k}")) {
-            groups.entry(stem(k)).or_default().push(k);
-        }
+    b.plugin_metrics();
+    b.leftover_validation();
+    b.out
+}
+
+/// The charts being laid out, and the series already drawn (each series goes into one chart).
+struct Panels<'a> {
+    series: &'a Series,
+    used: std::collections::BTreeSet<String>,
+    out: Vec<Panel<'a>>,
+}
+
+/// One line of a chart: (series key, legend name, colour index, drawn as validation dots).
+type LineSpec<'k> = (&'k str, &'k str, usize, bool);
+
+impl<'a> Panels<'a> {
+    fn get(&self, k: &str) -> Option<&'a [(f64, f64)]> {
+        self.series.get(k).map(Vec::as_slice)
     }
-    // validation dots go unlabelled: the chart's title says what dots are
-    let vals: Vec<(String, String)> = groups
-        .values()
-        .flatten()
-        .map(|k| (format!("val_{k}"), String::new()))
-        .collect();
-    let mut vi = vals.iter();
-    for (title, keys) in &groups {
+
+    /// A chart of the given series that exist (none: no chart); marks them drawn.
+    fn add(&mut self, title: &str, keys: &[LineSpec<'_>]) {
         let mut lines = Vec::new();
-        for (color, k) in keys.iter().enumerate() {
-            let Some((v, vn)) = vi.next() else { break };
-            lines.push((k.as_str(), k.as_str(), color, false));
-            lines.push((v.as_str(), vn.as_str(), color, true));
+        for &(k, name, color, validation) in keys {
+            self.used.insert(k.to_string());
+            if let Some(pts) = self.get(k) {
+                lines.push(Line {
+                    name: name.to_string(),
+                    pts,
+                    color,
+                    validation,
+                });
+            }
         }
-        let has_val = keys
-            .iter()
-            .any(|k| series.contains_key(&format!("val_{k}")));
-        let title = match (keys.len() > 1, has_val) {
-            (true, true) => format!("{title}* (dots: validation)"),
-            (true, false) => format!("{title}*"),
-            (false, true) => format!("{} (dots: validation)", keys[0]),
-            (false, false) => keys[0].to_string(),
+        if !lines.is_empty() {
+            self.out.push(Panel {
+                title: title.to_string(),
+                lines,
+            });
+        }
+    }
+
+    /// The run's loss; the mean CE too when the pipeline's loss is something else.
+    fn loss(&mut self) {
+        let same = match (self.get("loss"), self.get("ce")) {
+            (Some(x), Some(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|(p, q)| (p.1 - q.1).abs() <= 1e-9 * p.1.abs().max(1.0))
+            }
+            _ => true,
         };
-        panel(&title, &lines, &mut used);
+        let mut main = vec![
+            ("loss", "loss", 0, false),
+            ("val_loss", "validation loss", 0, true),
+        ];
+        if !same {
+            main.extend([
+                ("ce", "CE (mean over heads)", 1, false),
+                ("val_ce", "validation CE", 1, true),
+            ]);
+        }
+        self.used.extend(["ce".to_string(), "val_ce".to_string()]);
+        self.add("loss and cross-entropy", &main);
     }
-    for (k, pts) in series
-        .iter()
-        .filter(|(k, _)| k.starts_with("val_") && !used.contains(*k))
-    {
-        out.push(Panel {
-            title: k.clone(),
-            lines: vec![Line {
-                name: k.clone(),
-                pts,
-                color: 0,
-                validation: true,
-            }],
-        });
+
+    /// Every head's training CE (lines) and validation CE (dots) in one chart, a colour per head.
+    fn heads(&mut self) {
+        let series = self.series;
+        let heads = (0..)
+            .take_while(|k| {
+                series.contains_key(&format!("plugin.ce_h{k}"))
+                    || series.contains_key(&format!("val_ce_h{k}"))
+            })
+            .count();
+        let names: Vec<[String; 4]> = (0..heads)
+            .map(|k| {
+                [
+                    format!("plugin.ce_h{k}"),
+                    format!("head {k}"),
+                    format!("val_ce_h{k}"),
+                    format!("head {k} validation"),
+                ]
+            })
+            .collect();
+        let keys: Vec<LineSpec<'_>> = names
+            .iter()
+            .enumerate()
+            .flat_map(|(k, [t, tn, v, vn])| {
+                [
+                    (t.as_str(), tn.as_str(), k, false),
+                    (v.as_str(), vn.as_str(), k, true),
+                ]
+            })
+            .collect();
+        for [_, _, v, _] in &names {
+            self.used.insert(format!("val_plugin.{}", &v[4..]));
+        }
+        self.add("cross-entropy per head (nats; dots: validation)", &keys);
     }
-    out
+
+    /// Everything else (a plugin's metrics), grouped by name stem — `plugin.w_mean`, `plugin.w_max` …
+    /// in one chart "plugin.w_*" — each with its validation counterpart as dots; series that never
+    /// change and have no validation counterpart are left out.
+    fn plugin_metrics(&mut self) {
+        let series = self.series;
+        let mut groups: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+        for k in series
+            .keys()
+            .filter(|k| !self.used.contains(*k) && !k.starts_with("val_"))
+        {
+            let flat = series[k].iter().all(|p| p.1 == series[k][0].1);
+            if !flat || series.contains_key(&format!("val_{k}")) {
+                groups.entry(stem(k)).or_default().push(k);
+            }
+        }
+        for (title, keys) in &groups {
+            // validation dots go unlabelled: the chart's title says what dots are
+            let vals: Vec<String> = keys.iter().map(|k| format!("val_{k}")).collect();
+            let mut lines = Vec::new();
+            for (color, (k, v)) in keys.iter().zip(&vals).enumerate() {
+                lines.push((k.as_str(), k.as_str(), color, false));
+                lines.push((v.as_str(), "", color, true));
+            }
+            let has_val = keys
+                .iter()
+                .any(|k| series.contains_key(&format!("val_{k}")));
+            let title = match (keys.len() > 1, has_val) {
+                (true, true) => format!("{title}* (dots: validation)"),
+                (true, false) => format!("{title}*"),
+                (false, true) => format!("{} (dots: validation)", keys[0]),
+                (false, false) => keys[0].to_string(),
+            };
+            self.add(&title, &lines);
+        }
+    }
+
+    /// Validation series no chart has drawn, one chart each.
+    fn leftover_validation(&mut self) {
+        for (k, pts) in self
+            .series
+            .iter()
+            .filter(|(k, _)| k.starts_with("val_") && !self.used.contains(*k))
+        {
+            self.out.push(Panel {
+                title: k.clone(),
+                lines: vec![Line {
+                    name: k.clone(),
+                    pts,
+                    color: 0,
+                    validation: true,
+                }],
+            });
+        }
+    }
 }
 
 /// Charts per row.

@@ -102,6 +102,117 @@ settings! {
     }
 }
 
+impl Verifiable {
+    /// Each target token's advantage A[b,t] ([B,T], 0 off the targets: GAE, or Monte-Carlo r − V) and
+    /// the list of those on targets.
+    fn advantages(&self, v: &BatchView, values: &[f32], rewards: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let mut adv = vec![0f64; v.b * v.t];
+        let mut valid = Vec::new();
+        for b in 0..v.b {
+            let Some(last) = last_target(v, b) else {
+                continue;
+            };
+            let vb = &values[b * v.t..(b + 1) * v.t];
+            let a = if self.monte_carlo {
+                mc_advantages(vb, last, rewards[b] as f64)
+            } else {
+                gae(vb, last, self.gamma, self.lambda, self.initial_value)
+            };
+            for (t, &x) in a.iter().enumerate().filter(|&(t, _)| v.target(b, t)) {
+                adv[v.idx2(b, t)] = x;
+                valid.push(x);
+            }
+        }
+        (adv, valid)
+    }
+
+    /// w[b,t] = clamp(exp((A − μ)/(σ + 1e-8)/β), w_min, w_max) on target tokens with `whiten` = (μ, σ),
+    /// 1 without (a single token and no EMA); and how many were clipped.
+    fn token_weights(
+        &self,
+        v: &BatchView,
+        adv: &[f64],
+        whiten: Option<(f64, f64)>,
+    ) -> (Vec<f64>, usize) {
+        let mut w = vec![0f64; v.b * v.t];
+        let mut clipped = 0usize;
+        for b in 0..v.b {
+            for t in (0..v.t).filter(|&t| v.target(b, t)) {
+                let i = v.idx2(b, t);
+                w[i] = match whiten {
+                    Some((mu, sigma)) => {
+                        let raw = ((adv[i] - mu) / (sigma + 1e-8) / self.beta).exp();
+                        clipped += (raw < self.w_min || raw > self.w_max) as usize;
+                        raw.clamp(self.w_min, self.w_max)
+                    }
+                    None => 1.0,
+                };
+            }
+        }
+        (w, clipped)
+    }
+
+    /// The joint value head's regression loss and ∂/∂V: towards λ-returns of the reward (λ = 1 in
+    /// validation), or towards the reward itself.
+    fn value_loss(
+        &self,
+        v: &BatchView,
+        values: &[f32],
+        rewards: &[f32],
+        train: bool,
+    ) -> (f64, Vec<f32>) {
+        let targets: Vec<Vec<f64>> = (0..v.b)
+            .map(|b| match (last_target(v, b), self.value_lambda_return) {
+                (Some(last), true) => lambda_returns(
+                    &values[b * v.t..(b + 1) * v.t],
+                    last,
+                    rewards[b] as f64,
+                    self.gamma,
+                    if train { self.lambda } else { 1.0 },
+                ),
+                _ => vec![rewards[b] as f64; v.t],
+            })
+            .collect();
+        value_regression(v, values, |b, t| targets[b][t], None)
+    }
+}
+
+/// Statistics of the target tokens' weights: mean, std, min, max, normalised entropy and the share
+/// clipped (none without target tokens).
+fn weight_metrics(ws: &[f64], clipped: usize) -> Vec<(String, f64)> {
+    if ws.is_empty() {
+        return Vec::new();
+    }
+    let m = ws.iter().sum::<f64>() / ws.len() as f64;
+    let var = ws.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / ws.len() as f64;
+    let total: f64 = ws.iter().sum();
+    let entropy = -ws
+        .iter()
+        .map(|x| x / total)
+        .filter(|&p| p > 0.0)
+        .map(|p| p * p.ln())
+        .sum::<f64>();
+    let norm = if ws.len() > 1 {
+        entropy / (ws.len() as f64).ln()
+    } else {
+        1.0
+    };
+    vec![
+        ("w_mean".to_string(), m),
+        ("w_std".to_string(), var.sqrt()),
+        (
+            "w_min".to_string(),
+            ws.iter().copied().fold(f64::INFINITY, f64::min),
+        ),
+        (
+            "w_max".to_string(),
+            ws.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        ),
+        ("w_entropy".to_string(), norm),
+        ("clip_ratio".to_string(), clipped as f64 / ws.len() as f64),
+    ]
+}
+
 impl Pipeline for Verifiable {
     type Settings = VerifiableSettings;
 
@@ -143,24 +254,8 @@ impl Pipeline for Verifiable {
         let head_lambda = self.head_weights.resolve(batch.heads as usize)?;
         let v = BatchView::new(batch)?.with_head_weights(&head_lambda)?;
         let (values, rewards) = (v.values()?, v.rewards()?);
-        // 1. advantages on target tokens
-        let mut adv = vec![0f64; v.b * v.t];
-        let mut valid = Vec::new();
-        for b in 0..v.b {
-            let Some(last) = last_target(&v, b) else {
-                continue;
-            };
-            let vb = &values[b * v.t..(b + 1) * v.t];
-            let a = if self.monte_carlo {
-                mc_advantages(vb, last, rewards[b] as f64)
-            } else {
-                gae(vb, last, self.gamma, self.lambda, self.initial_value)
-            };
-            for (t, &x) in a.iter().enumerate().filter(|&(t, _)| v.target(b, t)) {
-                adv[v.idx2(b, t)] = x;
-                valid.push(x);
-            }
-        }
+        // 1. advantages on target tokens, and their batch statistics
+        let (adv, valid) = self.advantages(&v, values, rewards);
         let n = valid.len() as f64;
         let (sum, sum_sq) = valid
             .iter()
@@ -175,26 +270,13 @@ impl Pipeline for Verifiable {
         };
         // 2. whitening statistics and weights
         let use_ema = train && self.ema_on;
-        let whiten = use_ema || n > 1.0;
         let (mu, sigma) = if use_ema {
             (self.ema.mean, self.ema.std)
         } else {
             (batch_mean, batch_std)
         };
-        let mut w = vec![0f64; v.b * v.t];
-        let mut clipped = 0usize;
-        for b in 0..v.b {
-            for t in (0..v.t).filter(|&t| v.target(b, t)) {
-                let i = v.idx2(b, t);
-                w[i] = if whiten {
-                    let raw = ((adv[i] - mu) / (sigma + 1e-8) / self.beta).exp();
-                    clipped += (raw < self.w_min || raw > self.w_max) as usize;
-                    raw.clamp(self.w_min, self.w_max)
-                } else {
-                    1.0
-                };
-            }
-        }
+        let (w, clipped) =
+            self.token_weights(&v, &adv, (use_ema || n > 1.0).then_some((mu, sigma)));
         if train {
             self.step_sums[0] += sum;
             self.step_sums[1] += sum_sq;
@@ -226,51 +308,10 @@ impl Pipeline for Verifiable {
             .filter(|&i| batch.target_mask[i] != 0)
             .map(|i| w[i])
             .collect();
-        if !ws.is_empty() {
-            let m = ws.iter().sum::<f64>() / ws.len() as f64;
-            let var = ws.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / ws.len() as f64;
-            let total: f64 = ws.iter().sum();
-            let entropy = -ws
-                .iter()
-                .map(|x| x / total)
-                .filter(|&p| p > 0.0)
-                .map(|p| p * p.ln())
-                .sum::<f64>();
-            let norm = if ws.len() > 1 {
-                entropy / (ws.len() as f64).ln()
-            } else {
-                1.0
-            };
-            metrics.extend([
-                ("w_mean".to_string(), m),
-                ("w_std".to_string(), var.sqrt()),
-                (
-                    "w_min".to_string(),
-                    ws.iter().copied().fold(f64::INFINITY, f64::min),
-                ),
-                (
-                    "w_max".to_string(),
-                    ws.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                ),
-                ("w_entropy".to_string(), norm),
-                ("clip_ratio".to_string(), clipped as f64 / ws.len() as f64),
-            ]);
-        }
-        // joint value loss
+        metrics.extend(weight_metrics(&ws, clipped));
+        // 4. the joint value loss
         let value_grad = if self.value_coef > 0.0 {
-            let targets: Vec<Vec<f64>> = (0..v.b)
-                .map(|b| match (last_target(&v, b), self.value_lambda_return) {
-                    (Some(last), true) => lambda_returns(
-                        &values[b * v.t..(b + 1) * v.t],
-                        last,
-                        rewards[b] as f64,
-                        self.gamma,
-                        if train { self.lambda } else { 1.0 },
-                    ),
-                    _ => vec![rewards[b] as f64; v.t],
-                })
-                .collect();
-            let (vl, g) = value_regression(&v, values, |b, t| targets[b][t], None);
+            let (vl, g) = self.value_loss(&v, values, rewards, train);
             loss += self.value_coef * vl;
             metrics.push(("value_loss".to_string(), vl));
             Some(g.iter().map(|x| x * self.value_coef as f32).collect())

@@ -189,32 +189,11 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
             spec.node_rank
         );
     }
-    let world = spec.nproc_per_node * spec.nnodes;
     let mut children: Vec<(usize, Child)> = Vec::new();
     let mut relays = Vec::new();
     for local in 0..spec.nproc_per_node {
         let rank = spec.node_rank * spec.nproc_per_node + local;
-        let mut cmd = Command::new(&spec.program);
-        cmd.args(&spec.args)
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", world.to_string())
-            .env("LOCAL_RANK", local.to_string())
-            .env("LOCAL_WORLD_SIZE", spec.nproc_per_node.to_string())
-            .env("MASTER_ADDR", &spec.master_addr)
-            .env("MASTER_PORT", spec.master_port.to_string())
-            .env(
-                "WMTP_DIST_TIMEOUT_S",
-                spec.timeout.as_secs_f64().to_string(),
-            );
-        // rank 0 talks to the terminal directly (its progress bar and summary, as a single run's);
-        // the others' lines come prefixed with their rank
-        if rank != 0 {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        }
-        // each rank leads its own process group, so stopping it stops whatever it started
-        #[cfg(unix)]
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = match cmd.spawn() {
+        let mut child = match rank_command(spec, local).spawn() {
             Ok(c) => c,
             Err(e) => {
                 for (_, c) in &mut children {
@@ -231,8 +210,48 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
         }
         children.push((rank, child));
     }
-    // the ranks lead their own process groups, so the terminal's Ctrl-C reaches only us: pass it on
-    // (each rank then saves a checkpoint with the others and exits, as a single `wmtp run` does)
+    let failure = supervise(children);
+    for r in relays {
+        let _ = r.join();
+    }
+    match failure {
+        Some(why) => bail!("{why}; the other ranks of this node were stopped"),
+        None => Ok(()),
+    }
+}
+
+/// The command of this node's local rank `local`: the program with torchrun's environment (RANK,
+/// WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and the collective timeout; rank
+/// 0 talks to the terminal directly (its progress bar and summary, as a single run's), the others'
+/// output is piped to be prefixed with their rank; each rank leads its own process group, so stopping
+/// it stops whatever it started.
+fn rank_command(spec: &LaunchSpec, local: usize) -> Command {
+    let world = spec.nproc_per_node * spec.nnodes;
+    let rank = spec.node_rank * spec.nproc_per_node + local;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", local.to_string())
+        .env("LOCAL_WORLD_SIZE", spec.nproc_per_node.to_string())
+        .env("MASTER_ADDR", &spec.master_addr)
+        .env("MASTER_PORT", spec.master_port.to_string())
+        .env(
+            "WMTP_DIST_TIMEOUT_S",
+            spec.timeout.as_secs_f64().to_string(),
+        );
+    if rank != 0 {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd
+}
+
+/// Waits for every rank; passes a Ctrl-C on to them (the ranks lead their own process groups, so the
+/// terminal's reaches only us; each rank then saves a checkpoint with the others and exits, as a single
+/// `wmtp run` does); at the first failure stops the rest. Returns what failed, if anything.
+fn supervise(children: Vec<(usize, Child)>) -> Option<String> {
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -240,7 +259,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
     }
     let mut forwarded = false;
     let mut failure: Option<String> = None;
-    let mut running: Vec<(usize, Child)> = children;
+    let mut running = children;
     while !running.is_empty() {
         if !forwarded && interrupted.load(std::sync::atomic::Ordering::SeqCst) {
             forwarded = true;
@@ -276,13 +295,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<()> {
         running = still;
         std::thread::sleep(Duration::from_millis(50));
     }
-    for r in relays {
-        let _ = r.join();
-    }
-    match failure {
-        Some(why) => bail!("{why}; the other ranks of this node were stopped"),
-        None => Ok(()),
-    }
+    failure
 }
 
 #[cfg(test)]

@@ -8,15 +8,6 @@ use std::path::Path;
 
 /// The start-up summary: model, trainable parameters, data, steps, run directory, config.
 pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
-    // a sharded model's own weights are released: count the shards' layouts instead
-    let (total, trainable) = s.strategy.param_counts(&s.model);
-    let vh: u64 = s.value_head.as_ref().map_or(0, |v| {
-        crate::model::VisitParams::named_params(v)
-            .iter()
-            .filter(|(_, p)| p.is_trainable())
-            .map(|(_, p)| p.numel() as u64)
-            .sum()
-    });
     let m = s.weigher.manifest();
     let a = &s.model.args;
     eprintln!(
@@ -35,24 +26,7 @@ pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
         s.model.dtype(),
         s.model.device().location()
     );
-    let mode = if s.cfg.training.use_lora {
-        format!(
-            "LoRA r={} α={} {:?}",
-            s.cfg.lora.rank, s.cfg.lora.alpha, s.cfg.lora.target_modules
-        )
-    } else if trainable > 0 {
-        "full fine-tuning".into()
-    } else {
-        "model frozen".into()
-    };
-    eprintln!(
-        "  trainable {} of {} ({:.3}%) + value head {} — {mode}; groups {:?}",
-        trainable,
-        total,
-        100.0 * trainable as f64 / total as f64,
-        vh,
-        s.groups.iter().map(|g| g.name()).collect::<Vec<_>>()
-    );
+    print_trainable(s);
     eprintln!(
         "  data      {}: {} train batches/epoch of {}, dropped (too long) {} train / {} validation",
         s.cfg.data.train,
@@ -98,6 +72,37 @@ pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
         }
         _ => eprintln!("  config    {} (-v prints it)", saved.display()),
     }
+}
+
+/// The header's `trainable` line: trainable and total parameters (a sharded model counted from its
+/// shards' layouts: its own weights are released), the value head's, the mode and the groups.
+fn print_trainable(s: &Session) {
+    let (total, trainable) = s.strategy.param_counts(&s.model);
+    let vh: u64 = s.value_head.as_ref().map_or(0, |v| {
+        crate::model::VisitParams::named_params(v)
+            .iter()
+            .filter(|(_, p)| p.is_trainable())
+            .map(|(_, p)| p.numel() as u64)
+            .sum()
+    });
+    let mode = if s.cfg.training.use_lora {
+        format!(
+            "LoRA r={} α={} {:?}",
+            s.cfg.lora.rank, s.cfg.lora.alpha, s.cfg.lora.target_modules
+        )
+    } else if trainable > 0 {
+        "full fine-tuning".into()
+    } else {
+        "model frozen".into()
+    };
+    eprintln!(
+        "  trainable {} of {} ({:.3}%) + value head {} — {mode}; groups {:?}",
+        trainable,
+        total,
+        100.0 * trainable as f64 / total as f64,
+        vh,
+        s.groups.iter().map(|g| g.name()).collect::<Vec<_>>()
+    );
 }
 
 /// The end summary: steps, loss and CE, the final validation (per head), checkpoint, metrics file.

@@ -1,6 +1,6 @@
 //! FSDP (FULL_SHARD) of the policy over a [`Communicator`]: the engine's units — the token embedding,
 //! each block of `layers` (the trunk and head 0), each extra head, and the shared output (final norm +
-//! vocabulary projection) — are each flattened and split over the ranks ([`FlatLayout`]).
+//! vocabulary projection) — are each flattened and split over the ranks ([`FlatLayout`](super::shard::FlatLayout)).
 //!
 //! - Frozen weights: one flat vector per unit in the compute dtype; rank r keeps 1/W of it. This is where
 //!   LoRA's memory saving under FSDP comes from: the base model is what is large.
@@ -16,9 +16,8 @@
 //!
 //! Modules outside the units (the value head) stay replicated: their gradients are all-reduced.
 
-use super::shard::FlatLayout;
 use super::Communicator;
-use crate::model::{Param, ParamGroup, Transformer, VisitParams};
+use crate::model::{Param, Transformer, VisitParams};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -28,7 +27,10 @@ mod ahead;
 mod as_strategy;
 mod grads;
 pub mod state;
+mod unit_shards;
 mod update;
+
+use unit_shards::{shard_unit, Bucket, TrainableBucket, UnitShards};
 
 /// `[distributed] sharding`: what is split over the ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -46,57 +48,6 @@ pub enum Sharding {
 }
 
 pub use crate::model::Unit;
-
-/// Parameters of one unit flattened together: their names in visiting order and the layout.
-#[derive(Debug, Clone)]
-struct Bucket {
-    names: Vec<String>,
-    layout: FlatLayout,
-}
-
-impl Bucket {
-    fn new(params: &[(String, Tensor)], world: usize) -> Self {
-        let shapes: Vec<Vec<usize>> = params.iter().map(|(_, t)| t.dims().to_vec()).collect();
-        Bucket {
-            names: params.iter().map(|(n, _)| n.clone()).collect(),
-            layout: FlatLayout::new(&shapes, world),
-        }
-    }
-}
-
-/// A unit's trainable parameters of one optimiser group and decay class: the f32 shard is a trainable
-/// [`Param`] the optimiser updates. Its shape carries the decay class: [1, n] when weight decay applies
-/// (AdamW decays tensors of rank ≥ 2, as it would the unit's matrices), [n] when it does not (vectors).
-#[derive(Debug, Clone)]
-struct TrainableBucket {
-    key: String,
-    bucket: Bucket,
-    shard: Param,
-}
-
-/// The shards of one unit on this rank.
-#[derive(Debug, Clone)]
-struct UnitShards {
-    unit: Unit,
-    /// Frozen weights, compute dtype (None when the unit has none).
-    frozen: Option<(Bucket, Tensor)>,
-    trainable: Vec<TrainableBucket>,
-}
-
-impl UnitShards {
-    /// Names of all the unit's weights.
-    fn names(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .frozen
-            .iter()
-            .flat_map(|(b, _)| b.names.clone())
-            .collect();
-        for tb in &self.trainable {
-            out.extend(tb.bucket.names.iter().cloned());
-        }
-        out
-    }
-}
 
 /// Shard gradients summed over a step's micro-batches, and which buckets got a gradient on this rank.
 #[derive(Debug, Default)]
@@ -202,57 +153,8 @@ impl Fsdp {
         let mut units = BTreeMap::new();
         for (unit, names) in by_unit {
             let params = take_unit(model, &names, device)?;
-            let frozen: Vec<(String, Tensor)> = params
-                .iter()
-                .filter(|(_, p)| !p.is_trainable())
-                .map(|(n, p)| (n.clone(), p.tensor().clone()))
-                .collect();
-            let frozen = if frozen.is_empty() {
-                None
-            } else {
-                let b = Bucket::new(&frozen, world);
-                let ts: Vec<Tensor> = frozen.iter().map(|(_, t)| t.clone()).collect();
-                let shard = b.layout.shard(&ts, rank)?.to_device(device)?;
-                Some((b, shard))
-            };
-            // trainable: one bucket per (group, decays), in visiting order within each
-            let mut classes: BTreeMap<(ParamGroup, bool), Vec<(String, Tensor)>> = BTreeMap::new();
-            for (n, p) in params.iter().filter(|(_, p)| p.is_trainable()) {
-                let decays = p.tensor().rank() >= 2;
-                let value = match masters.get(n) {
-                    Some(m) if m.dims() == p.tensor().dims() => m.to_dtype(DType::F32)?,
-                    _ => p.tensor().to_dtype(DType::F32)?,
-                };
-                classes
-                    .entry((p.group(), decays))
-                    .or_default()
-                    .push((n.clone(), value));
-            }
-            let mut trainable = Vec::new();
-            for ((group, decays), ps) in classes {
-                let b = Bucket::new(&ps, world);
-                let ts: Vec<Tensor> = ps.iter().map(|(_, t)| t.clone()).collect();
-                let flat = b.layout.shard(&ts, rank)?.to_device(device)?;
-                let flat = if decays { flat.unsqueeze(0)? } else { flat };
-                trainable.push(TrainableBucket {
-                    key: format!(
-                        "fsdp.{}.{}.{}",
-                        unit.label(),
-                        group.name(),
-                        if decays { "decay" } else { "no_decay" }
-                    ),
-                    bucket: b,
-                    shard: Param::trainable(flat, group)?,
-                });
-            }
-            units.insert(
-                unit,
-                UnitShards {
-                    unit,
-                    frozen,
-                    trainable,
-                },
-            );
+            let shards = shard_unit(unit, &params, masters, (world, rank), device)?;
+            units.insert(unit, shards);
         }
         Ok(Fsdp {
             comm,

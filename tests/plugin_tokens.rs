@@ -5,9 +5,10 @@
 use crate::common;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use wmtp_host::train::build::load_plugin;
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::plugin_ranks::PluginRanks;
-use wmtp_host::train::session::{load_plugin, Session};
+use wmtp_host::train::session::Session;
 use wmtp_host::train::session_step::train_step;
 use wmtp_host::train::step::Weigher;
 use wmtp_plugin_host::{Batch, Coefficients, Manifest, Plugin};

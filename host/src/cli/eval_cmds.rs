@@ -149,20 +149,11 @@ pub fn eval_ce(a: &EvalArgs) -> Result<()> {
 
 /// `wmtp eval --humaneval`: pass@1 (and pass@10 with ≥ 10 samples) of a checkpoint or a model.
 pub fn humaneval(a: &EvalArgs) -> Result<()> {
-    use wmtp_host::eval::humaneval::{evaluate, read_problems, summary, HumanEvalOptions};
-    use wmtp_host::eval::python_sandbox::Limits;
-    use wmtp_host::infer::generate::Sampling;
+    use wmtp_host::eval::humaneval::{evaluate, read_problems, summary};
     let Some(path) = &a.humaneval else {
         bail!("--humaneval PROBLEMS is required")
     };
-    anyhow::ensure!(a.samples >= 1, "--samples must be ≥ 1");
-    anyhow::ensure!(
-        a.temperature >= 0.0 && a.temperature.is_finite(),
-        "--temperature must be ≥ 0"
-    );
-    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
-    anyhow::ensure!(a.timeout_s > 0.0, "--timeout-s must be > 0");
-    let template = parse_template(&a.template)?;
+    let opts = humaneval_options(a)?;
     let mut problems = read_problems(path)?;
     let (session, loaded);
     let (model, tok) = match (&a.checkpoint, &a.model) {
@@ -199,22 +190,6 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
     if let Some(n) = a.limit {
         problems.truncate(n);
     }
-    let opts = HumanEvalOptions {
-        n: a.samples,
-        sampling: Sampling {
-            temperature: a.temperature,
-            top_p: a.top_p,
-            top_k: a.top_k,
-            seed: a.seed,
-        },
-        max_new: a.max_new_tokens,
-        batch: a.batch,
-        template,
-        limits: Limits {
-            timeout: std::time::Duration::from_secs_f64(a.timeout_s),
-            ..Default::default()
-        },
-    };
     let t0 = std::time::Instant::now();
     let mut generated = None;
     let results = evaluate(model, tok, &problems, &opts, &mut |done, total| {
@@ -238,6 +213,35 @@ pub fn humaneval(a: &EvalArgs) -> Result<()> {
         println!("pass@{k} {:.4} over {} problems", v, results.len());
     }
     Ok(())
+}
+
+/// `--humaneval`'s generation and execution settings from the arguments, checked.
+fn humaneval_options(a: &EvalArgs) -> Result<wmtp_host::eval::humaneval::HumanEvalOptions> {
+    use wmtp_host::eval::python_sandbox::Limits;
+    use wmtp_host::infer::generate::Sampling;
+    anyhow::ensure!(a.samples >= 1, "--samples must be ≥ 1");
+    anyhow::ensure!(
+        a.temperature >= 0.0 && a.temperature.is_finite(),
+        "--temperature must be ≥ 0"
+    );
+    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    anyhow::ensure!(a.timeout_s > 0.0, "--timeout-s must be > 0");
+    Ok(wmtp_host::eval::humaneval::HumanEvalOptions {
+        n: a.samples,
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            seed: a.seed,
+        },
+        max_new: a.max_new_tokens,
+        batch: a.batch,
+        template: parse_template(&a.template)?,
+        limits: Limits {
+            timeout: std::time::Duration::from_secs_f64(a.timeout_s),
+            ..Default::default()
+        },
+    })
 }
 
 #[cfg(test)]

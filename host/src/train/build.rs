@@ -1,15 +1,19 @@
 //! Building a session the way a run does: the pipeline plugin loaded; then, when the pipeline needs
 //! reference losses, the reference model — a model the config names, or the automatic baseline stage
 //! (reference.rs), trained before the session exists; then the session itself (session.rs) around both.
+//! [`load_plugin`] loads, limits and configures the plugin as a run does.
 
 use super::config::RunConfig;
 use super::plugin_ranks::PluginRanks;
 use super::reference::reference_model;
-use super::session::{load_options, load_plugin, Session};
+use super::session::{load_options, Session};
 use super::step::Weigher;
+use crate::data::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use std::path::Path;
-use wmtp_plugin_host::InputKind;
+use std::sync::Arc;
+use std::time::Duration;
+use wmtp_plugin_host::{InputKind, Plugin, PluginLimits, PluginRuntime};
 
 impl Session {
     /// Builds a session for the pipeline plugin at `pipeline_path`.
@@ -49,4 +53,32 @@ fn build(
         None
     };
     Session::assemble(cfg, weigher, label, policy_on_host, &device, reference)
+}
+
+/// Loads the pipeline plugin at `path` under the config's limits, gives it the model's vocabulary and
+/// configures it with `[plugin]`; its `all-reduce-sum` sums over `ranks`.
+pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<Plugin> {
+    let limits = PluginLimits {
+        call_timeout: Duration::from_secs_f64(cfg.runtime.plugin_timeout_s),
+        memory_bytes: cfg.runtime.plugin_memory_mb << 20,
+        fuel_per_call: (cfg.runtime.plugin_fuel > 0).then_some(cfg.runtime.plugin_fuel),
+        compile: wmtp_plugin_host::CompileBudget {
+            time: Duration::from_secs_f64(cfg.runtime.plugin_compile_s),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let runtime = Arc::new(PluginRuntime::with_options(
+        limits,
+        ranks.reducer(),
+        wmtp_plugin_host::default_cache_dir(),
+    )?);
+    let mut plugin = Plugin::load(&runtime, path)?;
+    // the model's vocabulary, for the plugin's `vocabulary` import (from configure on)
+    let tokenizer = crate::formats::load::load_tokenizer(&cfg.model.path)
+        .with_context(|| format!("the tokenizer of {} (for the plugin)", cfg.model.path))?
+        .unwrap_or_else(Tokenizer::bytes);
+    plugin.set_vocabulary(Arc::new(tokenizer.pieces()));
+    plugin.configure(&toml::to_string(&cfg.plugin)?)?;
+    Ok(plugin)
 }

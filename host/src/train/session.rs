@@ -20,9 +20,7 @@ use crate::parallel::{fsdp::Fsdp, Communicator};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
-use wmtp_plugin_host::{InputKind, Manifest, Plugin, PluginLimits, PluginRuntime};
+use wmtp_plugin_host::{InputKind, Manifest};
 
 /// The bundled default corpus (data/arith.jsonl, CC0).
 pub const BUILTIN_ARITH: &str = include_str!("../../../data/arith.jsonl");
@@ -110,34 +108,6 @@ pub fn dataset_rows(spec: &str) -> Result<Vec<Row>> {
     }
 }
 
-/// Loads the pipeline plugin at `path` under the config's limits, gives it the model's vocabulary and
-/// configures it with `[plugin]`; its `all-reduce-sum` sums over `ranks`.
-pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<Plugin> {
-    let limits = PluginLimits {
-        call_timeout: Duration::from_secs_f64(cfg.runtime.plugin_timeout_s),
-        memory_bytes: cfg.runtime.plugin_memory_mb << 20,
-        fuel_per_call: (cfg.runtime.plugin_fuel > 0).then_some(cfg.runtime.plugin_fuel),
-        compile: wmtp_plugin_host::CompileBudget {
-            time: Duration::from_secs_f64(cfg.runtime.plugin_compile_s),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let runtime = Arc::new(PluginRuntime::with_options(
-        limits,
-        ranks.reducer(),
-        wmtp_plugin_host::default_cache_dir(),
-    )?);
-    let mut plugin = Plugin::load(&runtime, path)?;
-    // the model's vocabulary, for the plugin's `vocabulary` import (from configure on)
-    let tokenizer = crate::formats::load::load_tokenizer(&cfg.model.path)
-        .with_context(|| format!("the tokenizer of {} (for the plugin)", cfg.model.path))?
-        .unwrap_or_else(Tokenizer::bytes);
-    plugin.set_vocabulary(Arc::new(tokenizer.pieces()));
-    plugin.configure(&toml::to_string(&cfg.plugin)?)?;
-    Ok(plugin)
-}
-
 impl Session {
     /// Puts a session together around `weigher` (`label` names it in summaries and checkpoints) in the
     /// order a recipe reads, on `device` (`cfg.model.device`, opened once); `policy_on_host`: the policy
@@ -162,20 +132,7 @@ impl Session {
         // what step 0 trains: the first stage's settings with [[stages]], else [training]
         let t0 = super::stages::first_training(&cfg);
         let groups = trained_groups(&t0, &manifest);
-        if super::stages::any_stage_trains_lora(&cfg, &manifest) {
-            model.add_lora(&cfg.lora, cfg.training.seed)?;
-            if !cfg.lora.init_from.is_empty() {
-                crate::formats::hf_export::import_peft(Path::new(&cfg.lora.init_from), &mut model)
-                    .context("lora.init_from")?;
-            }
-        }
-        let model_groups: Vec<ParamGroup> = groups
-            .iter()
-            .copied()
-            .filter(|g| *g != ParamGroup::ValueHead)
-            .collect();
-        model.set_trainable_groups(&model_groups)?;
-        narrow_trainable(&mut model, &t0.trainable_prefixes)?;
+        prepare_policy(&cfg, &manifest, &t0, &groups, &mut model)?;
         // the run's kernels (runtime.fused_kernels) live in its models and optimiser, not in the process
         let kernels = crate::kernels::Kernels::from_flag(cfg.runtime.fused_kernels);
         model.set_kernels(kernels);
@@ -299,6 +256,32 @@ impl Session {
             grads: &mut self.grads,
         }
     }
+}
+
+/// The policy made trainable as step 0 trains it: LoRA adapters when any stage trains them (from
+/// `lora.init_from` when given), the trained groups (the value head aside) switched on and narrowed to
+/// `training.trainable_prefixes`.
+fn prepare_policy(
+    cfg: &RunConfig,
+    manifest: &wmtp_plugin_host::Manifest,
+    t0: &super::config::TrainingSection,
+    groups: &std::collections::BTreeSet<ParamGroup>,
+    model: &mut Transformer,
+) -> Result<()> {
+    if super::stages::any_stage_trains_lora(cfg, manifest) {
+        model.add_lora(&cfg.lora, cfg.training.seed)?;
+        if !cfg.lora.init_from.is_empty() {
+            crate::formats::hf_export::import_peft(Path::new(&cfg.lora.init_from), model)
+                .context("lora.init_from")?;
+        }
+    }
+    let model_groups: Vec<ParamGroup> = groups
+        .iter()
+        .copied()
+        .filter(|g| *g != ParamGroup::ValueHead)
+        .collect();
+    model.set_trainable_groups(&model_groups)?;
+    narrow_trainable(model, &t0.trainable_prefixes)
 }
 
 /// The policy model (all weights frozen), its tokenizer (the byte tokenizer for presets) and its source.

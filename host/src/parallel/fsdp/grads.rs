@@ -57,10 +57,11 @@ impl Fsdp {
             .map_err(|_| anyhow::anyhow!("FSDP: a thread panicked while adding gradients"))
     }
 
-    /// The step's gradients of this rank's shards, keyed like [`Fsdp`]'s parameters, from the sums
-    /// [`Fsdp::reduce_scatter_unit`] gathered (÷ W: the mean over ranks), and the `replicated`
-    /// trainable tensors' (name, shape: the value head) gradients left in `grads`, all-reduced ÷ W.
-    /// Resets the sums for the next step.
+    /// The step's gradients of this rank's shards, keyed like [`Fsdp`]'s parameters: the sums over
+    /// ranks [`Fsdp::reduce_scatter_unit`] gathered, and the `replicated` trainable tensors' (name,
+    /// shape: the value head) gradients left in `grads`, all-reduced — sums, not yet ÷ W: the mean
+    /// over ranks is taken by the optimiser's gradient scale ([`Fsdp::sharded_update`]), so no copy of
+    /// the gradients is made for it. Resets the sums for the next step.
     ///
     /// Which tensors have a gradient depends on the data (a head whose coefficients are all zero gets
     /// none), so the ranks first agree on it (one all-reduce of presence flags): a bucket, or a
@@ -77,7 +78,6 @@ impl Fsdp {
                 "FSDP: the gradient of `{n}` was never reduce-scattered (its unit was not flushed)"
             );
         }
-        let w = self.world_size() as f64;
         let (sums, present_here) = {
             let mut p = self.lock_pending()?;
             (std::mem::take(&mut p.sums), std::mem::take(&mut p.present))
@@ -112,7 +112,7 @@ impl Fsdp {
                     tb.key
                 );
             };
-            let g = (sum / w)?.reshape(tb.shard.tensor().dims())?;
+            let g = sum.reshape(tb.shard.tensor().dims())?;
             out.by_name.insert(tb.key.clone(), g);
         }
         let dev = self.device();
@@ -125,12 +125,12 @@ impl Fsdp {
                 None => Tensor::zeros(shape.as_slice(), DType::F32, &dev)?,
             };
             out.by_name
-                .insert(name.clone(), (self.comm.all_reduce_sum(&g)? / w)?);
+                .insert(name.clone(), self.comm.all_reduce_sum(&g)?);
         }
         Ok(out)
     }
 
-    /// √(Σ g²) over the whole model from shard gradients ([`Fsdp::finish_grads`]): local sums of
+    /// √(Σ g²) over the whole model of shard gradients ([`Fsdp::finish_grads`]'s sums): local sums of
     /// squares of the shards all-reduced, plus the replicated gradients' (identical on every rank).
     pub fn global_norm(&self, shard_grads: &Grads) -> Result<f64> {
         // Σg² per tensor stays on the device; one copy to the host for all of them

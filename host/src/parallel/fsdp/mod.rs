@@ -11,8 +11,9 @@
 //!   use. The model's own weights stay released (empty tensors, [`crate::model::Param::release`]).
 //! - Right after a unit's backward its gradients are reduce-scattered into this rank's shard sums
 //!   ([`Fsdp::reduce_scatter_unit`]), so full gradients exist for one unit at a time; at the end of the
-//!   step the sums become the shard gradients (÷ W, the mean over ranks: [`Fsdp::finish_grads`]); the
-//!   global gradient norm is a sum of local squares, all-reduced.
+//!   step the sums are the shard gradients ([`Fsdp::finish_grads`]); the global gradient norm is a sum
+//!   of local squares, all-reduced; the mean over ranks (÷ W) and the clipping factor are one scale the
+//!   optimiser applies as it reads each gradient (no scaled copies).
 //!
 //! Modules outside the units (the value head) stay replicated: their gradients are all-reduced.
 

@@ -1,7 +1,8 @@
 //! The FSDP optimiser step ([`Fsdp::sharded_update`], FSDP's [`super::super::strategy::Strategy::update`]):
-//! the step's gradients reduce-scattered into this rank's shard gradients (mean over ranks), the global
-//! norm from all-reduced local squares, clipping, then the optimiser on this rank's shards and on the
-//! replicated modules (the value head, whose gradients every rank sums alike).
+//! the step's gradients reduce-scattered into this rank's shard gradients (sums over ranks), the global
+//! norm from all-reduced local squares, then the optimiser on this rank's shards and on the replicated
+//! modules (the value head, whose gradients every rank sums alike) with the mean over ranks (1/W) and the
+//! clipping factor folded into its gradient scale, so no scaled copy of the gradients exists.
 
 use super::Fsdp;
 use crate::model::grads::Grads;
@@ -27,21 +28,28 @@ impl Fsdp {
             }
         }
         self.settle()?; // nothing gathered ahead may read the shards while they change
-        let mut g = self.finish_grads(grads, &names)?;
-        let grad_norm = self.global_norm(&g)?;
+                        // sums over ranks: the mean gradient is g / W, whose norm is the sums' norm / W
+        let g = self.finish_grads(grads, &names)?;
+        let w = self.world_size() as f64;
+        let grad_norm = self.global_norm(&g)? / w;
         if !grad_norm.is_finite() {
             return Ok(Update {
                 grad_norm,
                 skipped: true,
             });
         }
-        if max_grad_norm > 0.0 && grad_norm > max_grad_norm {
-            g.scale(max_grad_norm / (grad_norm + 1e-6))?;
-        }
-        opt.update_module(self, "", &g, 1.0)?;
+        let clip = if max_grad_norm > 0.0 && grad_norm > max_grad_norm {
+            max_grad_norm / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        // 1/W and the clip applied by the optimiser as it reads each gradient (the fused AdamW's
+        // gradient scale): no divided or clipped copy of the shard gradients is ever made
+        let gscale = clip / w;
+        opt.update_module(self, "", &g, gscale)?;
         self.weights_changed();
         for (prefix, m) in replicated.iter_mut() {
-            opt.update_module(&mut **m, prefix, &g, 1.0)?;
+            opt.update_module(&mut **m, prefix, &g, gscale)?;
         }
         Ok(Update {
             grad_norm,

@@ -31,6 +31,8 @@ fn a_contract_0_1_plugin_loads_and_answers_as_its_0_2_build() {
     let mut new = Plugin::load(&rt, &shipped_plugin("baseline")).unwrap();
     assert_eq!(old.contract(), ContractVersion::V0_1);
     assert_eq!(new.contract(), ContractVersion::V0_2);
+    // a plugin that never asks for the vocabulary does not import it: the host reads no tokenizer for it
+    assert!(!old.uses_vocabulary() && !new.uses_vocabulary());
     assert_eq!(old.manifest().needs, new.manifest().needs);
     assert_eq!(old.manifest().trains, new.manifest().trains);
     assert!(describe_manifest(old.manifest(), old.contract()).contains("wmtp:pipeline@0.1.0"));
@@ -76,6 +78,7 @@ fn a_plugin_that_needs_tokens_gets_the_batchs_ids_and_the_vocabulary() {
     );
     let mut p = Plugin::load(&rt, &path).unwrap();
     assert_eq!(p.contract(), ContractVersion::V0_2);
+    assert!(p.uses_vocabulary());
     p.set_vocabulary(Arc::new(vec!["Ġ".into(), "x".into()]));
     p.configure("whitespace_weight = 0").unwrap();
     let mut batch = synthetic_batch(1, 4, 1, &[InputKind::Tokens], 1, false);

@@ -20,17 +20,15 @@ pub enum ContractVersion {
 impl ContractVersion {
     /// The version named in an import such as `wmtp:pipeline/types@0.1.0` (None: not one the host speaks).
     pub fn parse(v: &str) -> Option<Self> {
-        match v {
-            "0.1.0" => Some(Self::V0_1),
-            "0.2.0" => Some(Self::V0_2),
-            _ => None,
-        }
+        [Self::V0_1, Self::V0_2]
+            .into_iter()
+            .find(|c| c.as_str() == v)
     }
 
-    /// `0.1.0`, `0.2.0`.
+    /// `0.1.0` ([`bindings::COMPATIBLE_VERSIONS`]), `0.2.0` ([`bindings::CONTRACT_VERSION`]).
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::V0_1 => "0.1.0",
+            Self::V0_1 => bindings::COMPATIBLE_VERSIONS[0],
             Self::V0_2 => bindings::CONTRACT_VERSION,
         }
     }

@@ -9,7 +9,7 @@ use crate::bindings::{Batch, Coefficients, Manifest};
 use crate::contract::{ContractVersion, Exports};
 use crate::deadline_poll::BlockedPastDeadline;
 use crate::host_state::HostState;
-use crate::runtime::{PluginRuntime, EPOCH_TICK};
+use crate::runtime::{ComponentImports, PluginRuntime, EPOCH_TICK};
 use crate::text::clean;
 use crate::validate::{check_coefficients, check_manifest, cleaned_manifest};
 use anyhow::{anyhow, Result};
@@ -26,7 +26,7 @@ pub struct Plugin {
     label: String,
     component: Component,
     sha256: String,
-    contract: ContractVersion,
+    imports: ComponentImports,
     live: Option<(Store<HostState>, Exports)>,
     manifest: Manifest,
     config: Option<String>,
@@ -42,7 +42,7 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     /// Compiles and instantiates the plugin at `path`, reads and validates its manifest.
     pub fn load(runtime: &Arc<PluginRuntime>, path: &Path) -> Result<Self> {
-        let (component, sha256, contract) = runtime.compile(path)?;
+        let (component, sha256, imports) = runtime.compile(path)?;
         let label = format!("plugin {}", path.display());
         let mut p = Plugin {
             runtime: runtime.clone(),
@@ -50,7 +50,7 @@ impl Plugin {
             label,
             component,
             sha256,
-            contract,
+            imports,
             live: None,
             manifest: Manifest {
                 name: String::new(),
@@ -82,7 +82,12 @@ impl Plugin {
 
     /// The contract version the plugin was built against.
     pub fn contract(&self) -> ContractVersion {
-        self.contract
+        self.imports.contract
+    }
+
+    /// Whether the plugin imports `vocabulary` (only then does [`Plugin::set_vocabulary`] matter).
+    pub fn uses_vocabulary(&self) -> bool {
+        self.imports.vocabulary
     }
 
     /// Makes the tokenizer's pieces (by token id) what the plugin's `vocabulary` import returns, in
@@ -129,7 +134,7 @@ impl Plugin {
         let pl = rt
             .linker
             .instantiate(&mut store, &self.component)
-            .and_then(|instance| Exports::new(self.contract, &mut store, &instance))
+            .and_then(|instance| Exports::new(self.imports.contract, &mut store, &instance))
             .map_err(|e| {
                 if trapped(&e, store.data()) {
                     let msg = describe_trap(&e, store.data(), rt);
@@ -138,7 +143,7 @@ impl Plugin {
                     anyhow!(
                         "{}: does not implement the wmtp:pipeline@{} world: {}",
                         self.label,
-                        self.contract.as_str(),
+                        self.imports.contract.as_str(),
                         clean(&format!("{e:#}"))
                     )
                 }

@@ -86,7 +86,10 @@ impl PluginRuntime {
             .map_err(|e| anyhow!("linking host imports: {e}"))?;
         // plugins of the 0.1 contract import its (type-only) interface under its own version
         linker
-            .instance(&format!("{CONTRACT_PACKAGE}/types@0.1.0"))
+            .instance(&format!(
+                "{CONTRACT_PACKAGE}/types@{}",
+                ContractVersion::V0_1.as_str()
+            ))
             .map_err(|e| anyhow!("linking the 0.1 contract's types: {e}"))?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow!("linking WASI: {e}"))?;
@@ -129,9 +132,9 @@ impl PluginRuntime {
 
     /// Compiles (or loads from the cache) the component in `path` and checks its imports; returns it
     /// with the hex SHA-256 of the bytes compiled (the file is read once, so the digest a checkpoint
-    /// records is that of the code that ran, even if the file is replaced meanwhile) and the contract
-    /// version it was built against.
-    pub fn compile(&self, path: &Path) -> Result<(Component, String, ContractVersion)> {
+    /// records is that of the code that ran, even if the file is replaced meanwhile) and what its
+    /// imports say ([`ComponentImports`]).
+    pub fn compile(&self, path: &Path) -> Result<(Component, String, ComponentImports)> {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
         let sha256 = {
@@ -182,12 +185,18 @@ impl PluginRuntime {
 
     /// Refuses imports outside the contract and the allowed WASI interfaces, and contract versions the
     /// host does not speak, with a message naming the import; returns the contract version the
-    /// component was built against (the current one when it names none).
-    fn check_imports(&self, component: &Component) -> Result<ContractVersion> {
+    /// component was built against (the current one when it names none) and whether it imports
+    /// `vocabulary`.
+    fn check_imports(&self, component: &Component) -> Result<ComponentImports> {
         let ty = component.component_type();
         let mut found = None;
+        let mut vocabulary = false;
         for (name, _) in ty.imports(&self.engine) {
-            if name == "log" || name == "all-reduce-sum" || name == "vocabulary" {
+            if name == "vocabulary" {
+                vocabulary = true;
+                continue;
+            }
+            if name == "log" || name == "all-reduce-sum" {
                 continue;
             }
             if let Some(rest) = name.strip_prefix(&format!("{CONTRACT_PACKAGE}/")) {
@@ -207,6 +216,19 @@ impl PluginRuntime {
             }
             bail!("imports `{name}`, which the sandbox does not provide (plugins get no network, files, environment or clock)");
         }
-        Ok(found.unwrap_or(ContractVersion::V0_2))
+        Ok(ComponentImports {
+            contract: found.unwrap_or(ContractVersion::V0_2),
+            vocabulary,
+        })
     }
+}
+
+/// What a plugin component's imports say about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComponentImports {
+    /// The contract version it was built against.
+    pub contract: ContractVersion,
+    /// Whether it imports `vocabulary` (a plugin that never calls it does not import it: the host
+    /// need not read the tokenizer for it).
+    pub vocabulary: bool,
 }

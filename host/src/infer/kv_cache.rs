@@ -288,13 +288,7 @@ impl<'a> Decoder<'a> {
     fn feed_input(&mut self, input: &Tensor) -> Result<(Tensor, Tensor)> {
         let m = self.model;
         let (start, tn) = (self.pos, input.dim(1)?);
-        if start + tn > m.args.max_seq_len {
-            bail!(
-                "{} positions exceed the model's max_seq_len {}",
-                start + tn,
-                m.args.max_seq_len
-            );
-        }
+        self.check_room(tn)?;
         let (rope, mut mask) = positions(m, start, tn)?;
         if self.pads.iter().any(|&p| p > 0) {
             mask = padded_causal_mask(&self.pads, start, tn, m.device())?;
@@ -315,14 +309,20 @@ impl<'a> Decoder<'a> {
         if self.pads.len() != 1 || ids.dim(0)? != 1 || tn == 0 {
             bail!("feed_tree runs one sequence of at least one token");
         }
-        if self.pos + tn > self.model.args.max_seq_len {
+        self.check_room(tn)?;
+        self.feed_positions(ids, rope, mask)
+    }
+
+    /// Refuses `tn` new positions past the model's max_seq_len.
+    fn check_room(&self, tn: usize) -> Result<()> {
+        let max = self.model.args.max_seq_len;
+        if self.pos + tn > max {
             bail!(
-                "{} positions exceed the model's max_seq_len {}",
-                self.pos + tn,
-                self.model.args.max_seq_len
+                "{} positions exceed the model's max_seq_len {max}",
+                self.pos + tn
             );
         }
-        self.feed_positions(ids, rope, mask)
+        Ok(())
     }
 
     /// The trunk and head 0 over `input` [B, Tn] with the given tables and mask (see `feed_input`).

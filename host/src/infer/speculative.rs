@@ -229,22 +229,24 @@ fn decode_one(
             stats.tokens += 1;
             break;
         }
-        // at most the tokens still wanted (a node at depth d is the (d + 1)-th) and the room left
-        let round = tree.limited(opts.max_new - new.len() - 1, room);
+        // at most the tokens still wanted (a node at depth d is the (d + 1)-th) and the room left:
+        // the whole tree but near the end
+        let (depth, nodes) = (opts.max_new - new.len() - 1, room);
+        let cut;
+        let (round, src) = if tree.depth() <= depth && tree.len() <= nodes {
+            (tree, sources.clone())
+        } else {
+            cut = tree.limited(depth, nodes);
+            (&cut, Tensor::new(cut.token_sources().as_slice(), dev)?)
+        };
         let tokens = match &top {
             Some(top) if round.len() > 1 => {
-                let flat = Tensor::cat(&[&y1, &top.flatten_all()?], 0)?;
-                let src = if round.len() == tree.len() {
-                    sources.clone()
-                } else {
-                    Tensor::new(round.token_sources().as_slice(), dev)?
-                };
-                flat.index_select(&src, 0)?
+                Tensor::cat(&[&y1, &top.flatten_all()?], 0)?.index_select(&src, 0)?
             }
             _ => y1.clone(),
         };
         let n = round.len();
-        let (x, greedy) = dec.feed(&tokens.unsqueeze(0)?, &round, start)?;
+        let (x, greedy) = dec.feed(&tokens.unsqueeze(0)?, round, start)?;
         stats.rounds += 1;
         // the round's one read: the nodes fed and head 0's greedy token after each
         let both = Tensor::cat(&[&tokens, &greedy], 0)?.to_vec1::<u32>()?;

@@ -74,11 +74,14 @@ pub fn load_plugin(cfg: &RunConfig, path: &Path, ranks: &PluginRanks) -> Result<
         wmtp_plugin_host::default_cache_dir(),
     )?);
     let mut plugin = Plugin::load(&runtime, path)?;
-    // the model's vocabulary, for the plugin's `vocabulary` import (from configure on)
-    let tokenizer = crate::formats::load::load_tokenizer(&cfg.model.path)
-        .with_context(|| format!("the tokenizer of {} (for the plugin)", cfg.model.path))?
-        .unwrap_or_else(Tokenizer::bytes);
-    plugin.set_vocabulary(Arc::new(tokenizer.pieces()));
+    // the model's vocabulary, for the plugin's `vocabulary` import (from configure on); read only for
+    // a plugin that imports it (the session reads the tokenizer again with the model)
+    if plugin.uses_vocabulary() {
+        let tokenizer = crate::formats::load::load_tokenizer(&cfg.model.path)
+            .with_context(|| format!("the tokenizer of {} (for the plugin)", cfg.model.path))?
+            .unwrap_or_else(Tokenizer::bytes);
+        plugin.set_vocabulary(Arc::new(tokenizer.pieces()));
+    }
     plugin.configure(&toml::to_string(&cfg.plugin)?)?;
     Ok(plugin)
 }

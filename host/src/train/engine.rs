@@ -45,6 +45,13 @@ pub struct ForwardState {
     saved_chunks: Vec<Vec<ChunkSaved>>,
 }
 
+impl ForwardState {
+    /// The micro-batch's token ids x[b,t], flat [B·T], as the forward read them to the host.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+}
+
 /// One chunk of a head's valid rows through the shared norm and output projection: its rows z, the
 /// normed rows, the logits, and what the output layer's backward needs.
 #[derive(Debug)]

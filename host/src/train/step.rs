@@ -209,11 +209,8 @@ pub fn forward_and_batch<'a>(
         } else {
             None
         },
-        tokens: if w.needs(InputKind::Tokens) {
-            Some(mb.tokens.flatten_all()?.to_vec1::<u32>()?)
-        } else {
-            None
-        },
+        // the forward already read the ids to the host: no second copy from the device
+        tokens: w.needs(InputKind::Tokens).then(|| st.tokens().to_vec()),
     };
     Ok((engine, st, batch))
 }

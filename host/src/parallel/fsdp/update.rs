@@ -27,8 +27,9 @@ impl Fsdp {
                 }
             }
         }
-        self.settle()?; // nothing gathered ahead may read the shards while they change
-                        // sums over ranks: the mean gradient is g / W, whose norm is the sums' norm / W
+        // nothing gathered ahead may read the shards while they change
+        self.settle()?;
+        // sums over ranks: the mean gradient is g / W, whose norm is the sums' norm / W
         let g = self.finish_grads(grads, &names)?;
         let w = self.world_size() as f64;
         let grad_norm = self.global_norm(&g)? / w;

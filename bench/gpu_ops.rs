@@ -35,6 +35,9 @@ fn main() -> anyhow::Result<()> {
         println!("{{\"op\": \"{name}\", \"ms\": {:.3}}}", v[2]);
         Ok(())
     };
+    if std::env::var("ATTN_SWEEP").is_ok_and(|v| v == "1") {
+        return attention_sweep(&dev, &time);
+    }
     let bt = b * t;
     let x = Tensor::randn(0f32, 1.0, (b, t, 2048), &dev)?.to_dtype(DType::BF16)?;
     let w = (Tensor::randn(0f32, 0.02, (2048, 2048), &dev)?).to_dtype(DType::BF16)?;
@@ -148,6 +151,36 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             back(&y, &dy)
         })?;
+    }
+    Ok(())
+}
+
+/// `ATTN_SWEEP=1`: the fused attention alone at 16,384 tokens × 2,048 features (B = 16384/T, heads =
+/// 2048/D) for T ∈ {2048, 4096} and D ∈ {64, 128}, causal, bf16: the forward, and the backward alone
+/// (from a kept forward), named as bench/gpu/ops_reference.py's `ATTN_SWEEP=1` names PyTorch's SDPA.
+#[cfg(feature = "cuda")]
+fn attention_sweep(
+    dev: &candle_core::Device,
+    time: &dyn Fn(&str, &mut dyn FnMut() -> candle_core::Result<()>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use candle_core::{DType, Tensor};
+    use wmtp_host::kernels::{self, attention};
+    for t in [2048usize, 4096] {
+        for d in [64usize, 128] {
+            let (b, nh) = (16384 / t, 2048 / d);
+            let r = || -> candle_core::Result<Tensor> {
+                Tensor::randn(0f32, 1.0, (b, t, nh, d), dev)?.to_dtype(DType::BF16)
+            };
+            let (q, k, v, dout) = (r()?, r()?, r()?, r()?);
+            let kn = kernels::Kernels::from_flag(true);
+            time(&format!("attention T{t} D{d} fwd"), &mut || {
+                attention::attention_forward(kn, &q, &k, &v).map(|_| ())
+            })?;
+            let (o, lse) = attention::attention_forward(kn, &q, &k, &v)?;
+            time(&format!("attention T{t} D{d} bwd"), &mut || {
+                attention::attention_backward(&q, &k, &v, &o, &dout, lse.as_ref()).map(|_| ())
+            })?;
+        }
     }
     Ok(())
 }

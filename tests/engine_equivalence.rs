@@ -187,16 +187,21 @@ fn compare_with(mut m: Transformer, label: &str, detach_extra_heads: bool) {
     } else {
         whole_graph(&m, &vh, &c)
     };
-    // with activation checkpointing ("blocks": recomputed) and without ("none": kept)
-    for keep_activations in [false, true] {
-        let label = format!("{label} (keep activations: {keep_activations})");
+    // with activation checkpointing ("blocks": recomputed), without ("none": kept) and selective
+    use wmtp_host::train::config::ActivationCheckpointing;
+    for checkpointing in [
+        ActivationCheckpointing::Blocks,
+        ActivationCheckpointing::None,
+        ActivationCheckpointing::Selective,
+    ] {
+        let label = format!("{label} (activation checkpointing: {checkpointing:?})");
         let engine = Engine {
             model: &m,
             value_head: Some(&vh),
             chunk_rows: 7,
             seed: 0,
             train: false,
-            keep_activations,
+            checkpointing,
             strategy: &wmtp_host::parallel::strategy::NoSharding,
             detach_extra_heads,
         };

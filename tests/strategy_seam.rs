@@ -87,7 +87,7 @@ fn grads_with(m: &Transformer, strategy: &dyn Strategy) -> Grads {
         chunk_rows: 5,
         seed: 0,
         train: false,
-        keep_activations: false,
+        checkpointing: wmtp_host::train::config::ActivationCheckpointing::Blocks,
         strategy,
         detach_extra_heads: false,
     };

@@ -3,6 +3,12 @@
 block at B×2048 tokens in bf16, synchronised median of 5, JSON lines {"op", "ms"} with the same names.
 
     python3 bench/gpu/ops_reference.py            # B=8 (env B)
+    ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl   # attention only, with ratios
+
+`ATTN_SWEEP=1`: SDPA alone (PyTorch's choice of backend: cuDNN or flash) at 16,384 tokens × 2,048 features
+for T ∈ {2048, 4096}, D ∈ {64, 128}, causal, bf16 — the forward, and the backward alone
+(`torch.autograd.grad` of a kept forward) — under the names bench/gpu_ops.rs's `ATTN_SWEEP=1` prints;
+`--ours FILE` (its output) adds a line per op with ours/SDPA time.
 """
 import json
 import os
@@ -18,6 +24,9 @@ sys.path.insert(0, sys_path)
 from reference import Block, PRESETS, rope_tables  # noqa: E402
 
 
+TIMES = {}
+
+
 def timed(name, fn):
     fn()
     torch.cuda.synchronize()
@@ -27,10 +36,44 @@ def timed(name, fn):
         fn()
         torch.cuda.synchronize()
         ts.append((time.perf_counter() - t0) * 1e3)
-    print(json.dumps({"op": name, "ms": round(sorted(ts)[2], 3)}), flush=True)
+    TIMES[name] = round(sorted(ts)[2], 3)
+    print(json.dumps({"op": name, "ms": TIMES[name]}), flush=True)
+
+
+def attention_sweep():
+    """SDPA forward and backward at the shapes of bench/gpu_ops.rs's attention sweep."""
+    dev, bf = "cuda", torch.bfloat16
+    for t in (2048, 4096):
+        for d in (64, 128):
+            b, nh = 16384 // t, 2048 // d
+            q, k, v = (torch.randn(b, nh, t, d, device=dev, dtype=bf, requires_grad=True) for _ in range(3))
+            g = torch.randn(b, nh, t, d, device=dev, dtype=bf)
+            timed(f"attention T{t} D{d} fwd",
+                  lambda: F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), is_causal=True))
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            timed(f"attention T{t} D{d} bwd", lambda: torch.autograd.grad(o, (q, k, v), g, retain_graph=True))
+
+
+def ratios(ours_path, theirs):
+    """ours/SDPA per op name, from bench/gpu_ops.rs's JSON lines in `ours_path`."""
+    ours = {}
+    for line in open(ours_path):
+        line = line.strip()
+        if line.startswith("{"):
+            r = json.loads(line)
+            ours[r["op"]] = r["ms"]
+    for name, ms in theirs.items():
+        if name in ours:
+            print(json.dumps({"op": name, "ours_ms": ours[name], "sdpa_ms": ms,
+                              "ours_over_sdpa": round(ours[name] / ms, 3)}), flush=True)
 
 
 def main():
+    if os.environ.get("ATTN_SWEEP") == "1":
+        attention_sweep()
+        if "--ours" in sys.argv:
+            ratios(sys.argv[sys.argv.index("--ours") + 1], TIMES)
+        return
     b, t = int(os.environ.get("B", 8)), 2048
     dev = "cuda"
     bf = torch.bfloat16

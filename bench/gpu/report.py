@@ -43,15 +43,19 @@ def table(rows):
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         out += [_fmt(r) for r in group]
         by = {r["side"]: r for r in group if "error" not in r and r.get("world", 1) == 1}
-        if "wmtp" in by and "pytorch" in by:
-            w, p = by["wmtp"], by["pytorch"]
-            out.append(f"ours/PyTorch: tokens/s {w['tokens_per_s']/p['tokens_per_s']:.3f}×, "
-                       f"peak memory {w['smi_peak_gib']/max(p['smi_peak_gib'], 1e-9):.2f}× (nvidia-smi); "
-                       f"plugin {100*w['plugin_s']/w['step_s']:.2f}% of our step")
-        if "wmtp" in by and "pytorch-compile" in by:
-            w, c = by["wmtp"], by["pytorch-compile"]
-            out.append(f"ours/torch.compile: tokens/s {w['tokens_per_s']/c['tokens_per_s']:.3f}×, "
-                       f"peak memory {w['smi_peak_gib']/max(c['smi_peak_gib'], 1e-9):.2f}× (nvidia-smi)")
+        ours = [s for s in ("wmtp", "wmtp-blocks", "wmtp-selective", "wmtp-none") if s in by]
+        for side in ours:
+            w = by[side]
+            name = "ours" if side == "wmtp" else side
+            if "pytorch" in by:
+                p = by["pytorch"]
+                out.append(f"{name}/PyTorch: tokens/s {w['tokens_per_s']/p['tokens_per_s']:.3f}×, "
+                           f"peak memory {w['smi_peak_gib']/max(p['smi_peak_gib'], 1e-9):.2f}× (nvidia-smi); "
+                           f"plugin {100*w['plugin_s']/w['step_s']:.2f}% of our step")
+            if "pytorch-compile" in by:
+                c = by["pytorch-compile"]
+                out.append(f"{name}/torch.compile: tokens/s {w['tokens_per_s']/c['tokens_per_s']:.3f}×, "
+                           f"peak memory {w['smi_peak_gib']/max(c['smi_peak_gib'], 1e-9):.2f}× (nvidia-smi)")
         if "wmtp" in by and "wmtp-fsdp" in by:
             w, f = by["wmtp"], by["wmtp-fsdp"]
             out.append(f"FSDP on one rank / plain: tokens/s {f['tokens_per_s']/w['tokens_per_s']:.3f}× "

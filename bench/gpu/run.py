@@ -2,7 +2,9 @@
 """Side-by-side GPU benchmark: wmtp and its PyTorch reference (bench/gpu/reference.py) on the same MTP
 training step, row by row, in ONE process tree on one GPU; prints a table with the ratios ours/PyTorch.
 
-Sides (default): wmtp, PyTorch eager and PyTorch with every block torch.compile'd.
+Sides (default): wmtp, PyTorch eager and PyTorch with every block torch.compile'd; `wmtp-blocks`,
+`wmtp-selective` and `wmtp-none` are wmtp with that `runtime.activation_checkpointing`, so the three modes
+sit beside the references in one run.
 Rows (default): 1b_mtp LoRA b8×2048, 1b_mtp full fine-tuning b8×2048, 7b_1t_4 LoRA b1×2048 and b4×2048.
 For each side: tokens/s (B·T positions per second of step time), the step split (forward / backward /
 optimiser / plugin), peak GPU memory — sampled with nvidia-smi every 50 ms for BOTH sides (device memory
@@ -80,12 +82,16 @@ def make_data(path, seq, rows, seed=0):
             f.write(json.dumps({"text": text[: seq - 2], "problem_id": f"bench/{i}"}) + "\n")
 
 
-def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
+CHECKPOINTING_SIDES = {"wmtp-blocks": "blocks", "wmtp-selective": "selective", "wmtp-none": "none"}
+
+
+def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False, side=None):
     """wmtp's row; `fsdp`: launched as --nproc ranks (`wmtp launch --nproc-per-node N`), so the policy is
     sharded (FSDP over NCCL in an `nccl` build); with N = 1, what sharding costs against the plain run.
-    `batch` is per rank: the global batch is N·batch."""
+    `batch` is per rank: the global batch is N·batch. `side` wmtp-blocks|-selective|-none sets
+    `runtime.activation_checkpointing`."""
     world = args.nproc if fsdp else 1
-    side = "wmtp-fsdp" if fsdp else "wmtp"
+    side = side or ("wmtp-fsdp" if fsdp else "wmtp")
     run_dir = os.path.join(workdir, f"{side}{world}-{preset}-b{batch}-{'lora' if lora else 'full'}")
     launch = [args.wmtp, "launch", "--nproc-per-node", str(world), "--master-port", "29517", "--"] \
         if fsdp else [args.wmtp]
@@ -94,6 +100,8 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False):
            "--set", f"training.use_lora={'true' if lora else 'false'}", "--set", f"data.train={data}",
            "--set", f"data.max_length={args.seq}", "--set", f"training.steps={args.warmup + args.steps}",
            "--set", f"checkpoint.dir={run_dir}"]
+    if side in CHECKPOINTING_SIDES:
+        cmd += ["--set", f"runtime.activation_checkpointing={CHECKPOINTING_SIDES[side]}"]
     for s in args.wmtp_set:
         cmd += ["--set", s]
     with MemorySampler() as mem:
@@ -153,7 +161,8 @@ def main():
     ap.add_argument("--steps", type=int, default=4, help="timed steps per row")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--sides", default="wmtp,pytorch,pytorch-compile",
-                    help="comma-separated: wmtp, wmtp-fsdp (launched as --nproc sharded ranks), pytorch, "
+                    help="comma-separated: wmtp, wmtp-blocks, wmtp-selective, wmtp-none (wmtp with that "
+                         "runtime.activation_checkpointing), wmtp-fsdp (launched as --nproc sharded ranks), pytorch, "
                          "pytorch-compile (every block torch.compile'd), pytorch-fsdp (FSDP2 under torchrun, "
                          "--nproc ranks)")
     ap.add_argument("--nproc", type=int, default=1, help="ranks (GPUs) of the -fsdp sides; batch is per rank")
@@ -169,8 +178,9 @@ def main():
         preset, batch, mode = row.split(":")
         for side in args.sides.split(","):
             t0 = time.time()
-            if side in ("wmtp", "wmtp-fsdp"):
-                r = wmtp_row(args, preset, int(batch), mode == "lora", data, out, fsdp=side == "wmtp-fsdp")
+            if side in ("wmtp", "wmtp-fsdp") or side in CHECKPOINTING_SIDES:
+                r = wmtp_row(args, preset, int(batch), mode == "lora", data, out, fsdp=side == "wmtp-fsdp",
+                             side=side)
             else:
                 r = torch_row(args, preset, int(batch), mode == "lora", fsdp=side == "pytorch-fsdp",
                               compile_blocks=side == "pytorch-compile")

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use wmtp_host::formats::load::{load_model, preset_args, LoadOptions, LoadedModel};
-use wmtp_host::model::activation_memory::ActivationEstimate;
+use wmtp_host::model::activation_memory::{ActivationCheckpointing, ActivationEstimate};
 use wmtp_host::model::memory::{human_bytes, Counts, MemoryEstimate};
 use wmtp_host::model::{LoraConfig, ParamGroup, VisitParams};
 use wmtp_host::train::evaluate;
@@ -38,7 +38,8 @@ pub struct InfoArgs {
     /// Tokens per sequence (default: the model's max_seq_len, at most 2048).
     #[arg(long)]
     pub seq: Option<usize>,
-    /// Activation checkpointing of the estimate: blocks | none (as `runtime.activation_checkpointing`).
+    /// Activation checkpointing of the estimate: blocks | selective | none (as
+    /// `runtime.activation_checkpointing`).
     #[arg(long, default_value = "blocks")]
     pub activation_checkpointing: String,
 }
@@ -90,12 +91,14 @@ fn print_memory_estimate(
     let c = args.param_counts();
     let bytes = candle_core::DType::from(a.model.dtype).size_in_bytes();
     let seq = a.seq.unwrap_or(args.max_seq_len.min(2048));
-    let blocks = match a.activation_checkpointing.as_str() {
-        "blocks" => true,
-        "none" => false,
-        other => bail!("--activation-checkpointing {other}: blocks or none"),
+    let Some(mode) = ActivationCheckpointing::parse(&a.activation_checkpointing) else {
+        bail!(
+            "--activation-checkpointing {}: {}",
+            a.activation_checkpointing,
+            ActivationCheckpointing::NAMES
+        );
     };
-    let acts = ActivationEstimate::new(args, a.batch, seq, bytes, blocks, 2048);
+    let acts = ActivationEstimate::new(args, a.batch, seq, bytes, mode, 2048);
     println!(
         "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {}):",
         a.world_size, a.model.dtype, a.batch, a.activation_checkpointing

@@ -8,7 +8,8 @@
 //! - `runtime.activation_checkpointing = "blocks"`: the trunk blocks' inputs (n_trunk + 1)·N·D·d, and
 //!   one block's A while it is recomputed; `"none"`: A for every block (trunk and heads), and every
 //!   head's logits with its gathered and normed rows, H·N·(V + 2D)·d (the backward reads them instead of
-//!   projecting again);
+//!   projecting again); `"selective"`: every block's A without its two norm outputs and SwiGLU product,
+//!   A_s = N·(5D + 2K + 2F)·d + N·heads·4, and no logits (recomputed chunk by chunk);
 //! - working memory: one block's A again for the gradients flowing through it, the f32 gradient of the
 //!   trunk output N·D·4, a vocabulary chunk of `chunk_rows` rows (bf16 logits, f32 probabilities and
 //!   gradient: chunk_rows·V·10 bytes), and the CUDA context and libraries (0.5 GiB).
@@ -16,6 +17,35 @@
 //! Checked against the H200 peaks of `bench/gpu/run.py` (nvidia-smi above idle) in the tests below.
 
 use super::args::ModelArgs;
+use serde::{Deserialize, Serialize};
+
+/// `runtime.activation_checkpointing`: what a training forward keeps for its backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationCheckpointing {
+    /// Recompute each block in the backward from its saved input.
+    #[default]
+    Blocks,
+    /// Keep every block's activations.
+    None,
+    /// Keep the matrix products' and attention's outputs; recompute the norms, SwiGLU and logits.
+    Selective,
+}
+
+impl ActivationCheckpointing {
+    /// The config spellings, for messages.
+    pub const NAMES: &'static str = "blocks, selective or none";
+
+    /// Parses a config spelling (`blocks`, `none`, `selective`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "blocks" => Some(Self::Blocks),
+            "none" => Some(Self::None),
+            "selective" => Some(Self::Selective),
+            _ => None,
+        }
+    }
+}
 
 /// Bytes of the CUDA context, cuBLAS workspace and allocator slack, measured as a constant.
 pub const CONTEXT_BYTES: f64 = 0.5 * (1u64 << 30) as f64;
@@ -30,14 +60,14 @@ pub struct ActivationEstimate {
 }
 
 impl ActivationEstimate {
-    /// For `batch` × `seq` tokens on this rank, weights of `dtype_bytes`, activations checkpointed per
-    /// block (`checkpoint_blocks`) or all kept, vocabulary chunks of `chunk_rows` rows.
+    /// For `batch` × `seq` tokens on this rank, weights of `dtype_bytes`, activations kept as `mode`
+    /// says, vocabulary chunks of `chunk_rows` rows.
     pub fn new(
         args: &ModelArgs,
         batch: usize,
         seq: usize,
         dtype_bytes: usize,
-        checkpoint_blocks: bool,
+        mode: ActivationCheckpointing,
         chunk_rows: usize,
     ) -> Self {
         let n = (batch * seq) as f64;
@@ -47,11 +77,14 @@ impl ActivationEstimate {
         let block = n * (7.0 * dm + 2.0 * k + 3.0 * f) * d + n * args.n_heads as f64 * 4.0;
         let n_trunk = args.n_trunk() as f64;
         let blocks = n_trunk + args.n_future_tokens as f64;
-        let saved = if checkpoint_blocks {
-            (n_trunk + 1.0) * n * dm * d + block
-        } else {
-            blocks * block
-                + args.n_future_tokens as f64 * n * (args.vocab_size as f64 + 2.0 * dm) * d
+        let selective = n * (5.0 * dm + 2.0 * k + 2.0 * f) * d + n * args.n_heads as f64 * 4.0;
+        let saved = match mode {
+            ActivationCheckpointing::Blocks => (n_trunk + 1.0) * n * dm * d + block,
+            ActivationCheckpointing::None => {
+                blocks * block
+                    + args.n_future_tokens as f64 * n * (args.vocab_size as f64 + 2.0 * dm) * d
+            }
+            ActivationCheckpointing::Selective => blocks * selective,
         };
         let chunk = chunk_rows.min(batch * seq) as f64 * args.vocab_size as f64 * 10.0;
         ActivationEstimate {
@@ -75,6 +108,11 @@ mod tests {
 
     /// Weights, optimiser state and activations of one GPU, GiB.
     fn predicted(preset: &str, batch: usize, lora: bool, blocks: bool) -> f64 {
+        let mode = if blocks {
+            ActivationCheckpointing::Blocks
+        } else {
+            ActivationCheckpointing::None
+        };
         let a = ModelArgs::preset(preset).expect("preset");
         let c = a.param_counts();
         // LoRA r=8 on wq wk wv wo: r·(in + out) = 16·dim per matrix, 4 matrices per block
@@ -93,7 +131,7 @@ mod tests {
             2,
             1,
         );
-        (state.total() + ActivationEstimate::new(&a, batch, 2048, 2, blocks, 2048).total()) / GIB
+        (state.total() + ActivationEstimate::new(&a, batch, 2048, 2, mode, 2048).total()) / GIB
     }
 
     #[test]
@@ -123,5 +161,32 @@ mod tests {
                 "{preset} b{batch} lora {lora} blocks {blocks}: predicted {p:.1} GiB, measured {gib}"
             );
         }
+    }
+
+    /// "selective" keeps less than "none" and more than "blocks", and its kept part is the formula's
+    /// N·(5D + 2K + 2F)·d + N·heads·4 per block.
+    #[test]
+    fn selective_sits_between_blocks_and_none() {
+        let a = ModelArgs::preset("1b_mtp").expect("preset");
+        let est = |m| ActivationEstimate::new(&a, 8, 2048, 2, m, 2048);
+        let (b, s, n) = (
+            est(ActivationCheckpointing::Blocks),
+            est(ActivationCheckpointing::Selective),
+            est(ActivationCheckpointing::None),
+        );
+        assert!(b.saved < s.saved && s.saved < n.saved);
+        let tokens = 8.0 * 2048.0;
+        let (dm, f) = (a.dim as f64, a.hidden_dim() as f64);
+        let per_block = tokens * (5.0 * dm + 2.0 * dm + 2.0 * f) * 2.0 + tokens * 16.0 * 4.0;
+        assert_eq!(s.saved, 22.0 * per_block);
+        assert_eq!(s.working, n.working);
+        for (name, want) in [
+            ("blocks", ActivationCheckpointing::Blocks),
+            ("none", ActivationCheckpointing::None),
+            ("selective", ActivationCheckpointing::Selective),
+        ] {
+            assert_eq!(ActivationCheckpointing::parse(name), Some(want));
+        }
+        assert_eq!(ActivationCheckpointing::parse("all"), None);
     }
 }

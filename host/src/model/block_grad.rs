@@ -21,25 +21,41 @@ use crate::kernels;
 use anyhow::Result;
 use candle_core::Tensor;
 
-/// The activations of one block's forward that its backward reads.
+/// The activations of one block's forward that its backward reads. The outputs of the two RMSNorms (n₁,
+/// n₂) and of the SwiGLU product (s) are elementwise functions of tensors kept beside them: after
+/// [`BlockSaved::drop_elementwise`] they are None and the backward recomputes them (selective
+/// recomputation), with the same kernels, so the gradients are the same.
 #[derive(Debug)]
 pub struct BlockSaved {
     /// The block's input x [B, T, D].
     pub x: Tensor,
     /// Its output [B, T, D].
     pub out: Tensor,
-    n1: Tensor,
+    n1: Option<Tensor>,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     o: Tensor,
     lse: Option<Tensor>,
     h: Tensor,
-    n2: Tensor,
+    n2: Option<Tensor>,
     a: Tensor,
     b: Tensor,
-    s: Tensor,
+    s: Option<Tensor>,
     lin: [LinearSaved; 7],
+}
+
+impl BlockSaved {
+    /// Drops n₁ = rms(x)·g₁, n₂ = rms(h)·g₂ and s = silu(a)·b — `runtime.activation_checkpointing =
+    /// "selective"`: what stays is x, q, k, v, the attention output o and its log-sum-exp, h, a and b
+    /// (every matrix product's and the attention's output), N·(4D + 2K + 2F) values a block instead of
+    /// N·(6D + 2K + 3F); the backward recomputes the three from x, h, a and b.
+    pub fn drop_elementwise(mut self) -> Self {
+        self.n1 = None;
+        self.n2 = None;
+        self.s = None;
+        self
+    }
 }
 
 /// What a block's backward returns: dL/dx (when asked) and the trainable parameters' gradients, named
@@ -82,17 +98,17 @@ impl TransformerBlock {
         Ok(BlockSaved {
             x,
             out,
-            n1,
+            n1: Some(n1),
             q,
             k,
             v,
             o,
             lse,
             h,
-            n2,
+            n2: Some(n2),
             a,
             b,
-            s,
+            s: Some(s),
             lin: [lq, lk, lv, lo, l1, l2, l3],
         })
     }
@@ -139,11 +155,21 @@ impl TransformerBlock {
                 }
             }
         };
-        // feed-forward
-        let ds = lin(&ff.w2, "w2", &sv.s, l2, &dout, None, &mut g)?;
+        // feed-forward (s and n₂ recomputed here when the forward dropped them)
+        let s = match &sv.s {
+            Some(s) => s.clone(),
+            None => kernels::swiglu::gate(ff.kernels, &sv.a, &sv.b)?,
+        };
+        let ds = lin(&ff.w2, "w2", &s, l2, &dout, None, &mut g)?;
+        drop(s);
         let (da, db) = kernels::swiglu::swiglu_backward(ff.kernels, &sv.a, &sv.b, &ds)?;
-        let dn2 = lin(&ff.w1, "w1", &sv.n2, l1, &da, None, &mut g)?;
-        let dn2 = lin(&ff.w3, "w3", &sv.n2, l3, &db, Some(dn2), &mut g)?;
+        let n2 = match &sv.n2 {
+            Some(n) => n.clone(),
+            None => self.ffn_norm.forward_nograd(&sv.h)?,
+        };
+        let dn2 = lin(&ff.w1, "w1", &n2, l1, &da, None, &mut g)?;
+        let dn2 = lin(&ff.w3, "w3", &n2, l3, &db, Some(dn2), &mut g)?;
+        drop(n2);
         // dh = dout + rms′(h, dn2): the residual's gradient added inside the norm's backward
         let (dh, dg2) = self.ffn_norm.backward_add(&sv.h, &dn2, &dout)?;
         if let Some(d) = dg2 {
@@ -163,9 +189,13 @@ impl TransformerBlock {
         let dq = kernels::rope::rope_backward(&dq, cos, sin)?.reshape((bs, t, nh * hd))?;
         let dk = kernels::rope::rope_backward(&dk, cos, sin)?.reshape((bs, t, nkv * hd))?;
         let dv = dv.reshape((bs, t, nkv * hd))?;
-        let dn1 = lin(&at.wq, "wq", &sv.n1, lq, &dq, None, &mut g)?;
-        let dn1 = lin(&at.wk, "wk", &sv.n1, lk, &dk, Some(dn1), &mut g)?;
-        let dn1 = lin(&at.wv, "wv", &sv.n1, lv, &dv, Some(dn1), &mut g)?;
+        let n1 = match &sv.n1 {
+            Some(n) => n.clone(),
+            None => self.attention_norm.forward_nograd(&sv.x)?,
+        };
+        let dn1 = lin(&at.wq, "wq", &n1, lq, &dq, None, &mut g)?;
+        let dn1 = lin(&at.wk, "wk", &n1, lk, &dk, Some(dn1), &mut g)?;
+        let dn1 = lin(&at.wv, "wv", &n1, lv, &dv, Some(dn1), &mut g)?;
         let (dx, dg1) = self.attention_norm.backward_add(&sv.x, &dn1, &dh)?;
         if let Some(d) = dg1 {
             g.push((format!("{prefix}attention_norm.weight"), d));
@@ -258,6 +288,44 @@ mod tests {
                 "full={full}: the same parameters get gradients"
             );
             assert!(n >= if full { 9 } else { 14 });
+        }
+        Ok(())
+    }
+
+    /// With the norm outputs and the SwiGLU product dropped (selective recomputation) the backward
+    /// recomputes them and returns exactly the gradients of the full set, for full fine-tuning (where
+    /// n₁, n₂ and s feed the weight gradients of wq/wk/wv, w1/w3 and w2).
+    #[test]
+    fn dropping_the_elementwise_activations_changes_no_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let args = ModelArgs::preset("tiny").expect("preset");
+        let mut m = Transformer::random(args, 11, DType::F32, &dev)?;
+        m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
+        let (b, t) = (2, 7);
+        let bi = m.block_inputs(t)?;
+        let block = &m.layers[1];
+        let x = Tensor::randn(0f32, 1.0, (b, t, m.args.dim), &dev)?;
+        let dy = Tensor::randn(0f32, 1.0, (b, t, m.args.dim), &dev)?;
+        let ctx = || ForwardCtx::train(3);
+        let full = block.forward_saved(&x, &bi.rope, &ctx())?;
+        let slim = block
+            .forward_saved(&x, &bi.rope, &ctx())?
+            .drop_elementwise();
+        assert!(slim.n1.is_none() && slim.n2.is_none() && slim.s.is_none());
+        let gf = block.backward(&full, &dy, &bi.rope, true, "layers.1.")?;
+        let gs = block.backward(&slim, &dy, &bi.rope, true, "layers.1.")?;
+        let eq = |a: &Tensor, b: &Tensor| -> Result<bool> {
+            Ok(a.flatten_all()?.to_vec1::<f32>()? == b.flatten_all()?.to_vec1::<f32>()?)
+        };
+        assert!(eq(
+            gf.dx.as_ref().expect("dx"),
+            gs.dx.as_ref().expect("dx")
+        )?);
+        assert_eq!(gf.params.len(), gs.params.len());
+        assert!(gf.params.len() >= 9, "every weight of the block trains");
+        for ((nf, tf), (ns, ts)) in gf.params.iter().zip(&gs.params) {
+            assert_eq!(nf, ns);
+            assert!(eq(tf, ts)?, "{nf} differs");
         }
         Ok(())
     }

@@ -2,9 +2,12 @@
 //! per-token CE of every head computed in chunks over the valid rows (never [B,T,H,V] logits), values,
 //! reference CE; then, given the plugin's coefficients, backward unit by unit through the surrogate
 //! S = Σ c_ce·CE + Σ c_v·V — recomputing each unit from its input with `activation_checkpointing =
-//! "blocks"`, reusing the kept activations with "none". With one rank this is a single-device trainer;
-//! the same unit structure is what FSDP shards.
+//! "blocks"`, reusing the kept activations with "none", and with "selective" reusing every block's
+//! matrix-product and attention outputs while recomputing its norms and SwiGLU product (and the heads'
+//! vocabulary chunks). With one rank this is a single-device trainer; the same unit structure is what
+//! FSDP shards.
 
+use super::config::ActivationCheckpointing;
 use super::schedule::Schedule;
 use crate::data::MicroBatch;
 use crate::kernels;
@@ -18,8 +21,8 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use std::borrow::Cow;
 
-/// What the forward pass keeps: unit inputs, the per-token scalars and, without activation checkpointing,
-/// every block's activations.
+/// What the forward pass keeps: unit inputs, the per-token scalars and, unless every block is recomputed,
+/// every block's activations (all of them, or the selective set).
 #[derive(Debug)]
 pub struct ForwardState {
     /// Input of trunk block i at index i; the last entry is h_trunk.
@@ -34,14 +37,14 @@ pub struct ForwardState {
     pub shape: (usize, usize, usize),
     tokens: Vec<u32>,
     heads: Vec<HeadRows>,
-    /// Trunk blocks' activations (activation checkpointing off), else empty.
+    /// Trunk blocks' activations ("none" or "selective"), else empty.
     saved_trunk: Vec<BlockSaved>,
-    /// Head blocks' activations (activation checkpointing off), else None.
+    /// Head blocks' activations ("none" or "selective"), else None.
     saved_heads: Vec<Option<BlockSaved>>,
     /// Log-sum-exp of each head's logits on its valid rows (None for a head without any).
     head_lse: Vec<Option<Tensor>>,
-    /// Each head's vocabulary chunks as the forward computed them (activation checkpointing off),
-    /// else empty: the backward then recomputes them.
+    /// Each head's vocabulary chunks as the forward computed them ("none"), else empty: the backward
+    /// then recomputes them.
     saved_chunks: Vec<Vec<ChunkSaved>>,
 }
 
@@ -74,9 +77,10 @@ pub struct Engine<'a> {
     pub seed: u64,
     /// Training mode (dropout on).
     pub train: bool,
-    /// Keep every block's activations from forward to backward (`runtime.activation_checkpointing =
-    /// "none"`) instead of recomputing each block in the backward ("blocks").
-    pub keep_activations: bool,
+    /// What the forward keeps for the backward (`runtime.activation_checkpointing`): each block's input
+    /// only, recomputing the block in the backward ("blocks"); every activation ("none"); or every
+    /// matrix-product and attention output, recomputing the norms and SwiGLU ("selective").
+    pub checkpointing: ActivationCheckpointing,
     /// How the step spreads over ranks ([`crate::parallel::strategy`]): every unit is asked of it before it
     /// runs (FSDP gathers it; [`crate::parallel::strategy::NoSharding`] lends the model itself) and handed
     /// to it once its backward is done (FSDP reduce-scatters its gradients).
@@ -141,6 +145,16 @@ impl HeadRows {
 }
 
 impl<'a> Engine<'a> {
+    /// A block's activations as this engine keeps them from its forward: None with "blocks" (the
+    /// backward recomputes the block), all of them with "none", the selective set with "selective".
+    fn keep(&self, sv: BlockSaved) -> Option<BlockSaved> {
+        match self.checkpointing {
+            ActivationCheckpointing::Blocks => None,
+            ActivationCheckpointing::None => Some(sv),
+            ActivationCheckpointing::Selective => Some(sv.drop_elementwise()),
+        }
+    }
+
     fn ctx(&self, unit: u64) -> ForwardCtx {
         if self.train {
             ForwardCtx::train(self.seed ^ unit.wrapping_mul(0xA24B_AED4_963E_E407))
@@ -210,7 +224,7 @@ impl<'a> Engine<'a> {
             // the log-sum-exp is kept for the backward (which recomputes the logits when they
             // are not kept)
             head_lse.push(Some(lse));
-            saved_heads.push(self.keep_activations.then_some(sv));
+            saved_heads.push(self.keep(sv));
         }
         let mut ce = vec![0f32; b * t * h];
         if !ce_parts.is_empty() {
@@ -264,7 +278,7 @@ impl<'a> Engine<'a> {
             let mu = self.lend(schedule, Unit::Layer(i))?;
             let sv = mu.layers[i].forward_saved(&x, rope, &self.ctx(1 + i as u64))?;
             x = sv.out.clone();
-            if self.keep_activations {
+            if let Some(sv) = self.keep(sv) {
                 saved.push(sv);
             }
         }
@@ -274,7 +288,7 @@ impl<'a> Engine<'a> {
 
     /// One head's CE on its valid rows `hr` of its block output `z` [B, T, D], through the shared norm
     /// and output projection of `om` in chunks: each chunk's per-row CE appended to `ce_parts`; returns
-    /// the rows' log-sum-exp and, when activations are kept, the chunks.
+    /// the rows' log-sum-exp and, when every activation is kept ("none"), the chunks.
     fn head_ce_forward(
         &self,
         om: &Transformer,
@@ -295,7 +309,7 @@ impl<'a> Engine<'a> {
             )?;
             ce_parts.push(ce);
             lse_parts.push(lse);
-            if self.keep_activations {
+            if self.checkpointing == ActivationCheckpointing::None {
                 chunks.push(c);
             }
         }

@@ -245,8 +245,7 @@ impl Session {
                 reference: self.reference.as_ref(),
                 critic: self.critic.as_ref().map(|(m, v)| (m, v)),
                 chunk_rows: self.cfg.training.chunk_rows,
-                keep_activations: self.cfg.runtime.activation_checkpointing
-                    == super::config::ActivationCheckpointing::None,
+                checkpointing: self.cfg.runtime.activation_checkpointing,
                 strategy: self.strategy.as_ref(),
                 detach_extra_heads: self.cfg.training.detach_extra_heads,
             },

@@ -2,6 +2,7 @@
 //! coefficients (a plugin, or the native baseline used for the automatic reference stage), gradient
 //! accumulation, clipping, the optimiser's update, and the plugin's after-step.
 
+use super::config::ActivationCheckpointing;
 use super::engine::{Engine, ForwardState};
 use crate::data::batcher::{collate, Batcher};
 use crate::data::MicroBatch;
@@ -138,8 +139,9 @@ pub struct Models<'a> {
     pub critic: Option<(&'a Transformer, &'a ValueHead)>,
     /// Rows per vocabulary chunk.
     pub chunk_rows: usize,
-    /// Keep block activations from forward to backward (no activation checkpointing) when training.
-    pub keep_activations: bool,
+    /// What a training forward keeps for the backward (`runtime.activation_checkpointing`); evaluation
+    /// keeps nothing.
+    pub checkpointing: ActivationCheckpointing,
     /// How the step spreads over ranks (FSDP, or [`NoSharding`]).
     pub strategy: &'a dyn Strategy,
     /// `training.detach_extra_heads` (see [`Engine::detach_extra_heads`]).
@@ -161,7 +163,11 @@ pub fn forward_and_batch<'a>(
         chunk_rows: m.chunk_rows,
         seed,
         train,
-        keep_activations: train && m.keep_activations,
+        checkpointing: if train {
+            m.checkpointing
+        } else {
+            ActivationCheckpointing::Blocks
+        },
         strategy: m.strategy,
         detach_extra_heads: m.detach_extra_heads,
     };
@@ -175,7 +181,7 @@ pub fn forward_and_batch<'a>(
                 chunk_rows: m.chunk_rows,
                 seed,
                 train: false,
-                keep_activations: false,
+                checkpointing: ActivationCheckpointing::Blocks,
                 strategy: &NoSharding,
                 detach_extra_heads: false,
             };

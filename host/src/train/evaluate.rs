@@ -24,7 +24,11 @@ pub struct Validation {
     pub metrics: Vec<(String, f64)>,
 }
 
-/// Validation over `items` (None when there are none).
+/// Validation over `items` (None when there are none), split over the ranks of `m.strategy`: rank r
+/// evaluates batches r, r+W, … and the sums are added over the ranks, so every rank returns the same
+/// result as one rank evaluating every batch (to rounding). Every rank runs the same number of forwards
+/// (⌈n/W⌉: collectives stay in step under FSDP); a rank left without a batch in the last round repeats
+/// one with weight 0.
 pub fn evaluate(
     m: &Models,
     w: &mut dyn Weigher,
@@ -37,35 +41,95 @@ pub fn evaluate(
         Err(_) => return Ok(None),
     };
     let n = b.batches_per_epoch();
-    let mut v = Validation::default();
-    let (mut head_sum, mut head_n) = (Vec::<f64>::new(), Vec::<f64>::new());
-    for _ in 0..n {
-        let (samples, ids) = b.next_samples();
-        let mb = collate(&samples, ids, pad, m.model.device())?;
+    let batches: Vec<_> = (0..n).map(|_| b.next_samples()).collect();
+    let (rank, world) = (m.strategy.rank(), m.strategy.world_size().max(1));
+    let mut sums = ValidationSums::default();
+    for round in 0..n.div_ceil(world) {
+        let i = round * world + rank;
+        let (samples, ids) = &batches[i % n];
+        let mb = collate(samples, ids.clone(), pad, m.model.device())?;
         let (_, st, batch) = forward_and_batch(m, w, &mb, 0, 0, false)?;
-        v.ce += plain_ce(&st) / n as f64;
-        let (s, c) = head_ce_sums(&st);
-        head_sum.resize(s.len(), 0.0);
-        head_n.resize(c.len(), 0.0);
-        for k in 0..s.len() {
-            head_sum[k] += s[k];
-            head_n[k] += c[k];
-        }
         let c = w.weigh(&batch, false)?;
-        v.loss += c.loss / n as f64;
-        for (k, x) in c.metrics {
-            match v.metrics.iter_mut().find(|(name, _)| *name == k) {
-                Some(e) => e.1 += x / n as f64,
-                None => v.metrics.push((k, x / n as f64)),
+        sums.add(&st, &c, if i < n { 1.0 } else { 0.0 });
+    }
+    Ok(Some(sums.over_ranks(m, n)?))
+}
+
+/// One rank's sums of a validation: Σ plain CE, Σ loss and Σ metric over its batches, and each head's
+/// Σ m·CE and Σ m over its tokens.
+#[derive(Debug, Default)]
+struct ValidationSums {
+    ce: f64,
+    loss: f64,
+    head_sum: Vec<f64>,
+    head_n: Vec<f64>,
+    metrics: Vec<(String, f64)>,
+}
+
+impl ValidationSums {
+    /// Adds one batch's forward and coefficients, times `weight` (0 for a repeated batch).
+    fn add(
+        &mut self,
+        st: &super::engine::ForwardState,
+        c: &wmtp_plugin_host::Coefficients,
+        weight: f64,
+    ) {
+        self.ce += weight * plain_ce(st);
+        let (s, n) = head_ce_sums(st);
+        self.head_sum.resize(s.len(), 0.0);
+        self.head_n.resize(n.len(), 0.0);
+        for k in 0..s.len() {
+            self.head_sum[k] += weight * s[k];
+            self.head_n[k] += weight * n[k];
+        }
+        self.loss += weight * c.loss;
+        for (k, x) in &c.metrics {
+            match self.metrics.iter_mut().find(|(name, _)| name == k) {
+                Some(e) => e.1 += weight * x,
+                None => self.metrics.push((k.clone(), weight * x)),
             }
         }
     }
-    v.ce_heads = head_sum
-        .iter()
-        .zip(&head_n)
-        .map(|(s, n)| if *n > 0.0 { s / n } else { f64::NAN })
-        .collect();
-    Ok(Some(v))
+
+    /// The sums added over the ranks, as means over the `n` batches (head CE over tokens).
+    fn over_ranks(self, m: &Models, n: usize) -> Result<Validation> {
+        let h = self.head_sum.len();
+        let mut xs = vec![self.ce, self.loss, h as f64, self.metrics.len() as f64];
+        xs.extend(&self.head_sum);
+        xs.extend(&self.head_n);
+        xs.extend(self.metrics.iter().map(|(_, x)| *x));
+        let world = m.strategy.world_size().max(1) as f64;
+        // every rank must send the same layout: the counts of heads and metrics travel first
+        let shape = m
+            .strategy
+            .sum_over_ranks(&[xs.len() as f64, xs[2], xs[3]])?;
+        if shape != [world * xs.len() as f64, world * xs[2], world * xs[3]] {
+            bail!(
+                "validation: the ranks disagree on the number of heads or plugin metrics \
+                 (this rank: {h} heads, metrics {:?})",
+                self.metrics.iter().map(|(k, _)| k).collect::<Vec<_>>()
+            );
+        }
+        let t = m.strategy.sum_over_ranks(&xs)?;
+        let (head_sum, rest) = t[4..].split_at(h);
+        let (head_n, metric_sums) = rest.split_at(h);
+        let n = n as f64;
+        Ok(Validation {
+            ce: t[0] / n,
+            loss: t[1] / n,
+            ce_heads: head_sum
+                .iter()
+                .zip(head_n)
+                .map(|(s, c)| if *c > 0.0 { s / c } else { f64::NAN })
+                .collect(),
+            metrics: self
+                .metrics
+                .into_iter()
+                .zip(metric_sums)
+                .map(|((k, _), x)| (k, x / n))
+                .collect(),
+        })
+    }
 }
 
 impl Session {
@@ -184,6 +248,142 @@ mod tests {
     use super::*;
     use crate::model::ModelArgs;
     use candle_core::Device;
+
+    /// One of two ranks run as threads of this process: sums over the ranks through a shared slot pair
+    /// and a barrier, lends the model itself, and counts the forwards (one embedding lend each).
+    struct ThreadRank {
+        rank: usize,
+        slots: std::sync::Arc<(std::sync::Barrier, std::sync::Mutex<[Vec<f64>; 2]>)>,
+        forwards: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::parallel::strategy::Strategy for ThreadRank {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn with_units<'m>(
+            &self,
+            model: &'m Transformer,
+            units: &[crate::model::Unit],
+            _next: Option<crate::model::Unit>,
+        ) -> Result<std::borrow::Cow<'m, Transformer>> {
+            if units.contains(&crate::model::Unit::Embedding) {
+                self.forwards
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(std::borrow::Cow::Borrowed(model))
+        }
+        fn unit_backward_done(
+            &self,
+            _unit: crate::model::Unit,
+            _grads: &mut crate::model::grads::Grads,
+        ) -> Result<()> {
+            Ok(())
+        }
+        fn sum_over_ranks(&self, xs: &[f64]) -> Result<Vec<f64>> {
+            let (barrier, slots) = &*self.slots;
+            slots.lock().expect("slots")[self.rank] = xs.to_vec();
+            barrier.wait();
+            let sum = {
+                let s = slots.lock().expect("slots");
+                s[0].iter().zip(&s[1]).map(|(a, b)| a + b).collect()
+            };
+            barrier.wait(); // both have read before either writes again
+            Ok(sum)
+        }
+        fn update(
+            &mut self,
+            _policy: &mut Transformer,
+            _replicated: &mut [crate::parallel::strategy::Replicated<'_>],
+            _opt: &mut dyn crate::optim::Optimizer,
+            _grads: &mut crate::model::grads::Grads,
+            _max_grad_norm: f64,
+        ) -> Result<crate::parallel::strategy::Update> {
+            bail!("validation does not update")
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// Validation over two ranks (threads) returns on both what one rank returns alone, each rank
+    /// running ⌈n/2⌉ forwards: 5 batches → 3 each, the last round's second batch a weight-0 repeat.
+    #[test]
+    fn validation_split_over_two_ranks_equals_one_rank() -> Result<()> {
+        use crate::data::dataset::Sample;
+        use crate::parallel::strategy::{NoSharding, Strategy};
+        use crate::train::step::NativeBaseline;
+        let args = ModelArgs::preset("tiny").expect("tiny preset");
+        let model = Transformer::random(args, 4, DType::F32, &Device::Cpu)?;
+        let v = model.args.vocab_size as u32;
+        let samples: Vec<Sample> = (0..10u32)
+            .map(|i| {
+                let len = 6 + (i as usize * 5) % 9;
+                Sample {
+                    ids: (0..len as u32).map(|j| (i * 31 + j * 7 + 3) % v).collect(),
+                    mask: (0..len).map(|j| u8::from(j >= 2)).collect(),
+                    reward: 1.0,
+                    problem: format!("p{i}"),
+                }
+            })
+            .collect();
+        let items = Items::Single(samples);
+        let run = |strategy: &dyn Strategy| -> Result<Validation> {
+            let models = Models {
+                model: &model,
+                value_head: None,
+                reference: None,
+                critic: None,
+                chunk_rows: 16,
+                checkpointing: crate::train::config::ActivationCheckpointing::Blocks,
+                strategy,
+                detach_extra_heads: false,
+            };
+            let mut w = NativeBaseline::default();
+            Ok(evaluate(&models, &mut w, &items, 2, 0)?.expect("items"))
+        };
+        let alone = run(&NoSharding)?;
+        let slots = std::sync::Arc::new((
+            std::sync::Barrier::new(2),
+            std::sync::Mutex::new([Vec::new(), Vec::new()]),
+        ));
+        let ranks: Vec<ThreadRank> = (0..2)
+            .map(|rank| ThreadRank {
+                rank,
+                slots: slots.clone(),
+                forwards: Default::default(),
+            })
+            .collect();
+        let split: Vec<Validation> = std::thread::scope(|s| {
+            let handles: Vec<_> = ranks.iter().map(|r| s.spawn(|| run(r))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rank thread"))
+                .collect::<Result<_>>()
+        })?;
+        for (r, v) in ranks.iter().zip(&split) {
+            assert_eq!(r.forwards.load(std::sync::atomic::Ordering::Relaxed), 3);
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+            assert!(
+                close(v.ce, alone.ce),
+                "rank {}: ce {} vs {}",
+                r.rank,
+                v.ce,
+                alone.ce
+            );
+            assert!(close(v.loss, alone.loss), "rank {}: loss", r.rank);
+            assert_eq!(v.ce_heads.len(), alone.ce_heads.len());
+            for (a, b) in v.ce_heads.iter().zip(&alone.ce_heads) {
+                assert!(close(*a, *b), "rank {}: head CE {a} vs {b}", r.rank);
+            }
+            assert_eq!(v.metrics.len(), alone.metrics.len());
+        }
+        assert!(alone.ce > 0.0 && alone.ce.is_finite());
+        Ok(())
+    }
 
     fn model_and_text(n: usize) -> (Transformer, Vec<u32>) {
         let args = ModelArgs::preset("tiny").expect("tiny preset");

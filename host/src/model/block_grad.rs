@@ -58,6 +58,17 @@ impl BlockSaved {
     }
 }
 
+/// A kept activation, or `recompute`'s when the forward dropped it.
+fn kept_or(
+    kept: &Option<Tensor>,
+    recompute: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    match kept {
+        Some(t) => Ok(t.clone()),
+        None => recompute(),
+    }
+}
+
 /// What a block's backward returns: dL/dx (when asked) and the trainable parameters' gradients, named
 /// under the block's prefix.
 #[derive(Debug)]
@@ -156,17 +167,11 @@ impl TransformerBlock {
             }
         };
         // feed-forward (s and n₂ recomputed here when the forward dropped them)
-        let s = match &sv.s {
-            Some(s) => s.clone(),
-            None => kernels::swiglu::gate(ff.kernels, &sv.a, &sv.b)?,
-        };
+        let s = kept_or(&sv.s, || kernels::swiglu::gate(ff.kernels, &sv.a, &sv.b))?;
         let ds = lin(&ff.w2, "w2", &s, l2, &dout, None, &mut g)?;
         drop(s);
         let (da, db) = kernels::swiglu::swiglu_backward(ff.kernels, &sv.a, &sv.b, &ds)?;
-        let n2 = match &sv.n2 {
-            Some(n) => n.clone(),
-            None => self.ffn_norm.forward_nograd(&sv.h)?,
-        };
+        let n2 = kept_or(&sv.n2, || self.ffn_norm.forward_nograd(&sv.h))?;
         let dn2 = lin(&ff.w1, "w1", &n2, l1, &da, None, &mut g)?;
         let dn2 = lin(&ff.w3, "w3", &n2, l3, &db, Some(dn2), &mut g)?;
         drop(n2);
@@ -189,10 +194,7 @@ impl TransformerBlock {
         let dq = kernels::rope::rope_backward(&dq, cos, sin)?.reshape((bs, t, nh * hd))?;
         let dk = kernels::rope::rope_backward(&dk, cos, sin)?.reshape((bs, t, nkv * hd))?;
         let dv = dv.reshape((bs, t, nkv * hd))?;
-        let n1 = match &sv.n1 {
-            Some(n) => n.clone(),
-            None => self.attention_norm.forward_nograd(&sv.x)?,
-        };
+        let n1 = kept_or(&sv.n1, || self.attention_norm.forward_nograd(&sv.x))?;
         let dn1 = lin(&at.wq, "wq", &n1, lq, &dq, None, &mut g)?;
         let dn1 = lin(&at.wk, "wk", &n1, lk, &dk, Some(dn1), &mut g)?;
         let dn1 = lin(&at.wv, "wv", &n1, lv, &dv, Some(dn1), &mut g)?;

@@ -86,10 +86,14 @@ pub fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
 }
 
 /// Whether a `--set` value is meant as TOML rather than a bare word: it starts like an array, inline
-/// table, quoted string or number.
+/// table or quoted string, or it is made of number characters only (`0.1.2`, `1e-`). A word that
+/// starts with a digit but holds letters other than an exponent (`1b_mtp`, `7b_1t_4`: preset names)
+/// is a bare word.
 fn looks_like_toml(value: &str) -> bool {
-    value.starts_with(['[', '{', '"', '\'', '-', '+', '.'])
-        || value.starts_with(|c: char| c.is_ascii_digit())
+    let numeric = |c: char| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | '_' | 'e' | 'E');
+    value.starts_with(['[', '{', '"', '\''])
+        || (value.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '-' | '+' | '.'))
+            && value.chars().all(numeric))
 }
 
 /// Where a key's value came from, for error messages: the `--set` that gave it, else the line of the
@@ -174,6 +178,15 @@ mod error_tests {
         );
         let c = RunConfig::load(None, &["model.device=cpu".into()]).unwrap();
         assert_eq!(c.model.device, crate::model::DeviceSpec::Cpu);
+        // preset names start with a digit but are words, as bench/gpu/run.py passes them
+        for preset in ["1b_mtp", "7b_1t_4"] {
+            let c = RunConfig::load(None, &[format!("model.path={preset}")]).unwrap();
+            assert_eq!(c.model.path, preset);
+        }
+        for broken in ["training.lr=0.1.2", "training.lr=1e-"] {
+            let e = err(None, &[broken]);
+            assert!(e.contains("not a valid TOML value"), "{broken}: {e}");
+        }
         // one target as a plain string, as PEFT accepts it
         let c = RunConfig::load(None, &["lora.target_modules=\"all-linear\"".into()]).unwrap();
         assert_eq!(c.lora.target_modules, ["all-linear"]);

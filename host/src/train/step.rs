@@ -266,6 +266,23 @@ fn lap(dev: &candle_core::Device, since: &mut Instant) -> Result<f64> {
     Ok(s)
 }
 
+/// This rank's next micro-batch of the one sample stream: the stream's next W, of which rank r takes the
+/// r-th (so W ranks see what one rank drawing W in turn would).
+fn draw_for_rank(
+    batcher: &mut Batcher,
+    rank: usize,
+    world: usize,
+) -> Result<(Vec<crate::data::dataset::Sample>, Option<Vec<i32>>)> {
+    let mut drawn = None;
+    for r in 0..world {
+        let s = batcher.next_samples();
+        if r == rank {
+            drawn = Some(s);
+        }
+    }
+    drawn.ok_or_else(|| anyhow::anyhow!("rank {rank} of {world} drew no micro-batch"))
+}
+
 /// The micro-batches of one optimizer step: forward, coefficients (scaled 1/accum), backward into
 /// `grads`. The models are only read here; [`apply`] updates them afterwards.
 #[allow(clippy::too_many_arguments)]
@@ -288,16 +305,7 @@ pub fn accumulate(
     // with `accum` micro-batches each see what one rank with W·accum would
     let (rank, world) = (m.strategy.rank(), m.strategy.world_size());
     for micro in 0..accum {
-        let mut drawn = None;
-        for r in 0..world {
-            let s = batcher.next_samples();
-            if r == rank {
-                drawn = Some(s);
-            }
-        }
-        let Some((samples, pair_ids)) = drawn else {
-            anyhow::bail!("rank {rank} of {world} drew no micro-batch");
-        };
+        let (samples, pair_ids) = draw_for_rank(batcher, rank, world)?;
         let mut clock = Instant::now();
         let mb = collate(&samples, pair_ids, pad, dev)?;
         let global_micro = (micro * world + rank) as u64;
@@ -315,10 +323,10 @@ pub fn accumulate(
         }
         let scale = 1.0 / accum as f32;
         let cce: Vec<f32> = c.ce.iter().map(|x| x * scale).collect();
-        let cv: Option<Vec<f32>> = c
+        let cv = c
             .values
             .as_ref()
-            .map(|v| v.iter().map(|x| x * scale).collect());
+            .map(|v| v.iter().map(|x| x * scale).collect::<Vec<_>>());
         engine.backward(&st, &cce, cv.as_deref(), grads)?;
         rep.times.backward += lap(dev, &mut clock)?;
         rep.loss += c.loss / accum as f64;

@@ -5,11 +5,9 @@
 // double-buffered with cp.async. lse [B, NH, T] is in units of log2 of the scaled scores.
 //
 // Forward  : o = softmax(q·kᵀ/√D)·v row by row (online softmax), lse kept.
-// Backward : delta = rowsum(o ⊙ do); one kernel (one CTA per key tile, loops over query tiles and the
-//            group's query heads): Pᵀ, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta), dV += Pᵀ·dO, dK += dSᵀ·Q,
-//            and dS through shared memory into dQ += dS·K, added to an f32 buffer with atomics (five tile
-//            products per tile pair, as FlashAttention-2; P is computed once); dq_convert scales and rounds
-//            it to bf16. The atomics make dQ's summation order, not its value, vary from run to run.
+// Backward : delta = rowsum(o ⊙ do); kernel dkdv (one CTA per key tile, loops over query tiles and the
+//            group's query heads): Pᵀ, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta), dV += Pᵀ·dO, dK += dSᵀ·Q;
+//            kernel dq (one CTA per query tile, loops over key tiles): dQ += dS·K — no atomics.
 //
 // mma.sync m16n8k16 fragment layout (g = lane/4, t = lane%4):
 //   A (16×16): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
@@ -73,11 +71,6 @@ __device__ __forceinline__ void frag_b_nmajor(uint32_t* r, const bf16* s, int ld
 // B fragments of two n-tiles (n0, n0+8) × k-step k0 from k-major storage s[k][n] (transposed load).
 __device__ __forceinline__ void frag_b_kmajor(uint32_t* r, const bf16* s, int ld, int n0, int k0, int lane) {
   ldsm4t(r, s + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + n0 + 8 * (lane >> 4));
-}
-
-// A fragment (rows m0.., cols k0..) from k-major storage s[k][m] (the transposed load).
-__device__ __forceinline__ void frag_a_kmajor(uint32_t* r, const bf16* s, int ld, int m0, int k0, int lane) {
-  ldsm4t(r, s + (k0 + (lane & 7) + 8 * (lane >> 4)) * ld + m0 + 8 * ((lane >> 3) & 1));
 }
 
 // Loads a warp's 16 rows (row_a = g, row_b = g+8) of a [B, T, heads, D] tensor as A fragments.
@@ -221,13 +214,12 @@ __device__ void flash_bwd_delta(const bf16* o, const bf16* dout, float* delta, l
   }
 }
 
-// dK, dV, dQ: grid (ceil(T/64) key tiles, NKV, B), 128 threads (4 warps × 16 keys); dynamic smem: K, V and
-// two buffers of (Q, dO) tiles, plus lse/delta of the query tile. dk/dv [B, T, NKV, D] (× `scale` = 1/√D for
-// dk); dq_acc [B, T, NH, D] f32, zeroed by the caller, receives Σ dS·K (unscaled) by atomic adds.
+// dK, dV: grid (ceil(T/64) key tiles, NKV, B), 128 threads (4 warps × 16 keys); dynamic smem: K, V and two
+// buffers of (Q, dO) tiles, plus lse/delta of the query tile. dk/dv [B, T, NKV, D]; `scale` = 1/√D.
 template <int D>
 __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
-                               const float* delta, bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV,
-                               float scale_log2, float scale) {
+                               const float* delta, bf16* dk, bf16* dv, int T, int NH, int NKV, float scale_log2,
+                               float scale) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int LD = D + PAD, TILE = 64 * LD;
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
@@ -261,7 +253,6 @@ __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, cons
     for (int e = 0; e < 4; e++) dka[i][e] = dva[i][e] = 0.f;
   for (int it = 0; it < iters; it++) {
     const int qt = kt + it % (n_qt - kt);
-    const int h = kvh * rep + it / (n_qt - kt);
     if (it + 1 < iters) {
       issue(it + 1);
       cp_commit();
@@ -317,40 +308,6 @@ __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, cons
         mma16816(dka[2 * n2], sf[kk], bq);
         mma16816(dka[2 * n2 + 1], sf[kk], bq + 2);
       }
-    // dQ of this query tile: every warp's dSᵀ rows (its 16 keys) go to shared memory over the dO tile, no
-    // longer read once every warp is past dV, as St[key][query] (leading dimension 72); then warp w takes
-    // queries 16w.. over all 64 keys: dQ[q] += Σ_key dS[q, key]·K[key], 32 columns of D at a time.
-    __syncthreads();
-    bf16* St = const_cast<bf16*>(Ds);
-    constexpr int LDS = BR + PAD;
-    for (int nt = 0; nt < BR / 8; nt++) {
-      const int col = nt * 8 + 2 * tq;
-      const int ka = warp * 16 + (lane >> 2);
-      *reinterpret_cast<uint32_t*>(St + ka * LDS + col) = sf[nt / 2][(nt & 1) * 2 + 0];
-      *reinterpret_cast<uint32_t*>(St + (ka + 8) * LDS + col) = sf[nt / 2][(nt & 1) * 2 + 1];
-    }
-    __syncthreads();
-    uint32_t sa[BC / 16][4];
-    for (int kk = 0; kk < BC / 16; kk++) frag_a_kmajor(sa[kk], St, LDS, warp * 16, kk * 16, lane);
-    const int qa = qt * BR + warp * 16 + (lane >> 2), qb = qa + 8;
-    float* pa = dq_acc + (((long)b * T + min(qa, T - 1)) * NH + h) * D;
-    float* pb = dq_acc + (((long)b * T + min(qb, T - 1)) * NH + h) * D;
-    for (int c = 0; c < D / 32; c++) {
-      float acc[4][4];
-      for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-      for (int kk = 0; kk < BC / 16; kk++)
-        for (int n2 = 0; n2 < 2; n2++) {
-          uint32_t kb[4];
-          frag_b_kmajor(kb, Ks, LD, c * 32 + n2 * 16, kk * 16, lane);
-          mma16816(acc[2 * n2], sa[kk], kb);
-          mma16816(acc[2 * n2 + 1], sa[kk], kb + 2);
-        }
-      for (int i = 0; i < 4; i++) {
-        const int col = c * 32 + i * 8 + 2 * tq;
-        if (qa < T) atomicAdd(reinterpret_cast<float2*>(pa + col), make_float2(acc[i][0], acc[i][1]));
-        if (qb < T) atomicAdd(reinterpret_cast<float2*>(pb + col), make_float2(acc[i][2], acc[i][3]));
-      }
-    }
     __syncthreads();  // this buffer is refilled by the next iteration's prefetch
   }
   for (int half = 0; half < 2; half++) {
@@ -365,10 +322,90 @@ __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, cons
   }
 }
 
-// dq [n] bf16 = scale · dq_acc [n] f32 (the fused backward's atomically summed dQ).
-__device__ void flash_dq_convert_impl(const float* acc, bf16* dq, long n, float scale) {
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
-    dq[i] = __float2bfloat16(acc[i] * scale);
+// dQ: grid (ceil(T/64) query tiles, NH, B), 128 threads (4 warps × 16 queries); smem: two buffers of (K, V).
+// For each key tile up to the diagonal: S = Q·Kᵀ, P = 2^(S·scale_log2 − lse), dP = dO·Vᵀ,
+// dS = P ⊙ (dP − delta), dQ += dS·K; dq [B, T, NH, D] written once (× scale).
+template <int D>
+__device__ void flash_bwd_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
+                             const float* delta, bf16* dq, int T, int NH, int NKV, float scale_log2, float scale) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int LD = D + PAD, TILE = 64 * LD;
+  bf16* sm = reinterpret_cast<bf16*>(smem_raw);
+  // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int kvh = h / (NH / NKV);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tq = lane & 3;
+  const int row_a = qt * BR + warp * 16 + (lane >> 2), row_b = row_a + 8;
+  const int last = min(qt, (T - 1) / BC);
+  tile_async<D>(sm, k, b, 0, kvh, T, NKV);
+  tile_async<D>(sm + TILE, v, b, 0, kvh, T, NKV);
+  cp_commit();
+  uint32_t qf[D / 16][4], df[D / 16][4];
+  rows_to_frags<D>(qf, q, b, row_a, h, T, NH, tq);
+  rows_to_frags<D>(df, dout, b, row_a, h, T, NH, tq);
+  const long ra = ((long)b * NH + h) * T;
+  const float lse_a = row_a < T ? lse[ra + row_a] : 0.f, lse_b = row_b < T ? lse[ra + row_b] : 0.f;
+  const float dl_a = row_a < T ? delta[ra + row_a] : 0.f, dl_b = row_b < T ? delta[ra + row_b] : 0.f;
+  float acc[D / 8][4];
+  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  for (int kt = 0; kt <= last; kt++) {
+    bf16* Ks = sm + (kt & 1) * 2 * TILE;
+    bf16* Vs = Ks + TILE;
+    if (kt < last) {
+      bf16* nk = sm + ((kt + 1) & 1) * 2 * TILE;
+      tile_async<D>(nk, k, b, (kt + 1) * BC, kvh, T, NKV);
+      tile_async<D>(nk + TILE, v, b, (kt + 1) * BC, kvh, T, NKV);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    float s[BC / 8][4], dp[BC / 8][4];
+    for (int i = 0; i < BC / 8; i++)
+      for (int e = 0; e < 4; e++) s[i][e] = dp[i][e] = 0.f;
+    for (int kk = 0; kk < D / 16; kk++)
+      for (int n2 = 0; n2 < BC / 16; n2++) {
+        uint32_t kb[4], vb[4];
+        frag_b_nmajor(kb, Ks, LD, n2 * 16, kk * 16, lane);
+        frag_b_nmajor(vb, Vs, LD, n2 * 16, kk * 16, lane);
+        mma16816(s[2 * n2], qf[kk], kb);
+        mma16816(s[2 * n2 + 1], qf[kk], kb + 2);
+        mma16816(dp[2 * n2], df[kk], vb);
+        mma16816(dp[2 * n2 + 1], df[kk], vb + 2);
+      }
+    uint32_t sf[BC / 16][4];
+    for (int nt = 0; nt < BC / 8; nt++) {
+      float sv[4];
+      for (int e = 0; e < 4; e++) {
+        int key = kt * BC + nt * 8 + 2 * tq + (e & 1);
+        int row = e < 2 ? row_a : row_b;
+        float l = e < 2 ? lse_a : lse_b, dl = e < 2 ? dl_a : dl_b;
+        float p = ((kt == last && (key > row || key >= T)) || row >= T) ? 0.f : exp2f(s[nt][e] * scale_log2 - l);
+        sv[e] = p * (dp[nt][e] - dl);
+      }
+      sf[nt / 2][(nt & 1) * 2 + 0] = pack2(sv[0], sv[1]);
+      sf[nt / 2][(nt & 1) * 2 + 1] = pack2(sv[2], sv[3]);
+    }
+    for (int kk = 0; kk < BC / 16; kk++)
+      for (int n2 = 0; n2 < D / 16; n2++) {
+        uint32_t kb[4];
+        frag_b_kmajor(kb, Ks, LD, n2 * 16, kk * 16, lane);
+        mma16816(acc[2 * n2], sf[kk], kb);
+        mma16816(acc[2 * n2 + 1], sf[kk], kb + 2);
+      }
+    __syncthreads();
+  }
+  if (row_a < T) {
+    bf16* p = dq + (((long)b * T + row_a) * NH + h) * D;
+    for (int nd = 0; nd < D / 8; nd++)
+      *reinterpret_cast<uint32_t*>(p + nd * 8 + 2 * tq) = pack2(acc[nd][0] * scale, acc[nd][1] * scale);
+  }
+  if (row_b < T) {
+    bf16* p = dq + (((long)b * T + row_b) * NH + h) * D;
+    for (int nd = 0; nd < D / 8; nd++)
+      *reinterpret_cast<uint32_t*>(p + nd * 8 + 2 * tq) = pack2(acc[nd][2] * scale, acc[nd][3] * scale);
+  }
 }
 
 // The forward's second launch bound is the blocks per SM it must fit: for D = 128 three (≤ 168 registers a
@@ -380,15 +417,16 @@ __device__ void flash_dq_convert_impl(const float* acc, bf16* dq, long n, float 
   }                                                                                                       \
   extern "C" __global__ void __launch_bounds__(128) flash_bwd_dkdv_d##DIM(                                \
       const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, \
-      bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV, float sl2, float scale) {                \
-    flash_bwd_dkdv<DIM>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, sl2, scale);               \
+      bf16* dk, bf16* dv, int T, int NH, int NKV, float sl2, float scale) {                               \
+    flash_bwd_dkdv<DIM>(q, k, v, dout, lse, delta, dk, dv, T, NH, NKV, sl2, scale);                       \
+  }                                                                                                       \
+  extern "C" __global__ void __launch_bounds__(128) flash_bwd_dq_d##DIM(                                  \
+      const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, \
+      bf16* dq, int T, int NH, int NKV, float sl2, float scale) {                                         \
+    flash_bwd_dq<DIM>(q, k, v, dout, lse, delta, dq, T, NH, NKV, sl2, scale);                             \
   }
 ATTN(64, 4)
 ATTN(128, 3)
-
-extern "C" __global__ void flash_dq_convert(const float* acc, bf16* dq, long n, float scale) {
-  flash_dq_convert_impl(acc, dq, n, scale);
-}
 
 extern "C" __global__ void flash_delta(const bf16* o, const bf16* dout, float* delta, long rows, int T, int NH,
                                        int D) {

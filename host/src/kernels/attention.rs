@@ -2,8 +2,7 @@
 //! q [B, T, NH, D], k/v [B, T, NKV, D] (query head h reads kv head h / (NH/NKV)), output [B, T, NH, D].
 //! On CUDA (bf16, D = 64 or 128) 64×64 tiles of scores live only in registers (tensor-core mma, f32
 //! statistics, online softmax); the per-row log-sum-exp is kept for the backward, which recomputes the
-//! probabilities tile by tile once, in one kernel per key tile that writes dK/dV and adds dQ into an f32
-//! buffer with atomics (FlashAttention-2's five tile products; dQ's summation order varies run to run).
+//! probabilities tile by tile (one kernel for dK/dV per key tile, one for dQ per query tile: no atomics).
 //! Nothing of size [T, T] is stored (kernels/attention.cuh).
 //! The log-sum-exp is in units of log₂ of the scaled scores: lse₂ = log₂ Σ_j exp(q·k_j/√D).
 //! The CPU twin computes the same in f32 loops (for tests; the CPU model uses the plain path).
@@ -336,12 +335,10 @@ fn cuda_bwd(
     let dk = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
     let dv = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
     let dq = unsafe { dev.alloc::<bf16>(rows * d) }?;
-    // dQ summed by the key-tile CTAs with atomic adds into a zeroed f32 buffer, then scaled into bf16
-    let dq_acc = dev.alloc_zeros::<f32>(rows * d)?;
     let tile = 64 * (d + 8) * 2;
     let scale = 1.0 / (d as f32).sqrt();
     let sl2 = std::f32::consts::LOG2_E * scale;
-    // dK, dV, dQ: one CTA per (key tile, kv head, sequence); K, V and two buffers of (Q, dO) + lse/delta
+    // dK, dV: one CTA per (key tile, kv head, sequence); K, V and two buffers of (Q, dO) + lse/delta
     let smem = (6 * tile + 1024) as u32;
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(64) as u32, nkv as u32, b as u32),
@@ -350,14 +347,17 @@ fn cuda_bwd(
     };
     let name = format!("flash_bwd_dkdv_d{d}");
     launch!(dev, name, cfg, smem = smem;
-        &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &dq_acc, &t_i, &nh_i, &nkv_i, &sl2, &scale);
-    let n_i = (rows * d) as i64;
+        &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    // dQ: one CTA per (query tile, head, sequence); two buffers of (K, V)
+    let smem = (4 * tile) as u32;
     let cfg = LaunchConfig {
-        grid_dim: ((rows * d).div_ceil(256).min(65_535) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        grid_dim: (t.div_ceil(64) as u32, nh as u32, b as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
     };
-    launch!(dev, "flash_dq_convert", cfg; &dq_acc, &dq, &n_i, &scale);
+    let name = format!("flash_bwd_dq_d{d}");
+    launch!(dev, name, cfg, smem = smem;
+        &qv, &kv, &vv, &dv_, &lv_, &delta, &dq, &t_i, &nh_i, &nkv_i, &sl2, &scale);
     Ok((
         wrap(dq, dev, (b, t, nh, d)),
         wrap(dk, dev, (b, t, nkv, d)),

@@ -408,10 +408,8 @@ __device__ void flash_bwd_dq(const bf16* q, const bf16* k, const bf16* v, const 
   }
 }
 
-// The forward's second launch bound is the blocks per SM it must fit: for D = 128 three (≤ 168 registers a
-// thread; it needs 167 without spills under nvcc 13.0, 171 unbounded — two blocks), for D = 64 four (≤ 128).
-#define ATTN(DIM, FWD_BLOCKS)                                                                              \
-  extern "C" __global__ void __launch_bounds__(128, FWD_BLOCKS) flash_fwd_d##DIM(                         \
+#define ATTN(DIM)                                                                                          \
+  extern "C" __global__ void __launch_bounds__(128) flash_fwd_d##DIM(                                     \
       const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T, int NH, int NKV, float sl2) { \
     flash_fwd<DIM>(q, k, v, o, lse, T, NH, NKV, sl2);                                                     \
   }                                                                                                       \
@@ -425,8 +423,8 @@ __device__ void flash_bwd_dq(const bf16* q, const bf16* k, const bf16* v, const 
       bf16* dq, int T, int NH, int NKV, float sl2, float scale) {                                         \
     flash_bwd_dq<DIM>(q, k, v, dout, lse, delta, dq, T, NH, NKV, sl2, scale);                             \
   }
-ATTN(64, 4)
-ATTN(128, 3)
+ATTN(64)
+ATTN(128)
 
 extern "C" __global__ void flash_delta(const bf16* o, const bf16* dout, float* delta, long rows, int T, int NH,
                                        int D) {

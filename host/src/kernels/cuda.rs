@@ -103,19 +103,14 @@ macro_rules! by_dtype {
 pub(crate) use by_dtype;
 
 /// Queues kernel `$name` of the fused module on `$dev` with `$cfg` and the arguments (references).
-/// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes, and above 48 KiB asks for
-/// the largest shared-memory carve-out of the L1 (so as many blocks fit per SM as registers allow: the
-/// attention kernels' 70 KiB tiles three to an SM).
+/// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes.
 macro_rules! launch {
     ($dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {{
-        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute as Attr;
         let f = $dev.get_or_load_custom_func(&$name, $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX)?;
-        f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, $smem as i32)
-            .map_err($crate::kernels::cuda::err)?;
-        if $smem > 48 * 1024 {
-            f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)
-                .map_err($crate::kernels::cuda::err)?;
-        }
+        f.set_attribute(
+            candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            $smem as i32,
+        ).map_err($crate::kernels::cuda::err)?;
         #[allow(unused_imports)]
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
         let mut b = f.builder();

@@ -155,14 +155,16 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Times a closure under a name (synchronised median of 5) and prints the JSON line.
+#[cfg(feature = "cuda")]
+type Timer<'a> =
+    dyn Fn(&str, &mut dyn FnMut() -> candle_core::Result<()>) -> anyhow::Result<()> + 'a;
+
 /// `ATTN_SWEEP=1`: the fused attention alone at 16,384 tokens × 2,048 features (B = 16384/T, heads =
 /// 2048/D) for T ∈ {2048, 4096} and D ∈ {64, 128}, causal, bf16: the forward, and the backward alone
 /// (from a kept forward), named as bench/gpu/ops_reference.py's `ATTN_SWEEP=1` names PyTorch's SDPA.
 #[cfg(feature = "cuda")]
-fn attention_sweep(
-    dev: &candle_core::Device,
-    time: &dyn Fn(&str, &mut dyn FnMut() -> candle_core::Result<()>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+fn attention_sweep(dev: &candle_core::Device, time: &Timer<'_>) -> anyhow::Result<()> {
     use candle_core::{DType, Tensor};
     use wmtp_host::kernels::{self, attention};
     for t in [2048usize, 4096] {

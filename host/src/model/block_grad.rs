@@ -295,14 +295,37 @@ mod tests {
     }
 
     /// With the norm outputs and the SwiGLU product dropped (selective recomputation) the backward
-    /// recomputes them and returns exactly the gradients of the full set, for full fine-tuning (where
-    /// n₁, n₂ and s feed the weight gradients of wq/wk/wv, w1/w3 and w2).
+    /// recomputes them and returns exactly the gradients of the full set: for full fine-tuning (where
+    /// n₁, n₂ and s feed the weight gradients of wq/wk/wv, w1/w3 and w2) and for LoRA on every linear
+    /// layer with dropout (the masks stay kept; the recomputed inputs meet them).
     #[test]
     fn dropping_the_elementwise_activations_changes_no_gradient() -> Result<()> {
+        for full in [true, false] {
+            dropping_changes_nothing(full)?;
+        }
+        Ok(())
+    }
+
+    fn dropping_changes_nothing(full_ft: bool) -> Result<()> {
         let dev = Device::Cpu;
         let args = ModelArgs::preset("tiny").expect("preset");
         let mut m = Transformer::random(args, 11, DType::F32, &dev)?;
-        m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
+        if full_ft {
+            m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
+        } else {
+            let cfg = LoraConfig {
+                dropout: 0.3,
+                target_modules: vec!["all-linear".into()],
+                ..Default::default()
+            };
+            m.add_lora(&cfg, 2)?;
+            m.visit_mut("", &mut |name, p| {
+                if name.ends_with("lora_B.weight") {
+                    let t = Tensor::randn(0f32, 0.1, p.tensor().shape(), &Device::Cpu).unwrap();
+                    p.set_value(t).unwrap();
+                }
+            });
+        }
         let (b, t) = (2, 7);
         let bi = m.block_inputs(t)?;
         let block = &m.layers[1];
@@ -324,7 +347,10 @@ mod tests {
             gs.dx.as_ref().expect("dx")
         )?);
         assert_eq!(gf.params.len(), gs.params.len());
-        assert!(gf.params.len() >= 9, "every weight of the block trains");
+        assert!(
+            gf.params.len() >= if full_ft { 9 } else { 14 },
+            "every weight (or adapter) of the block trains"
+        );
         for ((nf, tf), (ns, ts)) in gf.params.iter().zip(&gs.params) {
             assert_eq!(nf, ns);
             assert!(eq(tf, ts)?, "{nf} differs");

@@ -213,31 +213,37 @@ mod tests {
     use crate::model::{LoraConfig, ModelArgs, ParamGroup, Transformer, VisitParams};
     use candle_core::{DType, Device, Var};
 
+    /// The `tiny` preset from `seed`: every weight trainable (`full`), or LoRA with dropout 0.3 on every
+    /// linear layer (adapters seeded by `lora_seed`) with non-zero B so the adapters carry signal.
+    fn tiny_model(seed: u64, full: bool, lora_seed: u64) -> Result<Transformer> {
+        let args = ModelArgs::preset("tiny").expect("preset");
+        let mut m = Transformer::random(args, seed, DType::F32, &Device::Cpu)?;
+        if full {
+            m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
+            return Ok(m);
+        }
+        let cfg = LoraConfig {
+            dropout: 0.3,
+            target_modules: vec!["all-linear".into()],
+            ..Default::default()
+        };
+        m.add_lora(&cfg, lora_seed)?;
+        m.visit_mut("", &mut |name, p| {
+            if name.ends_with("lora_B.weight") {
+                let t = Tensor::randn(0f32, 0.1, p.tensor().shape(), &Device::Cpu).unwrap();
+                p.set_value(t).unwrap();
+            }
+        });
+        Ok(m)
+    }
+
     /// The hand-written backward equals candle's autograd of the plain forward for one block, with LoRA
     /// dropout on (the same masks are drawn: same seed, same order), for LoRA and for full fine-tuning.
     #[test]
     fn hand_written_block_backward_matches_autograd_with_dropout() -> Result<()> {
         let dev = Device::Cpu;
         for full in [false, true] {
-            let args = ModelArgs::preset("tiny").expect("preset");
-            let mut m = Transformer::random(args, 5, DType::F32, &dev)?;
-            if full {
-                m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
-            } else {
-                let cfg = LoraConfig {
-                    dropout: 0.3,
-                    target_modules: vec!["all-linear".into()],
-                    ..Default::default()
-                };
-                m.add_lora(&cfg, 1)?;
-                // non-zero B so the adapters carry signal
-                m.visit_mut("", &mut |name, p| {
-                    if name.ends_with("lora_B.weight") {
-                        let t = Tensor::randn(0f32, 0.1, p.tensor().shape(), &Device::Cpu).unwrap();
-                        p.set_value(t).unwrap();
-                    }
-                });
-            }
+            let m = tiny_model(5, full, 1)?;
             let (b, t) = (2, 9);
             let bi = m.block_inputs(t)?;
             let block = &m.layers[0];
@@ -308,24 +314,7 @@ mod tests {
 
     fn dropping_changes_nothing(full_ft: bool) -> Result<()> {
         let dev = Device::Cpu;
-        let args = ModelArgs::preset("tiny").expect("preset");
-        let mut m = Transformer::random(args, 11, DType::F32, &dev)?;
-        if full_ft {
-            m.set_trainable_groups(&[ParamGroup::Trunk, ParamGroup::Heads])?;
-        } else {
-            let cfg = LoraConfig {
-                dropout: 0.3,
-                target_modules: vec!["all-linear".into()],
-                ..Default::default()
-            };
-            m.add_lora(&cfg, 2)?;
-            m.visit_mut("", &mut |name, p| {
-                if name.ends_with("lora_B.weight") {
-                    let t = Tensor::randn(0f32, 0.1, p.tensor().shape(), &Device::Cpu).unwrap();
-                    p.set_value(t).unwrap();
-                }
-            });
-        }
+        let m = tiny_model(11, full_ft, 2)?;
         let (b, t) = (2, 7);
         let bi = m.block_inputs(t)?;
         let block = &m.layers[1];

@@ -156,6 +156,19 @@ fn critic_with_a_trainable_trunk_holds_its_memory() {
     );
 }
 
+#[test]
+fn verifiable_lora_with_selective_recomputation_holds_its_memory() {
+    // the kept activations (BlockSaved without its elementwise parts) go with each micro-batch
+    check_with(
+        "verifiable",
+        "LoRA, selective",
+        &[
+            "training.use_lora=true",
+            "runtime.activation_checkpointing=selective",
+        ],
+    );
+}
+
 /// `wmtp run` with `args`; returns (success, stderr).
 fn wmtp(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_wmtp"))

@@ -36,14 +36,12 @@ impl ActivationCheckpointing {
     /// The config spellings, for messages.
     pub const NAMES: &'static str = "blocks, selective or none";
 
-    /// Parses a config spelling (`blocks`, `none`, `selective`).
+    /// Parses a config spelling (`blocks`, `none`, `selective`) as the config file's deserializer does.
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "blocks" => Some(Self::Blocks),
-            "none" => Some(Self::None),
-            "selective" => Some(Self::Selective),
-            _ => None,
-        }
+        use serde::de::IntoDeserializer;
+        let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            s.into_deserializer();
+        Self::deserialize(d).ok()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::head_ce::{head_ce_sums, plain_ce};
 use super::session::Session;
-use super::step::{forward_and_batch, Models, Weigher};
+use super::step::{add_metrics, forward_and_batch, Models, Weigher};
 use crate::data::batcher::{collate, Batcher, Items};
 use crate::model::{ForwardCtx, Transformer};
 use anyhow::{bail, Result};
@@ -41,12 +41,17 @@ pub fn evaluate(
         Err(_) => return Ok(None),
     };
     let n = b.batches_per_epoch();
-    let batches: Vec<_> = (0..n).map(|_| b.next_samples()).collect();
     let (rank, world) = (m.strategy.rank(), m.strategy.world_size().max(1));
+    // batch i of the stream is rank (i mod W)'s; past the end a rank repeats batch 0 with weight 0
+    // until every rank has run ⌈n/W⌉ (only batch 0 is held beyond its turn)
+    let first = b.next_samples();
     let mut sums = ValidationSums::default();
-    for round in 0..n.div_ceil(world) {
-        let i = round * world + rank;
-        let (samples, ids) = &batches[i % n];
+    for i in 0..n.div_ceil(world) * world {
+        let drawn = (i > 0 && i < n).then(|| b.next_samples());
+        if i % world != rank {
+            continue;
+        }
+        let (samples, ids) = drawn.as_ref().unwrap_or(&first);
         let mb = collate(samples, ids.clone(), pad, m.model.device())?;
         let (_, st, batch) = forward_and_batch(m, w, &mb, 0, 0, false)?;
         let c = w.weigh(&batch, false)?;
@@ -83,12 +88,7 @@ impl ValidationSums {
             self.head_n[k] += weight * n[k];
         }
         self.loss += weight * c.loss;
-        for (k, x) in &c.metrics {
-            match self.metrics.iter_mut().find(|(name, _)| name == k) {
-                Some(e) => e.1 += weight * x,
-                None => self.metrics.push((k.clone(), weight * x)),
-            }
-        }
+        add_metrics(&mut self.metrics, &c.metrics, weight);
     }
 
     /// The sums added over the ranks, as means over the `n` batches (head CE over tokens).

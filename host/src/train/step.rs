@@ -266,6 +266,17 @@ fn lap(dev: &candle_core::Device, since: &mut Instant) -> Result<f64> {
     Ok(s)
 }
 
+/// Adds `weight` × each plugin metric of one call into `sums` by name, new names appended in first-seen
+/// order (the plugin host caps a call at MAX_METRICS names, so the linear search stays cheap).
+pub fn add_metrics(sums: &mut Vec<(String, f64)>, metrics: &[(String, f64)], weight: f64) {
+    for (k, x) in metrics {
+        match sums.iter_mut().find(|(name, _)| name == k) {
+            Some(e) => e.1 += weight * x,
+            None => sums.push((k.clone(), weight * x)),
+        }
+    }
+}
+
 /// This rank's next micro-batch of the one sample stream: the stream's next W, of which rank r takes the
 /// r-th (so W ranks see what one rank drawing W in turn would).
 fn draw_for_rank(
@@ -332,12 +343,7 @@ pub fn accumulate(
         rep.loss += c.loss / accum as f64;
         rep.ce += super::head_ce::plain_ce(&st) / accum as f64;
         rep.tokens += mb.target_mask.iter().filter(|&&x| x != 0).count();
-        for (k, v) in c.metrics {
-            match metric_sums.iter_mut().find(|(n, _)| *n == k) {
-                Some(e) => e.1 += v / accum as f64,
-                None => metric_sums.push((k, v / accum as f64)),
-            }
-        }
+        add_metrics(&mut metric_sums, &c.metrics, 1.0 / accum as f64);
     }
     // each call is capped (plugin-host's MAX_METRICS); the step's line merges the micro-batches' names,
     // so a plugin naming new metrics in every call is capped here too

@@ -162,7 +162,9 @@ type Timer<'a> =
 
 /// `ATTN_SWEEP=1`: the fused attention alone at 16,384 tokens × 2,048 features (B = 16384/T, heads =
 /// 2048/D) for T ∈ {2048, 4096} and D ∈ {64, 128}, causal, bf16: the forward, and the backward alone
-/// (from a kept forward), named as bench/gpu/ops_reference.py's `ATTN_SWEEP=1` names PyTorch's SDPA.
+/// (from a kept forward), named as bench/gpu/ops_reference.py's `ATTN_SWEEP=1` names PyTorch's SDPA;
+/// then a `check` line per case (one batch row of each, and three small cases with partial tiles and
+/// grouped-query heads): max |fused − plain f32| / max |plain| of o, dq, dk and dv.
 #[cfg(feature = "cuda")]
 fn attention_sweep(dev: &candle_core::Device, time: &Timer<'_>) -> anyhow::Result<()> {
     use candle_core::{DType, Tensor};
@@ -182,9 +184,78 @@ fn attention_sweep(dev: &candle_core::Device, time: &Timer<'_>) -> anyhow::Resul
             time(&format!("attention T{t} D{d} bwd"), &mut || {
                 attention::attention_backward(&q, &k, &v, &o, &dout, lse.as_ref()).map(|_| ())
             })?;
+            let one = |x: &Tensor| x.narrow(0, 0, 1);
+            let name = format!("attention T{t} D{d}");
+            check_attention(&name, &one(&q)?, &one(&k)?, &one(&v)?, &one(&dout)?)?;
         }
     }
+    // partial tiles (T not a multiple of 64) and grouped-query heads
+    for (b, t, nh, nkv, d) in [(2, 200, 8, 2, 128), (1, 129, 4, 4, 64), (2, 64, 2, 1, 128)] {
+        let r = |h: usize| -> candle_core::Result<Tensor> {
+            Tensor::randn(0f32, 1.0, (b, t, h, d), dev)?.to_dtype(DType::BF16)
+        };
+        let name = format!("attention b{b} T{t} NH{nh} NKV{nkv} D{d}");
+        check_attention(&name, &r(nh)?, &r(nkv)?, &r(nkv)?, &r(nh)?)?;
+    }
     Ok(())
+}
+
+/// Prints a `check` line: max |fused − plain f32| / max |plain| of o, dq, dk and dv for these inputs.
+#[cfg(feature = "cuda")]
+fn check_attention(
+    name: &str,
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    dout: &candle_core::Tensor,
+) -> anyhow::Result<()> {
+    use candle_core::{DType, Tensor};
+    use wmtp_host::kernels::{self, attention};
+    let kn = kernels::Kernels::from_flag(true);
+    let (o, lse) = attention::attention_forward(kn, q, k, v)?;
+    let grads = attention::attention_backward(q, k, v, &o, dout, lse.as_ref())?;
+    let (o_ref, g_ref) = plain_reference(q, k, v, dout)?;
+    let err = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> {
+        let b = b.to_dtype(DType::F32)?;
+        let diff = (a.to_dtype(DType::F32)? - &b)?.abs()?.max_all()?;
+        (diff / b.abs()?.max_all()?)?.to_scalar::<f32>()
+    };
+    println!(
+        "{{\"check\": \"{name}\", \"max_rel_err\": {{\"o\": {:.4}, \"dq\": {:.4}, \"dk\": {:.4}, \"dv\": {:.4}}}}}",
+        err(&o, &o_ref)?,
+        err(&grads.0, &g_ref[0])?,
+        err(&grads.1, &g_ref[1])?,
+        err(&grads.2, &g_ref[2])?
+    );
+    Ok(())
+}
+
+/// The plain-path reference of one batch row: output and (dq, dk, dv) by candle autograd in f32 over
+/// `attention_plain` (the path the fused kernels are tested against in tests/gpu.rs).
+#[cfg(feature = "cuda")]
+fn plain_reference(
+    q: &candle_core::Tensor,
+    k: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    dout: &candle_core::Tensor,
+) -> candle_core::Result<(candle_core::Tensor, [candle_core::Tensor; 3])> {
+    use candle_core::{DType, Var};
+    let vars = [q, k, v].map(|x| x.to_dtype(DType::F32).and_then(|x| Var::from_tensor(&x)));
+    let [qv, kv, vv] = vars;
+    let (qv, kv, vv) = (qv?, kv?, vv?);
+    let o = wmtp_host::kernels::attention::attention_plain(
+        qv.as_tensor(),
+        kv.as_tensor(),
+        vv.as_tensor(),
+    )?;
+    let grads = (&o * dout.to_dtype(DType::F32)?)?.sum_all()?.backward()?;
+    let g = |x: &Var| {
+        grads
+            .get(x.as_tensor())
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("attention reference: no gradient".into()))
+    };
+    Ok((o, [g(&qv)?, g(&kv)?, g(&vv)?]))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -96,7 +96,7 @@ impl Transformer {
 
     /// A randomly initialised model of shape `args` (seeded), in `dtype` on `dev`.
     pub fn random(args: ModelArgs, seed: u64, dtype: DType, dev: &Device) -> Result<Self> {
-        let w = super::init::random_weights(&args, seed)?;
+        let w = super::init::random_weights(&args, seed, dtype)?;
         Transformer::load(args, WeightMap::new(w, "random init", dtype, dev))
     }
 

@@ -12,14 +12,17 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 ROWS=${ROWS:-1b_mtp:8:lora 1b_mtp:8:full}
 SIDES=${SIDES:-wmtp-blocks,wmtp-selective,wmtp-none,pytorch}
+ours=()
 for side in BEFORE AFTER; do
   bin=${!side:-}
   [ -n "$bin" ] || continue
   ATTN_SWEEP=1 timeout 300 "$bin" > "$OUT/sweep_$side.jsonl" 2> "$OUT/sweep_$side.err" || tail -3 "$OUT/sweep_$side.err"
   echo "== $side: $bin"
-  ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours "$OUT/sweep_$side.jsonl" | grep ours_over_sdpa
   grep check "$OUT/sweep_$side.jsonl"
+  ours+=(--ours "$OUT/sweep_$side.jsonl")
 done
+# SDPA once, with a ratio line per build
+[ ${#ours[@]} -gt 0 ] && ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py "${ours[@]}" | grep ours_over_sdpa
 if [ -n "${WMTP:-}" ]; then
   # shellcheck disable=SC2086
   python3 bench/gpu/run.py --wmtp "$WMTP" --plugin plugins/baseline.wasm --rows $ROWS --sides "$SIDES" \

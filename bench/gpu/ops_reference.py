@@ -8,7 +8,7 @@ block at B×2048 tokens in bf16, synchronised median of 5, JSON lines {"op", "ms
 `ATTN_SWEEP=1`: SDPA alone (PyTorch's choice of backend: cuDNN or flash) at 16,384 tokens × 2,048 features
 for T ∈ {2048, 4096}, D ∈ {64, 128}, causal, bf16 — the forward, and the backward alone
 (`torch.autograd.grad` of a kept forward) — under the names bench/gpu_ops.rs's `ATTN_SWEEP=1` prints;
-`--ours FILE` (its output) adds a line per op with ours/SDPA time.
+`--ours FILE` (its output; repeatable, one SDPA run for several builds) adds a line per op with ours/SDPA time.
 """
 import json
 import os
@@ -55,24 +55,27 @@ def attention_sweep():
 
 
 def ratios(ours_path, theirs):
-    """ours/SDPA per op name, from bench/gpu_ops.rs's JSON lines in `ours_path`."""
+    """ours/SDPA per op name, from bench/gpu_ops.rs's timing lines in `ours_path` (its `check` lines are
+    skipped); each line names the file."""
     ours = {}
     for line in open(ours_path):
         line = line.strip()
         if line.startswith("{"):
             r = json.loads(line)
-            ours[r["op"]] = r["ms"]
+            if "op" in r:
+                ours[r["op"]] = r["ms"]
     for name, ms in theirs.items():
         if name in ours:
-            print(json.dumps({"op": name, "ours_ms": ours[name], "sdpa_ms": ms,
+            print(json.dumps({"ours": ours_path, "op": name, "ours_ms": ours[name], "sdpa_ms": ms,
                               "ours_over_sdpa": round(ours[name] / ms, 3)}), flush=True)
 
 
 def main():
     if os.environ.get("ATTN_SWEEP") == "1":
         attention_sweep()
-        if "--ours" in sys.argv:
-            ratios(sys.argv[sys.argv.index("--ours") + 1], TIMES)
+        for i, arg in enumerate(sys.argv):
+            if arg == "--ours":
+                ratios(sys.argv[i + 1], TIMES)
         return
     b, t = int(os.environ.get("B", 8)), 2048
     dev = "cuda"

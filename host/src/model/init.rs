@@ -24,24 +24,26 @@ pub fn normal_tensor_as(
     std: f64,
     dtype: DType,
 ) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
     let std = std as f32;
-    let mut draw = || std * rng.sample::<f32, _>(StandardNormal);
-    let t = match dtype {
-        DType::BF16 => {
-            let v: Vec<half::bf16> = (0..n).map(|_| half::bf16::from_f32(draw())).collect();
-            Tensor::from_vec(v, shape, &Device::Cpu)?
-        }
-        DType::F16 => {
-            let v: Vec<half::f16> = (0..n).map(|_| half::f16::from_f32(draw())).collect();
-            Tensor::from_vec(v, shape, &Device::Cpu)?
-        }
-        _ => {
-            let v: Vec<f32> = (0..n).map(|_| draw()).collect();
-            Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?
-        }
-    };
-    Ok(t)
+    let draw = || std * rng.sample::<f32, _>(StandardNormal);
+    match dtype {
+        DType::BF16 => draws_as(shape, draw, half::bf16::from_f32),
+        DType::F16 => draws_as(shape, draw, half::f16::from_f32),
+        _ => draws_as(shape, draw, |x| x)?
+            .to_dtype(dtype)
+            .map_err(Into::into),
+    }
+}
+
+/// A tensor of `shape` filled with draws, each converted by `to` (the f32 → bf16/f16 rounding a cast
+/// does) as it is drawn.
+fn draws_as<T: candle_core::WithDType>(
+    shape: &[usize],
+    mut draw: impl FnMut() -> f32,
+    to: fn(f32) -> T,
+) -> Result<Tensor> {
+    let v: Vec<T> = (0..shape.iter().product()).map(|_| to(draw())).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
 /// The tensors of one block under `prefix`, random (linears) and ones (norms).

@@ -90,7 +90,7 @@ fn the_latest_checkpoint_always_loads_after_kill_9() {
             continue; // killed before the first checkpoint
         };
         // the latest complete checkpoint loads: config, trainer state, weights, optimiser, plugin state
-        let (s, st, _) = wmtp_host::run::resume::resume_session(&latest, &[], None, false, false)
+        let (s, st, _) = wmtp_host::run::resume::resume_session(&latest, &[], None, false, None)
             .unwrap_or_else(|e| panic!("round {round}: {} does not load: {e:#}", latest.display()));
         assert_eq!(st.step, s.optimizer.steps_taken());
         steps_seen.push(st.step);
@@ -151,6 +151,6 @@ fn ctrl_c_saves_says_so_and_exits_130() {
     assert!(err.contains("interrupted at step"), "{err}");
     let latest = checkpoint::latest(&run_dir).expect("a checkpoint");
     assert!(err.contains(&latest.display().to_string()), "{err}");
-    wmtp_host::run::resume::resume_session(&latest, &[], None, false, false)
+    wmtp_host::run::resume::resume_session(&latest, &[], None, false, None)
         .unwrap_or_else(|e| panic!("{} does not load: {e:#}", latest.display()));
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use wmtp_host::model::{Transformer, ValueHead, VisitParams};
 use wmtp_host::parallel::fsdp::Fsdp;
 use wmtp_host::parallel::local;
+use wmtp_host::parallel::Communicator;
 use wmtp_host::train::config::RunConfig;
 use wmtp_host::train::session::Session;
 use wmtp_host::train::session_step::train_step;
@@ -106,7 +107,11 @@ pub fn sharded_over(
         .into_iter()
         .map(|c| {
             std::thread::spawn(move || {
-                let mut s = Session::new(config(accum, lora, p.set), &plugin(p.plugin)).unwrap();
+                // as a launched rank builds it: policy in host memory, a LoRA preset drawing only
+                // the weights this rank's shards read (train::shard_init)
+                let place = Some((world, c.rank()));
+                let mut s =
+                    Session::new_for(config(accum, lora, p.set), &plugin(p.plugin), place).unwrap();
                 s.shard(wrap(c)).unwrap();
                 let losses = (0..STEPS)
                     .map(|i| train_step(&mut s, i).unwrap().loss)

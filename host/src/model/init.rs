@@ -86,6 +86,20 @@ pub fn random_weights(
     seed: u64,
     dtype: DType,
 ) -> Result<HashMap<String, Tensor>> {
+    random_weights_where(args, seed, dtype, &|_| true)
+}
+
+/// [`random_weights`] with only the tensors `draw` names drawn (each the same values as in the full
+/// checkpoint: its stream depends on the seed and its name alone); the others are placeholders — one
+/// zero broadcast to the shape, no memory. FSDP start-up draws just the tensors a rank's shards read
+/// (`parallel::fsdp::names_in_shard`), so W launched ranks share the work of one instead of each
+/// drawing the whole model.
+pub fn random_weights_where(
+    args: &ModelArgs,
+    seed: u64,
+    dtype: DType,
+    draw: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<HashMap<String, Tensor>> {
     let (d, v, f) = (args.dim, args.vocab_size, args.hidden_dim());
     let kv = args.kv_heads() * args.head_dim();
     // (name, shape, std); std 0 = ones (norm gains)
@@ -113,6 +127,12 @@ pub fn random_weights(
             plan.push((format!("{prefix}{name}.weight"), vec![d], 0.0));
         }
     }
+    let (mut plan, skipped): (Vec<_>, Vec<_>) =
+        plan.into_iter().partition(|(name, _, _)| draw(name));
+    let out = skipped
+        .into_iter()
+        .map(|(name, shape, _)| Ok((name, placeholder(&shape, dtype)?)))
+        .collect::<Result<Vec<_>>>()?;
     // largest first, spread over the cores
     plan.sort_by_key(|(_, s, _)| std::cmp::Reverse(s.iter().product::<usize>()));
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -146,7 +166,19 @@ pub fn random_weights(
             })
             .collect::<Result<Vec<_>>>()
     })?;
-    Ok(made.into_iter().flatten().collect())
+    Ok(made.into_iter().flatten().chain(out).collect())
+}
+
+/// Whether `t` is a [`placeholder`] (or any broadcast of one value): more than one element, all strides
+/// zero.
+pub fn is_placeholder(t: &Tensor) -> bool {
+    t.elem_count() > 1 && t.stride().iter().all(|&s| s == 0)
+}
+
+/// A tensor of `shape` that costs no memory: one zero broadcast (stride 0) — stands for a weight that
+/// is never read (see [`random_weights_where`]).
+pub fn placeholder(shape: &[usize], dtype: DType) -> Result<Tensor> {
+    Ok(Tensor::zeros((), dtype, &Device::Cpu)?.broadcast_as(shape)?)
 }
 
 /// FNV-1a of a tensor name: the per-tensor stream of [`random_weights`].

@@ -3,7 +3,7 @@
 //! [r·n/W, (r+1)·n/W) of the padded vector. All-gather rebuilds the vector; the unpadded prefix splits
 //! back into the tensors.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 
 /// Where each tensor of a unit sits in its flat vector, and the padding.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,12 +41,11 @@ impl FlatLayout {
         self.padded / self.world
     }
 
-    /// `tensors` (laid out as `self`) flattened, concatenated and zero-padded: [`FlatLayout::padded`]
-    /// elements.
-    pub fn flatten(&self, tensors: &[Tensor]) -> Result<Tensor> {
+    /// Errors unless `tensors` match the layout's parts in number and shape.
+    fn check(&self, what: &str, tensors: &[Tensor]) -> Result<()> {
         if tensors.len() != self.parts.len() {
             bail!(
-                "flatten: {} tensors for a layout of {}",
+                "{what}: {} tensors for a layout of {}",
                 tensors.len(),
                 self.parts.len()
             );
@@ -54,14 +53,22 @@ impl FlatLayout {
         for (t, (shape, _)) in tensors.iter().zip(&self.parts) {
             if t.dims() != shape.as_slice() {
                 bail!(
-                    "flatten: a tensor of {:?} where the layout has {shape:?}",
+                    "{what}: a tensor of {:?} where the layout has {shape:?}",
                     t.dims()
                 );
             }
         }
-        let Some(first) = tensors.first() else {
-            bail!("flatten: an empty layout");
-        };
+        if tensors.is_empty() {
+            bail!("{what}: an empty layout");
+        }
+        Ok(())
+    }
+
+    /// `tensors` (laid out as `self`) flattened, concatenated and zero-padded: [`FlatLayout::padded`]
+    /// elements.
+    pub fn flatten(&self, tensors: &[Tensor]) -> Result<Tensor> {
+        self.check("flatten", tensors)?;
+        let first = &tensors[0];
         let mut flat: Vec<Tensor> = tensors
             .iter()
             .map(|t| t.flatten_all())
@@ -76,16 +83,54 @@ impl FlatLayout {
         Tensor::cat(&flat, 0)
     }
 
-    /// Rank `rank`'s shard of `tensors` (laid out as `self`): a 1-D tensor of [`FlatLayout::shard_len`]
-    /// in storage of its own — a view of the flattened whole would keep the whole alive (candle's
-    /// `copy` and uploads copy a view's entire storage), so every rank would hold the full unit.
+    /// Indices of the parts that overlap rank `rank`'s slice [r·n/W, (r+1)·n/W): the only tensors its
+    /// shard reads (FSDP start-up draws just these for a random model, see `model::init`).
+    pub fn parts_in_shard(&self, rank: usize) -> Vec<usize> {
+        let (lo, hi) = (rank * self.shard_len(), (rank + 1) * self.shard_len());
+        self.parts
+            .iter()
+            .enumerate()
+            .filter(|(_, (shape, off))| *off < hi && off + shape.iter().product::<usize>() > lo)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Rank `rank`'s shard of `tensors` (laid out as `self`) as a 1-D tensor of
+    /// [`FlatLayout::shard_len`] in storage of its own (a view of the flattened whole would keep the
+    /// whole alive: candle's `copy` and uploads copy a view's entire storage).
     pub fn shard(&self, tensors: &[Tensor], rank: usize) -> Result<Tensor> {
+        match tensors.first() {
+            Some(t) => self.shard_as(tensors, rank, t.dtype()),
+            None => bail!("shard: an empty layout"),
+        }
+    }
+
+    /// [`FlatLayout::shard`] in `dtype`. Only the pieces of the tensors that fall in the slice are read
+    /// and converted ([`FlatLayout::parts_in_shard`]): the other tensors are never touched, so a rank's
+    /// start-up costs its 1/W of the unit, not the whole unit.
+    pub fn shard_as(&self, tensors: &[Tensor], rank: usize, dtype: DType) -> Result<Tensor> {
+        self.check("shard", tensors)?;
         if rank >= self.world {
             bail!("shard: rank {rank} of a layout over {}", self.world);
         }
-        self.flatten(tensors)?
-            .narrow(0, rank * self.shard_len(), self.shard_len())?
-            .force_contiguous()
+        let (lo, hi) = (rank * self.shard_len(), (rank + 1) * self.shard_len());
+        let mut pieces = Vec::new();
+        for i in self.parts_in_shard(rank) {
+            let (shape, off) = &self.parts[i];
+            let n: usize = shape.iter().product();
+            let (a, b) = (lo.max(*off), hi.min(off + n));
+            pieces.push(
+                tensors[i]
+                    .flatten_all()?
+                    .narrow(0, a - off, b - a)?
+                    .to_dtype(dtype)?,
+            );
+        }
+        if hi > self.numel {
+            let pad = hi - lo.max(self.numel);
+            pieces.push(Tensor::zeros(pad, dtype, tensors[0].device())?);
+        }
+        Tensor::cat(&pieces, 0)?.force_contiguous()
     }
 
     /// The tensors back from the gathered flat vector (length `padded`).
@@ -149,6 +194,44 @@ mod tests {
             let back = l.unflatten(&Tensor::cat(&shards, 0)?)?;
             assert_eq!(back[0].to_vec2::<f32>()?, a.to_vec2::<f32>()?);
             assert_eq!(back[1].to_vec1::<f32>()?, b.to_vec1::<f32>()?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_shard_reads_only_the_parts_in_its_slice_and_equals_the_flat_cut() -> Result<()> {
+        let dev = Device::Cpu;
+        let shapes = [vec![3, 5], vec![7], vec![2, 2], vec![9]];
+        let ts: Vec<Tensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n = s.iter().product::<usize>();
+                let base = 100.0 * i as f32;
+                Tensor::arange(base, base + n as f32, &dev)?.reshape(s.as_slice())
+            })
+            .collect::<Result<_>>()?;
+        for world in 1..=7 {
+            let l = FlatLayout::new(&shapes, world);
+            let flat = l.flatten(&ts)?;
+            for r in 0..world {
+                let want = flat.narrow(0, r * l.shard_len(), l.shard_len())?;
+                let got = l.shard_as(&ts, r, candle_core::DType::F64)?;
+                assert_eq!(got.dtype(), candle_core::DType::F64);
+                assert_eq!(
+                    got.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+                    want.to_vec1::<f32>()?
+                );
+                // the parts it reads are exactly those whose elements fall in [r·L, (r+1)·L)
+                let (lo, hi) = (r * l.shard_len(), (r + 1) * l.shard_len());
+                let reads: Vec<usize> = (0..ts.len())
+                    .filter(|&i| {
+                        let (s, off) = &l.parts[i];
+                        (*off..off + s.iter().product::<usize>()).any(|e| lo <= e && e < hi)
+                    })
+                    .collect();
+                assert_eq!(l.parts_in_shard(r), reads, "world {world} rank {r}");
+            }
         }
         Ok(())
     }

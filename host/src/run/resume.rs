@@ -89,19 +89,19 @@ fn resume_plugin(
 }
 
 /// A session restored from checkpoint (or run folder) `path`, with `overrides` applied to its config
-/// (parsed and validated like a fresh run's). `for_sharding`: the session will be sharded, its policy
-/// is built in host memory ([`Session::new_for`]).
+/// (parsed and validated like a fresh run's). `shard_place`: (world size, rank) when the session will be
+/// sharded: its policy is built in host memory ([`Session::new_for`]).
 pub fn resume_session(
     path: &Path,
     overrides: &[String],
     pipeline: Option<&Path>,
     allow_plugin_change: bool,
-    for_sharding: bool,
+    shard_place: Option<(usize, usize)>,
 ) -> Result<(Session, TrainerState, PathBuf)> {
     let ckpt = checkpoint_to_resume(path)?;
     let (cfg, mut st) = checkpoint::read_meta(&ckpt, overrides)?;
     let (plugin, identity) = resume_plugin(&st, pipeline, allow_plugin_change)?;
-    let mut s = Session::new_for(cfg, &plugin, for_sharding)?;
+    let mut s = Session::new_for(cfg, &plugin, shard_place)?;
     let identity = compiled_identity(&s, identity)?;
     if !st.pipeline_sha256.is_empty() && !allow_plugin_change && identity.1 != st.pipeline_sha256 {
         bail!(

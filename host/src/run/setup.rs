@@ -40,6 +40,7 @@ pub fn start(opts: &RunOptions) -> Result<Started> {
             set.push(format!("model.device=\"cuda:{}\"", d.local_rank));
         }
     }
+    let place = dist.as_ref().map(|d| (d.world_size, d.rank));
     let (mut session, state, resumed) = match &opts.resume {
         Some(path) => {
             let (s, st, ckpt) = super::resume::resume_session(
@@ -47,11 +48,11 @@ pub fn start(opts: &RunOptions) -> Result<Started> {
                 &set,
                 opts.pipeline.as_deref(),
                 opts.allow_plugin_change,
-                dist.is_some(),
+                place,
             )?;
             (s, st, Some(ckpt))
         }
-        None => fresh(opts, &set, dist.is_some())?,
+        None => fresh(opts, &set, place)?,
     };
     let rank = match &dist {
         Some(d) => {
@@ -74,7 +75,7 @@ pub fn start(opts: &RunOptions) -> Result<Started> {
 fn fresh(
     opts: &RunOptions,
     set: &[String],
-    sharded: bool,
+    shard_place: Option<(usize, usize)>,
 ) -> Result<(Session, TrainerState, Option<PathBuf>)> {
     let pipeline = opts
         .pipeline
@@ -82,7 +83,7 @@ fn fresh(
         .context("--pipeline is required (a .wasm plugin)")?;
     let cfg = RunConfig::load(opts.config.as_deref(), set)?;
     // a sharded run builds its policy in host memory: only the shards reach the device
-    let s = Session::new_for(cfg, &pipeline, sharded)?;
+    let s = Session::new_for(cfg, &pipeline, shard_place)?;
     let identity = super::resume::plugin_identity(&pipeline)?;
     let (pipeline, pipeline_sha256) = super::resume::compiled_identity(&s, identity)?;
     let st = TrainerState {

@@ -18,24 +18,29 @@ use wmtp_plugin_host::{InputKind, Plugin, PluginLimits, PluginRuntime};
 impl Session {
     /// Builds a session for the pipeline plugin at `pipeline_path`.
     pub fn new(cfg: RunConfig, pipeline_path: &Path) -> Result<Self> {
-        Self::new_for(cfg, pipeline_path, false)
+        Self::new_for(cfg, pipeline_path, None)
     }
 
-    /// [`Session::new`]; `for_sharding`: the session will be sharded ([`Session::shard`]), so the
-    /// policy is built in host memory and only this rank's shards ever reach `model.device` — no rank
-    /// holds the whole model on its GPU, not even while starting (the value head and reference models
-    /// go to the device as usual).
-    pub fn new_for(cfg: RunConfig, pipeline_path: &Path, for_sharding: bool) -> Result<Self> {
+    /// [`Session::new`]; `shard_place`: (world size, rank) when the session will be sharded
+    /// ([`Session::shard`]), so the policy is built in host memory and only this rank's shards ever
+    /// reach `model.device` — no rank holds the whole model on its GPU, not even while starting (the
+    /// value head and reference models go to the device as usual); a preset with a frozen base draws
+    /// only the weights this rank's shards read ([`super::shard_init`]).
+    pub fn new_for(
+        cfg: RunConfig,
+        pipeline_path: &Path,
+        shard_place: Option<(usize, usize)>,
+    ) -> Result<Self> {
         let ranks = PluginRanks::default();
         let plugin = load_plugin(&cfg, pipeline_path, &ranks)?;
-        let mut s = build(cfg, Box::new(plugin), pipeline_path, for_sharding)?;
+        let mut s = build(cfg, Box::new(plugin), pipeline_path, shard_place)?;
         s.plugin_ranks = ranks;
         Ok(s)
     }
 
     /// Builds a session around any pipeline (`label` names it in summaries and checkpoints).
     pub fn with_weigher(cfg: RunConfig, weigher: Box<dyn Weigher>, label: &Path) -> Result<Self> {
-        build(cfg, weigher, label, false)
+        build(cfg, weigher, label, None)
     }
 }
 
@@ -44,7 +49,7 @@ fn build(
     cfg: RunConfig,
     weigher: Box<dyn Weigher>,
     label: &Path,
-    policy_on_host: bool,
+    shard_place: Option<(usize, usize)>,
 ) -> Result<Session> {
     let device = cfg.model.device.open().context("model.device")?;
     let reference = if weigher.manifest().needs.contains(&InputKind::Reference) {
@@ -52,7 +57,7 @@ fn build(
     } else {
         None
     };
-    Session::assemble(cfg, weigher, label, policy_on_host, &device, reference)
+    Session::assemble(cfg, weigher, label, shard_place, &device, reference)
 }
 
 /// Loads the pipeline plugin at `path` under the config's limits, gives it the model's vocabulary and

@@ -14,6 +14,7 @@ pub mod reference;
 pub mod schedule;
 pub mod session;
 pub mod session_step;
+pub mod shard_init;
 pub mod stage_switch;
 pub mod stages;
 pub mod step;

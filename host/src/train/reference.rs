@@ -53,7 +53,7 @@ pub fn reference_model(cfg: &RunConfig, opts: &LoadOptions) -> Result<Transforme
         stage,
         Box::new(NativeBaseline::default()),
         Path::new("native-baseline"),
-        false,
+        None,
         &opts.device,
         None,
     )

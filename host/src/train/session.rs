@@ -5,6 +5,7 @@
 
 use super::config::{RunConfig, TrainingSection};
 use super::plugin_ranks::PluginRanks;
+use super::shard_init;
 use super::step::{Models, Weigher};
 use super::trainable::{narrow_trainable, trained_groups};
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
@@ -110,29 +111,42 @@ pub fn dataset_rows(spec: &str) -> Result<Vec<Row>> {
 
 impl Session {
     /// Puts a session together around `weigher` (`label` names it in summaries and checkpoints) in the
-    /// order a recipe reads, on `device` (`cfg.model.device`, opened once); `policy_on_host`: the policy
-    /// model is built in host memory (see [`Session::new_for`]). `reference`: the frozen reference
-    /// model, built beforehand (train/build.rs), when the pipeline needs reference losses.
+    /// order a recipe reads, on `device` (`cfg.model.device`, opened once); `shard_place`: (world size,
+    /// rank) when the session will be sharded — the policy model is then built in host memory (see
+    /// [`Session::new_for`]), and a preset with a frozen base draws only this rank's weights
+    /// ([`shard_init`]). `reference`: the frozen reference model, built beforehand (train/build.rs),
+    /// when the pipeline needs reference losses.
     pub fn assemble(
         cfg: RunConfig,
         weigher: Box<dyn Weigher>,
         label: &Path,
-        policy_on_host: bool,
+        shard_place: Option<(usize, usize)>,
         device: &candle_core::Device,
         reference: Option<Transformer>,
     ) -> Result<Self> {
         let manifest = weigher.manifest().clone();
         let opts = load_options(&cfg, device)?;
-        let policy_opts = if policy_on_host {
+        let policy_opts = if shard_place.is_some() {
             load_options(&cfg, &candle_core::Device::Cpu)?
         } else {
             opts.clone()
         };
-        let (mut model, tokenizer, source) = load_policy(&cfg, &policy_opts)?;
         // what step 0 trains: the first stage's settings with [[stages]], else [training]
         let t0 = super::stages::first_training(&cfg);
         let groups = trained_groups(&t0, &manifest);
+        // a launched run of a preset with a frozen base: this rank draws only what its shards read
+        let shard_only = shard_place.filter(|_| shard_init::shard_only_init(&cfg, &groups));
+        let (mut model, tokenizer, source) = match shard_only {
+            Some(_) => {
+                let lm = shard_init::placeholder_policy(&cfg, &policy_opts)?;
+                (lm.model, Tokenizer::bytes(), lm.source)
+            }
+            None => load_policy(&cfg, &policy_opts)?,
+        };
         prepare_policy(&cfg, &manifest, &t0, &groups, &mut model)?;
+        if let Some(place) = shard_only {
+            shard_init::draw_shard_weights(&cfg, &policy_opts, &mut model, place)?;
+        }
         // the run's kernels (runtime.fused_kernels) live in its models and optimiser, not in the process
         let kernels = crate::kernels::Kernels::from_flag(cfg.runtime.fused_kernels);
         model.set_kernels(kernels);

@@ -106,6 +106,50 @@ fn take_unit(
     Ok(out)
 }
 
+/// The names of `model`'s parameters grouped by FSDP unit, in visiting order.
+fn names_by_unit(model: &Transformer) -> Result<BTreeMap<Unit, Vec<String>>> {
+    let mut by_unit: BTreeMap<Unit, Vec<String>> = BTreeMap::new();
+    let mut err = None;
+    model.visit("", &mut |name, _| match Unit::of(name) {
+        Some(u) => by_unit.entry(u).or_default().push(name.to_string()),
+        None => {
+            err.get_or_insert(format!("parameter `{name}` belongs to no FSDP unit"));
+        }
+    });
+    match err {
+        Some(e) => bail!(e),
+        None => Ok(by_unit),
+    }
+}
+
+/// The names of the weights whose values rank `rank` of `world` keeps a piece of when [`Fsdp::shard`]
+/// shards `model` as `mode` says (all of them under [`Sharding::None`]). The model's trainable flags
+/// must be set as they will be at sharding: they decide the buckets. A rank's shards read no other
+/// weight, so a random model's start-up draws only these (`model::init::random_weights_where`).
+pub fn names_in_shard(
+    model: &Transformer,
+    mode: Sharding,
+    (world, rank): (usize, usize),
+) -> Result<std::collections::HashSet<String>> {
+    let place = match mode {
+        Sharding::None => (1, 0),
+        _ => (world, rank),
+    };
+    let mut params: HashMap<String, Param> = HashMap::new();
+    model.visit("", &mut |name, p| {
+        params.insert(name.to_string(), p.clone());
+    });
+    let mut out = std::collections::HashSet::new();
+    for names in names_by_unit(model)?.into_values() {
+        let unit: Vec<(String, Param)> = names
+            .into_iter()
+            .filter_map(|n| params.remove(&n).map(|p| (n, p)))
+            .collect();
+        out.extend(unit_shards::names_in_shard(&unit, place));
+    }
+    Ok(out)
+}
+
 /// A copy of `model` whose weights named in `weights` are replaced by them (the others as they are).
 fn with_weights(model: &Transformer, mut weights: HashMap<String, Tensor>) -> Result<Transformer> {
     let mut copy = model.clone();
@@ -140,17 +184,7 @@ impl Fsdp {
             _ => (comm.world_size(), comm.rank()),
         };
         let dtype = model.dtype();
-        let mut by_unit: BTreeMap<Unit, Vec<String>> = BTreeMap::new();
-        let mut err = None;
-        model.visit("", &mut |name, _| match Unit::of(name) {
-            Some(u) => by_unit.entry(u).or_default().push(name.to_string()),
-            None => {
-                err.get_or_insert(format!("parameter `{name}` belongs to no FSDP unit"));
-            }
-        });
-        if let Some(e) = err {
-            bail!(e);
-        }
+        let by_unit = names_by_unit(model)?;
         let mut units = BTreeMap::new();
         for (unit, names) in by_unit {
             let params = take_unit(model, &names, device)?;

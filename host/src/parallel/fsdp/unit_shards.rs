@@ -24,6 +24,24 @@ impl Bucket {
             layout: FlatLayout::new(&shapes, world),
         }
     }
+
+    /// Errors when a tensor that rank `rank`'s shard reads is a placeholder: a weight the shard-only
+    /// init left undrawn (`train::shard_init`) must never reach a shard as zeros.
+    fn check_initialised(&self, tensors: &[Tensor], rank: usize) -> Result<()> {
+        for i in self.layout.parts_in_shard(rank) {
+            if tensors
+                .get(i)
+                .is_some_and(crate::model::init::is_placeholder)
+            {
+                anyhow::bail!(
+                    "FSDP: weight `{}` was never initialised (a placeholder of the shard-only \
+                     init, but this rank's shard reads it)",
+                    self.names[i]
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A unit's trainable parameters of one optimiser group and decay class: the f32 shard is a trainable
@@ -61,9 +79,70 @@ impl UnitShards {
     }
 }
 
+/// How one unit's parameters split into flat buckets: the frozen ones (indices into the unit's
+/// parameters, visiting order) and, per (group, decays) class, the trainable ones. Weight decay applies
+/// to tensors of rank ≥ 2, as AdamW would apply it to the unit's matrices.
+struct BucketPlan {
+    frozen: Vec<usize>,
+    trainable: BTreeMap<(ParamGroup, bool), Vec<usize>>,
+}
+
+impl BucketPlan {
+    fn of(params: &[(String, Param)]) -> Self {
+        let mut plan = BucketPlan {
+            frozen: Vec::new(),
+            trainable: BTreeMap::new(),
+        };
+        for (i, (_, p)) in params.iter().enumerate() {
+            if p.is_trainable() {
+                let decays = p.tensor().rank() >= 2;
+                plan.trainable
+                    .entry((p.group(), decays))
+                    .or_default()
+                    .push(i);
+            } else {
+                plan.frozen.push(i);
+            }
+        }
+        plan
+    }
+
+    /// Every bucket's parameter indices, frozen first (when there are any).
+    fn buckets(&self) -> impl Iterator<Item = &Vec<usize>> {
+        std::iter::once(&self.frozen)
+            .filter(|b| !b.is_empty())
+            .chain(self.trainable.values())
+    }
+}
+
+/// Names of the unit's parameters whose values rank `rank` of `world` keeps a piece of: the tensors
+/// [`shard_unit`] reads (FSDP start-up draws only these for a random model).
+pub(super) fn names_in_shard(
+    params: &[(String, Param)],
+    (world, rank): (usize, usize),
+) -> Vec<String> {
+    let plan = BucketPlan::of(params);
+    let mut out = Vec::new();
+    for idx in plan.buckets() {
+        let shapes: Vec<Vec<usize>> = idx
+            .iter()
+            .map(|&i| params[i].1.tensor().dims().to_vec())
+            .collect();
+        let layout = FlatLayout::new(&shapes, world);
+        out.extend(
+            layout
+                .parts_in_shard(rank)
+                .into_iter()
+                .map(|k| params[idx[k]].0.clone()),
+        );
+    }
+    out
+}
+
 /// One unit's shards on `device`, this rank's (`place` = (world, rank)): its frozen parameters in one
 /// bucket, its trainable ones in one f32 bucket per (group, decays) in visiting order (a resumed
-/// optimiser's `masters` instead of the narrower weights where it has them).
+/// optimiser's `masters` instead of the narrower weights where it has them). Only the pieces of this
+/// rank's slice are read and converted ([`FlatLayout::shard_as`]).
 pub(super) fn shard_unit(
     unit: Unit,
     params: &[(String, Param)],
@@ -71,46 +150,51 @@ pub(super) fn shard_unit(
     (world, rank): (usize, usize),
     device: &candle_core::Device,
 ) -> Result<UnitShards> {
-    let frozen: Vec<(String, Tensor)> = params
-        .iter()
-        .filter(|(_, p)| !p.is_trainable())
-        .map(|(n, p)| (n.clone(), p.tensor().clone()))
-        .collect();
-    let frozen = if frozen.is_empty() {
+    let plan = BucketPlan::of(params);
+    let frozen = if plan.frozen.is_empty() {
         None
     } else {
-        let b = Bucket::new(&frozen, world);
-        let ts: Vec<Tensor> = frozen.iter().map(|(_, t)| t.clone()).collect();
+        let named: Vec<(String, Tensor)> = plan
+            .frozen
+            .iter()
+            .map(|&i| (params[i].0.clone(), params[i].1.tensor().clone()))
+            .collect();
+        let b = Bucket::new(&named, world);
+        let ts: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+        b.check_initialised(&ts, rank)?;
         let shard = b.layout.shard(&ts, rank)?.to_device(device)?;
         Some((b, shard))
     };
-    let mut classes: BTreeMap<(ParamGroup, bool), Vec<(String, Tensor)>> = BTreeMap::new();
-    for (n, p) in params.iter().filter(|(_, p)| p.is_trainable()) {
-        let decays = p.tensor().rank() >= 2;
-        let value = match masters.get(n) {
-            Some(m) if m.dims() == p.tensor().dims() => m.to_dtype(DType::F32)?,
-            _ => p.tensor().to_dtype(DType::F32)?,
-        };
-        classes
-            .entry((p.group(), decays))
-            .or_default()
-            .push((n.clone(), value));
-    }
     let mut trainable = Vec::new();
-    for ((group, decays), ps) in classes {
-        let b = Bucket::new(&ps, world);
-        let ts: Vec<Tensor> = ps.iter().map(|(_, t)| t.clone()).collect();
-        let flat = b.layout.shard(&ts, rank)?.to_device(device)?;
-        let flat = if decays { flat.unsqueeze(0)? } else { flat };
+    for ((group, decays), idx) in &plan.trainable {
+        let named: Vec<(String, Tensor)> = idx
+            .iter()
+            .map(|&i| {
+                let (n, p) = &params[i];
+                let value = match masters.get(n) {
+                    Some(m) if m.dims() == p.tensor().dims() => m.clone(),
+                    _ => p.tensor().clone(),
+                };
+                (n.clone(), value)
+            })
+            .collect();
+        let b = Bucket::new(&named, world);
+        let ts: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+        b.check_initialised(&ts, rank)?;
+        let flat = b
+            .layout
+            .shard_as(&ts, rank, DType::F32)?
+            .to_device(device)?;
+        let flat = if *decays { flat.unsqueeze(0)? } else { flat };
         trainable.push(TrainableBucket {
             key: format!(
                 "fsdp.{}.{}.{}",
                 unit.label(),
                 group.name(),
-                if decays { "decay" } else { "no_decay" }
+                if *decays { "decay" } else { "no_decay" }
             ),
             bucket: b,
-            shard: Param::trainable(flat, group)?,
+            shard: Param::trainable(flat, *group)?,
         });
     }
     Ok(UnitShards {

@@ -1,0 +1,70 @@
+//! Shard-only random init for launched runs of a preset: each rank draws just the weights its FSDP
+//! shards read, so W ranks share the drawing of one model instead of each drawing all of it (a 7B
+//! preset is ~6.7·10⁹ samples).
+//!
+//! The policy is built of placeholders ([`crate::model::init::placeholder`]: no memory); once its
+//! adapters and trainable flags are set — they decide the FSDP buckets — [`draw_shard_weights`] draws
+//! the weights that overlap this rank's slices (`parallel::fsdp::names_in_shard`), each with the values
+//! the whole model would have (per-tensor streams). FSDP then releases every weight. Only frozen base
+//! weights are left as placeholders (LoRA runs): a trainable weight becomes a `Var`, a copy that would no
+//! longer be recognisable as a placeholder, so full fine-tuning draws everything as before. Reading a
+//! placeholder is an error (`fsdp::shard_unit` checks), never silent zeros.
+
+use super::config::RunConfig;
+use crate::formats::load::{preset_args, LoadOptions, LoadedModel};
+use crate::model::init::random_weights_where;
+use crate::model::weight_map::WeightMap;
+use crate::model::{ModelArgs, ParamGroup, Transformer, VisitParams};
+use crate::parallel::fsdp::names_in_shard;
+use anyhow::{anyhow, Result};
+use std::collections::BTreeSet;
+
+/// Whether a sharded run's policy can start as placeholders: it is a preset (random) and the trained
+/// groups leave every base weight frozen (LoRA adapters and the value head only).
+pub fn shard_only_init(cfg: &RunConfig, groups: &BTreeSet<ParamGroup>) -> bool {
+    preset_args(&cfg.model.path, cfg.model.n_future_tokens).is_some()
+        && !groups.contains(&ParamGroup::Trunk)
+        && !groups.contains(&ParamGroup::Heads)
+}
+
+/// The preset policy of `cfg` with every weight a placeholder (see the module doc), as `load_model`
+/// would return it otherwise.
+pub fn placeholder_policy(cfg: &RunConfig, opts: &LoadOptions) -> Result<LoadedModel> {
+    let args = preset_args(&cfg.model.path, opts.n_future_tokens)
+        .ok_or_else(|| anyhow!("model `{}` is not a preset", cfg.model.path))??;
+    let weights = random_weights_where(&args, opts.seed, opts.dtype, &|_| false)?;
+    let wm = WeightMap::new(weights, "placeholder init", opts.dtype, &opts.device);
+    Ok(LoadedModel {
+        model: Transformer::load(args, wm)?,
+        tokenizer: None,
+        source: cfg.model.path.clone(),
+    })
+}
+
+/// Draws into `model` (a [`placeholder_policy`] with its adapters and trainable flags set) the weights
+/// that rank `rank` of `world` keeps a piece of under `cfg.distributed.sharding`, seeded as the whole
+/// preset would be (`opts.seed`). Returns how many tensors it drew.
+pub fn draw_shard_weights(
+    cfg: &RunConfig,
+    opts: &LoadOptions,
+    model: &mut Transformer,
+    (world, rank): (usize, usize),
+) -> Result<usize> {
+    let wanted = names_in_shard(model, cfg.distributed.sharding, (world, rank))?;
+    let args: ModelArgs = model.args.clone();
+    let mut drawn = random_weights_where(&args, opts.seed, opts.dtype, &|n| wanted.contains(n))?;
+    let mut count = 0;
+    let mut res = Ok(());
+    model.visit_mut("", &mut |name, p| {
+        if !wanted.contains(name) || res.is_err() {
+            return;
+        }
+        // adapters (not part of the preset) were made by add_lora: only base weights are drawn
+        if let Some(t) = drawn.remove(name) {
+            count += 1;
+            res = p.replace(t);
+        }
+    });
+    res?;
+    Ok(count)
+}

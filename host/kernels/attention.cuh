@@ -6,8 +6,9 @@
 //
 // Forward  : o = softmax(q·kᵀ/√D)·v row by row (online softmax), lse kept.
 // Backward : delta = rowsum(o ⊙ do); kernel dkdv (one CTA per key tile, loops over query tiles and the
-//            group's query heads): Pᵀ, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta), dV += Pᵀ·dO, dK += dSᵀ·Q;
-//            kernel dq (one CTA per query tile, loops over key tiles): dQ += dS·K — no atomics.
+//            group's query heads): Pᵀ, dPᵀ = V·dOᵀ, dSᵀ = Pᵀ ⊙ (dPᵀ − delta), dV += Pᵀ·dO, dK += dSᵀ·Q in
+//            registers; dSᵀ goes to shared memory (over the spent dO tile) and dQ += dS·K is added into an
+//            f32 buffer with atomics — five T²·D products (FlashAttention-2's count); then dq = bf16(acc·scale).
 //
 // mma.sync m16n8k16 fragment layout (g = lane/4, t = lane%4):
 //   A (16×16): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
@@ -214,12 +215,48 @@ __device__ void flash_bwd_delta(const bf16* o, const bf16* dout, float* delta, l
   }
 }
 
+// A fragments (rows m0.., k-step k0) of a tile stored k-major, s[k][m] (transposed load).
+__device__ __forceinline__ void frag_a_kmajor(uint32_t* r, const bf16* s, int ld, int m0, int k0, int lane) {
+  ldsm4t(r, s + (k0 + (lane & 7) + 8 * (lane >> 4)) * ld + m0 + 8 * ((lane >> 3) & 1));
+}
+
+// A warp's share of dQ for one (key tile, query tile): its 16 queries (m0 = 16·warp of the tile, global row
+// row0) × D of dS·K, from dSᵀ [64 keys][64 queries] and K [64 keys][D] in shared memory, added into the f32
+// dq_acc [B, T, NH, D] with float2 atomics, 64 columns at a time.
+template <int D>
+__device__ __forceinline__ void dq_tile_atomic(const bf16* Ss, const bf16* Ks, int ld, float* dq_acc, int b,
+                                               int row0, int h, int T, int NH, int warp, int lane) {
+  const int g = lane >> 2, tq = lane & 3;
+  const int ra = row0 + g, rb = ra + 8;
+  float* pa = dq_acc + (((long)b * T + ra) * NH + h) * D;
+  float* pb = dq_acc + (((long)b * T + rb) * NH + h) * D;
+  for (int c0 = 0; c0 < D; c0 += 64) {
+    float acc[8][4];
+    for (int i = 0; i < 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int kk = 0; kk < BC / 16; kk++) {
+      uint32_t a[4];
+      frag_a_kmajor(a, Ss, ld, warp * 16, kk * 16, lane);
+      for (int n2 = 0; n2 < 4; n2++) {
+        uint32_t kb[4];
+        frag_b_kmajor(kb, Ks, ld, c0 + n2 * 16, kk * 16, lane);
+        mma16816(acc[2 * n2], a, kb);
+        mma16816(acc[2 * n2 + 1], a, kb + 2);
+      }
+    }
+    for (int nt = 0; nt < 8; nt++) {
+      int c = c0 + nt * 8 + 2 * tq;
+      if (ra < T) atomicAdd(reinterpret_cast<float2*>(pa + c), make_float2(acc[nt][0], acc[nt][1]));
+      if (rb < T) atomicAdd(reinterpret_cast<float2*>(pb + c), make_float2(acc[nt][2], acc[nt][3]));
+    }
+  }
+}
+
 // dK, dV: grid (ceil(T/64) key tiles, NKV, B), 128 threads (4 warps × 16 keys); dynamic smem: K, V and two
 // buffers of (Q, dO) tiles, plus lse/delta of the query tile. dk/dv [B, T, NKV, D]; `scale` = 1/√D.
 template <int D>
 __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
-                               const float* delta, bf16* dk, bf16* dv, int T, int NH, int NKV, float scale_log2,
-                               float scale) {
+                               const float* delta, bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV,
+                               float scale_log2, float scale) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int LD = D + PAD, TILE = 64 * LD;
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
@@ -252,7 +289,7 @@ __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, cons
   for (int i = 0; i < D / 8; i++)
     for (int e = 0; e < 4; e++) dka[i][e] = dva[i][e] = 0.f;
   for (int it = 0; it < iters; it++) {
-    const int qt = kt + it % (n_qt - kt);
+    const int qt = kt + it % (n_qt - kt), h = kvh * rep + it / (n_qt - kt);
     if (it + 1 < iters) {
       issue(it + 1);
       cp_commit();
@@ -308,6 +345,15 @@ __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, cons
         mma16816(dka[2 * n2], sf[kk], bq);
         mma16816(dka[2 * n2 + 1], sf[kk], bq + 2);
       }
+    __syncthreads();  // every warp is done with this dO tile: it now holds dSᵀ [64 keys][64 queries]
+    bf16* Ss = const_cast<bf16*>(Ds);
+    for (int nt = 0; nt < BR / 8; nt++) {
+      *reinterpret_cast<uint32_t*>(Ss + (warp * 16 + (lane >> 2)) * LD + nt * 8 + 2 * tq) = sf[nt / 2][(nt & 1) * 2];
+      *reinterpret_cast<uint32_t*>(Ss + (warp * 16 + 8 + (lane >> 2)) * LD + nt * 8 + 2 * tq) =
+          sf[nt / 2][(nt & 1) * 2 + 1];
+    }
+    __syncthreads();
+    dq_tile_atomic<D>(Ss, Ks, LD, dq_acc, b, qt * BR + warp * 16, h, T, NH, warp, lane);
     __syncthreads();  // this buffer is refilled by the next iteration's prefetch
   }
   for (int half = 0; half < 2; half++) {
@@ -322,110 +368,37 @@ __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, cons
   }
 }
 
-// dQ: grid (ceil(T/64) query tiles, NH, B), 128 threads (4 warps × 16 queries); smem: two buffers of (K, V).
-// For each key tile up to the diagonal: S = Q·Kᵀ, P = 2^(S·scale_log2 − lse), dP = dO·Vᵀ,
-// dS = P ⊙ (dP − delta), dQ += dS·K; dq [B, T, NH, D] written once (× scale).
-template <int D>
-__device__ void flash_bwd_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
-                             const float* delta, bf16* dq, int T, int NH, int NKV, float scale_log2, float scale) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int LD = D + PAD, TILE = 64 * LD;
-  bf16* sm = reinterpret_cast<bf16*>(smem_raw);
-  // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int kvh = h / (NH / NKV);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tq = lane & 3;
-  const int row_a = qt * BR + warp * 16 + (lane >> 2), row_b = row_a + 8;
-  const int last = min(qt, (T - 1) / BC);
-  tile_async<D>(sm, k, b, 0, kvh, T, NKV);
-  tile_async<D>(sm + TILE, v, b, 0, kvh, T, NKV);
-  cp_commit();
-  uint32_t qf[D / 16][4], df[D / 16][4];
-  rows_to_frags<D>(qf, q, b, row_a, h, T, NH, tq);
-  rows_to_frags<D>(df, dout, b, row_a, h, T, NH, tq);
-  const long ra = ((long)b * NH + h) * T;
-  const float lse_a = row_a < T ? lse[ra + row_a] : 0.f, lse_b = row_b < T ? lse[ra + row_b] : 0.f;
-  const float dl_a = row_a < T ? delta[ra + row_a] : 0.f, dl_b = row_b < T ? delta[ra + row_b] : 0.f;
-  float acc[D / 8][4];
-  for (int i = 0; i < D / 8; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-  for (int kt = 0; kt <= last; kt++) {
-    bf16* Ks = sm + (kt & 1) * 2 * TILE;
-    bf16* Vs = Ks + TILE;
-    if (kt < last) {
-      bf16* nk = sm + ((kt + 1) & 1) * 2 * TILE;
-      tile_async<D>(nk, k, b, (kt + 1) * BC, kvh, T, NKV);
-      tile_async<D>(nk + TILE, v, b, (kt + 1) * BC, kvh, T, NKV);
-      cp_commit();
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
-    }
-    __syncthreads();
-    float s[BC / 8][4], dp[BC / 8][4];
-    for (int i = 0; i < BC / 8; i++)
-      for (int e = 0; e < 4; e++) s[i][e] = dp[i][e] = 0.f;
-    for (int kk = 0; kk < D / 16; kk++)
-      for (int n2 = 0; n2 < BC / 16; n2++) {
-        uint32_t kb[4], vb[4];
-        frag_b_nmajor(kb, Ks, LD, n2 * 16, kk * 16, lane);
-        frag_b_nmajor(vb, Vs, LD, n2 * 16, kk * 16, lane);
-        mma16816(s[2 * n2], qf[kk], kb);
-        mma16816(s[2 * n2 + 1], qf[kk], kb + 2);
-        mma16816(dp[2 * n2], df[kk], vb);
-        mma16816(dp[2 * n2 + 1], df[kk], vb + 2);
-      }
-    uint32_t sf[BC / 16][4];
-    for (int nt = 0; nt < BC / 8; nt++) {
-      float sv[4];
-      for (int e = 0; e < 4; e++) {
-        int key = kt * BC + nt * 8 + 2 * tq + (e & 1);
-        int row = e < 2 ? row_a : row_b;
-        float l = e < 2 ? lse_a : lse_b, dl = e < 2 ? dl_a : dl_b;
-        float p = ((kt == last && (key > row || key >= T)) || row >= T) ? 0.f : exp2f(s[nt][e] * scale_log2 - l);
-        sv[e] = p * (dp[nt][e] - dl);
-      }
-      sf[nt / 2][(nt & 1) * 2 + 0] = pack2(sv[0], sv[1]);
-      sf[nt / 2][(nt & 1) * 2 + 1] = pack2(sv[2], sv[3]);
-    }
-    for (int kk = 0; kk < BC / 16; kk++)
-      for (int n2 = 0; n2 < D / 16; n2++) {
-        uint32_t kb[4];
-        frag_b_kmajor(kb, Ks, LD, n2 * 16, kk * 16, lane);
-        mma16816(acc[2 * n2], sf[kk], kb);
-        mma16816(acc[2 * n2 + 1], sf[kk], kb + 2);
-      }
-    __syncthreads();
-  }
-  if (row_a < T) {
-    bf16* p = dq + (((long)b * T + row_a) * NH + h) * D;
-    for (int nd = 0; nd < D / 8; nd++)
-      *reinterpret_cast<uint32_t*>(p + nd * 8 + 2 * tq) = pack2(acc[nd][0] * scale, acc[nd][1] * scale);
-  }
-  if (row_b < T) {
-    bf16* p = dq + (((long)b * T + row_b) * NH + h) * D;
-    for (int nd = 0; nd < D / 8; nd++)
-      *reinterpret_cast<uint32_t*>(p + nd * 8 + 2 * tq) = pack2(acc[nd][2] * scale, acc[nd][3] * scale);
-  }
+// dQ from the f32 accumulator the dK/dV kernel filled: dq = bf16(dq_acc · scale), n elements.
+__device__ void flash_dq_convert(const float* acc, bf16* dq, long n, float scale) {
+  long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) dq[i] = __float2bfloat16(acc[i] * scale);
 }
 
+// Second launch bounds: resident blocks per SM the registers must allow. The forward's: 3 for D = 128 (at
+// most 170 registers a thread, 3 × 69.6 KB of shared memory), 4 for D = 64.
+#define FWD_MIN_BLOCKS_64 4
+#define FWD_MIN_BLOCKS_128 3
+// The dK/dV/dQ kernel's: 3 for D = 64 (≤ 170 registers, 3 × 56 KB shared memory); for D = 128 its 6 tiles
+// (105 KB) allow 2, which 255 registers allow too.
+#define BWD_MIN_BLOCKS_64 3
+#define BWD_MIN_BLOCKS_128 2
+
 #define ATTN(DIM)                                                                                          \
-  extern "C" __global__ void __launch_bounds__(128) flash_fwd_d##DIM(                                     \
+  extern "C" __global__ void __launch_bounds__(128, FWD_MIN_BLOCKS_##DIM) flash_fwd_d##DIM(               \
       const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T, int NH, int NKV, float sl2) { \
     flash_fwd<DIM>(q, k, v, o, lse, T, NH, NKV, sl2);                                                     \
   }                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(128) flash_bwd_dkdv_d##DIM(                                \
+  extern "C" __global__ void __launch_bounds__(128, BWD_MIN_BLOCKS_##DIM) flash_bwd_dkdv_d##DIM(                                \
       const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, \
-      bf16* dk, bf16* dv, int T, int NH, int NKV, float sl2, float scale) {                               \
-    flash_bwd_dkdv<DIM>(q, k, v, dout, lse, delta, dk, dv, T, NH, NKV, sl2, scale);                       \
-  }                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(128) flash_bwd_dq_d##DIM(                                  \
-      const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, \
-      bf16* dq, int T, int NH, int NKV, float sl2, float scale) {                                         \
-    flash_bwd_dq<DIM>(q, k, v, dout, lse, delta, dq, T, NH, NKV, sl2, scale);                             \
+      bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV, float sl2, float scale) {                \
+    flash_bwd_dkdv<DIM>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, sl2, scale);               \
   }
 ATTN(64)
 ATTN(128)
 
+extern "C" __global__ void flash_dq_from_acc(const float* acc, bf16* dq, long n, float scale) {
+  flash_dq_convert(acc, dq, n, scale);
+}
 extern "C" __global__ void flash_delta(const bf16* o, const bf16* dout, float* delta, long rows, int T, int NH,
                                        int D) {
   flash_bwd_delta(o, dout, delta, rows, T, NH, D);

@@ -2,7 +2,8 @@
 //! q [B, T, NH, D], k/v [B, T, NKV, D] (query head h reads kv head h / (NH/NKV)), output [B, T, NH, D].
 //! On CUDA (bf16, D = 64 or 128) 64×64 tiles of scores live only in registers (tensor-core mma, f32
 //! statistics, online softmax); the per-row log-sum-exp is kept for the backward, which recomputes the
-//! probabilities tile by tile (one kernel for dK/dV per key tile, one for dQ per query tile: no atomics).
+//! probabilities tile by tile in one kernel per key tile: dK and dV in registers, dQ added into an f32
+//! buffer with atomics (five T²·D products in all, as FlashAttention-2's backward).
 //! Nothing of size [T, T] is stored (kernels/attention.cuh).
 //! The log-sum-exp is in units of log₂ of the scaled scores: lse₂ = log₂ Σ_j exp(q·k_j/√D).
 //! The CPU twin computes the same in f32 loops (for tests; the CPU model uses the plain path).
@@ -334,11 +335,12 @@ fn cuda_bwd(
     launch!(dev, "flash_delta", cfg; &ov, &dv_, &delta, &rows_i, &t_i, &nh_i, &d_i);
     let dk = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
     let dv = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
-    let dq = unsafe { dev.alloc::<bf16>(rows * d) }?;
+    let dq_acc = dev.alloc_zeros::<f32>(rows * d)?;
     let tile = 64 * (d + 8) * 2;
     let scale = 1.0 / (d as f32).sqrt();
     let sl2 = std::f32::consts::LOG2_E * scale;
-    // dK, dV: one CTA per (key tile, kv head, sequence); K, V and two buffers of (Q, dO) + lse/delta
+    // dK, dV and dQ: one CTA per (key tile, kv head, sequence); K, V and two buffers of (Q, dO) + lse/delta;
+    // dQ is added into the f32 dq_acc with atomics, then scaled and rounded to bf16
     let smem = (6 * tile + 1024) as u32;
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(64) as u32, nkv as u32, b as u32),
@@ -347,17 +349,15 @@ fn cuda_bwd(
     };
     let name = format!("flash_bwd_dkdv_d{d}");
     launch!(dev, name, cfg, smem = smem;
-        &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &t_i, &nh_i, &nkv_i, &sl2, &scale);
-    // dQ: one CTA per (query tile, head, sequence); two buffers of (K, V)
-    let smem = (4 * tile) as u32;
+        &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &dq_acc, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    let dq = unsafe { dev.alloc::<bf16>(rows * d) }?;
+    let n = (rows * d) as i64;
     let cfg = LaunchConfig {
-        grid_dim: (t.div_ceil(64) as u32, nh as u32, b as u32),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: smem,
+        grid_dim: ((rows * d).div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
     };
-    let name = format!("flash_bwd_dq_d{d}");
-    launch!(dev, name, cfg, smem = smem;
-        &qv, &kv, &vv, &dv_, &lv_, &delta, &dq, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    launch!(dev, "flash_dq_from_acc", cfg; &dq_acc, &dq, &n, &scale);
     Ok((
         wrap(dq, dev, (b, t, nh, d)),
         wrap(dk, dev, (b, t, nkv, d)),

@@ -111,6 +111,13 @@ macro_rules! launch {
             candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             $smem as i32,
         ).map_err($crate::kernels::cuda::err)?;
+        if $smem > 48 * 1024 {
+            // all of the unified L1 as shared memory, so that several such blocks fit on one SM
+            f.set_attribute(
+                candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            ).map_err($crate::kernels::cuda::err)?;
+        }
         #[allow(unused_imports)]
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
         let mut b = f.builder();

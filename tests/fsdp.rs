@@ -1,6 +1,6 @@
 //! FSDP on the in-process communicator (CPU threads as ranks): W ranks with `grad_accum = a` each train
 //! like one unsharded rank with `grad_accum = W·a` on the same sample stream — same losses and the same
-//! trained weights after 20 steps — for LoRA and for full fine-tuning, and each rank keeps 1/W of the
+//! trained weights after 10 steps — for LoRA and for full fine-tuning, and each rank keeps 1/W of the
 //! frozen weights. Every pipeline (the value head replicated, the plugin's all-reduce-sum across ranks)
 //! gives the same result on 2 ranks as on one. A checkpoint saved on 4 ranks resumes exactly on 2 and on 1.
 //! `wmtp launch` of 2 processes (TCP process group) trains like one process with twice the accumulation.

@@ -10,6 +10,7 @@ pub mod guard;
 pub mod head_ce;
 pub mod host_memory;
 pub mod plugin_ranks;
+pub mod policy;
 pub mod reference;
 pub mod schedule;
 pub mod session;

@@ -5,14 +5,13 @@
 
 use super::config::{RunConfig, TrainingSection};
 use super::plugin_ranks::PluginRanks;
-use super::shard_init;
 use super::step::{Models, Weigher};
-use super::trainable::{narrow_trainable, trained_groups};
+use super::trainable::trained_groups;
 use crate::data::batcher::{make_items, Batcher, Items, Sampling};
 use crate::data::dataset::{encode_all, parse_jsonl, read_jsonl, Row, Sample};
 use crate::data::Tokenizer;
 use crate::formats::checkpoint::load_trained;
-use crate::formats::load::{load_model, LoadOptions};
+use crate::formats::load::LoadOptions;
 use crate::model::grads::Grads;
 use crate::model::{ParamGroup, Transformer, ValueHead, VisitParams};
 use crate::optim::{AdamW, AdamWConfig, GroupSettings, Optimizer, Schedule};
@@ -114,7 +113,7 @@ impl Session {
     /// order a recipe reads, on `device` (`cfg.model.device`, opened once); `shard_place`: (world size,
     /// rank) when the session will be sharded — the policy model is then built in host memory (see
     /// [`Session::new_for`]), and a preset with a frozen base draws only this rank's weights
-    /// ([`shard_init`]). `reference`: the frozen reference model, built beforehand (train/build.rs),
+    /// ([`super::shard_init`]). `reference`: the frozen reference model, built beforehand (train/build.rs),
     /// when the pipeline needs reference losses.
     pub fn assemble(
         cfg: RunConfig,
@@ -134,19 +133,8 @@ impl Session {
         // what step 0 trains: the first stage's settings with [[stages]], else [training]
         let t0 = super::stages::first_training(&cfg);
         let groups = trained_groups(&t0, &manifest);
-        // a launched run of a preset with a frozen base: this rank draws only what its shards read
-        let shard_only = shard_place.filter(|_| shard_init::shard_only_init(&cfg, &groups));
-        let (mut model, tokenizer, source) = match shard_only {
-            Some(_) => {
-                let lm = shard_init::placeholder_policy(&cfg, &policy_opts)?;
-                (lm.model, Tokenizer::bytes(), lm.source)
-            }
-            None => load_policy(&cfg, &policy_opts)?,
-        };
-        prepare_policy(&cfg, &manifest, &t0, &groups, &mut model)?;
-        if let Some(place) = shard_only {
-            shard_init::draw_shard_weights(&cfg, &policy_opts, &mut model, place)?;
-        }
+        let (mut model, tokenizer, source) =
+            super::policy::build_policy(&cfg, &manifest, &t0, &groups, &policy_opts, shard_place)?;
         // the run's kernels (runtime.fused_kernels) live in its models and optimiser, not in the process
         let kernels = crate::kernels::Kernels::from_flag(cfg.runtime.fused_kernels);
         model.set_kernels(kernels);
@@ -269,47 +257,6 @@ impl Session {
             grads: &mut self.grads,
         }
     }
-}
-
-/// The policy made trainable as step 0 trains it: LoRA adapters when any stage trains them (from
-/// `lora.init_from` when given), the trained groups (the value head aside) switched on and narrowed to
-/// `training.trainable_prefixes`.
-fn prepare_policy(
-    cfg: &RunConfig,
-    manifest: &wmtp_plugin_host::Manifest,
-    t0: &super::config::TrainingSection,
-    groups: &std::collections::BTreeSet<ParamGroup>,
-    model: &mut Transformer,
-) -> Result<()> {
-    if super::stages::any_stage_trains_lora(cfg, manifest) {
-        model.add_lora(&cfg.lora, cfg.training.seed)?;
-        if !cfg.lora.init_from.is_empty() {
-            crate::formats::hf_export::import_peft(Path::new(&cfg.lora.init_from), model)
-                .context("lora.init_from")?;
-        }
-    }
-    let model_groups: Vec<ParamGroup> = groups
-        .iter()
-        .copied()
-        .filter(|g| *g != ParamGroup::ValueHead)
-        .collect();
-    model.set_trainable_groups(&model_groups)?;
-    narrow_trainable(model, &t0.trainable_prefixes)
-}
-
-/// The policy model (all weights frozen), its tokenizer (the byte tokenizer for presets) and its source.
-fn load_policy(cfg: &RunConfig, opts: &LoadOptions) -> Result<(Transformer, Tokenizer, String)> {
-    let lm = load_model(&cfg.model.path, opts)?;
-    let tokenizer = lm.tokenizer.unwrap_or_else(Tokenizer::bytes);
-    if tokenizer.vocab_size() > lm.model.args.vocab_size {
-        bail!(
-            "the tokenizer has {} tokens but model `{}` only {}",
-            tokenizer.vocab_size(),
-            cfg.model.path,
-            lm.model.args.vocab_size
-        );
-    }
-    Ok((lm.model, tokenizer, lm.source))
 }
 
 /// The value head (trainable when its group is trained) or, with `critic.checkpoint`, the frozen critic

@@ -6,7 +6,7 @@ use super::config::{RunConfig, TrainingSection};
 use super::shard_init;
 use super::trainable::narrow_trainable;
 use crate::data::Tokenizer;
-use crate::formats::load::{load_model, LoadOptions};
+use crate::formats::load::{load_model, LoadOptions, LoadedModel};
 use crate::model::{ParamGroup, Transformer};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -51,13 +51,11 @@ pub fn build_policy(
     shard_place: Option<(usize, usize)>,
 ) -> Result<(Transformer, Tokenizer, String)> {
     let shard_only = shard_place.filter(|_| shard_init::shard_only_init(cfg, groups));
-    let (mut model, tokenizer, source) = match shard_only {
-        Some(_) => {
-            let lm = shard_init::placeholder_policy(cfg, opts)?;
-            (lm.model, Tokenizer::bytes(), lm.source)
-        }
-        None => load_policy(cfg, opts)?,
+    let lm = match shard_only {
+        Some(_) => shard_init::placeholder_policy(cfg, opts)?,
+        None => load_model(&cfg.model.path, opts)?,
     };
+    let (mut model, tokenizer, source) = checked_policy(cfg, lm)?;
     prepare_policy(cfg, manifest, t0, groups, &mut model)?;
     if let Some(place) = shard_only {
         shard_init::draw_shard_weights(cfg, opts, &mut model, place)?;
@@ -65,9 +63,9 @@ pub fn build_policy(
     Ok((model, tokenizer, source))
 }
 
-/// The policy model (all weights frozen), its tokenizer (the byte tokenizer for presets) and its source.
-fn load_policy(cfg: &RunConfig, opts: &LoadOptions) -> Result<(Transformer, Tokenizer, String)> {
-    let lm = load_model(&cfg.model.path, opts)?;
+/// The loaded policy (all weights frozen), its tokenizer (the byte tokenizer for presets), checked to
+/// fit the model's vocabulary, and its source.
+fn checked_policy(cfg: &RunConfig, lm: LoadedModel) -> Result<(Transformer, Tokenizer, String)> {
     let tokenizer = lm.tokenizer.unwrap_or_else(Tokenizer::bytes);
     if tokenizer.vocab_size() > lm.model.args.vocab_size {
         bail!(

@@ -14,7 +14,7 @@ use super::config::RunConfig;
 use crate::formats::load::{preset_args, LoadOptions, LoadedModel};
 use crate::model::init::random_weights_where;
 use crate::model::weight_map::WeightMap;
-use crate::model::{ModelArgs, ParamGroup, Transformer, VisitParams};
+use crate::model::{ParamGroup, Transformer, VisitParams};
 use crate::parallel::fsdp::names_in_shard;
 use anyhow::{anyhow, Result};
 use std::collections::BTreeSet;
@@ -43,28 +43,25 @@ pub fn placeholder_policy(cfg: &RunConfig, opts: &LoadOptions) -> Result<LoadedM
 
 /// Draws into `model` (a [`placeholder_policy`] with its adapters and trainable flags set) the weights
 /// that rank `rank` of `world` keeps a piece of under `cfg.distributed.sharding`, seeded as the whole
-/// preset would be (`opts.seed`). Returns how many tensors it drew.
+/// preset would be (`opts.seed`).
 pub fn draw_shard_weights(
     cfg: &RunConfig,
     opts: &LoadOptions,
     model: &mut Transformer,
     (world, rank): (usize, usize),
-) -> Result<usize> {
+) -> Result<()> {
     let wanted = names_in_shard(model, cfg.distributed.sharding, (world, rank))?;
-    let args: ModelArgs = model.args.clone();
-    let mut drawn = random_weights_where(&args, opts.seed, opts.dtype, &|n| wanted.contains(n))?;
-    let mut count = 0;
+    let mut drawn =
+        random_weights_where(&model.args, opts.seed, opts.dtype, &|n| wanted.contains(n))?;
     let mut res = Ok(());
     model.visit_mut("", &mut |name, p| {
-        if !wanted.contains(name) || res.is_err() {
-            return;
-        }
-        // adapters (not part of the preset) were made by add_lora: only base weights are drawn
-        if let Some(t) = drawn.remove(name) {
-            count += 1;
-            res = p.replace(t);
+        // only the wanted base weights: the rest of `drawn` are placeholders, and adapters (made by
+        // add_lora) are not in it
+        if res.is_ok() && wanted.contains(name) {
+            if let Some(t) = drawn.remove(name) {
+                res = p.replace(t);
+            }
         }
     });
-    res?;
-    Ok(count)
+    res
 }

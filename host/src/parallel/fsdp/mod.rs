@@ -106,12 +106,15 @@ fn take_unit(
     Ok(out)
 }
 
-/// The names of `model`'s parameters grouped by FSDP unit, in visiting order.
-fn names_by_unit(model: &Transformer) -> Result<BTreeMap<Unit, Vec<String>>> {
-    let mut by_unit: BTreeMap<Unit, Vec<String>> = BTreeMap::new();
+/// `f` of each of `model`'s parameters (name, parameter), grouped by FSDP unit, in visiting order.
+fn by_unit<T>(
+    model: &Transformer,
+    mut f: impl FnMut(&str, &Param) -> T,
+) -> Result<BTreeMap<Unit, Vec<T>>> {
+    let mut by_unit: BTreeMap<Unit, Vec<T>> = BTreeMap::new();
     let mut err = None;
-    model.visit("", &mut |name, _| match Unit::of(name) {
-        Some(u) => by_unit.entry(u).or_default().push(name.to_string()),
+    model.visit("", &mut |name, p| match Unit::of(name) {
+        Some(u) => by_unit.entry(u).or_default().push(f(name, p)),
         None => {
             err.get_or_insert(format!("parameter `{name}` belongs to no FSDP unit"));
         }
@@ -135,19 +138,11 @@ pub fn names_in_shard(
         Sharding::None => (1, 0),
         _ => (world, rank),
     };
-    let mut params: HashMap<String, Param> = HashMap::new();
-    model.visit("", &mut |name, p| {
-        params.insert(name.to_string(), p.clone());
-    });
-    let mut out = std::collections::HashSet::new();
-    for names in names_by_unit(model)?.into_values() {
-        let unit: Vec<(String, Param)> = names
-            .into_iter()
-            .filter_map(|n| params.remove(&n).map(|p| (n, p)))
-            .collect();
-        out.extend(unit_shards::names_in_shard(&unit, place));
-    }
-    Ok(out)
+    let units = by_unit(model, |name, p| (name.to_string(), p.clone()))?;
+    Ok(units
+        .values()
+        .flat_map(|params| unit_shards::names_in_shard(params, place))
+        .collect())
 }
 
 /// A copy of `model` whose weights named in `weights` are replaced by them (the others as they are).
@@ -184,7 +179,7 @@ impl Fsdp {
             _ => (comm.world_size(), comm.rank()),
         };
         let dtype = model.dtype();
-        let by_unit = names_by_unit(model)?;
+        let by_unit = by_unit(model, |name, _| name.to_string())?;
         let mut units = BTreeMap::new();
         for (unit, names) in by_unit {
             let params = take_unit(model, &names, device)?;

@@ -115,28 +115,45 @@ impl BucketPlan {
     }
 }
 
+/// `params[i]` for each index of `idx`, by name (their current values).
+fn named(params: &[(String, Param)], idx: &[usize]) -> Vec<(String, Tensor)> {
+    idx.iter()
+        .map(|&i| (params[i].0.clone(), params[i].1.tensor().clone()))
+        .collect()
+}
+
 /// Names of the unit's parameters whose values rank `rank` of `world` keeps a piece of: the tensors
 /// [`shard_unit`] reads (FSDP start-up draws only these for a random model).
 pub(super) fn names_in_shard(
     params: &[(String, Param)],
     (world, rank): (usize, usize),
 ) -> Vec<String> {
-    let plan = BucketPlan::of(params);
     let mut out = Vec::new();
-    for idx in plan.buckets() {
-        let shapes: Vec<Vec<usize>> = idx
-            .iter()
-            .map(|&i| params[i].1.tensor().dims().to_vec())
-            .collect();
-        let layout = FlatLayout::new(&shapes, world);
+    for idx in BucketPlan::of(params).buckets() {
+        let b = Bucket::new(&named(params, idx), world);
         out.extend(
-            layout
+            b.layout
                 .parts_in_shard(rank)
                 .into_iter()
-                .map(|k| params[idx[k]].0.clone()),
+                .map(|k| b.names[k].clone()),
         );
     }
     out
+}
+
+/// The bucket of `named` over `world` ranks and rank `rank`'s shard of it in `dtype` on `device`
+/// (refusing placeholders, [`Bucket::check_initialised`]).
+fn shard_bucket(
+    named: &[(String, Tensor)],
+    (world, rank): (usize, usize),
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<(Bucket, Tensor)> {
+    let b = Bucket::new(named, world);
+    let ts: Vec<Tensor> = named.iter().map(|(_, t)| t.clone()).collect();
+    b.check_initialised(&ts, rank)?;
+    let shard = b.layout.shard_as(&ts, rank, dtype)?.to_device(device)?;
+    Ok((b, shard))
 }
 
 /// One unit's shards on `device`, this rank's (`place` = (world, rank)): its frozen parameters in one
@@ -151,40 +168,19 @@ pub(super) fn shard_unit(
     device: &candle_core::Device,
 ) -> Result<UnitShards> {
     let plan = BucketPlan::of(params);
-    let frozen = if plan.frozen.is_empty() {
-        None
-    } else {
-        let named: Vec<(String, Tensor)> = plan
-            .frozen
-            .iter()
-            .map(|&i| (params[i].0.clone(), params[i].1.tensor().clone()))
-            .collect();
-        let b = Bucket::new(&named, world);
-        let ts: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
-        b.check_initialised(&ts, rank)?;
-        let shard = b.layout.shard(&ts, rank)?.to_device(device)?;
-        Some((b, shard))
+    let frozen = match named(params, &plan.frozen) {
+        f if f.is_empty() => None,
+        f => Some(shard_bucket(&f, (world, rank), f[0].1.dtype(), device)?),
     };
     let mut trainable = Vec::new();
     for ((group, decays), idx) in &plan.trainable {
-        let named: Vec<(String, Tensor)> = idx
-            .iter()
-            .map(|&i| {
-                let (n, p) = &params[i];
-                let value = match masters.get(n) {
-                    Some(m) if m.dims() == p.tensor().dims() => m.clone(),
-                    _ => p.tensor().clone(),
-                };
-                (n.clone(), value)
-            })
-            .collect();
-        let b = Bucket::new(&named, world);
-        let ts: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
-        b.check_initialised(&ts, rank)?;
-        let flat = b
-            .layout
-            .shard_as(&ts, rank, DType::F32)?
-            .to_device(device)?;
+        let mut values = named(params, idx);
+        for (n, v) in &mut values {
+            if let Some(m) = masters.get(n).filter(|m| m.dims() == v.dims()) {
+                *v = m.clone();
+            }
+        }
+        let (b, flat) = shard_bucket(&values, (world, rank), DType::F32, device)?;
         let flat = if *decays { flat.unsqueeze(0)? } else { flat };
         trainable.push(TrainableBucket {
             key: format!(

@@ -98,6 +98,12 @@ fn print_memory_estimate(
             ActivationCheckpointing::NAMES
         );
     };
+    if mode == ActivationCheckpointing::Auto {
+        bail!(
+            "--activation-checkpointing auto: a run resolves auto on its device (selective where that \
+             fits 90% of the GPU's memory, else blocks); ask for blocks, selective or none here"
+        );
+    }
     let acts = ActivationEstimate::new(args, a.batch, seq, bytes, mode, 2048);
     println!(
         "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {}):",

@@ -24,8 +24,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActivationCheckpointing {
-    /// Recompute each block in the backward from its saved input.
+    /// "selective" where the run's estimated peak with it fits the GPU, else "blocks" (always "blocks"
+    /// on the CPU); a session resolves it once at start-up (`train::auto_checkpointing`).
     #[default]
+    Auto,
+    /// Recompute each block in the backward from its saved input.
     Blocks,
     /// Keep every block's activations.
     None,
@@ -35,9 +38,10 @@ pub enum ActivationCheckpointing {
 
 impl ActivationCheckpointing {
     /// The config spellings, for messages.
-    pub const NAMES: &'static str = "blocks, selective or none";
+    pub const NAMES: &'static str = "auto, blocks, selective or none";
 
-    /// Parses a config spelling (`blocks`, `none`, `selective`) as the config file's deserializer does.
+    /// Parses a config spelling (`auto`, `blocks`, `none`, `selective`) as the config file's deserializer
+    /// does.
     pub fn parse(s: &str) -> Option<Self> {
         use serde::de::IntoDeserializer;
         let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
@@ -60,7 +64,8 @@ pub struct ActivationEstimate {
 
 impl ActivationEstimate {
     /// For `batch` × `seq` tokens on this rank, weights of `dtype_bytes`, activations kept as `mode`
-    /// says, vocabulary chunks of `chunk_rows` rows.
+    /// says, vocabulary chunks of `chunk_rows` rows. `Auto` is estimated as "blocks", its fallback
+    /// (resolve it first to estimate what a run will do).
     pub fn new(
         args: &ModelArgs,
         batch: usize,
@@ -78,7 +83,9 @@ impl ActivationEstimate {
         let blocks = n_trunk + args.n_future_tokens as f64;
         let selective = n * (5.0 * dm + 2.0 * k + 2.0 * f) * d + n * args.n_heads as f64 * 4.0;
         let saved = match mode {
-            ActivationCheckpointing::Blocks => (n_trunk + 1.0) * n * dm * d + block,
+            ActivationCheckpointing::Blocks | ActivationCheckpointing::Auto => {
+                (n_trunk + 1.0) * n * dm * d + block
+            }
             ActivationCheckpointing::None => {
                 blocks * block
                     + args.n_future_tokens as f64 * n * (args.vocab_size as f64 + 2.0 * dm) * d

@@ -54,6 +54,11 @@ pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
             .map(|step| format!(", resuming at step {step}"))
             .unwrap_or_default()
     );
+    eprintln!(
+        "  memory    activation checkpointing {} ({})",
+        format!("{:?}", s.checkpointing.mode).to_lowercase(),
+        s.checkpointing.reason
+    );
     if let Some(spread) = s.strategy.describe() {
         eprintln!(
             "  ranks     {spread}; global batch {} sequences",

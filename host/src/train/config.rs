@@ -285,7 +285,9 @@ pub struct RuntimeSection {
     /// (least memory); `none`: keep every block's activations from forward to backward (no recomputation,
     /// about a block's activations × blocks more memory); `selective`: keep every matrix product's and
     /// the attention's output, recompute the RMSNorm outputs, the SwiGLU product and the heads'
-    /// vocabulary chunks in the backward (about 0.7 of "none"'s activations for a little recomputation).
+    /// vocabulary chunks in the backward (about 0.7 of "none"'s activations for a little recomputation);
+    /// `auto` (default): `selective` when the run's estimated peak with it (`wmtp info`'s estimate) is
+    /// at most 90% of the GPU's memory, else `blocks`; `blocks` on the CPU.
     pub activation_checkpointing: ActivationCheckpointing,
     /// Use the fused CUDA kernels (RMSNorm, RoPE, SwiGLU, attention, cross-entropy) on the GPU; false runs
     /// the plain candle ops everywhere (for comparisons). No effect on the CPU. Held by the run's models
@@ -306,7 +308,7 @@ impl Default for RuntimeSection {
             log_every_s: 60.0,
             tensorboard: false,
             fused_kernels: true,
-            activation_checkpointing: ActivationCheckpointing::Blocks,
+            activation_checkpointing: ActivationCheckpointing::Auto,
         }
     }
 }

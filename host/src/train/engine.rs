@@ -149,7 +149,8 @@ impl<'a> Engine<'a> {
     /// backward recomputes the block), all of them with "none", the selective set with "selective".
     fn keep(&self, sv: BlockSaved) -> Option<BlockSaved> {
         match self.checkpointing {
-            ActivationCheckpointing::Blocks => None,
+            // a session resolves "auto" before any step; unresolved it means its fallback, "blocks"
+            ActivationCheckpointing::Blocks | ActivationCheckpointing::Auto => None,
             ActivationCheckpointing::None => Some(sv),
             ActivationCheckpointing::Selective => Some(sv.drop_elementwise()),
         }

@@ -1,6 +1,7 @@
 //! Training: the block-wise engine, configuration, sessions, stages, the step and validation (saving
 //! and restoring a session is `host/src/checkpoint/`, the `wmtp run` loop `host/src/run/`).
 
+pub mod auto_checkpointing;
 pub mod build;
 pub mod config;
 pub mod config_source;

@@ -3,6 +3,7 @@
 //! groups from the manifest unless the config lists them), the values (own value head or frozen critic),
 //! the data, the optimiser, and the reference model when the pipeline needs reference losses.
 
+use super::auto_checkpointing::CheckpointingChoice;
 use super::config::{RunConfig, TrainingSection};
 use super::plugin_ranks::PluginRanks;
 use super::step::{Models, Weigher};
@@ -67,6 +68,9 @@ pub struct Session {
     /// [`Session::shard`] hands the policy to FSDP, whose shards then hold them (the model's own weights
     /// are released).
     pub strategy: Box<dyn Strategy>,
+    /// What training forwards keep for the backward: `runtime.activation_checkpointing`, with "auto"
+    /// resolved for this run's device and sizes when the session was built.
+    pub checkpointing: CheckpointingChoice,
     /// The ranks the plugin's `all-reduce-sum` sums over (connected by [`Session::shard`]).
     pub plugin_ranks: PluginRanks,
     /// The `[[stages]]` entry being trained (None without stages).
@@ -169,7 +173,15 @@ impl Session {
             ),
             (false, _) => None,
         };
+        let checkpointing = super::auto_checkpointing::for_run(
+            &cfg,
+            &model,
+            [reference.as_ref(), critic.as_ref().map(|(m, _)| m)],
+            shard_place.map_or(1, |(world, _)| world),
+            &opts.device,
+        );
         Ok(Session {
+            checkpointing,
             source,
             device: opts.device.clone(),
             cfg,
@@ -247,7 +259,7 @@ impl Session {
                 reference: self.reference.as_ref(),
                 critic: self.critic.as_ref().map(|(m, v)| (m, v)),
                 chunk_rows: self.cfg.training.chunk_rows,
-                checkpointing: self.cfg.runtime.activation_checkpointing,
+                checkpointing: self.checkpointing.mode,
                 strategy: self.strategy.as_ref(),
                 detach_extra_heads: self.cfg.training.detach_extra_heads,
             },

@@ -15,6 +15,8 @@
 //   B (16×8):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g);   C: c0,c1 = (g, 2t..), c2,c3 = (g+8, 2t..)
 // so the C fragments of two adjacent n-tiles, packed to bf16, are the A fragment of the next product.
 
+#include "async_copy.cuh"
+
 #define BR 64
 #define BC 64
 #define PAD 8
@@ -25,10 +27,6 @@ __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
 }
 __device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 __device__ __forceinline__ void ldsm4(uint32_t* r, const bf16* p) {
@@ -41,12 +39,6 @@ __device__ __forceinline__ void ldsm4t(uint32_t* r, const bf16* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
-__device__ __forceinline__ void cp16(void* s, const void* g, bool valid) {
-  uint32_t a = (uint32_t)__cvta_generic_to_shared(s);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Queues the copy of rows [row0, row0+64) of a [B, T, heads, D] tensor (head h) into smem [64][D+PAD];
 // rows past T are zero-filled.

@@ -10,6 +10,26 @@ pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 /// The module name the PTX is cached under in candle's device.
 pub const MODULE: &str = "wmtp_fused";
 
+/// The PTX of `kernels/attention_sm90.cu` (Hopper's warpgroup MMA, compute_90a); empty when the build's
+/// `CUDA_COMPUTE_CAP` is not 90.
+pub const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_sm90.ptx"));
+/// The module name [`PTX_SM90`] is cached under in candle's device.
+pub const MODULE_SM90: &str = "wmtp_attention_sm90";
+
+/// Whether the attention forward on `dev` runs the sm_90a kernels: they were built, the device has compute
+/// capability 9.x, and `WMTP_ATTENTION_SM90` is `1`. Opt-in until the kernel is validated on a GPU
+/// (bench/gpu/attention_sm90_bench.cu); the mma.sync kernels of `kernels/attention.cuh` run otherwise.
+pub fn use_sm90_attention(dev: &CudaDevice) -> bool {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+    !PTX_SM90.is_empty()
+        && std::env::var("WMTP_ATTENTION_SM90").is_ok_and(|v| v == "1")
+        && dev
+            .cuda_stream()
+            .context()
+            .attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+            .is_ok_and(|major| major == 9)
+}
+
 /// A CUDA driver error as a candle error.
 pub fn err<E: std::error::Error + Send + Sync + 'static>(e: E) -> candle_core::Error {
     candle_core::Error::Cuda(Box::new(e))
@@ -103,10 +123,15 @@ macro_rules! by_dtype {
 pub(crate) use by_dtype;
 
 /// Queues kernel `$name` of the fused module on `$dev` with `$cfg` and the arguments (references).
-/// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes.
+/// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes; a leading
+/// `in MODULE, PTX;` takes the kernel from that module instead of the fused one.
 macro_rules! launch {
-    ($dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {{
-        let f = $dev.get_or_load_custom_func(&$name, $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX)?;
+    ($dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {
+        $crate::kernels::cuda::launch!(in $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX;
+            $dev, $name, $cfg, smem = $smem; $($arg),*)
+    };
+    (in $module:expr, $ptx:expr; $dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {{
+        let f = $dev.get_or_load_custom_func(&$name, $module, $ptx)?;
         f.set_attribute(
             candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             $smem as i32,

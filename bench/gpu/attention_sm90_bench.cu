@@ -1,0 +1,210 @@
+// The sm_90a attention forward (host/kernels/attention_sm90.cu) beside the mma.sync one (attention.cuh) in
+// one process, without the Rust host: correctness against an f32 CPU reference (grouped-query heads and a
+// partial last tile) and between the two kernels, then the times at bench/gpu_ops.rs's attention sweep
+// shapes under the op names bench/gpu/ops_reference.py's ratios read. Build and run on a Hopper machine:
+//
+//   nvcc -arch=sm_90a -O3 -std=c++17 -o attn_sm90 bench/gpu/attention_sm90_bench.cu && ./attn_sm90 > ours.jsonl
+//   ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "../../host/kernels/fused.cu"
+#include "../../host/kernels/attention_sm90.cu"
+
+#define CHECK(x)                                                                  \
+  do {                                                                            \
+    cudaError_t e = (x);                                                          \
+    if (e != cudaSuccess) {                                                       \
+      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
+      exit(1);                                                                    \
+    }                                                                             \
+  } while (0)
+
+typedef void (*Fwd)(const bf16*, const bf16*, const bf16*, bf16*, float*, int, int, int, float);
+
+struct Kernel {
+  const char* name;
+  Fwd f;
+  int rows, threads, smem;
+};
+
+static Kernel old_kernel(int d) {
+  return {"mma.sync", d == 64 ? flash_fwd_d64 : flash_fwd_d128, 64, 128, 4 * 64 * (d + 8) * 2};
+}
+static Kernel new_kernel(int d, bool overlap) {
+  int wgs = d == 64 ? SM90_WGS_64 : SM90_WGS_128;
+  Fwd f = overlap ? (d == 64 ? flash_fwd_sm90o_d64 : flash_fwd_sm90o_d128)
+                  : (d == 64 ? flash_fwd_sm90_d64 : flash_fwd_sm90_d128);
+  return {overlap ? "wgmma-overlap" : "wgmma", f, 64 * wgs, 128 * wgs, 1024 + 64 * wgs * d * 2 + 4 * SM90_BN * d * 2};
+}
+
+static void launch(const Kernel& k, const bf16* q, const bf16* kk, const bf16* v, bf16* o, float* lse, int B,
+                   int T, int NH, int NKV, int D) {
+  CHECK(cudaFuncSetAttribute(k.f, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem));
+  CHECK(cudaFuncSetAttribute(k.f, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  dim3 grid((T + k.rows - 1) / k.rows, NH, B);
+  float sl2 = 1.4426950408889634f / sqrtf((float)D);
+  k.f<<<grid, k.threads, k.smem>>>(q, kk, v, o, lse, T, NH, NKV, sl2);
+  CHECK(cudaGetLastError());
+}
+
+struct Case {
+  int B, T, NH, NKV, D;
+  std::vector<bf16> q, k, v;
+  bf16 *dq, *dk, *dv;
+  Case(int B_, int T_, int NH_, int NKV_, int D_, unsigned seed) : B(B_), T(T_), NH(NH_), NKV(NKV_), D(D_) {
+    q = rnd((size_t)B * T * NH * D, seed);
+    k = rnd((size_t)B * T * NKV * D, seed + 1);
+    v = rnd((size_t)B * T * NKV * D, seed + 2);
+    dq = up(q);
+    dk = up(k);
+    dv = up(v);
+  }
+  static std::vector<bf16> rnd(size_t n, unsigned seed) {
+    std::vector<bf16> x(n);
+    unsigned long long s = seed * 6364136223846793005ull + 1442695040888963407ull;
+    for (size_t i = 0; i < n; i++) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      float u = ((s >> 40) & 0xFFFFFF) / 16777216.0f;  // [0, 1)
+      x[i] = __float2bfloat16(2.f * (2.f * u - 1.f));
+    }
+    return x;
+  }
+  static bf16* up(const std::vector<bf16>& x) {
+    bf16* d;
+    CHECK(cudaMalloc(&d, x.size() * sizeof(bf16)));
+    CHECK(cudaMemcpy(d, x.data(), x.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    return d;
+  }
+  // o and lse of one kernel, copied back
+  void run(const Kernel& kn, std::vector<float>& o, std::vector<float>& lse) const {
+    bf16* d_o;
+    float* d_l;
+    size_t no = (size_t)B * T * NH * D, nl = (size_t)B * NH * T;
+    CHECK(cudaMalloc(&d_o, no * 2));
+    CHECK(cudaMalloc(&d_l, nl * 4));
+    CHECK(cudaMemset(d_o, 0xff, no * 2));
+    launch(kn, dq, dk, dv, d_o, d_l, B, T, NH, NKV, D);
+    CHECK(cudaDeviceSynchronize());
+    std::vector<bf16> ob(no);
+    lse.resize(nl);
+    CHECK(cudaMemcpy(ob.data(), d_o, no * 2, cudaMemcpyDeviceToHost));
+    CHECK(cudaMemcpy(lse.data(), d_l, nl * 4, cudaMemcpyDeviceToHost));
+    o.resize(no);
+    for (size_t i = 0; i < no; i++) o[i] = __bfloat162float(ob[i]);
+    CHECK(cudaFree(d_o));
+    CHECK(cudaFree(d_l));
+  }
+  float ms(const Kernel& kn, int iters) const {
+    bf16* d_o;
+    float* d_l;
+    CHECK(cudaMalloc(&d_o, (size_t)B * T * NH * D * 2));
+    CHECK(cudaMalloc(&d_l, (size_t)B * NH * T * 4));
+    launch(kn, dq, dk, dv, d_o, d_l, B, T, NH, NKV, D);
+    cudaEvent_t a, b;
+    CHECK(cudaEventCreate(&a));
+    CHECK(cudaEventCreate(&b));
+    std::vector<float> ts;
+    for (int i = 0; i < iters; i++) {
+      CHECK(cudaEventRecord(a));
+      launch(kn, dq, dk, dv, d_o, d_l, B, T, NH, NKV, D);
+      CHECK(cudaEventRecord(b));
+      CHECK(cudaEventSynchronize(b));
+      float t;
+      CHECK(cudaEventElapsedTime(&t, a, b));
+      ts.push_back(t);
+    }
+    std::sort(ts.begin(), ts.end());
+    CHECK(cudaFree(d_o));
+    CHECK(cudaFree(d_l));
+    return ts[ts.size() / 2];
+  }
+};
+
+// max |x − ref| / max |ref| over o, and max |lse − ref| (log2 units), on rows where ref is given.
+static void compare(const char* what, const Case& c, const std::vector<float>& o, const std::vector<float>& l,
+                    const std::vector<float>& ro, const std::vector<float>& rl, int row_step) {
+  double err = 0, mx = 0, lerr = 0;
+  for (int b = 0; b < c.B; b++)
+    for (int t = 0; t < c.T; t += row_step)
+      for (int h = 0; h < c.NH; h++) {
+        size_t base = (((size_t)b * c.T + t) * c.NH + h) * c.D;
+        for (int d = 0; d < c.D; d++) {
+          err = fmax(err, fabs(o[base + d] - ro[base + d]));
+          mx = fmax(mx, fabs(ro[base + d]));
+        }
+        size_t li = ((size_t)b * c.NH + h) * c.T + t;
+        lerr = fmax(lerr, fabs(l[li] - rl[li]));
+      }
+  printf("{\"check\": \"%s\", \"B\": %d, \"T\": %d, \"NH\": %d, \"NKV\": %d, \"D\": %d, \"o_max_rel\": %.3e, "
+         "\"lse_max_abs\": %.3e}\n",
+         what, c.B, c.T, c.NH, c.NKV, c.D, err / mx, lerr);
+}
+
+// f32 reference o and lse (log2 of scaled scores) on every row_step-th row.
+static void reference(const Case& c, int row_step, std::vector<float>& o, std::vector<float>& lse) {
+  o.assign((size_t)c.B * c.T * c.NH * c.D, 0.f);
+  lse.assign((size_t)c.B * c.NH * c.T, 0.f);
+  const float sl2 = 1.4426950408889634f / sqrtf((float)c.D);
+  std::vector<float> p(c.T);
+  for (int b = 0; b < c.B; b++)
+    for (int t = 0; t < c.T; t += row_step)
+      for (int h = 0; h < c.NH; h++) {
+        int kh = h / (c.NH / c.NKV);
+        const bf16* qr = &c.q[(((size_t)b * c.T + t) * c.NH + h) * c.D];
+        float m = -INFINITY;
+        for (int j = 0; j <= t; j++) {
+          const bf16* kr = &c.k[(((size_t)b * c.T + j) * c.NKV + kh) * c.D];
+          float s = 0;
+          for (int d = 0; d < c.D; d++) s += __bfloat162float(qr[d]) * __bfloat162float(kr[d]);
+          p[j] = s * sl2;
+          m = fmaxf(m, p[j]);
+        }
+        float l = 0;
+        for (int j = 0; j <= t; j++) l += (p[j] = exp2f(p[j] - m));
+        float* orow = &o[(((size_t)b * c.T + t) * c.NH + h) * c.D];
+        for (int j = 0; j <= t; j++) {
+          const bf16* vr = &c.v[(((size_t)b * c.T + j) * c.NKV + kh) * c.D];
+          for (int d = 0; d < c.D; d++) orow[d] += p[j] / l * __bfloat162float(vr[d]);
+        }
+        lse[((size_t)b * c.NH + h) * c.T + t] = m + log2f(l);
+      }
+}
+
+int main() {
+  // correctness: grouped-query heads, a partial last tile, both head dims
+  for (int d : {64, 128}) {
+    for (int t : {1000, 257}) {
+      Case c(2, t, 8, 2, d, 17 + d + t);
+      std::vector<float> ro, rl, o1, l1, o2, l2, o3, l3;
+      reference(c, 3, ro, rl);
+      c.run(old_kernel(d), o1, l1);
+      c.run(new_kernel(d, false), o2, l2);
+      c.run(new_kernel(d, true), o3, l3);
+      compare("mma.sync vs f32", c, o1, l1, ro, rl, 3);
+      compare("wgmma vs f32", c, o2, l2, ro, rl, 3);
+      compare("wgmma-overlap vs f32", c, o3, l3, ro, rl, 3);
+      compare("wgmma-overlap vs mma.sync", c, o3, l3, o1, l1, 1);
+    }
+  }
+  fflush(stdout);
+  // timing at the sweep's shapes: 16,384 tokens × 2,048 features
+  for (int t : {2048, 4096})
+    for (int d : {64, 128}) {
+      Case c(16384 / t, t, 2048 / d, 2048 / d, d, 5);
+      std::vector<float> o1, l1, o2, l2;
+      c.run(old_kernel(d), o1, l1);
+      c.run(new_kernel(d, true), o2, l2);
+      compare("wgmma-overlap vs mma.sync", c, o2, l2, o1, l1, 1);
+      float a = c.ms(old_kernel(d), 20), b = c.ms(new_kernel(d, false), 20), e = c.ms(new_kernel(d, true), 20);
+      printf("{\"op\": \"attention T%d D%d fwd\", \"ms\": %.4f, \"wgmma_ms\": %.4f, \"mma_sync_ms\": %.4f}\n", t,
+             d, e, b, a);
+      fflush(stdout);
+    }
+  return 0;
+}

@@ -210,41 +210,8 @@ pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Launch(l) => {
-            anyhow::ensure!(
-                l.timeout_s > 0.0 && l.timeout_s.is_finite(),
-                "--timeout-s must be a positive number of seconds"
-            );
-            wmtp_host::parallel::launch::launch(&wmtp_host::parallel::launch::LaunchSpec {
-                nproc_per_node: l.nproc_per_node,
-                nnodes: l.nnodes,
-                node_rank: l.node_rank,
-                master_addr: l.master_addr,
-                master_port: l.master_port,
-                timeout: std::time::Duration::from_secs_f64(l.timeout_s),
-                program: std::env::current_exe()?,
-                args: l.command,
-            })
-        }
-        Command::Run(r) => {
-            let mut set = r.set;
-            set.extend(r.device.map(|d| format!("model.device=\"{d}\"")));
-            set.extend(r.dtype.map(|d| format!("model.dtype=\"{d}\"")));
-            let opts = wmtp_host::run::RunOptions {
-                pipeline: r.pipeline,
-                config: r.config,
-                set,
-                resume: r.resume,
-                allow_plugin_change: r.allow_plugin_change,
-                quiet: false,
-            };
-            let summary = wmtp_host::run::run(&opts)?;
-            if summary.interrupted {
-                // 128 + SIGINT, as shells report a Ctrl-C: schedulers and scripts see it did not finish
-                std::process::exit(130);
-            }
-            Ok(())
-        }
+        Command::Launch(l) => launch(l),
+        Command::Run(r) => run_training(r),
         Command::Eval(a) if a.humaneval.is_some() => eval_cmds::humaneval(&a),
         Command::Eval(a) => eval_cmds::eval_ce(&a),
         Command::Export {
@@ -292,6 +259,45 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Distill(a) => distill_cmd::run(&a),
         Command::Plugin(c) => plugin_cmds::run(c),
     }
+}
+
+/// `wmtp launch`: the ranks of this node, each a `wmtp` child with its rank's environment.
+fn launch(l: LaunchCli) -> Result<()> {
+    anyhow::ensure!(
+        l.timeout_s > 0.0 && l.timeout_s.is_finite(),
+        "--timeout-s must be a positive number of seconds"
+    );
+    wmtp_host::parallel::launch::launch(&wmtp_host::parallel::launch::LaunchSpec {
+        nproc_per_node: l.nproc_per_node,
+        nnodes: l.nnodes,
+        node_rank: l.node_rank,
+        master_addr: l.master_addr,
+        master_port: l.master_port,
+        timeout: std::time::Duration::from_secs_f64(l.timeout_s),
+        program: std::env::current_exe()?,
+        args: l.command,
+    })
+}
+
+/// `wmtp run`: one training run; a run stopped by Ctrl-C exits with status 130.
+fn run_training(r: RunCli) -> Result<()> {
+    let mut set = r.set;
+    set.extend(r.device.map(|d| format!("model.device=\"{d}\"")));
+    set.extend(r.dtype.map(|d| format!("model.dtype=\"{d}\"")));
+    let opts = wmtp_host::run::RunOptions {
+        pipeline: r.pipeline,
+        config: r.config,
+        set,
+        resume: r.resume,
+        allow_plugin_change: r.allow_plugin_change,
+        quiet: false,
+    };
+    let summary = wmtp_host::run::run(&opts)?;
+    if summary.interrupted {
+        // 128 + SIGINT, as shells report a Ctrl-C: schedulers and scripts see it did not finish
+        std::process::exit(130);
+    }
+    Ok(())
 }
 
 /// `wmtp merge --format`: the command line's name for [`wmtp_host::checkpoint::export::MergeFormat`] (the library

@@ -41,8 +41,8 @@ fn max_pos() -> usize {
     2048
 }
 
-/// Reads an HF-LLaMA directory into Meta names and layout (an H = 1 model).
-pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
+/// `dir/config.json` (an HF LLaMA or Mistral config) and the model arguments it gives (H = 1).
+fn read_hf_config(dir: &Path) -> Result<(HfConfig, ModelArgs)> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("reading {}", cfg_path.display()))?;
@@ -72,6 +72,12 @@ pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
     };
     args.validate()
         .with_context(|| format!("unsupported shape in {}", cfg_path.display()))?;
+    Ok((cfg, args))
+}
+
+/// Reads an HF-LLaMA directory into Meta names and layout (an H = 1 model).
+pub fn read_hf_dir(dir: &Path) -> Result<(ModelArgs, HashMap<String, Tensor>)> {
+    let (cfg, args) = read_hf_config(dir)?;
     let files = files_matching(dir, |n| n.ends_with(".safetensors"))?;
     if files.is_empty() {
         bail!(

@@ -226,15 +226,8 @@ pub fn read_peft_config(dir: &Path) -> Result<LoraConfig> {
     Ok(lora)
 }
 
-/// Sets `model`'s LoRA tensors (the model has LoRA with the same settings) from the PEFT adapter in `dir`:
-/// every trunk and head-0 LoRA tensor must be in it with the right shape; extra heads' LoRA come from
-/// `wmtp_extra_heads.safetensors` when there is one (an adapter trained on a plain model has none: those
-/// keep their initial values, B = 0).
-pub fn import_peft(dir: &Path, model: &mut Transformer) -> Result<()> {
-    let theirs = read_peft_config(dir)?;
-    let Some(ours) = model.lora.clone() else {
-        bail!("the model has no LoRA to load {} into", dir.display())
-    };
+/// Errors (naming `dir`) unless the adapter's LoRA settings `theirs` are the model's `ours`.
+fn check_same_lora(dir: &Path, theirs: &LoraConfig, ours: &LoraConfig) -> Result<()> {
     if theirs.rank != ours.rank
         || theirs.alpha != ours.alpha
         || theirs.rslora != ours.rslora
@@ -253,6 +246,18 @@ pub fn import_peft(dir: &Path, model: &mut Transformer) -> Result<()> {
             ours.targets()?
         );
     }
+    Ok(())
+}
+
+/// Sets `model`'s LoRA tensors (the model has LoRA with the same settings) from the PEFT adapter in `dir`:
+/// every trunk and head-0 LoRA tensor must be in it with the right shape; extra heads' LoRA come from
+/// `wmtp_extra_heads.safetensors` when there is one (an adapter trained on a plain model has none: those
+/// keep their initial values, B = 0).
+pub fn import_peft(dir: &Path, model: &mut Transformer) -> Result<()> {
+    let Some(ours) = model.lora.clone() else {
+        bail!("the model has no LoRA to load {} into", dir.display())
+    };
+    check_same_lora(dir, &read_peft_config(dir)?, &ours)?;
     let file = dir.join("adapter_model.safetensors");
     let mut peft = super::meta::read_safetensors(&file)?;
     let extra_file = dir.join(EXTRA_HEADS_FILE);

@@ -1,10 +1,12 @@
 // Causal grouped-query flash attention forward for Hopper (sm_90a), bf16, head dim D ∈ {64, 128}: the same
 // contract as flash_fwd_d* of attention.cuh (q/o [B, T, NH, D], k/v [B, T, NKV, D], lse [B, NH, T] in units
 // of log2 of the scaled scores), built on warpgroup MMA (wgmma) instead of mma.sync. Compiled to its own
-// PTX module for compute_90a by host/build.rs; the host uses it on compute capability 9.x only.
+// PTX module for compute_90a by host/build.rs; the host uses it on compute capability 9.x for D = 128
+// (on an H100 it takes 0.89–0.90× the mma.sync kernel's time there, but 1.09–1.14× at D = 64).
 //
 // A CTA of WGS warpgroups takes 64·WGS query rows of one head; each warpgroup owns 64 of them. Tiles of
-// BN = 128 keys stream through two shared-memory stages (cp.async, all threads load). Per key tile:
+// BN = 128 keys stream through two shared-memory stages each of K and V (cp.async, all threads load).
+// Per key tile:
 //   S = Q·Kᵀ   wgmma m64n128k16, Q and K both K-major in shared memory        (D/16 instructions)
 //   online softmax on S in registers (exp2, running max m and sum l per row)
 //   O += P·V   wgmma m64nDk16, P from registers (the S accumulators packed to bf16 are exactly the
@@ -145,11 +147,7 @@ template <int D, int BN>
 __device__ __forceinline__ void issue_pv(float* acc, const uint32_t (*pf)[4], const unsigned char* sv) {
 #pragma unroll
   for (int kk = 0; kk < BN / 16; kk++)
-#ifndef SM90_V_DESC_SWAP
     wgmma_pv<D>(acc, pf[kk], sw128_desc(sv + kk * 16 * 128, BN * 128, 1024));
-#else
-    wgmma_pv<D>(acc, pf[kk], sw128_desc(sv + kk * 16 * 128, 1024, BN * 128));
-#endif
 }
 
 // o = acc / l for rows a and b (those below T) and lse = m + log2 l.
@@ -189,8 +187,12 @@ template <int D, int BM, int BN> struct Smem {
   __device__ unsigned char* v(int stage) const { return q + BM * D * 2 + (2 + stage) * (BN * D * 2); }
 };
 
-// Forward, one step at a time: grid (ceil(T / (64·WGS)), NH, B), 128·WGS threads; dynamic smem 1024
-// (alignment) + Q tile + two stages of (K, V) tiles. Per key tile: S, wait, softmax, O += P·V, wait.
+// Forward: grid (ceil(T / (64·WGS)), NH, B), 128·WGS threads; dynamic smem 1024 (alignment) + the Q tile
+// + two K and two V stages. The softmax of tile j overlaps O += P_{j−1}·V_{j−1} (FlashAttention-3's
+// intra-warpgroup pipelining): S_j and that product are issued together; the softmax waits only for
+// S_j. K_j sits in K stage j mod 2, V_j in V stage j mod 2; at the top of iteration j (one
+// barrier) every thread is done with iteration j − 1, so K_{j+1} and V_j are queued into the stages K_{j−1}
+// and V_{j−2} left.
 template <int D, int WGS>
 __device__ void flash_fwd_sm90(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T,
                                int NH, int NKV, float scale_log2) {
@@ -198,66 +200,6 @@ __device__ void flash_fwd_sm90(const bf16* q, const bf16* k, const bf16* v, bf16
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Smem<D, BM, BN> sm(smem_raw);
   // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int kvh = h / (NH / NKV);
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
-  const int q0 = qt * BM, wg_row0 = q0 + wg * 64;
-  Rows r;
-  r.a = wg_row0 + warp * 16 + (lane >> 2);
-  r.b = r.a + 8;
-  const int last = min((q0 + BM - 1) / BN, (T - 1) / BN);
-  tile_sw128<D, BM>(sm.q, q, b, q0, h, T, NH);
-  tile_sw128<D, BN>(sm.k(0), k, b, 0, kvh, T, NKV);
-  tile_sw128<D, BN>(sm.v(0), v, b, 0, kvh, T, NKV);
-  cp_commit();
-  float acc[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; i++) acc[i] = 0.f;
-  for (int kt = 0; kt <= last; kt++) {
-    const int st = kt & 1;
-    if (kt < last) {  // prefetch the next tile into the other stage
-      tile_sw128<D, BN>(sm.k(st ^ 1), k, b, (kt + 1) * BN, kvh, T, NKV);
-      tile_sw128<D, BN>(sm.v(st ^ 1), v, b, (kt + 1) * BN, kvh, T, NKV);
-      cp_commit();
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
-    }
-    fence_async_shared();
-    __syncthreads();
-    float s[BN / 2];
-    wgmma_fence();
-    issue_scores<D, BM, BN>(s, sm.q, sm.k(st), wg);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs<BN / 2>(s);
-    // mask only where the tile reaches past this warpgroup's first row or past T
-    const bool masked = kt * BN + BN - 1 > wg_row0 || (kt + 1) * BN > T;
-    uint32_t pf[BN / 16][4];
-    float al_a, al_b;
-    softmax_tile<BN>(s, pf, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
-    rescale<D>(acc, al_a, al_b);
-    wgmma_fence();
-    issue_pv<D, BN>(acc, pf, sm.v(st));
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs<D / 2>(acc);
-    __syncthreads();  // this stage is refilled by the next iteration's prefetch
-  }
-  store_rows<D>(acc, r, o, lse, b, h, T, NH, tq);
-}
-
-// Forward with the softmax of tile j overlapping O += P_{j−1}·V_{j−1} (FlashAttention-3's intra-warpgroup
-// pipelining): S_j and that product are issued together; the softmax waits only for S_j. Same launch as
-// flash_fwd_sm90. K_j sits in K stage j mod 2, V_j in V stage j mod 2; at the top of iteration j (one
-// barrier) every thread is done with iteration j − 1, so K_{j+1} and V_j are queued into the stages K_{j−1}
-// and V_{j−2} left.
-template <int D, int WGS>
-__device__ void flash_fwd_sm90_overlap(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T,
-                                       int NH, int NKV, float scale_log2) {
-  constexpr int BM = 64 * WGS, BN = SM90_BN;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  Smem<D, BM, BN> sm(smem_raw);
   const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (NH / NKV);
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
@@ -325,11 +267,6 @@ __device__ void flash_fwd_sm90_overlap(const bf16* q, const bf16* k, const bf16*
       flash_fwd_sm90_d##DIM(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T, int NH,  \
                             int NKV, float scale_log2) {                                                     \
     flash_fwd_sm90<DIM, SM90_WGS_##DIM>(q, k, v, o, lse, T, NH, NKV, scale_log2);                            \
-  }                                                                                                          \
-  extern "C" __global__ void __launch_bounds__(128 * SM90_WGS_##DIM, 1)                                      \
-      flash_fwd_sm90o_d##DIM(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T, int NH, \
-                             int NKV, float scale_log2) {                                                    \
-    flash_fwd_sm90_overlap<DIM, SM90_WGS_##DIM>(q, k, v, o, lse, T, NH, NKV, scale_log2);                    \
   }
 SM90_FWD(64)
 SM90_FWD(128)

@@ -223,9 +223,9 @@ impl CustomOp3 for AttentionOp {
         let lse = unsafe { dev.alloc::<f32>(b * nh * t) }?;
         let (t_i, nh_i, nkv_i) = (t as i32, nh as i32, nkv as i32);
         let sl2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-        if super::cuda::use_sm90_attention(dev) {
-            // attention_sm90.cu: 2 warpgroups of 64 query rows; 1 KiB for alignment, the Q tile and two
-            // stages of (K, V) tiles of 128 keys
+        if super::cuda::use_sm90_attention(dev, d) {
+            // attention_sm90.cu (wgmma): 2 warpgroups of 64 query rows; 1 KiB for alignment, the Q tile
+            // and two stages each of K and V tiles of 128 keys
             let (rows, smem) = (
                 SM90_ROWS,
                 (1024 + SM90_ROWS * d * 2 + 4 * 128 * d * 2) as u32,
@@ -235,7 +235,7 @@ impl CustomOp3 for AttentionOp {
                 block_dim: (2 * 128, 1, 1),
                 shared_mem_bytes: smem,
             };
-            let name = format!("flash_fwd_sm90o_d{d}");
+            let name = format!("flash_fwd_sm90_d{d}");
             let (module, ptx) = (super::cuda::MODULE_SM90, super::cuda::PTX_SM90);
             launch!(in module, ptx; dev, name, cfg, smem = smem; &q, &k, &v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
         } else {

@@ -16,13 +16,19 @@ pub const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_sm9
 /// The module name [`PTX_SM90`] is cached under in candle's device.
 pub const MODULE_SM90: &str = "wmtp_attention_sm90";
 
-/// Whether the attention forward on `dev` runs the sm_90a kernels: they were built, the device has compute
-/// capability 9.x, and `WMTP_ATTENTION_SM90` is `1`. Opt-in until the kernel is validated on a GPU
-/// (bench/gpu/attention_sm90_bench.cu); the mma.sync kernels of `kernels/attention.cuh` run otherwise.
-pub fn use_sm90_attention(dev: &CudaDevice) -> bool {
+/// Whether the attention forward of head dim `head_dim` on `dev` runs the sm_90a kernel: it was built, the
+/// device has compute capability 9.x, the head dim is 128 (at 64 the mma.sync kernel of
+/// `kernels/attention.cuh` is faster), and `WMTP_ATTENTION_SM90` is not `0`; `WMTP_ATTENTION_SM90=1`
+/// takes it at head dim 64 too (benchmarks set the variable to time either kernel in one build).
+pub fn use_sm90_attention(dev: &CudaDevice, head_dim: usize) -> bool {
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
-    !PTX_SM90.is_empty()
-        && std::env::var("WMTP_ATTENTION_SM90").is_ok_and(|v| v == "1")
+    let wanted = match std::env::var("WMTP_ATTENTION_SM90").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => head_dim == 128,
+    };
+    wanted
+        && !PTX_SM90.is_empty()
         && dev
             .cuda_stream()
             .context()

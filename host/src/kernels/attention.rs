@@ -4,7 +4,8 @@
 //! statistics, online softmax); the per-row log-sum-exp is kept for the backward, which recomputes the
 //! probabilities tile by tile in one kernel per key tile: dK and dV in registers, dQ added into an f32
 //! buffer with atomics (five T²·D products in all, as FlashAttention-2's backward).
-//! Nothing of size [T, T] is stored (kernels/attention.cuh).
+//! Nothing of size [T, T] is stored (kernels/attention.cuh). On compute capability 9.x at head dim 128
+//! the forward runs the wgmma kernel of kernels/attention_sm90.cu instead (same outputs and lse).
 //! The log-sum-exp is in units of log₂ of the scaled scores: lse₂ = log₂ Σ_j exp(q·k_j/√D).
 //! The CPU twin computes the same in f32 loops (for tests; the CPU model uses the plain path).
 

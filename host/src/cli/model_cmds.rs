@@ -107,30 +107,18 @@ fn print_memory_estimate(
     let acts = ActivationEstimate::new(args, a.batch, seq, bytes, mode, 2048);
     println!(
         "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {}):",
-        a.world_size, a.model.dtype, a.batch, a.activation_checkpointing
+        a.world_size, a.model.dtype, a.batch, mode.name()
     );
     println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
     let lt = lora.trainable_count(args)?;
-    let largest = args.block_params().max(c.embedding).max(c.norm_and_output);
     let full = MemoryEstimate::new(
-        Counts {
-            total: c.total(),
-            trainable: c.total(),
-            largest_unit: largest,
-            largest_unit_trainable: largest,
-        },
+        Counts::of_policy(args, c.total(), c.total()),
         bytes,
         a.world_size,
     );
-    // LoRA: the adapters spread over the blocks
-    let lt_unit = lt.div_ceil(args.n_layers.max(1) as u64);
+    // LoRA: the adapters beside the base weights
     let lo = MemoryEstimate::new(
-        Counts {
-            total: c.total() + lt,
-            trainable: lt,
-            largest_unit: largest + lt_unit,
-            largest_unit_trainable: lt_unit,
-        },
+        Counts::of_policy(args, c.total() + lt, lt),
         bytes,
         a.world_size,
     );

@@ -22,11 +22,14 @@ pub const MODULE_SM90: &str = "wmtp_attention_sm90";
 /// takes it at head dim 64 too (benchmarks set the variable to time either kernel in one build).
 pub fn use_sm90_attention(dev: &CudaDevice, head_dim: usize) -> bool {
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
-    let wanted = match std::env::var("WMTP_ATTENTION_SM90").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => head_dim == 128,
-    };
+    // read once per process: this runs at every attention forward
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = FORCED.get_or_init(|| match std::env::var("WMTP_ATTENTION_SM90").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => None,
+    });
+    let wanted = forced.unwrap_or(head_dim == 128);
     wanted
         && !PTX_SM90.is_empty()
         && dev

@@ -40,6 +40,16 @@ impl ActivationCheckpointing {
     /// The config spellings, for messages.
     pub const NAMES: &'static str = "auto, blocks, selective or none";
 
+    /// The config spelling of the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActivationCheckpointing::Auto => "auto",
+            ActivationCheckpointing::Blocks => "blocks",
+            ActivationCheckpointing::None => "none",
+            ActivationCheckpointing::Selective => "selective",
+        }
+    }
+
     /// Parses a config spelling (`auto`, `blocks`, `none`, `selective`) as the config file's deserializer
     /// does.
     pub fn parse(s: &str) -> Option<Self> {

@@ -39,6 +39,28 @@ pub struct Counts {
     pub largest_unit_trainable: u64,
 }
 
+impl Counts {
+    /// The counts of a policy of shape `args` with `total` parameters of which `trainable` are trained.
+    /// All trained (full fine-tuning): the largest unit is trained whole. Fewer (LoRA, part of the model):
+    /// the trained parameters are spread over the blocks, beside each block's frozen ones.
+    pub fn of_policy(args: &super::args::ModelArgs, total: u64, trainable: u64) -> Self {
+        let c = args.param_counts();
+        let largest = args.block_params().max(c.embedding).max(c.norm_and_output);
+        let (largest_unit, largest_unit_trainable) = if trainable >= total {
+            (largest, largest)
+        } else {
+            let per_block = trainable.div_ceil(args.n_layers.max(1) as u64);
+            (largest + per_block, per_block)
+        };
+        Counts {
+            total,
+            trainable,
+            largest_unit,
+            largest_unit_trainable,
+        }
+    }
+}
+
 impl MemoryEstimate {
     /// The estimate for `c` with weights of `dtype_bytes` bytes over `world_size` ranks (FSDP when
     /// more than one).

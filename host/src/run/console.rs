@@ -56,7 +56,7 @@ pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
     );
     eprintln!(
         "  memory    activation checkpointing {} ({})",
-        format!("{:?}", s.checkpointing.mode).to_lowercase(),
+        s.checkpointing.mode.name(),
         s.checkpointing.reason
     );
     if let Some(spread) = s.strategy.describe() {

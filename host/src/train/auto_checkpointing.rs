@@ -72,24 +72,8 @@ pub fn selective_peak(
     world: usize,
     dtype_bytes: usize,
 ) -> f64 {
-    let (total, trainable) = params;
-    let c = args.param_counts();
-    let largest = args.block_params().max(c.embedding).max(c.norm_and_output);
-    // full fine-tuning: the largest unit is all trained; else (LoRA, part of the model trained) the
-    // trained parameters spread over the blocks, beside the frozen ones (as `wmtp info` counts them)
-    let (largest_unit, largest_unit_trainable) = if trainable >= total {
-        (largest, largest)
-    } else {
-        let per_block = trainable.div_ceil(args.n_layers.max(1) as u64);
-        (largest + per_block, per_block)
-    };
     let state = MemoryEstimate::new(
-        Counts {
-            total,
-            trainable,
-            largest_unit,
-            largest_unit_trainable,
-        },
+        Counts::of_policy(args, params.0, params.1),
         dtype_bytes,
         world,
     );

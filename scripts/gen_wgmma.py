@@ -1,5 +1,5 @@
 """Writes host/kernels/wgmma.cuh: inline-PTX wrappers of Hopper's warpgroup MMA (wgmma, sm_90a) for the
-shapes the sm_90 attention kernels use. Each wrapper lists every accumulator register as an asm operand,
+shapes the sm_90 attention kernels (forward and backward) use. Each wrapper lists every accumulator register as an asm operand,
 which is why the text is generated:
 
     python3 scripts/gen_wgmma.py > host/kernels/wgmma.cuh
@@ -16,13 +16,19 @@ def outs(n):
     return ", ".join(f'"+f"(d[{i}])' for i in range(n))
 
 
-def ss(n):
+def ss(n, transposed=False):
     r = n // 2
-    return f'''// D[64×{n}] (+)= A·B, A [64×16] and B [{n}×16] both K-major bf16 tiles in shared memory (descriptors).
-__device__ __forceinline__ void wgmma_ss_n{n}(float* d, uint64_t a, uint64_t b, int accumulate) {{
+    if transposed:
+        what = f"A [16×64] and B [16×{n}] both MN-major (transposed operands)"
+        suffix, flags = "_tt", "1, 1"
+    else:
+        what = f"A [64×16] and B [{n}×16] both K-major"
+        suffix, flags = "", "0, 0"
+    return f'''// D[64×{n}] (+)= A·B, {what} bf16 tiles in shared memory (descriptors).
+__device__ __forceinline__ void wgmma_ss_n{n}{suffix}(float* d, uint64_t a, uint64_t b, int accumulate) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 2}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, 0;\\n}}\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{regs(r)}}}, %{r}, %{r + 1}, p, 1, 1, {flags};\\n}}\\n"
       : {outs(r)}
       : "l"(a), "l"(b), "r"(accumulate));
 }}
@@ -49,3 +55,4 @@ print("#include <stdint.h>\n")
 for n in SHAPES:
     print(ss(n))
     print(rs_tb(n))
+print(ss(64, transposed=True))

@@ -12,51 +12,12 @@
 //   O += P·V   wgmma m64nDk16, P from registers (the S accumulators packed to bf16 are exactly the
 //              A fragments), V MN-major in shared memory (transposed operand)    (BN/16 instructions)
 //
-// Shared-memory tiles use the 128-byte swizzle wgmma reads: a tile of R rows is stored as D/64 column
-// halves of R rows × 128 bytes; the 16-byte chunk c of row r sits at chunk c ^ (r mod 8). Descriptors:
-// K-major (Q, K): stride 1024 B between 8-row groups, a k-step of 16 columns is +32 B inside the row;
-// MN-major (V): stride 1024 B between 8-key groups, R·128 B between the two column halves (D = 128).
-#include <cuda_bf16.h>
-#include <stdint.h>
-
-typedef __nv_bfloat16 bf16;
-
-#include "async_copy.cuh"
+// Shared-memory tiles and their descriptors: the 128-byte swizzle of sm90.cuh (Q, K K-major; V MN-major).
+// The backward (attention_sm90_bwd.cuh) is included at the end.
+#include "sm90.cuh"
 #include "wgmma.cuh"
 
 #define SM90_BN 128
-
-// A wgmma shared-memory descriptor with the 128-byte swizzle: address, leading and stride byte offsets.
-__device__ __forceinline__ uint64_t sw128_desc(const void* p, uint32_t lead, uint32_t stride) {
-  uint64_t a = (uint32_t)__cvta_generic_to_shared(p);
-  return ((a & 0x3FFFF) >> 4) | ((uint64_t)((lead >> 4) & 0x3FFF) << 16) |
-         ((uint64_t)((stride >> 4) & 0x3FFF) << 32) | (1ull << 62);
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Keeps the compiler from moving reads of wgmma accumulators across the wait.
-template <int N> __device__ __forceinline__ void fence_regs(float* r) {
-#pragma unroll
-  for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
-}
-// Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
-__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Queues rows [row0, row0+R) of head h of a [B, T, heads, D] tensor into a swizzled tile (rows past T: 0).
-template <int D, int R>
-__device__ __forceinline__ void tile_sw128(unsigned char* s, const bf16* g, int b, int row0, int h, int T,
-                                           int heads) {
-  const int chunks = D / 8;
-  for (int i = threadIdx.x; i < R * chunks; i += blockDim.x) {
-    int r = i / chunks, c = i % chunks;
-    int t = row0 + r;
-    const bf16* src = g + (((long)b * T + min(t, T - 1)) * heads + h) * D + c * 8;
-    cp16(s + (c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, t < T);
-  }
-}
 
 template <int D> __device__ __forceinline__ void wgmma_s(float* s, uint64_t a, uint64_t b, int acc) {
   wgmma_ss_n128(s, a, b, acc);
@@ -270,3 +231,5 @@ __device__ void flash_fwd_sm90(const bf16* q, const bf16* k, const bf16* v, bf16
   }
 SM90_FWD(64)
 SM90_FWD(128)
+
+#include "attention_sm90_bwd.cuh"

@@ -4,8 +4,9 @@
 //! statistics, online softmax); the per-row log-sum-exp is kept for the backward, which recomputes the
 //! probabilities tile by tile in one kernel per key tile: dK and dV in registers, dQ added into an f32
 //! buffer with atomics (five T²·D products in all, as FlashAttention-2's backward).
-//! Nothing of size [T, T] is stored (kernels/attention.cuh). On compute capability 9.x at head dim 128
-//! the forward runs the wgmma kernel of kernels/attention_sm90.cu instead (same outputs and lse).
+//! Nothing of size [T, T] is stored (kernels/attention.cuh). On compute capability 9.x the backward, and
+//! at head dim 128 the forward, run the wgmma (Hopper) kernels of kernels/attention_sm90.cu and
+//! attention_sm90_bwd.cuh instead: same contract, same outputs to rounding.
 //! The log-sum-exp is in units of log₂ of the scaled scores: lse₂ = log₂ Σ_j exp(q·k_j/√D).
 //! The CPU twin computes the same in f32 loops (for tests; the CPU model uses the plain path).
 
@@ -224,7 +225,7 @@ impl CustomOp3 for AttentionOp {
         let lse = unsafe { dev.alloc::<f32>(b * nh * t) }?;
         let (t_i, nh_i, nkv_i) = (t as i32, nh as i32, nkv as i32);
         let sl2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-        if super::cuda::use_sm90_attention(dev, d) {
+        if super::cuda::use_sm90_attention(dev, d, super::cuda::AttentionPass::Forward) {
             // attention_sm90.cu (wgmma): 2 warpgroups of 64 query rows; 1 KiB for alignment, the Q tile
             // and two stages each of K and V tiles of 128 keys
             let (rows, smem) = (
@@ -358,20 +359,36 @@ fn cuda_bwd(
     let dk = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
     let dv = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
     let dq_acc = dev.alloc_zeros::<f32>(rows * d)?;
-    let tile = 64 * (d + 8) * 2;
     let scale = 1.0 / (d as f32).sqrt();
     let sl2 = std::f32::consts::LOG2_E * scale;
-    // dK, dV and dQ: one CTA per (key tile, kv head, sequence); K, V and two buffers of (Q, dO) + lse/delta;
+    // dK, dV and dQ: one CTA per (key tile, kv head, sequence), looping over the query tiles that see it;
     // dQ is added into the f32 dq_acc with atomics, then scaled and rounded to bf16
-    let smem = (6 * tile + 1024) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (t.div_ceil(64) as u32, nkv as u32, b as u32),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: smem,
-    };
-    let name = format!("flash_bwd_dkdv_d{d}");
-    launch!(dev, name, cfg, smem = smem;
-        &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &dq_acc, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    if super::cuda::use_sm90_attention(dev, d, super::cuda::AttentionPass::Backward) {
+        // attention_sm90_bwd.cuh (wgmma): 2 warpgroups × 64 keys; 1 KiB for alignment, the K and V tiles
+        // of 128 keys, two stages of (Q, dO) tiles of 64 queries, the dSᵀ tile, two stages of lse/delta
+        let smem = (1024 + 2 * 128 * d * 2 + 4 * 64 * d * 2 + 128 * 64 * 2 + 4 * 64 * 4) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(128) as u32, nkv as u32, b as u32),
+            block_dim: (2 * 128, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let name = format!("flash_bwd_sm90_d{d}");
+        let (module, ptx) = (super::cuda::MODULE_SM90, super::cuda::PTX_SM90);
+        launch!(in module, ptx; dev, name, cfg, smem = smem;
+            &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &dq_acc, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    } else {
+        // K, V and two buffers of (Q, dO) tiles of 64 rows + lse/delta
+        let tile = 64 * (d + 8) * 2;
+        let smem = (6 * tile + 1024) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(64) as u32, nkv as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let name = format!("flash_bwd_dkdv_d{d}");
+        launch!(dev, name, cfg, smem = smem;
+            &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &dq_acc, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    }
     let dq = unsafe { dev.alloc::<bf16>(rows * d) }?;
     let n = (rows * d) as i64;
     let cfg = LaunchConfig {

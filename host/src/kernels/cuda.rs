@@ -16,20 +16,30 @@ pub const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_sm9
 /// The module name [`PTX_SM90`] is cached under in candle's device.
 pub const MODULE_SM90: &str = "wmtp_attention_sm90";
 
-/// Whether the attention forward of head dim `head_dim` on `dev` runs the sm_90a kernel: it was built, the
-/// device has compute capability 9.x, the head dim is 128 (at 64 the mma.sync kernel of
-/// `kernels/attention.cuh` is faster), and `WMTP_ATTENTION_SM90` is not `0`; `WMTP_ATTENTION_SM90=1`
-/// takes it at head dim 64 too (benchmarks set the variable to time either kernel in one build).
-pub fn use_sm90_attention(dev: &CudaDevice, head_dim: usize) -> bool {
+/// Which attention kernel a [`use_sm90_attention`] question is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPass {
+    /// o and lse (`flash_fwd_sm90_d*` or `flash_fwd_d*`).
+    Forward,
+    /// dK, dV and dQ (`flash_bwd_sm90_d*` or `flash_bwd_dkdv_d*`).
+    Backward,
+}
+
+/// Whether the attention `pass` of head dim `head_dim` on `dev` runs the sm_90a (wgmma) kernel of
+/// `kernels/attention_sm90.cu` rather than the mma.sync one of `kernels/attention.cuh`: it was built, the
+/// device has compute capability 9.x, and the pass is the faster there — the forward at head dim 128 only
+/// (at 64 the mma.sync forward is faster on an H100), the backward at both. `WMTP_ATTENTION_SM90=0|1` forces
+/// either kernel for both passes and both head dims (benchmarks set it to time both in one build).
+pub fn use_sm90_attention(dev: &CudaDevice, head_dim: usize, pass: AttentionPass) -> bool {
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
-    // read once per process: this runs at every attention forward
+    // read once per process: this runs at every attention forward and backward
     static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = FORCED.get_or_init(|| match std::env::var("WMTP_ATTENTION_SM90").as_deref() {
         Ok("0") => Some(false),
         Ok("1") => Some(true),
         _ => None,
     });
-    let wanted = forced.unwrap_or(head_dim == 128);
+    let wanted = forced.unwrap_or(pass == AttentionPass::Backward || head_dim == 128);
     wanted
         && !PTX_SM90.is_empty()
         && dev

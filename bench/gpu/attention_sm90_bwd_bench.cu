@@ -1,0 +1,206 @@
+// The sm_90a attention backward (host/kernels/attention_sm90_bwd.cuh) beside the mma.sync one (attention.cuh)
+// in one process, without the Rust host: dq, dk, dv against an f32 CPU reference (grouped-query heads, a
+// partial last tile, both head dims) and between the two kernels, then the backward's time (delta, the dK/dV/dQ
+// kernel and the dQ conversion, as host/src/kernels/attention.rs launches them) at bench/gpu_ops.rs's
+// attention sweep shapes under the op names bench/gpu/ops_reference.py's ratios read. Build and run on a
+// Hopper machine:
+//
+//   nvcc -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -o attn_bwd bench/gpu/attention_sm90_bwd_bench.cu
+//   ./attn_bwd > ours.jsonl && ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "../../host/kernels/fused.cu"
+#include "../../host/kernels/attention_sm90.cu"
+
+#define CHECK(x)                                                                         \
+  do {                                                                                   \
+    cudaError_t e = (x);                                                                 \
+    if (e != cudaSuccess) {                                                              \
+      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
+      exit(1);                                                                           \
+    }                                                                                    \
+  } while (0)
+
+static std::vector<bf16> rnd(size_t n, unsigned seed) {
+  std::vector<bf16> x(n);
+  unsigned long long s = seed * 6364136223846793005ull + 1442695040888963407ull;
+  for (size_t i = 0; i < n; i++) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    float u = ((s >> 40) & 0xFFFFFF) / 16777216.0f;  // [0, 1)
+    x[i] = __float2bfloat16(2.f * u - 1.f);
+  }
+  return x;
+}
+template <class T> static T* dev_alloc(size_t n) {
+  T* p;
+  CHECK(cudaMalloc(&p, n * sizeof(T)));
+  return p;
+}
+static bf16* up(const std::vector<bf16>& x) {
+  bf16* d = dev_alloc<bf16>(x.size());
+  CHECK(cudaMemcpy(d, x.data(), x.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+  return d;
+}
+static std::vector<float> down(const bf16* d, size_t n) {
+  std::vector<bf16> h(n);
+  CHECK(cudaMemcpy(h.data(), d, n * 2, cudaMemcpyDeviceToHost));
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
+  return f;
+}
+
+struct Case {
+  int B, T, NH, NKV, D;
+  std::vector<bf16> q, k, v, g;
+  bf16 *dq_, *dk_, *dv_, *dg_, *o, *gq, *gk, *gv;
+  float *lse, *delta, *dq_acc;
+  Case(int B_, int T_, int NH_, int NKV_, int D_, unsigned seed) : B(B_), T(T_), NH(NH_), NKV(NKV_), D(D_) {
+    size_t nq = (size_t)B * T * NH * D, nk = (size_t)B * T * NKV * D;
+    q = rnd(nq, seed), k = rnd(nk, seed + 1), v = rnd(nk, seed + 2), g = rnd(nq, seed + 3);
+    dq_ = up(q), dk_ = up(k), dv_ = up(v), dg_ = up(g);
+    o = dev_alloc<bf16>(nq), gq = dev_alloc<bf16>(nq), gk = dev_alloc<bf16>(nk), gv = dev_alloc<bf16>(nk);
+    lse = dev_alloc<float>((size_t)B * NH * T), delta = dev_alloc<float>((size_t)B * NH * T);
+    dq_acc = dev_alloc<float>(nq);
+    // o and lse from the mma.sync forward
+    auto f = D == 64 ? flash_fwd_d64 : flash_fwd_d128;
+    int smem = 4 * 64 * (D + 8) * 2;
+    CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    f<<<dim3((T + 63) / 64, NH, B), 128, smem>>>(dq_, dk_, dv_, o, lse, T, NH, NKV, sl2());
+    CHECK(cudaDeviceSynchronize());
+  }
+  float sl2() const { return 1.4426950408889634f / sqrtf((float)D); }
+  // the backward as attention.rs launches it; `sm90` picks the kernel
+  void backward(bool sm90) {
+    long rows = (long)B * T * NH, n = rows * D;
+    flash_delta<<<(rows * 32 + 255) / 256, 256>>>(o, dg_, delta, rows, T, NH, D);
+    CHECK(cudaMemsetAsync(dq_acc, 0, n * 4));
+    float scale = 1.f / sqrtf((float)D);
+    if (sm90) {
+      auto f = D == 64 ? flash_bwd_sm90_d64 : flash_bwd_sm90_d128;
+      int smem = D == 64 ? SM90_BWD_SMEM(64) : SM90_BWD_SMEM(128);
+      CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      f<<<dim3((T + SM90_BWD_BN - 1) / SM90_BWD_BN, NKV, B), 256, smem>>>(dq_, dk_, dv_, dg_, lse, delta, gk, gv,
+                                                                          dq_acc, T, NH, NKV, sl2(), scale);
+    } else {
+      auto f = D == 64 ? flash_bwd_dkdv_d64 : flash_bwd_dkdv_d128;
+      int smem = 6 * 64 * (D + 8) * 2 + 1024;
+      CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      f<<<dim3((T + 63) / 64, NKV, B), 128, smem>>>(dq_, dk_, dv_, dg_, lse, delta, gk, gv, dq_acc, T, NH, NKV,
+                                                   sl2(), scale);
+    }
+    CHECK(cudaGetLastError());
+    flash_dq_from_acc<<<(n + 255) / 256, 256>>>(dq_acc, gq, n, scale);
+    CHECK(cudaGetLastError());
+  }
+  void grads(bool sm90, std::vector<float>& a, std::vector<float>& b, std::vector<float>& c) {
+    CHECK(cudaMemset(gk, 0xff, (size_t)B * T * NKV * D * 2));
+    CHECK(cudaMemset(gv, 0xff, (size_t)B * T * NKV * D * 2));
+    backward(sm90);
+    CHECK(cudaDeviceSynchronize());
+    a = down(gq, (size_t)B * T * NH * D), b = down(gk, (size_t)B * T * NKV * D), c = down(gv, (size_t)B * T * NKV * D);
+  }
+  float ms(bool sm90, int iters) {
+    backward(sm90);
+    cudaEvent_t e0, e1;
+    CHECK(cudaEventCreate(&e0));
+    CHECK(cudaEventCreate(&e1));
+    std::vector<float> ts;
+    for (int i = 0; i < iters; i++) {
+      CHECK(cudaEventRecord(e0));
+      backward(sm90);
+      CHECK(cudaEventRecord(e1));
+      CHECK(cudaEventSynchronize(e1));
+      float t;
+      CHECK(cudaEventElapsedTime(&t, e0, e1));
+      ts.push_back(t);
+    }
+    std::sort(ts.begin(), ts.end());
+    return ts[ts.size() / 2];
+  }
+  // f32 reference dq, dk, dv (softmax(q·kᵀ/√D) causal, grouped-query heads)
+  void reference(std::vector<float>& rq, std::vector<float>& rk, std::vector<float>& rv) const {
+    auto f = [](bf16 x) { return __bfloat162float(x); };
+    rq.assign(q.size(), 0.f), rk.assign(k.size(), 0.f), rv.assign(v.size(), 0.f);
+    const float scale = 1.f / sqrtf((float)D);
+    std::vector<float> p(T), dp(T), orow(D);
+    for (int b = 0; b < B; b++)
+      for (int h = 0; h < NH; h++)
+        for (int t = 0; t < T; t++) {
+          const int kh = h / (NH / NKV);
+          auto Q = [&](int d) { return f(q[(((size_t)b * T + t) * NH + h) * D + d]); };
+          auto G = [&](int d) { return f(g[(((size_t)b * T + t) * NH + h) * D + d]); };
+          auto kidx = [&](int j) { return (((size_t)b * T + j) * NKV + kh) * D; };
+          float m = -INFINITY;
+          for (int j = 0; j <= t; j++) {
+            float s = 0;
+            for (int d = 0; d < D; d++) s += Q(d) * f(k[kidx(j) + d]);
+            m = fmaxf(m, p[j] = s * scale);
+          }
+          float l = 0;
+          for (int j = 0; j <= t; j++) l += (p[j] = expf(p[j] - m));
+          std::fill(orow.begin(), orow.end(), 0.f);
+          for (int j = 0; j <= t; j++) {
+            p[j] /= l;
+            for (int d = 0; d < D; d++) orow[d] += p[j] * f(v[kidx(j) + d]);
+          }
+          float dl = 0;
+          for (int d = 0; d < D; d++) dl += orow[d] * G(d);
+          float* gq_row = &rq[(((size_t)b * T + t) * NH + h) * D];
+          for (int j = 0; j <= t; j++) {
+            float dpj = 0;
+            for (int d = 0; d < D; d++) dpj += G(d) * f(v[kidx(j) + d]);
+            const float ds = p[j] * (dpj - dl) * scale;
+            for (int d = 0; d < D; d++) {
+              gq_row[d] += ds * f(k[kidx(j) + d]);
+              rk[kidx(j) + d] += ds * Q(d);
+              rv[kidx(j) + d] += p[j] * G(d);
+            }
+          }
+        }
+  }
+};
+
+static double rel(const std::vector<float>& x, const std::vector<float>& r) {
+  double err = 0, mx = 0;
+  for (size_t i = 0; i < x.size(); i++) err = fmax(err, fabs(x[i] - r[i])), mx = fmax(mx, fabs(r[i]));
+  return std::isfinite(err) ? err / mx : INFINITY;
+}
+static void compare(const char* what, const Case& c, const std::vector<float>* x, const std::vector<float>* r) {
+  printf("{\"check\": \"%s\", \"B\": %d, \"T\": %d, \"NH\": %d, \"NKV\": %d, \"D\": %d, \"max_rel_err\": "
+         "{\"dq\": %.3e, \"dk\": %.3e, \"dv\": %.3e}}\n",
+         what, c.B, c.T, c.NH, c.NKV, c.D, rel(x[0], r[0]), rel(x[1], r[1]), rel(x[2], r[2]));
+  fflush(stdout);
+}
+
+int main() {
+  for (int d : {64, 128})
+    for (int t : {700, 257, 64}) {
+      Case c(1, t, 8, 2, d, 31 + d + t);
+      std::vector<float> ref[3], old_[3], new_[3];
+      c.reference(ref[0], ref[1], ref[2]);
+      c.grads(false, old_[0], old_[1], old_[2]);
+      c.grads(true, new_[0], new_[1], new_[2]);
+      compare("mma.sync bwd vs f32", c, old_, ref);
+      compare("wgmma bwd vs f32", c, new_, ref);
+      compare("wgmma bwd vs mma.sync", c, new_, old_);
+    }
+  for (int t : {2048, 4096})
+    for (int d : {64, 128}) {
+      Case c(16384 / t, t, 2048 / d, 2048 / d, d, 5);
+      std::vector<float> old_[3], new_[3];
+      c.grads(false, old_[0], old_[1], old_[2]);
+      c.grads(true, new_[0], new_[1], new_[2]);
+      compare("wgmma bwd vs mma.sync", c, new_, old_);
+      float a = c.ms(false, 20), b = c.ms(true, 20);
+      printf("{\"op\": \"attention T%d D%d bwd\", \"ms\": %.4f, \"mma_sync_ms\": %.4f, \"wgmma_over_mma_sync\": %.3f}\n",
+             t, d, b, a, b / a);
+      fflush(stdout);
+    }
+  return 0;
+}

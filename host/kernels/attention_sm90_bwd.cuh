@@ -1,0 +1,228 @@
+// Causal grouped-query flash attention backward for Hopper (sm_90a), bf16, head dim D ∈ {64, 128}, on
+// warpgroup MMA (included by attention_sm90.cu). The same contract as flash_bwd_dkdv_d* of attention.cuh:
+// reads q, k, v, dO, lse (log2 units of the scaled scores) and delta = rowsum(o ⊙ dO) (flash_delta), writes
+// dk, dv [B, T, NKV, D] (dk scaled by `scale` = 1/√D) and adds dS·K into the f32 dq_acc [B, T, NH, D]
+// (flash_dq_from_acc scales and rounds it).
+//
+// A CTA of 2 warpgroups owns BN = 128 keys of one kv head (64 per warpgroup) and loops over the query
+// tiles of BM = 64 rows that see them (from the diagonal), for every query head of the group. Per tile:
+//   Sᵀ  = K·Qᵀ    wgmma m64n64k16, K and Q K-major in shared memory              (D/16 instructions)
+//   dPᵀ = V·dOᵀ   the same with V and dO                                          (D/16)
+//   Pᵀ = exp2(Sᵀ·scale_log2 − lse), dSᵀ = Pᵀ ⊙ (dPᵀ − delta), in registers (masked: key > query, past T)
+//   dV += Pᵀ·dO, dK += dSᵀ·Q   wgmma m64nDk16, Pᵀ/dSᵀ from registers, dO/Q MN-major in shared memory
+//   dSᵀ → shared memory ([128 keys][64 queries], one 128-byte swizzled row per key)
+//   dQ = dS·K      wgmma m64n64k16, dS and K both MN-major in shared memory; at D = 128 warpgroup w
+//                  takes columns 64w.. over all 128 keys, at D = 64 it takes its own 64 keys (both add)
+//   dQ → dq_acc with float2 atomics.
+// Q/dO tiles and their lse/delta are double-buffered with cp.async (all threads load); two barriers a tile.
+// Five T²·D products, like FlashAttention-2/3; nothing is recomputed.
+
+#define SM90_BWD_BN 128
+#define SM90_BWD_BM 64
+
+// The backward's shared-memory carve: 1024-aligned K and V tiles [BN × D], two stages of (Q, dO) [BM × D],
+// the dSᵀ tile [BN × BM] and two stages of lse/delta [2 × BM] f32. Bytes: see sm90_bwd_smem_bytes.
+template <int D> struct BwdSmem {
+  static constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
+  unsigned char* k;
+  __device__ BwdSmem(unsigned char* raw) {
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(raw);
+    k = raw + ((1024 - (base & 1023)) & 1023);
+  }
+  __device__ unsigned char* v() const { return k + BN * D * 2; }
+  __device__ unsigned char* q(int stage) const { return k + 2 * BN * D * 2 + stage * BM * D * 2; }
+  __device__ unsigned char* dout(int stage) const { return k + 2 * BN * D * 2 + (2 + stage) * BM * D * 2; }
+  __device__ unsigned char* ds() const { return k + 2 * BN * D * 2 + 4 * BM * D * 2; }
+  __device__ float* ls(int stage) const {
+    return reinterpret_cast<float*>(ds() + BN * BM * 2) + stage * 2 * BM;
+  }
+};
+// Dynamic shared memory the backward launch needs (host/src/kernels/attention.rs restates it).
+#define SM90_BWD_SMEM(D) (1024 + 2 * SM90_BWD_BN * (D) * 2 + 4 * SM90_BWD_BM * (D) * 2 + \
+                          SM90_BWD_BN * SM90_BWD_BM * 2 + 4 * SM90_BWD_BM * 4)
+
+template <int D> __device__ __forceinline__ void wgmma_grad(float* acc, const uint32_t* a, uint64_t b);
+template <> __device__ __forceinline__ void wgmma_grad<64>(float* acc, const uint32_t* a, uint64_t b) {
+  wgmma_rs_n64_tb(acc, a, b);
+}
+template <> __device__ __forceinline__ void wgmma_grad<128>(float* acc, const uint32_t* a, uint64_t b) {
+  wgmma_rs_n128_tb(acc, a, b);
+}
+
+// Sᵀ = K_wg·Qᵀ and dPᵀ = V_wg·dOᵀ for this warpgroup's 64 keys (2·D/16 wgmma, committed as one group).
+template <int D>
+__device__ __forceinline__ void issue_st_dpt(float* st, float* dpt, const BwdSmem<D>& sm, int stage, int wg) {
+  constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) {
+    const int half = kk >> 2, col = (kk & 3) * 32;
+    const int a_off = half * (BN * 128) + wg * 64 * 128 + col, b_off = half * (BM * 128) + col;
+    wgmma_ss_n64(st, sw128_desc(sm.k + a_off, 16, 1024), sw128_desc(sm.q(stage) + b_off, 16, 1024), kk > 0);
+    wgmma_ss_n64(dpt, sw128_desc(sm.v() + a_off, 16, 1024), sw128_desc(sm.dout(stage) + b_off, 16, 1024),
+                 kk > 0);
+  }
+  wgmma_commit();
+}
+
+// Pᵀ and dSᵀ of one (64 keys × 64 queries) tile from the score and dP accumulators, as bf16 A fragments
+// pf/sf [BM/16][4]. Keys key_a/key_b are this thread's rows; query column j·8 + 2tq (+1) reads lse/delta
+// from shared memory.
+__device__ __forceinline__ void probs_and_dscores(const float* st, const float* dpt, uint32_t (*pf)[4],
+                                                  uint32_t (*sf)[4], const float* ls, const float* dl,
+                                                  int key_a, int key_b, int query0, int T, int tq,
+                                                  float scale_log2) {
+#pragma unroll
+  for (int j = 0; j < SM90_BWD_BM / 8; j++) {
+    float pv[4], sv[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int qi = j * 8 + 2 * tq + (e & 1), query = query0 + qi, key = e < 2 ? key_a : key_b;
+      const float p = (key > query || query >= T || key >= T) ? 0.f : exp2f(st[4 * j + e] * scale_log2 - ls[qi]);
+      pv[e] = p;
+      sv[e] = p * (dpt[4 * j + e] - dl[qi]);
+    }
+    pf[j / 2][(j & 1) * 2 + 0] = pack2(pv[0], pv[1]);
+    pf[j / 2][(j & 1) * 2 + 1] = pack2(pv[2], pv[3]);
+    sf[j / 2][(j & 1) * 2 + 0] = pack2(sv[0], sv[1]);
+    sf[j / 2][(j & 1) * 2 + 1] = pack2(sv[2], sv[3]);
+  }
+}
+
+// Writes this thread's dSᵀ fragments (rows r_a = its warp's key g, r_b = g + 8 within the CTA's 128 keys)
+// into the swizzled [BN][BM] tile: query column j·8 + 2tq sits in 16-byte chunk j of the row.
+__device__ __forceinline__ void store_dst(unsigned char* ds, const uint32_t (*sf)[4], int r_a, int tq) {
+  const int r_b = r_a + 8;
+#pragma unroll
+  for (int j = 0; j < SM90_BWD_BM / 8; j++) {
+    *reinterpret_cast<uint32_t*>(ds + r_a * 128 + ((j ^ (r_a & 7)) << 4) + tq * 4) = sf[j / 2][(j & 1) * 2];
+    *reinterpret_cast<uint32_t*>(ds + r_b * 128 + ((j ^ (r_b & 7)) << 4) + tq * 4) = sf[j / 2][(j & 1) * 2 + 1];
+  }
+}
+
+// dQ [64 queries × 64 columns] of this warpgroup: dS·K over all 128 keys for columns 64·wg.. (D = 128) or
+// over its own 64 keys for all 64 columns (D = 64). Committed, not waited. Returns the first column.
+template <int D>
+__device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D>& sm, int wg) {
+  constexpr int BN = SM90_BWD_BN;
+  constexpr int steps = D == 128 ? BN / 16 : 4;
+  const int key0 = D == 128 ? 0 : wg * 64, b_half = D == 128 ? wg * (BN * 128) : 0;
+#pragma unroll
+  for (int kk = 0; kk < steps; kk++) {
+    const int row = (key0 + kk * 16) * 128;
+    wgmma_ss_n64_tt(dqa, sw128_desc(sm.ds() + row, BN * 128, 1024), sw128_desc(sm.k + b_half + row, BN * 128, 1024),
+                    kk > 0);
+  }
+  wgmma_commit();
+  return D == 128 ? wg * 64 : 0;
+}
+
+// dq_acc[query rows a/b of this thread][col0 + j·8 + 2tq ..] += dqa (rows at or past T are skipped).
+template <int D>
+__device__ __forceinline__ void add_dq(float* dq_acc, const float* dqa, int b, int row_a, int h, int T, int NH,
+                                       int col0, int tq) {
+  const int row_b = row_a + 8;
+  float* pa = dq_acc + (((long)b * T + row_a) * NH + h) * D + col0 + 2 * tq;
+  float* pb = dq_acc + (((long)b * T + row_b) * NH + h) * D + col0 + 2 * tq;
+#pragma unroll
+  for (int j = 0; j < 8; j++) {
+    if (row_a < T) atomicAdd(reinterpret_cast<float2*>(pa + j * 8), make_float2(dqa[4 * j], dqa[4 * j + 1]));
+    if (row_b < T) atomicAdd(reinterpret_cast<float2*>(pb + j * 8), make_float2(dqa[4 * j + 2], dqa[4 * j + 3]));
+  }
+}
+
+// dk (× scale) and dv rows key_a/key_b (below T) from the accumulators.
+template <int D>
+__device__ __forceinline__ void store_dkdv(const float* dka, const float* dva, bf16* dk, bf16* dv, int b,
+                                           int key_a, int kvh, int T, int NKV, float scale, int tq) {
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int key = key_a + 8 * half;
+    if (key >= T) continue;
+    const long base = (((long)b * T + key) * NKV + kvh) * D + 2 * tq;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+      const int e = 4 * j + 2 * half;
+      *reinterpret_cast<uint32_t*>(dk + base + j * 8) = pack2(dka[e] * scale, dka[e + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dv + base + j * 8) = pack2(dva[e], dva[e + 1]);
+    }
+  }
+}
+
+// Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D).
+template <int D>
+__device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
+                               const float* delta, bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV,
+                               float scale_log2, float scale) {
+  constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  BwdSmem<D> sm(smem_raw);
+  const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, rep = NH / NKV;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
+  const int r_a = wg * 64 + warp * 16 + (lane >> 2);  // this thread's first key row within the CTA's 128
+  const int key_a = kt * BN + r_a, key_b = key_a + 8;
+  const int qt0 = kt * (BN / BM), per_head = (T + BM - 1) / BM - qt0, iters = rep * per_head;
+  tile_sw128<D, BN>(sm.k, k, b, kt * BN, kvh, T, NKV);
+  tile_sw128<D, BN>(sm.v(), v, b, kt * BN, kvh, T, NKV);
+  auto issue = [&](int it) {
+    const int h = kvh * rep + it / per_head, t0 = (qt0 + it % per_head) * BM;
+    tile_sw128<D, BM>(sm.q(it & 1), q, b, t0, h, T, NH);
+    tile_sw128<D, BM>(sm.dout(it & 1), dout, b, t0, h, T, NH);
+    float* ls = sm.ls(it & 1);
+    for (int i = threadIdx.x; i < BM; i += blockDim.x) {
+      const int t = t0 + i;
+      ls[i] = t < T ? lse[((long)b * NH + h) * T + t] : 0.f;
+      ls[BM + i] = t < T ? delta[((long)b * NH + h) * T + t] : 0.f;
+    }
+  };
+  issue(0);
+  cp_commit();
+  float dka[D / 2], dva[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; i++) dka[i] = dva[i] = 0.f;
+  for (int it = 0; it < iters; it++) {
+    const int h = kvh * rep + it / per_head, query0 = (qt0 + it % per_head) * BM, stage = it & 1;
+    cp_wait<0>();  // this tile's Q, dO (and K, V at the first)
+    fence_async_shared();
+    __syncthreads();  // everyone is done with the previous tile: its stage and dSᵀ may be overwritten
+    if (it + 1 < iters) {
+      issue(it + 1);
+      cp_commit();
+    }
+    float st[BM / 2], dpt[BM / 2];
+    wgmma_fence();
+    issue_st_dpt<D>(st, dpt, sm, stage, wg);
+    wgmma_wait<0>();
+    fence_regs<BM / 2>(st);
+    fence_regs<BM / 2>(dpt);
+    uint32_t pf[BM / 16][4], sf[BM / 16][4];
+    probs_and_dscores(st, dpt, pf, sf, sm.ls(stage), sm.ls(stage) + BM, key_a, key_b, query0, T, tq, scale_log2);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++) {
+      wgmma_grad<D>(dva, pf[kk], sw128_desc(sm.dout(stage) + kk * 16 * 128, BM * 128, 1024));
+      wgmma_grad<D>(dka, sf[kk], sw128_desc(sm.q(stage) + kk * 16 * 128, BM * 128, 1024));
+    }
+    wgmma_commit();
+    store_dst(sm.ds(), sf, r_a, tq);
+    fence_async_shared();
+    __syncthreads();  // both warpgroups' dSᵀ rows are in shared memory
+    float dqa[32];
+    wgmma_fence();
+    const int col0 = issue_dq<D>(dqa, sm, wg);
+    wgmma_wait<0>();
+    fence_regs<32>(dqa);
+    fence_regs<D / 2>(dka);
+    fence_regs<D / 2>(dva);
+    add_dq<D>(dq_acc, dqa, b, query0 + warp * 16 + (lane >> 2), h, T, NH, col0, tq);
+  }
+  store_dkdv<D>(dka, dva, dk, dv, b, key_a, kvh, T, NKV, scale, tq);
+}
+
+#define SM90_BWD(DIM)                                                                                      \
+  extern "C" __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_d##DIM(                              \
+      const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, \
+      bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV, float scale_log2, float scale) {          \
+    flash_bwd_sm90<DIM>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, scale_log2, scale);         \
+  }
+SM90_BWD(64)
+SM90_BWD(128)

@@ -1,0 +1,49 @@
+// Hopper (sm_90a) helpers shared by the wgmma attention kernels (attention_sm90.cu forward,
+// attention_sm90_bwd.cuh backward): shared-memory descriptors with the 128-byte swizzle, the wgmma
+// fence/commit/wait instructions, the async-proxy fence, and the cp.async copy of a tile into the swizzled
+// layout wgmma reads.
+//
+// Swizzled tiles: a tile of R rows × D bf16 columns is stored as D/64 column halves of R rows × 128 bytes;
+// the 16-byte chunk c of row r sits at chunk c ^ (r mod 8); tiles start 1024-byte aligned. Descriptors:
+// K-major (the reduction runs along the row): stride 1024 B between 8-row groups, a k-step of 16 columns
+// is +32 B inside the row, +R·128 B past column 64; MN-major (the reduction runs down the rows): a k-step
+// of 16 rows is +16·128 B, stride 1024 B between 8-row groups, R·128 B between the column halves.
+#pragma once
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#include "async_copy.cuh"
+
+// A wgmma shared-memory descriptor with the 128-byte swizzle: address, leading and stride byte offsets.
+__device__ __forceinline__ uint64_t sw128_desc(const void* p, uint32_t lead, uint32_t stride) {
+  uint64_t a = (uint32_t)__cvta_generic_to_shared(p);
+  return ((a & 0x3FFFF) >> 4) | ((uint64_t)((lead >> 4) & 0x3FFF) << 16) |
+         ((uint64_t)((stride >> 4) & 0x3FFF) << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving reads of wgmma accumulators across the wait.
+template <int N> __device__ __forceinline__ void fence_regs(float* r) {
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+// Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Queues rows [row0, row0+R) of head h of a [B, T, heads, D] tensor into a swizzled tile (rows past T: 0).
+template <int D, int R>
+__device__ __forceinline__ void tile_sw128(unsigned char* s, const bf16* g, int b, int row0, int h, int T,
+                                           int heads) {
+  const int chunks = D / 8;
+  for (int i = threadIdx.x; i < R * chunks; i += blockDim.x) {
+    int r = i / chunks, c = i % chunks;
+    int t = row0 + r;
+    const bf16* src = g + (((long)b * T + min(t, T - 1)) * heads + h) * D + c * 8;
+    cp16(s + (c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, t < T);
+  }
+}

@@ -1,8 +1,9 @@
 // The sm_90a attention backward (host/kernels/attention_sm90_bwd.cuh) beside the mma.sync one (attention.cuh)
 // in one process, without the Rust host: dq, dk, dv against an f32 CPU reference (grouped-query heads, a
-// partial last tile, both head dims) and between the two kernels, then the backward's time (delta, the dK/dV/dQ
+// partial last tile, both head dims) and between the kernels, then the backward's time (delta, the dK/dV/dQ
 // kernel and the dQ conversion, as host/src/kernels/attention.rs launches them) at bench/gpu_ops.rs's
-// attention sweep shapes under the op names bench/gpu/ops_reference.py's ratios read. Build and run on a
+// attention sweep shapes under the op names bench/gpu/ops_reference.py's ratios read, with the time of a
+// variant that writes no dQ at all beside it (not a backward: the bound on what dQ's atomics cost). Build and run on a
 // Hopper machine:
 //
 //   nvcc -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -o attn_bwd bench/gpu/attention_sm90_bwd_bench.cu
@@ -17,6 +18,23 @@
 
 #include "../../host/kernels/fused.cu"
 #include "../../host/kernels/attention_sm90.cu"
+
+// The wgmma backward with dQ written as DQ (SM90_DQ_*).
+template <int D, int DQ>
+__global__ void __launch_bounds__(256, 1) bwd_variant(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
+                                                      const float* lse, const float* delta, bf16* dk, bf16* dv,
+                                                      float* dq_acc, int T, int NH, int NKV, float sl2, float scale) {
+  flash_bwd_sm90<D, DQ>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, sl2, scale);
+}
+typedef void (*Bwd)(const bf16*, const bf16*, const bf16*, const bf16*, const float*, const float*, bf16*, bf16*,
+                    float*, int, int, int, float, float);
+// Which backward a run launches.
+enum Variant { MMA_SYNC, WGMMA, WGMMA_NO_DQ };
+static const char* NAMES[] = {"mma.sync", "wgmma", "wgmma no dQ"};
+static Bwd wgmma_kernel(Variant m, int D) {
+  if (D == 64) return m == WGMMA ? flash_bwd_sm90_d64 : bwd_variant<64, SM90_DQ_NONE>;
+  return m == WGMMA ? flash_bwd_sm90_d128 : bwd_variant<128, SM90_DQ_NONE>;
+}
 
 #define CHECK(x)                                                                         \
   do {                                                                                   \
@@ -75,14 +93,14 @@ struct Case {
     CHECK(cudaDeviceSynchronize());
   }
   float sl2() const { return 1.4426950408889634f / sqrtf((float)D); }
-  // the backward as attention.rs launches it; `sm90` picks the kernel
-  void backward(bool sm90) {
+  // the backward as attention.rs launches it
+  void backward(Variant m) {
     long rows = (long)B * T * NH, n = rows * D;
     flash_delta<<<(rows * 32 + 255) / 256, 256>>>(o, dg_, delta, rows, T, NH, D);
     CHECK(cudaMemsetAsync(dq_acc, 0, n * 4));
     float scale = 1.f / sqrtf((float)D);
-    if (sm90) {
-      auto f = D == 64 ? flash_bwd_sm90_d64 : flash_bwd_sm90_d128;
+    if (m != MMA_SYNC) {
+      Bwd f = wgmma_kernel(m, D);
       int smem = D == 64 ? SM90_BWD_SMEM(64) : SM90_BWD_SMEM(128);
       CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       f<<<dim3((T + SM90_BWD_BN - 1) / SM90_BWD_BN, NKV, B), 256, smem>>>(dq_, dk_, dv_, dg_, lse, delta, gk, gv,
@@ -98,14 +116,14 @@ struct Case {
     flash_dq_from_acc<<<(n + 255) / 256, 256>>>(dq_acc, gq, n, scale);
     CHECK(cudaGetLastError());
   }
-  void grads(bool sm90, std::vector<float>& a, std::vector<float>& b, std::vector<float>& c) {
+  void grads(Variant sm90, std::vector<float>& a, std::vector<float>& b, std::vector<float>& c) {
     CHECK(cudaMemset(gk, 0xff, (size_t)B * T * NKV * D * 2));
     CHECK(cudaMemset(gv, 0xff, (size_t)B * T * NKV * D * 2));
     backward(sm90);
     CHECK(cudaDeviceSynchronize());
     a = down(gq, (size_t)B * T * NH * D), b = down(gk, (size_t)B * T * NKV * D), c = down(gv, (size_t)B * T * NKV * D);
   }
-  float ms(bool sm90, int iters) {
+  float ms(Variant sm90, int iters) {
     backward(sm90);
     cudaEvent_t e0, e1;
     CHECK(cudaEventCreate(&e0));
@@ -182,24 +200,28 @@ int main() {
   for (int d : {64, 128})
     for (int t : {700, 257, 64}) {
       Case c(1, t, 8, 2, d, 31 + d + t);
-      std::vector<float> ref[3], old_[3], new_[3];
+      std::vector<float> ref[3], got[2][3];
       c.reference(ref[0], ref[1], ref[2]);
-      c.grads(false, old_[0], old_[1], old_[2]);
-      c.grads(true, new_[0], new_[1], new_[2]);
-      compare("mma.sync bwd vs f32", c, old_, ref);
-      compare("wgmma bwd vs f32", c, new_, ref);
-      compare("wgmma bwd vs mma.sync", c, new_, old_);
+      for (int i = 0; i < 2; i++) {
+        c.grads((Variant)i, got[i][0], got[i][1], got[i][2]);
+        char what[64];
+        snprintf(what, sizeof what, "%s bwd vs f32", NAMES[i]);
+        compare(what, c, got[i], ref);
+      }
+      compare("wgmma bwd vs mma.sync", c, got[1], got[0]);
     }
   for (int t : {2048, 4096})
     for (int d : {64, 128}) {
       Case c(16384 / t, t, 2048 / d, 2048 / d, d, 5);
-      std::vector<float> old_[3], new_[3];
-      c.grads(false, old_[0], old_[1], old_[2]);
-      c.grads(true, new_[0], new_[1], new_[2]);
-      compare("wgmma bwd vs mma.sync", c, new_, old_);
-      float a = c.ms(false, 20), b = c.ms(true, 20);
-      printf("{\"op\": \"attention T%d D%d bwd\", \"ms\": %.4f, \"mma_sync_ms\": %.4f, \"wgmma_over_mma_sync\": %.3f}\n",
-             t, d, b, a, b / a);
+      std::vector<float> a[3], b[3];
+      c.grads(MMA_SYNC, a[0], a[1], a[2]);
+      c.grads(WGMMA, b[0], b[1], b[2]);
+      compare("wgmma bwd vs mma.sync", c, b, a);
+      float ms[3];
+      for (int m = 0; m < 3; m++) ms[m] = c.ms((Variant)m, 20);
+      printf("{\"op\": \"attention T%d D%d bwd\", \"ms\": %.4f, \"mma_sync_ms\": %.4f, \"no_dq_ms\": %.4f, "
+             "\"wgmma_over_mma_sync\": %.3f}\n",
+             t, d, ms[WGMMA], ms[MMA_SYNC], ms[WGMMA_NO_DQ], ms[WGMMA] / ms[MMA_SYNC]);
       fflush(stdout);
     }
   return 0;

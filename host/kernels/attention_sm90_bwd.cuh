@@ -13,15 +13,18 @@
 //   dSᵀ → shared memory ([128 keys][64 queries], one 128-byte swizzled row per key)
 //   dQ = dS·K      wgmma m64n64k16, dS and K both MN-major in shared memory; at D = 128 warpgroup w
 //                  takes columns 64w.. over all 128 keys, at D = 64 it takes its own 64 keys (both add)
-//   dQ → dq_acc with float2 atomics.
+//   dQ → dq_acc with float2 atomics, issued after the next tile's Sᵀ/dPᵀ products so that they overlap
+//   (without the atomics the kernel takes ~0.7× the time: they are its largest cost after the products).
 // Q/dO tiles and their lse/delta are double-buffered with cp.async (all threads load); two barriers a tile.
-// Five T²·D products, like FlashAttention-2/3; nothing is recomputed.
+// Five T²·D products, like FlashAttention-2/3; nothing is recomputed. (A warpgroup whose 64 keys all come
+// after a tile's last query, on the diagonal, still runs its products — masked to zero: skipping them
+// under a branch makes ptxas serialise every wgmma of the kernel.)
 
 #define SM90_BWD_BN 128
 #define SM90_BWD_BM 64
 
 // The backward's shared-memory carve: 1024-aligned K and V tiles [BN × D], two stages of (Q, dO) [BM × D],
-// the dSᵀ tile [BN × BM] and two stages of lse/delta [2 × BM] f32. Bytes: see sm90_bwd_smem_bytes.
+// the dSᵀ tile [BN × BM] and two stages of lse/delta [2 × BM] f32. Bytes: SM90_BWD_SMEM.
 template <int D> struct BwdSmem {
   static constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
   unsigned char* k;
@@ -41,6 +44,11 @@ template <int D> struct BwdSmem {
 #define SM90_BWD_SMEM(D) (1024 + 2 * SM90_BWD_BN * (D) * 2 + 4 * SM90_BWD_BM * (D) * 2 + \
                           SM90_BWD_BN * SM90_BWD_BM * 2 + 4 * SM90_BWD_BM * 4)
 
+// How dQ reaches global memory: float2 atomics into dq_acc [B, T, NH, D], or not at all (a benchmark's
+// bound on what the atomics cost; not a backward).
+#define SM90_DQ_ATOMIC 0
+#define SM90_DQ_NONE 1
+
 template <int D> __device__ __forceinline__ void wgmma_grad(float* acc, const uint32_t* a, uint64_t b);
 template <> __device__ __forceinline__ void wgmma_grad<64>(float* acc, const uint32_t* a, uint64_t b) {
   wgmma_rs_n64_tb(acc, a, b);
@@ -49,20 +57,26 @@ template <> __device__ __forceinline__ void wgmma_grad<128>(float* acc, const ui
   wgmma_rs_n128_tb(acc, a, b);
 }
 
-// Sᵀ = K_wg·Qᵀ and dPᵀ = V_wg·dOᵀ for this warpgroup's 64 keys (2·D/16 wgmma, committed as one group).
+// X·Yᵀ [64 × BM] for this warpgroup's 64 rows of a [BN × D] tile x (K or V) and the [BM × D] tile y (Q or
+// dO): D/16 wgmma, committed as one group.
 template <int D>
-__device__ __forceinline__ void issue_st_dpt(float* st, float* dpt, const BwdSmem<D>& sm, int stage, int wg) {
+__device__ __forceinline__ void issue_xyt(float* acc, const unsigned char* x, const unsigned char* y, int wg) {
   constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk++) {
     const int half = kk >> 2, col = (kk & 3) * 32;
-    const int a_off = half * (BN * 128) + wg * 64 * 128 + col, b_off = half * (BM * 128) + col;
-    wgmma_ss_n64(st, sw128_desc(sm.k + a_off, 16, 1024), sw128_desc(sm.q(stage) + b_off, 16, 1024), kk > 0);
-    wgmma_ss_n64(dpt, sw128_desc(sm.v() + a_off, 16, 1024), sw128_desc(sm.dout(stage) + b_off, 16, 1024),
-                 kk > 0);
+    wgmma_ss_n64(acc, sw128_desc(x + half * (BN * 128) + wg * 64 * 128 + col, 16, 1024),
+                 sw128_desc(y + half * (BM * 128) + col, 16, 1024), kk > 0);
   }
   wgmma_commit();
 }
+
+// Whether tile it + 1's dPᵀ = V·dOᵀ is issued with its Sᵀ = K·Qᵀ before tile it's dQ atomics (so that both
+// overlap them) or only after them: at D = 128 the registers do not hold dK, dV, dQ and both in flight
+// (ptxas would serialise every wgmma).
+template <int D> struct EarlyDp {
+  static constexpr bool value = D == 64;
+};
 
 // Pᵀ and dSᵀ of one (64 keys × 64 queries) tile from the score and dP accumulators, as bf16 A fragments
 // pf/sf [BM/16][4]. Keys key_a/key_b are this thread's rows; query column j·8 + 2tq (+1) reads lse/delta
@@ -148,8 +162,36 @@ __device__ __forceinline__ void store_dkdv(const float* dka, const float* dva, b
   }
 }
 
-// Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D).
+// One query tile's dV += Pᵀ·dO and dK += dSᵀ·Q for this warpgroup's keys (issued and committed, not
+// waited) from its Sᵀ/dPᵀ products in flight (issue_st_dpt), leaving dSᵀ in sf.
 template <int D>
+__device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)[4], float* st, float* dpt,
+                                          const BwdSmem<D>& sm, int stage, int wg, int key_a, int query0, int T,
+                                          int tq, float scale_log2) {
+  constexpr int BM = SM90_BWD_BM;
+  if (!EarlyDp<D>::value) {
+    wgmma_fence();
+    issue_xyt<D>(dpt, sm.v(), sm.dout(stage), wg);
+  }
+  wgmma_wait<0>();
+  fence_regs<BM / 2>(st);
+  fence_regs<BM / 2>(dpt);
+  uint32_t pf[BM / 16][4];
+  probs_and_dscores(st, dpt, pf, sf, sm.ls(stage), sm.ls(stage) + BM, key_a, key_a + 8, query0, T, tq,
+                    scale_log2);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; kk++) {
+    wgmma_grad<D>(dva, pf[kk], sw128_desc(sm.dout(stage) + kk * 16 * 128, BM * 128, 1024));
+    wgmma_grad<D>(dka, sf[kk], sw128_desc(sm.q(stage) + kk * 16 * 128, BM * 128, 1024));
+  }
+  wgmma_commit();
+}
+
+// Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D). DQ:
+// SM90_DQ_ATOMIC (the host's), or SM90_DQ_NONE (benchmarks only). Tile it's dQ atomics are issued after
+// tile it + 1's Sᵀ/dPᵀ products (begin), so that they overlap.
+template <int D, int DQ>
 __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                                const float* delta, bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV,
                                float scale_log2, float scale) {
@@ -159,12 +201,14 @@ __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, cons
   const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, rep = NH / NKV;
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
   const int r_a = wg * 64 + warp * 16 + (lane >> 2);  // this thread's first key row within the CTA's 128
-  const int key_a = kt * BN + r_a, key_b = key_a + 8;
+  const int key_a = kt * BN + r_a;
   const int qt0 = kt * (BN / BM), per_head = (T + BM - 1) / BM - qt0, iters = rep * per_head;
+  auto head = [&](int it) { return kvh * rep + it / per_head; };
+  auto first_query = [&](int it) { return (qt0 + it % per_head) * BM; };
   tile_sw128<D, BN>(sm.k, k, b, kt * BN, kvh, T, NKV);
   tile_sw128<D, BN>(sm.v(), v, b, kt * BN, kvh, T, NKV);
-  auto issue = [&](int it) {
-    const int h = kvh * rep + it / per_head, t0 = (qt0 + it % per_head) * BM;
+  auto load = [&](int it) {  // queue tile it's Q, dO, lse and delta into stage it mod 2
+    const int h = head(it), t0 = first_query(it);
     tile_sw128<D, BM>(sm.q(it & 1), q, b, t0, h, T, NH);
     tile_sw128<D, BM>(sm.dout(it & 1), dout, b, t0, h, T, NH);
     float* ls = sm.ls(it & 1);
@@ -173,36 +217,27 @@ __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, cons
       ls[i] = t < T ? lse[((long)b * NH + h) * T + t] : 0.f;
       ls[BM + i] = t < T ? delta[((long)b * NH + h) * T + t] : 0.f;
     }
+    cp_commit();
   };
-  issue(0);
-  cp_commit();
+  float st[BM / 2], dpt[BM / 2];
+  auto begin = [&](int it) {  // tile it's inputs are in, the previous tile is done: prefetch, issue Sᵀ/dPᵀ
+    cp_wait<0>();
+    fence_async_shared();
+    __syncthreads();
+    if (it + 1 < iters) load(it + 1);
+    wgmma_fence();
+    issue_xyt<D>(st, sm.k, sm.q(it & 1), wg);
+    if (EarlyDp<D>::value) issue_xyt<D>(dpt, sm.v(), sm.dout(it & 1), wg);
+  };
+  load(0);
   float dka[D / 2], dva[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; i++) dka[i] = dva[i] = 0.f;
+  begin(0);
   for (int it = 0; it < iters; it++) {
-    const int h = kvh * rep + it / per_head, query0 = (qt0 + it % per_head) * BM, stage = it & 1;
-    cp_wait<0>();  // this tile's Q, dO (and K, V at the first)
-    fence_async_shared();
-    __syncthreads();  // everyone is done with the previous tile: its stage and dSᵀ may be overwritten
-    if (it + 1 < iters) {
-      issue(it + 1);
-      cp_commit();
-    }
-    float st[BM / 2], dpt[BM / 2];
-    wgmma_fence();
-    issue_st_dpt<D>(st, dpt, sm, stage, wg);
-    wgmma_wait<0>();
-    fence_regs<BM / 2>(st);
-    fence_regs<BM / 2>(dpt);
-    uint32_t pf[BM / 16][4], sf[BM / 16][4];
-    probs_and_dscores(st, dpt, pf, sf, sm.ls(stage), sm.ls(stage) + BM, key_a, key_b, query0, T, tq, scale_log2);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BM / 16; kk++) {
-      wgmma_grad<D>(dva, pf[kk], sw128_desc(sm.dout(stage) + kk * 16 * 128, BM * 128, 1024));
-      wgmma_grad<D>(dka, sf[kk], sw128_desc(sm.q(stage) + kk * 16 * 128, BM * 128, 1024));
-    }
-    wgmma_commit();
+    const int h = head(it), query0 = first_query(it), stage = it & 1;
+    uint32_t sf[BM / 16][4];
+    tile_dkdv<D>(dka, dva, sf, st, dpt, sm, stage, wg, key_a, query0, T, tq, scale_log2);
     store_dst(sm.ds(), sf, r_a, tq);
     fence_async_shared();
     __syncthreads();  // both warpgroups' dSᵀ rows are in shared memory
@@ -213,8 +248,10 @@ __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, cons
     fence_regs<32>(dqa);
     fence_regs<D / 2>(dka);
     fence_regs<D / 2>(dva);
-    add_dq<D>(dq_acc, dqa, b, query0 + warp * 16 + (lane >> 2), h, T, NH, col0, tq);
+    begin(it + 1);  // also after the last tile (products of a stale stage, never read): no wgmma under a branch
+    if (DQ == SM90_DQ_ATOMIC) add_dq<D>(dq_acc, dqa, b, query0 + warp * 16 + (lane >> 2), h, T, NH, col0, tq);
   }
+  wgmma_wait<0>();
   store_dkdv<D>(dka, dva, dk, dv, b, key_a, kvh, T, NKV, scale, tq);
 }
 
@@ -222,7 +259,8 @@ __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, cons
   extern "C" __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_d##DIM(                              \
       const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, \
       bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV, float scale_log2, float scale) {          \
-    flash_bwd_sm90<DIM>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, scale_log2, scale);         \
+    flash_bwd_sm90<DIM, SM90_DQ_ATOMIC>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, scale_log2,  \
+                                        scale);                                                            \
   }
 SM90_BWD(64)
 SM90_BWD(128)

@@ -168,8 +168,12 @@ macro_rules! launch {
         $( b.arg($arg); )*
         unsafe { b.launch($cfg) }.map_err($crate::kernels::cuda::err)?;
     }};
-    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let f = $dev.get_or_load_custom_func(&$name, $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX)?;
+    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {
+        $crate::kernels::cuda::launch!(in $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX;
+            $dev, $name, $cfg; $($arg),*)
+    };
+    (in $module:expr, $ptx:expr; $dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let f = $dev.get_or_load_custom_func(&$name, $module, $ptx)?;
         #[allow(unused_imports)]
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
         let mut b = f.builder();

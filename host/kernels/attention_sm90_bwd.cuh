@@ -190,7 +190,8 @@ __device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)
 
 // Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D). DQ:
 // SM90_DQ_ATOMIC (the host's), or SM90_DQ_NONE (benchmarks only). Tile it's dQ atomics are issued after
-// tile it + 1's Sᵀ/dPᵀ products (begin), so that they overlap.
+// tile it + 1's Sᵀ/dPᵀ products (begin), so that they overlap. (Issuing dV/dK after dQ instead, so that the
+// atomics overlap them, measured 1.02–1.07× this order's time on an H100.)
 template <int D, int DQ>
 __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                                const float* delta, bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV,
@@ -252,6 +253,8 @@ __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, cons
     if (DQ == SM90_DQ_ATOMIC) add_dq<D>(dq_acc, dqa, b, query0 + warp * 16 + (lane >> 2), h, T, NH, col0, tq);
   }
   wgmma_wait<0>();
+  fence_regs<D / 2>(dka);
+  fence_regs<D / 2>(dva);
   store_dkdv<D>(dka, dva, dk, dv, b, key_a, kvh, T, NKV, scale, tq);
 }
 

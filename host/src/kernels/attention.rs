@@ -238,8 +238,7 @@ impl CustomOp3 for AttentionOp {
                 shared_mem_bytes: smem,
             };
             let name = format!("flash_fwd_sm90_d{d}");
-            let (module, ptx) = (super::cuda::MODULE_SM90, super::cuda::PTX_SM90);
-            launch!(in module, ptx; dev, name, cfg, smem = smem; &q, &k, &v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
+            launch!(in &super::cuda::SM90; dev, name, cfg, smem = smem; &q, &k, &v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
         } else {
             let smem = (4 * 64 * (d + 8) * 2) as u32; // two buffers of (K, V) tiles
             let cfg = LaunchConfig {
@@ -420,8 +419,7 @@ fn dkdv_sm90(
         shared_mem_bytes: smem,
     };
     let name = format!("flash_bwd_sm90_d{d}");
-    let (module, ptx) = (super::cuda::MODULE_SM90, super::cuda::PTX_SM90);
-    launch!(in module, ptx; dev, name, cfg, smem = smem;
+    launch!(in &super::cuda::SM90; dev, name, cfg, smem = smem;
         a.q, a.k, a.v, a.dout, a.lse, a.delta, dk, dv, &dq_acc, &t_i, &nh_i, &nkv_i, &sl2, &scale);
     dq_from_acc(dev, &dq_acc, scale)
 }

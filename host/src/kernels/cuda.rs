@@ -1,20 +1,71 @@
-//! Launching the fused PTX kernels on candle's CUDA storages.
+//! Launching the fused kernels (fat binaries of SASS + PTX, host/build.rs) on candle's CUDA storages.
 
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Layout, Result, Shape, Storage, StorageRef, Tensor};
 
-/// The PTX of `kernels/fused.cu`.
-pub const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
-/// The module name the PTX is cached under in candle's device.
-pub const MODULE: &str = "wmtp_fused";
+/// A module of our kernels: the name it is cached under and its image (a fat binary: SASS for the build's
+/// `CUDA_COMPUTE_CAP` and PTX for the driver to JIT-compile on other GPUs; empty when not built).
+pub struct KernelModule {
+    /// The cache key, unique per module.
+    pub name: &'static str,
+    /// The fat binary host/build.rs wrote.
+    pub image: &'static [u8],
+}
 
-/// The PTX of `kernels/attention_sm90.cu` (Hopper's warpgroup MMA, compute_90a); empty when the build's
-/// `CUDA_COMPUTE_CAP` is not 90.
-pub const PTX_SM90: &str = include_str!(concat!(env!("OUT_DIR"), "/attention_sm90.ptx"));
-/// The module name [`PTX_SM90`] is cached under in candle's device.
-pub const MODULE_SM90: &str = "wmtp_attention_sm90";
+/// `kernels/fused.cu`.
+pub const FUSED: KernelModule = KernelModule {
+    name: "wmtp_fused",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/fused.fatbin")),
+};
+
+/// `kernels/attention_sm90.cu` (Hopper's warpgroup MMA, sm_90a); empty when the build's `CUDA_COMPUTE_CAP`
+/// is not 90.
+pub const SM90: KernelModule = KernelModule {
+    name: "wmtp_attention_sm90",
+    image: include_bytes!(concat!(env!("OUT_DIR"), "/attention_sm90.fatbin")),
+};
+
+/// Kernel `name` of `module` on `dev`, the module loaded on first use and kept per (device, module) for
+/// the process (candle's own module cache takes PTX text only, and JIT-compiling our PTX took ~12 s on a
+/// fresh machine).
+pub fn function(
+    dev: &CudaDevice,
+    module: &KernelModule,
+    name: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
+    use candle_core::cuda_backend::cudarc::driver::CudaModule;
+    use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    type Cache =
+        Mutex<HashMap<(candle_core::cuda_backend::DeviceId, &'static str), Arc<CudaModule>>>;
+    static LOADED: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = LOADED.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = (dev.id(), module.name);
+    let loaded = cache.lock().ok().and_then(|c| c.get(&key).cloned());
+    let m = match loaded {
+        Some(m) => m,
+        None => {
+            if module.image.is_empty() {
+                bail!(
+                    "kernel module {} was not built (CUDA_COMPUTE_CAP)",
+                    module.name
+                );
+            }
+            let ctx = dev.cuda_stream().context().clone();
+            let m = ctx
+                .load_module(Ptx::from_binary(module.image.to_vec()))
+                .map_err(err)?;
+            if let Ok(mut c) = cache.lock() {
+                c.insert(key, m.clone());
+            }
+            m
+        }
+    };
+    m.load_function(name).map_err(err)
+}
 
 /// Which attention kernel a [`use_sm90_attention`] question is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +92,7 @@ pub fn use_sm90_attention(dev: &CudaDevice, head_dim: usize, pass: AttentionPass
     });
     let wanted = forced.unwrap_or(pass == AttentionPass::Backward || head_dim == 128);
     wanted
-        && !PTX_SM90.is_empty()
+        && !SM90.image.is_empty()
         && dev
             .cuda_stream()
             .context()
@@ -142,15 +193,14 @@ macro_rules! by_dtype {
 pub(crate) use by_dtype;
 
 /// Queues kernel `$name` of the fused module on `$dev` with `$cfg` and the arguments (references).
-/// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes; a leading
-/// `in MODULE, PTX;` takes the kernel from that module instead of the fused one.
+/// `smem = N` first raises the kernel's dynamic shared-memory limit to N bytes; a leading `in MODULE;`
+/// (a [`KernelModule`]) takes the kernel from that module instead of the fused one.
 macro_rules! launch {
     ($dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {
-        $crate::kernels::cuda::launch!(in $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX;
-            $dev, $name, $cfg, smem = $smem; $($arg),*)
+        $crate::kernels::cuda::launch!(in &$crate::kernels::cuda::FUSED; $dev, $name, $cfg, smem = $smem; $($arg),*)
     };
-    (in $module:expr, $ptx:expr; $dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {{
-        let f = $dev.get_or_load_custom_func(&$name, $module, $ptx)?;
+    (in $module:expr; $dev:expr, $name:expr, $cfg:expr, smem = $smem:expr; $($arg:expr),* $(,)?) => {{
+        let f = $crate::kernels::cuda::function($dev, $module, &$name)?;
         f.set_attribute(
             candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             $smem as i32,
@@ -162,21 +212,20 @@ macro_rules! launch {
                 100,
             ).map_err($crate::kernels::cuda::err)?;
         }
-        #[allow(unused_imports)]
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
-        let mut b = f.builder();
-        $( b.arg($arg); )*
-        unsafe { b.launch($cfg) }.map_err($crate::kernels::cuda::err)?;
+        $crate::kernels::cuda::launch!(@go $dev, f, $cfg; $($arg),*)
     }};
     ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {
-        $crate::kernels::cuda::launch!(in $crate::kernels::cuda::MODULE, $crate::kernels::cuda::PTX;
-            $dev, $name, $cfg; $($arg),*)
+        $crate::kernels::cuda::launch!(in &$crate::kernels::cuda::FUSED; $dev, $name, $cfg; $($arg),*)
     };
-    (in $module:expr, $ptx:expr; $dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let f = $dev.get_or_load_custom_func(&$name, $module, $ptx)?;
+    (in $module:expr; $dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let f = $crate::kernels::cuda::function($dev, $module, &$name)?;
+        $crate::kernels::cuda::launch!(@go $dev, f, $cfg; $($arg),*)
+    }};
+    (@go $dev:expr, $f:expr, $cfg:expr; $($arg:expr),*) => {{
         #[allow(unused_imports)]
         use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
-        let mut b = f.builder();
+        let stream = $dev.cuda_stream();
+        let mut b = stream.launch_builder(&$f);
         $( b.arg($arg); )*
         unsafe { b.launch($cfg) }.map_err($crate::kernels::cuda::err)?;
     }};

@@ -23,6 +23,8 @@
 pub mod adamw;
 pub mod add;
 pub mod attention;
+#[cfg(feature = "cuda")]
+mod attention_cuda_bwd;
 mod cpu;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]

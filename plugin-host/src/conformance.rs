@@ -161,22 +161,7 @@ pub fn synthetic_batch(
 ) -> Batch {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (bu, tu, hu) = (b as usize, t as usize, h as usize);
-    let mut target = vec![0u8; bu * tu];
-    for s in 0..bu {
-        if masked_rows && s % 3 == 2 {
-            continue;
-        }
-        let start = rng.random_range(0..=tu / 2);
-        let end = rng.random_range(start..=tu);
-        let end = if end == start {
-            (start + 1).min(tu)
-        } else {
-            end
-        };
-        for p in start..end {
-            target[s * tu + p] = 1;
-        }
-    }
+    let target = response_spans(&mut rng, bu, tu, masked_rows);
     let ce_mask = crate::ce_mask(&target, bu, tu, hu);
     let ce: Vec<f32> = ce_mask
         .iter()
@@ -232,6 +217,28 @@ pub fn synthetic_batch(
         pair_ids,
         tokens,
     }
+}
+
+/// The target mask [b × t] of [`synthetic_batch`]: one response span per sequence (start in the first
+/// half, at least one position), none in every third sequence when `masked_rows`.
+fn response_spans(rng: &mut ChaCha8Rng, bu: usize, tu: usize, masked_rows: bool) -> Vec<u8> {
+    let mut target = vec![0u8; bu * tu];
+    for s in 0..bu {
+        if masked_rows && s % 3 == 2 {
+            continue;
+        }
+        let start = rng.random_range(0..=tu / 2);
+        let end = rng.random_range(start..=tu);
+        let end = if end == start {
+            (start + 1).min(tu)
+        } else {
+            end
+        };
+        for p in start..end {
+            target[s * tu + p] = 1;
+        }
+    }
+    target
 }
 
 /// [`KIT_VOCABULARY`] as the pieces a plugin's `vocabulary` import returns.

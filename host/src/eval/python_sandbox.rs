@@ -104,7 +104,6 @@ pub fn run(program: &str, limits: &Limits) -> Result<Outcome> {
     } else {
         Command::new("python3")
     };
-    let mem = limits.memory_bytes;
     cmd.arg("-I")
         .arg(&path)
         .current_dir(dir.path())
@@ -112,6 +111,21 @@ pub fn run(program: &str, limits: &Limits) -> Result<Outcome> {
         .stdout(std::fs::File::create(&out)?)
         .stderr(std::fs::File::create(&err)?)
         .process_group(0);
+    limit_resources(&mut cmd, limits.memory_bytes);
+    let child = cmd.spawn().context("starting python3")?;
+    Ok(match wait_or_kill(child, limits.timeout)? {
+        None => Outcome::TimedOut,
+        Some(s) if s.success() => Outcome::Passed,
+        Some(s) => Outcome::Failed {
+            code: s.code(),
+            stderr: tail_of(&err)?,
+        },
+    })
+}
+
+/// Sets the child's limits between fork and exec: address space `memory_bytes`, no core files, files
+/// written at most 64 MiB.
+fn limit_resources(cmd: &mut Command, memory_bytes: u64) {
     // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -125,52 +139,46 @@ pub fn run(program: &str, limits: &Limits) -> Result<Outcome> {
                 }
                 Ok(())
             };
-            set(libc::RLIMIT_AS, mem)?;
+            set(libc::RLIMIT_AS, memory_bytes)?;
             set(libc::RLIMIT_CORE, 0)?;
             set(libc::RLIMIT_FSIZE, 64 << 20)?;
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("starting python3")?;
+}
+
+/// The child's exit status, or None when it ran past `timeout` (then its whole process group is killed:
+/// anything the program started goes too).
+fn wait_or_kill(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> Result<Option<std::process::ExitStatus>> {
     let start = Instant::now();
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait()? {
-            break Some(s);
+            return Ok(Some(s));
         }
-        if start.elapsed() >= limits.timeout {
-            // the whole group: anything the program started goes too
+        if start.elapsed() >= timeout {
             // SAFETY: a plain kill(2) of the child's process group.
             unsafe {
                 libc::kill(-(child.id() as i32), libc::SIGKILL);
             }
             let _ = child.wait();
-            break None;
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(5));
-    };
-    Ok(match status {
-        None => Outcome::TimedOut,
-        Some(s) if s.success() => Outcome::Passed,
-        Some(s) => {
-            let mut text = String::new();
-            std::fs::File::open(&err)?
-                .take(1 << 20)
-                .read_to_string(&mut text)
-                .ok();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            Outcome::Failed {
-                code: s.code(),
-                stderr: tail,
-            }
-        }
-    })
+    }
+}
+
+/// The last 2,000 characters of the file at `path` (of its first MiB).
+fn tail_of(path: &std::path::Path) -> Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .ok();
+    let skip = text.chars().count().saturating_sub(2000);
+    Ok(text.chars().skip(skip).collect())
 }
 
 #[cfg(test)]

@@ -259,26 +259,38 @@ fn decode_one(
                 return Ok(new);
             }
         }
-        let m = path.len();
-        // nodes already in place (the top chain's prefix), then those to move down to them
-        let j0 = path.iter().enumerate().take_while(|(j, p)| j == *p).count();
-        stats.off_chain += u64::from(j0 < m);
-        let x_path = if j0 == m {
-            dec.dec.truncate(start + m)?;
-            x.narrow(1, 0, m)?
-        } else {
-            let at: Vec<u32> = path[j0..].iter().map(|&p| (start + p) as u32).collect();
-            dec.dec
-                .keep_path(start, j0, &Tensor::new(at.as_slice(), dev)?)?;
-            let nodes: Vec<u32> = path.iter().map(|&p| p as u32).collect();
-            x.index_select(&Tensor::new(nodes.as_slice(), dev)?, 1)?
-        };
-        y1 = greedy.narrow(0, path[m - 1], 1)?;
+        let x_path = keep_accepted(&mut dec, &x, &path, start, stats)?;
+        y1 = greedy.narrow(0, path[path.len() - 1], 1)?;
         if new.len() + 1 < opts.max_new && drafting {
             top = Some(dec.draft(&x_path, start, k)?);
         }
     }
     Ok(new)
+}
+
+/// Keeps the accepted `path` (node indices of the round fed at position `start`) in the decoder's cache
+/// and returns its hidden states `x` [1, path, D]: nodes already in place (the top chain's prefix) stay,
+/// the rest move down to follow them.
+fn keep_accepted(
+    dec: &mut HeadsDecoder<'_>,
+    x: &Tensor,
+    path: &[usize],
+    start: usize,
+    stats: &mut SpeculativeStats,
+) -> Result<Tensor> {
+    let dev = x.device();
+    let m = path.len();
+    let j0 = path.iter().enumerate().take_while(|(j, p)| j == *p).count();
+    stats.off_chain += u64::from(j0 < m);
+    if j0 == m {
+        dec.dec.truncate(start + m)?;
+        return Ok(x.narrow(1, 0, m)?);
+    }
+    let at: Vec<u32> = path[j0..].iter().map(|&p| (start + p) as u32).collect();
+    dec.dec
+        .keep_path(start, j0, &Tensor::new(at.as_slice(), dev)?)?;
+    let nodes: Vec<u32> = path.iter().map(|&p| p as u32).collect();
+    Ok(x.index_select(&Tensor::new(nodes.as_slice(), dev)?, 1)?)
 }
 
 #[cfg(test)]

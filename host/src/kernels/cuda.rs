@@ -28,8 +28,8 @@ pub const SM90: KernelModule = KernelModule {
 };
 
 /// Kernel `name` of `module` on `dev`, the module loaded on first use and kept per (device, module) for
-/// the process (candle's own module cache takes PTX text only, and JIT-compiling our PTX took ~12 s on a
-/// fresh machine).
+/// the process (candle's own module cache takes PTX text only; a fat binary lets the driver load the SASS
+/// without JIT-compiling).
 pub fn function(
     dev: &CudaDevice,
     module: &KernelModule,

@@ -5,25 +5,11 @@
 //
 //   nvcc -arch=sm_90a -O3 -std=c++17 -o attn_sm90 bench/gpu/attention_sm90_bench.cu && ./attn_sm90 > ours.jsonl
 //   ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl
-#include <cuda_runtime.h>
-
-#include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
 
 #include "../../host/kernels/fused.cu"
 #include "../../host/kernels/attention_sm90.cu"
-
-#define CHECK(x)                                                                  \
-  do {                                                                            \
-    cudaError_t e = (x);                                                          \
-    if (e != cudaSuccess) {                                                       \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      exit(1);                                                                    \
-    }                                                                             \
-  } while (0)
+#include "harness.cuh"
 
 typedef void (*Fwd)(const bf16*, const bf16*, const bf16*, bf16*, float*, int, int, int, float);
 
@@ -57,28 +43,12 @@ struct Case {
   std::vector<bf16> q, k, v;
   bf16 *dq, *dk, *dv;
   Case(int B_, int T_, int NH_, int NKV_, int D_, unsigned seed) : B(B_), T(T_), NH(NH_), NKV(NKV_), D(D_) {
-    q = rnd((size_t)B * T * NH * D, seed);
-    k = rnd((size_t)B * T * NKV * D, seed + 1);
-    v = rnd((size_t)B * T * NKV * D, seed + 2);
-    dq = up(q);
-    dk = up(k);
-    dv = up(v);
-  }
-  static std::vector<bf16> rnd(size_t n, unsigned seed) {
-    std::vector<bf16> x(n);
-    unsigned long long s = seed * 6364136223846793005ull + 1442695040888963407ull;
-    for (size_t i = 0; i < n; i++) {
-      s = s * 6364136223846793005ull + 1442695040888963407ull;
-      float u = ((s >> 40) & 0xFFFFFF) / 16777216.0f;  // [0, 1)
-      x[i] = __float2bfloat16(2.f * (2.f * u - 1.f));
-    }
-    return x;
-  }
-  static bf16* up(const std::vector<bf16>& x) {
-    bf16* d;
-    CHECK(cudaMalloc(&d, x.size() * sizeof(bf16)));
-    CHECK(cudaMemcpy(d, x.data(), x.size() * sizeof(bf16), cudaMemcpyHostToDevice));
-    return d;
+    q = uniform_bf16((size_t)B * T * NH * D, seed, 2.f);
+    k = uniform_bf16((size_t)B * T * NKV * D, seed + 1, 2.f);
+    v = uniform_bf16((size_t)B * T * NKV * D, seed + 2, 2.f);
+    dq = upload(q);
+    dk = upload(k);
+    dv = upload(v);
   }
   // o and lse of one kernel, copied back
   void run(const Kernel& kn, std::vector<float>& o, std::vector<float>& lse) const {
@@ -90,12 +60,9 @@ struct Case {
     CHECK(cudaMemset(d_o, 0xff, no * 2));
     launch(kn, dq, dk, dv, d_o, d_l, B, T, NH, NKV, D);
     CHECK(cudaDeviceSynchronize());
-    std::vector<bf16> ob(no);
+    o = download(d_o, no);
     lse.resize(nl);
-    CHECK(cudaMemcpy(ob.data(), d_o, no * 2, cudaMemcpyDeviceToHost));
     CHECK(cudaMemcpy(lse.data(), d_l, nl * 4, cudaMemcpyDeviceToHost));
-    o.resize(no);
-    for (size_t i = 0; i < no; i++) o[i] = __bfloat162float(ob[i]);
     CHECK(cudaFree(d_o));
     CHECK(cudaFree(d_l));
   }
@@ -104,24 +71,10 @@ struct Case {
     float* d_l;
     CHECK(cudaMalloc(&d_o, (size_t)B * T * NH * D * 2));
     CHECK(cudaMalloc(&d_l, (size_t)B * NH * T * 4));
-    launch(kn, dq, dk, dv, d_o, d_l, B, T, NH, NKV, D);
-    cudaEvent_t a, b;
-    CHECK(cudaEventCreate(&a));
-    CHECK(cudaEventCreate(&b));
-    std::vector<float> ts;
-    for (int i = 0; i < iters; i++) {
-      CHECK(cudaEventRecord(a));
-      launch(kn, dq, dk, dv, d_o, d_l, B, T, NH, NKV, D);
-      CHECK(cudaEventRecord(b));
-      CHECK(cudaEventSynchronize(b));
-      float t;
-      CHECK(cudaEventElapsedTime(&t, a, b));
-      ts.push_back(t);
-    }
-    std::sort(ts.begin(), ts.end());
+    float t = median_ms(iters, [&] { launch(kn, dq, dk, dv, d_o, d_l, B, T, NH, NKV, D); });
     CHECK(cudaFree(d_o));
     CHECK(cudaFree(d_l));
-    return ts[ts.size() / 2];
+    return t;
   }
 };
 

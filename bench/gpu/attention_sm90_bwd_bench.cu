@@ -1,23 +1,18 @@
 // The sm_90a attention backward (host/kernels/attention_sm90_bwd.cuh) beside the mma.sync one (attention.cuh)
 // in one process, without the Rust host: dq, dk, dv against an f32 CPU reference (grouped-query heads, a
 // partial last tile, both head dims) and between the kernels, then the backward's time (delta, the dK/dV/dQ
-// kernel and the dQ conversion, as host/src/kernels/attention.rs launches them) at bench/gpu_ops.rs's
+// kernel and the dQ conversion, as host/src/kernels/attention_cuda_bwd.rs launches them) at bench/gpu_ops.rs's
 // attention sweep shapes under the op names bench/gpu/ops_reference.py's ratios read, with the time of a
 // variant that writes no dQ at all beside it (not a backward: the bound on what dQ's atomics cost). Build and run on a
 // Hopper machine:
 //
 //   nvcc -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -o attn_bwd bench/gpu/attention_sm90_bwd_bench.cu
 //   ./attn_bwd > ours.jsonl && ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl
-#include <cuda_runtime.h>
-
-#include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
 
 #include "../../host/kernels/fused.cu"
 #include "../../host/kernels/attention_sm90.cu"
+#include "harness.cuh"
 
 // The wgmma backward with dQ written as DQ (SM90_DQ_*).
 template <int D, int DQ>
@@ -36,42 +31,7 @@ static Bwd wgmma_kernel(Variant m, int D) {
   return m == WGMMA ? flash_bwd_sm90_d128 : bwd_variant<128, SM90_DQ_NONE>;
 }
 
-#define CHECK(x)                                                                         \
-  do {                                                                                   \
-    cudaError_t e = (x);                                                                 \
-    if (e != cudaSuccess) {                                                              \
-      fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      exit(1);                                                                           \
-    }                                                                                    \
-  } while (0)
-
-static std::vector<bf16> rnd(size_t n, unsigned seed) {
-  std::vector<bf16> x(n);
-  unsigned long long s = seed * 6364136223846793005ull + 1442695040888963407ull;
-  for (size_t i = 0; i < n; i++) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    float u = ((s >> 40) & 0xFFFFFF) / 16777216.0f;  // [0, 1)
-    x[i] = __float2bfloat16(2.f * u - 1.f);
-  }
-  return x;
-}
-template <class T> static T* dev_alloc(size_t n) {
-  T* p;
-  CHECK(cudaMalloc(&p, n * sizeof(T)));
-  return p;
-}
-static bf16* up(const std::vector<bf16>& x) {
-  bf16* d = dev_alloc<bf16>(x.size());
-  CHECK(cudaMemcpy(d, x.data(), x.size() * sizeof(bf16), cudaMemcpyHostToDevice));
-  return d;
-}
-static std::vector<float> down(const bf16* d, size_t n) {
-  std::vector<bf16> h(n);
-  CHECK(cudaMemcpy(h.data(), d, n * 2, cudaMemcpyDeviceToHost));
-  std::vector<float> f(n);
-  for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
-  return f;
-}
+static std::vector<bf16> rnd(size_t n, unsigned seed) { return uniform_bf16(n, seed, 1.f); }
 
 struct Case {
   int B, T, NH, NKV, D;
@@ -81,7 +41,7 @@ struct Case {
   Case(int B_, int T_, int NH_, int NKV_, int D_, unsigned seed) : B(B_), T(T_), NH(NH_), NKV(NKV_), D(D_) {
     size_t nq = (size_t)B * T * NH * D, nk = (size_t)B * T * NKV * D;
     q = rnd(nq, seed), k = rnd(nk, seed + 1), v = rnd(nk, seed + 2), g = rnd(nq, seed + 3);
-    dq_ = up(q), dk_ = up(k), dv_ = up(v), dg_ = up(g);
+    dq_ = upload(q), dk_ = upload(k), dv_ = upload(v), dg_ = upload(g);
     o = dev_alloc<bf16>(nq), gq = dev_alloc<bf16>(nq), gk = dev_alloc<bf16>(nk), gv = dev_alloc<bf16>(nk);
     lse = dev_alloc<float>((size_t)B * NH * T), delta = dev_alloc<float>((size_t)B * NH * T);
     dq_acc = dev_alloc<float>(nq);
@@ -93,7 +53,7 @@ struct Case {
     CHECK(cudaDeviceSynchronize());
   }
   float sl2() const { return 1.4426950408889634f / sqrtf((float)D); }
-  // the backward as attention.rs launches it
+  // the backward as attention_cuda_bwd.rs launches it
   void backward(Variant m) {
     long rows = (long)B * T * NH, n = rows * D;
     flash_delta<<<(rows * 32 + 255) / 256, 256>>>(o, dg_, delta, rows, T, NH, D);
@@ -121,25 +81,11 @@ struct Case {
     CHECK(cudaMemset(gv, 0xff, (size_t)B * T * NKV * D * 2));
     backward(sm90);
     CHECK(cudaDeviceSynchronize());
-    a = down(gq, (size_t)B * T * NH * D), b = down(gk, (size_t)B * T * NKV * D), c = down(gv, (size_t)B * T * NKV * D);
+    a = download(gq, (size_t)B * T * NH * D), b = download(gk, (size_t)B * T * NKV * D),
+    c = download(gv, (size_t)B * T * NKV * D);
   }
-  float ms(Variant sm90, int iters) {
-    backward(sm90);
-    cudaEvent_t e0, e1;
-    CHECK(cudaEventCreate(&e0));
-    CHECK(cudaEventCreate(&e1));
-    std::vector<float> ts;
-    for (int i = 0; i < iters; i++) {
-      CHECK(cudaEventRecord(e0));
-      backward(sm90);
-      CHECK(cudaEventRecord(e1));
-      CHECK(cudaEventSynchronize(e1));
-      float t;
-      CHECK(cudaEventElapsedTime(&t, e0, e1));
-      ts.push_back(t);
-    }
-    std::sort(ts.begin(), ts.end());
-    return ts[ts.size() / 2];
+  float ms(Variant m, int iters) {
+    return median_ms(iters, [&] { backward(m); });
   }
   // f32 reference dq, dk, dv (softmax(q·kᵀ/√D) causal, grouped-query heads)
   void reference(std::vector<float>& rq, std::vector<float>& rk, std::vector<float>& rv) const {

@@ -15,20 +15,8 @@
 // Shared-memory tiles and their descriptors: the 128-byte swizzle of sm90.cuh (Q, K K-major; V MN-major).
 // The backward (attention_sm90_bwd.cuh) is included at the end.
 #include "sm90.cuh"
-#include "wgmma.cuh"
 
 #define SM90_BN 128
-
-template <int D> __device__ __forceinline__ void wgmma_s(float* s, uint64_t a, uint64_t b, int acc) {
-  wgmma_ss_n128(s, a, b, acc);
-}
-template <int D> __device__ __forceinline__ void wgmma_pv(float* o, const uint32_t* p, uint64_t v);
-template <> __device__ __forceinline__ void wgmma_pv<64>(float* o, const uint32_t* p, uint64_t v) {
-  wgmma_rs_n64_tb(o, p, v);
-}
-template <> __device__ __forceinline__ void wgmma_pv<128>(float* o, const uint32_t* p, uint64_t v) {
-  wgmma_rs_n128_tb(o, p, v);
-}
 
 // One thread's two rows (a = g, b = g + 8 of its warp's 16) and their running softmax statistics.
 struct Rows {
@@ -99,7 +87,7 @@ __device__ __forceinline__ void issue_scores(float* s, const unsigned char* sq, 
     const int half = kk >> 2, col = (kk & 3) * 32;
     uint64_t da = sw128_desc(sq + half * (BM * 128) + wg * 64 * 128 + col, 16, 1024);
     uint64_t db = sw128_desc(sk + half * (BN * 128) + col, 16, 1024);
-    wgmma_s<D>(s, da, db, kk > 0);
+    wgmma_ss_n128(s, da, db, kk > 0);
   }
 }
 
@@ -108,7 +96,7 @@ template <int D, int BN>
 __device__ __forceinline__ void issue_pv(float* acc, const uint32_t (*pf)[4], const unsigned char* sv) {
 #pragma unroll
   for (int kk = 0; kk < BN / 16; kk++)
-    wgmma_pv<D>(acc, pf[kk], sw128_desc(sv + kk * 16 * 128, BN * 128, 1024));
+    wgmma_rs_tb<D>(acc, pf[kk], sw128_desc(sv + kk * 16 * 128, BN * 128, 1024));
 }
 
 // o = acc / l for rows a and b (those below T) and lse = m + log2 l.
@@ -140,10 +128,7 @@ __device__ __forceinline__ void store_rows(const float* acc, Rows& r, bf16* o, f
 // The shared-memory carve of one CTA: 1024-aligned Q tile, then two K stages, then two V stages.
 template <int D, int BM, int BN> struct Smem {
   unsigned char* q;
-  __device__ Smem(unsigned char* raw) {
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(raw);
-    q = raw + ((1024 - (base & 1023)) & 1023);
-  }
+  __device__ Smem(unsigned char* raw) : q(align1024(raw)) {}
   __device__ unsigned char* k(int stage) const { return q + BM * D * 2 + stage * (BN * D * 2); }
   __device__ unsigned char* v(int stage) const { return q + BM * D * 2 + (2 + stage) * (BN * D * 2); }
 };

@@ -28,10 +28,7 @@
 template <int D> struct BwdSmem {
   static constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
   unsigned char* k;
-  __device__ BwdSmem(unsigned char* raw) {
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(raw);
-    k = raw + ((1024 - (base & 1023)) & 1023);
-  }
+  __device__ BwdSmem(unsigned char* raw) : k(align1024(raw)) {}
   __device__ unsigned char* v() const { return k + BN * D * 2; }
   __device__ unsigned char* q(int stage) const { return k + 2 * BN * D * 2 + stage * BM * D * 2; }
   __device__ unsigned char* dout(int stage) const { return k + 2 * BN * D * 2 + (2 + stage) * BM * D * 2; }
@@ -40,7 +37,7 @@ template <int D> struct BwdSmem {
     return reinterpret_cast<float*>(ds() + BN * BM * 2) + stage * 2 * BM;
   }
 };
-// Dynamic shared memory the backward launch needs (host/src/kernels/attention.rs restates it).
+// Dynamic shared memory the backward launch needs (host/src/kernels/attention_cuda_bwd.rs restates it).
 #define SM90_BWD_SMEM(D) (1024 + 2 * SM90_BWD_BN * (D) * 2 + 4 * SM90_BWD_BM * (D) * 2 + \
                           SM90_BWD_BN * SM90_BWD_BM * 2 + 4 * SM90_BWD_BM * 4)
 
@@ -48,14 +45,6 @@ template <int D> struct BwdSmem {
 // bound on what the atomics cost; not a backward).
 #define SM90_DQ_ATOMIC 0
 #define SM90_DQ_NONE 1
-
-template <int D> __device__ __forceinline__ void wgmma_grad(float* acc, const uint32_t* a, uint64_t b);
-template <> __device__ __forceinline__ void wgmma_grad<64>(float* acc, const uint32_t* a, uint64_t b) {
-  wgmma_rs_n64_tb(acc, a, b);
-}
-template <> __device__ __forceinline__ void wgmma_grad<128>(float* acc, const uint32_t* a, uint64_t b) {
-  wgmma_rs_n128_tb(acc, a, b);
-}
 
 // X·Yᵀ [64 × BM] for this warpgroup's 64 rows of a [BN × D] tile x (K or V) and the [BM × D] tile y (Q or
 // dO): D/16 wgmma, committed as one group.
@@ -74,9 +63,7 @@ __device__ __forceinline__ void issue_xyt(float* acc, const unsigned char* x, co
 // Whether tile it + 1's dPᵀ = V·dOᵀ is issued with its Sᵀ = K·Qᵀ before tile it's dQ atomics (so that both
 // overlap them) or only after them: at D = 128 the registers do not hold dK, dV, dQ and both in flight
 // (ptxas would serialise every wgmma).
-template <int D> struct EarlyDp {
-  static constexpr bool value = D == 64;
-};
+template <int D> constexpr bool EARLY_DP = D == 64;
 
 // Pᵀ and dSᵀ of one (64 keys × 64 queries) tile from the score and dP accumulators, as bf16 A fragments
 // pf/sf [BM/16][4]. Keys key_a/key_b are this thread's rows; query column j·8 + 2tq (+1) reads lse/delta
@@ -163,13 +150,13 @@ __device__ __forceinline__ void store_dkdv(const float* dka, const float* dva, b
 }
 
 // One query tile's dV += Pᵀ·dO and dK += dSᵀ·Q for this warpgroup's keys (issued and committed, not
-// waited) from its Sᵀ/dPᵀ products in flight (issue_st_dpt), leaving dSᵀ in sf.
+// waited) from its Sᵀ products (and, with EARLY_DP, dPᵀ) in flight (begin), leaving dSᵀ in sf.
 template <int D>
 __device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)[4], float* st, float* dpt,
                                           const BwdSmem<D>& sm, int stage, int wg, int key_a, int query0, int T,
                                           int tq, float scale_log2) {
   constexpr int BM = SM90_BWD_BM;
-  if (!EarlyDp<D>::value) {
+  if (!EARLY_DP<D>) {
     wgmma_fence();
     issue_xyt<D>(dpt, sm.v(), sm.dout(stage), wg);
   }
@@ -182,8 +169,8 @@ __device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BM / 16; kk++) {
-    wgmma_grad<D>(dva, pf[kk], sw128_desc(sm.dout(stage) + kk * 16 * 128, BM * 128, 1024));
-    wgmma_grad<D>(dka, sf[kk], sw128_desc(sm.q(stage) + kk * 16 * 128, BM * 128, 1024));
+    wgmma_rs_tb<D>(dva, pf[kk], sw128_desc(sm.dout(stage) + kk * 16 * 128, BM * 128, 1024));
+    wgmma_rs_tb<D>(dka, sf[kk], sw128_desc(sm.q(stage) + kk * 16 * 128, BM * 128, 1024));
   }
   wgmma_commit();
 }
@@ -228,7 +215,7 @@ __device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, cons
     if (it + 1 < iters) load(it + 1);
     wgmma_fence();
     issue_xyt<D>(st, sm.k, sm.q(it & 1), wg);
-    if (EarlyDp<D>::value) issue_xyt<D>(dpt, sm.v(), sm.dout(it & 1), wg);
+    if (EARLY_DP<D>) issue_xyt<D>(dpt, sm.v(), sm.dout(it & 1), wg);
   };
   load(0);
   float dka[D / 2], dva[D / 2];

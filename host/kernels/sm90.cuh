@@ -1,7 +1,7 @@
 // Hopper (sm_90a) helpers shared by the wgmma attention kernels (attention_sm90.cu forward,
 // attention_sm90_bwd.cuh backward): shared-memory descriptors with the 128-byte swizzle, the wgmma
-// fence/commit/wait instructions, the async-proxy fence, and the cp.async copy of a tile into the swizzled
-// layout wgmma reads.
+// fence/commit/wait instructions, the register-A product by head dim, the async-proxy fence, the 1024-byte
+// alignment of a shared-memory carve, and the cp.async copy of a tile into the swizzled layout wgmma reads.
 //
 // Swizzled tiles: a tile of R rows × D bf16 columns is stored as D/64 column halves of R rows × 128 bytes;
 // the 16-byte chunk c of row r sits at chunk c ^ (r mod 8); tiles start 1024-byte aligned. Descriptors:
@@ -15,6 +15,7 @@
 typedef __nv_bfloat16 bf16;
 
 #include "async_copy.cuh"
+#include "wgmma.cuh"
 
 // A wgmma shared-memory descriptor with the 128-byte swizzle: address, leading and stride byte offsets.
 __device__ __forceinline__ uint64_t sw128_desc(const void* p, uint32_t lead, uint32_t stride) {
@@ -46,4 +47,20 @@ __device__ __forceinline__ void tile_sw128(unsigned char* s, const bf16* g, int 
     const bf16* src = g + (((long)b * T + min(t, T - 1)) * heads + h) * D + c * 8;
     cp16(s + (c >> 3) * (R * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4), src, t < T);
   }
+}
+
+// D[64×N] += A·B with A [64×16] bf16 from registers and B [16×N] an MN-major tile in shared memory, N = the
+// head dim (64 or 128): the forward's O += P·V, the backward's dV += Pᵀ·dO and dK += dSᵀ·Q.
+template <int N> __device__ __forceinline__ void wgmma_rs_tb(float* d, const uint32_t* a, uint64_t b);
+template <> __device__ __forceinline__ void wgmma_rs_tb<64>(float* d, const uint32_t* a, uint64_t b) {
+  wgmma_rs_n64_tb(d, a, b);
+}
+template <> __device__ __forceinline__ void wgmma_rs_tb<128>(float* d, const uint32_t* a, uint64_t b) {
+  wgmma_rs_n128_tb(d, a, b);
+}
+
+// The first 1024-byte-aligned address at or after `raw` in shared memory (swizzled tiles start there).
+__device__ __forceinline__ unsigned char* align1024(unsigned char* raw) {
+  const uint32_t base = (uint32_t)__cvta_generic_to_shared(raw);
+  return raw + ((1024 - (base & 1023)) & 1023);
 }

@@ -25,7 +25,7 @@ struct Rows {
 };
 
 // Online softmax of one score tile S [64 × BN] (wgmma accumulator layout) whose first key is key0: masks
-// keys past the row (causal) or past T where `masked`, updates the statistics, writes P = exp2(S − m) as
+// keys past the row (causal) or past T where `masked`, updates the statistics, writes P = 2^(S·scale − m) as
 // bf16 A fragments pf[BN/16][4], and returns the factors al_a, al_b that rescale the rows' old output.
 template <int BN>
 __device__ __forceinline__ void softmax_tile(float* s, uint32_t (*pf)[4], Rows& r, bool masked, int key0, int T,
@@ -37,8 +37,7 @@ __device__ __forceinline__ void softmax_tile(float* s, uint32_t (*pf)[4], Rows& 
     for (int e = 0; e < 4; e++) {
       int key = key0 + j * 8 + 2 * tq + (e & 1);
       int row = e < 2 ? r.a : r.b;
-      float val = s[4 * j + e] * scale_log2;
-      s[4 * j + e] = (masked && (key > row || key >= T)) ? -INFINITY : val;
+      if (masked && (key > row || key >= T)) s[4 * j + e] = -INFINITY;
     }
     mx_a = fmaxf(mx_a, fmaxf(s[4 * j], s[4 * j + 1]));
     mx_b = fmaxf(mx_b, fmaxf(s[4 * j + 2], s[4 * j + 3]));
@@ -48,17 +47,19 @@ __device__ __forceinline__ void softmax_tile(float* s, uint32_t (*pf)[4], Rows& 
     mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, o2));
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, o2));
   }
-  float mn_a = fmaxf(r.m_a, mx_a), mn_b = fmaxf(r.m_b, mx_b);
+  // statistics in units of the scaled scores (scale_log2 > 0 keeps the order; −∞ stays −∞)
+  float mn_a = fmaxf(r.m_a, mx_a * scale_log2), mn_b = fmaxf(r.m_b, mx_b * scale_log2);
   float base_a = mn_a == -INFINITY ? 0.f : mn_a, base_b = mn_b == -INFINITY ? 0.f : mn_b;
-  al_a = exp2f(r.m_a - base_a);
-  al_b = exp2f(r.m_b - base_b);
+  al_a = exp2_ftz(r.m_a - base_a);
+  al_b = exp2_ftz(r.m_b - base_b);
   r.m_a = mn_a;
   r.m_b = mn_b;
   float rs_a = 0.f, rs_b = 0.f;
 #pragma unroll
   for (int j = 0; j < BN / 8; j++) {
-    float p0 = exp2f(s[4 * j] - base_a), p1 = exp2f(s[4 * j + 1] - base_a);
-    float p2 = exp2f(s[4 * j + 2] - base_b), p3 = exp2f(s[4 * j + 3] - base_b);
+    // p = 2^(s·scale − m): one FFMA and one MUFU.EX2 per score
+    float p0 = exp2_ftz(fmaf(s[4 * j], scale_log2, -base_a)), p1 = exp2_ftz(fmaf(s[4 * j + 1], scale_log2, -base_a));
+    float p2 = exp2_ftz(fmaf(s[4 * j + 2], scale_log2, -base_b)), p3 = exp2_ftz(fmaf(s[4 * j + 3], scale_log2, -base_b));
     rs_a += p0 + p1;
     rs_b += p2 + p3;
     pf[j / 2][(j & 1) * 2 + 0] = pack2(p0, p1);
@@ -217,4 +218,5 @@ __device__ void flash_fwd_sm90(const bf16* q, const bf16* k, const bf16* v, bf16
 SM90_FWD(64)
 SM90_FWD(128)
 
+#include "attention_sm90_ws.cuh"
 #include "attention_sm90_bwd.cuh"

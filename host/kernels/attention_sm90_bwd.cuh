@@ -78,7 +78,7 @@ __device__ __forceinline__ void probs_and_dscores(const float* st, const float* 
 #pragma unroll
     for (int e = 0; e < 4; e++) {
       const int qi = j * 8 + 2 * tq + (e & 1), query = query0 + qi, key = e < 2 ? key_a : key_b;
-      const float p = (key > query || query >= T || key >= T) ? 0.f : exp2f(st[4 * j + e] * scale_log2 - ls[qi]);
+      const float p = (key > query || query >= T || key >= T) ? 0.f : exp2_ftz(st[4 * j + e] * scale_log2 - ls[qi]);
       pv[e] = p;
       sv[e] = p * (dpt[4 * j + e] - dl[qi]);
     }

@@ -15,10 +15,6 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use std::sync::Mutex;
 
-/// Query rows per CTA of the sm_90a forward (`kernels/attention_sm90.cu`: 2 warpgroups × 64).
-#[cfg(feature = "cuda")]
-const SM90_ROWS: usize = 128;
-
 struct AttentionOp {
     lse: Mutex<Option<Tensor>>,
 }
@@ -207,8 +203,7 @@ impl CustomOp3 for AttentionOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{launch, view, wrap};
-        use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
+        use super::cuda::{view, wrap};
         use half::bf16;
         let dev = &s1.device;
         let (b, t, nh, d) = l1.shape().dims4()?;
@@ -221,34 +216,7 @@ impl CustomOp3 for AttentionOp {
             view::<bf16>(s2, l2)?,
             view::<bf16>(s3, l3)?,
         );
-        let o = unsafe { dev.alloc::<bf16>(b * t * nh * d) }?;
-        let lse = unsafe { dev.alloc::<f32>(b * nh * t) }?;
-        let (t_i, nh_i, nkv_i) = (t as i32, nh as i32, nkv as i32);
-        let sl2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
-        if super::cuda::use_sm90_attention(dev, d, super::cuda::AttentionPass::Forward) {
-            // attention_sm90.cu (wgmma): 2 warpgroups of 64 query rows; 1 KiB for alignment, the Q tile
-            // and two stages each of K and V tiles of 128 keys
-            let (rows, smem) = (
-                SM90_ROWS,
-                (1024 + SM90_ROWS * d * 2 + 4 * 128 * d * 2) as u32,
-            );
-            let cfg = LaunchConfig {
-                grid_dim: (t.div_ceil(rows) as u32, nh as u32, b as u32),
-                block_dim: (2 * 128, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let name = format!("flash_fwd_sm90_d{d}");
-            launch!(in &super::cuda::SM90; dev, name, cfg, smem = smem; &q, &k, &v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
-        } else {
-            let smem = (4 * 64 * (d + 8) * 2) as u32; // two buffers of (K, V) tiles
-            let cfg = LaunchConfig {
-                grid_dim: (t.div_ceil(64) as u32, nh as u32, b as u32),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let name = format!("flash_fwd_d{d}");
-            launch!(dev, name, cfg, smem = smem; &q, &k, &v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
-        }
+        let (o, lse) = super::attention_cuda_fwd::cuda_fwd(dev, (&q, &k, &v), (b, t, nh, nkv, d))?;
         self.keep(wrap(lse, dev, (b, nh, t)));
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(o, dev.clone()),

@@ -20,7 +20,7 @@ pub const FUSED: KernelModule = KernelModule {
     image: include_bytes!(concat!(env!("OUT_DIR"), "/fused.fatbin")),
 };
 
-/// `kernels/attention_sm90.cu` (Hopper's warpgroup MMA, sm_90a); empty when the build's `CUDA_COMPUTE_CAP`
+/// `kernels/attention_sm90.cu` (Hopper's warpgroup MMA and TMA, sm_90a); empty when the build's `CUDA_COMPUTE_CAP`
 /// is not 90.
 pub const SM90: KernelModule = KernelModule {
     name: "wmtp_attention_sm90",
@@ -98,6 +98,14 @@ pub fn use_sm90_attention(dev: &CudaDevice, head_dim: usize, pass: AttentionPass
             .context()
             .attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
             .is_ok_and(|major| major == 9)
+}
+
+/// Whether an sm_90a forward ([`use_sm90_attention`]) is the warp-specialised TMA kernel of
+/// `kernels/attention_sm90_ws.cuh` rather than the cp.async one of `attention_sm90.cu`:
+/// `WMTP_ATTENTION_WS=1` (off by default until it is measured faster on a GPU).
+pub fn use_ws_forward() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WMTP_ATTENTION_WS").as_deref() == Ok("1"))
 }
 
 /// A CUDA driver error as a candle error.

@@ -25,6 +25,8 @@ pub mod add;
 pub mod attention;
 #[cfg(feature = "cuda")]
 mod attention_cuda_bwd;
+#[cfg(feature = "cuda")]
+mod attention_cuda_fwd;
 mod cpu;
 pub mod cross_entropy;
 #[cfg(feature = "cuda")]
@@ -36,6 +38,8 @@ pub mod rope;
 pub mod sample;
 pub mod scatter;
 pub mod swiglu;
+#[cfg(feature = "cuda")]
+mod tensor_map;
 
 pub use add::add;
 pub use attention::attention;

@@ -1,0 +1,83 @@
+// Hopper (sm_90a) asynchronous-copy machinery for warp-specialised kernels: the tensor-memory accelerator
+// (TMA) load of one box of a tensor map into shared memory, the shared-memory transaction barriers
+// (mbarrier) it signals, register reallocation between warpgroups (setmaxnreg), and named barriers.
+//
+// A tensor map (`TmaDesc`, 128 bytes, built on the host by cuTensorMapEncodeTiled) describes a global
+// tensor and the box one load copies; it reaches the kernel as a `const __grid_constant__` parameter, and
+// its generic address is what the load instruction takes. A load completes on an mbarrier: the producer
+// announces the bytes it expects (`mbar_expect_tx`, which is also its arrival), the copy engine counts them
+// off, and consumers wait on the barrier's phase parity (`mbar_wait`).
+#pragma once
+#include <stdint.h>
+
+// The opaque 128-byte CUtensorMap, 64-byte aligned as the driver requires.
+struct alignas(64) TmaDesc {
+  uint64_t opaque[16];
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// Initialises the mbarrier at `bar` to expect `count` arrivals per phase.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+// Makes initialised mbarriers visible to the other threads and to the copy engine (then a CTA barrier).
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// One arrival that also announces `bytes` of TMA traffic the current phase must receive before it completes.
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+// One plain arrival.
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits until the phase of parity `parity` (0 for phase 0, 2, …; 1 for 1, 3, …) has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// Copies the box of a rank-4 tensor map whose first element sits at coordinates (c0, c1, c2, c3) (innermost
+// first) into shared memory at `dst`, counting its bytes off `bar`. Elements outside the tensor read 0.
+__device__ __forceinline__ void tma_load_4d(void* dst, const TmaDesc* map, uint64_t* bar, int c0, int c1, int c2,
+                                            int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+// Brings a tensor map into the TMA unit's cache ahead of its first use.
+__device__ __forceinline__ void tma_prefetch(const TmaDesc* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// Lowers (dec) or raises (inc) this warpgroup's registers per thread to N; every warp of the warpgroup runs it.
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// Named barrier `id` (1–15; 0 is __syncthreads) over `threads` threads: wait there, or arrive and go on.
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// named_arrive where `when` holds, predicated inside one instruction: no branch, so that it may sit between a
+// wgmma's issue and its wait without ptxas serialising the wgmma pipeline.
+__device__ __forceinline__ void named_arrive_if(bool when, int id, int threads) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p bar.arrive %0, %1;\n}\n" ::"r"(id), "r"(threads),
+               "r"((int)when)
+               : "memory");
+}

@@ -1,0 +1,61 @@
+//! TMA tensor maps (Hopper's tensor-memory accelerator) for the warp-specialised attention forward of
+//! `kernels/attention_sm90_ws.cuh`: the driver's 128-byte description of a global tensor and of the box
+//! one load copies into shared memory, passed to the kernel by value (`const __grid_constant__ TmaDesc`).
+
+use candle_core::cuda_backend::cudarc::driver::{sys, DeviceRepr};
+use candle_core::Result;
+
+/// An encoded `CUtensorMap`, laid out as the kernels' `TmaDesc` (16 × u64, 64-byte aligned).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct TensorMap([u64; 16]);
+
+// SAFETY: a plain 128-byte value the driver copies into the kernel's parameter space; the kernel parameter
+// (`TmaDesc`) has the same size and alignment.
+unsafe impl DeviceRepr for TensorMap {}
+
+/// The tensor map of a bf16 tensor [B, T, heads, D] at device address `ptr` whose loads are boxes of `rows`
+/// rows × 64 columns of one head (dims innermost first: column, head, row, batch), written into shared
+/// memory with the 128-byte swizzle of `kernels/sm90.cuh`'s tiles; rows past T read as 0.
+/// Fails (and the caller falls back to a kernel without TMA) when the driver refuses it, e.g. for an
+/// address that is not 16-byte aligned.
+pub fn head_rows(
+    ptr: sys::CUdeviceptr,
+    (b, t, heads, d): (usize, usize, usize, usize),
+    rows: usize,
+) -> Result<TensorMap> {
+    let dims: [u64; 4] = [d as u64, heads as u64, t as u64, b as u64];
+    let strides: [u64; 3] = [
+        (d * 2) as u64,
+        (heads * d * 2) as u64,
+        (t * heads * d * 2) as u64,
+    ];
+    let boxed: [u32; 4] = [64, 1, rows as u32, 1];
+    let unit: [u32; 4] = [1; 4];
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: every pointer is to a live local array of the rank (4) or rank − 1 (strides) the call reads;
+    // the driver only encodes (no device access).
+    let status = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            4,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxed.as_ptr(),
+            unit.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        candle_core::bail!(
+            "cuTensorMapEncodeTiled([{b}, {t}, {heads}, {d}] bf16, box {rows} rows): {status:?}"
+        );
+    }
+    // SAFETY: the call succeeded, so it wrote the whole map (zeroed before in any case)
+    Ok(TensorMap(unsafe { map.assume_init() }.opaque))
+}

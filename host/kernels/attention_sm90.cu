@@ -1,20 +1,26 @@
 // Causal grouped-query flash attention forward for Hopper (sm_90a), bf16, head dim D ∈ {64, 128}: the same
 // contract as flash_fwd_d* of attention.cuh (q/o [B, T, NH, D], k/v [B, T, NKV, D], lse [B, NH, T] in units
-// of log2 of the scaled scores), built on warpgroup MMA (wgmma) instead of mma.sync. Compiled to its own
-// PTX module for compute_90a by host/build.rs; the host uses it on compute capability 9.x for D = 128
-// (on an H100 it takes 0.89–0.90× the mma.sync kernel's time there, but 1.09–1.14× at D = 64).
+// of log2 of the scaled scores), built on warpgroup MMA (wgmma) and the tensor-memory accelerator (TMA)
+// instead of mma.sync and cp.async. Compiled into its own module for sm_90a by host/build.rs; the host
+// uses it on compute capability 9.x at both head dims (host/src/kernels/attention_cuda_fwd.rs).
 //
-// A CTA of WGS warpgroups takes 64·WGS query rows of one head; each warpgroup owns 64 of them. Tiles of
-// BN = 128 keys stream through two shared-memory stages each of K and V (cp.async, all threads load).
-// Per key tile:
-//   S = Q·Kᵀ   wgmma m64n128k16, Q and K both K-major in shared memory        (D/16 instructions)
-//   online softmax on S in registers (exp2, running max m and sum l per row)
-//   O += P·V   wgmma m64nDk16, P from registers (the S accumulators packed to bf16 are exactly the
-//              A fragments), V MN-major in shared memory (transposed operand)    (BN/16 instructions)
-//
-// Shared-memory tiles and their descriptors: the 128-byte swizzle of sm90.cuh (Q, K K-major; V MN-major).
+// Warp-specialised, as FlashAttention-3: a CTA of three warpgroups takes WS_BM = 128 query rows of one head.
+//   warpgroup 0, the producer, gives its registers up (setmaxnreg 24) and one of its threads issues the TMA
+//     loads: the Q tile once, then K_j and V_j of every key tile (BN = 128 keys) into WS_STAGES stages each,
+//     waiting on a stage's "empty" mbarrier before refilling it;
+//   warpgroups 1 and 2, the consumers (setmaxnreg 240), take 64 query rows each. Per key tile j:
+//     S_j = Q·K_jᵀ   wgmma m64n128k16, Q and K both K-major in shared memory           (D/16 instructions)
+//     O += P_{j−1}·V_{j−1}  wgmma m64nDk16, P from registers (the S accumulators packed to bf16 are exactly
+//                    the A fragments), V MN-major in shared memory (transposed operand)  (BN/16 instructions)
+//     both issued together; K_j's stage is released once S_j is done, and the online softmax of S_j
+//     (one FFMA and one ex2 per score, running max m and sum l per row) runs while the P·V product does
+//     (intra-warpgroup overlap); then V_{j−1}'s stage is released and O rescaled.
+// No __syncthreads after set-up: every hand-over is an mbarrier. Shared-memory tiles are in the 128-byte
+// swizzle of sm90.cuh, which TMA's SWIZZLE_128B writes. Measured and dropped: the two consumers taking turns
+// on the tensor cores (FlashAttention-3's ping-pong, named barriers) was 1.05–1.18× slower on an H100.
 // The backward (attention_sm90_bwd.cuh) is included at the end.
 #include "sm90.cuh"
+#include "tma.cuh"
 
 #define SM90_BN 128
 
@@ -126,66 +132,96 @@ __device__ __forceinline__ void store_rows(const float* acc, Rows& r, bf16* o, f
   }
 }
 
-// The shared-memory carve of one CTA: 1024-aligned Q tile, then two K stages, then two V stages.
-template <int D, int BM, int BN> struct Smem {
+#define WS_BM 128
+#define WS_STAGES 2
+
+// The shared-memory carve: 1024-aligned Q tile [WS_BM × D], WS_STAGES K and V tiles [SM90_BN × D] (all
+// in the 128-byte-swizzled layout of sm90.cuh, which TMA's SWIZZLE_128B writes), then the mbarriers.
+template <int D> struct WsSmem {
+  static constexpr int Q_BYTES = WS_BM * D * 2, KV_BYTES = SM90_BN * D * 2;
   unsigned char* q;
-  __device__ Smem(unsigned char* raw) : q(align1024(raw)) {}
-  __device__ unsigned char* k(int stage) const { return q + BM * D * 2 + stage * (BN * D * 2); }
-  __device__ unsigned char* v(int stage) const { return q + BM * D * 2 + (2 + stage) * (BN * D * 2); }
+  __device__ WsSmem(unsigned char* raw) : q(align1024(raw)) {}
+  __device__ unsigned char* k(int s) const { return q + Q_BYTES + s * KV_BYTES; }
+  __device__ unsigned char* v(int s) const { return q + Q_BYTES + (WS_STAGES + s) * KV_BYTES; }
+  __device__ uint64_t* bars() const { return reinterpret_cast<uint64_t*>(q + Q_BYTES + 2 * WS_STAGES * KV_BYTES); }
+  __device__ uint64_t* q_full() const { return bars(); }
+  __device__ uint64_t* k_full(int s) const { return bars() + 1 + s; }
+  __device__ uint64_t* v_full(int s) const { return bars() + 1 + WS_STAGES + s; }
+  __device__ uint64_t* k_empty(int s) const { return bars() + 1 + 2 * WS_STAGES + s; }
+  __device__ uint64_t* v_empty(int s) const { return bars() + 1 + 3 * WS_STAGES + s; }
+  // dynamic shared memory a launch needs: alignment slack, tiles, barriers
+  static constexpr int bytes() { return 1024 + Q_BYTES + 2 * WS_STAGES * KV_BYTES + 8 * (1 + 4 * WS_STAGES); }
 };
 
-// Forward: grid (ceil(T / (64·WGS)), NH, B), 128·WGS threads; dynamic smem 1024 (alignment) + the Q tile
-// + two K and two V stages. The softmax of tile j overlaps O += P_{j−1}·V_{j−1} (FlashAttention-3's
-// intra-warpgroup pipelining): S_j and that product are issued together; the softmax waits only for
-// S_j. K_j sits in K stage j mod 2, V_j in V stage j mod 2; at the top of iteration j (one
-// barrier) every thread is done with iteration j − 1, so K_{j+1} and V_j are queued into the stages K_{j−1}
-// and V_{j−2} left.
-template <int D, int WGS>
-__device__ void flash_fwd_sm90(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T,
-                               int NH, int NKV, float scale_log2) {
-  constexpr int BM = 64 * WGS, BN = SM90_BN;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  Smem<D, BM, BN> sm(smem_raw);
-  // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
-  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int kvh = h / (NH / NKV);
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
-  const int q0 = qt * BM, wg_row0 = q0 + wg * 64;
+// The producer thread: Q, then K_j and V_j for j = 0..last, each [rows × D] box loaded as D/64 column
+// halves of [rows × 64] (one TMA each, coordinates (column, head, row, batch)).
+template <int D>
+__device__ void ws_produce(const WsSmem<D>& sm, const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, int b,
+                           int h, int kvh, int q0, int last) {
+  tma_prefetch(tq);
+  tma_prefetch(tk);
+  tma_prefetch(tv);
+  mbar_expect_tx(sm.q_full(), WsSmem<D>::Q_BYTES);
+  for (int half = 0; half < D / 64; half++) tma_load_4d(sm.q + half * WS_BM * 128, tq, sm.q_full(), 64 * half, h, q0, b);
+  for (int j = 0; j <= last; j++) {
+    const int s = j % WS_STAGES;
+    const uint32_t reuse_parity = ((j / WS_STAGES) + 1) & 1;  // the phase that released use j − STAGES
+    if (j >= WS_STAGES) mbar_wait(sm.k_empty(s), reuse_parity);
+    mbar_expect_tx(sm.k_full(s), WsSmem<D>::KV_BYTES);
+    for (int half = 0; half < D / 64; half++)
+      tma_load_4d(sm.k(s) + half * SM90_BN * 128, tk, sm.k_full(s), 64 * half, kvh, j * SM90_BN, b);
+    if (j >= WS_STAGES) mbar_wait(sm.v_empty(s), reuse_parity);
+    mbar_expect_tx(sm.v_full(s), WsSmem<D>::KV_BYTES);
+    for (int half = 0; half < D / 64; half++)
+      tma_load_4d(sm.v(s) + half * SM90_BN * 128, tv, sm.v_full(s), 64 * half, kvh, j * SM90_BN, b);
+  }
+}
+
+// One consumer warp's release of a stage: every lane is past its wgmma wait; lane 0 arrives.
+__device__ __forceinline__ void ws_release(uint64_t* bar) {
+  __syncwarp();
+  if ((threadIdx.x & 31) == 0) mbar_arrive(bar);
+}
+
+// Consumer warpgroup `wg` (0 or 1): 64 query rows from q0 + 64·wg.
+template <int D>
+__device__ void ws_consume(const WsSmem<D>& sm, bf16* o, float* lse, int b, int h, int q0, int last, int T, int NH,
+                           float scale_log2, int wg) {
+  constexpr int BN = SM90_BN;
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
+  const int wg_row0 = q0 + wg * 64;
   Rows r;
   r.a = wg_row0 + warp * 16 + (lane >> 2);
   r.b = r.a + 8;
-  const int last = min((q0 + BM - 1) / BN, (T - 1) / BN);
-  tile_sw128<D, BM>(sm.q, q, b, q0, h, T, NH);
-  tile_sw128<D, BN>(sm.k(0), k, b, 0, kvh, T, NKV);
-  cp_commit();
   float acc[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; i++) acc[i] = 0.f;
   uint32_t pprev[BN / 16][4];
+  mbar_wait(sm.q_full(), 0);
   for (int kt = 0; kt <= last; kt++) {
-    cp_wait<0>();  // K_kt and V_{kt−1}
-    fence_async_shared();
-    __syncthreads();
-    if (kt < last) tile_sw128<D, BN>(sm.k((kt + 1) & 1), k, b, (kt + 1) * BN, kvh, T, NKV);
-    tile_sw128<D, BN>(sm.v(kt & 1), v, b, kt * BN, kvh, T, NKV);
-    cp_commit();
-    float s[BN / 2];
+    const int s = kt % WS_STAGES, sp = (kt + WS_STAGES - 1) % WS_STAGES;
+    mbar_wait(sm.k_full(s), (kt / WS_STAGES) & 1);
+    if (kt > 0) mbar_wait(sm.v_full(sp), ((kt - 1) / WS_STAGES) & 1);
+    float sc[BN / 2];
     wgmma_fence();
-    issue_scores<D, BM, BN>(s, sm.q, sm.k(kt & 1), wg);
+    issue_scores<D, WS_BM, BN>(sc, sm.q, sm.k(s), wg);
     wgmma_commit();
     if (kt > 0) {
-      issue_pv<D, BN>(acc, pprev, sm.v((kt - 1) & 1));
+      issue_pv<D, BN>(acc, pprev, sm.v(sp));
       wgmma_commit();
-      wgmma_wait<1>();
-    } else {
-      wgmma_wait<0>();
     }
-    fence_regs<BN / 2>(s);
+    if (kt > 0)
+      wgmma_wait<1>();
+    else
+      wgmma_wait<0>();
+    ws_release(sm.k_empty(s));
+    fence_regs<BN / 2>(sc);
     const bool masked = kt * BN + BN - 1 > wg_row0 || (kt + 1) * BN > T;
     uint32_t pf[BN / 16][4];
     float al_a, al_b;
-    softmax_tile<BN>(s, pf, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
+    softmax_tile<BN>(sc, pf, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
     wgmma_wait<0>();
+    if (kt > 0) ws_release(sm.v_empty(sp));
     fence_regs<D / 2>(acc);
     rescale<D>(acc, al_a, al_b);
 #pragma unroll
@@ -193,30 +229,55 @@ __device__ void flash_fwd_sm90(const bf16* q, const bf16* k, const bf16* v, bf16
 #pragma unroll
       for (int e = 0; e < 4; e++) pprev[i][e] = pf[i][e];
   }
-  cp_wait<0>();  // V_last
-  fence_async_shared();
-  __syncthreads();
+  const int sl = last % WS_STAGES;
+  mbar_wait(sm.v_full(sl), (last / WS_STAGES) & 1);
   wgmma_fence();
-  issue_pv<D, BN>(acc, pprev, sm.v(last & 1));
+  issue_pv<D, BN>(acc, pprev, sm.v(sl));
   wgmma_commit();
   wgmma_wait<0>();
   fence_regs<D / 2>(acc);
   store_rows<D>(acc, r, o, lse, b, h, T, NH, tq);
 }
 
-// Warpgroups per CTA (query rows = 64 × this) by head dim; host/src/kernels/attention.rs launches
-// SM90_ROWS = 128 rows (2 warpgroups).
-#define SM90_WGS_64 2
-#define SM90_WGS_128 2
-
-#define SM90_FWD(DIM)                                                                                        \
-  extern "C" __global__ void __launch_bounds__(128 * SM90_WGS_##DIM, 1)                                      \
-      flash_fwd_sm90_d##DIM(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T, int NH,  \
-                            int NKV, float scale_log2) {                                                     \
-    flash_fwd_sm90<DIM, SM90_WGS_##DIM>(q, k, v, o, lse, T, NH, NKV, scale_log2);                            \
+// Forward: grid (ceil(T / WS_BM), NH, B), 384 threads, WsSmem<D>::bytes() of dynamic shared memory.
+template <int D>
+__device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, bf16* o, float* lse, int T,
+                             int NH, int NKV, float scale_log2) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  WsSmem<D> sm(smem_raw);
+  // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
+  const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int kvh = h / (NH / NKV), q0 = qt * WS_BM;
+  const int last = min((q0 + WS_BM - 1) / SM90_BN, (T - 1) / SM90_BN);
+  if (threadIdx.x == 0) {
+    mbar_init(sm.q_full(), 1);
+    for (int s = 0; s < WS_STAGES; s++) {
+      mbar_init(sm.k_full(s), 1);
+      mbar_init(sm.v_full(s), 1);
+      mbar_init(sm.k_empty(s), 8);  // one arrival per consumer warp
+      mbar_init(sm.v_empty(s), 8);
+    }
+    mbar_fence_init();
   }
-SM90_FWD(64)
-SM90_FWD(128)
+  __syncthreads();
+  const int wgi = threadIdx.x >> 7;
+  if (wgi == 0) {
+    setmaxnreg_dec<24>();
+    if (threadIdx.x == 0) ws_produce<D>(sm, tq, tk, tv, b, h, kvh, q0, last);
+    return;
+  }
+  setmaxnreg_inc<240>();
+  ws_consume<D>(sm, o, lse, b, h, q0, last, T, NH, scale_log2, wgi - 1);
+}
 
-#include "attention_sm90_ws.cuh"
+#define SM90_WS_FWD(DIM)                                                                                     \
+  extern "C" __global__ void __launch_bounds__(384, 1)                                                       \
+      flash_fwd_ws_d##DIM(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk,            \
+                          const __grid_constant__ TmaDesc tv, bf16* o, float* lse, int T, int NH, int NKV,   \
+                          float scale_log2) {                                                                \
+    flash_fwd_ws<DIM>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);                                        \
+  }
+SM90_WS_FWD(64)
+SM90_WS_FWD(128)
+
 #include "attention_sm90_bwd.cuh"

@@ -1,6 +1,6 @@
 // Hopper (sm_90a) asynchronous-copy machinery for warp-specialised kernels: the tensor-memory accelerator
 // (TMA) load of one box of a tensor map into shared memory, the shared-memory transaction barriers
-// (mbarrier) it signals, register reallocation between warpgroups (setmaxnreg), and named barriers.
+// (mbarrier) it signals, and register reallocation between warpgroups (setmaxnreg).
 //
 // A tensor map (`TmaDesc`, 128 bytes, built on the host by cuTensorMapEncodeTiled) describes a global
 // tensor and the box one load copies; it reaches the kernel as a `const __grid_constant__` parameter, and
@@ -65,19 +65,4 @@ template <int N> __device__ __forceinline__ void setmaxnreg_dec() {
 }
 template <int N> __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-
-// Named barrier `id` (1–15; 0 is __syncthreads) over `threads` threads: wait there, or arrive and go on.
-__device__ __forceinline__ void named_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-// named_arrive where `when` holds, predicated inside one instruction: no branch, so that it may sit between a
-// wgmma's issue and its wait without ptxas serialising the wgmma pipeline.
-__device__ __forceinline__ void named_arrive_if(bool when, int id, int threads) {
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p bar.arrive %0, %1;\n}\n" ::"r"(id), "r"(threads),
-               "r"((int)when)
-               : "memory");
 }

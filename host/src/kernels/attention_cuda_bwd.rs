@@ -98,8 +98,8 @@ impl DkdvKernel {
     /// The wgmma kernel of kernels/attention_sm90_bwd.cuh where `use_sm90_attention` picks it (compute
     /// capability 9.x), else the mma.sync kernel of kernels/attention.cuh, for head dim `d`.
     fn for_device(dev: &candle_core::cuda_backend::CudaDevice, d: usize) -> Self {
-        use super::cuda::{use_sm90_attention, AttentionPass, FUSED, SM90};
-        if use_sm90_attention(dev, d, AttentionPass::Backward) {
+        use super::cuda::{use_sm90_attention, FUSED, SM90};
+        if use_sm90_attention(dev) {
             // 2 warpgroups × 64 keys; 1 KiB for alignment, the K and V tiles of 128 keys, two stages of
             // (Q, dO) tiles of 64 queries, the dSᵀ tile, two stages of lse/delta (SM90_BWD_SMEM)
             Self {

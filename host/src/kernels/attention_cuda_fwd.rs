@@ -1,20 +1,19 @@
 //! The fused attention's forward on CUDA (`kernels/attention.rs` calls it): o and the log-sum-exp lse from
-//! bf16 q, k, v. On compute capability 9.x (see `cuda::use_sm90_attention`) the wgmma kernel of
-//! `kernels/attention_sm90.cu`, or with `cuda::use_ws_forward` the warp-specialised one of
-//! `kernels/attention_sm90_ws.cuh` (TMA loads by a producer warpgroup, two consumer warpgroups taking turns
-//! on the tensor cores; where a tensor map cannot be encoded, the former); elsewhere the mma.sync kernel of
-//! `kernels/attention.cuh`. Same contract, same outputs to rounding.
+//! bf16 q, k, v. On compute capability 9.x (see `cuda::use_sm90_attention`) the warp-specialised kernel of
+//! `kernels/attention_sm90.cu` (TMA loads by a producer warpgroup, wgmma in two consumer warpgroups),
+//! launched with tensor maps of q, k and v; elsewhere, or where a tensor map cannot be encoded, the
+//! mma.sync kernel of `kernels/attention.cuh`. Same contract, same outputs to rounding.
 
-use super::cuda::{launch, use_sm90_attention, use_ws_forward, AttentionPass, SM90};
+use super::cuda::{launch, use_sm90_attention, SM90};
 use super::tensor_map;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
-/// Query rows per CTA of the sm_90a kernels: two (consumer) warpgroups × 64.
+/// Query rows per CTA of the sm_90a forward: two consumer warpgroups × 64 (`WS_BM`).
 const SM90_ROWS: usize = 128;
-/// Keys per tile of the sm_90a kernels.
+/// Keys per tile of the sm_90a forward (`SM90_BN`).
 const SM90_KEYS: usize = 128;
 
 /// o [B, T, NH, D] and lse [B, NH, T] (log₂ units) of causal grouped-query attention.
@@ -28,21 +27,19 @@ pub(super) fn cuda_fwd(
     let (t_i, nh_i, nkv_i) = (t as i32, nh as i32, nkv as i32);
     let sl2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
     let grid = |rows: usize| (t.div_ceil(rows) as u32, nh as u32, b as u32);
-    if use_sm90_attention(dev, d, AttentionPass::Forward) {
+    if use_sm90_attention(dev) {
         let stream = dev.cuda_stream();
         let (qp, _gq) = q.device_ptr(&stream);
         let (kp, _gk) = k.device_ptr(&stream);
         let (vp, _gv) = v.device_ptr(&stream);
-        let maps = use_ws_forward().then(|| {
-            (
-                tensor_map::head_rows(qp, (b, t, nh, d), SM90_ROWS),
-                tensor_map::head_rows(kp, (b, t, nkv, d), SM90_KEYS),
-                tensor_map::head_rows(vp, (b, t, nkv, d), SM90_KEYS),
-            )
-        });
-        if let Some((Ok(tq), Ok(tk), Ok(tv))) = maps {
-            // attention_sm90_ws.cuh: 3 warpgroups; 1 KiB for alignment, the Q tile, two stages each of K
-            // and V tiles, nine 8-byte mbarriers
+        let maps = (
+            tensor_map::head_rows(qp, (b, t, nh, d), SM90_ROWS),
+            tensor_map::head_rows(kp, (b, t, nkv, d), SM90_KEYS),
+            tensor_map::head_rows(vp, (b, t, nkv, d), SM90_KEYS),
+        );
+        if let (Ok(tq), Ok(tk), Ok(tv)) = maps {
+            // 3 warpgroups; 1 KiB for alignment, the Q tile, two stages each of K and V tiles, nine
+            // 8-byte mbarriers (WsSmem::bytes)
             let smem = (1024 + SM90_ROWS * d * 2 + 4 * SM90_KEYS * d * 2 + 8 * 9) as u32;
             let cfg = LaunchConfig {
                 grid_dim: grid(SM90_ROWS),
@@ -53,25 +50,14 @@ pub(super) fn cuda_fwd(
             launch!(in &SM90; dev, name, cfg, smem = smem; &tq, &tk, &tv, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
             return Ok((o, lse));
         }
-        // attention_sm90.cu (wgmma, cp.async loads): 2 warpgroups; 1 KiB for alignment, the Q tile and two
-        // stages each of K and V tiles
-        let smem = (1024 + SM90_ROWS * d * 2 + 4 * SM90_KEYS * d * 2) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: grid(SM90_ROWS),
-            block_dim: (2 * 128, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let name = format!("flash_fwd_sm90_d{d}");
-        launch!(in &SM90; dev, name, cfg, smem = smem; q, k, v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
-    } else {
-        let smem = (4 * 64 * (d + 8) * 2) as u32; // two buffers of (K, V) tiles
-        let cfg = LaunchConfig {
-            grid_dim: grid(64),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let name = format!("flash_fwd_d{d}");
-        launch!(dev, name, cfg, smem = smem; q, k, v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
     }
+    let smem = (4 * 64 * (d + 8) * 2) as u32; // two buffers of (K, V) tiles
+    let cfg = LaunchConfig {
+        grid_dim: grid(64),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let name = format!("flash_fwd_d{d}");
+    launch!(dev, name, cfg, smem = smem; q, k, v, &o, &lse, &t_i, &nh_i, &nkv_i, &sl2);
     Ok((o, lse))
 }

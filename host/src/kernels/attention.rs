@@ -4,9 +4,9 @@
 //! statistics, online softmax); the per-row log-sum-exp is kept for the backward, which recomputes the
 //! probabilities tile by tile in one kernel per key tile: dK and dV in registers, dQ added into an f32
 //! buffer with atomics (five T²·D products in all, as FlashAttention-2's backward).
-//! Nothing of size [T, T] is stored (kernels/attention.cuh). On compute capability 9.x the backward, and
-//! at head dim 128 the forward, run the wgmma (Hopper) kernels of kernels/attention_sm90.cu and
-//! attention_sm90_bwd.cuh instead: same contract, same outputs to rounding.
+//! Nothing of size [T, T] is stored (kernels/attention.cuh). On compute capability 9.x both passes run the
+//! Hopper kernels of kernels/attention_sm90.cu (TMA + wgmma forward) and attention_sm90_bwd.cuh (wgmma)
+//! instead: same contract, same outputs to rounding.
 //! The log-sum-exp is in units of log₂ of the scaled scores: lse₂ = log₂ Σ_j exp(q·k_j/√D).
 //! The CPU twin computes the same in f32 loops (for tests; the CPU model uses the plain path).
 

@@ -29,9 +29,29 @@ static Kernel old_kernel(int d) {
   return {"mma.sync", d == 64 ? flash_fwd_d64 : flash_fwd_d128, 64, 128, 4 * 64 * (d + 8) * 2};
 }
 static Kernel ws_kernel(int d) {
-  Kernel k{"ws", nullptr, WS_BM, 384, d == 64 ? WsSmem<64>::bytes() : WsSmem<128>::bytes()};
+  Kernel k{"ws", nullptr, WS_BM, 384,
+           d == 64 ? WsSmem<64, WS_STAGES_64>::bytes() : WsSmem<128, WS_STAGES_128>::bytes()};
   k.tma = d == 64 ? flash_fwd_ws_d64 : flash_fwd_ws_d128;
   return k;
+}
+
+// Variants of the forward for the measurements behind WS_STAGES_<D> and WS_EARLY_<D>: ST stages, the
+// rescale of O before (EARLY) or after the softmax's wait.
+template <int D, int ST, bool EARLY>
+__global__ void __launch_bounds__(384, 1)
+    ws_variant(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv,
+               bf16* o, float* lse, int T, int NH, int NKV, float scale_log2) {
+  flash_fwd_ws<D, ST, EARLY>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);
+}
+template <int D, int ST, bool EARLY> static Kernel variant(const char* name) {
+  Kernel k{name, nullptr, WS_BM, 384, WsSmem<D, ST>::bytes()};
+  k.tma = ws_variant<D, ST, EARLY>;
+  return k;
+}
+static std::vector<Kernel> variants(int d) {
+  if (d == 64)
+    return {variant<64, 2, true>("st2-early"), variant<64, 3, false>("st3"), variant<64, 3, true>("st3-early")};
+  return {variant<128, 2, true>("st2-early"), variant<128, 3, false>("st3"), variant<128, 3, true>("st3-early")};
 }
 
 // The tensor map of a [B, T, heads, D] bf16 tensor whose loads are boxes of `rows` rows × 64 columns of one
@@ -173,6 +193,13 @@ int main() {
       compare("mma.sync vs f32", c, o1, l1, ro, rl, 3);
       compare("ws vs f32", c, o2, l2, ro, rl, 3);
       compare("ws vs mma.sync", c, o2, l2, o1, l1, 1);
+      for (const Kernel& kv : variants(d)) {
+        std::vector<float> o3, l3;
+        c.run(kv, o3, l3);
+        char what[64];
+        snprintf(what, sizeof what, "ws %s vs f32", kv.name);
+        compare(what, c, o3, l3, ro, rl, 3);
+      }
     }
   }
   fflush(stdout);
@@ -187,6 +214,9 @@ int main() {
       float a = c.ms(old_kernel(d), 20), w = c.ms(ws_kernel(d), 20);
       printf("{\"op\": \"attention T%d D%d fwd\", \"ms\": %.4f, \"mma_sync_ms\": %.4f, \"ws_over_mma_sync\": %.3f}\n",
              t, d, w, a, w / a);
+      for (const Kernel& kv : variants(d))
+        printf("{\"variant\": \"%s\", \"T\": %d, \"D\": %d, \"ms\": %.4f, \"over_ws\": %.3f}\n", kv.name, t, d,
+               c.ms(kv, 20), c.ms(kv, 20) / w);
       fflush(stdout);
     }
   return 0;

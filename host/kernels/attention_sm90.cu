@@ -152,6 +152,16 @@ template <int D, int ST> struct WsSmem {
   static constexpr int bytes() { return 1024 + Q_BYTES + 2 * ST * KV_BYTES + 8 * (1 + 4 * ST); }
 };
 
+// Key tile j of K or V (`map`) into its stage `dst` once use j − ST has released it (`empty`), counted off
+// `full`: D/64 column halves of [SM90_BN × 64], one TMA each.
+template <int D, int ST>
+__device__ __forceinline__ void ws_load_stage(unsigned char* dst, const TmaDesc* map, uint64_t* full, uint64_t* empty,
+                                              int j, int kvh, int b) {
+  if (j >= ST) mbar_wait(empty, ((j / ST) + 1) & 1);  // the phase that released use j − ST
+  mbar_expect_tx(full, WsSmem<D, ST>::KV_BYTES);
+  for (int half = 0; half < D / 64; half++) tma_load_4d(dst + half * SM90_BN * 128, map, full, 64 * half, kvh, j * SM90_BN, b);
+}
+
 // The producer thread: Q, then K_j and V_j for j = 0..last, each [rows × D] box loaded as D/64 column
 // halves of [rows × 64] (one TMA each, coordinates (column, head, row, batch)).
 template <int D, int ST>
@@ -163,16 +173,8 @@ __device__ void ws_produce(const WsSmem<D, ST>& sm, const TmaDesc* tq, const Tma
   mbar_expect_tx(sm.q_full(), WsSmem<D, ST>::Q_BYTES);
   for (int half = 0; half < D / 64; half++) tma_load_4d(sm.q + half * WS_BM * 128, tq, sm.q_full(), 64 * half, h, q0, b);
   for (int j = 0; j <= last; j++) {
-    const int s = j % ST;
-    const uint32_t reuse_parity = ((j / ST) + 1) & 1;  // the phase that released use j − STAGES
-    if (j >= ST) mbar_wait(sm.k_empty(s), reuse_parity);
-    mbar_expect_tx(sm.k_full(s), WsSmem<D, ST>::KV_BYTES);
-    for (int half = 0; half < D / 64; half++)
-      tma_load_4d(sm.k(s) + half * SM90_BN * 128, tk, sm.k_full(s), 64 * half, kvh, j * SM90_BN, b);
-    if (j >= ST) mbar_wait(sm.v_empty(s), reuse_parity);
-    mbar_expect_tx(sm.v_full(s), WsSmem<D, ST>::KV_BYTES);
-    for (int half = 0; half < D / 64; half++)
-      tma_load_4d(sm.v(s) + half * SM90_BN * 128, tv, sm.v_full(s), 64 * half, kvh, j * SM90_BN, b);
+    ws_load_stage<D, ST>(sm.k(j % ST), tk, sm.k_full(j % ST), sm.k_empty(j % ST), j, kvh, b);
+    ws_load_stage<D, ST>(sm.v(j % ST), tv, sm.v_full(j % ST), sm.v_empty(j % ST), j, kvh, b);
   }
 }
 
@@ -289,7 +291,7 @@ __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc
       flash_fwd_ws_d##DIM(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk,            \
                           const __grid_constant__ TmaDesc tv, bf16* o, float* lse, int T, int NH, int NKV,   \
                           float scale_log2) {                                                                \
-    flash_fwd_ws<DIM, WS_STAGES_##DIM, WS_EARLY_##DIM>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);                                        \
+    flash_fwd_ws<DIM, WS_STAGES_##DIM, WS_EARLY_##DIM>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);       \
   }
 SM90_WS_FWD(64)
 SM90_WS_FWD(128)

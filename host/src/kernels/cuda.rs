@@ -75,13 +75,8 @@ pub fn function(
 pub fn use_sm90_attention(dev: &CudaDevice) -> bool {
     use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
     // read once per process: this runs at every attention forward and backward
-    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = FORCED.get_or_init(|| match std::env::var("WMTP_ATTENTION_SM90").as_deref() {
-        Ok("0") => Some(false),
-        Ok("1") => Some(true),
-        _ => None,
-    });
-    forced.unwrap_or(true)
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| std::env::var("WMTP_ATTENTION_SM90").as_deref() == Ok("0"))
         && !SM90.image.is_empty()
         && dev
             .cuda_stream()

@@ -7,8 +7,6 @@
 //   nvcc -arch=sm_90a -O3 -std=c++17 -o attn_sm90 bench/gpu/attention_sm90_bench.cu -lcuda && ./attn_sm90 > ours.jsonl
 //   (on a machine without a driver, link against the toolkit's stub: -L$CUDA_HOME/lib/stubs -lcuda)
 //   ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl
-#include <cuda.h>
-
 #include <cmath>
 
 #include "../../host/kernels/fused.cu"
@@ -54,33 +52,14 @@ static std::vector<Kernel> variants(int d) {
   return {variant<128, 2, true>("st2-early"), variant<128, 3, false>("st3"), variant<128, 3, true>("st3-early")};
 }
 
-// The tensor map of a [B, T, heads, D] bf16 tensor whose loads are boxes of `rows` rows × 64 columns of one
-// head (dims innermost first: column, head, row, batch), 128-byte swizzled as sm90.cuh's tiles.
-static TmaDesc tensor_map(const bf16* p, int B, int T, int heads, int D, int rows) {
-  static_assert(sizeof(TmaDesc) == sizeof(CUtensorMap), "TmaDesc is a CUtensorMap");
-  TmaDesc m;
-  cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)heads, (cuuint64_t)T, (cuuint64_t)B};
-  cuuint64_t strides[3] = {(cuuint64_t)D * 2, (cuuint64_t)heads * D * 2, (cuuint64_t)T * heads * D * 2};
-  cuuint32_t box[4] = {64, 1, (cuuint32_t)rows, 1}, unit[4] = {1, 1, 1, 1};
-  CUresult r = cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&m), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
-                                      (void*)p, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) {
-    fprintf(stderr, "cuTensorMapEncodeTiled: error %d\n", (int)r);
-    exit(1);
-  }
-  return m;
-}
-
 static void launch(const Kernel& k, const bf16* q, const bf16* kk, const bf16* v, bf16* o, float* lse, int B,
                    int T, int NH, int NKV, int D) {
   dim3 grid((T + k.rows - 1) / k.rows, NH, B);
   float sl2 = 1.4426950408889634f / sqrtf((float)D);
   if (k.tma) {
     CHECK(cudaFuncSetAttribute(k.tma, cudaFuncAttributeMaxDynamicSharedMemorySize, k.smem));
-    TmaDesc tq = tensor_map(q, B, T, NH, D, WS_BM), tk = tensor_map(kk, B, T, NKV, D, SM90_BN),
-            tv = tensor_map(v, B, T, NKV, D, SM90_BN);
+    TmaDesc tq = head_rows_map(q, false, B, T, NH, D, WS_BM), tk = head_rows_map(kk, false, B, T, NKV, D, SM90_BN),
+            tv = head_rows_map(v, false, B, T, NKV, D, SM90_BN);
     k.tma<<<grid, k.threads, k.smem>>>(tq, tk, tv, o, lse, T, NH, NKV, sl2);
     CHECK(cudaGetLastError());
     return;

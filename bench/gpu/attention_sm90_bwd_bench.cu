@@ -3,10 +3,10 @@
 // partial last tile, both head dims) and between the kernels, then the backward's time (delta, the dK/dV/dQ
 // kernel and the dQ conversion, as host/src/kernels/attention_cuda_bwd.rs launches them) at bench/gpu_ops.rs's
 // attention sweep shapes under the op names bench/gpu/ops_reference.py's ratios read, with the time of a
-// variant that writes no dQ at all beside it (not a backward: the bound on what dQ's atomics cost). Build and run on a
-// Hopper machine:
+// variant that writes no dQ at all beside it (not a backward: the bound on what writing dQ costs). Build and run
+// on a Hopper machine (without a driver, link against the toolkit's stub: -L$CUDA_HOME/lib/stubs):
 //
-//   nvcc -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -o attn_bwd bench/gpu/attention_sm90_bwd_bench.cu
+//   nvcc -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -o attn_bwd bench/gpu/attention_sm90_bwd_bench.cu -lcuda
 //   ./attn_bwd > ours.jsonl && ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl
 #include <cmath>
 
@@ -16,13 +16,14 @@
 
 // The wgmma backward with dQ written as DQ (SM90_DQ_*).
 template <int D, int DQ>
-__global__ void __launch_bounds__(256, 1) bwd_variant(const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
-                                                      const float* lse, const float* delta, bf16* dk, bf16* dv,
-                                                      float* dq_acc, int T, int NH, int NKV, float sl2, float scale) {
-  flash_bwd_sm90<D, DQ>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, sl2, scale);
+__global__ void __launch_bounds__(256, 1)
+    bwd_variant(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv,
+                const __grid_constant__ TmaDesc tdo, const __grid_constant__ TmaDesc tdq, const float* lse,
+                const float* delta, bf16* dk, bf16* dv, int T, int NH, int NKV, float sl2, float scale) {
+  flash_bwd_sm90<D, DQ>(&tq, &tk, &tv, &tdo, &tdq, lse, delta, dk, dv, T, NH, NKV, sl2, scale);
 }
-typedef void (*Bwd)(const bf16*, const bf16*, const bf16*, const bf16*, const float*, const float*, bf16*, bf16*,
-                    float*, int, int, int, float, float);
+typedef void (*Bwd)(const TmaDesc, const TmaDesc, const TmaDesc, const TmaDesc, const TmaDesc, const float*,
+                    const float*, bf16*, bf16*, int, int, int, float, float);
 // Which backward a run launches.
 enum Variant { MMA_SYNC, WGMMA, WGMMA_NO_DQ };
 static const char* NAMES[] = {"mma.sync", "wgmma", "wgmma no dQ"};
@@ -63,8 +64,13 @@ struct Case {
       Bwd f = wgmma_kernel(m, D);
       int smem = D == 64 ? SM90_BWD_SMEM(64) : SM90_BWD_SMEM(128);
       CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-      f<<<dim3((T + SM90_BWD_BN - 1) / SM90_BWD_BN, NKV, B), 256, smem>>>(dq_, dk_, dv_, dg_, lse, delta, gk, gv,
-                                                                          dq_acc, T, NH, NKV, sl2(), scale);
+      TmaDesc tq = head_rows_map(dq_, false, B, T, NH, D, SM90_BWD_BM),
+              tk = head_rows_map(dk_, false, B, T, NKV, D, SM90_BWD_BN),
+              tv = head_rows_map(dv_, false, B, T, NKV, D, SM90_BWD_BN),
+              tdo = head_rows_map(dg_, false, B, T, NH, D, SM90_BWD_BM),
+              tdq = head_rows_map(dq_acc, true, B, T, NH, D, 16);
+      f<<<dim3((T + SM90_BWD_BN - 1) / SM90_BWD_BN, NKV, B), 256, smem>>>(tq, tk, tv, tdo, tdq, lse, delta, gk, gv,
+                                                                          T, NH, NKV, sl2(), scale);
     } else {
       auto f = D == 64 ? flash_bwd_dkdv_d64 : flash_bwd_dkdv_d128;
       int smem = 6 * 64 * (D + 8) * 2 + 1024;

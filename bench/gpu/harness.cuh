@@ -1,9 +1,13 @@
 // What the standalone CUDA harnesses of bench/gpu (attention_sm90_bench.cu, attention_sm90_bwd_bench.cu)
-// share: a CUDA-call check that exits with the failing call, a seeded uniform bf16 fill, device copies, and
-// the median event-timed milliseconds of a launch sequence.
+// share: a CUDA-call check that exits with the failing call, a seeded uniform bf16 fill, device copies, the
+// tensor maps of the TMA kernels (encoded as host/src/kernels/tensor_map.rs does), and the median
+// event-timed milliseconds of a launch sequence. Link with -lcuda.
 #pragma once
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include "../../host/kernels/tma.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -47,6 +51,27 @@ static std::vector<float> download(const __nv_bfloat16* d, size_t n) {
   for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
   return f;
 }
+// The tensor map of a [B, T, heads, D] tensor at p (bf16, or f32 when `f32`) whose boxes are `rows` rows ×
+// 128 bytes of columns of one head (dims innermost first: column, head, row, batch), 128-byte swizzled as
+// sm90.cuh's tiles; exits on a driver error.
+static TmaDesc head_rows_map(const void* p, bool f32, int B, int T, int heads, int D, int rows) {
+  static_assert(sizeof(TmaDesc) == sizeof(CUtensorMap), "TmaDesc is a CUtensorMap");
+  const cuuint64_t elem = f32 ? 4 : 2;
+  TmaDesc m;
+  cuuint64_t dims[4] = {(cuuint64_t)D, (cuuint64_t)heads, (cuuint64_t)T, (cuuint64_t)B};
+  cuuint64_t strides[3] = {D * elem, (cuuint64_t)heads * D * elem, (cuuint64_t)T * heads * D * elem};
+  cuuint32_t box[4] = {(cuuint32_t)(128 / elem), 1, (cuuint32_t)rows, 1}, unit[4] = {1, 1, 1, 1};
+  CUresult r = cuTensorMapEncodeTiled(
+      reinterpret_cast<CUtensorMap*>(&m), f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+      4, const_cast<void*>(p), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    fprintf(stderr, "cuTensorMapEncodeTiled: error %d\n", (int)r);
+    exit(1);
+  }
+  return m;
+}
+
 // The median over `iters` timed runs of `launch` (after one untimed run), in milliseconds.
 template <class F> static float median_ms(int iters, F launch) {
   launch();

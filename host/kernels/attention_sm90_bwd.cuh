@@ -13,9 +13,12 @@
 //   dSᵀ → shared memory ([128 keys][64 queries], one 128-byte swizzled row per key)
 //   dQ = dS·K      wgmma m64n64k16, dS and K both MN-major in shared memory; at D = 128 warpgroup w
 //                  takes columns 64w.. over all 128 keys, at D = 64 it takes its own 64 keys (both add)
-//   dQ → dq_acc with float2 atomics, issued after the next tile's Sᵀ/dPᵀ products so that they overlap
-//   (without the atomics the kernel takes ~0.7× the time: they are its largest cost after the products).
-// Q/dO tiles and their lse/delta are double-buffered with cp.async (all threads load); two barriers a tile.
+//   dQ → dq_acc    after the next tile's Sᵀ/dPᵀ products are issued, each warp stores its 16 rows into an
+//                  f32 tile in shared memory and one lane issues TMA reduce-adds (cp.reduce.async.bulk) of
+//                  it into dq_acc: the copy engine does the adds, the warp goes on. (With float2 atomics
+//                  from every thread instead, the atomics were ~30% of the kernel's time.)
+// Loads: K and V once, by TMA; Q/dO tiles (TMA, one thread) and their lse/delta (4-byte cp.async, 128
+// threads) double-buffered, each stage complete on one mbarrier; one CTA barrier a tile.
 // Five T²·D products, like FlashAttention-2/3; nothing is recomputed. (A warpgroup whose 64 keys all come
 // after a tile's last query, on the diagonal, still runs its products — masked to zero: skipping them
 // under a branch makes ptxas serialise every wgmma of the kernel.)
@@ -23,27 +26,35 @@
 #define SM90_BWD_BN 128
 #define SM90_BWD_BM 64
 
-// The backward's shared-memory carve: 1024-aligned K and V tiles [BN × D], two stages of (Q, dO) [BM × D],
-// the dSᵀ tile [BN × BM] and two stages of lse/delta [2 × BM] f32. Bytes: SM90_BWD_SMEM.
+// The backward's shared-memory carve (every tile 1024-aligned, in sm90.cuh's 128-byte swizzle, which TMA's
+// SWIZZLE_128B writes and reads): K and V tiles [BN × D]; two stages of (Q, dO) tiles [BM × D]; two dSᵀ
+// tiles [BN × BM] (tile it writes it mod 2, so that one warpgroup's dS of the next tile cannot overwrite what
+// the other's dQ product still reads); one f32 dQ tile per warp (its 16 query rows × 64 columns, as two
+// boxes of 16 rows × 32 columns); two stages of lse/delta [2 × BM] f32; the mbarriers (K/V loaded, stage
+// s loaded). Bytes: SM90_BWD_SMEM.
 template <int D> struct BwdSmem {
   static constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
+  static constexpr int KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DS_BYTES = BN * BM * 2;
+  static constexpr int DQ_WARP_BYTES = 16 * 64 * 4;
   unsigned char* k;
   __device__ BwdSmem(unsigned char* raw) : k(align1024(raw)) {}
-  __device__ unsigned char* v() const { return k + BN * D * 2; }
-  __device__ unsigned char* q(int stage) const { return k + 2 * BN * D * 2 + stage * BM * D * 2; }
-  __device__ unsigned char* dout(int stage) const { return k + 2 * BN * D * 2 + (2 + stage) * BM * D * 2; }
-  __device__ unsigned char* ds() const { return k + 2 * BN * D * 2 + 4 * BM * D * 2; }
-  __device__ float* ls(int stage) const {
-    return reinterpret_cast<float*>(ds() + BN * BM * 2) + stage * 2 * BM;
-  }
+  __device__ unsigned char* v() const { return k + KV_BYTES; }
+  __device__ unsigned char* q(int stage) const { return k + 2 * KV_BYTES + stage * QD_BYTES; }
+  __device__ unsigned char* dout(int stage) const { return k + 2 * KV_BYTES + (2 + stage) * QD_BYTES; }
+  __device__ unsigned char* ds(int buf) const { return k + 2 * KV_BYTES + 4 * QD_BYTES + buf * DS_BYTES; }
+  __device__ unsigned char* dq(int warp8) const { return ds(2) + warp8 * DQ_WARP_BYTES; }
+  __device__ float* ls(int stage) const { return reinterpret_cast<float*>(dq(8)) + stage * 2 * BM; }
+  __device__ uint64_t* kv_full() const { return reinterpret_cast<uint64_t*>(ls(2)); }
+  __device__ uint64_t* full(int stage) const { return kv_full() + 1 + stage; }
 };
 // Dynamic shared memory the backward launch needs (host/src/kernels/attention_cuda_bwd.rs restates it).
-#define SM90_BWD_SMEM(D) (1024 + 2 * SM90_BWD_BN * (D) * 2 + 4 * SM90_BWD_BM * (D) * 2 + \
-                          SM90_BWD_BN * SM90_BWD_BM * 2 + 4 * SM90_BWD_BM * 4)
+#define SM90_BWD_SMEM(D)                                                                                  \
+  (1024 + 2 * SM90_BWD_BN * (D) * 2 + 4 * SM90_BWD_BM * (D) * 2 + 2 * SM90_BWD_BN * SM90_BWD_BM * 2 + \
+   8 * 16 * 64 * 4 + 4 * SM90_BWD_BM * 4 + 3 * 8)
 
-// How dQ reaches global memory: float2 atomics into dq_acc [B, T, NH, D], or not at all (a benchmark's
-// bound on what the atomics cost; not a backward).
-#define SM90_DQ_ATOMIC 0
+// How dQ reaches global memory: added by TMA reduce from shared memory into dq_acc [B, T, NH, D], or not at
+// all (a benchmark's bound on what writing dQ costs; not a backward).
+#define SM90_DQ_REDUCE 0
 #define SM90_DQ_NONE 1
 
 // X·Yᵀ [64 × BM] for this warpgroup's 64 rows of a [BN × D] tile x (K or V) and the [BM × D] tile y (Q or
@@ -100,34 +111,37 @@ __device__ __forceinline__ void store_dst(unsigned char* ds, const uint32_t (*sf
   }
 }
 
-// dQ [64 queries × 64 columns] of this warpgroup: dS·K over all 128 keys for columns 64·wg.. (D = 128) or
+// dQ [64 queries × 64 columns] of this warpgroup: dS·K (dSᵀ tile `buf`) over all 128 keys for columns 64·wg.. (D = 128) or
 // over its own 64 keys for all 64 columns (D = 64). Committed, not waited. Returns the first column.
 template <int D>
-__device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D>& sm, int wg) {
+__device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D>& sm, int buf, int wg) {
   constexpr int BN = SM90_BWD_BN;
   constexpr int steps = D == 128 ? BN / 16 : 4;
   const int key0 = D == 128 ? 0 : wg * 64, b_half = D == 128 ? wg * (BN * 128) : 0;
 #pragma unroll
   for (int kk = 0; kk < steps; kk++) {
     const int row = (key0 + kk * 16) * 128;
-    wgmma_ss_n64_tt(dqa, sw128_desc(sm.ds() + row, BN * 128, 1024), sw128_desc(sm.k + b_half + row, BN * 128, 1024),
+    wgmma_ss_n64_tt(dqa, sw128_desc(sm.ds(buf) + row, BN * 128, 1024), sw128_desc(sm.k + b_half + row, BN * 128, 1024),
                     kk > 0);
   }
   wgmma_commit();
   return D == 128 ? wg * 64 : 0;
 }
 
-// dq_acc[query rows a/b of this thread][col0 + j·8 + 2tq ..] += dqa (rows at or past T are skipped).
-template <int D>
-__device__ __forceinline__ void add_dq(float* dq_acc, const float* dqa, int b, int row_a, int h, int T, int NH,
-                                       int col0, int tq) {
-  const int row_b = row_a + 8;
-  float* pa = dq_acc + (((long)b * T + row_a) * NH + h) * D + col0 + 2 * tq;
-  float* pb = dq_acc + (((long)b * T + row_b) * NH + h) * D + col0 + 2 * tq;
+// This thread's part of its warp's dQ rows (16 queries × 64 columns, the wgmma accumulator fragment) into
+// the warp's f32 tile `buf`: two boxes of [16 rows × 32 columns] in the 128-byte swizzle (16-byte chunk c of
+// row r at c ^ (r mod 8)), as the dq_acc tensor map's reduce reads them. Conflict-free: a warp's 32 float2
+// stores fill each bank twice.
+__device__ __forceinline__ void store_dq(unsigned char* buf, const float* dqa, int lane) {
+  const int tq = lane & 3, r_a = lane >> 2, r_b = r_a + 8;
 #pragma unroll
   for (int j = 0; j < 8; j++) {
-    if (row_a < T) atomicAdd(reinterpret_cast<float2*>(pa + j * 8), make_float2(dqa[4 * j], dqa[4 * j + 1]));
-    if (row_b < T) atomicAdd(reinterpret_cast<float2*>(pb + j * 8), make_float2(dqa[4 * j + 2], dqa[4 * j + 3]));
+    unsigned char* box = buf + (j >> 2) * (16 * 128);
+    const int chunk = (j & 3) * 2 + (tq >> 1), byte = (tq & 1) * 8;
+    *reinterpret_cast<float2*>(box + r_a * 128 + ((chunk ^ (r_a & 7)) << 4) + byte) =
+        make_float2(dqa[4 * j], dqa[4 * j + 1]);
+    *reinterpret_cast<float2*>(box + r_b * 128 + ((chunk ^ (r_b & 7)) << 4) + byte) =
+        make_float2(dqa[4 * j + 2], dqa[4 * j + 3]);
   }
 }
 
@@ -175,82 +189,126 @@ __device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)
   wgmma_commit();
 }
 
-// Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D). DQ:
-// SM90_DQ_ATOMIC (the host's), or SM90_DQ_NONE (benchmarks only). Tile it's dQ atomics are issued after
-// tile it + 1's Sᵀ/dPᵀ products (begin), so that they overlap. (Issuing dV/dK after dQ instead, so that the
-// atomics overlap them, measured 1.02–1.07× this order's time on an H100.)
+// Tile it's Q and dO (TMA, thread 0) and lse/delta (cp.async, threads 0..2·BM−1) into stage it mod 2, all
+// counted off that stage's mbarrier (one expect_tx arrival + 2·BM cp.async arrivals).
+template <int D>
+__device__ __forceinline__ void bwd_load(const BwdSmem<D>& sm, const TmaDesc* tq, const TmaDesc* tdo, const float* lse,
+                                         const float* delta, int stage, int b, int h, int t0, int T, int NH) {
+  constexpr int BM = SM90_BWD_BM;
+  uint64_t* full = sm.full(stage);
+  if (threadIdx.x == 0) {
+    mbar_expect_tx(full, 2 * BwdSmem<D>::QD_BYTES);
+    for (int half = 0; half < D / 64; half++) {
+      tma_load_4d(sm.q(stage) + half * BM * 128, tq, full, 64 * half, h, t0, b);
+      tma_load_4d(sm.dout(stage) + half * BM * 128, tdo, full, 64 * half, h, t0, b);
+    }
+  }
+  if (threadIdx.x < 2 * BM) {
+    const int i = threadIdx.x & (BM - 1), t = t0 + i;
+    const float* src = (threadIdx.x < BM ? lse : delta) + ((long)b * NH + h) * T + min(t, T - 1);
+    cp4(sm.ls(stage) + threadIdx.x, src, t < T);
+    mbar_arrive_on_cp_async(full);
+  }
+}
+
+// Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D). Tensor maps
+// (host/src/kernels/tensor_map.rs): q and dO [B, T, NH, D] bf16 in boxes of BM rows × 64 columns, k and v
+// [B, T, NKV, D] in boxes of BN rows × 64 columns, dq_acc [B, T, NH, D] f32 in boxes of 16 rows × 32
+// columns. DQ: SM90_DQ_REDUCE (the host's) or SM90_DQ_NONE (benchmarks only).
+// Per tile: the products of tile_dkdv, dSᵀ into shared memory, one CTA barrier (both warpgroups' dSᵀ are
+// in; tile it − 1's stage is free, so tile it + 1's loads are issued into it), dQ = dS·K, tile it + 1's
+// Sᵀ/dPᵀ products issued, then each warp writes its dQ rows into its f32 tile and one lane hands them to the
+// TMA reduce (into dq_acc, asynchronously; the warp waits for the tile to have been read out before it
+// writes it again a tile later). No atomics in the kernel and no thread waits on a global load.
 template <int D, int DQ>
-__device__ void flash_bwd_sm90(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
-                               const float* delta, bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV,
-                               float scale_log2, float scale) {
+__device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, const TmaDesc* tdo,
+                               const TmaDesc* tdq, const float* lse, const float* delta, bf16* dk, bf16* dv, int T,
+                               int NH, int NKV, float scale_log2, float scale) {
   constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   BwdSmem<D> sm(smem_raw);
   const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, rep = NH / NKV;
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq_ = lane & 3;
   const int r_a = wg * 64 + warp * 16 + (lane >> 2);  // this thread's first key row within the CTA's 128
   const int key_a = kt * BN + r_a;
   const int qt0 = kt * (BN / BM), per_head = (T + BM - 1) / BM - qt0, iters = rep * per_head;
   auto head = [&](int it) { return kvh * rep + it / per_head; };
   auto first_query = [&](int it) { return (qt0 + it % per_head) * BM; };
-  tile_sw128<D, BN>(sm.k, k, b, kt * BN, kvh, T, NKV);
-  tile_sw128<D, BN>(sm.v(), v, b, kt * BN, kvh, T, NKV);
-  auto load = [&](int it) {  // queue tile it's Q, dO, lse and delta into stage it mod 2
-    const int h = head(it), t0 = first_query(it);
-    tile_sw128<D, BM>(sm.q(it & 1), q, b, t0, h, T, NH);
-    tile_sw128<D, BM>(sm.dout(it & 1), dout, b, t0, h, T, NH);
-    float* ls = sm.ls(it & 1);
-    for (int i = threadIdx.x; i < BM; i += blockDim.x) {
-      const int t = t0 + i;
-      ls[i] = t < T ? lse[((long)b * NH + h) * T + t] : 0.f;
-      ls[BM + i] = t < T ? delta[((long)b * NH + h) * T + t] : 0.f;
+  if (threadIdx.x == 0) {
+    mbar_init(sm.kv_full(), 1);
+    mbar_init(sm.full(0), 1 + 2 * BM);
+    mbar_init(sm.full(1), 1 + 2 * BM);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    tma_prefetch(tq);
+    tma_prefetch(tdo);
+    tma_prefetch(tdq);
+    mbar_expect_tx(sm.kv_full(), 2 * BwdSmem<D>::KV_BYTES);
+    for (int half = 0; half < D / 64; half++) {
+      tma_load_4d(sm.k + half * BN * 128, tk, sm.kv_full(), 64 * half, kvh, kt * BN, b);
+      tma_load_4d(sm.v() + half * BN * 128, tv, sm.kv_full(), 64 * half, kvh, kt * BN, b);
     }
-    cp_commit();
-  };
+  }
+  bwd_load<D>(sm, tq, tdo, lse, delta, 0, b, head(0), first_query(0), T, NH);
   float st[BM / 2], dpt[BM / 2];
-  auto begin = [&](int it) {  // tile it's inputs are in, the previous tile is done: prefetch, issue Sᵀ/dPᵀ
-    cp_wait<0>();
-    fence_async_shared();
-    __syncthreads();
-    if (it + 1 < iters) load(it + 1);
+  auto begin = [&](int it) {  // tile it's inputs are in: issue Sᵀ (and dPᵀ)
+    if (it < iters) mbar_wait(sm.full(it & 1), (it >> 1) & 1);
     wgmma_fence();
     issue_xyt<D>(st, sm.k, sm.q(it & 1), wg);
     if (EARLY_DP<D>) issue_xyt<D>(dpt, sm.v(), sm.dout(it & 1), wg);
   };
-  load(0);
   float dka[D / 2], dva[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; i++) dka[i] = dva[i] = 0.f;
+  mbar_wait(sm.kv_full(), 0);
   begin(0);
+  unsigned char* dq_tile = sm.dq(wg * 4 + warp);
   for (int it = 0; it < iters; it++) {
     const int h = head(it), query0 = first_query(it), stage = it & 1;
     uint32_t sf[BM / 16][4];
-    tile_dkdv<D>(dka, dva, sf, st, dpt, sm, stage, wg, key_a, query0, T, tq, scale_log2);
-    store_dst(sm.ds(), sf, r_a, tq);
+    tile_dkdv<D>(dka, dva, sf, st, dpt, sm, stage, wg, key_a, query0, T, tq_, scale_log2);
+    store_dst(sm.ds(stage), sf, r_a, tq_);
     fence_async_shared();
-    __syncthreads();  // both warpgroups' dSᵀ rows are in shared memory
+    __syncthreads();  // both warpgroups' dSᵀ rows are in; every thread is past tile it − 1's products
+    if (it + 1 < iters) bwd_load<D>(sm, tq, tdo, lse, delta, (it + 1) & 1, b, head(it + 1), first_query(it + 1), T, NH);
     float dqa[32];
     wgmma_fence();
-    const int col0 = issue_dq<D>(dqa, sm, wg);
+    const int col0 = issue_dq<D>(dqa, sm, stage, wg);
     wgmma_wait<0>();
     fence_regs<32>(dqa);
     fence_regs<D / 2>(dka);
     fence_regs<D / 2>(dva);
     begin(it + 1);  // also after the last tile (products of a stale stage, never read): no wgmma under a branch
-    if (DQ == SM90_DQ_ATOMIC) add_dq<D>(dq_acc, dqa, b, query0 + warp * 16 + (lane >> 2), h, T, NH, col0, tq);
+    if (DQ == SM90_DQ_REDUCE) {
+      if (lane == 0) bulk_wait_read<0>();  // the previous tile's dQ has left the warp's tile
+      __syncwarp();
+      store_dq(dq_tile, dqa, lane);
+      fence_async_shared();
+      __syncwarp();
+      if (lane == 0) {
+        const int row0 = query0 + warp * 16;
+        tma_reduce_add_4d(tdq, dq_tile, col0, h, row0, b);
+        tma_reduce_add_4d(tdq, dq_tile + 16 * 128, col0 + 32, h, row0, b);
+        bulk_commit();
+      }
+    }
   }
   wgmma_wait<0>();
   fence_regs<D / 2>(dka);
   fence_regs<D / 2>(dva);
-  store_dkdv<D>(dka, dva, dk, dv, b, key_a, kvh, T, NKV, scale, tq);
+  store_dkdv<D>(dka, dva, dk, dv, b, key_a, kvh, T, NKV, scale, tq_);
+  if (DQ == SM90_DQ_REDUCE && lane == 0) bulk_wait<0>();  // the reduces have read their tiles and written
 }
 
-#define SM90_BWD(DIM)                                                                                      \
-  extern "C" __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_d##DIM(                              \
-      const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, \
-      bf16* dk, bf16* dv, float* dq_acc, int T, int NH, int NKV, float scale_log2, float scale) {          \
-    flash_bwd_sm90<DIM, SM90_DQ_ATOMIC>(q, k, v, dout, lse, delta, dk, dv, dq_acc, T, NH, NKV, scale_log2,  \
-                                        scale);                                                            \
+#define SM90_BWD(DIM)                                                                                          \
+  extern "C" __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_d##DIM(                                  \
+      const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv, \
+      const __grid_constant__ TmaDesc tdo, const __grid_constant__ TmaDesc tdq, const float* lse,                \
+      const float* delta, bf16* dk, bf16* dv, int T, int NH, int NKV, float scale_log2, float scale) {           \
+    flash_bwd_sm90<DIM, SM90_DQ_REDUCE>(&tq, &tk, &tv, &tdo, &tdq, lse, delta, dk, dv, T, NH, NKV, scale_log2,  \
+                                        scale);                                                                \
   }
 SM90_BWD(64)
 SM90_BWD(128)

@@ -1,6 +1,7 @@
 // Hopper (sm_90a) asynchronous-copy machinery for warp-specialised kernels: the tensor-memory accelerator
-// (TMA) load of one box of a tensor map into shared memory, the shared-memory transaction barriers
-// (mbarrier) it signals, and register reallocation between warpgroups (setmaxnreg).
+// (TMA) load of one box of a tensor map into shared memory and its reduce-add of a box back into global
+// memory (bulk async-groups), the shared-memory transaction barriers (mbarrier) loads signal, and register
+// reallocation between warpgroups (setmaxnreg).
 //
 // A tensor map (`TmaDesc`, 128 bytes, built on the host by cuTensorMapEncodeTiled) describes a global
 // tensor and the box one load copies; it reaches the kernel as a `const __grid_constant__` parameter, and
@@ -53,6 +54,32 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const TmaDesc* map, uint6
       "[%2];\n" ::"r"(smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
+}
+// Adds the f32 box at `src` in shared memory into the global tensor of a rank-4 tensor map at coordinates
+// (c0, c1, c2, c3) (an element-wise atomic add done by the copy engine; elements outside the tensor are
+// skipped), as part of this thread's current bulk async-group. The writes into `src` must be fenced
+// (fence_async_shared) and, from other threads, synchronised before the call.
+__device__ __forceinline__ void tma_reduce_add_4d(const TmaDesc* map, const void* src, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+// Closes this thread's current bulk async-group (the reduces issued since the last commit).
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's bulk async-groups are still reading their shared-memory source.
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+// Waits until at most N of this thread's bulk async-groups are incomplete (their global writes done).
+template <int N> __device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// An arrival on `bar` once this thread's earlier cp.async copies have landed; not counted in advance
+// (.noinc): the barrier's expected count includes it.
+__device__ __forceinline__ void mbar_arrive_on_cp_async(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 // Brings a tensor map into the TMA unit's cache ahead of its first use.
 __device__ __forceinline__ void tma_prefetch(const TmaDesc* map) {

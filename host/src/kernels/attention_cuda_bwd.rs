@@ -1,9 +1,16 @@
 //! The fused attention's backward on CUDA (`kernels/attention.rs` calls it): delta = rowsum(o ⊙ dO), then
-//! dK, dV and dQ by the wgmma kernel of `kernels/attention_sm90_bwd.cuh` on compute capability 9.x, else by
-//! the mma.sync kernel of `kernels/attention.cuh` — same arguments; both add dQ into an f32 buffer with
-//! atomics — and dq rounded to bf16 from that buffer.
+//! dK, dV and dQ by the wgmma kernel of `kernels/attention_sm90_bwd.cuh` on compute capability 9.x (TMA
+//! loads and TMA reduce-adds of dQ into an f32 buffer, launched with tensor maps), else — or where a tensor
+//! map cannot be encoded — by the mma.sync kernel of `kernels/attention.cuh` (dQ added with atomics), and
+//! dq rounded to bf16 from that buffer.
 
+use super::cuda::{hold, launch, use_sm90_attention, view, wrap, SM90};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig,
+};
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::{Result, Tensor};
+use half::bf16;
 
 /// dq, dk, dv of the fused attention from q, k, v, o, dO and the forward's lse (bf16 [B, T, heads, D]).
 pub(super) fn cuda_bwd(
@@ -14,9 +21,6 @@ pub(super) fn cuda_bwd(
     dout: &Tensor,
     lse: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    use super::cuda::{hold, launch, view, wrap};
-    use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
-    use half::bf16;
     let (q, k, v, o) = (
         q.contiguous()?,
         k.contiguous()?,
@@ -55,19 +59,31 @@ pub(super) fn cuda_bwd(
     launch!(dev, "flash_delta", cfg; &ov, &dv_, &delta, &rows_i, &t_i, &nh_i, &d_i);
     let dk = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
     let dv = unsafe { dev.alloc::<bf16>(b * t * nkv * d) }?;
-    let dq_acc = dev.alloc_zeros::<f32>(rows * d)?;
     let scale = 1.0 / (d as f32).sqrt();
-    let sl2 = std::f32::consts::LOG2_E * scale;
     // dK, dV and dQ: one CTA per (key tile, kv head, sequence), looping over the query tiles that see it;
-    // dQ is added into the f32 dq_acc with atomics, then scaled and rounded to bf16
-    let kernel = DkdvKernel::for_device(dev, d);
-    let cfg = LaunchConfig {
-        grid_dim: (t.div_ceil(kernel.keys) as u32, nkv as u32, b as u32),
-        block_dim: (kernel.threads, 1, 1),
-        shared_mem_bytes: kernel.smem,
-    };
-    launch!(in kernel.module; dev, kernel.name, cfg, smem = kernel.smem;
-        &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &dq_acc, &t_i, &nh_i, &nkv_i, &sl2, &scale);
+    // dQ is added into the f32 dq_acc (TMA reduce or atomics), then scaled and rounded to bf16
+    let mut dq_acc = dev.alloc_zeros::<f32>(rows * d)?;
+    let dims = (b, t, nh, nkv, d);
+    let scales = (std::f32::consts::LOG2_E * scale, scale);
+    let sm90 = use_sm90_attention(dev)
+        && sm90_dkdv(
+            dev,
+            (&qv, &kv, &vv, &dv_),
+            (&lv_, &delta),
+            (&dk, &dv, &mut dq_acc),
+            dims,
+            scales,
+        )?;
+    if !sm90 {
+        let smem = (6 * 64 * (d + 8) * 2 + 1024) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(64) as u32, nkv as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        launch!(dev, format!("flash_bwd_dkdv_d{d}"), cfg, smem = smem;
+            &qv, &kv, &vv, &dv_, &lv_, &delta, &dk, &dv, &dq_acc, &t_i, &nh_i, &nkv_i, &scales.0, &scale);
+    }
     let dq = unsafe { dev.alloc::<bf16>(rows * d) }?;
     let n = (rows * d) as i64;
     let cfg = LaunchConfig {
@@ -83,41 +99,57 @@ pub(super) fn cuda_bwd(
     ))
 }
 
-/// The dK/dV/dQ kernel a backward launches, and its launch shape.
-struct DkdvKernel {
-    module: &'static super::cuda::KernelModule,
-    name: String,
-    /// Keys per CTA (the grid's x is ⌈T / keys⌉).
-    keys: usize,
-    threads: u32,
-    /// Dynamic shared memory, bytes.
-    smem: u32,
-}
-
-impl DkdvKernel {
-    /// The wgmma kernel of kernels/attention_sm90_bwd.cuh where `use_sm90_attention` picks it (compute
-    /// capability 9.x), else the mma.sync kernel of kernels/attention.cuh, for head dim `d`.
-    fn for_device(dev: &candle_core::cuda_backend::CudaDevice, d: usize) -> Self {
-        use super::cuda::{use_sm90_attention, FUSED, SM90};
-        if use_sm90_attention(dev) {
-            // 2 warpgroups × 64 keys; 1 KiB for alignment, the K and V tiles of 128 keys, two stages of
-            // (Q, dO) tiles of 64 queries, the dSᵀ tile, two stages of lse/delta (SM90_BWD_SMEM)
-            Self {
-                module: &SM90,
-                name: format!("flash_bwd_sm90_d{d}"),
-                keys: 128,
-                threads: 256,
-                smem: (1024 + 2 * 128 * d * 2 + 4 * 64 * d * 2 + 128 * 64 * 2 + 4 * 64 * 4) as u32,
-            }
-        } else {
-            // 4 warps × 16 keys; K, V and two buffers of (Q, dO) tiles of 64 rows (padded), + lse/delta
-            Self {
-                module: &FUSED,
-                name: format!("flash_bwd_dkdv_d{d}"),
-                keys: 64,
-                threads: 128,
-                smem: (6 * 64 * (d + 8) * 2 + 1024) as u32,
-            }
-        }
-    }
+/// The dK/dV/dQ kernel of kernels/attention_sm90_bwd.cuh (2 warpgroups × 64 keys; Q, dO, K, V loaded and
+/// dQ added into dq_acc by TMA), launched with tensor maps of q, k, v, dO and dq_acc. `Ok(false)`, with
+/// nothing launched, where a tensor map cannot be encoded (the caller falls back to the mma.sync kernel).
+fn sm90_dkdv(
+    dev: &CudaDevice,
+    (q, k, v, dout): (
+        &CudaView<bf16>,
+        &CudaView<bf16>,
+        &CudaView<bf16>,
+        &CudaView<bf16>,
+    ),
+    (lse, delta): (&CudaView<f32>, &CudaSlice<f32>),
+    (dk, dv, dq_acc): (&CudaSlice<bf16>, &CudaSlice<bf16>, &mut CudaSlice<f32>),
+    (b, t, nh, nkv, d): (usize, usize, usize, usize, usize),
+    (scale_log2, scale): (f32, f32),
+) -> Result<bool> {
+    use super::tensor_map::{head_rows, Element};
+    const KEYS: usize = 128; // SM90_BWD_BN
+    const QUERIES: usize = 64; // SM90_BWD_BM
+    let stream = dev.cuda_stream();
+    let (qp, _gq) = q.device_ptr(&stream);
+    let (kp, _gk) = k.device_ptr(&stream);
+    let (vp, _gv) = v.device_ptr(&stream);
+    let (op, _go) = dout.device_ptr(&stream);
+    let (ap, _ga) = dq_acc.device_ptr_mut(&stream);
+    let maps = (
+        head_rows(qp, Element::Bf16, (b, t, nh, d), QUERIES),
+        head_rows(kp, Element::Bf16, (b, t, nkv, d), KEYS),
+        head_rows(vp, Element::Bf16, (b, t, nkv, d), KEYS),
+        head_rows(op, Element::Bf16, (b, t, nh, d), QUERIES),
+        head_rows(ap, Element::F32, (b, t, nh, d), 16),
+    );
+    let (Ok(tq), Ok(tk), Ok(tv), Ok(tdo), Ok(tdq)) = maps else {
+        return Ok(false);
+    };
+    // 1 KiB for alignment, the K and V tiles, two stages of (Q, dO) tiles, two dSᵀ tiles, eight warps' f32
+    // dQ tiles [16 × 64], two stages of lse/delta, three mbarriers (SM90_BWD_SMEM)
+    let smem = (1024
+        + 2 * KEYS * d * 2
+        + 4 * QUERIES * d * 2
+        + 2 * KEYS * QUERIES * 2
+        + 8 * 16 * 64 * 4
+        + 4 * QUERIES * 4
+        + 3 * 8) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (t.div_ceil(KEYS) as u32, nkv as u32, b as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let (t_i, nh_i, nkv_i) = (t as i32, nh as i32, nkv as i32);
+    launch!(in &SM90; dev, format!("flash_bwd_sm90_d{d}"), cfg, smem = smem;
+        &tq, &tk, &tv, &tdo, &tdq, lse, delta, dk, dv, &t_i, &nh_i, &nkv_i, &scale_log2, &scale);
+    Ok(true)
 }

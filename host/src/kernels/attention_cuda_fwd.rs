@@ -5,7 +5,7 @@
 //! mma.sync kernel of `kernels/attention.cuh`. Same contract, same outputs to rounding.
 
 use super::cuda::{launch, use_sm90_attention, SM90};
-use super::tensor_map;
+use super::tensor_map::{self, Element};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::Result;
@@ -33,9 +33,9 @@ pub(super) fn cuda_fwd(
         let (kp, _gk) = k.device_ptr(&stream);
         let (vp, _gv) = v.device_ptr(&stream);
         let maps = (
-            tensor_map::head_rows(qp, (b, t, nh, d), SM90_ROWS),
-            tensor_map::head_rows(kp, (b, t, nkv, d), SM90_KEYS),
-            tensor_map::head_rows(vp, (b, t, nkv, d), SM90_KEYS),
+            tensor_map::head_rows(qp, Element::Bf16, (b, t, nh, d), SM90_ROWS),
+            tensor_map::head_rows(kp, Element::Bf16, (b, t, nkv, d), SM90_KEYS),
+            tensor_map::head_rows(vp, Element::Bf16, (b, t, nkv, d), SM90_KEYS),
         );
         if let (Ok(tq), Ok(tk), Ok(tv)) = maps {
             // 3 warpgroups; 1 KiB for alignment, the Q tile, two stages each of K and V tiles, nine

@@ -1,6 +1,7 @@
-//! TMA tensor maps (Hopper's tensor-memory accelerator) for the warp-specialised attention forward of
-//! `kernels/attention_sm90_ws.cuh`: the driver's 128-byte description of a global tensor and of the box
-//! one load copies into shared memory, passed to the kernel by value (`const __grid_constant__ TmaDesc`).
+//! TMA tensor maps (Hopper's tensor-memory accelerator) for the sm_90a attention kernels of
+//! `kernels/attention_sm90.cu` (forward) and `kernels/attention_sm90_bwd.cuh` (backward): the driver's
+//! 128-byte description of a global tensor and of the box one copy moves between it and shared memory,
+//! passed to the kernel by value (`const __grid_constant__ TmaDesc`).
 
 use candle_core::cuda_backend::cudarc::driver::{sys, DeviceRepr};
 use candle_core::Result;
@@ -14,23 +15,50 @@ pub struct TensorMap([u64; 16]);
 // (`TmaDesc`) has the same size and alignment.
 unsafe impl DeviceRepr for TensorMap {}
 
-/// The tensor map of a bf16 tensor [B, T, heads, D] at device address `ptr` whose loads are boxes of `rows`
-/// rows × 64 columns of one head (dims innermost first: column, head, row, batch), written into shared
-/// memory with the 128-byte swizzle of `kernels/sm90.cuh`'s tiles; rows past T read as 0.
+/// The element type of a mapped tensor.
+#[derive(Clone, Copy, Debug)]
+pub enum Element {
+    /// bf16 (q, k, v, dO): boxes of 64 columns.
+    Bf16,
+    /// f32 (the backward's dQ accumulator): boxes of 32 columns.
+    F32,
+}
+
+impl Element {
+    fn bytes(self) -> usize {
+        match self {
+            Element::Bf16 => 2,
+            Element::F32 => 4,
+        }
+    }
+    fn driver_type(self) -> sys::CUtensorMapDataType {
+        match self {
+            Element::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            Element::F32 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+        }
+    }
+}
+
+/// The tensor map of a tensor [B, T, heads, D] of `element`s at device address `ptr` whose boxes are
+/// `rows` rows × 128 bytes of columns of one head (64 bf16 or 32 f32; dims innermost first: column, head,
+/// row, batch), in shared memory with the 128-byte swizzle of `kernels/sm90.cuh`'s tiles. Loads read rows
+/// past T as 0; reduces skip them.
 /// Fails (and the caller falls back to a kernel without TMA) when the driver refuses it, e.g. for an
 /// address that is not 16-byte aligned.
 pub fn head_rows(
     ptr: sys::CUdeviceptr,
+    element: Element,
     (b, t, heads, d): (usize, usize, usize, usize),
     rows: usize,
 ) -> Result<TensorMap> {
+    let e = element.bytes();
     let dims: [u64; 4] = [d as u64, heads as u64, t as u64, b as u64];
     let strides: [u64; 3] = [
-        (d * 2) as u64,
-        (heads * d * 2) as u64,
-        (t * heads * d * 2) as u64,
+        (d * e) as u64,
+        (heads * d * e) as u64,
+        (t * heads * d * e) as u64,
     ];
-    let boxed: [u32; 4] = [64, 1, rows as u32, 1];
+    let boxed: [u32; 4] = [(128 / e) as u32, 1, rows as u32, 1];
     let unit: [u32; 4] = [1; 4];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
     // SAFETY: every pointer is to a live local array of the rank (4) or rank − 1 (strides) the call reads;
@@ -38,7 +66,7 @@ pub fn head_rows(
     let status = unsafe {
         sys::cuTensorMapEncodeTiled(
             map.as_mut_ptr(),
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            element.driver_type(),
             4,
             ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
@@ -53,7 +81,7 @@ pub fn head_rows(
     };
     if status != sys::CUresult::CUDA_SUCCESS {
         candle_core::bail!(
-            "cuTensorMapEncodeTiled([{b}, {t}, {heads}, {d}] bf16, box {rows} rows): {status:?}"
+            "cuTensorMapEncodeTiled([{b}, {t}, {heads}, {d}] {element:?}, box {rows} rows): {status:?}"
         );
     }
     // SAFETY: the call succeeded, so it wrote the whole map (zeroed before in any case)

@@ -4,17 +4,21 @@
 // instead of mma.sync and cp.async. Compiled into its own module for sm_90a by host/build.rs; the host
 // uses it on compute capability 9.x at both head dims (host/src/kernels/attention_cuda_fwd.rs).
 //
-// Warp-specialised, as FlashAttention-3: a CTA of three warpgroups takes WS_BM = 128 query rows of one head.
+// Warp-specialised, as FlashAttention-3: a CTA of 1 + NC warpgroups takes 64·NC query rows of one head
+// (NC = WS_CONSUMERS_<D>: 3 at head dim 64, 2 at 128).
 //   warpgroup 0, the producer, gives its registers up (setmaxnreg 24) and one of its threads issues the TMA
 //     loads: the Q tile once, then K_j and V_j of every key tile (BN = 128 keys) into WS_STAGES_<D> stages each,
 //     waiting on a stage's "empty" mbarrier before refilling it;
-//   warpgroups 1 and 2, the consumers (setmaxnreg 240), take 64 query rows each. Per key tile j:
+//   warpgroups 1..NC, the consumers (setmaxnreg 240 for NC = 2, 160 for 3), take 64 query rows each. Per key
+//     tile j:
 //     S_j = Q·K_jᵀ   wgmma m64n128k16, Q and K both K-major in shared memory           (D/16 instructions)
 //     O += P_{j−1}·V_{j−1}  wgmma m64nDk16, P from registers (the S accumulators packed to bf16 are exactly
 //                    the A fragments), V MN-major in shared memory (transposed operand)  (BN/16 instructions)
 //     both issued together; K_j's stage is released once S_j is done, and the online softmax of S_j
 //     (one FFMA and one ex2 per score, running max m and sum l per row) runs while the P·V product does
-//     (intra-warpgroup overlap); then V_{j−1}'s stage is released and O rescaled.
+//     (intra-warpgroup overlap); then V_{j−1}'s stage is released, O rescaled, and P_j packed to bf16 into
+//     the registers P_{j−1} held — only now: wgmma reads its register operand asynchronously, and packing
+//     during the softmax (as this kernel once did) let ptxas overwrite P_{j−1} while P·V still read it.
 // No __syncthreads after set-up: every hand-over is an mbarrier. Shared-memory tiles are in the 128-byte
 // swizzle of sm90.cuh, which TMA's SWIZZLE_128B writes. Measured and dropped: the two consumers taking turns
 // on the tensor cores (FlashAttention-3's ping-pong, named barriers) was 1.05–1.18× slower on an H100.
@@ -31,10 +35,11 @@ struct Rows {
 };
 
 // Online softmax of one score tile S [64 × BN] (wgmma accumulator layout) whose first key is key0: masks
-// keys past the row (causal) or past T where `masked`, updates the statistics, writes P = 2^(S·scale − m) as
-// bf16 A fragments pf[BN/16][4], and returns the factors al_a, al_b that rescale the rows' old output.
+// keys past the row (causal) or past T where `masked`, updates the statistics, overwrites S with
+// P = 2^(S·scale − m) (f32; pack_p makes the A fragments once the registers they go into are free), and
+// returns the factors al_a, al_b that rescale the rows' old output.
 template <int BN>
-__device__ __forceinline__ void softmax_tile(float* s, uint32_t (*pf)[4], Rows& r, bool masked, int key0, int T,
+__device__ __forceinline__ void softmax_tile(float* s, Rows& r, bool masked, int key0, int T,
                                              int tq, float scale_log2, float& al_a, float& al_b) {
   float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
@@ -68,11 +73,23 @@ __device__ __forceinline__ void softmax_tile(float* s, uint32_t (*pf)[4], Rows& 
     float p2 = exp2_ftz(fmaf(s[4 * j + 2], scale_log2, -base_b)), p3 = exp2_ftz(fmaf(s[4 * j + 3], scale_log2, -base_b));
     rs_a += p0 + p1;
     rs_b += p2 + p3;
-    pf[j / 2][(j & 1) * 2 + 0] = pack2(p0, p1);
-    pf[j / 2][(j & 1) * 2 + 1] = pack2(p2, p3);
+    s[4 * j] = p0;
+    s[4 * j + 1] = p1;
+    s[4 * j + 2] = p2;
+    s[4 * j + 3] = p3;
   }
   r.l_a = r.l_a * al_a + rs_a;
   r.l_b = r.l_b * al_b + rs_b;
+}
+
+// P [64 × BN] (f32, wgmma accumulator layout) as bf16 A fragments pf[BN/16][4] (the accumulator layout of
+// two adjacent 8-column blocks is the A fragment of one 16-wide k-step).
+template <int BN> __device__ __forceinline__ void pack_p(const float* p, uint32_t (*pf)[4]) {
+#pragma unroll
+  for (int j = 0; j < BN / 8; j++) {
+    pf[j / 2][(j & 1) * 2 + 0] = pack2(p[4 * j], p[4 * j + 1]);
+    pf[j / 2][(j & 1) * 2 + 1] = pack2(p[4 * j + 2], p[4 * j + 3]);
+  }
 }
 
 // acc [64 × D] accumulator rows a and b times al_a and al_b.
@@ -132,12 +149,11 @@ __device__ __forceinline__ void store_rows(const float* acc, Rows& r, bf16* o, f
   }
 }
 
-#define WS_BM 128
-
-// The shared-memory carve: 1024-aligned Q tile [WS_BM × D], ST K and V tiles [SM90_BN × D] (all
-// in the 128-byte-swizzled layout of sm90.cuh, which TMA's SWIZZLE_128B writes), then the mbarriers.
-template <int D, int ST> struct WsSmem {
-  static constexpr int Q_BYTES = WS_BM * D * 2, KV_BYTES = SM90_BN * D * 2;
+// The shared-memory carve: 1024-aligned Q tile [64·NC × D] (NC consumer warpgroups), ST K and V tiles
+// [SM90_BN × D] (all in the 128-byte-swizzled layout of sm90.cuh, which TMA's SWIZZLE_128B writes), then
+// the mbarriers.
+template <int D, int ST, int NC = 2> struct WsSmem {
+  static constexpr int Q_BYTES = 64 * NC * D * 2, KV_BYTES = SM90_BN * D * 2;
   unsigned char* q;
   __device__ WsSmem(unsigned char* raw) : q(align1024(raw)) {}
   __device__ unsigned char* k(int s) const { return q + Q_BYTES + s * KV_BYTES; }
@@ -164,14 +180,14 @@ __device__ __forceinline__ void ws_load_stage(unsigned char* dst, const TmaDesc*
 
 // The producer thread: Q, then K_j and V_j for j = 0..last, each [rows × D] box loaded as D/64 column
 // halves of [rows × 64] (one TMA each, coordinates (column, head, row, batch)).
-template <int D, int ST>
-__device__ void ws_produce(const WsSmem<D, ST>& sm, const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, int b,
+template <int D, int ST, int NC>
+__device__ void ws_produce(const WsSmem<D, ST, NC>& sm, const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, int b,
                            int h, int kvh, int q0, int last) {
   tma_prefetch(tq);
   tma_prefetch(tk);
   tma_prefetch(tv);
-  mbar_expect_tx(sm.q_full(), WsSmem<D, ST>::Q_BYTES);
-  for (int half = 0; half < D / 64; half++) tma_load_4d(sm.q + half * WS_BM * 128, tq, sm.q_full(), 64 * half, h, q0, b);
+  mbar_expect_tx(sm.q_full(), WsSmem<D, ST, NC>::Q_BYTES);
+  for (int half = 0; half < D / 64; half++) tma_load_4d(sm.q + half * 64 * NC * 128, tq, sm.q_full(), 64 * half, h, q0, b);
   for (int j = 0; j <= last; j++) {
     ws_load_stage<D, ST>(sm.k(j % ST), tk, sm.k_full(j % ST), sm.k_empty(j % ST), j, kvh, b);
     ws_load_stage<D, ST>(sm.v(j % ST), tv, sm.v_full(j % ST), sm.v_empty(j % ST), j, kvh, b);
@@ -184,11 +200,11 @@ __device__ __forceinline__ void ws_release(uint64_t* bar) {
   if ((threadIdx.x & 31) == 0) mbar_arrive(bar);
 }
 
-// Consumer warpgroup `wg` (0 or 1): 64 query rows from q0 + 64·wg. EARLY: O is rescaled for tile j − 1's
+// Consumer warpgroup `wg` (0..NC−1): 64 query rows from q0 + 64·wg. EARLY: O is rescaled for tile j − 1's
 // statistics between issuing S_j and P_{j−1}·V_{j−1} (FlashAttention-3's order: the rescale overlaps S_j on
 // the tensor cores), else after the softmax of S_j once P_{j−1}·V_{j−1} is done.
-template <int D, int ST, bool EARLY>
-__device__ void ws_consume(const WsSmem<D, ST>& sm, bf16* o, float* lse, int b, int h, int q0, int last, int T, int NH,
+template <int D, int ST, bool EARLY, int NC>
+__device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int b, int h, int q0, int last, int T, int NH,
                            float scale_log2, int wg) {
   constexpr int BN = SM90_BN;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq = lane & 3;
@@ -208,7 +224,7 @@ __device__ void ws_consume(const WsSmem<D, ST>& sm, bf16* o, float* lse, int b, 
     if (kt > 0) mbar_wait(sm.v_full(sp), ((kt - 1) / ST) & 1);
     float sc[BN / 2];
     wgmma_fence();
-    issue_scores<D, WS_BM, BN>(sc, sm.q, sm.k(s), wg);
+    issue_scores<D, 64 * NC, BN>(sc, sm.q, sm.k(s), wg);
     wgmma_commit();
     if (kt > 0) {
       if constexpr (EARLY) {
@@ -225,16 +241,13 @@ __device__ void ws_consume(const WsSmem<D, ST>& sm, bf16* o, float* lse, int b, 
     ws_release(sm.k_empty(s));
     fence_regs<BN / 2>(sc);
     const bool masked = kt * BN + BN - 1 > wg_row0 || (kt + 1) * BN > T;
-    uint32_t pf[BN / 16][4];
-    softmax_tile<BN>(sc, pf, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
+    softmax_tile<BN>(sc, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
     wgmma_wait<0>();
+    hold_regs<BN / 16>(pprev);  // P_{j−1}·V_{j−1} read them until here: only now may P_j go into them
     if (kt > 0) ws_release(sm.v_empty(sp));
     fence_regs<D / 2>(acc);
     if constexpr (!EARLY) rescale<D>(acc, al_a, al_b);
-#pragma unroll
-    for (int i = 0; i < BN / 16; i++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) pprev[i][e] = pf[i][e];
+    pack_p<BN>(sc, pprev);
   }
   const int sl = last % ST;
   mbar_wait(sm.v_full(sl), (last / ST) & 1);
@@ -243,28 +256,31 @@ __device__ void ws_consume(const WsSmem<D, ST>& sm, bf16* o, float* lse, int b, 
   issue_pv<D, BN>(acc, pprev, sm.v(sl));
   wgmma_commit();
   wgmma_wait<0>();
+  hold_regs<BN / 16>(pprev);
   fence_regs<D / 2>(acc);
   store_rows<D>(acc, r, o, lse, b, h, T, NH, tq);
 }
 
-// Forward: grid (ceil(T / WS_BM), NH, B), 384 threads, WsSmem<D, ST>::bytes() of dynamic shared memory;
-// ST stages each of K and V.
-template <int D, int ST, bool EARLY>
+// Forward: grid (ceil(T / 64·NC), NH, B), 128·(NC + 1) threads, WsSmem<D, ST, NC>::bytes() of dynamic
+// shared memory; ST stages each of K and V; the q tensor map's boxes are 64·NC rows. NC = 2 consumer
+// warpgroups take 240 registers a thread, NC = 3 (a variant) 160.
+template <int D, int ST, bool EARLY, int NC = 2>
 __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, bf16* o, float* lse, int T,
                              int NH, int NKV, float scale_log2) {
+  constexpr int BM = 64 * NC;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  WsSmem<D, ST> sm(smem_raw);
+  WsSmem<D, ST, NC> sm(smem_raw);
   // the longest query tiles (most key tiles under the causal mask) first: the last wave is short ones
   const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int kvh = h / (NH / NKV), q0 = qt * WS_BM;
-  const int last = min((q0 + WS_BM - 1) / SM90_BN, (T - 1) / SM90_BN);
+  const int kvh = h / (NH / NKV), q0 = qt * BM;
+  const int last = min((q0 + BM - 1) / SM90_BN, (T - 1) / SM90_BN);
   if (threadIdx.x == 0) {
     mbar_init(sm.q_full(), 1);
     for (int s = 0; s < ST; s++) {
       mbar_init(sm.k_full(s), 1);
       mbar_init(sm.v_full(s), 1);
-      mbar_init(sm.k_empty(s), 8);  // one arrival per consumer warp
-      mbar_init(sm.v_empty(s), 8);
+      mbar_init(sm.k_empty(s), 4 * NC);  // one arrival per consumer warp
+      mbar_init(sm.v_empty(s), 4 * NC);
     }
     mbar_fence_init();
   }
@@ -272,26 +288,31 @@ __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc
   const int wgi = threadIdx.x >> 7;
   if (wgi == 0) {
     setmaxnreg_dec<24>();
-    if (threadIdx.x == 0) ws_produce<D, ST>(sm, tq, tk, tv, b, h, kvh, q0, last);
+    if (threadIdx.x == 0) ws_produce<D, ST, NC>(sm, tq, tk, tv, b, h, kvh, q0, last);
     return;
   }
-  setmaxnreg_inc<240>();
-  ws_consume<D, ST, EARLY>(sm, o, lse, b, h, q0, last, T, NH, scale_log2, wgi - 1);
+  setmaxnreg_inc<NC == 2 ? 240 : 160>();
+  ws_consume<D, ST, EARLY, NC>(sm, o, lse, b, h, q0, last, T, NH, scale_log2, wgi - 1);
 }
 
-// The host's kernels: stages and rescale order by head dim (host/src/kernels/attention_cuda_fwd.rs sizes
-// shared memory for WS_STAGES_<D> stages). On an H100 (bench/gpu/attention_sm90_bench.cu's variants) three
-// stages and the early rescale were no faster: 0.99–1.08× the time of two stages, rescale late.
-#define WS_STAGES_64 2
+// The host's kernels: consumer warpgroups, stages and rescale order by head dim
+// (host/src/kernels/attention_cuda_fwd.rs restates them for the launch: rows 64·consumers, threads
+// 128·(consumers + 1), WsSmem bytes). On an H100 (bench/gpu/attention_sm90_bench.cu's variants, two runs in
+// one call): at head dim 64 three consumers (192 query rows) with three K/V stages took 0.91–0.93× the time
+// of two consumers with two stages; at 128 three stages and the early rescale were no faster (0.99–1.08×).
+#define WS_CONSUMERS_64 3
+#define WS_CONSUMERS_128 2
+#define WS_STAGES_64 3
 #define WS_STAGES_128 2
 #define WS_EARLY_64 false
 #define WS_EARLY_128 false
 #define SM90_WS_FWD(DIM)                                                                                     \
-  extern "C" __global__ void __launch_bounds__(384, 1)                                                       \
+  extern "C" __global__ void __launch_bounds__(128 * (WS_CONSUMERS_##DIM + 1), 1)                            \
       flash_fwd_ws_d##DIM(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk,            \
                           const __grid_constant__ TmaDesc tv, bf16* o, float* lse, int T, int NH, int NKV,   \
                           float scale_log2) {                                                                \
-    flash_fwd_ws<DIM, WS_STAGES_##DIM, WS_EARLY_##DIM>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);       \
+    flash_fwd_ws<DIM, WS_STAGES_##DIM, WS_EARLY_##DIM, WS_CONSUMERS_##DIM>(&tq, &tk, &tv, o, lse, T, NH, NKV, \
+                                                                             scale_log2);                    \
   }
 SM90_WS_FWD(64)
 SM90_WS_FWD(128)

@@ -18,7 +18,7 @@
 //                  it into dq_acc: the copy engine does the adds, the warp goes on. (With float2 atomics
 //                  from every thread instead, the atomics were ~30% of the kernel's time.)
 // Loads: K and V once, by TMA; Q/dO tiles (TMA, one thread) and their lse/delta (4-byte cp.async, 128
-// threads) double-buffered, each stage complete on one mbarrier; one CTA barrier a tile.
+// threads) in SM90_BWD_STAGES_<D> stages, each complete on one mbarrier; one CTA barrier a tile.
 // Five T²·D products, like FlashAttention-2/3; nothing is recomputed. (A warpgroup whose 64 keys all come
 // after a tile's last query, on the diagonal, still runs its products — masked to zero: skipping them
 // under a branch makes ptxas serialise every wgmma of the kernel.)
@@ -27,12 +27,12 @@
 #define SM90_BWD_BM 64
 
 // The backward's shared-memory carve (every tile 1024-aligned, in sm90.cuh's 128-byte swizzle, which TMA's
-// SWIZZLE_128B writes and reads): K and V tiles [BN × D]; two stages of (Q, dO) tiles [BM × D]; two dSᵀ
+// SWIZZLE_128B writes and reads): K and V tiles [BN × D]; ST stages of (Q, dO) tiles [BM × D]; two dSᵀ
 // tiles [BN × BM] (tile it writes it mod 2, so that one warpgroup's dS of the next tile cannot overwrite what
 // the other's dQ product still reads); one f32 dQ tile per warp (its 16 query rows × 64 columns, as two
-// boxes of 16 rows × 32 columns); two stages of lse/delta [2 × BM] f32; the mbarriers (K/V loaded, stage
+// boxes of 16 rows × 32 columns); ST stages of lse/delta [2 × BM] f32; the mbarriers (K/V loaded, stage
 // s loaded). Bytes: SM90_BWD_SMEM.
-template <int D> struct BwdSmem {
+template <int D, int ST> struct BwdSmem {
   static constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
   static constexpr int KV_BYTES = BN * D * 2, QD_BYTES = BM * D * 2, DS_BYTES = BN * BM * 2;
   static constexpr int DQ_WARP_BYTES = 16 * 64 * 4;
@@ -40,17 +40,17 @@ template <int D> struct BwdSmem {
   __device__ BwdSmem(unsigned char* raw) : k(align1024(raw)) {}
   __device__ unsigned char* v() const { return k + KV_BYTES; }
   __device__ unsigned char* q(int stage) const { return k + 2 * KV_BYTES + stage * QD_BYTES; }
-  __device__ unsigned char* dout(int stage) const { return k + 2 * KV_BYTES + (2 + stage) * QD_BYTES; }
-  __device__ unsigned char* ds(int buf) const { return k + 2 * KV_BYTES + 4 * QD_BYTES + buf * DS_BYTES; }
+  __device__ unsigned char* dout(int stage) const { return k + 2 * KV_BYTES + (ST + stage) * QD_BYTES; }
+  __device__ unsigned char* ds(int buf) const { return k + 2 * KV_BYTES + 2 * ST * QD_BYTES + buf * DS_BYTES; }
   __device__ unsigned char* dq(int warp8) const { return ds(2) + warp8 * DQ_WARP_BYTES; }
   __device__ float* ls(int stage) const { return reinterpret_cast<float*>(dq(8)) + stage * 2 * BM; }
-  __device__ uint64_t* kv_full() const { return reinterpret_cast<uint64_t*>(ls(2)); }
+  __device__ uint64_t* kv_full() const { return reinterpret_cast<uint64_t*>(ls(ST)); }
   __device__ uint64_t* full(int stage) const { return kv_full() + 1 + stage; }
 };
 // Dynamic shared memory the backward launch needs (host/src/kernels/attention_cuda_bwd.rs restates it).
-#define SM90_BWD_SMEM(D)                                                                                  \
-  (1024 + 2 * SM90_BWD_BN * (D) * 2 + 4 * SM90_BWD_BM * (D) * 2 + 2 * SM90_BWD_BN * SM90_BWD_BM * 2 + \
-   8 * 16 * 64 * 4 + 4 * SM90_BWD_BM * 4 + 3 * 8)
+#define SM90_BWD_SMEM(D, ST)                                                                                 \
+  (1024 + 2 * SM90_BWD_BN * (D) * 2 + 2 * (ST) * SM90_BWD_BM * (D) * 2 + 2 * SM90_BWD_BN * SM90_BWD_BM * 2 + \
+   8 * 16 * 64 * 4 + 2 * (ST) * SM90_BWD_BM * 4 + (1 + (ST)) * 8)
 
 // How dQ reaches global memory: added by TMA reduce from shared memory into dq_acc [B, T, NH, D], or not at
 // all (a benchmark's bound on what writing dQ costs; not a backward).
@@ -113,8 +113,8 @@ __device__ __forceinline__ void store_dst(unsigned char* ds, const uint32_t (*sf
 
 // dQ [64 queries × 64 columns] of this warpgroup: dS·K (dSᵀ tile `buf`) over all 128 keys for columns 64·wg.. (D = 128) or
 // over its own 64 keys for all 64 columns (D = 64). Committed, not waited. Returns the first column.
-template <int D>
-__device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D>& sm, int buf, int wg) {
+template <int D, int ST>
+__device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D, ST>& sm, int buf, int wg) {
   constexpr int BN = SM90_BWD_BN;
   constexpr int steps = D == 128 ? BN / 16 : 4;
   const int key0 = D == 128 ? 0 : wg * 64, b_half = D == 128 ? wg * (BN * 128) : 0;
@@ -164,10 +164,11 @@ __device__ __forceinline__ void store_dkdv(const float* dka, const float* dva, b
 }
 
 // One query tile's dV += Pᵀ·dO and dK += dSᵀ·Q for this warpgroup's keys (issued and committed, not
-// waited) from its Sᵀ products (and, with EARLY_DP, dPᵀ) in flight (begin), leaving dSᵀ in sf.
-template <int D>
-__device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)[4], float* st, float* dpt,
-                                          const BwdSmem<D>& sm, int stage, int wg, int key_a, int query0, int T,
+// waited) from its Sᵀ products (and, with EARLY_DP, dPᵀ) in flight (begin), leaving Pᵀ in pf and dSᵀ in sf
+// (the products read them as A operands: the caller holds them until its wait, hold_regs).
+template <int D, int ST>
+__device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*pf)[4], uint32_t (*sf)[4], float* st, float* dpt,
+                                          const BwdSmem<D, ST>& sm, int stage, int wg, int key_a, int query0, int T,
                                           int tq, float scale_log2) {
   constexpr int BM = SM90_BWD_BM;
   if (!EARLY_DP<D>) {
@@ -177,7 +178,6 @@ __device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)
   wgmma_wait<0>();
   fence_regs<BM / 2>(st);
   fence_regs<BM / 2>(dpt);
-  uint32_t pf[BM / 16][4];
   probs_and_dscores(st, dpt, pf, sf, sm.ls(stage), sm.ls(stage) + BM, key_a, key_a + 8, query0, T, tq,
                     scale_log2);
   wgmma_fence();
@@ -189,15 +189,15 @@ __device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*sf)
   wgmma_commit();
 }
 
-// Tile it's Q and dO (TMA, thread 0) and lse/delta (cp.async, threads 0..2·BM−1) into stage it mod 2, all
+// Tile it's Q and dO (TMA, thread 0) and lse/delta (cp.async, threads 0..2·BM−1) into stage it mod ST, all
 // counted off that stage's mbarrier (one expect_tx arrival + 2·BM cp.async arrivals).
-template <int D>
-__device__ __forceinline__ void bwd_load(const BwdSmem<D>& sm, const TmaDesc* tq, const TmaDesc* tdo, const float* lse,
+template <int D, int ST>
+__device__ __forceinline__ void bwd_load(const BwdSmem<D, ST>& sm, const TmaDesc* tq, const TmaDesc* tdo, const float* lse,
                                          const float* delta, int stage, int b, int h, int t0, int T, int NH) {
   constexpr int BM = SM90_BWD_BM;
   uint64_t* full = sm.full(stage);
   if (threadIdx.x == 0) {
-    mbar_expect_tx(full, 2 * BwdSmem<D>::QD_BYTES);
+    mbar_expect_tx(full, 2 * BwdSmem<D, ST>::QD_BYTES);
     for (int half = 0; half < D / 64; half++) {
       tma_load_4d(sm.q(stage) + half * BM * 128, tq, full, 64 * half, h, t0, b);
       tma_load_4d(sm.dout(stage) + half * BM * 128, tdo, full, 64 * half, h, t0, b);
@@ -211,22 +211,23 @@ __device__ __forceinline__ void bwd_load(const BwdSmem<D>& sm, const TmaDesc* tq
   }
 }
 
-// Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D). Tensor maps
+// Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D, ST). Tensor maps
 // (host/src/kernels/tensor_map.rs): q and dO [B, T, NH, D] bf16 in boxes of BM rows × 64 columns, k and v
 // [B, T, NKV, D] in boxes of BN rows × 64 columns, dq_acc [B, T, NH, D] f32 in boxes of 16 rows × 32
-// columns. DQ: SM90_DQ_REDUCE (the host's) or SM90_DQ_NONE (benchmarks only).
+// columns. DQ: SM90_DQ_REDUCE (the host's) or SM90_DQ_NONE (benchmarks only). ST ≥ 2 stages of Q/dO tiles:
+// tile it + ST − 1 is loaded while tile it is computed.
 // Per tile: the products of tile_dkdv, dSᵀ into shared memory, one CTA barrier (both warpgroups' dSᵀ are
-// in; tile it − 1's stage is free, so tile it + 1's loads are issued into it), dQ = dS·K, tile it + 1's
+// in; tile it − 1's stage is free, so tile it + ST − 1's loads are issued into it), dQ = dS·K, tile it + 1's
 // Sᵀ/dPᵀ products issued, then each warp writes its dQ rows into its f32 tile and one lane hands them to the
 // TMA reduce (into dq_acc, asynchronously; the warp waits for the tile to have been read out before it
 // writes it again a tile later). No atomics in the kernel and no thread waits on a global load.
-template <int D, int DQ>
+template <int D, int ST, int DQ>
 __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, const TmaDesc* tdo,
                                const TmaDesc* tdq, const float* lse, const float* delta, bf16* dk, bf16* dv, int T,
                                int NH, int NKV, float scale_log2, float scale) {
   constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  BwdSmem<D> sm(smem_raw);
+  BwdSmem<D, ST> sm(smem_raw);
   const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, rep = NH / NKV;
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq_ = lane & 3;
   const int r_a = wg * 64 + warp * 16 + (lane >> 2);  // this thread's first key row within the CTA's 128
@@ -236,8 +237,7 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
   auto first_query = [&](int it) { return (qt0 + it % per_head) * BM; };
   if (threadIdx.x == 0) {
     mbar_init(sm.kv_full(), 1);
-    mbar_init(sm.full(0), 1 + 2 * BM);
-    mbar_init(sm.full(1), 1 + 2 * BM);
+    for (int s = 0; s < ST; s++) mbar_init(sm.full(s), 1 + 2 * BM);
     mbar_fence_init();
   }
   __syncthreads();
@@ -245,19 +245,20 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
     tma_prefetch(tq);
     tma_prefetch(tdo);
     tma_prefetch(tdq);
-    mbar_expect_tx(sm.kv_full(), 2 * BwdSmem<D>::KV_BYTES);
+    mbar_expect_tx(sm.kv_full(), 2 * BwdSmem<D, ST>::KV_BYTES);
     for (int half = 0; half < D / 64; half++) {
       tma_load_4d(sm.k + half * BN * 128, tk, sm.kv_full(), 64 * half, kvh, kt * BN, b);
       tma_load_4d(sm.v() + half * BN * 128, tv, sm.kv_full(), 64 * half, kvh, kt * BN, b);
     }
   }
-  bwd_load<D>(sm, tq, tdo, lse, delta, 0, b, head(0), first_query(0), T, NH);
+  for (int i = 0; i < ST - 1 && i < iters; i++) bwd_load<D, ST>(sm, tq, tdo, lse, delta, i, b, head(i), first_query(i), T, NH);
   float st[BM / 2], dpt[BM / 2];
   auto begin = [&](int it) {  // tile it's inputs are in: issue Sᵀ (and dPᵀ)
-    if (it < iters) mbar_wait(sm.full(it & 1), (it >> 1) & 1);
+    const int s = it % ST;
+    if (it < iters) mbar_wait(sm.full(s), (it / ST) & 1);
     wgmma_fence();
-    issue_xyt<D>(st, sm.k, sm.q(it & 1), wg);
-    if (EARLY_DP<D>) issue_xyt<D>(dpt, sm.v(), sm.dout(it & 1), wg);
+    issue_xyt<D>(st, sm.k, sm.q(s), wg);
+    if (EARLY_DP<D>) issue_xyt<D>(dpt, sm.v(), sm.dout(s), wg);
   };
   float dka[D / 2], dva[D / 2];
 #pragma unroll
@@ -266,18 +267,21 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
   begin(0);
   unsigned char* dq_tile = sm.dq(wg * 4 + warp);
   for (int it = 0; it < iters; it++) {
-    const int h = head(it), query0 = first_query(it), stage = it & 1;
-    uint32_t sf[BM / 16][4];
-    tile_dkdv<D>(dka, dva, sf, st, dpt, sm, stage, wg, key_a, query0, T, tq_, scale_log2);
-    store_dst(sm.ds(stage), sf, r_a, tq_);
+    const int h = head(it), query0 = first_query(it), stage = it % ST, buf = it & 1;
+    uint32_t pf[BM / 16][4], sf[BM / 16][4];
+    tile_dkdv<D, ST>(dka, dva, pf, sf, st, dpt, sm, stage, wg, key_a, query0, T, tq_, scale_log2);
+    store_dst(sm.ds(buf), sf, r_a, tq_);
     fence_async_shared();
     __syncthreads();  // both warpgroups' dSᵀ rows are in; every thread is past tile it − 1's products
-    if (it + 1 < iters) bwd_load<D>(sm, tq, tdo, lse, delta, (it + 1) & 1, b, head(it + 1), first_query(it + 1), T, NH);
+    const int next = it + ST - 1;
+    if (next < iters) bwd_load<D, ST>(sm, tq, tdo, lse, delta, next % ST, b, head(next), first_query(next), T, NH);
     float dqa[32];
     wgmma_fence();
-    const int col0 = issue_dq<D>(dqa, sm, stage, wg);
+    const int col0 = issue_dq<D, ST>(dqa, sm, buf, wg);
     wgmma_wait<0>();
     fence_regs<32>(dqa);
+    hold_regs<BM / 16>(pf);  // dV += Pᵀ·dO and dK += dSᵀ·Q read them until here
+    hold_regs<BM / 16>(sf);
     fence_regs<D / 2>(dka);
     fence_regs<D / 2>(dva);
     begin(it + 1);  // also after the last tile (products of a stale stage, never read): no wgmma under a branch
@@ -302,12 +306,16 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
   if (DQ == SM90_DQ_REDUCE && lane == 0) bulk_wait<0>();  // the reduces have read their tiles and written
 }
 
+// The host's kernels: Q/dO stages by head dim (host/src/kernels/attention_cuda_bwd.rs sizes shared memory
+// for SM90_BWD_STAGES_<D>).
+#define SM90_BWD_STAGES_64 3
+#define SM90_BWD_STAGES_128 3
 #define SM90_BWD(DIM)                                                                                          \
   extern "C" __global__ void __launch_bounds__(256, 1) flash_bwd_sm90_d##DIM(                                  \
       const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv, \
       const __grid_constant__ TmaDesc tdo, const __grid_constant__ TmaDesc tdq, const float* lse,                \
       const float* delta, bf16* dk, bf16* dv, int T, int NH, int NKV, float scale_log2, float scale) {           \
-    flash_bwd_sm90<DIM, SM90_DQ_REDUCE>(&tq, &tk, &tv, &tdo, &tdq, lse, delta, dk, dv, T, NH, NKV, scale_log2,  \
+    flash_bwd_sm90<DIM, SM90_BWD_STAGES_##DIM, SM90_DQ_REDUCE>(&tq, &tk, &tv, &tdo, &tdq, lse, delta, dk, dv, T, NH, NKV, scale_log2,  \
                                         scale);                                                                \
   }
 SM90_BWD(64)

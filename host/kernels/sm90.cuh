@@ -33,6 +33,16 @@ template <int N> __device__ __forceinline__ void fence_regs(float* r) {
 #pragma unroll
   for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
 }
+// Keeps registers that an in-flight wgmma reads as its A operand (bf16 fragments) alive and unchanged up
+// to this point — call it after the wgmma_wait that covers that wgmma. ptxas does not hold them for the
+// asynchronous read: without it, it may put new values (the next tile's P) into them while the product
+// still runs (seen: P·V at 160 registers a thread read half-overwritten P, o wrong, lse right).
+template <int N> __device__ __forceinline__ void hold_regs(uint32_t (*r)[4]) {
+#pragma unroll
+  for (int i = 0; i < N; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) asm volatile("" : "+r"(r[i][e])::"memory");
+}
 // Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 

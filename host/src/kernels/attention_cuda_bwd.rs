@@ -118,6 +118,7 @@ fn sm90_dkdv(
     use super::tensor_map::{head_rows, Element};
     const KEYS: usize = 128; // SM90_BWD_BN
     const QUERIES: usize = 64; // SM90_BWD_BM
+    const STAGES: usize = 3; // SM90_BWD_STAGES_64 and SM90_BWD_STAGES_128
     let stream = dev.cuda_stream();
     let (qp, _gq) = q.device_ptr(&stream);
     let (kp, _gk) = k.device_ptr(&stream);
@@ -134,15 +135,15 @@ fn sm90_dkdv(
     let (Ok(tq), Ok(tk), Ok(tv), Ok(tdo), Ok(tdq)) = maps else {
         return Ok(false);
     };
-    // 1 KiB for alignment, the K and V tiles, two stages of (Q, dO) tiles, two dSᵀ tiles, eight warps' f32
-    // dQ tiles [16 × 64], two stages of lse/delta, three mbarriers (SM90_BWD_SMEM)
+    // 1 KiB for alignment, the K and V tiles, STAGES stages of (Q, dO) tiles, two dSᵀ tiles, eight warps'
+    // f32 dQ tiles [16 × 64], STAGES stages of lse/delta, 1 + STAGES mbarriers (SM90_BWD_SMEM)
     let smem = (1024
         + 2 * KEYS * d * 2
-        + 4 * QUERIES * d * 2
+        + 2 * STAGES * QUERIES * d * 2
         + 2 * KEYS * QUERIES * 2
         + 8 * 16 * 64 * 4
-        + 4 * QUERIES * 4
-        + 3 * 8) as u32;
+        + 2 * STAGES * QUERIES * 4
+        + (1 + STAGES) * 8) as u32;
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(KEYS) as u32, nkv as u32, b as u32),
         block_dim: (256, 1, 1),

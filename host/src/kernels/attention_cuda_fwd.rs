@@ -1,8 +1,9 @@
 //! The fused attention's forward on CUDA (`kernels/attention.rs` calls it): o and the log-sum-exp lse from
 //! bf16 q, k, v. On compute capability 9.x (see `cuda::use_sm90_attention`) the warp-specialised kernel of
-//! `kernels/attention_sm90.cu` (TMA loads by a producer warpgroup, wgmma in two consumer warpgroups),
-//! launched with tensor maps of q, k and v; elsewhere, or where a tensor map cannot be encoded, the
-//! mma.sync kernel of `kernels/attention.cuh`. Same contract, same outputs to rounding.
+//! `kernels/attention_sm90.cu` (TMA loads by a producer warpgroup, wgmma in three consumer warpgroups at
+//! head dim 64 and two at 128), launched with tensor maps of q, k and v; elsewhere, or where a tensor map
+//! cannot be encoded, the mma.sync kernel of `kernels/attention.cuh`. Same contract, same outputs to
+//! rounding.
 
 use super::cuda::{launch, use_sm90_attention, SM90};
 use super::tensor_map::{self, Element};
@@ -11,10 +12,18 @@ use candle_core::cuda_backend::CudaDevice;
 use candle_core::Result;
 use half::bf16;
 
-/// Query rows per CTA of the sm_90a forward: two consumer warpgroups × 64 (`WS_BM`).
-const SM90_ROWS: usize = 128;
 /// Keys per tile of the sm_90a forward (`SM90_BN`).
 const SM90_KEYS: usize = 128;
+
+/// Consumer warpgroups (64 query rows each) and K/V stages of the sm_90a forward at head dim `d`
+/// (`WS_CONSUMERS_<D>`, `WS_STAGES_<D>` of kernels/attention_sm90.cu).
+fn ws_shape(d: usize) -> (usize, usize) {
+    if d == 64 {
+        (3, 3)
+    } else {
+        (2, 2)
+    }
+}
 
 /// o [B, T, NH, D] and lse [B, NH, T] (log₂ units) of causal grouped-query attention.
 pub(super) fn cuda_fwd(
@@ -28,22 +37,25 @@ pub(super) fn cuda_fwd(
     let sl2 = std::f32::consts::LOG2_E / (d as f32).sqrt();
     let grid = |rows: usize| (t.div_ceil(rows) as u32, nh as u32, b as u32);
     if use_sm90_attention(dev) {
+        let (consumers, stages) = ws_shape(d);
+        let rows = 64 * consumers;
         let stream = dev.cuda_stream();
         let (qp, _gq) = q.device_ptr(&stream);
         let (kp, _gk) = k.device_ptr(&stream);
         let (vp, _gv) = v.device_ptr(&stream);
         let maps = (
-            tensor_map::head_rows(qp, Element::Bf16, (b, t, nh, d), SM90_ROWS),
+            tensor_map::head_rows(qp, Element::Bf16, (b, t, nh, d), rows),
             tensor_map::head_rows(kp, Element::Bf16, (b, t, nkv, d), SM90_KEYS),
             tensor_map::head_rows(vp, Element::Bf16, (b, t, nkv, d), SM90_KEYS),
         );
         if let (Ok(tq), Ok(tk), Ok(tv)) = maps {
-            // 3 warpgroups; 1 KiB for alignment, the Q tile, two stages each of K and V tiles, nine
-            // 8-byte mbarriers (WsSmem::bytes)
-            let smem = (1024 + SM90_ROWS * d * 2 + 4 * SM90_KEYS * d * 2 + 8 * 9) as u32;
+            // 1 KiB for alignment, the Q tile, `stages` stages each of K and V tiles, 1 + 4·stages
+            // 8-byte mbarriers (WsSmem::bytes); a producer warpgroup + the consumers
+            let smem = (1024 + rows * d * 2 + 2 * stages * SM90_KEYS * d * 2 + 8 * (1 + 4 * stages))
+                as u32;
             let cfg = LaunchConfig {
-                grid_dim: grid(SM90_ROWS),
-                block_dim: (3 * 128, 1, 1),
+                grid_dim: grid(rows),
+                block_dim: (128 * (consumers as u32 + 1), 1, 1),
                 shared_mem_bytes: smem,
             };
             let name = format!("flash_fwd_ws_d{d}");

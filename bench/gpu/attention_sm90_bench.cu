@@ -27,16 +27,16 @@ static Kernel old_kernel(int d) {
   return {"mma.sync", d == 64 ? flash_fwd_d64 : flash_fwd_d128, 64, 128, 4 * 64 * (d + 8) * 2};
 }
 static Kernel ws_kernel(int d) {
-  Kernel k{"ws", nullptr, 64 * (d == 64 ? WS_CONSUMERS_64 : WS_CONSUMERS_128),
-           128 * ((d == 64 ? WS_CONSUMERS_64 : WS_CONSUMERS_128) + 1),
+  const int nc = d == 64 ? WS_CONSUMERS_64 : WS_CONSUMERS_128;
+  Kernel k{"ws", nullptr, 64 * nc, 128 * (nc + 1),
            d == 64 ? WsSmem<64, WS_STAGES_64, WS_CONSUMERS_64>::bytes()
                    : WsSmem<128, WS_STAGES_128, WS_CONSUMERS_128>::bytes()};
   k.tma = d == 64 ? flash_fwd_ws_d64 : flash_fwd_ws_d128;
   return k;
 }
 
-// Variants of the forward for the measurements behind WS_STAGES_<D> and WS_EARLY_<D>: ST stages, the
-// rescale of O before (EARLY) or after the softmax's wait.
+// Variants of the forward for the measurements behind WS_CONSUMERS_<D>, WS_STAGES_<D> and WS_EARLY_<D>: NC
+// consumer warpgroups, ST stages, the rescale of O before (EARLY) or after the softmax's wait.
 template <int D, int ST, bool EARLY, int NC>
 __global__ void __launch_bounds__(128 * (NC + 1), 1)
     ws_variant(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv,

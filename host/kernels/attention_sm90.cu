@@ -168,18 +168,27 @@ template <int D, int ST, int NC = 2> struct WsSmem {
   static constexpr int bytes() { return 1024 + Q_BYTES + 2 * ST * KV_BYTES + 8 * (1 + 4 * ST); }
 };
 
+// Rows [row0, row0 + ROWS) of head h of sequence b of the tensor of `map` into the swizzled tile at `dst`
+// ([ROWS × D] as D/64 column halves of [ROWS × 64], one TMA each, coordinates (column, head, row,
+// batch)), counted off `bar`. The caller has announced the bytes (mbar_expect_tx). Used by the forward
+// and the backward (attention_sm90_bwd.cuh).
+template <int D, int ROWS>
+__device__ __forceinline__ void tma_load_tile(unsigned char* dst, const TmaDesc* map, uint64_t* bar, int h, int row0,
+                                              int b) {
+  for (int half = 0; half < D / 64; half++) tma_load_4d(dst + half * ROWS * 128, map, bar, 64 * half, h, row0, b);
+}
+
 // Key tile j of K or V (`map`) into its stage `dst` once use j − ST has released it (`empty`), counted off
-// `full`: D/64 column halves of [SM90_BN × 64], one TMA each.
+// `full`.
 template <int D, int ST>
 __device__ __forceinline__ void ws_load_stage(unsigned char* dst, const TmaDesc* map, uint64_t* full, uint64_t* empty,
                                               int j, int kvh, int b) {
   if (j >= ST) mbar_wait(empty, ((j / ST) + 1) & 1);  // the phase that released use j − ST
   mbar_expect_tx(full, WsSmem<D, ST>::KV_BYTES);
-  for (int half = 0; half < D / 64; half++) tma_load_4d(dst + half * SM90_BN * 128, map, full, 64 * half, kvh, j * SM90_BN, b);
+  tma_load_tile<D, SM90_BN>(dst, map, full, kvh, j * SM90_BN, b);
 }
 
-// The producer thread: Q, then K_j and V_j for j = 0..last, each [rows × D] box loaded as D/64 column
-// halves of [rows × 64] (one TMA each, coordinates (column, head, row, batch)).
+// The producer thread: Q, then K_j and V_j for j = 0..last.
 template <int D, int ST, int NC>
 __device__ void ws_produce(const WsSmem<D, ST, NC>& sm, const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, int b,
                            int h, int kvh, int q0, int last) {
@@ -187,7 +196,7 @@ __device__ void ws_produce(const WsSmem<D, ST, NC>& sm, const TmaDesc* tq, const
   tma_prefetch(tk);
   tma_prefetch(tv);
   mbar_expect_tx(sm.q_full(), WsSmem<D, ST, NC>::Q_BYTES);
-  for (int half = 0; half < D / 64; half++) tma_load_4d(sm.q + half * 64 * NC * 128, tq, sm.q_full(), 64 * half, h, q0, b);
+  tma_load_tile<D, 64 * NC>(sm.q, tq, sm.q_full(), h, q0, b);
   for (int j = 0; j <= last; j++) {
     ws_load_stage<D, ST>(sm.k(j % ST), tk, sm.k_full(j % ST), sm.k_empty(j % ST), j, kvh, b);
     ws_load_stage<D, ST>(sm.v(j % ST), tv, sm.v_full(j % ST), sm.v_empty(j % ST), j, kvh, b);
@@ -263,7 +272,7 @@ __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int
 
 // Forward: grid (ceil(T / 64·NC), NH, B), 128·(NC + 1) threads, WsSmem<D, ST, NC>::bytes() of dynamic
 // shared memory; ST stages each of K and V; the q tensor map's boxes are 64·NC rows. NC = 2 consumer
-// warpgroups take 240 registers a thread, NC = 3 (a variant) 160.
+// warpgroups take 240 registers a thread, NC = 3 take 160.
 template <int D, int ST, bool EARLY, int NC = 2>
 __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, bf16* o, float* lse, int T,
                              int NH, int NKV, float scale_log2) {

@@ -198,10 +198,8 @@ __device__ __forceinline__ void bwd_load(const BwdSmem<D, ST>& sm, const TmaDesc
   uint64_t* full = sm.full(stage);
   if (threadIdx.x == 0) {
     mbar_expect_tx(full, 2 * BwdSmem<D, ST>::QD_BYTES);
-    for (int half = 0; half < D / 64; half++) {
-      tma_load_4d(sm.q(stage) + half * BM * 128, tq, full, 64 * half, h, t0, b);
-      tma_load_4d(sm.dout(stage) + half * BM * 128, tdo, full, 64 * half, h, t0, b);
-    }
+    tma_load_tile<D, BM>(sm.q(stage), tq, full, h, t0, b);
+    tma_load_tile<D, BM>(sm.dout(stage), tdo, full, h, t0, b);
   }
   if (threadIdx.x < 2 * BM) {
     const int i = threadIdx.x & (BM - 1), t = t0 + i;
@@ -229,7 +227,7 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
   extern __shared__ __align__(16) unsigned char smem_raw[];
   BwdSmem<D, ST> sm(smem_raw);
   const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, rep = NH / NKV;
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, tq_ = lane & 3;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, quad = lane & 3;
   const int r_a = wg * 64 + warp * 16 + (lane >> 2);  // this thread's first key row within the CTA's 128
   const int key_a = kt * BN + r_a;
   const int qt0 = kt * (BN / BM), per_head = (T + BM - 1) / BM - qt0, iters = rep * per_head;
@@ -246,10 +244,8 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
     tma_prefetch(tdo);
     tma_prefetch(tdq);
     mbar_expect_tx(sm.kv_full(), 2 * BwdSmem<D, ST>::KV_BYTES);
-    for (int half = 0; half < D / 64; half++) {
-      tma_load_4d(sm.k + half * BN * 128, tk, sm.kv_full(), 64 * half, kvh, kt * BN, b);
-      tma_load_4d(sm.v() + half * BN * 128, tv, sm.kv_full(), 64 * half, kvh, kt * BN, b);
-    }
+    tma_load_tile<D, BN>(sm.k, tk, sm.kv_full(), kvh, kt * BN, b);
+    tma_load_tile<D, BN>(sm.v(), tv, sm.kv_full(), kvh, kt * BN, b);
   }
   for (int i = 0; i < ST - 1 && i < iters; i++) bwd_load<D, ST>(sm, tq, tdo, lse, delta, i, b, head(i), first_query(i), T, NH);
   float st[BM / 2], dpt[BM / 2];
@@ -269,8 +265,8 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
   for (int it = 0; it < iters; it++) {
     const int h = head(it), query0 = first_query(it), stage = it % ST, buf = it & 1;
     uint32_t pf[BM / 16][4], sf[BM / 16][4];
-    tile_dkdv<D, ST>(dka, dva, pf, sf, st, dpt, sm, stage, wg, key_a, query0, T, tq_, scale_log2);
-    store_dst(sm.ds(buf), sf, r_a, tq_);
+    tile_dkdv<D, ST>(dka, dva, pf, sf, st, dpt, sm, stage, wg, key_a, query0, T, quad, scale_log2);
+    store_dst(sm.ds(buf), sf, r_a, quad);
     fence_async_shared();
     __syncthreads();  // both warpgroups' dSᵀ rows are in; every thread is past tile it − 1's products
     const int next = it + ST - 1;
@@ -302,7 +298,7 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
   wgmma_wait<0>();
   fence_regs<D / 2>(dka);
   fence_regs<D / 2>(dva);
-  store_dkdv<D>(dka, dva, dk, dv, b, key_a, kvh, T, NKV, scale, tq_);
+  store_dkdv<D>(dka, dva, dk, dv, b, key_a, kvh, T, NKV, scale, quad);
   if (DQ == SM90_DQ_REDUCE && lane == 0) bulk_wait<0>();  // the reduces have read their tiles and written
 }
 

@@ -1,8 +1,10 @@
 //! Nothing grows without bound: every shipped pipeline, with full fine-tuning and with LoRA, trains the
-//! embedded default for 2N steps in a `wmtp run` process of its own, and the host memory it holds at
-//! the end (`mem.host_rss_mib` of metrics.jsonl, resident set size after each step) is within 5% (or
-//! [`ALLOWED_MIB`]) of what it held at step N. A leak of ~0.5 MB a step or more fails it; verifiable's
-//! joint value head once leaked 145 MB a step (issue 22). The figures are printed
+//! embedded default (at batch 2 instead of 8: a debug build's steps at batch 8 took 57 s a run, mostly
+//! in the kernel's page faults, against 10 s) for 2N steps in a `wmtp run` process of its own, and the
+//! host memory it holds at the end (`mem.host_rss_mib` of metrics.jsonl, resident set size after each
+//! step) is within 5% (or [`ALLOWED_MIB`]) of what it held at step N. A leak of ~0.6 MB a step or more
+//! fails it (a 0.7 MiB `Vec` forgotten every step: +7.0 MiB, failed); verifiable's joint value head once
+//! leaked 145 MB a step (issue 22). The figures are printed
 //! (`cargo test -p wmtp-host --test host memory_over_steps:: -- --nocapture`). Also bounded: the metric names one step
 //! merges from its micro-batches, and a plugin state file, refused by its size before it is read.
 
@@ -44,6 +46,7 @@ fn rss_per_step(dir: &Path, pipeline: &str, sets: &[&str]) -> Vec<(u64, f64)> {
         "runtime.eval_every=0",
         "runtime.progress=false",
         "reference.baseline_steps=2",
+        "training.batch_size=2",
     ]
     .iter()
     .chain(sets)

@@ -86,53 +86,68 @@ fn every_pipeline_on_two_ranks_trains_like_one_rank() {
     }
 }
 
-/// A launched LoRA rank of a preset draws only the base weights its shards read (the rest stay
-/// placeholders, no memory; the sharded runs above check that the drawn ones are the whole model's
-/// values), and a shard that would read a weight nobody drew is an error, never zeros.
+/// A launched rank of a preset draws only the base weights its shards read, frozen (LoRA) or trainable
+/// (full fine-tuning): the rest stay placeholders, no memory (the sharded runs above check that the drawn
+/// ones are the whole model's values), and a shard that would read a weight nobody drew is an error,
+/// never zeros.
 #[test]
-fn a_launched_lora_rank_draws_only_its_weights_and_never_shards_a_placeholder() {
+fn a_launched_rank_draws_only_its_weights_and_never_shards_a_placeholder() {
+    for lora in [true, false] {
+        draws_only_its_weights(lora);
+    }
+}
+
+fn draws_only_its_weights(lora: bool) {
     use wmtp_host::model::init::is_placeholder;
     let world = 3;
+    let mode = if lora { "LoRA" } else { "full FT" };
     let mut drawn_by_some = std::collections::HashSet::new();
     let mut base = 0;
     for rank in 0..world {
         let s = Session::new_for(
-            config(1, true, &[]),
+            config(1, lora, &[]),
             &plugin("baseline"),
             Some((world, rank)),
         )
         .unwrap();
-        let (mut drawn, mut all) = (0, 0);
+        let (mut drawn, mut all, mut trainable) = (0, 0, 0);
+        base = 0;
         s.model.visit("", &mut |name, p| {
-            if !p.is_trainable() {
-                all += p.numel();
-                if !is_placeholder(p.tensor()) {
-                    drawn += p.numel();
-                    drawn_by_some.insert(name.to_string());
-                }
+            if name.contains("lora_") {
+                return;
+            }
+            base += 1;
+            all += p.numel();
+            trainable += usize::from(p.is_trainable());
+            if !is_placeholder(p.tensor()) {
+                drawn += p.numel();
+                drawn_by_some.insert(name.to_string());
             }
         });
         // a third of each unit, rounded out to whole tensors (this tiny model's units are a few
         // tensors each, and the embedding unit is one: every rank draws it)
-        eprintln!("rank {rank} of {world} drew {drawn} of {all} base weight elements");
+        eprintln!("{mode}: rank {rank} of {world} drew {drawn} of {all} base weight elements");
         assert!(
             drawn > 0 && drawn * 3 < all * 2,
-            "rank {rank} of {world} drew {drawn} of {all} base weight elements"
+            "{mode}: rank {rank} of {world} drew {drawn} of {all} base weight elements"
         );
-        base = s
-            .model
-            .named_params()
-            .iter()
-            .filter(|(_, p)| !p.is_trainable())
-            .count();
+        assert_eq!(
+            trainable == 0,
+            lora,
+            "{mode}: {trainable} trainable base weights"
+        );
     }
-    assert_eq!(drawn_by_some.len(), base, "some base weight no rank drew");
+    assert_eq!(
+        drawn_by_some.len(),
+        base,
+        "{mode}: some base weight no rank drew"
+    );
     // built for rank 0, sharded as rank 1: its shards would read weights rank 0 never drew
     let mut s =
-        Session::new_for(config(1, true, &[]), &plugin("baseline"), Some((world, 0))).unwrap();
+        Session::new_for(config(1, lora, &[]), &plugin("baseline"), Some((world, 0))).unwrap();
     let comm = local::group(world, Duration::from_secs(5)).swap_remove(1);
     let Err(err) = s.shard(Arc::new(comm)) else {
-        panic!("a session built for rank 0 sharded as rank 1");
+        panic!("{mode}: a session built for rank 0 sharded as rank 1");
     };
     assert!(format!("{err:#}").contains("never initialised"), "{err:#}");
 }

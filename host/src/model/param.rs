@@ -34,12 +34,17 @@ impl ParamGroup {
 }
 
 /// A model weight. Frozen weights are detached tensors (candle records no gradient path into them);
-/// trainable ones are `Var`s.
+/// trainable ones are `Var`s — except a trainable weight whose value is still a placeholder
+/// ([`crate::model::init::placeholder`]: a launched rank's shard-only init draws it later, or never when
+/// its shards do not read it), which stays the placeholder until its value comes ([`Param::replace`],
+/// [`Param::set_value`]): a `Var` of it would be a copy of the whole weight.
 #[derive(Debug, Clone)]
 pub struct Param {
     tensor: Tensor,
     var: Option<Var>,
     group: ParamGroup,
+    /// Trainable, with `tensor` a placeholder not yet drawn (`var` is None meanwhile).
+    undrawn_trainable: bool,
 }
 
 impl Param {
@@ -49,6 +54,7 @@ impl Param {
             tensor: tensor.detach(),
             var: None,
             group,
+            undrawn_trainable: false,
         }
     }
 
@@ -67,14 +73,15 @@ impl Param {
         }
     }
 
-    /// The `Var` of a trainable parameter, to read its gradient and update it.
+    /// The `Var` of a trainable parameter, to read its gradient and update it (None while its value is
+    /// an undrawn placeholder).
     pub fn var(&self) -> Option<&Var> {
         self.var.as_ref()
     }
 
     /// Whether the optimiser updates this parameter.
     pub fn is_trainable(&self) -> bool {
-        self.var.is_some()
+        self.var.is_some() || self.undrawn_trainable
     }
 
     /// The parameter's group.
@@ -87,23 +94,29 @@ impl Param {
         self.tensor().elem_count()
     }
 
-    /// Makes the parameter trainable (a `Var`) or frozen (a detached tensor), keeping its value.
+    /// Makes the parameter trainable (a `Var`) or frozen (a detached tensor), keeping its value. A
+    /// placeholder stays one (see [`Param`]) until its value comes.
     pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
         match (trainable, self.var.take()) {
             (true, Some(v)) => self.var = Some(v),
+            (true, None) if crate::model::init::is_placeholder(&self.tensor) => {
+                self.undrawn_trainable = true
+            }
             (true, None) => self.var = Some(Var::from_tensor(&self.tensor)?),
             (false, Some(v)) => self.tensor = v.as_tensor().detach(),
-            (false, None) => {}
+            (false, None) => self.undrawn_trainable = false,
         }
         Ok(())
     }
 
     /// Replaces the tensor by `value` of any shape (new storage; a trainable parameter gets a new `Var`).
     /// FSDP uses it to put a gathered weight into a unit's copy and to release a sharded model's weights
-    /// ([`Param::release`]); everything else uses [`Param::set_value`].
+    /// ([`Param::release`]), the shard-only init to put a drawn weight in; everything else uses
+    /// [`Param::set_value`].
     pub fn replace(&mut self, value: Tensor) -> Result<()> {
-        if self.var.is_some() {
+        if self.is_trainable() {
             self.var = Some(Var::from_tensor(&value.detach())?);
+            self.undrawn_trainable = false;
         } else {
             self.tensor = value.detach();
         }
@@ -143,6 +156,7 @@ impl Param {
         );
         match &self.var {
             Some(v) => v.set(&value)?,
+            None if self.undrawn_trainable => self.replace(value)?,
             None => self.tensor = value.detach(),
         }
         Ok(())
@@ -192,4 +206,41 @@ pub fn restore_params(
         }
     });
     err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::{is_placeholder, placeholder};
+    use candle_core::{DType, Device};
+
+    /// A trainable placeholder stays a placeholder (no `Var` copy) and becomes a `Var` of the value it
+    /// is given; a drawn weight becomes a `Var` at once.
+    #[test]
+    fn a_trainable_placeholder_becomes_a_var_only_when_its_value_comes() -> Result<()> {
+        let mut p = Param::frozen(placeholder(&[4096, 4096], DType::F32)?, ParamGroup::Trunk);
+        p.set_trainable(true)?;
+        assert!(p.is_trainable() && p.var().is_none() && is_placeholder(p.tensor()));
+        let value = Tensor::ones((4096, 4096), DType::F32, &Device::Cpu)?;
+        p.set_value(value.clone())?;
+        let var = p.var().expect("a Var once the value came");
+        assert_eq!(
+            var.as_tensor().sum_all()?.to_scalar::<f32>()?,
+            4096.0 * 4096.0
+        );
+        // frozen again, and a placeholder set trainable then frozen stays frozen
+        p.set_trainable(false)?;
+        assert!(!p.is_trainable());
+        let mut q = Param::frozen(placeholder(&[8], DType::F32)?, ParamGroup::Heads);
+        q.set_trainable(true)?;
+        q.set_trainable(false)?;
+        assert!(!q.is_trainable() && is_placeholder(q.tensor()));
+        q.set_trainable(true)?;
+        q.replace(Tensor::zeros(0, DType::F32, &Device::Cpu)?)?; // FSDP's release
+        assert!(q.is_trainable() && q.var().is_some_and(|v| v.elem_count() == 0));
+        let mut r = Param::frozen(value, ParamGroup::Trunk);
+        r.set_trainable(true)?;
+        assert!(r.var().is_some());
+        Ok(())
+    }
 }

@@ -1,4 +1,4 @@
-//! The policy model of a session as step 0 trains it: loaded (or, for a launched LoRA run of a preset,
+//! The policy model of a session as step 0 trains it: loaded (or, for a launched run of a preset,
 //! built of placeholders and drawn shard by shard: [`super::shard_init`]), its LoRA adapters added and
 //! its trained groups switched on.
 
@@ -40,8 +40,8 @@ fn prepare_policy(
 }
 
 /// The policy as step 0 trains it ([`prepare_policy`]), its tokenizer and source. A launched run
-/// (`shard_place` = (world size, rank)) of a preset with a frozen base draws only the weights this
-/// rank's shards read ([`shard_init`]).
+/// (`shard_place` = (world size, rank)) of a preset draws only the weights this rank's shards read
+/// ([`shard_init`]).
 pub fn build_policy(
     cfg: &RunConfig,
     manifest: &Manifest,
@@ -50,7 +50,7 @@ pub fn build_policy(
     opts: &LoadOptions,
     shard_place: Option<(usize, usize)>,
 ) -> Result<(Transformer, Tokenizer, String)> {
-    let shard_only = shard_place.filter(|_| shard_init::shard_only_init(cfg, groups));
+    let shard_only = shard_place.filter(|_| shard_init::shard_only_init(cfg));
     let lm = match shard_only {
         Some(_) => shard_init::placeholder_policy(cfg, opts)?,
         None => load_model(&cfg.model.path, opts)?,

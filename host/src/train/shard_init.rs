@@ -5,26 +5,23 @@
 //! The policy is built of placeholders ([`crate::model::init::placeholder`]: no memory); once its
 //! adapters and trainable flags are set — they decide the FSDP buckets — [`draw_shard_weights`] draws
 //! the weights that overlap this rank's slices (`parallel::fsdp::names_in_shard`), each with the values
-//! the whole model would have (per-tensor streams). FSDP then releases every weight. Only frozen base
-//! weights are left as placeholders (LoRA runs): a trainable weight becomes a `Var`, a copy that would no
-//! longer be recognisable as a placeholder, so full fine-tuning draws everything as before. Reading a
-//! placeholder is an error (`fsdp::shard_unit` checks), never silent zeros.
+//! the whole model would have (per-tensor streams). FSDP then releases every weight. Frozen and trainable
+//! weights alike (LoRA and full fine-tuning): a trainable placeholder stays a placeholder until drawn
+//! (`model::Param`), not a `Var` copy of the whole weight. Reading a placeholder is an error
+//! (`fsdp::shard_unit` checks), never silent zeros.
 
 use super::config::RunConfig;
 use crate::formats::load::{preset_args, LoadOptions, LoadedModel};
 use crate::model::init::random_weights_where;
 use crate::model::weight_map::WeightMap;
-use crate::model::{ParamGroup, Transformer, VisitParams};
+use crate::model::{Transformer, VisitParams};
 use crate::parallel::fsdp::names_in_shard;
 use anyhow::{anyhow, Result};
-use std::collections::BTreeSet;
 
-/// Whether a sharded run's policy can start as placeholders: it is a preset (random) and the trained
-/// groups leave every base weight frozen (LoRA adapters and the value head only).
-pub fn shard_only_init(cfg: &RunConfig, groups: &BTreeSet<ParamGroup>) -> bool {
+/// Whether a sharded run's policy can start as placeholders: it is a preset (random weights; a model
+/// read from files is read whole).
+pub fn shard_only_init(cfg: &RunConfig) -> bool {
     preset_args(&cfg.model.path, cfg.model.n_future_tokens).is_some()
-        && !groups.contains(&ParamGroup::Trunk)
-        && !groups.contains(&ParamGroup::Heads)
 }
 
 /// The preset policy of `cfg` with every weight a placeholder (see the module doc), as `load_model`
@@ -55,7 +52,7 @@ pub fn draw_shard_weights(
         random_weights_where(&model.args, opts.seed, opts.dtype, &|n| wanted.contains(n))?;
     let mut res = Ok(());
     model.visit_mut("", &mut |name, p| {
-        // only the wanted base weights: the rest of `drawn` are placeholders, and adapters (made by
+        // only the wanted weights: the rest of `drawn` are placeholders, and adapters (made by
         // add_lora) are not in it
         if res.is_ok() && wanted.contains(name) {
             if let Some(t) = drawn.remove(name) {

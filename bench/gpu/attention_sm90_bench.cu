@@ -9,6 +9,23 @@
 //   ATTN_SWEEP=1 python3 bench/gpu/ops_reference.py --ours ours.jsonl
 #include <cmath>
 
+#ifdef WS_PHASE_TIMER
+// -DWS_PHASE_TIMER: the consumer loop's phase hooks (attention_sm90.cu) add up clock64() cycles per phase
+// into g_ws_phase (lane 0 of every consumer warp), and main prints the split instead of timing variants.
+#define WS_PHASES 5
+__device__ unsigned long long g_ws_phase[WS_PHASES];
+#define WS_PHASE_BEGIN long long ph_t = clock64(), ph_acc[WS_PHASES] = {0, 0, 0, 0, 0};
+#define WS_PHASE(k)                       \
+  {                                       \
+    const long long ph_n = clock64();     \
+    ph_acc[k] += ph_n - ph_t;             \
+    ph_t = ph_n;                          \
+  }
+#define WS_PHASE_END \
+  if ((threadIdx.x & 31) == 0)                                                                  \
+    for (int i = 0; i < WS_PHASES; i++) atomicAdd(&g_ws_phase[i], (unsigned long long)ph_acc[i]);
+#endif
+
 #include "../../host/kernels/fused.cu"
 #include "../../host/kernels/attention_sm90.cu"
 #include "harness.cuh"
@@ -35,25 +52,25 @@ static Kernel ws_kernel(int d) {
   return k;
 }
 
-// Variants of the forward for the measurements behind WS_CONSUMERS_<D>, WS_STAGES_<D> and WS_EARLY_<D>: NC
-// consumer warpgroups, ST stages, the rescale of O before (EARLY) or after the softmax's wait.
-template <int D, int ST, bool EARLY, int NC>
+// Variants of the forward for the measurements behind WS_CONSUMERS_<D>, WS_STAGES_<D>, WS_EARLY_<D> and the
+// softmax's reductions: NC consumer warpgroups, ST stages, the rescale of O before (EARLY) or after the
+// softmax's wait, TREE: row maxima and sums in four partial chains.
+template <int D, int ST, bool EARLY, int NC, bool TREE>
 __global__ void __launch_bounds__(128 * (NC + 1), 1)
     ws_variant(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv,
                bf16* o, float* lse, int T, int NH, int NKV, float scale_log2) {
-  flash_fwd_ws<D, ST, EARLY, NC>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);
+  flash_fwd_ws<D, ST, EARLY, NC, TREE>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);
 }
-template <int D, int ST, bool EARLY, int NC = 2> static Kernel variant(const char* name) {
+template <int D, int ST, bool EARLY, int NC = 2, bool TREE = false> static Kernel variant(const char* name) {
   Kernel k{name, nullptr, 64 * NC, 128 * (NC + 1), WsSmem<D, ST, NC>::bytes()};
-  k.tma = ws_variant<D, ST, EARLY, NC>;
+  k.tma = ws_variant<D, ST, EARLY, NC, TREE>;
   return k;
 }
-// (nc3: three consumer warpgroups, 192 query rows a CTA, as FlashAttention-3 at head dim 64; nc2: two.)
+// (nc3: three consumer warpgroups, 192 query rows a CTA, as FlashAttention-3 at head dim 64; nc2: two;
+// tree: the production shape with the softmax's reductions in partial chains.)
 static std::vector<Kernel> variants(int d) {
-  if (d == 64)
-    return {variant<64, 2, false>("nc2"), variant<64, 3, false>("nc2-st3"), variant<64, 2, false, 3>("nc3-st2"),
-            variant<64, 3, true, 3>("nc3-st3-early")};
-  return {variant<128, 2, true>("st2-early"), variant<128, 3, false>("st3"), variant<128, 3, true>("st3-early")};
+  if (d == 64) return {variant<64, 2, false>("nc2"), variant<64, 3, false, 3, true>("tree")};
+  return {variant<128, 2, false, 2, true>("tree")};
 }
 
 static void launch(const Kernel& k, const bf16* q, const bf16* kk, const bf16* v, bf16* o, float* lse, int B,
@@ -164,6 +181,36 @@ static void reference(const Case& c, int row_step, std::vector<float>& o, std::v
       }
 }
 
+#ifdef WS_PHASE_TIMER
+// Where a consumer warp's cycles go, per key tile, for the production kernels and the D64 poly variants at
+// the sweep's shapes (one launch each after a warm-up).
+static void phase_split() {
+  const char* names[WS_PHASES] = {"wait_kv", "issue_wait_s", "softmax", "wait_pv", "pack"};
+  for (int t : {2048, 4096})
+    for (int d : {64, 128}) {
+      Case c(16384 / t, t, 2048 / d, 2048 / d, d, 5);
+      std::vector<Kernel> ks = {ws_kernel(d)};
+      for (const Kernel& v : variants(d)) ks.push_back(v);
+      for (const Kernel& kn : ks) {
+        std::vector<float> o, l;
+        c.run(kn, o, l);  // warm-up
+        unsigned long long zero[WS_PHASES] = {0}, acc[WS_PHASES];
+        CHECK(cudaMemcpyToSymbol(g_ws_phase, zero, sizeof zero));
+        c.run(kn, o, l);
+        CHECK(cudaMemcpyFromSymbol(acc, g_ws_phase, sizeof acc));
+        long tiles = 0;  // consumer warps × key tiles, summed over CTAs
+        for (int q0 = 0; q0 < t; q0 += kn.rows) tiles += (long)(std::min(q0 + kn.rows - 1, t - 1) / SM90_BN + 1);
+        tiles *= (long)c.B * c.NH * (kn.rows / 16);
+        printf("{\"phases\": \"%s\", \"T\": %d, \"D\": %d", kn.name, t, d);
+        double total = 0;
+        for (int i = 0; i < WS_PHASES; i++) total += (double)acc[i] / tiles;
+        for (int i = 0; i < WS_PHASES; i++) printf(", \"%s\": %.0f", names[i], (double)acc[i] / tiles);
+        printf(", \"cycles_per_tile\": %.0f}\n", total);
+      }
+    }
+}
+#endif
+
 int main() {
   // correctness: grouped-query heads, a partial last tile, both head dims
   for (int d : {64, 128}) {
@@ -186,6 +233,9 @@ int main() {
     }
   }
   fflush(stdout);
+#ifdef WS_PHASE_TIMER
+  phase_split();
+#else
   // timing at the sweep's shapes: 16,384 tokens × 2,048 features
   for (int t : {2048, 4096})
     for (int d : {64, 128}) {
@@ -207,5 +257,6 @@ int main() {
              again / w);
       fflush(stdout);
     }
+#endif
   return 0;
 }

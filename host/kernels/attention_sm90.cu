@@ -21,7 +21,10 @@
 //     during the softmax (as this kernel once did) let ptxas overwrite P_{j−1} while P·V still read it.
 // No __syncthreads after set-up: every hand-over is an mbarrier. Shared-memory tiles are in the 128-byte
 // swizzle of sm90.cuh, which TMA's SWIZZLE_128B writes. Measured and dropped: the two consumers taking turns
-// on the tensor cores (FlashAttention-3's ping-pong, named barriers) was 1.05–1.18× slower on an H100.
+// on the tensor cores (FlashAttention-3's ping-pong, named barriers) was 1.05–1.18× slower on an H100; a
+// share of the exponentials on the FMA pipe (a cubic for 2^f, every 8th to every 2nd column block) was
+// 1.01–1.11× slower on an H200 — the softmax phase dominates a tile (WS_PHASE hooks below) but not by the
+// MUFU's throughput.
 // The backward (attention_sm90_bwd.cuh) is included at the end.
 #include "sm90.cuh"
 #include "tma.cuh"
@@ -38,10 +41,15 @@ struct Rows {
 // keys past the row (causal) or past T where `masked`, updates the statistics, overwrites S with
 // P = 2^(S·scale − m) (f32; pack_p makes the A fragments once the registers they go into are free), and
 // returns the factors al_a, al_b that rescale the rows' old output.
-template <int BN>
+template <int BN, bool TREE = false>
 __device__ __forceinline__ void softmax_tile(float* s, Rows& r, bool masked, int key0, int T,
                                              int tq, float scale_log2, float& al_a, float& al_b) {
-  float mx_a = -INFINITY, mx_b = -INFINITY;
+  // TREE: four independent partial maxima and sums a row (chains of BN/32 instead of BN/8 dependent
+  // FMNMX/FADD), else one running value
+  constexpr int NP = TREE ? 4 : 1;
+  float pmx_a[NP], pmx_b[NP];
+#pragma unroll
+  for (int i = 0; i < NP; i++) pmx_a[i] = pmx_b[i] = -INFINITY;
 #pragma unroll
   for (int j = 0; j < BN / 8; j++) {
 #pragma unroll
@@ -50,8 +58,14 @@ __device__ __forceinline__ void softmax_tile(float* s, Rows& r, bool masked, int
       int row = e < 2 ? r.a : r.b;
       if (masked && (key > row || key >= T)) s[4 * j + e] = -INFINITY;
     }
-    mx_a = fmaxf(mx_a, fmaxf(s[4 * j], s[4 * j + 1]));
-    mx_b = fmaxf(mx_b, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+    pmx_a[j % NP] = fmaxf(pmx_a[j % NP], fmaxf(s[4 * j], s[4 * j + 1]));
+    pmx_b[j % NP] = fmaxf(pmx_b[j % NP], fmaxf(s[4 * j + 2], s[4 * j + 3]));
+  }
+  float mx_a = pmx_a[0], mx_b = pmx_b[0];
+#pragma unroll
+  for (int i = 1; i < NP; i++) {
+    mx_a = fmaxf(mx_a, pmx_a[i]);
+    mx_b = fmaxf(mx_b, pmx_b[i]);
   }
 #pragma unroll
   for (int o2 = 1; o2 <= 2; o2 <<= 1) {
@@ -65,18 +79,26 @@ __device__ __forceinline__ void softmax_tile(float* s, Rows& r, bool masked, int
   al_b = exp2_ftz(r.m_b - base_b);
   r.m_a = mn_a;
   r.m_b = mn_b;
-  float rs_a = 0.f, rs_b = 0.f;
+  float prs_a[NP], prs_b[NP];
+#pragma unroll
+  for (int i = 0; i < NP; i++) prs_a[i] = prs_b[i] = 0.f;
 #pragma unroll
   for (int j = 0; j < BN / 8; j++) {
     // p = 2^(s·scale − m): one FFMA and one MUFU.EX2 per score
     float p0 = exp2_ftz(fmaf(s[4 * j], scale_log2, -base_a)), p1 = exp2_ftz(fmaf(s[4 * j + 1], scale_log2, -base_a));
     float p2 = exp2_ftz(fmaf(s[4 * j + 2], scale_log2, -base_b)), p3 = exp2_ftz(fmaf(s[4 * j + 3], scale_log2, -base_b));
-    rs_a += p0 + p1;
-    rs_b += p2 + p3;
+    prs_a[j % NP] += p0 + p1;
+    prs_b[j % NP] += p2 + p3;
     s[4 * j] = p0;
     s[4 * j + 1] = p1;
     s[4 * j + 2] = p2;
     s[4 * j + 3] = p3;
+  }
+  float rs_a = prs_a[0], rs_b = prs_b[0];
+#pragma unroll
+  for (int i = 1; i < NP; i++) {
+    rs_a += prs_a[i];
+    rs_b += prs_b[i];
   }
   r.l_a = r.l_a * al_a + rs_a;
   r.l_b = r.l_b * al_b + rs_b;
@@ -209,10 +231,21 @@ __device__ __forceinline__ void ws_release(uint64_t* bar) {
   if ((threadIdx.x & 31) == 0) mbar_arrive(bar);
 }
 
+// Phase timer hooks of the consumer loop, empty here: bench/gpu/attention_sm90_bench.cu built with
+// -DWS_PHASE_TIMER defines them to add up clock64() cycles per phase (waiting for K/V, issuing the products
+// and waiting for S, softmax, waiting for P·V, packing; no hook between issue and wait: a clock read there
+// makes ptxas serialise the wgmma).
+#ifndef WS_PHASE
+#define WS_PHASE_BEGIN
+#define WS_PHASE(k)
+#define WS_PHASE_END
+#endif
+
 // Consumer warpgroup `wg` (0..NC−1): 64 query rows from q0 + 64·wg. EARLY: O is rescaled for tile j − 1's
 // statistics between issuing S_j and P_{j−1}·V_{j−1} (FlashAttention-3's order: the rescale overlaps S_j on
-// the tensor cores), else after the softmax of S_j once P_{j−1}·V_{j−1} is done.
-template <int D, int ST, bool EARLY, int NC>
+// the tensor cores), else after the softmax of S_j once P_{j−1}·V_{j−1} is done. TREE: softmax_tile's
+// reductions in four partial chains.
+template <int D, int ST, bool EARLY, int NC, bool TREE>
 __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int b, int h, int q0, int last, int T, int NH,
                            float scale_log2, int wg) {
   constexpr int BN = SM90_BN;
@@ -227,10 +260,12 @@ __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int
   uint32_t pprev[BN / 16][4];
   float al_a = 1.f, al_b = 1.f;  // the rescale factors of the last softmax
   mbar_wait(sm.q_full(), 0);
+  WS_PHASE_BEGIN
   for (int kt = 0; kt <= last; kt++) {
     const int s = kt % ST, sp = (kt + ST - 1) % ST;
     mbar_wait(sm.k_full(s), (kt / ST) & 1);
     if (kt > 0) mbar_wait(sm.v_full(sp), ((kt - 1) / ST) & 1);
+    WS_PHASE(0)
     float sc[BN / 2];
     wgmma_fence();
     issue_scores<D, 64 * NC, BN>(sc, sm.q, sm.k(s), wg);
@@ -249,14 +284,18 @@ __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int
       wgmma_wait<0>();
     ws_release(sm.k_empty(s));
     fence_regs<BN / 2>(sc);
+    WS_PHASE(1)
     const bool masked = kt * BN + BN - 1 > wg_row0 || (kt + 1) * BN > T;
-    softmax_tile<BN>(sc, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
+    softmax_tile<BN, TREE>(sc, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
+    WS_PHASE(2)
     wgmma_wait<0>();
     hold_regs<BN / 16>(pprev);  // P_{j−1}·V_{j−1} read them until here: only now may P_j go into them
     if (kt > 0) ws_release(sm.v_empty(sp));
     fence_regs<D / 2>(acc);
+    WS_PHASE(3)
     if constexpr (!EARLY) rescale<D>(acc, al_a, al_b);
     pack_p<BN>(sc, pprev);
+    WS_PHASE(4)
   }
   const int sl = last % ST;
   mbar_wait(sm.v_full(sl), (last / ST) & 1);
@@ -268,12 +307,14 @@ __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int
   hold_regs<BN / 16>(pprev);
   fence_regs<D / 2>(acc);
   store_rows<D>(acc, r, o, lse, b, h, T, NH, tq);
+  WS_PHASE_END
 }
 
 // Forward: grid (ceil(T / 64·NC), NH, B), 128·(NC + 1) threads, WsSmem<D, ST, NC>::bytes() of dynamic
 // shared memory; ST stages each of K and V; the q tensor map's boxes are 64·NC rows. NC = 2 consumer
-// warpgroups take 240 registers a thread, NC = 3 take 160.
-template <int D, int ST, bool EARLY, int NC = 2>
+// warpgroups take 240 registers a thread, NC = 3 take 160. TREE: the softmax's row maxima and sums in four
+// partial chains.
+template <int D, int ST, bool EARLY, int NC = 2, bool TREE = false>
 __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, bf16* o, float* lse, int T,
                              int NH, int NKV, float scale_log2) {
   constexpr int BM = 64 * NC;
@@ -301,7 +342,7 @@ __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc
     return;
   }
   setmaxnreg_inc<NC == 2 ? 240 : 160>();
-  ws_consume<D, ST, EARLY, NC>(sm, o, lse, b, h, q0, last, T, NH, scale_log2, wgi - 1);
+  ws_consume<D, ST, EARLY, NC, TREE>(sm, o, lse, b, h, q0, last, T, NH, scale_log2, wgi - 1);
 }
 
 // The host's kernels: consumer warpgroups, stages and rescale order by head dim

@@ -66,11 +66,15 @@ template <int D, int ST, bool EARLY, int NC = 2, bool TREE = false> static Kerne
   k.tma = ws_variant<D, ST, EARLY, NC, TREE>;
   return k;
 }
-// (nc3: three consumer warpgroups, 192 query rows a CTA, as FlashAttention-3 at head dim 64; nc2: two;
-// tree: the production shape with the softmax's reductions in partial chains.)
+// (nc3: three consumer warpgroups, 192 query rows a CTA, as FlashAttention-3 at head dim 64; nc2: two; stN:
+// N stages; early: the early rescale; tree: the production shape with the softmax's reductions in partial
+// chains.)
 static std::vector<Kernel> variants(int d) {
-  if (d == 64) return {variant<64, 2, false>("nc2"), variant<64, 3, false, 3, true>("tree")};
-  return {variant<128, 2, false, 2, true>("tree")};
+  if (d == 64)
+    return {variant<64, 2, false>("nc2"), variant<64, 3, false>("nc2-st3"), variant<64, 2, false, 3>("nc3-st2"),
+            variant<64, 3, true, 3>("nc3-st3-early"), variant<64, 3, false, 3, true>("tree")};
+  return {variant<128, 2, true>("st2-early"), variant<128, 3, false>("st3"), variant<128, 3, true>("st3-early"),
+          variant<128, 2, false, 2, true>("tree")};
 }
 
 static void launch(const Kernel& k, const bf16* q, const bf16* kk, const bf16* v, bf16* o, float* lse, int B,
@@ -182,8 +186,8 @@ static void reference(const Case& c, int row_step, std::vector<float>& o, std::v
 }
 
 #ifdef WS_PHASE_TIMER
-// Where a consumer warp's cycles go, per key tile, for the production kernels and the D64 poly variants at
-// the sweep's shapes (one launch each after a warm-up).
+// Where a consumer warp's cycles go, per key tile, for the production kernels and the variants at the
+// sweep's shapes (one launch each after a warm-up).
 static void phase_split() {
   const char* names[WS_PHASES] = {"wait_kv", "issue_wait_s", "softmax", "wait_pv", "pack"};
   for (int t : {2048, 4096})

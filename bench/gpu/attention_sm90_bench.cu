@@ -53,28 +53,27 @@ static Kernel ws_kernel(int d) {
 }
 
 // Variants of the forward for the measurements behind WS_CONSUMERS_<D>, WS_STAGES_<D>, WS_EARLY_<D> and the
-// softmax's reductions: NC consumer warpgroups, ST stages, the rescale of O before (EARLY) or after the
-// softmax's wait, TREE: row maxima and sums in four partial chains.
-template <int D, int ST, bool EARLY, int NC, bool TREE>
+// softmax's per-tile mask: NC consumer warpgroups, ST stages, the rescale of O before (EARLY) or after the
+// softmax's wait, MASK_ALL: every key tile through the masked softmax.
+template <int D, int ST, bool EARLY, int NC, bool MASK_ALL>
 __global__ void __launch_bounds__(128 * (NC + 1), 1)
     ws_variant(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv,
                bf16* o, float* lse, int T, int NH, int NKV, float scale_log2) {
-  flash_fwd_ws<D, ST, EARLY, NC, TREE>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);
+  flash_fwd_ws<D, ST, EARLY, NC, MASK_ALL>(&tq, &tk, &tv, o, lse, T, NH, NKV, scale_log2);
 }
-template <int D, int ST, bool EARLY, int NC = 2, bool TREE = false> static Kernel variant(const char* name) {
+template <int D, int ST, bool EARLY, int NC = 2, bool MASK_ALL = false> static Kernel variant(const char* name) {
   Kernel k{name, nullptr, 64 * NC, 128 * (NC + 1), WsSmem<D, ST, NC>::bytes()};
-  k.tma = ws_variant<D, ST, EARLY, NC, TREE>;
+  k.tma = ws_variant<D, ST, EARLY, NC, MASK_ALL>;
   return k;
 }
 // (nc3: three consumer warpgroups, 192 query rows a CTA, as FlashAttention-3 at head dim 64; nc2: two; stN:
-// N stages; early: the early rescale; tree: the production shape with the softmax's reductions in partial
-// chains.)
+// N stages; early: the early rescale; mask-all: the production shape with every tile masked.)
 static std::vector<Kernel> variants(int d) {
   if (d == 64)
     return {variant<64, 2, false>("nc2"), variant<64, 3, false>("nc2-st3"), variant<64, 2, false, 3>("nc3-st2"),
-            variant<64, 3, true, 3>("nc3-st3-early"), variant<64, 3, false, 3, true>("tree")};
+            variant<64, 3, true, 3>("nc3-st3-early"), variant<64, 3, false, 3, true>("mask-all")};
   return {variant<128, 2, true>("st2-early"), variant<128, 3, false>("st3"), variant<128, 3, true>("st3-early"),
-          variant<128, 2, false, 2, true>("tree")};
+          variant<128, 2, false, 2, true>("mask-all")};
 }
 
 static void launch(const Kernel& k, const bf16* q, const bf16* kk, const bf16* v, bf16* o, float* lse, int B,

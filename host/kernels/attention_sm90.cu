@@ -15,7 +15,8 @@
 //     O += P_{j−1}·V_{j−1}  wgmma m64nDk16, P from registers (the S accumulators packed to bf16 are exactly
 //                    the A fragments), V MN-major in shared memory (transposed operand)  (BN/16 instructions)
 //     both issued together; K_j's stage is released once S_j is done, and the online softmax of S_j
-//     (one FFMA and one ex2 per score, running max m and sum l per row) runs while the P·V product does
+//     (one FFMA and one ex2 per score, running max m and sum l per row; the causal/T mask only in tiles
+//     that cross this warpgroup's diagonal or T) runs while the P·V product does
 //     (intra-warpgroup overlap); then V_{j−1}'s stage is released, O rescaled, and P_j packed to bf16 into
 //     the registers P_{j−1} held — only now: wgmma reads its register operand asynchronously, and packing
 //     during the softmax (as this kernel once did) let ptxas overwrite P_{j−1} while P·V still read it.
@@ -24,7 +25,8 @@
 // on the tensor cores (FlashAttention-3's ping-pong, named barriers) was 1.05–1.18× slower on an H100; a
 // share of the exponentials on the FMA pipe (a cubic for 2^f, every 8th to every 2nd column block) was
 // 1.01–1.11× slower on an H200 — the softmax phase dominates a tile (WS_PHASE hooks below) but not by the
-// MUFU's throughput.
+// MUFU's throughput; the row maxima and sums in four partial chains instead of one were 0.94–1.02× on an
+// H100 (noise at head dim 128, slower at 64).
 // The backward (attention_sm90_bwd.cuh) is included at the end.
 #include "sm90.cuh"
 #include "tma.cuh"
@@ -38,34 +40,26 @@ struct Rows {
 };
 
 // Online softmax of one score tile S [64 × BN] (wgmma accumulator layout) whose first key is key0: masks
-// keys past the row (causal) or past T where `masked`, updates the statistics, overwrites S with
+// keys past the row (causal) or past T where MASKED, updates the statistics, overwrites S with
 // P = 2^(S·scale − m) (f32; pack_p makes the A fragments once the registers they go into are free), and
-// returns the factors al_a, al_b that rescale the rows' old output.
-template <int BN, bool TREE = false>
-__device__ __forceinline__ void softmax_tile(float* s, Rows& r, bool masked, int key0, int T,
-                                             int tq, float scale_log2, float& al_a, float& al_b) {
-  // TREE: four independent partial maxima and sums a row (chains of BN/32 instead of BN/8 dependent
-  // FMNMX/FADD), else one running value
-  constexpr int NP = TREE ? 4 : 1;
-  float pmx_a[NP], pmx_b[NP];
-#pragma unroll
-  for (int i = 0; i < NP; i++) pmx_a[i] = pmx_b[i] = -INFINITY;
+// returns the factors al_a, al_b that rescale the rows' old output. The caller picks MASKED per tile under a
+// branch: only tiles that cross the diagonal or T pay the mask (a compare and a select a score; with the
+// mask under a run-time flag ptxas predicated it into every tile, ~250 of the loop's ~845 instructions).
+template <int BN, bool MASKED>
+__device__ __forceinline__ void softmax_tile(float* s, Rows& r, int key0, int T, int tq, float scale_log2,
+                                             float& al_a, float& al_b) {
+  // key ≥ min(row + 1, T) is masked; as a column c of this thread (key0 + c + 2tq): c ≥ lim
+  const int lim_a = min(r.a + 1, T) - key0 - 2 * tq, lim_b = min(r.b + 1, T) - key0 - 2 * tq;
+  float mx_a = -INFINITY, mx_b = -INFINITY;
 #pragma unroll
   for (int j = 0; j < BN / 8; j++) {
+    if constexpr (MASKED) {
 #pragma unroll
-    for (int e = 0; e < 4; e++) {
-      int key = key0 + j * 8 + 2 * tq + (e & 1);
-      int row = e < 2 ? r.a : r.b;
-      if (masked && (key > row || key >= T)) s[4 * j + e] = -INFINITY;
+      for (int e = 0; e < 4; e++)
+        if (j * 8 + (e & 1) >= (e < 2 ? lim_a : lim_b)) s[4 * j + e] = -INFINITY;
     }
-    pmx_a[j % NP] = fmaxf(pmx_a[j % NP], fmaxf(s[4 * j], s[4 * j + 1]));
-    pmx_b[j % NP] = fmaxf(pmx_b[j % NP], fmaxf(s[4 * j + 2], s[4 * j + 3]));
-  }
-  float mx_a = pmx_a[0], mx_b = pmx_b[0];
-#pragma unroll
-  for (int i = 1; i < NP; i++) {
-    mx_a = fmaxf(mx_a, pmx_a[i]);
-    mx_b = fmaxf(mx_b, pmx_b[i]);
+    mx_a = fmaxf(mx_a, fmaxf(s[4 * j], s[4 * j + 1]));
+    mx_b = fmaxf(mx_b, fmaxf(s[4 * j + 2], s[4 * j + 3]));
   }
 #pragma unroll
   for (int o2 = 1; o2 <= 2; o2 <<= 1) {
@@ -79,26 +73,18 @@ __device__ __forceinline__ void softmax_tile(float* s, Rows& r, bool masked, int
   al_b = exp2_ftz(r.m_b - base_b);
   r.m_a = mn_a;
   r.m_b = mn_b;
-  float prs_a[NP], prs_b[NP];
-#pragma unroll
-  for (int i = 0; i < NP; i++) prs_a[i] = prs_b[i] = 0.f;
+  float rs_a = 0.f, rs_b = 0.f;
 #pragma unroll
   for (int j = 0; j < BN / 8; j++) {
     // p = 2^(s·scale − m): one FFMA and one MUFU.EX2 per score
     float p0 = exp2_ftz(fmaf(s[4 * j], scale_log2, -base_a)), p1 = exp2_ftz(fmaf(s[4 * j + 1], scale_log2, -base_a));
     float p2 = exp2_ftz(fmaf(s[4 * j + 2], scale_log2, -base_b)), p3 = exp2_ftz(fmaf(s[4 * j + 3], scale_log2, -base_b));
-    prs_a[j % NP] += p0 + p1;
-    prs_b[j % NP] += p2 + p3;
+    rs_a += p0 + p1;
+    rs_b += p2 + p3;
     s[4 * j] = p0;
     s[4 * j + 1] = p1;
     s[4 * j + 2] = p2;
     s[4 * j + 3] = p3;
-  }
-  float rs_a = prs_a[0], rs_b = prs_b[0];
-#pragma unroll
-  for (int i = 1; i < NP; i++) {
-    rs_a += prs_a[i];
-    rs_b += prs_b[i];
   }
   r.l_a = r.l_a * al_a + rs_a;
   r.l_b = r.l_b * al_b + rs_b;
@@ -128,21 +114,20 @@ template <int D> __device__ __forceinline__ void rescale(float* acc, float al_a,
 // S = Q·Kᵀ for this warpgroup's 64 rows: D/16 wgmma (not committed).
 template <int D, int BM, int BN>
 __device__ __forceinline__ void issue_scores(float* s, const unsigned char* sq, const unsigned char* sk, int wg) {
+  const uint64_t da = sw128_desc(sq + wg * 64 * 128, 16, 1024), db = sw128_desc(sk, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk++) {
     const int half = kk >> 2, col = (kk & 3) * 32;
-    uint64_t da = sw128_desc(sq + half * (BM * 128) + wg * 64 * 128 + col, 16, 1024);
-    uint64_t db = sw128_desc(sk + half * (BN * 128) + col, 16, 1024);
-    wgmma_ss_n128(s, da, db, kk > 0);
+    wgmma_ss_n128(s, desc_plus(da, half * (BM * 128) + col), desc_plus(db, half * (BN * 128) + col), kk > 0);
   }
 }
 
 // O += P·V: BN/16 wgmma (not committed).
 template <int D, int BN>
 __device__ __forceinline__ void issue_pv(float* acc, const uint32_t (*pf)[4], const unsigned char* sv) {
+  const uint64_t dv = sw128_desc(sv, BN * 128, 1024);
 #pragma unroll
-  for (int kk = 0; kk < BN / 16; kk++)
-    wgmma_rs_tb<D>(acc, pf[kk], sw128_desc(sv + kk * 16 * 128, BN * 128, 1024));
+  for (int kk = 0; kk < BN / 16; kk++) wgmma_rs_tb<D>(acc, pf[kk], desc_plus(dv, kk * 16 * 128));
 }
 
 // o = acc / l for rows a and b (those below T) and lse = m + log2 l.
@@ -243,9 +228,9 @@ __device__ __forceinline__ void ws_release(uint64_t* bar) {
 
 // Consumer warpgroup `wg` (0..NC−1): 64 query rows from q0 + 64·wg. EARLY: O is rescaled for tile j − 1's
 // statistics between issuing S_j and P_{j−1}·V_{j−1} (FlashAttention-3's order: the rescale overlaps S_j on
-// the tensor cores), else after the softmax of S_j once P_{j−1}·V_{j−1} is done. TREE: softmax_tile's
-// reductions in four partial chains.
-template <int D, int ST, bool EARLY, int NC, bool TREE>
+// the tensor cores), else after the softmax of S_j once P_{j−1}·V_{j−1} is done. MASK_ALL: every tile takes
+// the masked softmax (a benchmark's baseline for the per-tile choice; the host's kernels pass false).
+template <int D, int ST, bool EARLY, int NC, bool MASK_ALL>
 __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int b, int h, int q0, int last, int T, int NH,
                            float scale_log2, int wg) {
   constexpr int BN = SM90_BN;
@@ -285,8 +270,11 @@ __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int
     ws_release(sm.k_empty(s));
     fence_regs<BN / 2>(sc);
     WS_PHASE(1)
-    const bool masked = kt * BN + BN - 1 > wg_row0 || (kt + 1) * BN > T;
-    softmax_tile<BN, TREE>(sc, r, masked, kt * BN, T, tq, scale_log2, al_a, al_b);
+    // the tile crosses this warpgroup's diagonal or T: mask it
+    if (MASK_ALL || kt * BN + BN - 1 > wg_row0 || (kt + 1) * BN > T)
+      softmax_tile<BN, true>(sc, r, kt * BN, T, tq, scale_log2, al_a, al_b);
+    else
+      softmax_tile<BN, false>(sc, r, kt * BN, T, tq, scale_log2, al_a, al_b);
     WS_PHASE(2)
     wgmma_wait<0>();
     hold_regs<BN / 16>(pprev);  // P_{j−1}·V_{j−1} read them until here: only now may P_j go into them
@@ -312,9 +300,8 @@ __device__ void ws_consume(const WsSmem<D, ST, NC>& sm, bf16* o, float* lse, int
 
 // Forward: grid (ceil(T / 64·NC), NH, B), 128·(NC + 1) threads, WsSmem<D, ST, NC>::bytes() of dynamic
 // shared memory; ST stages each of K and V; the q tensor map's boxes are 64·NC rows. NC = 2 consumer
-// warpgroups take 240 registers a thread, NC = 3 take 160. TREE: the softmax's row maxima and sums in four
-// partial chains.
-template <int D, int ST, bool EARLY, int NC = 2, bool TREE = false>
+// warpgroups take 240 registers a thread, NC = 3 take 160. MASK_ALL: as ws_consume.
+template <int D, int ST, bool EARLY, int NC = 2, bool MASK_ALL = false>
 __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, bf16* o, float* lse, int T,
                              int NH, int NKV, float scale_log2) {
   constexpr int BM = 64 * NC;
@@ -342,7 +329,7 @@ __device__ void flash_fwd_ws(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc
     return;
   }
   setmaxnreg_inc<NC == 2 ? 240 : 160>();
-  ws_consume<D, ST, EARLY, NC, TREE>(sm, o, lse, b, h, q0, last, T, NH, scale_log2, wgi - 1);
+  ws_consume<D, ST, EARLY, NC, MASK_ALL>(sm, o, lse, b, h, q0, last, T, NH, scale_log2, wgi - 1);
 }
 
 // The host's kernels: consumer warpgroups, stages and rescale order by head dim

@@ -8,12 +8,14 @@
 // tiles of BM = 64 rows that see them (from the diagonal), for every query head of the group. Per tile:
 //   Sᵀ  = K·Qᵀ    wgmma m64n64k16, K and Q K-major in shared memory              (D/16 instructions)
 //   dPᵀ = V·dOᵀ   the same with V and dO                                          (D/16)
-//   Pᵀ = exp2(Sᵀ·scale_log2 − lse), dSᵀ = Pᵀ ⊙ (dPᵀ − delta), in registers (masked: key > query, past T)
+//   Pᵀ = exp2(Sᵀ·scale_log2 − lse), dSᵀ = Pᵀ ⊙ (dPᵀ − delta), in registers (masked: key > query, past T;
+//                  only tiles that cross the diagonal or T take the masked code)
 //   dV += Pᵀ·dO, dK += dSᵀ·Q   wgmma m64nDk16, Pᵀ/dSᵀ from registers, dO/Q MN-major in shared memory
 //   dSᵀ → shared memory ([128 keys][64 queries], one 128-byte swizzled row per key)
 //   dQ = dS·K      wgmma m64n64k16, dS and K both MN-major in shared memory; at D = 128 warpgroup w
 //                  takes columns 64w.. over all 128 keys, at D = 64 it takes its own 64 keys (both add)
-//   dQ → dq_acc    after the next tile's Sᵀ/dPᵀ products are issued, each warp stores its 16 rows into an
+//   dQ → dq_acc    after the next tile's Sᵀ/dPᵀ products are issued (at D = 64 before the wait for dQ, so
+//                  that the tensor cores have them queued), each warp stores its 16 rows into an
 //                  f32 tile in shared memory and one lane issues TMA reduce-adds (cp.reduce.async.bulk) of
 //                  it into dq_acc: the copy engine does the adds, the warp goes on. (With float2 atomics
 //                  from every thread instead, the atomics were ~30% of the kernel's time.)
@@ -62,11 +64,11 @@ template <int D, int ST> struct BwdSmem {
 template <int D>
 __device__ __forceinline__ void issue_xyt(float* acc, const unsigned char* x, const unsigned char* y, int wg) {
   constexpr int BN = SM90_BWD_BN, BM = SM90_BWD_BM;
+  const uint64_t dx = sw128_desc(x + wg * 64 * 128, 16, 1024), dy = sw128_desc(y, 16, 1024);
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk++) {
     const int half = kk >> 2, col = (kk & 3) * 32;
-    wgmma_ss_n64(acc, sw128_desc(x + half * (BN * 128) + wg * 64 * 128 + col, 16, 1024),
-                 sw128_desc(y + half * (BM * 128) + col, 16, 1024), kk > 0);
+    wgmma_ss_n64(acc, desc_plus(dx, half * (BN * 128) + col), desc_plus(dy, half * (BM * 128) + col), kk > 0);
   }
   wgmma_commit();
 }
@@ -75,23 +77,36 @@ __device__ __forceinline__ void issue_xyt(float* acc, const unsigned char* x, co
 // overlap them) or only after them: at D = 128 the registers do not hold dK, dV, dQ and both in flight
 // (ptxas would serialise every wgmma).
 template <int D> constexpr bool EARLY_DP = D == 64;
+// Whether tile it + 1's Sᵀ/dPᵀ products are issued before the wait for tile it's dQ (the tensor cores have
+// them queued while the warps write dQ out) or after it.
+template <int D> constexpr bool NEXT_BEFORE_DQ_WAIT = D == 64;
 
 // Pᵀ and dSᵀ of one (64 keys × 64 queries) tile from the score and dP accumulators, as bf16 A fragments
 // pf/sf [BM/16][4]. Keys key_a/key_b are this thread's rows; query column j·8 + 2tq (+1) reads lse/delta
-// from shared memory.
+// from shared memory. MASKED (chosen per tile by the caller, under a branch, so that tiles off the diagonal
+// and inside T skip the compares): P = 0 where key > query, query ≥ T or key ≥ T.
+template <bool MASKED>
 __device__ __forceinline__ void probs_and_dscores(const float* st, const float* dpt, uint32_t (*pf)[4],
                                                   uint32_t (*sf)[4], const float* ls, const float* dl,
                                                   int key_a, int key_b, int query0, int T, int tq,
                                                   float scale_log2) {
+  // as a column c of this thread (query query0 + c + 2tq): masked where c < lo (key > query; every c where
+  // key ≥ T) or c ≥ hi (query ≥ T)
+  const int c0 = query0 + 2 * tq, hi = T - c0;
+  const int lo_a = key_a >= T ? SM90_BWD_BM : key_a - c0, lo_b = key_b >= T ? SM90_BWD_BM : key_b - c0;
 #pragma unroll
   for (int j = 0; j < SM90_BWD_BM / 8; j++) {
     float pv[4], sv[4];
+    // lse and delta of the thread's two query columns, one 8-byte load each
+    const float2 l2 = *reinterpret_cast<const float2*>(ls + j * 8 + 2 * tq),
+                 d2 = *reinterpret_cast<const float2*>(dl + j * 8 + 2 * tq);
 #pragma unroll
     for (int e = 0; e < 4; e++) {
-      const int qi = j * 8 + 2 * tq + (e & 1), query = query0 + qi, key = e < 2 ? key_a : key_b;
-      const float p = (key > query || query >= T || key >= T) ? 0.f : exp2_ftz(st[4 * j + e] * scale_log2 - ls[qi]);
+      const int c = j * 8 + (e & 1);
+      const bool off = MASKED && (c < (e < 2 ? lo_a : lo_b) || c >= hi);
+      const float p = off ? 0.f : exp2_ftz(st[4 * j + e] * scale_log2 - ((e & 1) ? l2.y : l2.x));
       pv[e] = p;
-      sv[e] = p * (dpt[4 * j + e] - dl[qi]);
+      sv[e] = p * (dpt[4 * j + e] - ((e & 1) ? d2.y : d2.x));
     }
     pf[j / 2][(j & 1) * 2 + 0] = pack2(pv[0], pv[1]);
     pf[j / 2][(j & 1) * 2 + 1] = pack2(pv[2], pv[3]);
@@ -118,11 +133,12 @@ __device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D, ST>& sm, in
   constexpr int BN = SM90_BWD_BN;
   constexpr int steps = D == 128 ? BN / 16 : 4;
   const int key0 = D == 128 ? 0 : wg * 64, b_half = D == 128 ? wg * (BN * 128) : 0;
+  const uint64_t dds = sw128_desc(sm.ds(buf) + key0 * 128, BN * 128, 1024),
+                 dk = sw128_desc(sm.k + b_half + key0 * 128, BN * 128, 1024);
 #pragma unroll
   for (int kk = 0; kk < steps; kk++) {
-    const int row = (key0 + kk * 16) * 128;
-    wgmma_ss_n64_tt(dqa, sw128_desc(sm.ds(buf) + row, BN * 128, 1024), sw128_desc(sm.k + b_half + row, BN * 128, 1024),
-                    kk > 0);
+    const int row = kk * 16 * 128;
+    wgmma_ss_n64_tt(dqa, desc_plus(dds, row), desc_plus(dk, row), kk > 0);
   }
   wgmma_commit();
   return D == 128 ? wg * 64 : 0;
@@ -178,13 +194,20 @@ __device__ __forceinline__ void tile_dkdv(float* dka, float* dva, uint32_t (*pf)
   wgmma_wait<0>();
   fence_regs<BM / 2>(st);
   fence_regs<BM / 2>(dpt);
-  probs_and_dscores(st, dpt, pf, sf, sm.ls(stage), sm.ls(stage) + BM, key_a, key_a + 8, query0, T, tq,
-                    scale_log2);
+  // this warpgroup's 64 keys reach past the tile's first query, or the tile or the keys cross T: mask
+  const int wg_key0 = key_a & ~63;
+  if (wg_key0 + 63 > query0 || query0 + BM > T || wg_key0 + 64 > T)
+    probs_and_dscores<true>(st, dpt, pf, sf, sm.ls(stage), sm.ls(stage) + BM, key_a, key_a + 8, query0, T, tq,
+                            scale_log2);
+  else
+    probs_and_dscores<false>(st, dpt, pf, sf, sm.ls(stage), sm.ls(stage) + BM, key_a, key_a + 8, query0, T, tq,
+                             scale_log2);
   wgmma_fence();
+  const uint64_t ddo = sw128_desc(sm.dout(stage), BM * 128, 1024), dq = sw128_desc(sm.q(stage), BM * 128, 1024);
 #pragma unroll
   for (int kk = 0; kk < BM / 16; kk++) {
-    wgmma_rs_tb<D>(dva, pf[kk], sw128_desc(sm.dout(stage) + kk * 16 * 128, BM * 128, 1024));
-    wgmma_rs_tb<D>(dka, sf[kk], sw128_desc(sm.q(stage) + kk * 16 * 128, BM * 128, 1024));
+    wgmma_rs_tb<D>(dva, pf[kk], desc_plus(ddo, kk * 16 * 128));
+    wgmma_rs_tb<D>(dka, sf[kk], desc_plus(dq, kk * 16 * 128));
   }
   wgmma_commit();
 }
@@ -274,13 +297,20 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
     float dqa[32];
     wgmma_fence();
     const int col0 = issue_dq<D, ST>(dqa, sm, buf, wg);
-    wgmma_wait<0>();
+    // tile it + 1's products, also after the last tile (of a stale stage, never read: no wgmma under a
+    // branch), go in before (NEXT_BEFORE_DQ_WAIT) or after the wait for dQ
+    if constexpr (NEXT_BEFORE_DQ_WAIT<D>) {
+      begin(it + 1);
+      wgmma_wait<EARLY_DP<D> ? 2 : 1>();  // all but the Sᵀ (and dPᵀ) groups just committed
+    } else {
+      wgmma_wait<0>();
+    }
     fence_regs<32>(dqa);
     hold_regs<BM / 16>(pf);  // dV += Pᵀ·dO and dK += dSᵀ·Q read them until here
     hold_regs<BM / 16>(sf);
     fence_regs<D / 2>(dka);
     fence_regs<D / 2>(dva);
-    begin(it + 1);  // also after the last tile (products of a stale stage, never read): no wgmma under a branch
+    if constexpr (!NEXT_BEFORE_DQ_WAIT<D>) begin(it + 1);
     if (DQ == SM90_DQ_REDUCE) {
       if (lane == 0) bulk_wait_read<0>();  // the previous tile's dQ has left the warp's tile
       __syncwarp();

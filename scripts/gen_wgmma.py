@@ -56,3 +56,4 @@ for n in SHAPES:
     print(ss(n))
     print(rs_tb(n))
 print(ss(64, transposed=True))
+print(ss(32, transposed=True))

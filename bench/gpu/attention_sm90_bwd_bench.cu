@@ -14,26 +14,28 @@
 #include "../../host/kernels/attention_sm90.cu"
 #include "harness.cuh"
 
-// The wgmma backward with dQ written as DQ (SM90_DQ_*).
-template <int D, int ST, int DQ>
+// The wgmma backward with dQ written as DQ (SM90_DQ_*), split as DQC (DQ_COLS).
+template <int D, int ST, int DQ, int DQC = DQ_COLS<D>>
 __global__ void __launch_bounds__(256, 1)
     bwd_variant(const __grid_constant__ TmaDesc tq, const __grid_constant__ TmaDesc tk, const __grid_constant__ TmaDesc tv,
                 const __grid_constant__ TmaDesc tdo, const __grid_constant__ TmaDesc tdq, const float* lse,
                 const float* delta, bf16* dk, bf16* dv, int T, int NH, int NKV, float sl2, float scale) {
-  flash_bwd_sm90<D, ST, DQ>(&tq, &tk, &tv, &tdo, &tdq, lse, delta, dk, dv, T, NH, NKV, sl2, scale);
+  flash_bwd_sm90<D, ST, DQ, DQC>(&tq, &tk, &tv, &tdo, &tdq, lse, delta, dk, dv, T, NH, NKV, sl2, scale);
 }
 typedef void (*Bwd)(const TmaDesc, const TmaDesc, const TmaDesc, const TmaDesc, const TmaDesc, const float*,
                     const float*, bf16*, bf16*, int, int, int, float, float);
-// Which backward a run launches: the host's kernels, the wgmma one without dQ (a bound), or with two
-// Q/dO stages (the variant behind SM90_BWD_STAGES_<D>).
-enum Variant { MMA_SYNC, WGMMA, WGMMA_NO_DQ, WGMMA_2_STAGES };
-static const char* NAMES[] = {"mma.sync", "wgmma", "wgmma no dQ", "wgmma 2 stages"};
+// Which backward a run launches: the host's kernels, the wgmma one without dQ (a bound), with two Q/dO
+// stages (the variant behind SM90_BWD_STAGES_<D>), or at head dim 64 with dQ as two 32-column halves over
+// all keys (DQ_COLS; at 128 the host's kernel).
+enum Variant { MMA_SYNC, WGMMA, WGMMA_NO_DQ, WGMMA_2_STAGES, WGMMA_DQ_HALVES };
+static const char* NAMES[] = {"mma.sync", "wgmma", "wgmma no dQ", "wgmma 2 stages", "wgmma dq halves"};
 static Bwd wgmma_kernel(Variant m, int D) {
   if (D == 64)
-    return m == WGMMA ? flash_bwd_sm90_d64
-           : m == WGMMA_NO_DQ ? bwd_variant<64, SM90_BWD_STAGES_64, SM90_DQ_NONE>
-                              : bwd_variant<64, 2, SM90_DQ_REDUCE>;
-  return m == WGMMA ? flash_bwd_sm90_d128
+    return m == WGMMA             ? flash_bwd_sm90_d64
+           : m == WGMMA_NO_DQ     ? bwd_variant<64, SM90_BWD_STAGES_64, SM90_DQ_NONE>
+           : m == WGMMA_DQ_HALVES ? bwd_variant<64, SM90_BWD_STAGES_64, SM90_DQ_REDUCE, 32>
+                                  : bwd_variant<64, 2, SM90_DQ_REDUCE>;
+  return m == WGMMA || m == WGMMA_DQ_HALVES ? flash_bwd_sm90_d128
          : m == WGMMA_NO_DQ ? bwd_variant<128, SM90_BWD_STAGES_128, SM90_DQ_NONE>
                             : bwd_variant<128, 2, SM90_DQ_REDUCE>;
 }
@@ -162,9 +164,9 @@ int main() {
   for (int d : {64, 128})
     for (int t : {700, 257, 64}) {
       Case c(1, t, 8, 2, d, 31 + d + t);
-      std::vector<float> ref[3], got[4][3];
+      std::vector<float> ref[3], got[5][3];
       c.reference(ref[0], ref[1], ref[2]);
-      for (Variant i : {MMA_SYNC, WGMMA, WGMMA_2_STAGES}) {
+      for (Variant i : {MMA_SYNC, WGMMA, WGMMA_2_STAGES, WGMMA_DQ_HALVES}) {
         c.grads(i, got[i][0], got[i][1], got[i][2]);
         char what[64];
         snprintf(what, sizeof what, "%s bwd vs f32", NAMES[i]);
@@ -181,12 +183,15 @@ int main() {
       compare("wgmma bwd vs mma.sync", c, b, a);
       c.grads(WGMMA_2_STAGES, b[0], b[1], b[2]);
       compare("wgmma 2 stages bwd vs mma.sync", c, b, a);
-      float ms[4];
-      for (int m = 0; m < 4; m++) ms[m] = c.ms((Variant)m, 20);
+      c.grads(WGMMA_DQ_HALVES, b[0], b[1], b[2]);
+      compare("wgmma dq halves bwd vs mma.sync", c, b, a);
+      float ms[5];
+      for (int m = 0; m < 5; m++) ms[m] = c.ms((Variant)m, 20);
       const float again = c.ms(WGMMA, 20);  // the host's kernel timed again last: an order effect shows
       printf("{\"op\": \"attention T%d D%d bwd\", \"ms\": %.4f, \"ms_again\": %.4f, \"mma_sync_ms\": %.4f, "
-             "\"no_dq_ms\": %.4f, \"two_stages_ms\": %.4f, \"wgmma_over_mma_sync\": %.3f}\n",
-             t, d, ms[WGMMA], again, ms[MMA_SYNC], ms[WGMMA_NO_DQ], ms[WGMMA_2_STAGES], ms[WGMMA] / ms[MMA_SYNC]);
+             "\"no_dq_ms\": %.4f, \"two_stages_ms\": %.4f, \"dq_halves_ms\": %.4f, \"wgmma_over_mma_sync\": %.3f}\n",
+             t, d, ms[WGMMA], again, ms[MMA_SYNC], ms[WGMMA_NO_DQ], ms[WGMMA_2_STAGES], ms[WGMMA_DQ_HALVES],
+             ms[WGMMA] / ms[MMA_SYNC]);
       fflush(stdout);
     }
   return 0;

@@ -13,7 +13,8 @@
 //   dV += Pᵀ·dO, dK += dSᵀ·Q   wgmma m64nDk16, Pᵀ/dSᵀ from registers, dO/Q MN-major in shared memory
 //   dSᵀ → shared memory ([128 keys][64 queries], one 128-byte swizzled row per key)
 //   dQ = dS·K      wgmma m64n64k16, dS and K both MN-major in shared memory; at D = 128 warpgroup w
-//                  takes columns 64w.. over all 128 keys, at D = 64 it takes its own 64 keys (both add)
+//                  takes columns 64w.. over all 128 keys, at D = 64 it takes its own 64 keys (both add;
+//                  DQ_COLS)
 //   dQ → dq_acc    after the next tile's Sᵀ/dPᵀ products are issued (at D = 64 before the wait for dQ, so
 //                  that the tensor cores have them queued), each warp stores its 16 rows into an
 //                  f32 tile in shared memory and one lane issues TMA reduce-adds (cp.reduce.async.bulk) of
@@ -126,32 +127,48 @@ __device__ __forceinline__ void store_dst(unsigned char* ds, const uint32_t (*sf
   }
 }
 
-// dQ [64 queries × 64 columns] of this warpgroup: dS·K (dSᵀ tile `buf`) over all 128 keys for columns 64·wg.. (D = 128) or
-// over its own 64 keys for all 64 columns (D = 64). Committed, not waited. Returns the first column.
-template <int D, int ST>
+// How a warpgroup's dQ product splits the work (DQC: the dQ columns it covers). D = 128: columns 64·wg..
+// over all 128 keys. D = 64, DQC = 64 (the host's): all 64 columns over its own 64 keys — both warpgroups
+// then write and reduce a full 64 × 64 f32 tile a query tile; DQC = 32: columns 32·wg.. over all 128 keys (B
+// starts 64 bytes into K's 128-byte swizzled rows), half the dQ stores and reduces — a variant in
+// bench/gpu/attention_sm90_bwd_bench.cu ("dq halves"), not yet run on a GPU.
+template <int D> constexpr int DQ_COLS = 64;
+
+// dQ [64 queries × DQC] of this warpgroup: dS·K (dSᵀ tile `buf`), split as DQ_COLS says. Committed, not
+// waited. Returns the first column.
+template <int D, int ST, int DQC>
 __device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D, ST>& sm, int buf, int wg) {
   constexpr int BN = SM90_BWD_BN;
-  constexpr int steps = D == 128 ? BN / 16 : 4;
-  const int key0 = D == 128 ? 0 : wg * 64, b_half = D == 128 ? wg * (BN * 128) : 0;
-  const uint64_t dds = sw128_desc(sm.ds(buf) + key0 * 128, BN * 128, 1024),
-                 dk = sw128_desc(sm.k + b_half + key0 * 128, BN * 128, 1024);
+  if constexpr (DQC == 32) {  // D = 64: columns 32·wg.., all keys
+    const uint64_t dds = sw128_desc(sm.ds(buf), BN * 128, 1024), dk = sw128_desc(sm.k + wg * 64, BN * 128, 1024);
 #pragma unroll
-  for (int kk = 0; kk < steps; kk++) {
-    const int row = kk * 16 * 128;
-    wgmma_ss_n64_tt(dqa, desc_plus(dds, row), desc_plus(dk, row), kk > 0);
+    for (int kk = 0; kk < BN / 16; kk++)
+      wgmma_ss_n32_tt(dqa, desc_plus(dds, kk * 16 * 128), desc_plus(dk, kk * 16 * 128), kk > 0);
+    wgmma_commit();
+    return wg * 32;
+  } else {
+    constexpr int steps = D == 128 ? BN / 16 : 4;
+    const int key0 = D == 128 ? 0 : wg * 64, b_half = D == 128 ? wg * (BN * 128) : 0;
+    const uint64_t dds = sw128_desc(sm.ds(buf) + key0 * 128, BN * 128, 1024),
+                   dk = sw128_desc(sm.k + b_half + key0 * 128, BN * 128, 1024);
+#pragma unroll
+    for (int kk = 0; kk < steps; kk++) {
+      const int row = kk * 16 * 128;
+      wgmma_ss_n64_tt(dqa, desc_plus(dds, row), desc_plus(dk, row), kk > 0);
+    }
+    wgmma_commit();
+    return D == 128 ? wg * 64 : 0;
   }
-  wgmma_commit();
-  return D == 128 ? wg * 64 : 0;
 }
 
-// This thread's part of its warp's dQ rows (16 queries × 64 columns, the wgmma accumulator fragment) into
-// the warp's f32 tile `buf`: two boxes of [16 rows × 32 columns] in the 128-byte swizzle (16-byte chunk c of
-// row r at c ^ (r mod 8)), as the dq_acc tensor map's reduce reads them. Conflict-free: a warp's 32 float2
-// stores fill each bank twice.
-__device__ __forceinline__ void store_dq(unsigned char* buf, const float* dqa, int lane) {
+// This thread's part of its warp's dQ rows (16 queries × COLS columns, the wgmma accumulator fragment)
+// into the warp's f32 tile `buf`: COLS/32 boxes of [16 rows × 32 columns] in the 128-byte swizzle (16-byte
+// chunk c of row r at c ^ (r mod 8)), as the dq_acc tensor map's reduce reads them. Conflict-free: a warp's
+// 32 float2 stores fill each bank twice.
+template <int COLS> __device__ __forceinline__ void store_dq(unsigned char* buf, const float* dqa, int lane) {
   const int tq = lane & 3, r_a = lane >> 2, r_b = r_a + 8;
 #pragma unroll
-  for (int j = 0; j < 8; j++) {
+  for (int j = 0; j < COLS / 8; j++) {
     unsigned char* box = buf + (j >> 2) * (16 * 128);
     const int chunk = (j & 3) * 2 + (tq >> 1), byte = (tq & 1) * 8;
     *reinterpret_cast<float2*>(box + r_a * 128 + ((chunk ^ (r_a & 7)) << 4) + byte) =
@@ -235,14 +252,14 @@ __device__ __forceinline__ void bwd_load(const BwdSmem<D, ST>& sm, const TmaDesc
 // Backward: grid (ceil(T / 128) key tiles, NKV, B), 256 threads; dynamic smem SM90_BWD_SMEM(D, ST). Tensor maps
 // (host/src/kernels/tensor_map.rs): q and dO [B, T, NH, D] bf16 in boxes of BM rows × 64 columns, k and v
 // [B, T, NKV, D] in boxes of BN rows × 64 columns, dq_acc [B, T, NH, D] f32 in boxes of 16 rows × 32
-// columns. DQ: SM90_DQ_REDUCE (the host's) or SM90_DQ_NONE (benchmarks only). ST ≥ 2 stages of Q/dO tiles:
+// columns. DQ: SM90_DQ_REDUCE (the host's) or SM90_DQ_NONE (benchmarks only); DQC: as DQ_COLS. ST ≥ 2 stages of Q/dO tiles:
 // tile it + ST − 1 is loaded while tile it is computed.
 // Per tile: the products of tile_dkdv, dSᵀ into shared memory, one CTA barrier (both warpgroups' dSᵀ are
 // in; tile it − 1's stage is free, so tile it + ST − 1's loads are issued into it), dQ = dS·K, tile it + 1's
 // Sᵀ/dPᵀ products issued, then each warp writes its dQ rows into its f32 tile and one lane hands them to the
 // TMA reduce (into dq_acc, asynchronously; the warp waits for the tile to have been read out before it
 // writes it again a tile later). No atomics in the kernel and no thread waits on a global load.
-template <int D, int ST, int DQ>
+template <int D, int ST, int DQ, int DQC = DQ_COLS<D>>
 __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDesc* tv, const TmaDesc* tdo,
                                const TmaDesc* tdq, const float* lse, const float* delta, bf16* dk, bf16* dv, int T,
                                int NH, int NKV, float scale_log2, float scale) {
@@ -294,9 +311,9 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
     __syncthreads();  // both warpgroups' dSᵀ rows are in; every thread is past tile it − 1's products
     const int next = it + ST - 1;
     if (next < iters) bwd_load<D, ST>(sm, tq, tdo, lse, delta, next % ST, b, head(next), first_query(next), T, NH);
-    float dqa[32];
+    float dqa[DQC / 2];
     wgmma_fence();
-    const int col0 = issue_dq<D, ST>(dqa, sm, buf, wg);
+    const int col0 = issue_dq<D, ST, DQC>(dqa, sm, buf, wg);
     // tile it + 1's products, also after the last tile (of a stale stage, never read: no wgmma under a
     // branch), go in before (NEXT_BEFORE_DQ_WAIT) or after the wait for dQ
     if constexpr (NEXT_BEFORE_DQ_WAIT<D>) {
@@ -305,7 +322,7 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
     } else {
       wgmma_wait<0>();
     }
-    fence_regs<32>(dqa);
+    fence_regs<DQC / 2>(dqa);
     hold_regs<BM / 16>(pf);  // dV += Pᵀ·dO and dK += dSᵀ·Q read them until here
     hold_regs<BM / 16>(sf);
     fence_regs<D / 2>(dka);
@@ -314,13 +331,13 @@ __device__ void flash_bwd_sm90(const TmaDesc* tq, const TmaDesc* tk, const TmaDe
     if (DQ == SM90_DQ_REDUCE) {
       if (lane == 0) bulk_wait_read<0>();  // the previous tile's dQ has left the warp's tile
       __syncwarp();
-      store_dq(dq_tile, dqa, lane);
+      store_dq<DQC>(dq_tile, dqa, lane);
       fence_async_shared();
       __syncwarp();
       if (lane == 0) {
         const int row0 = query0 + warp * 16;
         tma_reduce_add_4d(tdq, dq_tile, col0, h, row0, b);
-        tma_reduce_add_4d(tdq, dq_tile + 16 * 128, col0 + 32, h, row0, b);
+        if constexpr (DQC == 64) tma_reduce_add_4d(tdq, dq_tile + 16 * 128, col0 + 32, h, row0, b);
         bulk_commit();
       }
     }

@@ -16,16 +16,21 @@ case $mode in
 build)
   : "${CUDA_HOME:?source the toolchain env first (cuda-toolchain.sh prints it)}"
   mkdir -p "$dir"
-  nv=(nvcc -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -L"$CUDA_HOME/lib" -L"$CUDA_HOME/lib/stubs" -lcuda)
+  log=$(mktemp) src=""
+  trap 'rm -rf "$log" $src' EXIT
+  # nvcc with its stderr kept back (ptxas prints an info line per injected warpgroup.arrive) unless it fails
+  nv() {
+    nvcc -gencode arch=compute_90a,code=sm_90a -O3 -std=c++17 -L"$CUDA_HOME/lib" -L"$CUDA_HOME/lib/stubs" \
+      -lcuda "$@" 2> "$log" || { cat "$log" >&2; echo "nvcc failed: $*" >&2; exit 1; }
+  }
   build_tree() {  # source root, binary suffix
-    "${nv[@]}" -o "$dir/attn_fwd$2" "$1/bench/gpu/attention_sm90_bench.cu" 2>/dev/null
-    "${nv[@]}" -o "$dir/attn_bwd$2" "$1/bench/gpu/attention_sm90_bwd_bench.cu" 2>/dev/null
+    nv -o "$dir/attn_fwd$2" "$1/bench/gpu/attention_sm90_bench.cu"
+    nv -o "$dir/attn_bwd$2" "$1/bench/gpu/attention_sm90_bwd_bench.cu"
   }
   build_tree . ""
-  "${nv[@]}" -DWS_PHASE_TIMER -o "$dir/attn_fwd_phase" bench/gpu/attention_sm90_bench.cu 2>/dev/null
+  nv -DWS_PHASE_TIMER -o "$dir/attn_fwd_phase" bench/gpu/attention_sm90_bench.cu
   if [ -n "${3:-}" ]; then
     src=$(mktemp -d)
-    trap 'rm -rf "$src"' EXIT
     git archive "$3" bench/gpu host/kernels | tar -x -C "$src"
     build_tree "$src" "-$3"
   fi

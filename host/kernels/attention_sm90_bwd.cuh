@@ -139,6 +139,7 @@ template <int D> constexpr int DQ_COLS = 64;
 template <int D, int ST, int DQC>
 __device__ __forceinline__ int issue_dq(float* dqa, const BwdSmem<D, ST>& sm, int buf, int wg) {
   constexpr int BN = SM90_BWD_BN;
+  static_assert(DQC == 64 || (D == 64 && DQC == 32), "dQ halves only at head dim 64");
   if constexpr (DQC == 32) {  // D = 64: columns 32·wg.., all keys
     const uint64_t dds = sw128_desc(sm.ds(buf), BN * 128, 1024), dk = sw128_desc(sm.k + wg * 64, BN * 128, 1024);
 #pragma unroll

@@ -81,6 +81,23 @@ __device__ __forceinline__ void rows_to_frags(uint32_t (*f)[4], const bf16* g, i
   }
 }
 
+// Scales a warp's 16 × 64 score fragment to log2 units and takes each row's maximum (mx_a: row g, mx_b: row
+// g+8). MASKED: a score whose key offset nt·8 + (e&1) (relative to the lane's first column) is ≥ the row's
+// limit (keys ≤ the row and < T pass) becomes −∞ — one compare a score, and none in unmasked tiles.
+template <bool MASKED>
+__device__ __forceinline__ void scale_mask_max(float (*s)[4], float scale_log2, int limit_a, int limit_b,
+                                               float& mx_a, float& mx_b) {
+  for (int nt = 0; nt < BC / 8; nt++) {
+    for (int e = 0; e < 4; e++) {
+      float val = s[nt][e] * scale_log2;
+      if (MASKED && nt * 8 + (e & 1) >= (e < 2 ? limit_a : limit_b)) val = -INFINITY;
+      s[nt][e] = val;
+    }
+    mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
+    mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
+  }
+}
+
 // Forward: grid (ceil(T/64), NH, B), 128 threads; dynamic smem 2 buffers × (K, V) × 64 × (D+PAD) bf16.
 template <int D>
 __device__ void flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, int T, int NH,
@@ -125,16 +142,11 @@ __device__ void flash_fwd(const bf16* q, const bf16* k, const bf16* v, bf16* o, 
         mma16816(s[2 * n2 + 1], qf[kk], kb + 2);
       }
     float mx_a = -INFINITY, mx_b = -INFINITY;
-    for (int nt = 0; nt < BC / 8; nt++) {
-      for (int e = 0; e < 4; e++) {
-        int key = kt * BC + nt * 8 + 2 * tq + (e & 1);
-        int row = e < 2 ? row_a : row_b;
-        float val = s[nt][e] * scale_log2;
-        s[nt][e] = (kt == last && (key > row || key >= T)) ? -INFINITY : val;  // only the diagonal tile
-      }
-      mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
-      mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
-    }
+    if (kt == last)  // only the last tile crosses the diagonal or T: the others take no compare at all
+      scale_mask_max<true>(s, scale_log2, min(row_a + 1, T) - kt * BC - 2 * tq, min(row_b + 1, T) - kt * BC - 2 * tq,
+                           mx_a, mx_b);
+    else
+      scale_mask_max<false>(s, scale_log2, 0, 0, mx_a, mx_b);
     for (int o2 = 1; o2 <= 2; o2 <<= 1) {
       mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, o2));
       mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, o2));
@@ -243,6 +255,34 @@ __device__ __forceinline__ void dq_tile_atomic(const bf16* Ss, const bf16* Ks, i
   }
 }
 
+// A warp's Pᵀ and dSᵀ fragments for 16 keys × 64 queries, packed to bf16 as the A operands of dV += Pᵀ·dO
+// and dK += dSᵀ·Q: p = exp2(s·scale_log2 − lse[query]), ds = p·(dp − delta[query]). MASKED: p = 0 where
+// key > query, query ≥ T or key ≥ T (query0 = the lane's first query, keys key_a/key_b); unmasked tiles
+// take no compares.
+template <bool MASKED>
+__device__ __forceinline__ void probs_and_dscores_t(uint32_t (*pf)[4], uint32_t (*sf)[4], const float (*st)[4],
+                                                    const float (*dp)[4], const float* Ls, const float* Dl,
+                                                    float scale_log2, int query0, int key_a, int key_b, int T,
+                                                    int tq) {
+  for (int nt = 0; nt < BR / 8; nt++) {
+    float pv[4], sv[4];
+    for (int e = 0; e < 4; e++) {
+      int qi = nt * 8 + 2 * tq + (e & 1);
+      float p = exp2f(st[nt][e] * scale_log2 - Ls[qi]);
+      if (MASKED) {
+        int query = query0 + nt * 8 + (e & 1), key = e < 2 ? key_a : key_b;
+        if (key > query || query >= T || key >= T) p = 0.f;
+      }
+      pv[e] = p;
+      sv[e] = p * (dp[nt][e] - Dl[qi]);
+    }
+    pf[nt / 2][(nt & 1) * 2 + 0] = pack2(pv[0], pv[1]);
+    pf[nt / 2][(nt & 1) * 2 + 1] = pack2(pv[2], pv[3]);
+    sf[nt / 2][(nt & 1) * 2 + 0] = pack2(sv[0], sv[1]);
+    sf[nt / 2][(nt & 1) * 2 + 1] = pack2(sv[2], sv[3]);
+  }
+}
+
 // dK, dV: grid (ceil(T/64) key tiles, NKV, B), 128 threads (4 warps × 16 keys); dynamic smem: K, V and two
 // buffers of (Q, dO) tiles, plus lse/delta of the query tile. dk/dv [B, T, NKV, D]; `scale` = 1/√D.
 template <int D>
@@ -312,21 +352,11 @@ __device__ void flash_bwd_dkdv(const bf16* q, const bf16* k, const bf16* v, cons
       }
     }
     uint32_t pf[BR / 16][4], sf[BR / 16][4];
-    for (int nt = 0; nt < BR / 8; nt++) {
-      float pv[4], sv[4];
-      for (int e = 0; e < 4; e++) {
-        int qi = nt * 8 + 2 * tq + (e & 1);
-        int query = qt * BR + qi;
-        int key = e < 2 ? key_a : key_b;
-        float p = (key > query || query >= T || key >= T) ? 0.f : exp2f(st[nt][e] * scale_log2 - Ls[qi]);
-        pv[e] = p;
-        sv[e] = p * (dp[nt][e] - Dl[qi]);
-      }
-      pf[nt / 2][(nt & 1) * 2 + 0] = pack2(pv[0], pv[1]);
-      pf[nt / 2][(nt & 1) * 2 + 1] = pack2(pv[2], pv[3]);
-      sf[nt / 2][(nt & 1) * 2 + 0] = pack2(sv[0], sv[1]);
-      sf[nt / 2][(nt & 1) * 2 + 1] = pack2(sv[2], sv[3]);
-    }
+    // only the diagonal tile and tiles crossing T need the mask
+    if (qt == kt || (qt + 1) * BR > T || (kt + 1) * BC > T)
+      probs_and_dscores_t<true>(pf, sf, st, dp, Ls, Dl, scale_log2, qt * BR + 2 * tq, key_a, key_b, T, tq);
+    else
+      probs_and_dscores_t<false>(pf, sf, st, dp, Ls, Dl, scale_log2, 0, 0, 0, T, tq);
     for (int kk = 0; kk < BR / 16; kk++)
       for (int n2 = 0; n2 < D / 16; n2++) {
         uint32_t bd[4], bq[4];

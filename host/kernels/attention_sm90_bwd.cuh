@@ -12,9 +12,8 @@
 //                  only tiles that cross the diagonal or T take the masked code)
 //   dV += Pᵀ·dO, dK += dSᵀ·Q   wgmma m64nDk16, Pᵀ/dSᵀ from registers, dO/Q MN-major in shared memory
 //   dSᵀ → shared memory ([128 keys][64 queries], one 128-byte swizzled row per key)
-//   dQ = dS·K      wgmma m64n64k16, dS and K both MN-major in shared memory; at D = 128 warpgroup w
-//                  takes columns 64w.. over all 128 keys, at D = 64 it takes its own 64 keys (both add;
-//                  DQ_COLS)
+//   dQ = dS·K      wgmma, dS and K both MN-major in shared memory: warpgroup w takes columns 64w.. (D = 128,
+//                  m64n64k16) or 32w.. (D = 64, m64n32k16) over all 128 keys (DQ_COLS)
 //   dQ → dq_acc    after the next tile's Sᵀ/dPᵀ products are issued (at D = 64 before the wait for dQ, so
 //                  that the tensor cores have them queued), each warp stores its 16 rows into an
 //                  f32 tile in shared memory and one lane issues TMA reduce-adds (cp.reduce.async.bulk) of
@@ -127,12 +126,12 @@ __device__ __forceinline__ void store_dst(unsigned char* ds, const uint32_t (*sf
   }
 }
 
-// How a warpgroup's dQ product splits the work (DQC: the dQ columns it covers). D = 128: columns 64·wg..
-// over all 128 keys. D = 64, DQC = 64 (the host's): all 64 columns over its own 64 keys — both warpgroups
-// then write and reduce a full 64 × 64 f32 tile a query tile; DQC = 32: columns 32·wg.. over all 128 keys (B
-// starts 64 bytes into K's 128-byte swizzled rows), half the dQ stores and reduces — a variant in
-// bench/gpu/attention_sm90_bwd_bench.cu ("dq halves"), not yet run on a GPU.
-template <int D> constexpr int DQ_COLS = 64;
+// How a warpgroup's dQ product splits the work (DQC: the dQ columns it covers), over all 128 keys: columns
+// 64·wg.. at D = 128; at D = 64 columns 32·wg.. (B starts 64 bytes into K's 128-byte swizzled rows). DQC = 64
+// at D = 64 (each warpgroup all 64 columns over its own 64 keys, both writing and reducing a full 64 × 64 f32
+// tile a query tile) stays as a variant of bench/gpu/attention_sm90_bwd_bench.cu ("dq own keys"): the halves
+// took 0.89× its time on one H100 (2026-12-08, bench/gpu/results/h100-2026-12-08-attention-dq-halves-*).
+template <int D> constexpr int DQ_COLS = D == 64 ? 32 : 64;
 
 // dQ [64 queries × DQC] of this warpgroup: dS·K (dSᵀ tile `buf`), split as DQ_COLS says. Committed, not
 // waited. Returns the first column.

@@ -187,14 +187,20 @@ fn compare_with(mut m: Transformer, label: &str, detach_extra_heads: bool) {
     } else {
         whole_graph(&m, &vh, &c)
     };
-    // with activation checkpointing ("blocks": recomputed), without ("none": kept) and selective
+    // with activation checkpointing ("blocks": recomputed), without ("none": kept), selective, and
+    // selective on some blocks only: the first trunk block; the whole trunk and the first head
     use wmtp_host::train::config::ActivationCheckpointing;
-    for checkpointing in [
-        ActivationCheckpointing::Blocks,
-        ActivationCheckpointing::None,
-        ActivationCheckpointing::Selective,
+    let n_trunk = m.layers.len() - 1;
+    for (checkpointing, selective_blocks) in [
+        (ActivationCheckpointing::Blocks, None),
+        (ActivationCheckpointing::None, None),
+        (ActivationCheckpointing::Selective, None),
+        (ActivationCheckpointing::Selective, Some(1)),
+        (ActivationCheckpointing::Selective, Some(n_trunk + 1)),
     ] {
-        let label = format!("{label} (activation checkpointing: {checkpointing:?})");
+        let label = format!(
+            "{label} (activation checkpointing: {checkpointing:?}, selective blocks {selective_blocks:?})"
+        );
         let engine = Engine {
             model: &m,
             value_head: Some(&vh),
@@ -202,6 +208,7 @@ fn compare_with(mut m: Transformer, label: &str, detach_extra_heads: bool) {
             seed: 0,
             train: false,
             checkpointing,
+            selective_blocks,
             strategy: &wmtp_host::parallel::strategy::NoSharding,
             detach_extra_heads,
         };

@@ -88,6 +88,7 @@ fn grads_with(m: &Transformer, strategy: &dyn Strategy) -> Grads {
         seed: 0,
         train: false,
         checkpointing: wmtp_host::train::config::ActivationCheckpointing::Blocks,
+        selective_blocks: None,
         strategy,
         detach_extra_heads: false,
     };

@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
 use wmtp_host::formats::load::{load_model, preset_args, LoadOptions, LoadedModel};
-use wmtp_host::model::activation_memory::{ActivationCheckpointing, ActivationEstimate};
+use wmtp_host::model::activation_memory::{
+    checkpointed_blocks, ActivationCheckpointing, ActivationEstimate,
+};
 use wmtp_host::model::memory::{human_bytes, Counts, MemoryEstimate};
 use wmtp_host::model::{LoraConfig, ParamGroup, VisitParams};
 use wmtp_host::train::evaluate;
@@ -42,6 +44,10 @@ pub struct InfoArgs {
     /// `runtime.activation_checkpointing`).
     #[arg(long, default_value = "blocks")]
     pub activation_checkpointing: String,
+    /// With `--activation-checkpointing selective`: how many blocks keep the selective set (as
+    /// `runtime.selective_blocks`; default all).
+    #[arg(long)]
+    pub selective_blocks: Option<usize>,
 }
 
 /// Allocated (all, trainable) counts and the count per group of a loaded model.
@@ -104,10 +110,27 @@ fn print_memory_estimate(
              fits 90% of the GPU's memory, else blocks); ask for blocks, selective or none here"
         );
     }
-    let acts = ActivationEstimate::new(args, a.batch, seq, bytes, mode, 2048);
+    let n_blocks = checkpointed_blocks(args);
+    let mode_text = match a.selective_blocks {
+        Some(_) if mode != ActivationCheckpointing::Selective => {
+            bail!("--selective-blocks applies only to --activation-checkpointing selective")
+        }
+        Some(s) if s > n_blocks => bail!("--selective-blocks {s}: the model has {n_blocks} blocks"),
+        Some(s) if s < n_blocks => format!("selective on {s} of {n_blocks} blocks"),
+        _ => mode.name().to_string(),
+    };
+    let acts = ActivationEstimate::with_selective_blocks(
+        args,
+        a.batch,
+        seq,
+        bytes,
+        mode,
+        a.selective_blocks,
+        2048,
+    );
     println!(
-        "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {}):",
-        a.world_size, a.model.dtype, a.batch, mode.name()
+        "\nestimated training memory per rank (world size {}, weights in {}, {} × {seq} tokens per rank, activation checkpointing {mode_text}):",
+        a.world_size, a.model.dtype, a.batch
     );
     println!("  {:<22}{:>14}{:>14}", "", "full FT", "LoRA");
     let lt = lora.trainable_count(args)?;

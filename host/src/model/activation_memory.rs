@@ -9,7 +9,10 @@
 //!   one block's A while it is recomputed; `"none"`: A for every block (trunk and heads), and every
 //!   head's logits with its gathered and normed rows, H·N·(V + 2D)·d (the backward reads them instead of
 //!   projecting again); `"selective"`: every block's A without its two norm outputs and SwiGLU product,
-//!   A_s = N·(5D + 2K + 2F)·d + N·heads·4, and no logits (recomputed chunk by chunk);
+//!   A_s = N·(5D + 2K + 2F)·d + N·heads·4, and no logits (recomputed chunk by chunk); with
+//!   `runtime.selective_blocks = s` below all blocks, only the first s blocks (trunk from the bottom, then
+//!   the heads) keep A_s, the others as with "blocks": r inputs N·D·d (r: the trunk blocks recomputed,
+//!   plus h_trunk) and one block's A while one is recomputed;
 //! - working memory: one block's A again for the gradients flowing through it, the f32 gradient of the
 //!   trunk output N·D·4, the attention backward's f32 dQ accumulator N·D·4, a vocabulary chunk of `chunk_rows` rows (bf16 logits, f32 probabilities and
 //!   gradient: chunk_rows·V·10 bytes), and the CUDA context and libraries (0.5 GiB).
@@ -60,6 +63,12 @@ impl ActivationCheckpointing {
     }
 }
 
+/// The blocks whose activations `runtime.activation_checkpointing` decides on: the trunk's and the
+/// heads' (one each), numbered trunk first from the bottom — the order `runtime.selective_blocks` counts.
+pub fn checkpointed_blocks(args: &ModelArgs) -> usize {
+    args.n_trunk() + args.n_future_tokens
+}
+
 /// Bytes of the CUDA context, cuBLAS workspace and allocator slack, measured as a constant.
 pub const CONTEXT_BYTES: f64 = 0.5 * (1u64 << 30) as f64;
 
@@ -84,6 +93,20 @@ impl ActivationEstimate {
         mode: ActivationCheckpointing,
         chunk_rows: usize,
     ) -> Self {
+        Self::with_selective_blocks(args, batch, seq, dtype_bytes, mode, None, chunk_rows)
+    }
+
+    /// As [`ActivationEstimate::new`], with "selective" on only the first `selective_blocks` of the
+    /// [`checkpointed_blocks`] (None: all; ignored by the other modes).
+    pub fn with_selective_blocks(
+        args: &ModelArgs,
+        batch: usize,
+        seq: usize,
+        dtype_bytes: usize,
+        mode: ActivationCheckpointing,
+        selective_blocks: Option<usize>,
+        chunk_rows: usize,
+    ) -> Self {
         let n = (batch * seq) as f64;
         let (dm, d) = (args.dim as f64, dtype_bytes as f64);
         let k = (args.kv_heads() * args.head_dim()) as f64;
@@ -100,7 +123,16 @@ impl ActivationEstimate {
                 blocks * block
                     + args.n_future_tokens as f64 * n * (args.vocab_size as f64 + 2.0 * dm) * d
             }
-            ActivationCheckpointing::Selective => blocks * selective,
+            ActivationCheckpointing::Selective => {
+                let all = checkpointed_blocks(args);
+                let s = selective_blocks.unwrap_or(all).min(all);
+                if s == all {
+                    blocks * selective
+                } else {
+                    let recomputed_trunk = args.n_trunk().saturating_sub(s) as f64;
+                    (recomputed_trunk + 1.0) * n * dm * d + s as f64 * selective + block
+                }
+            }
         };
         let chunk = chunk_rows.min(batch * seq) as f64 * args.vocab_size as f64 * 10.0;
         ActivationEstimate {
@@ -205,5 +237,41 @@ mod tests {
             assert_eq!(ActivationCheckpointing::parse(name), Some(want));
         }
         assert_eq!(ActivationCheckpointing::parse("all"), None);
+    }
+
+    /// "selective" on the first s blocks: s = 0 is "blocks", s = all is "selective", and every block
+    /// moved from recomputed to selective adds its selective set less its input (trunk) — the saved
+    /// bytes grow strictly with s below all, so "auto" can take the largest s that fits. (At s = all
+    /// nothing is recomputed any more: the one block's A of the recomputation goes, and the total drops.)
+    #[test]
+    fn selective_on_some_blocks_runs_from_blocks_to_selective() {
+        let a = ModelArgs::preset("1b_mtp").expect("preset");
+        let all = checkpointed_blocks(&a);
+        assert_eq!(all, 22);
+        let est = |s| {
+            ActivationEstimate::with_selective_blocks(
+                &a,
+                8,
+                2048,
+                2,
+                ActivationCheckpointing::Selective,
+                s,
+                2048,
+            )
+        };
+        let blocks = ActivationEstimate::new(&a, 8, 2048, 2, ActivationCheckpointing::Blocks, 2048);
+        let selective =
+            ActivationEstimate::new(&a, 8, 2048, 2, ActivationCheckpointing::Selective, 2048);
+        assert_eq!(est(Some(0)).saved, blocks.saved);
+        assert_eq!(est(Some(all)).saved, selective.saved);
+        assert_eq!(est(None).saved, selective.saved);
+        let tokens = 8.0 * 2048.0;
+        let (dm, f) = (a.dim as f64, a.hidden_dim() as f64);
+        let sel = tokens * (7.0 * dm + 2.0 * f) * 2.0 + tokens * 16.0 * 4.0;
+        let input = tokens * dm * 2.0;
+        assert_eq!(est(Some(5)).saved - est(Some(4)).saved, sel - input);
+        for s in 0..all - 1 {
+            assert!(est(Some(s)).saved < est(Some(s + 1)).saved, "s = {s}");
+        }
     }
 }

@@ -56,7 +56,10 @@ pub fn print_start(s: &Session, run_dir: &Path, resumed_at: Option<u64>) {
     );
     eprintln!(
         "  memory    activation checkpointing {} ({})",
-        s.checkpointing.mode.name(),
+        s.checkpointing
+            .describe(crate::model::activation_memory::checkpointed_blocks(
+                &s.model.args
+            )),
         s.checkpointing.reason
     );
     if let Some(spread) = s.strategy.describe() {

@@ -289,6 +289,12 @@ pub struct RuntimeSection {
     /// `auto` (default): `selective` when the run's estimated peak with it (`wmtp info`'s estimate) is
     /// at most 90% of the GPU's memory, else `blocks`; `blocks` on the CPU.
     pub activation_checkpointing: ActivationCheckpointing,
+    /// With `activation_checkpointing = "selective"`: how many blocks keep the selective set, counted
+    /// from the bottom of the trunk and then the heads' blocks; the others keep only their input and are
+    /// recomputed whole, as with "blocks" — a point between the two modes' memory and speed (`wmtp info
+    /// --selective-blocks` estimates it). Unset: every block. "auto" picks it by itself when "selective"
+    /// on every block would not fit.
+    pub selective_blocks: Option<usize>,
     /// Use the fused CUDA kernels (RMSNorm, RoPE, SwiGLU, attention, cross-entropy) on the GPU; false runs
     /// the plain candle ops everywhere (for comparisons). No effect on the CPU. Held by the run's models
     /// and optimiser (`kernels::Kernels`), not by the process.
@@ -309,6 +315,7 @@ impl Default for RuntimeSection {
             tensorboard: false,
             fused_kernels: true,
             activation_checkpointing: ActivationCheckpointing::Auto,
+            selective_blocks: None,
         }
     }
 }
@@ -319,7 +326,7 @@ impl RunConfig {
     /// Range checks that serde cannot express; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.training;
-        let checks: [(bool, &str); 12] = [
+        let checks: [(bool, &str); 13] = [
             (
                 t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite(),
                 "training.max_grad_norm must be ≥ 0 (0: no clipping)",
@@ -352,6 +359,11 @@ impl RunConfig {
             (
                 self.runtime.plugin_compile_s > 0.0 && self.runtime.plugin_compile_s < 1e9,
                 "runtime.plugin_compile_s must be > 0 (seconds)",
+            ),
+            (
+                self.runtime.selective_blocks.is_none()
+                    || self.runtime.activation_checkpointing == ActivationCheckpointing::Selective,
+                "runtime.selective_blocks applies only to runtime.activation_checkpointing = \"selective\"",
             ),
         ];
         for (ok, msg) in checks {
@@ -453,5 +465,29 @@ mod tests {
         assert!(e.contains("qkv"), "{e}");
         let back: RunConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(back.training.steps, 5);
+    }
+
+    /// `runtime.selective_blocks` only with "selective" (it would silently do nothing otherwise), and it
+    /// survives the resolved config's round trip.
+    #[test]
+    fn selective_blocks_needs_selective() {
+        for mode in ["auto", "blocks", "none"] {
+            let set = [
+                format!("runtime.activation_checkpointing=\"{mode}\""),
+                "runtime.selective_blocks=4".into(),
+            ];
+            let e = format!("{:#}", RunConfig::load(None, &set).unwrap_err());
+            assert!(e.contains("runtime.selective_blocks"), "{mode}: {e}");
+        }
+        let c = RunConfig::load(
+            None,
+            &[
+                "runtime.activation_checkpointing=\"selective\"".into(),
+                "runtime.selective_blocks=4".into(),
+            ],
+        )
+        .unwrap();
+        let back: RunConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back.runtime.selective_blocks, Some(4));
     }
 }

@@ -37,8 +37,8 @@ pub struct ForwardState {
     pub shape: (usize, usize, usize),
     tokens: Vec<u32>,
     heads: Vec<HeadRows>,
-    /// Trunk blocks' activations ("none" or "selective"), else empty.
-    saved_trunk: Vec<BlockSaved>,
+    /// Trunk blocks' activations where kept ("none", "selective"), else None.
+    saved_trunk: Vec<Option<BlockSaved>>,
     /// Head blocks' activations ("none" or "selective"), else None.
     saved_heads: Vec<Option<BlockSaved>>,
     /// Log-sum-exp of each head's logits on its valid rows (None for a head without any).
@@ -81,6 +81,10 @@ pub struct Engine<'a> {
     /// only, recomputing the block in the backward ("blocks"); every activation ("none"); or every
     /// matrix-product and attention output, recomputing the norms and SwiGLU ("selective").
     pub checkpointing: ActivationCheckpointing,
+    /// With "selective": how many blocks keep the selective set, trunk blocks from the bottom first and
+    /// then the heads' (block index `i` for trunk block i, n_trunk + k for head k); the others keep
+    /// nothing and are recomputed as with "blocks". None: all (`runtime.selective_blocks`).
+    pub selective_blocks: Option<usize>,
     /// How the step spreads over ranks ([`crate::parallel::strategy`]): every unit is asked of it before it
     /// runs (FSDP gathers it; [`crate::parallel::strategy::NoSharding`] lends the model itself) and handed
     /// to it once its backward is done (FSDP reduce-scatters its gradients).
@@ -145,14 +149,18 @@ impl HeadRows {
 }
 
 impl<'a> Engine<'a> {
-    /// A block's activations as this engine keeps them from its forward: None with "blocks" (the
-    /// backward recomputes the block), all of them with "none", the selective set with "selective".
-    fn keep(&self, sv: BlockSaved) -> Option<BlockSaved> {
+    /// Block `index`'s activations (numbered as [`Engine::selective_blocks`] counts) as this engine
+    /// keeps them from its forward: None with "blocks" (the backward recomputes the block), all of them
+    /// with "none", the selective set with "selective" (None past `selective_blocks`).
+    fn keep(&self, index: usize, sv: BlockSaved) -> Option<BlockSaved> {
         match self.checkpointing {
             // a session resolves "auto" before any step; unresolved it means its fallback, "blocks"
             ActivationCheckpointing::Blocks | ActivationCheckpointing::Auto => None,
             ActivationCheckpointing::None => Some(sv),
-            ActivationCheckpointing::Selective => Some(sv.drop_elementwise()),
+            ActivationCheckpointing::Selective => match self.selective_blocks {
+                Some(s) if index >= s => None,
+                _ => Some(sv.drop_elementwise()),
+            },
         }
     }
 
@@ -225,7 +233,7 @@ impl<'a> Engine<'a> {
             // the log-sum-exp is kept for the backward (which recomputes the logits when they
             // are not kept)
             head_lse.push(Some(lse));
-            saved_heads.push(self.keep(sv));
+            saved_heads.push(self.keep(m.layers.len() - 1 + k, sv));
         }
         let mut ce = vec![0f32; b * t * h];
         if !ce_parts.is_empty() {
@@ -266,7 +274,7 @@ impl<'a> Engine<'a> {
         schedule: &Schedule,
         tokens: &Tensor,
         rope: &crate::model::rope::Rope,
-    ) -> Result<(Vec<Tensor>, Vec<BlockSaved>)> {
+    ) -> Result<(Vec<Tensor>, Vec<Option<BlockSaved>>)> {
         let n_trunk = self.model.layers.len() - 1;
         let mut inputs = Vec::with_capacity(n_trunk + 1);
         let mut saved = Vec::new();
@@ -279,9 +287,7 @@ impl<'a> Engine<'a> {
             let mu = self.lend(schedule, Unit::Layer(i))?;
             let sv = mu.layers[i].forward_saved(&x, rope, &self.ctx(1 + i as u64))?;
             x = sv.out.clone();
-            if let Some(sv) = self.keep(sv) {
-                saved.push(sv);
-            }
+            saved.push(self.keep(i, sv));
         }
         inputs.push(x);
         Ok((inputs, saved))
@@ -339,4 +345,56 @@ pub fn has_trainable(m: &dyn VisitParams) -> bool {
     let mut any = false;
     m.visit("", &mut |_, p| any |= p.is_trainable());
     any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelArgs;
+    use candle_core::DType;
+
+    /// "selective" on the first s blocks keeps trunk blocks 0..s (then the heads' blocks) and nothing
+    /// of the others; unset, every block.
+    #[test]
+    fn selective_blocks_keeps_the_first_blocks_only() {
+        let m = Transformer::random(
+            ModelArgs::preset("tiny").unwrap(),
+            3,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let n_trunk = m.layers.len() - 1;
+        let (b, t) = (2, 9);
+        let mb = MicroBatch {
+            tokens: Tensor::new(&[[1u32, 5, 7, 2, 9, 4, 3, 8, 6]; 2], &Device::Cpu).unwrap(),
+            target_mask: vec![1; b * t],
+            rewards: None,
+            pair_ids: None,
+        };
+        let kept = |selective_blocks| {
+            let e = Engine {
+                model: &m,
+                value_head: None,
+                chunk_rows: 7,
+                seed: 0,
+                train: true,
+                checkpointing: ActivationCheckpointing::Selective,
+                selective_blocks,
+                strategy: &crate::parallel::strategy::NoSharding,
+                detach_extra_heads: false,
+            };
+            let st = e.forward(&mb).unwrap();
+            let trunk = st.saved_trunk.iter().map(Option::is_some);
+            trunk
+                .chain(st.saved_heads.iter().map(Option::is_some))
+                .collect::<Vec<_>>()
+        };
+        let all = n_trunk + m.args.n_future_tokens;
+        assert_eq!(kept(None), vec![true; all]);
+        for s in [0, 1, n_trunk, n_trunk + 1, all] {
+            let want: Vec<bool> = (0..all).map(|i| i < s).collect();
+            assert_eq!(kept(Some(s)), want, "selective_blocks = {s}");
+        }
+    }
 }

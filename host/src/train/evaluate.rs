@@ -339,6 +339,7 @@ mod tests {
                 critic: None,
                 chunk_rows: 16,
                 checkpointing: crate::train::config::ActivationCheckpointing::Blocks,
+                selective_blocks: None,
                 strategy,
                 detach_extra_heads: false,
             };

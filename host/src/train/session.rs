@@ -179,7 +179,7 @@ impl Session {
             [reference.as_ref(), critic.as_ref().map(|(m, _)| m)],
             shard_place.map_or(1, |(world, _)| world),
             &opts.device,
-        );
+        )?;
         Ok(Session {
             checkpointing,
             source,
@@ -260,6 +260,7 @@ impl Session {
                 critic: self.critic.as_ref().map(|(m, v)| (m, v)),
                 chunk_rows: self.cfg.training.chunk_rows,
                 checkpointing: self.checkpointing.mode,
+                selective_blocks: self.checkpointing.selective_blocks,
                 strategy: self.strategy.as_ref(),
                 detach_extra_heads: self.cfg.training.detach_extra_heads,
             },

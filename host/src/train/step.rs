@@ -142,6 +142,8 @@ pub struct Models<'a> {
     /// What a training forward keeps for the backward (`runtime.activation_checkpointing`); evaluation
     /// keeps nothing.
     pub checkpointing: ActivationCheckpointing,
+    /// With "selective": how many blocks keep the selective set (`runtime.selective_blocks`; None: all).
+    pub selective_blocks: Option<usize>,
     /// How the step spreads over ranks (FSDP, or [`NoSharding`]).
     pub strategy: &'a dyn Strategy,
     /// `training.detach_extra_heads` (see [`Engine::detach_extra_heads`]).
@@ -168,6 +170,7 @@ pub fn forward_and_batch<'a>(
         } else {
             ActivationCheckpointing::Blocks
         },
+        selective_blocks: m.selective_blocks,
         strategy: m.strategy,
         detach_extra_heads: m.detach_extra_heads,
     };
@@ -182,6 +185,7 @@ pub fn forward_and_batch<'a>(
                 seed,
                 train: false,
                 checkpointing: ActivationCheckpointing::Blocks,
+                selective_blocks: None,
                 strategy: &NoSharding,
                 detach_extra_heads: false,
             };

@@ -250,7 +250,7 @@ impl Engine<'_> {
             let mu = self.lend(&p.schedule, Unit::Layer(i))?;
             let block = &mu.layers[i];
             let recomputed;
-            let sv = match p.st.saved_trunk.get(i) {
+            let sv = match p.st.saved_trunk.get(i).and_then(Option::as_ref) {
                 Some(sv) => sv,
                 None => {
                     recomputed = block.forward_saved(

@@ -44,6 +44,7 @@ def table(rows):
         out += [_fmt(r) for r in group]
         by = {r["side"]: r for r in group if "error" not in r and r.get("world", 1) == 1}
         ours = [s for s in ("wmtp", "wmtp-blocks", "wmtp-selective", "wmtp-none") if s in by]
+        ours += [s for s in by if s.startswith("wmtp-selective:")]
         for side in ours:
             w = by[side]
             name = "ours" if side == "wmtp" else side

@@ -4,7 +4,8 @@ training step, row by row, in ONE process tree on one GPU; prints a table with t
 
 Sides (default): wmtp, PyTorch eager and PyTorch with every block torch.compile'd; `wmtp-blocks`,
 `wmtp-selective` and `wmtp-none` are wmtp with that `runtime.activation_checkpointing`, so the three modes
-sit beside the references in one run.
+sit beside the references in one run; `wmtp-selective:S` is "selective" on the first S blocks only
+(`runtime.selective_blocks = S`).
 Rows (default): 1b_mtp LoRA b8×2048, 1b_mtp full fine-tuning b8×2048, 7b_1t_4 LoRA b1×2048 and b4×2048.
 For each side: tokens/s (B·T positions per second of step time), the step split (forward / backward /
 optimiser / plugin), peak GPU memory — sampled with nvidia-smi every 50 ms for BOTH sides (device memory
@@ -85,14 +86,33 @@ def make_data(path, seq, rows, seed=0):
 CHECKPOINTING_SIDES = {"wmtp-blocks": "blocks", "wmtp-selective": "selective", "wmtp-none": "none"}
 
 
+def checkpointing_settings(side):
+    """The `--set`s of a wmtp side: its activation checkpointing (wmtp-blocks|-selective|-none), and for
+    `wmtp-selective:S` "selective" on S blocks; [] for plain `wmtp` (auto)."""
+    mode, _, blocks = side.partition(":")
+    if mode not in CHECKPOINTING_SIDES:
+        return []
+    sets = [f"runtime.activation_checkpointing={CHECKPOINTING_SIDES[mode]}"]
+    if blocks:
+        if mode != "wmtp-selective" or not blocks.isdigit():
+            raise SystemExit(f"side {side}: only wmtp-selective:S takes a block count")
+        sets.append(f"runtime.selective_blocks={blocks}")
+    return sets
+
+
+def is_wmtp_side(side):
+    """wmtp, wmtp-fsdp and the checkpointing sides (wmtp-selective:S included)."""
+    return side in ("wmtp", "wmtp-fsdp") or side.partition(":")[0] in CHECKPOINTING_SIDES
+
+
 def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False, side=None):
     """wmtp's row; `fsdp`: launched as --nproc ranks (`wmtp launch --nproc-per-node N`), so the policy is
     sharded (FSDP over NCCL in an `nccl` build); with N = 1, what sharding costs against the plain run.
     `batch` is per rank: the global batch is N·batch. `side` wmtp-blocks|-selective|-none sets
-    `runtime.activation_checkpointing`."""
+    `runtime.activation_checkpointing` (wmtp-selective:S also `runtime.selective_blocks`)."""
     world = args.nproc if fsdp else 1
     side = side or ("wmtp-fsdp" if fsdp else "wmtp")
-    run_dir = os.path.join(workdir, f"{side}{world}-{preset}-b{batch}-{'lora' if lora else 'full'}")
+    run_dir = os.path.join(workdir, f"{side.replace(':', '-')}{world}-{preset}-b{batch}-{'lora' if lora else 'full'}")
     launch = [args.wmtp, "launch", "--nproc-per-node", str(world), "--master-port", "29517", "--"] \
         if fsdp else [args.wmtp]
     cmd = launch + ["run", "--pipeline", args.plugin, "--config", os.path.join(HERE, "wmtp_bench.toml"),
@@ -100,8 +120,8 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False, side=None):
            "--set", f"training.use_lora={'true' if lora else 'false'}", "--set", f"data.train={data}",
            "--set", f"data.max_length={args.seq}", "--set", f"training.steps={args.warmup + args.steps}",
            "--set", f"checkpoint.dir={run_dir}"]
-    if side in CHECKPOINTING_SIDES:
-        cmd += ["--set", f"runtime.activation_checkpointing={CHECKPOINTING_SIDES[side]}"]
+    for s in checkpointing_settings(side):
+        cmd += ["--set", s]
     for s in args.wmtp_set:
         cmd += ["--set", s]
     with MemorySampler() as mem:
@@ -123,7 +143,7 @@ def wmtp_row(args, preset, batch, lora, data, workdir, fsdp=False, side=None):
         "peak_reserved_gib": timed[-1].get("mem.peak_reserved_gib"),
         "first_step_s": lines[0].get("time.first_step_done_s"),
         "tflops_per_step": step_flops(PRESETS[preset], batch, args.seq, lora) / 1e12,
-        "loss": timed[-1]["loss"], "settings": args.wmtp_set,
+        "loss": timed[-1]["loss"], "settings": checkpointing_settings(side) + args.wmtp_set,
     }
 
 
@@ -162,7 +182,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--sides", default="wmtp,pytorch,pytorch-compile",
                     help="comma-separated: wmtp, wmtp-blocks, wmtp-selective, wmtp-none (wmtp with that "
-                         "runtime.activation_checkpointing), wmtp-fsdp (launched as --nproc sharded ranks), pytorch, "
+                         "runtime.activation_checkpointing), wmtp-selective:S (selective on S blocks), wmtp-fsdp (launched as --nproc sharded ranks), pytorch, "
                          "pytorch-compile (every block torch.compile'd), pytorch-fsdp (FSDP2 under torchrun, "
                          "--nproc ranks)")
     ap.add_argument("--nproc", type=int, default=1, help="ranks (GPUs) of the -fsdp sides; batch is per rank")
@@ -178,7 +198,7 @@ def main():
         preset, batch, mode = row.split(":")
         for side in args.sides.split(","):
             t0 = time.time()
-            if side in ("wmtp", "wmtp-fsdp") or side in CHECKPOINTING_SIDES:
+            if is_wmtp_side(side):
                 r = wmtp_row(args, preset, int(batch), mode == "lora", data, out, fsdp=side == "wmtp-fsdp",
                              side=side)
             else:

@@ -7,7 +7,8 @@ use clap::Args;
 use std::collections::BTreeMap;
 use wmtp_host::formats::load::{load_model, preset_args, LoadOptions, LoadedModel};
 use wmtp_host::model::activation_memory::{
-    checkpointed_blocks, ActivationCheckpointing, ActivationEstimate,
+    check_selective_blocks, checkpointed_blocks, describe_mode, ActivationCheckpointing,
+    ActivationEstimate,
 };
 use wmtp_host::model::memory::{human_bytes, Counts, MemoryEstimate};
 use wmtp_host::model::{LoraConfig, ParamGroup, VisitParams};
@@ -110,15 +111,11 @@ fn print_memory_estimate(
              fits 90% of the GPU's memory, else blocks); ask for blocks, selective or none here"
         );
     }
-    let n_blocks = checkpointed_blocks(args);
-    let mode_text = match a.selective_blocks {
-        Some(_) if mode != ActivationCheckpointing::Selective => {
-            bail!("--selective-blocks applies only to --activation-checkpointing selective")
-        }
-        Some(s) if s > n_blocks => bail!("--selective-blocks {s}: the model has {n_blocks} blocks"),
-        Some(s) if s < n_blocks => format!("selective on {s} of {n_blocks} blocks"),
-        _ => mode.name().to_string(),
-    };
+    if a.selective_blocks.is_some() && mode != ActivationCheckpointing::Selective {
+        bail!("--selective-blocks applies only to --activation-checkpointing selective");
+    }
+    check_selective_blocks(args, a.selective_blocks).context("--selective-blocks")?;
+    let mode_text = describe_mode(mode, a.selective_blocks, checkpointed_blocks(args));
     let acts = ActivationEstimate::with_selective_blocks(
         args,
         a.batch,

@@ -69,6 +69,37 @@ pub fn checkpointed_blocks(args: &ModelArgs) -> usize {
     args.n_trunk() + args.n_future_tokens
 }
 
+/// The name a run's header and `wmtp info` give `mode`: "selective on s of n blocks" when
+/// `selective_blocks` covers fewer than all `n` blocks, else the mode's name.
+pub fn describe_mode(
+    mode: ActivationCheckpointing,
+    selective_blocks: Option<usize>,
+    n: usize,
+) -> String {
+    match (mode, selective_blocks) {
+        (ActivationCheckpointing::Selective, Some(s)) if s < n => {
+            format!("selective on {s} of {n} blocks")
+        }
+        _ => mode.name().to_string(),
+    }
+}
+
+/// Checks a `selective_blocks` count against the model's blocks: the error says how many it has.
+pub fn check_selective_blocks(
+    args: &ModelArgs,
+    selective_blocks: Option<usize>,
+) -> anyhow::Result<()> {
+    match selective_blocks {
+        Some(s) if s > checkpointed_blocks(args) => anyhow::bail!(
+            "{s}: the model has {} blocks ({} in the trunk, {} heads)",
+            checkpointed_blocks(args),
+            args.n_trunk(),
+            args.n_future_tokens
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Bytes of the CUDA context, cuBLAS workspace and allocator slack, measured as a constant.
 pub const CONTEXT_BYTES: f64 = 0.5 * (1u64 << 30) as f64;
 

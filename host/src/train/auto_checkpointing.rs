@@ -9,12 +9,13 @@
 
 use super::config::RunConfig;
 use crate::model::activation_memory::{
-    checkpointed_blocks, ActivationCheckpointing, ActivationEstimate,
+    check_selective_blocks, checkpointed_blocks, describe_mode, ActivationCheckpointing,
+    ActivationEstimate,
 };
 use crate::model::args::ModelArgs;
 use crate::model::memory::{human_bytes, Counts, MemoryEstimate};
 use crate::model::Transformer;
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 
 /// The share of the GPU's memory the estimated peak with "selective" may take for "auto" to pick it:
 /// the estimate is within 6% of the peaks bench/gpu measured; the rest is margin.
@@ -32,14 +33,9 @@ pub struct CheckpointingChoice {
 }
 
 impl CheckpointingChoice {
-    /// The mode as the summary shows it: its name, and "on s of n blocks" for a partial "selective".
+    /// The mode as the summary shows it ([`describe_mode`] of a model with `n_blocks` blocks).
     pub fn describe(&self, n_blocks: usize) -> String {
-        match (self.mode, self.selective_blocks) {
-            (ActivationCheckpointing::Selective, Some(s)) if s < n_blocks => {
-                format!("selective on {s} of {n_blocks} blocks")
-            }
-            (mode, _) => mode.name().to_string(),
-        }
+        describe_mode(self.mode, self.selective_blocks, n_blocks)
     }
 }
 
@@ -155,15 +151,8 @@ pub fn for_run(
     device: &candle_core::Device,
 ) -> Result<CheckpointingChoice> {
     let n_blocks = checkpointed_blocks(&model.args);
-    if let Some(s) = cfg.runtime.selective_blocks {
-        if s > n_blocks {
-            bail!(
-                "runtime.selective_blocks = {s}: the model has {n_blocks} blocks ({} in the trunk, {} heads)",
-                model.args.n_trunk(),
-                model.args.n_future_tokens
-            );
-        }
-    }
+    check_selective_blocks(&model.args, cfg.runtime.selective_blocks)
+        .context("runtime.selective_blocks")?;
     let frozen: u64 = extra.iter().flatten().map(|m| m.param_counts().0).sum();
     let peak = |s: usize| {
         selective_peak(
